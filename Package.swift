@@ -1,0 +1,39 @@
+// swift-tools-version: 6.0
+import PackageDescription
+
+// Module graph (one way, see docs/ARCHITECTURE.md):
+//   CStrata <- Sys <- FUSE <- Loopback <- strata
+let package = Package(
+    name: "Strata",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "strata", targets: ["strata"]),
+        .library(name: "FUSE", targets: ["FUSE"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+    ],
+    targets: [
+        .target(name: "CStrata"),
+        .target(name: "Sys", dependencies: [
+            "CStrata",
+            .product(name: "SystemPackage", package: "swift-system"),
+        ]),
+        .target(name: "FUSE", dependencies: [
+            "CStrata", "Sys",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .target(name: "Loopback", dependencies: ["FUSE", "Sys", "CStrata"]),
+        .executableTarget(name: "strata", dependencies: [
+            "FUSE", "Loopback", "Sys",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .executableTarget(name: "strata-bench", dependencies: ["Sys"], path: "bench/Sources"),
+        .testTarget(name: "FUSETests", dependencies: ["FUSE", "Sys", "CStrata"]),
+        .testTarget(name: "LoopbackTests", dependencies: ["Loopback", "FUSE", "Sys", "CStrata"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,35 @@
+/*
+ * Thin C shims for calls Swift cannot make directly: variadic ioctl/syscall,
+ * control messages for fd passing, and glibc functions without a Swift
+ * overlay. Each is a one-liner; the logic lives in Swift.
+ */
+#ifndef STRATA_SYS_H
+#define STRATA_SYS_H
+#include <stdint.h>
+#include <stddef.h>
+#include <sys/types.h>
+#include <sys/stat.h>
+#include "fuse_proto.h"
+#include <sys/xattr.h>
+
+int strata_fuse_clone(int fd, int session_fd);
+int strata_fuse_backing_open(int devfd, int backing_fd);
+int strata_fuse_backing_close(int devfd, int backing_id);
+int strata_ficlone(int dst, int src);
+int strata_renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *newpath, unsigned int flags);
+int strata_openat2_beneath(int dirfd, const char *path, int flags, mode_t mode, int no_symlinks);
+int strata_setfsuid(uid_t uid);
+int strata_setfsgid(gid_t gid);
+int strata_setgroups_thread(size_t n, const gid_t *list);
+ssize_t strata_recv_fd(int sock, int *fd_out);
+int strata_thread_unshare_fs(void);
+uint64_t strata_makedev(unsigned maj, unsigned min);
+unsigned strata_major(uint64_t dev);
+unsigned strata_minor(uint64_t dev);
+int strata_errno(void);
+int strata_fallocate(int fd, int mode, int64_t off, int64_t len);
+ssize_t strata_copy_file_range(int in, int64_t *off_in, int out, int64_t *off_out, size_t len, unsigned flags);
+long strata_getdents64(int fd, void *buf, size_t len);
+int strata_is_mount_root(const char *path);
+void strata_set_errno(int e);
+#endif

@@ -1,0 +1,102 @@
+#define _GNU_SOURCE
+#include "strata_sys.h"
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <linux/openat2.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+#include <sys/fsuid.h>
+#include <sched.h>
+
+#define SF_IOC_MAGIC 229
+#define SF_DEV_IOC_CLONE _IOR(SF_IOC_MAGIC, 0, uint32_t)
+#define SF_DEV_IOC_BACKING_OPEN _IOW(SF_IOC_MAGIC, 1, struct sf_backing_map)
+#define SF_DEV_IOC_BACKING_CLOSE _IOW(SF_IOC_MAGIC, 2, uint32_t)
+
+int strata_fuse_clone(int fd, int session_fd) {
+    uint32_t s = (uint32_t)session_fd;
+    return ioctl(fd, SF_DEV_IOC_CLONE, &s);
+}
+
+int strata_fuse_backing_open(int devfd, int backing_fd) {
+    struct sf_backing_map map = { .fd = backing_fd, .flags = 0, .padding = 0 };
+    return ioctl(devfd, SF_DEV_IOC_BACKING_OPEN, &map);
+}
+
+int strata_fuse_backing_close(int devfd, int backing_id) {
+    uint32_t id = (uint32_t)backing_id;
+    return ioctl(devfd, SF_DEV_IOC_BACKING_CLOSE, &id);
+}
+
+int strata_ficlone(int dst, int src) { return ioctl(dst, FICLONE, src); }
+
+int strata_renameat2(int od, const char *op, int nd, const char *np, unsigned int flags) {
+    return (int)syscall(SYS_renameat2, od, op, nd, np, flags);
+}
+
+int strata_openat2_beneath(int dirfd, const char *path, int flags, mode_t mode, int no_symlinks) {
+    struct open_how how;
+    memset(&how, 0, sizeof how);
+    how.flags = (uint64_t)flags;
+    how.mode = (flags & (O_CREAT | O_TMPFILE)) ? mode : 0;
+    how.resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS | (no_symlinks ? RESOLVE_NO_SYMLINKS : 0);
+    return (int)syscall(SYS_openat2, dirfd, path, &how, sizeof how);
+}
+
+/* setfsuid/setfsgid act on the calling thread only (the kernel's fsuid is
+ * per-task), which is what a multi-threaded daemon needs to create files
+ * as the caller. glibc's setgroups is process-wide, so call the raw syscall. */
+int strata_setfsuid(uid_t uid) { return setfsuid(uid); }
+int strata_setfsgid(gid_t gid) { return setfsgid(gid); }
+int strata_setgroups_thread(size_t n, const gid_t *list) {
+    return (int)syscall(SYS_setgroups, n, list);
+}
+
+int strata_thread_unshare_fs(void) { return unshare(CLONE_FS); }
+
+ssize_t strata_recv_fd(int sock, int *fd_out) {
+    char byte;
+    struct iovec iov = { .iov_base = &byte, .iov_len = 1 };
+    union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof(int))]; } u;
+    struct msghdr msg;
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = u.buf;
+    msg.msg_controllen = sizeof u.buf;
+    ssize_t n;
+    do { n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC); } while (n < 0 && errno == EINTR);
+    if (n <= 0) return n;
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    if (!c || c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) { errno = EPROTO; return -1; }
+    memcpy(fd_out, CMSG_DATA(c), sizeof(int));
+    return n;
+}
+
+uint64_t strata_makedev(unsigned maj, unsigned min) { return makedev(maj, min); }
+unsigned strata_major(uint64_t dev) { return major(dev); }
+unsigned strata_minor(uint64_t dev) { return minor(dev); }
+int strata_errno(void) { return errno; }
+void strata_set_errno(int e) { errno = e; }
+
+int strata_is_mount_root(const char *path) {
+    struct statx sx;
+    if (statx(AT_FDCWD, path, 0, STATX_BASIC_STATS, &sx) != 0) return 0;
+    return (sx.stx_attributes_mask & STATX_ATTR_MOUNT_ROOT) && (sx.stx_attributes & STATX_ATTR_MOUNT_ROOT);
+}
+
+long strata_getdents64(int fd, void *buf, size_t len) { return syscall(SYS_getdents64, fd, buf, len); }
+
+int strata_fallocate(int fd, int mode, int64_t off, int64_t len) { return fallocate(fd, mode, off, len); }
+ssize_t strata_copy_file_range(int in, int64_t *off_in, int out, int64_t *off_out, size_t len, unsigned flags) {
+    loff_t a = *off_in, b = *off_out;
+    ssize_t n = copy_file_range(in, &a, out, &b, len, flags);
+    *off_in = a; *off_out = b;
+    return n;
+}

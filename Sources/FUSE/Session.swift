@@ -1,0 +1,113 @@
+import CStrata
+import Foundation
+import Logging
+import Sys
+import Synchronization
+import SystemPackage
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One FUSE connection: answers INIT, then serves requests on several
+/// threads until the filesystem is unmounted.
+///
+/// Why we speak the protocol ourselves rather than link libfuse: Debian's
+/// libfuse 3.14 has no passthrough (protocol 7.40) and no parallel direct
+/// writes, both of which this kernel offers and Strata's speed depends on
+/// (docs/ARCHITECTURE.md).
+public final class Session<FS: FileSystem>: @unchecked Sendable {
+    public let fs: FS
+    public let options: SessionOptions
+    let devFD: Int32
+    let logger: Logger
+    let backing = BackingTable()
+    /// Set once INIT is answered; read by workers (no lock: written before
+    /// the workers start).
+    private(set) var connection: Connection?
+    private(set) var proto: (major: UInt32, minor: UInt32) = (7, 0)
+
+    public init(fs: FS, deviceFD: Int32, options: SessionOptions, logger: Logger = Logger(label: "strata.fuse")) {
+        self.fs = fs
+        self.devFD = deviceFD
+        self.options = options
+        self.logger = logger
+    }
+
+    /// A handle to send cache invalidations on this connection.
+    public var notifier: Notifier { Notifier(fd: devFD) }
+
+    /// Serves until unmount. `ready` runs once INIT has been answered: the
+    /// mount is then usable, which is when a backgrounding parent may exit.
+    public func run(ready: () -> Void = {}) throws(SysError) {
+        let first = Worker(session: self, fd: devFD)
+        // INIT comes first on the original descriptor; only then do we know
+        // the buffer sizes and may clone.
+        try first.serveUntilInit()
+        ready()
+        var fds: [Int32] = [devFD]
+        for _ in 1..<max(1, options.threads) {
+            let fd = open("/dev/fuse", O_RDWR | O_CLOEXEC)
+            if fd < 0 { break }
+            if strata_fuse_clone(fd, devFD) != 0 {
+                close(fd)
+                break
+            }
+            fds.append(fd)
+        }
+        let group = DispatchGroup()
+        for (i, fd) in fds.enumerated() {
+            group.enter()
+            let worker = i == 0 ? first : Worker(session: self, fd: fd)
+            let t = Thread {
+                worker.serve()
+                group.leave()
+            }
+            t.stackSize = 1 << 22
+            t.name = "fuse-\(i)"
+            t.start()
+        }
+        group.wait()
+        for fd in fds.dropFirst() { close(fd) }
+        fs.destroy()
+    }
+
+    func negotiate(_ inp: sf_init_in, _ out: inout sf_init_out) {
+        let kernelFlags: UInt64
+        if inp.flags & UInt32(truncatingIfNeeded: SF_INIT_EXT) != 0 {
+            kernelFlags = UInt64(inp.flags) | (UInt64(inp.flags2) << 32)
+        } else {
+            kernelFlags = UInt64(inp.flags)
+        }
+        var wanted = InitFlag.asyncRead | InitFlag.atomicOTrunc | InitFlag.bigWrites
+            | InitFlag.doReaddirplus | InitFlag.readdirplusAuto | InitFlag.asyncDIO
+            | InitFlag.parallelDirops | InitFlag.handleKillprivV2 | InitFlag.maxPages
+            | InitFlag.cacheSymlinks | InitFlag.initExt | InitFlag.setxattrExt
+            | InitFlag.autoInvalData
+        if options.posixACL { wanted |= InitFlag.posixACL | InitFlag.dontMask }
+        if options.passthrough && geteuid() == 0 { wanted |= InitFlag.passthrough }
+        var conn = Connection(major: inp.major, minor: inp.minor, flags: kernelFlags, wanted: wanted,
+                              maxWrite: options.maxWrite, maxReadahead: inp.max_readahead)
+        fs.initialize(&conn)
+        connection = conn
+        let minor = min(inp.minor, UInt32(SF_KERNEL_MINOR_VERSION))
+        proto = (7, minor)
+        let flags = conn.negotiated
+        out.major = 7
+        out.minor = minor
+        out.max_readahead = conn.maxReadahead
+        out.flags = UInt32(truncatingIfNeeded: flags)
+        out.flags2 = UInt32(truncatingIfNeeded: flags >> 32)
+        out.max_background = conn.maxBackground
+        out.congestion_threshold = conn.congestionThreshold
+        out.max_write = conn.maxWrite
+        out.time_gran = conn.timeGranularity
+        out.max_pages = UInt16(truncatingIfNeeded: (conn.maxWrite + 4095) / 4096)
+        // Backing files live on ordinary filesystems: one level of stacking.
+        out.max_stack_depth = conn.passthrough ? 1 : 0
+        logger.debug("INIT kernel 7.\(inp.minor) flags \(String(kernelFlags, radix: 16)) -> 7.\(minor) \(String(flags, radix: 16))")
+    }
+
+    /// Whether setxattr requests carry the extended header.
+    var setxattrExt: Bool { connection?.has(InitFlag.setxattrExt) ?? false }
+    var passthroughOn: Bool { connection?.passthrough ?? false }
+}

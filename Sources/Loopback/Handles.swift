@@ -1,0 +1,85 @@
+import FUSE
+import Sys
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// An open file. Its address is the FUSE file handle, so finding it on
+/// read and write is a pointer conversion, not a table lookup.
+final class OpenFile: @unchecked Sendable {
+    let fd: Int32
+    init(fd: Int32) { self.fd = fd }
+    deinit { close(fd) }
+
+    var handle: UInt64 { UInt64(UInt(bitPattern: Unmanaged.passRetained(self).toOpaque())) }
+
+    @inline(__always)
+    static func from(_ h: UInt64) -> OpenFile? {
+        guard let p = UnsafeRawPointer(bitPattern: UInt(h)) else { return nil }
+        return Unmanaged<OpenFile>.fromOpaque(p).takeUnretainedValue()
+    }
+
+    static func release(_ h: UInt64) {
+        guard let p = UnsafeRawPointer(bitPattern: UInt(h)) else { return }
+        Unmanaged<OpenFile>.fromOpaque(p).release()
+    }
+}
+
+/// An open directory with its getdents64 buffer. The kernel serializes
+/// readdir calls on one handle, so no lock is needed.
+final class OpenDir: @unchecked Sendable {
+    let fd: Int32
+    let buffer: UnsafeMutableRawPointer
+    static let bufferSize = 32 * 1024
+    var start = 0
+    var end = 0
+    /// Directory offset (a getdents d_off cookie) that `start` corresponds to.
+    var position: UInt64 = 0
+
+    init(fd: Int32) {
+        self.fd = fd
+        buffer = UnsafeMutableRawPointer.allocate(byteCount: Self.bufferSize, alignment: 8)
+    }
+    deinit {
+        buffer.deallocate()
+        close(fd)
+    }
+
+    var handle: UInt64 { UInt64(UInt(bitPattern: Unmanaged.passRetained(self).toOpaque())) }
+
+    static func from(_ h: UInt64) -> OpenDir? {
+        guard let p = UnsafeRawPointer(bitPattern: UInt(h)) else { return nil }
+        return Unmanaged<OpenDir>.fromOpaque(p).takeUnretainedValue()
+    }
+
+    static func release(_ h: UInt64) {
+        guard let p = UnsafeRawPointer(bitPattern: UInt(h)) else { return }
+        Unmanaged<OpenDir>.fromOpaque(p).release()
+    }
+
+    /// Moves to a directory offset given by the kernel.
+    func seek(_ offset: UInt64) {
+        if offset == position { return }
+        lseek(fd, off_t(Int64(bitPattern: offset)), SEEK_SET)
+        start = 0
+        end = 0
+        position = offset
+    }
+
+    /// Refills the buffer; false at the end of the directory.
+    func fill() throws(Errno) -> Bool {
+        if start < end { return true }
+        let n = strata_getdents64_checked()
+        if n < 0 { throw currentErrno() }
+        start = 0
+        end = n
+        return n > 0
+    }
+
+    private func strata_getdents64_checked() -> Int {
+        Int(strata_getdents64(fd, buffer, OpenDir.bufferSize))
+    }
+}
+
+import CStrata
+import SystemPackage

@@ -1,0 +1,69 @@
+import CStrata
+import FUSE
+import Sys
+import SystemPackage
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension LoopbackFS {
+    public func opendir(_ r: Request, node id: NodeID, flags: Int32) throws(Errno) -> OpenReply {
+        let n = try node(id)
+        let fd: Int32
+        if let d = n.dirFD {
+            fd = openat(d.raw, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        } else {
+            fd = try at(n) { d, name, _ in openat(d, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW) }
+        }
+        if fd < 0 { throw currentErrno() }
+        var o = OpenReply(handle: OpenDir(fd: fd).handle)
+        o.cacheDir = options.keepCache
+        o.keepCache = options.keepCache
+        return o
+    }
+
+    public func releasedir(_ r: Request, node: NodeID, handle: UInt64) {
+        OpenDir.release(handle)
+    }
+
+    public func fsyncdir(_ r: Request, node: NodeID, handle: UInt64, dataOnly: Bool) throws(Errno) {
+        guard let d = OpenDir.from(handle) else { throw .badFileDescriptor }
+        if (dataOnly ? fdatasync(d.fd) : Glibc.fsync(d.fd)) != 0 { throw currentErrno() }
+    }
+
+    /// Streams getdents64 records into the reply. Offsets are the source
+    /// filesystem's own d_off cookies, so telldir/seekdir stay stable.
+    public func readdir(_ r: Request, node id: NodeID, handle: UInt64, offset: UInt64, into out: inout DirentWriter) throws(Errno) {
+        guard let d = OpenDir.from(handle) else { throw .badFileDescriptor }
+        let parent = out.plus ? try node(id) : nil
+        d.seek(offset)
+        while try d.fill() {
+            let rec = d.buffer + d.start
+            let ino = rec.load(as: UInt64.self)
+            let off = rec.load(fromByteOffset: 8, as: UInt64.self)
+            let reclen = Int(rec.load(fromByteOffset: 16, as: UInt16.self))
+            let type = rec.load(fromByteOffset: 18, as: UInt8.self)
+            let namePtr = (rec + 19).assumingMemoryBound(to: CChar.self)
+            let nameLen = strlen(namePtr)
+            let name = Name(pointer: namePtr, count: nameLen)
+            if !out.fits(nameLength: nameLen) { return }
+            var e: Entry? = nil
+            if let parent {
+                if name.isDotOrDotDot {
+                    e = Entry(node: 0, attr: Attr(), entryTimeout: .zero, attrTimeout: .zero)
+                } else {
+                    // A name removed since getdents read it is skipped.
+                    e = try? lookupChild(parent, name)
+                    if e == nil {
+                        d.start += reclen
+                        d.position = off
+                        continue
+                    }
+                }
+            }
+            out.add(name: name.buffer, ino: e?.attr.ino ?? ino, type: type, nextOffset: off, entry: e)
+            d.start += reclen
+            d.position = off
+        }
+    }
+}

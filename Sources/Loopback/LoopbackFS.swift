@@ -1,0 +1,157 @@
+import CStrata
+import FUSE
+import Sys
+import SystemPackage
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Mirrors a directory: every request is carried out on the source tree,
+/// relative to directory descriptors. Proves the FUSE layer, and is the
+/// shape the union mount follows (a union of one writable layer is this).
+public final class LoopbackFS: FileSystem, @unchecked Sendable {
+    public let source: String
+    let options: LoopbackOptions
+    let table: NodeTable
+    let rootFD: OwnedFD
+    let rootProcPath: [CChar]
+    let privileged = geteuid() == 0
+
+    public init(source: String, options: LoopbackOptions = LoopbackOptions()) throws(SysError) {
+        self.source = source
+        self.options = options
+        let fd = try Sys.openDirectory(source)
+        rootFD = OwnedFD(fd)
+        let st = try Sys.fileStatus(fd: fd, path: source)
+        let root = Node(id: NodeID.root, dev: UInt64(st.st_dev), ino: UInt64(st.st_ino), isDirectory: true,
+                        dirFD: rootFD, place: nil)
+        table = NodeTable(root: root, dirFDBudget: options.dirFDBudget)
+        rootProcPath = Array("/proc/self/fd/\(fd)".utf8CString)
+    }
+
+    public func initialize(_ connection: inout Connection) {
+        if !options.passthrough { connection.wanted &= ~InitFlag.passthrough }
+    }
+
+    // MARK: finding things
+
+    @inline(__always)
+    func node(_ id: NodeID) throws(Errno) -> Node {
+        guard let n = table.get(id) else { throw .staleNFSFileHandle }
+        return n
+    }
+
+    /// Calls `body` with a directory descriptor of `dir` (cached, or opened
+    /// for the call from its parent).
+    func withDirFD<R>(_ dir: Node, _ body: (Int32) throws(Errno) -> R) throws(Errno) -> R {
+        if let fd = dir.dirFD { return try body(fd.raw) }
+        let fd = try at(dir) { (d: Int32, n: UnsafePointer<CChar>, _: Int32) -> Int32 in
+            openat(d, n, Linux.O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        }
+        if fd < 0 { throw currentErrno() }
+        defer { close(fd) }
+        return try body(fd)
+    }
+
+    /// Calls `body(dirfd, name, nofollow)` naming `node`: its parent's
+    /// descriptor and its name, or for a node without a name (root, an
+    /// unlinked open file) a /proc/self/fd path with `nofollow` = 0.
+    func at<R>(_ node: Node, _ body: (Int32, UnsafePointer<CChar>, Int32) -> R) throws(Errno) -> R {
+        if node.id == NodeID.root {
+            return rootProcPath.withUnsafeBufferPointer { p in
+                guard let base = p.baseAddress else { return body(AT_FDCWD, "", 0) }
+                return body(AT_FDCWD, base, 0)
+            }
+        }
+        if let place = node.firstPlace {
+            return try withDirFD(place.parent) { (pfd: Int32) -> R in
+                place.name.withUnsafeBufferPointer { p in
+                    p.withMemoryRebound(to: CChar.self) { c in
+                        guard let base = c.baseAddress else { return body(pfd, "", Linux.AT_SYMLINK_NOFOLLOW) }
+                        return body(pfd, base, Linux.AT_SYMLINK_NOFOLLOW)
+                    }
+                }
+            }
+        }
+        if let o = node.orphan.withLock({ $0 }) {
+            return "/proc/self/fd/\(o.raw)".withCString { body(AT_FDCWD, $0, 0) }
+        }
+        throw .noSuchFileOrDirectory
+    }
+
+    /// Stats `node` without following symlinks.
+    func stat(_ node: Node) throws(Errno) -> stat {
+        var st = Glibc.stat()
+        if let fd = node.dirFD {
+            if fstat(fd.raw, &st) != 0 { throw currentErrno() }
+            return st
+        }
+        if node.firstPlace == nil, let o = node.orphan.withLock({ $0 }) {
+            if fstat(o.raw, &st) != 0 { throw currentErrno() }
+            return st
+        }
+        let r = try at(node) { d, n, f in fstatat(d, n, &st, f) }
+        if r != 0 { throw currentErrno() }
+        return st
+    }
+
+    func entry(_ n: Node, _ st: stat) -> Entry {
+        Entry(node: n.id, attr: Attr(st), entryTimeout: options.timeout, attrTimeout: options.timeout)
+    }
+
+    /// Looks `name` up in `parent` and takes a kernel reference on the result.
+    func lookupChild(_ parent: Node, _ name: Name) throws(Errno) -> Entry {
+        try withDirFD(parent) { (pfd: Int32) throws(Errno) -> Entry in
+            var st = Glibc.stat()
+            if fstatat(pfd, name.pointer, &st, Linux.AT_SYMLINK_NOFOLLOW) != 0 { throw currentErrno() }
+            let place = Place(parent: parent, name: Array(UnsafeRawBufferPointer(start: name.pointer, count: name.count + 1)))
+            let n = table.reference(st, place: place) {
+                openat(pfd, name.pointer, Linux.O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            }
+            return entry(n, st)
+        }
+    }
+
+    // MARK: FileSystem
+
+    public func lookup(_ r: Request, parent: NodeID, name: Name) throws(Errno) -> Entry {
+        if name.count > 255 { throw .fileNameTooLong }
+        do {
+            return try lookupChild(try node(parent), name)
+        } catch .noSuchFileOrDirectory where options.negativeTimeout.seconds > 0 {
+            return .negative(options.negativeTimeout)
+        }
+    }
+
+    public func forget(_ node: NodeID, count: UInt64) {
+        table.forget(node, count: count)
+    }
+
+    public func getattr(_ r: Request, node id: NodeID, handle: UInt64?) throws(Errno) -> (Attr, CacheTimeout) {
+        var st = Glibc.stat()
+        if let h = handle, let f = OpenFile.from(h) {
+            if fstat(f.fd, &st) != 0 { throw currentErrno() }
+        } else {
+            st = try stat(try node(id))
+        }
+        return (Attr(st), options.timeout)
+    }
+
+    public func readlink(_ r: Request, node id: NodeID, buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
+        guard let base = buffer.baseAddress?.assumingMemoryBound(to: CChar.self) else { throw .invalidArgument }
+        let n = try at(try node(id)) { d, name, _ in readlinkat(d, name, base, buffer.count) }
+        if n < 0 { throw currentErrno() }
+        return n
+    }
+
+    public func statfs(_ r: Request, node: NodeID) throws(Errno) -> StatFS {
+        var s = statvfs()
+        if fstatvfs(rootFD.raw, &s) != 0 { throw currentErrno() }
+        return StatFS(s)
+    }
+
+    public func access(_ r: Request, node id: NodeID, mask: Int32) throws(Errno) {
+        let rc = try at(try node(id)) { d, n, _ in faccessat(d, n, mask, 0) }
+        if rc != 0 { throw currentErrno() }
+    }
+}

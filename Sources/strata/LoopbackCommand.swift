@@ -1,0 +1,97 @@
+import ArgumentParser
+import FUSE
+import Logging
+import Loopback
+import Sys
+#if canImport(Glibc)
+import Glibc
+#endif
+
+struct LoopbackCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "loopback",
+        abstract: "Mirror a directory at a mount point through Strata's FUSE layer.",
+        discussion: """
+        Every operation on MOUNTPOINT is carried out on SOURCE. Returns once the \
+        mount is ready and keeps serving in the background; unmount with \
+        'umount MOUNTPOINT' (or 'fusermount3 -u MOUNTPOINT' without privileges).
+
+        Options (-o, comma-separated): passthrough=on|off (kernel passthrough of \
+        reads and writes, default on when root), threads=N (default 4), \
+        timeout=SECONDS (how long the kernel caches names and attributes, default \
+        86400: the source must not change behind the mount), kernel_cache / \
+        no_kernel_cache, allow_other, default_permissions, ro, rw, dev, nodev, \
+        suid, nosuid, exec, noexec, atime, noatime, acl, noacl, fsname=NAME, debug.
+        """
+    )
+
+    @Argument(help: "The directory to mirror.")
+    var source: String
+
+    @Argument(help: "Where to mount it (an existing empty directory).")
+    var mountpoint: String
+
+    @Option(name: .short, help: "Mount options, comma-separated (see above).")
+    var o: [String] = []
+
+    @Flag(name: .short, help: "Stay in the foreground.")
+    var f = false
+
+    func run() throws {
+        var mount = MountConfig(mountpoint: mountpoint, fsname: source)
+        var session = SessionOptions()
+        var fsOptions = LoopbackOptions()
+        mount.defaultPermissions = true
+        mount.allowOther = geteuid() == 0
+        do {
+            for (k, v) in MountOptionList(o).items {
+                if try applyCommonOption(k, v, mount: &mount, session: &session) { continue }
+                switch k {
+                case "timeout", "entry_timeout", "attr_timeout":
+                    fsOptions.timeout = try parseTimeout(k, v)
+                    fsOptions.negativeTimeout = fsOptions.timeout
+                case "kernel_cache": fsOptions.keepCache = true
+                case "no_kernel_cache": fsOptions.keepCache = false
+                default: throw UsageError("unknown option '\(k)' (see 'strata loopback --help')")
+                }
+            }
+        } catch {
+            throw fail("\(error)")
+        }
+        fsOptions.passthrough = session.passthrough
+        try serve(mount: mount, session: session) { () throws(SysError) in
+            let src = try Sys.realPath(source)
+            let st = try Sys.fileStatus(src)
+            if st.st_mode & Linux.S_IFMT != Linux.S_IFDIR { throw SysError(.notDirectory, "source", source) }
+            return try LoopbackFS(source: src, options: fsOptions)
+        }
+    }
+
+    func serve<FS: FileSystem>(mount: MountConfig, session: SessionOptions, make: () throws(SysError) -> FS) throws {
+        try serveFileSystem(mount: mount, session: session, foreground: f, make: make)
+    }
+}
+
+/// The shared tail of every mounting command: validate, background unless
+/// -f, mount, serve.
+func serveFileSystem<FS: FileSystem>(mount: MountConfig, session: SessionOptions, foreground: Bool,
+                                     make: () throws(SysError) -> FS) throws {
+    var mount = mount
+    if !foreground && Daemon.readyFD == nil {
+        Daemon.startAndWait()
+    }
+    let readyFD = Daemon.readyFD
+    if readyFD != nil { Daemon.detach() }
+    LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
+    var logger = Logger(label: "strata")
+    logger.logLevel = session.debug ? .debug : .info
+    do {
+        mount.mountpoint = try Sys.realPath(mount.mountpoint)
+        let fs = try make()
+        try Server.serve(fs, mount: mount, options: session, logger: logger) {
+            if let fd = readyFD { Daemon.signalReady(fd) }
+        }
+    } catch {
+        throw fail("\(error)")
+    }
+}
