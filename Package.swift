@@ -32,8 +32,9 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "strata-bench", dependencies: ["Sys"], path: "bench/Sources"),
+        .target(name: "TestSupport", dependencies: ["Sys", "CStrata"], path: "Tests/Support"),
         .testTarget(name: "FUSETests", dependencies: ["FUSE", "Sys", "CStrata"]),
-        .testTarget(name: "LoopbackTests", dependencies: ["Loopback", "FUSE", "Sys", "CStrata"]),
+        .testTarget(name: "LoopbackTests", dependencies: ["Loopback", "FUSE", "Sys", "CStrata", "TestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

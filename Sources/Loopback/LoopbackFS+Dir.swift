@@ -61,7 +61,9 @@ extension LoopbackFS {
                     }
                 }
             }
-            out.add(name: name.buffer, ino: e?.attr.ino ?? ino, type: type, nextOffset: off, entry: e)
+            // d_ino 0 would make libc skip the entry: "." and ".." keep the source's.
+            let dino = e.map { $0.node == 0 ? ino : $0.attr.ino } ?? ino
+            out.add(name: name.buffer, ino: dino, type: type, nextOffset: off, entry: e)
             d.start += reclen
             d.position = off
         }

@@ -1,0 +1,94 @@
+import CStrata
+import Foundation
+import Sys
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Whether tests that mount can run, and where the `strata` binary is.
+public enum MountEnvironment {
+    /// Root and /dev/fuse: what a real mount needs.
+    public static var available: Bool { geteuid() == 0 && access("/dev/fuse", R_OK | W_OK) == 0 }
+
+    /// In CI (or with STRATA_REQUIRE_MOUNT=1) skipping a mount test is a failure.
+    public static var required: Bool {
+        ProcessInfo.processInfo.environment["STRATA_REQUIRE_MOUNT"] == "1"
+            || ProcessInfo.processInfo.environment["CI"] == "true"
+    }
+
+    /// The package root, found from this file's location.
+    public static var packageRoot: String {
+        var url = URL(fileURLWithPath: #filePath)
+        for _ in 0..<3 { url.deleteLastPathComponent() }
+        return url.path
+    }
+
+    /// The built `strata` executable (STRATA_BIN overrides).
+    public static var binary: String {
+        if let b = ProcessInfo.processInfo.environment["STRATA_BIN"] { return b }
+        for config in ["debug", "release"] {
+            let p = "\(packageRoot)/.build/\(config)/strata"
+            if access(p, X_OK) == 0 { return p }
+        }
+        return "\(packageRoot)/.build/debug/strata"
+    }
+}
+
+/// A scratch directory removed at the end of the test, whatever happened.
+public final class TempDir: @unchecked Sendable {
+    public let path: String
+    public init(_ tag: String = "strata-test") {
+        var template = Array("/tmp/\(tag).XXXXXX".utf8CString)
+        let p = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
+        path = p.map { String(cString: $0) } ?? "/tmp/\(tag).\(getpid()).\(UInt32.random(in: 0...UInt32.max))"
+        if p == nil { mkdir(path, 0o755) }
+        chmod(path, 0o755)
+    }
+    public func sub(_ name: String) -> String {
+        let p = "\(path)/\(name)"
+        mkdir(p, 0o755)
+        return p
+    }
+    deinit {
+        // Never leave anything mounted below us; then remove the tree.
+        if let mounts = try? String(contentsOfFile: "/proc/self/mounts", encoding: .utf8) {
+            for line in mounts.split(separator: "\n") {
+                let f = line.split(separator: " ")
+                if f.count > 1, f[1].hasPrefix(path) { umount2(String(f[1]), Int32(MNT_DETACH)) }
+            }
+        }
+        _ = try? Spawn.run("/bin/rm", ["rm", "-rf", "--one-file-system", path])
+    }
+}
+
+/// Runs a program and captures its exit status and standard error.
+public func runProgram(_ path: String, _ args: [String], env: [String: String] = [:]) -> (status: Int32, stdout: String, stderr: String) {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: path)
+    p.arguments = args
+    var e = ProcessInfo.processInfo.environment
+    for (k, v) in env { e[k] = v }
+    p.environment = e
+    let out = Pipe(), err = Pipe()
+    p.standardOutput = out
+    p.standardError = err
+    p.standardInput = FileHandle.nullDevice
+    do { try p.run() } catch { return (127, "", "\(error)") }
+    // Read both before waiting, so that a chatty child cannot block.
+    let o = out.fileHandleForReading.readDataToEndOfFile()
+    let r = err.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: r, as: UTF8.self))
+}
+
+/// Polls until `cond` holds or `seconds` pass.
+public func waitFor(_ seconds: Double, _ cond: () -> Bool) -> Bool {
+    let end = Date().addingTimeInterval(seconds)
+    while Date() < end {
+        if cond() { return true }
+        usleep(20_000)
+    }
+    return cond()
+}
+
+public func isMountPoint(_ path: String) -> Bool { strata_is_mount_root(path) != 0 }
