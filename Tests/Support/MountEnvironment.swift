@@ -61,24 +61,42 @@ public final class TempDir: @unchecked Sendable {
     }
 }
 
-/// Runs a program and captures its exit status and standard error.
+/// Runs a program and captures its exit status, standard output and error.
+/// Uses posix_spawn and waitpid directly: Foundation's Process waits on
+/// SIGCHLD machinery that does not mix with the daemons tests start.
 public func runProgram(_ path: String, _ args: [String], env: [String: String] = [:]) -> (status: Int32, stdout: String, stderr: String) {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: path)
-    p.arguments = args
-    var e = ProcessInfo.processInfo.environment
-    for (k, v) in env { e[k] = v }
-    p.environment = e
-    let out = Pipe(), err = Pipe()
-    p.standardOutput = out
-    p.standardError = err
-    p.standardInput = FileHandle.nullDevice
-    do { try p.run() } catch { return (127, "", "\(error)") }
-    // Read both before waiting, so that a chatty child cannot block.
-    let o = out.fileHandleForReading.readDataToEndOfFile()
-    let r = err.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: r, as: UTF8.self))
+    var o: [Int32] = [-1, -1], e: [Int32] = [-1, -1]
+    guard pipe(&o) == 0, pipe(&e) == 0 else { return (127, "", "pipe failed") }
+    for fd in o + e { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+    let devnull = open("/dev/null", O_RDONLY | O_CLOEXEC)
+    defer { close(devnull) }
+    let pid: pid_t
+    do {
+        pid = try Spawn.start(path, [path] + args, env: env, stdio: (devnull, o[1], e[1]))
+    } catch {
+        for fd in o + e { close(fd) }
+        return (127, "", "\(error)")
+    }
+    close(o[1]); close(e[1])
+    let out = Locked<[UInt8]>([])
+    let done = DispatchSemaphore(value: 0)
+    let outFD = o[0]
+    Thread { out.withLock { $0 = drain(outFD) }; done.signal() }.start()
+    let err = drain(e[0])
+    done.wait()
+    close(o[0]); close(e[0])
+    let status = Spawn.wait(pid)
+    return (status, String(decoding: out.withLock { $0 }, as: UTF8.self), String(decoding: err, as: UTF8.self))
+}
+
+private func drain(_ fd: Int32) -> [UInt8] {
+    var data: [UInt8] = []
+    var buf = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let n = read(fd, &buf, buf.count)
+        if n > 0 { data += buf[0..<n] } else if n < 0 && errno == EINTR { continue } else { break }
+    }
+    return data
 }
 
 /// Polls until `cond` holds or `seconds` pass.
