@@ -31,7 +31,10 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
-        .executableTarget(name: "strata-bench", dependencies: ["Sys"], path: "bench/Sources"),
+        .executableTarget(name: "strata-bench", dependencies: [
+            "Sys", "CStrata",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ], path: "bench/Sources/strata-bench"),
         .target(name: "TestSupport", dependencies: ["Sys", "CStrata"], path: "Tests/Support"),
         .testTarget(name: "FUSETests", dependencies: ["FUSE", "Sys", "CStrata"]),
         .testTarget(name: "LoopbackTests", dependencies: ["Loopback", "FUSE", "Sys", "CStrata", "TestSupport"]),

@@ -1,0 +1,58 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Monotonic seconds.
+func now() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+}
+
+func time(_ body: () throws -> Void) rethrows -> Double {
+    let t0 = now()
+    try body()
+    return now() - t0
+}
+
+func median(_ xs: [Double]) -> Double {
+    guard !xs.isEmpty else { return .nan }
+    let s = xs.sorted()
+    return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
+}
+
+/// Results of one workload: seconds per round for each implementation.
+struct Workload {
+    let name: String
+    /// Bytes moved per round (for throughput), or nil for a time-only workload.
+    let bytes: Double?
+    var seconds: [String: [Double]] = [:]
+
+    /// Ratio to the baseline, paired round by round, then the median.
+    func ratio(_ impl: String, to base: String) -> Double {
+        guard let a = seconds[impl], let b = seconds[base] else { return .nan }
+        return median(zip(a, b).map { $0 / $1 })
+    }
+}
+
+func report(_ workloads: [Workload], impls: [String], base: String) -> String {
+    var out = "| workload | " + impls.map { "\($0) median" }.joined(separator: " | ") + " | "
+        + impls.filter { $0 != base }.map { "\($0) / \(base)" }.joined(separator: " | ") + " |\n"
+    out += "|" + String(repeating: "---|", count: 1 + impls.count + impls.count - 1) + "\n"
+    for w in workloads {
+        var row = "| \(w.name) |"
+        for i in impls {
+            let m = median(w.seconds[i] ?? [])
+            if let b = w.bytes { row += String(format: " %.0f MB/s (%.3f s) |", b / m / 1e6, m) }
+            else { row += String(format: " %.1f ms |", m * 1000) }
+        }
+        for i in impls where i != base {
+            let r = w.ratio(i, to: base)
+            // For throughput, report time ratios too: > 1 means slower.
+            row += String(format: " %.2fx time |", r)
+        }
+        out += row + "\n"
+    }
+    return out
+}
