@@ -37,9 +37,20 @@ public struct Name: @unchecked Sendable {
     public var bytes: [UInt8] {
         Array(UnsafeRawBufferPointer(start: pointer, count: count))
     }
+    /// The name with its terminating NUL, ready for *at calls later.
+    public var bytesWithNUL: [UInt8] {
+        Array(UnsafeRawBufferPointer(start: pointer, count: count + 1))
+    }
     public var buffer: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: pointer, count: count) }
     public func equals(_ other: [UInt8]) -> Bool {
         other.count == count && other.withUnsafeBytes { b in
+            guard let base = b.baseAddress else { return count == 0 }
+            return memcmp(base, pointer, count) == 0
+        }
+    }
+    /// Whether the first `count` bytes of `other` are this name.
+    public func equals(prefixOf other: [UInt8]) -> Bool {
+        other.count >= count && other.withUnsafeBytes { b in
             guard let base = b.baseAddress else { return count == 0 }
             return memcmp(base, pointer, count) == 0
         }

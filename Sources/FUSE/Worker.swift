@@ -151,8 +151,15 @@ final class Worker<FS: FileSystem>: @unchecked Sendable {
             reply(h.unique, out)
             return
         }
+        if inp.minor < 12 {
+            // Kernels older than 2.6.29 speak layouts we do not encode.
+            sendError(h.unique, .protocolNotSupported)
+            return
+        }
         session.negotiate(inp, &out)
-        reply(h.unique, out)
+        // Before 7.23 the INIT reply was 24 bytes; the kernel rejects more.
+        payload.storeBytes(of: out, as: sf_init_out.self)
+        send(h.unique, payloadLength: inp.minor < 23 ? 24 : MemoryLayout<sf_init_out>.size)
     }
 
     private func dispatch(length: Int) {
@@ -226,6 +233,8 @@ final class Worker<FS: FileSystem>: @unchecked Sendable {
             case SF_OPEN:
                 let m = body.load(as: sf_open_in.self)
                 let o = try fs.open(r, node: node, flags: Int32(bitPattern: m.flags))
+                // handle_killpriv_v2: an O_TRUNC open by a user drops setuid/setgid.
+                if m.open_flags & UInt32(SF_OPEN_KILL_SUIDGID) != 0 { killPrivileges(r, node) }
                 reply(h.unique, openOut(node: node, o))
             case SF_CREATE, SF_TMPFILE:
                 let m = body.load(as: sf_create_in.self)
@@ -249,6 +258,9 @@ final class Worker<FS: FileSystem>: @unchecked Sendable {
                 send(h.unique, payloadLength: n)
             case SF_WRITE:
                 let m = body.load(as: sf_write_in.self)
+                // handle_killpriv_v2: the kernel flags writes that must drop
+                // setuid/setgid (only when such bits are set, so rarely).
+                if m.write_flags & UInt32(SF_WRITE_KILL_SUIDGID) != 0 { killPrivileges(r, node) }
                 let data = body + MemoryLayout<sf_write_in>.size
                 let size = min(Int(m.size), end - data)
                 let n = try fs.write(r, node: node, handle: m.fh, offset: m.offset,
@@ -349,6 +361,13 @@ final class Worker<FS: FileSystem>: @unchecked Sendable {
         } catch {
             sendError(h.unique, error)
         }
+    }
+
+    /// Asks the file system to drop setuid/setgid, as a setattr would.
+    private func killPrivileges(_ r: Request, _ node: NodeID) {
+        var c = SetAttrRequest()
+        c.killSUIDGID = true
+        _ = try? fs.setattr(r, node: node, changes: c)
     }
 
     private func decodeSetattr(_ s: sf_setattr_in) -> SetAttrRequest {

@@ -51,6 +51,19 @@ extension LoopbackFS {
         } else {
             st = try stat(n)
         }
+        // We act as root, whose writes and truncates keep setuid/setgid: drop
+        // them as the kernel would for the user (handle_killpriv_v2).
+        if c.killSUIDGID && c.mode == nil && st.st_mode & Linux.S_IFMT == Linux.S_IFREG {
+            var drop: UInt32 = 0o4000
+            if st.st_mode & 0o010 != 0 { drop |= 0o2000 }
+            if st.st_mode & drop != 0 {
+                let mode = st.st_mode & 0o7777 & ~drop
+                let rc: Int32
+                if let f = file { rc = fchmod(f.fd, mode) } else { rc = try at(n) { d, name, _ in fchmodat(d, name, mode, 0) } }
+                if rc != 0 { throw currentErrno() }
+                st.st_mode = (st.st_mode & ~0o7777) | mode
+            }
+        }
         return (Attr(st), options.timeout)
     }
 

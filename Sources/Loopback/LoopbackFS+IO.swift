@@ -14,6 +14,16 @@ extension LoopbackFS {
         return o
     }
 
+    /// Passthrough writes run with the daemon's credentials, so the kernel
+    /// would not drop setuid/setgid when a user writes: such opens go
+    /// through the daemon, which the kernel then tells to drop the bits.
+    func mustSeeWrites(_ r: Request, flags: Int32, fd: Int32, mode: UInt32? = nil) -> Bool {
+        guard r.uid != 0, flags & O_ACCMODE != O_RDONLY else { return false }
+        if let mode { return mode & 0o6000 != 0 }
+        var st = Glibc.stat()
+        return fstat(fd, &st) == 0 && st.st_mode & 0o6000 != 0
+    }
+
     public func open(_ r: Request, node id: NodeID, flags: Int32) throws(Errno) -> OpenReply {
         let n = try node(id)
         let fl = (flags & ~(O_CREAT | O_EXCL | O_NOCTTY)) | O_CLOEXEC
@@ -24,7 +34,7 @@ extension LoopbackFS {
             fd = try at(n) { d, name, nofollow in openat(d, name, fl | (nofollow != 0 ? O_NOFOLLOW : 0)) }
         }
         if fd < 0 { throw currentErrno() }
-        return openReply(OpenFile(fd: fd), regular: true)
+        return openReply(OpenFile(fd: fd), regular: !mustSeeWrites(r, flags: flags, fd: fd))
     }
 
     public func create(_ r: Request, parent: NodeID, name: Name, mode: UInt32, umask: UInt32, flags: Int32) throws(Errno) -> (Entry, OpenReply) {
@@ -35,7 +45,7 @@ extension LoopbackFS {
             let f = OpenFile(fd: fd)
             setOwner(r, parentFD: pfd, name: nil, fd: fd, mode: mode, isDirectory: false)
             let e = try lookupChild(p, name)
-            return (e, openReply(f, regular: true))
+            return (e, openReply(f, regular: !mustSeeWrites(r, flags: flags, fd: fd, mode: mode)))
         }
     }
 

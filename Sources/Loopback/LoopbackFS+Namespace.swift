@@ -96,8 +96,8 @@ extension LoopbackFS {
                 }
                 if strata_renameat2(pfd, name.pointer, npfd, newName.pointer, flags) != 0 { throw currentErrno() }
                 if sameInode { return }
-                let newPlace = Place(parent: np, name: Array(UnsafeRawBufferPointer(start: newName.pointer, count: newName.count + 1)))
-                let oldPlace = Place(parent: p, name: Array(UnsafeRawBufferPointer(start: name.pointer, count: name.count + 1)))
+                let newPlace = Place(parent: np, name: newName.bytesWithNUL)
+                let oldPlace = Place(parent: p, name: name.bytesWithNUL)
                 if haveSrc, let s = table.find(dev: UInt64(sst.st_dev), ino: UInt64(sst.st_ino)) {
                     s.removePlace(parent: p, name: name)
                     s.addPlace(newPlace)

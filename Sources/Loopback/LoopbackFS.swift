@@ -104,8 +104,7 @@ public final class LoopbackFS: FileSystem, @unchecked Sendable {
         try withDirFD(parent) { (pfd: Int32) throws(Errno) -> Entry in
             var st = Glibc.stat()
             if fstatat(pfd, name.pointer, &st, Linux.AT_SYMLINK_NOFOLLOW) != 0 { throw currentErrno() }
-            let place = Place(parent: parent, name: Array(UnsafeRawBufferPointer(start: name.pointer, count: name.count + 1)))
-            let n = table.reference(st, place: place) {
+            let n = table.reference(st, parent: parent, name: name) {
                 openat(pfd, name.pointer, Linux.O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
             }
             return entry(n, st)

@@ -49,6 +49,15 @@ final class Node: @unchecked Sendable {
         }
     }
 
+    /// Whether (parent, name) is already one of this node's names; compares
+    /// in place so that a repeated lookup allocates nothing.
+    func hasPlace(parent: Node, name: Name) -> Bool {
+        places.withLock { ps in
+            ps.contains { $0.parent === parent && $0.name.count == name.count + 1
+                && name.equals(prefixOf: $0.name) }
+        }
+    }
+
     /// Removes a name; returns how many names remain known.
     @discardableResult
     func removePlace(parent: Node, name: Name) -> Int {
@@ -91,7 +100,7 @@ final class NodeTable: @unchecked Sendable {
 
     /// Returns the node for a stat result, creating it if new, and counts one
     /// kernel lookup reference. `place` is recorded as one of its names.
-    func reference(_ st: stat, place: Place, dirFDOpener: () -> Int32) -> Node {
+    func reference(_ st: stat, parent: Node, name: Name, dirFDOpener: () -> Int32) -> Node {
         let key = InoKey(dev: UInt64(st.st_dev), ino: UInt64(st.st_ino))
         let isDir = st.st_mode & Linux.S_IFMT == Linux.S_IFDIR
         let shard = byIno[Int(key.ino % UInt64(Self.shardCount))]
@@ -100,9 +109,13 @@ final class NodeTable: @unchecked Sendable {
             n.lookups += 1
             return n
         }) {
-            if !isDir { n.addPlace(place) } else { n.setOnlyPlace(place) }
+            if !n.hasPlace(parent: parent, name: name) {
+                let place = Place(parent: parent, name: name.bytesWithNUL)
+                if isDir { n.setOnlyPlace(place) } else { n.addPlace(place) }
+            }
             return n
         }
+        let place = Place(parent: parent, name: name.bytesWithNUL)
         // New inode: open its directory fd (outside any lock) if budget allows.
         var fd: OwnedFD? = nil
         if isDir && dirFDsInUse.add(1, ordering: .relaxed).newValue <= dirFDBudget {
