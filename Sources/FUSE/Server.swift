@@ -17,6 +17,9 @@ public enum Server {
         for s in [SIGINT, SIGTERM, SIGHUP] { sigaddset(&set, s) }
         pthread_sigmask(SIG_BLOCK, &set, nil)
         signal(SIGPIPE, SIG_IGN)
+        // The kernel already applied the caller's umask (or, with ACLs, the
+        // file system does); ours must not mask the modes a second time.
+        umask(0)
 
         let (fd, method) = try Mounter.mount(mount)
         defer { close(fd) }

@@ -40,7 +40,8 @@ extension LoopbackFS {
     public func create(_ r: Request, parent: NodeID, name: Name, mode: UInt32, umask: UInt32, flags: Int32) throws(Errno) -> (Entry, OpenReply) {
         let p = try node(parent)
         return try withDirFD(p) { (pfd: Int32) throws(Errno) -> (Entry, OpenReply) in
-            let fd = openat(pfd, name.pointer, (flags & ~O_NOCTTY) | O_CREAT | O_CLOEXEC | O_NOFOLLOW, mode)
+            let fd = openat(pfd, name.pointer, (flags & ~O_NOCTTY) | O_CREAT | O_CLOEXEC | O_NOFOLLOW,
+                            creationMode(mode, umask: umask, parentFD: pfd))
             if fd < 0 { throw currentErrno() }
             let f = OpenFile(fd: fd)
             setOwner(r, parentFD: pfd, name: nil, fd: fd, mode: mode, isDirectory: false)
@@ -53,7 +54,7 @@ extension LoopbackFS {
         let p = try node(parent)
         return try withDirFD(p) { (pfd: Int32) throws(Errno) -> (Entry, OpenReply) in
             let fl = (flags & ~(O_CREAT | O_EXCL | O_NOCTTY | O_DIRECTORY)) | Linux.O_TMPFILE | O_CLOEXEC
-            let fd = openat(pfd, ".", fl, mode)
+            let fd = openat(pfd, ".", fl, creationMode(mode, umask: umask, parentFD: pfd))
             if fd < 0 { throw currentErrno() }
             let f = OpenFile(fd: fd)
             setOwner(r, parentFD: pfd, name: nil, fd: fd, mode: mode, isDirectory: false)

@@ -9,11 +9,11 @@ import Glibc
 extension LoopbackFS {
     /// Runs a creating call in `parent`, sets the owner, and looks the new
     /// name up (taking the kernel's reference).
-    private func made(_ r: Request, parent: NodeID, name: Name, mode: UInt32, isDirectory: Bool,
-                      _ call: (Int32) -> Int32) throws(Errno) -> Entry {
+    private func made(_ r: Request, parent: NodeID, name: Name, mode: UInt32, umask: UInt32 = 0, isDirectory: Bool,
+                      _ call: (Int32, UInt32) -> Int32) throws(Errno) -> Entry {
         let p = try node(parent)
         return try withDirFD(p) { (pfd: Int32) throws(Errno) -> Entry in
-            if call(pfd) != 0 { throw currentErrno() }
+            if call(pfd, creationMode(mode, umask: umask, parentFD: pfd)) != 0 { throw currentErrno() }
             setOwner(r, parentFD: pfd, name: name.pointer, fd: nil, mode: mode, isDirectory: isDirectory)
             return try lookupChild(p, name)
         }
@@ -23,15 +23,15 @@ extension LoopbackFS {
         // The kernel's new_encode_dev back to a dev_t.
         let maj = (rdev & 0xfff00) >> 8, mnr = (rdev & 0xff) | ((rdev >> 12) & 0xfff00)
         let dev = strata_makedev(maj, mnr)
-        return try made(r, parent: parent, name: name, mode: mode, isDirectory: false) { mknodat($0, name.pointer, mode, dev_t(dev)) }
+        return try made(r, parent: parent, name: name, mode: mode, umask: umask, isDirectory: false) { mknodat($0, name.pointer, $1, dev_t(dev)) }
     }
 
     public func mkdir(_ r: Request, parent: NodeID, name: Name, mode: UInt32, umask: UInt32) throws(Errno) -> Entry {
-        try made(r, parent: parent, name: name, mode: mode, isDirectory: true) { mkdirat($0, name.pointer, mode) }
+        try made(r, parent: parent, name: name, mode: mode, umask: umask, isDirectory: true) { mkdirat($0, name.pointer, $1) }
     }
 
     public func symlink(_ r: Request, parent: NodeID, name: Name, target: Name) throws(Errno) -> Entry {
-        try made(r, parent: parent, name: name, mode: Linux.S_IFLNK | 0o777, isDirectory: false) { symlinkat(target.pointer, $0, name.pointer) }
+        try made(r, parent: parent, name: name, mode: Linux.S_IFLNK | 0o777, isDirectory: false) { pfd, _ in symlinkat(target.pointer, pfd, name.pointer) }
     }
 
     public func link(_ r: Request, node id: NodeID, newParent: NodeID, newName: Name) throws(Errno) -> Entry {

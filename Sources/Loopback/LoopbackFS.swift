@@ -16,6 +16,7 @@ public final class LoopbackFS: FileSystem, @unchecked Sendable {
     let rootFD: OwnedFD
     let rootProcPath: [CChar]
     let privileged = geteuid() == 0
+    let dontMask = Locked(false)
 
     public init(source: String, options: LoopbackOptions = LoopbackOptions()) throws(SysError) {
         self.source = source
@@ -31,6 +32,18 @@ public final class LoopbackFS: FileSystem, @unchecked Sendable {
 
     public func initialize(_ connection: inout Connection) {
         if !options.passthrough { connection.wanted &= ~InitFlag.passthrough }
+        dontMask.withLock { $0 = connection.has(InitFlag.dontMask) }
+    }
+
+    /// The mode to create with. With POSIX ACLs negotiated the kernel leaves
+    /// the umask to us (FUSE_DONT_MASK): a directory with a default ACL
+    /// decides the mode itself, any other takes the caller's umask.
+    func creationMode(_ mode: UInt32, umask: UInt32, parentFD: Int32) -> UInt32 {
+        guard dontMask.withLock({ $0 }) else { return mode }
+        let hasDefaultACL = "/proc/self/fd/\(parentFD)".withCString {
+            CStrata.getxattr($0, "system.posix_acl_default", nil, 0) > 0
+        }
+        return hasDefaultACL ? mode : mode & ~umask
     }
 
     // MARK: finding things

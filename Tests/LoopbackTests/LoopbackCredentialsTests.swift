@@ -58,3 +58,30 @@ struct LoopbackCredentialsTests {
         #expect(FileOps(mnt).stat("named").map { $0.st_mode & 0o777 } == 0o640)
     }
 }
+
+@Suite(.enabled(if: MountEnvironment.available), .serialized)
+struct LoopbackModeTests {
+    /// The caller's umask applies once: not again by the daemon's own umask,
+    /// and with `acl` a default ACL decides instead.
+    @Test(arguments: [[String](), ["acl"]])
+    func umaskAndDefaultACLsMatchThePlainDirectory(_ options: [String]) throws {
+        guard let setfacl = Spawn.which("setfacl") else { Issue.record("setfacl missing: apt-get install acl"); return }
+        let t = TempDir()
+        let ref = t.sub("ref"), src = t.sub("src"), mnt = t.sub("mnt")
+        for d in [ref, src] {
+            mkdir("\(d)/acl", 0o755)
+            _ = runProgram(setfacl, ["-d", "-m", "u::rwx,g::rwx,o::r-x,u:65534:rwx,m::rwx", "\(d)/acl"])
+        }
+        let m = try LoopbackMount(source: src, mountpoint: mnt, options: options)
+        defer { m.unmount() }
+        func make(_ root: String) -> Int32 {
+            let script = "umask 0; touch \(root)/open; mkdir \(root)/dir; umask 077; touch \(root)/closed; mkdir \(root)/acl/sub; touch \(root)/acl/file"
+            return runProgram("/bin/sh", ["-c", script]).status
+        }
+        #expect(make(ref) == 0 && make(mnt) == 0)
+        let a = TreeSnapshot.take(ref, times: false, xattrPrefixes: ["system.", "user."])
+        let b = TreeSnapshot.take(src, times: false, xattrPrefixes: ["system.", "user."])
+        #expect(TreeSnapshot.diff(a, b, labels: ("plain", "through mount")) == [])
+        #expect(FileOps(src).stat("open").map { $0.st_mode & 0o777 } == 0o666)
+    }
+}
