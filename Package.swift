@@ -3,6 +3,7 @@ import PackageDescription
 
 // Module graph (one way, see docs/ARCHITECTURE.md):
 //   CStrata <- Sys <- FUSE <- Loopback <- strata
+//                  Sys <- Overlay <- OverlayFS (also <- FUSE) <- strata
 let package = Package(
     name: "Strata",
     platforms: [.macOS(.v13)],
@@ -26,8 +27,10 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .target(name: "Loopback", dependencies: ["FUSE", "Sys", "CStrata"]),
+        .target(name: "Overlay", dependencies: ["Sys", "CStrata"]),
+        .target(name: "OverlayFS", dependencies: ["Overlay", "FUSE", "Sys", "CStrata"]),
         .executableTarget(name: "strata", dependencies: [
-            "FUSE", "Loopback", "Sys",
+            "FUSE", "Loopback", "Overlay", "OverlayFS", "Sys",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),

@@ -4,27 +4,6 @@ import Sys
 import Glibc
 #endif
 
-/// An open file. Its address is the FUSE file handle, so finding it on
-/// read and write is a pointer conversion, not a table lookup.
-final class OpenFile: @unchecked Sendable {
-    let fd: Int32
-    init(fd: Int32) { self.fd = fd }
-    deinit { close(fd) }
-
-    var handle: UInt64 { UInt64(UInt(bitPattern: Unmanaged.passRetained(self).toOpaque())) }
-
-    @inline(__always)
-    static func from(_ h: UInt64) -> OpenFile? {
-        guard let p = UnsafeRawPointer(bitPattern: UInt(h)) else { return nil }
-        return Unmanaged<OpenFile>.fromOpaque(p).takeUnretainedValue()
-    }
-
-    static func release(_ h: UInt64) {
-        guard let p = UnsafeRawPointer(bitPattern: UInt(h)) else { return }
-        Unmanaged<OpenFile>.fromOpaque(p).release()
-    }
-}
-
 /// An open directory with its getdents64 buffer. The kernel serializes
 /// readdir calls on one handle, so no lock is needed.
 final class OpenDir: @unchecked Sendable {

@@ -141,7 +141,7 @@ public final class LoopbackFS: FileSystem, @unchecked Sendable {
 
     public func getattr(_ r: Request, node id: NodeID, handle: UInt64?) throws(Errno) -> (Attr, CacheTimeout) {
         var st = Glibc.stat()
-        if let h = handle, let f = OpenFile.from(h) {
+        if let h = handle, let f = try? FDHandle.from(h) {
             if fstat(f.fd, &st) != 0 { throw currentErrno() }
         } else {
             st = try stat(try node(id))

@@ -78,3 +78,32 @@ public func printError(_ line: String) {
     if !s.hasSuffix("\n") { s += "\n" }
     s.withCString { p in _ = write(2, p, strlen(p)) }
 }
+
+/// A bound on cached descriptors (the hard limit on open files here is
+/// 20,000, so caches must not grow with the tree).
+public final class FDBudget: @unchecked Sendable {
+    private let used = Atomic<Int>(0)
+    public let limit: Int
+    public init(limit: Int) { self.limit = limit }
+
+    /// Wraps `fd` for caching if the budget allows; nil means: use it once
+    /// and close it.
+    public func cache(_ fd: Int32) -> OwnedFD? {
+        if used.add(1, ordering: .relaxed).newValue > limit {
+            used.subtract(1, ordering: .relaxed)
+            return nil
+        }
+        return BudgetedFD(fd, budget: self)
+    }
+
+    fileprivate func release() { used.subtract(1, ordering: .relaxed) }
+}
+
+private final class BudgetedFD: OwnedFD, @unchecked Sendable {
+    let budget: FDBudget
+    init(_ raw: Int32, budget: FDBudget) {
+        self.budget = budget
+        super.init(raw)
+    }
+    deinit { budget.release() }
+}

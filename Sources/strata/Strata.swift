@@ -4,14 +4,13 @@ import Sys
 import Glibc
 #endif
 
-@main
 struct Strata: ParsableCommand {
     static let version = "0.1.0"
     static let configuration = CommandConfiguration(
         commandName: "strata",
         abstract: "A union filesystem for Linux and a Docker-style layer store.",
         version: "strata version \(version)",
-        subcommands: [LoopbackCommand.self]
+        subcommands: [MountCommand.self, LoopbackCommand.self]
     )
 }
 
@@ -20,4 +19,25 @@ struct Strata: ParsableCommand {
 func fail(_ message: String, code: Int32 = 1) -> ExitCode {
     printError("strata: \(message)")
     return ExitCode(code)
+}
+
+/// How we were called decides the command line: as `strata-overlay` (a
+/// containers/storage mount_program: `PROGRAM -o OPTS MOUNTPOINT`) or by
+/// mount.fuse3 for `mount -t fuse.strata` (`strata SOURCE MOUNTPOINT -o OPTS`)
+/// we mount a union; otherwise the subcommands apply.
+@main
+enum Entry {
+    static func main() {
+        var args = Array(CommandLine.arguments.dropFirst())
+        let invoked = (CommandLine.arguments.first ?? "").split(separator: "/").last.map(String.init) ?? ""
+        let subcommands = ["mount", "loopback", "help"]
+        if invoked == "strata-overlay" || invoked == "mount.fuse.strata" {
+            if args != ["--version"] && args != ["--help"] && args != ["-h"] { args = ["mount"] + args }
+        } else if let first = args.first, !first.hasPrefix("-"), !subcommands.contains(first),
+                  args.count >= 2, !args[1].hasPrefix("-") {
+            // mount.fuse3: SOURCE MOUNTPOINT [-o OPTIONS]; the source is a label.
+            args = ["mount"] + Array(args.dropFirst())
+        }
+        Strata.main(args)
+    }
 }

@@ -1,0 +1,122 @@
+import CStrata
+import Sys
+import SystemPackage
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Copy-up (the kernel's copy_up.c): parents first, then the object built in
+/// `workdir/work` (data sparse-aware, by reflink where the filesystem can;
+/// owner, mode, nanosecond times, xattrs) and renamed into place, so a crash
+/// never shows a half-copied file. Two concurrent copy-ups become one.
+extension Overlay {
+    public func copyUp(_ n: OverlayNode) throws(Errno) {
+        guard upper != nil, let work else { throw .readOnlyFileSystem }
+        if n.snapshot.inUpper { return }
+        try n.copyUpLock.withLock { (_: inout Void) throws(Errno) in
+            let s = n.snapshot
+            if s.inUpper { return }
+            guard let parent = s.parent else { return }
+            try copyUp(parent)
+            try withDirFD(parent, s.lower) { (src: Int32) throws(Errno) in
+                try withDirFD(parent, 0) { (dst: Int32) throws(Errno) in
+                    try withStoredName(s.name) { (name: UnsafePointer<CChar>) throws(Errno) in
+                        try copyObject(n, from: src, to: dst, name: name, work: work.raw)
+                    }
+                }
+            }
+        }
+    }
+
+    private func copyObject(_ n: OverlayNode, from src: Int32, to dst: Int32, name: UnsafePointer<CChar>, work: Int32) throws(Errno) {
+        var st = stat()
+        if fstatat(src, name, &st, Linux.AT_SYMLINK_NOFOLLOW) != 0 { throw currentErrno() }
+        let tmp = "#strata-\(n.id)-\(UInt32.random(in: 0...UInt32.max))"
+        let type = st.st_mode & Linux.S_IFMT
+        var built = false
+        defer { if !built { removeTree(work, tmp) } }
+        switch type {
+        case Linux.S_IFDIR:
+            if mkdirat(work, tmp, 0o700) != 0 { throw currentErrno() }
+        case Linux.S_IFREG:
+            try copyData(src, name, work, tmp, size: Int64(st.st_size))
+        case Linux.S_IFLNK:
+            var buf = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+            let len = readlinkat(src, name, &buf, buf.count - 1)
+            if len < 0 { throw currentErrno() }
+            buf[len] = 0
+            if symlinkat(buf, work, tmp) != 0 { throw currentErrno() }
+        default:
+            if mknodat(work, tmp, st.st_mode, st.st_rdev) != 0 { throw currentErrno() }
+        }
+        if fchownat(work, tmp, st.st_uid, st.st_gid, Linux.AT_SYMLINK_NOFOLLOW) != 0 && geteuid() == 0 { throw currentErrno() }
+        if type != Linux.S_IFLNK && fchmodat(work, tmp, st.st_mode & 0o7777, 0) != 0 { throw currentErrno() }
+        try copyXattrs(from: "/proc/self/fd/\(src)/\(String(cString: name))", to: "/proc/self/fd/\(work)/\(tmp)")
+        // Record the origin's inode number so st_ino survives the copy-up.
+        let origin = String(n.ino)
+        _ = lsetxattr("/proc/self/fd/\(work)/\(tmp)", originXattr, origin, origin.utf8.count, 0)
+        let times = [st.st_atim, st.st_mtim]
+        if utimensat(work, tmp, times, Linux.AT_SYMLINK_NOFOLLOW) != 0 { throw currentErrno() }
+        if strata_renameat2(work, tmp, dst, name, Linux.RENAME_NOREPLACE) != 0 { throw currentErrno() }
+        built = true
+        var ust = stat()
+        fstatat(dst, name, &ust, Linux.AT_SYMLINK_NOFOLLOW)
+        let old = n.snapshot.key
+        let new = InodeKey(dev: UInt64(ust.st_dev), ino: UInt64(ust.st_ino))
+        n.state.withLock { $0.inUpper = true }
+        n.state.withLock { $0.key = new }
+        table.rekey(n, from: old, to: new)
+    }
+
+    /// Data: a reflink where the filesystem shares extents, else the data
+    /// ranges only (holes stay holes), by copy_file_range.
+    private func copyData(_ src: Int32, _ name: UnsafePointer<CChar>, _ work: Int32, _ tmp: String, size: Int64) throws(Errno) {
+        let i = openat(src, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+        if i < 0 { throw currentErrno() }
+        defer { close(i) }
+        let o = openat(work, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        if o < 0 { throw currentErrno() }
+        defer { close(o) }
+        if strata_ficlone(o, i) != 0 {
+            var pos: Int64 = 0
+            while pos < size {
+                let data = lseek(i, off_t(pos), Linux.SEEK_DATA)
+                if data < 0 { break }                       // ENXIO: only a hole is left
+                var hole = lseek(i, off_t(data), Linux.SEEK_HOLE)
+                if hole < 0 { hole = off_t(size) }
+                var inOff = Int64(data), outOff = Int64(data)
+                while inOff < Int64(hole) {
+                    let n = strata_copy_file_range(i, &inOff, o, &outOff, Int(Int64(hole) - inOff), 0)
+                    if n < 0 { throw currentErrno() }
+                    if n == 0 { break }
+                }
+                pos = Int64(hole)
+            }
+            if ftruncate(o, off_t(size)) != 0 { throw currentErrno() }
+        }
+        if !config.volatile && fsync(o) != 0 { throw currentErrno() }
+    }
+
+    /// Copies every xattr but the overlay's own.
+    func copyXattrs(from: String, to: String) throws(Errno) {
+        var names = [CChar](repeating: 0, count: 65536)
+        let len = llistxattr(from, &names, names.count)
+        if len <= 0 { return }
+        var value = [UInt8](repeating: 0, count: 65536)
+        let list = names[0..<len].split(separator: 0).map { String(decoding: $0.map { UInt8(bitPattern: $0) }, as: UTF8.self) }
+        for name in list {
+            if isPrivateXattr(name) { continue }
+            let n = lgetxattr(from, name, &value, value.count)
+            if n < 0 { continue }
+            if lsetxattr(to, name, value, n, 0) != 0 {
+                let e = currentErrno()
+                // security.* may be refused by policy; anything else is real.
+                if !name.hasPrefix("security.") && e != .notSupported { throw e }
+            }
+        }
+    }
+
+    public func isPrivateXattr(_ name: String) -> Bool {
+        name.hasPrefix("trusted.overlay.") || name.hasPrefix("user.overlay.")
+    }
+}

@@ -1,0 +1,233 @@
+import CStrata
+import Sys
+import SystemPackage
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Who creates: new inodes get this owner (the daemon runs as root).
+public struct Creator: Sendable {
+    public var uid: UInt32
+    public var gid: UInt32
+    public init(uid: UInt32, gid: UInt32) { self.uid = uid; self.gid = gid }
+}
+
+/// Creating, removing and renaming names (the kernel's dir.c).
+extension Overlay {
+    /// Whether a lower layer below `p` still has `name` (so removing it from
+    /// the union needs a whiteout).
+    func existsBelow(_ p: OverlayNode, _ name: FileName) throws(Errno) -> Bool {
+        for l in p.snapshot.lowerDirs {
+            var st = stat()
+            let r = try withDirFD(p, l) { (pfd: Int32) -> Int in
+                if fstatat(pfd, name.pointer, &st, Linux.AT_SYMLINK_NOFOLLOW) == 0 {
+                    return isWhiteout(st, pfd, name.pointer) ? 2 : 1
+                }
+                return hasWhiteoutFile(pfd, name) ? 2 : 0
+            }
+            if r == 1 { return true }
+            if r == 2 { return false }
+        }
+        return false
+    }
+
+    /// Writes a whiteout for `name` in the upper directory `ufd`.
+    func makeWhiteout(_ ufd: Int32, _ name: FileName) throws(Errno) {
+        if deviceWhiteouts {
+            if mknodat(ufd, name.pointer, Linux.S_IFCHR | 0o000, 0) != 0 { throw currentErrno() }
+        } else {
+            let wh = ".wh." + name.string
+            let fd = openat(ufd, wh, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o000)
+            if fd < 0 { throw currentErrno() }
+            close(fd)
+        }
+    }
+
+    /// Removes whatever hides `name` in the upper directory (a whiteout
+    /// device or `.wh.` file); returns whether there was one.
+    func clearWhiteout(_ ufd: Int32, _ name: FileName) -> Bool {
+        var st = stat()
+        var had = false
+        if fstatat(ufd, name.pointer, &st, Linux.AT_SYMLINK_NOFOLLOW) == 0 && isWhiteout(st, ufd, name.pointer) {
+            unlinkat(ufd, name.pointer, 0)
+            had = true
+        }
+        if name.count + 4 < 256 {
+            let wh = ".wh." + name.string
+            if unlinkat(ufd, wh, 0) == 0 { had = true }
+        }
+        return had
+    }
+
+    func setOwner(_ d: Int32, _ name: UnsafePointer<CChar>, _ who: Creator, isDirectory: Bool, mode: UInt32) {
+        guard geteuid() == 0, who.uid != 0 || who.gid != 0 else { return }
+        var pst = stat()
+        let setgidParent = fstat(d, &pst) == 0 && pst.st_mode & 0o2000 != 0
+        _ = fchownat(d, name, who.uid, setgidParent ? UInt32.max : who.gid, Linux.AT_SYMLINK_NOFOLLOW)
+        if !isDirectory && mode & 0o6000 != 0 && mode & Linux.S_IFMT != Linux.S_IFLNK {
+            _ = fchmodat(d, name, mode & 0o7777, 0)
+        }
+    }
+
+    /// Prepares `name` in `p` for a new object: the parent is copied up, the
+    /// name must not exist in the union, and a whiteout there is cleared.
+    /// Returns whether a whiteout was replaced.
+    private func prepareCreate(_ p: OverlayNode, _ name: FileName) throws(Errno) -> Bool {
+        if isReadOnly { throw .readOnlyFileSystem }
+        if name.count > 255 { throw .fileNameTooLong }
+        var exists = true
+        do throws(Errno) {
+            _ = try resolve(p, name)
+        } catch .noSuchFileOrDirectory {
+            exists = false
+        }
+        if exists { throw .fileExists }
+        try copyUp(p)
+        return try withDirFD(p, 0) { (ufd: Int32) -> Bool in clearWhiteout(ufd, name) }
+    }
+
+    /// mknod, symlink and regular files: made in place in the upper directory.
+    public func create(_ p: OverlayNode, _ name: FileName, mode: UInt32, rdev: dev_t = 0, symlinkTarget: UnsafePointer<CChar>? = nil,
+                       openFlags: Int32? = nil, who: Creator) throws(Errno) -> (OverlayNode, stat, Int32) {
+        _ = try prepareCreate(p, name)
+        var fd: Int32 = -1
+        try withDirFD(p, 0) { (ufd: Int32) throws(Errno) in
+            let rc: Int32
+            if let t = symlinkTarget {
+                rc = symlinkat(t, ufd, name.pointer)
+            } else if let fl = openFlags {
+                fd = openat(ufd, name.pointer, (fl & ~O_NOCTTY) | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode & 0o7777)
+                rc = fd < 0 ? -1 : 0
+            } else {
+                rc = mknodat(ufd, name.pointer, mode, rdev)
+            }
+            if rc != 0 { throw currentErrno() }
+            setOwner(ufd, name.pointer, who, isDirectory: false, mode: mode)
+        }
+        do {
+            let (n, st) = try lookup(p, name)
+            return (n, st, fd)
+        } catch {
+            if fd >= 0 { close(fd) }
+            throw error
+        }
+    }
+
+    /// mkdir: built in work/ (owner, mode, opaque mark when it replaces a
+    /// whiteout) and renamed into place, so no half-made directory shows.
+    public func mkdir(_ p: OverlayNode, _ name: FileName, mode: UInt32, who: Creator) throws(Errno) -> (OverlayNode, stat) {
+        guard let work else { throw .readOnlyFileSystem }
+        let replacedWhiteout = try prepareCreate(p, name)
+        try withDirFD(p, 0) { (ufd: Int32) throws(Errno) in
+            let tmp = "#strata-mkdir-\(UInt32.random(in: 0...UInt32.max))"
+            if mkdirat(work.raw, tmp, mode & 0o7777) != 0 { throw currentErrno() }
+            var done = false
+            defer { if !done { removeTree(work.raw, tmp) } }
+            // Inherit the setgid bit and group as mkdir in the upper would.
+            var pst = stat()
+            fstat(ufd, &pst)
+            if pst.st_mode & 0o2000 != 0 {
+                _ = fchownat(work.raw, tmp, UInt32.max, pst.st_gid, 0)
+                _ = fchmodat(work.raw, tmp, (mode & 0o7777) | 0o2000, 0)
+            }
+            if geteuid() == 0 && (who.uid != 0 || who.gid != 0) {
+                _ = fchownat(work.raw, tmp, who.uid, pst.st_mode & 0o2000 != 0 ? UInt32.max : who.gid, 0)
+            }
+            if replacedWhiteout {
+                let path = "/proc/self/fd/\(work.raw)/\(tmp)"
+                if lsetxattr(path, opaqueXattr, "y", 1, 0) != 0 {
+                    let fd = openat(work.raw, "\(tmp)/.wh..wh..opq", O_WRONLY | O_CREAT | O_CLOEXEC, 0o000)
+                    if fd < 0 { throw currentErrno() }
+                    close(fd)
+                }
+            }
+            if strata_renameat2(work.raw, tmp, ufd, name.pointer, Linux.RENAME_NOREPLACE) != 0 { throw currentErrno() }
+            done = true
+        }
+        return try lookup(p, name)
+    }
+
+    public func link(_ n: OverlayNode, _ p: OverlayNode, _ name: FileName) throws(Errno) -> (OverlayNode, stat) {
+        if n.isDirectory { throw .notPermitted }
+        _ = try prepareCreate(p, name)
+        try copyUp(n)
+        try atTop(n) { (d: Int32, old: UnsafePointer<CChar>, _: Int) throws(Errno) in
+            try withDirFD(p, 0) { (ufd: Int32) throws(Errno) in
+                if linkat(d, old, ufd, name.pointer, 0) != 0 { throw currentErrno() }
+            }
+        }
+        return try lookup(p, name)
+    }
+
+    /// Marks the live node behind a name as gone, keeping a way to reach it
+    /// for open descriptors.
+    func noteRemoved(_ f: Found, _ pfd: Int32, _ name: FileName) {
+        guard let n = table.find(InodeKey(dev: UInt64(f.stat.st_dev), ino: UInt64(f.stat.st_ino))) else { return }
+        if f.stat.st_nlink <= 1 || n.isDirectory {
+            let o = openat(pfd, name.pointer, Linux.O_PATH | O_NOFOLLOW | O_CLOEXEC)
+            n.state.withLock { s in
+                s.unlinked = true
+                if o >= 0 { s.orphan = OwnedFD(o) }
+            }
+            table.detach(n)
+        }
+    }
+
+    public func unlink(_ p: OverlayNode, _ name: FileName) throws(Errno) {
+        if isReadOnly { throw .readOnlyFileSystem }
+        let f = try resolve(p, name)
+        if f.stat.st_mode & Linux.S_IFMT == Linux.S_IFDIR { throw .isDirectory }
+        try remove(p, name, f, dir: false)
+    }
+
+    public func rmdir(_ p: OverlayNode, _ name: FileName) throws(Errno) {
+        if isReadOnly { throw .readOnlyFileSystem }
+        let f = try resolve(p, name)
+        if f.stat.st_mode & Linux.S_IFMT != Linux.S_IFDIR { throw .notDirectory }
+        let (child, _) = try lookup(p, name)
+        defer { forget(child.id, count: 1) }
+        if !(try isEmptyMerged(child)) { throw .directoryNotEmpty }
+        if f.inUpper {
+            // Only hidden entries remain in the upper copy: clear them.
+            try withDirFD(child, 0) { (cfd: Int32) throws(Errno) in
+                for e in try listRaw(cfd) { removeTree(cfd, e) }
+            }
+        }
+        try remove(p, name, f, dir: true)
+    }
+
+    private func remove(_ p: OverlayNode, _ name: FileName, _ f: Found, dir: Bool) throws(Errno) {
+        try copyUp(p)
+        let below = try existsBelow(p, name)
+        try withDirFD(p, 0) { (ufd: Int32) throws(Errno) in
+            if f.inUpper {
+                noteRemoved(f, ufd, name)
+                if below && deviceWhiteouts && !dir, let work {
+                    // One step: the name becomes a whiteout as the file leaves.
+                    let tmp = "#strata-rm-\(UInt32.random(in: 0...UInt32.max))"
+                    if strata_renameat2(ufd, name.pointer, work.raw, tmp, Linux.RENAME_WHITEOUT) != 0 { throw currentErrno() }
+                    unlinkat(work.raw, tmp, 0)
+                    return
+                }
+                if unlinkat(ufd, name.pointer, dir ? Linux.AT_REMOVEDIR : 0) != 0 { throw currentErrno() }
+            } else {
+                let top = f.lower
+                try withDirFD(p, top) { (lfd: Int32) in noteRemoved(f, lfd, name) }
+            }
+            if below || !f.inUpper { try makeWhiteout(ufd, name) }
+        }
+    }
+
+    func listRaw(_ dfd: Int32) throws(Errno) -> [String] {
+        let fd = openat(dfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if fd < 0 { throw currentErrno() }
+        guard let d = fdopendir(fd) else { close(fd); throw currentErrno() }
+        defer { closedir(d) }
+        var out: [String] = []
+        while let e = readdir(d) {
+            let n = withUnsafePointer(to: e.pointee.d_name) { $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) } }
+            if n != "." && n != ".." { out.append(n) }
+        }
+        return out
+    }
+}

@@ -1,0 +1,146 @@
+import CStrata
+import Sys
+import SystemPackage
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Attributes, xattrs and opening (the kernel's inode.c and file.c).
+extension Overlay {
+    public func getattr(_ n: OverlayNode) throws(Errno) -> stat {
+        var st = stat()
+        if let o = n.state.withLock({ $0.unlinked ? $0.orphan : nil }) {
+            if fstat(o.raw, &st) != 0 { throw currentErrno() }
+            st.st_ino = ino_t(n.ino)
+            return st
+        }
+        let rc = try atTop(n) { (d: Int32, name: UnsafePointer<CChar>, _: Int) -> Int32 in
+            fstatat(d, name, &st, d == AT_FDCWD ? 0 : Linux.AT_SYMLINK_NOFOLLOW)
+        }
+        if rc != 0 { throw currentErrno() }
+        st.st_ino = ino_t(n.ino)
+        return st
+    }
+
+    public struct AttrChange: Sendable {
+        public var mode: UInt32?
+        public var uid: UInt32?
+        public var gid: UInt32?
+        public var size: Int64?
+        public var atime: timespec?      // tv_nsec may be UTIME_NOW / UTIME_OMIT
+        public var mtime: timespec?
+        public var killSUIDGID = false
+        public init() {}
+    }
+
+    /// chmod, chown, truncate, utimes: copy up, then change the upper copy.
+    /// `fd`, when given, is an open upper descriptor of the node.
+    public func setattr(_ n: OverlayNode, _ c: AttrChange, fd: Int32? = nil) throws(Errno) -> stat {
+        try copyUp(n)
+        try atTop(n) { (d: Int32, name: UnsafePointer<CChar>, _: Int) throws(Errno) in
+            let follow: Int32 = d == AT_FDCWD ? 0 : Linux.AT_SYMLINK_NOFOLLOW
+            if c.uid != nil || c.gid != nil {
+                if fchownat(d, name, c.uid ?? UInt32.max, c.gid ?? UInt32.max, follow) != 0 { throw currentErrno() }
+            }
+            if let m = c.mode, fchmodat(d, name, m & 0o7777, 0) != 0 { throw currentErrno() }
+            if let size = c.size {
+                if let fd {
+                    if ftruncate(fd, off_t(size)) != 0 { throw currentErrno() }
+                } else {
+                    let f = openat(d, name, O_WRONLY | O_CLOEXEC | O_NONBLOCK | (follow != 0 ? O_NOFOLLOW : 0))
+                    if f < 0 { throw currentErrno() }
+                    defer { close(f) }
+                    if ftruncate(f, off_t(size)) != 0 { throw currentErrno() }
+                }
+            }
+            if c.atime != nil || c.mtime != nil {
+                let omit = timespec(tv_sec: 0, tv_nsec: Linux.UTIME_OMIT)
+                let ts = [c.atime ?? omit, c.mtime ?? omit]
+                if utimensat(d, name, ts, follow) != 0 { throw currentErrno() }
+            }
+            if c.killSUIDGID && c.mode == nil {
+                var st = stat()
+                if fstatat(d, name, &st, follow) == 0 && st.st_mode & Linux.S_IFMT == Linux.S_IFREG {
+                    var drop: UInt32 = 0o4000
+                    if st.st_mode & 0o010 != 0 { drop |= 0o2000 }
+                    if st.st_mode & drop != 0 && fchmodat(d, name, st.st_mode & 0o7777 & ~drop, 0) != 0 { throw currentErrno() }
+                }
+            }
+        }
+        return try getattr(n)
+    }
+
+    public func readlink(_ n: OverlayNode, into buf: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
+        guard let base = buf.baseAddress?.assumingMemoryBound(to: CChar.self) else { throw .invalidArgument }
+        let r = try atTop(n) { (d: Int32, name: UnsafePointer<CChar>, _: Int) -> Int in readlinkat(d, name, base, buf.count) }
+        if r < 0 { throw currentErrno() }
+        return r
+    }
+
+    /// Opens the node: writes (and O_TRUNC) copy it up first; reads open the
+    /// top layer's file, which may be a lower one. Returns the descriptor.
+    public func open(_ n: OverlayNode, flags: Int32) throws(Errno) -> Int32 {
+        let writing = flags & O_ACCMODE != O_RDONLY || flags & O_TRUNC != 0
+        if writing {
+            if isReadOnly { throw .readOnlyFileSystem }
+            try copyUp(n)
+        }
+        let fl = (flags & ~(O_CREAT | O_EXCL | O_NOCTTY)) | O_CLOEXEC
+        let fd = try atTop(n) { (d: Int32, name: UnsafePointer<CChar>, _: Int) -> Int32 in
+            openat(d, name, d == AT_FDCWD ? fl : fl | O_NOFOLLOW)
+        }
+        if fd < 0 { throw currentErrno() }
+        return fd
+    }
+
+    private func xattrPath(_ n: OverlayNode, _ body: (String) throws(Errno) -> Int) throws(Errno) -> Int {
+        try atTop(n) { (d: Int32, name: UnsafePointer<CChar>, _: Int) throws(Errno) -> Int in
+            try body(d == AT_FDCWD ? String(cString: name) : "/proc/self/fd/\(d)/\(String(cString: name))")
+        }
+    }
+
+    /// The overlay's own xattrs are invisible and untouchable through the union.
+    public func getxattr(_ n: OverlayNode, _ name: String, _ buf: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
+        if isPrivateXattr(name) { throw .noData }
+        let r = try xattrPath(n) { p in lgetxattr(p, name, buf.baseAddress, buf.count) }
+        if r < 0 { throw currentErrno() }
+        return r
+    }
+
+    public func listxattr(_ n: OverlayNode, _ buf: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
+        var all = [CChar](repeating: 0, count: 65536)
+        let len = try xattrPath(n) { p in llistxattr(p, &all, all.count) }
+        if len < 0 { throw currentErrno() }
+        var out: [UInt8] = []
+        for name in all[0..<len].split(separator: 0) {
+            let bytes = name.map { UInt8(bitPattern: $0) }
+            if isPrivateXattr(String(decoding: bytes, as: UTF8.self)) { continue }
+            out += bytes + [0]
+        }
+        if buf.count == 0 { return out.count }
+        if out.count > buf.count { throw .outOfRange }
+        buf.copyBytes(from: out)
+        return out.count
+    }
+
+    public func setxattr(_ n: OverlayNode, _ name: String, _ value: UnsafeRawBufferPointer, flags: Int32) throws(Errno) {
+        if isPrivateXattr(name) { throw .notPermitted }
+        try copyUp(n)
+        let r = try xattrPath(n) { p in Int(lsetxattr(p, name, value.baseAddress, value.count, flags)) }
+        if r != 0 { throw currentErrno() }
+    }
+
+    public func removexattr(_ n: OverlayNode, _ name: String) throws(Errno) {
+        if isPrivateXattr(name) { throw .notPermitted }
+        try copyUp(n)
+        let r = try xattrPath(n) { p in Int(lremovexattr(p, name)) }
+        if r != 0 { throw currentErrno() }
+    }
+
+    /// statfs reports the upper filesystem (the top lower without one).
+    public func statfs() throws(Errno) -> statvfs {
+        var s = statvfs()
+        if fstatvfs(layers[0].root.raw, &s) != 0 { throw currentErrno() }
+        return s
+    }
+}

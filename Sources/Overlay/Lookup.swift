@@ -1,0 +1,185 @@
+import CStrata
+import Sys
+import SystemPackage
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Name resolution across layers (the kernel's namei.c). Every component is
+/// looked up relative to its parent's descriptor in that layer, with
+/// O_NOFOLLOW: a symlink inside a layer is never followed while resolving.
+extension Overlay {
+    /// Calls `body` with an O_PATH descriptor of directory `n` in layer `l`.
+    func withDirFD<R>(_ n: OverlayNode, _ l: Int, _ body: (Int32) throws(Errno) -> R) throws(Errno) -> R {
+        if let fd = n.state.withLock({ $0.fds[l] }) { return try body(fd.raw) }
+        let s = n.snapshot
+        guard let parent = s.parent else { throw .noSuchFileOrDirectory }
+        let fd = try withDirFD(parent, l) { (pfd: Int32) throws(Errno) -> Int32 in
+            try withStoredName(s.name) { openat(pfd, $0, Linux.O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
+        }
+        if fd < 0 { throw currentErrno() }
+        if let owned = fdBudget.cache(fd) {
+            n.state.withLock { $0.fds[l] = owned }
+            return try body(fd)
+        }
+        defer { close(fd) }
+        return try body(fd)
+    }
+
+    /// Calls `body(parentFD, name, layer)` at the node's top location.
+    func atTop<R>(_ n: OverlayNode, _ body: (Int32, UnsafePointer<CChar>, Int) throws(Errno) -> R) throws(Errno) -> R {
+        let s = n.snapshot
+        let layer = s.inUpper ? 0 : s.lower
+        guard let parent = s.parent else {
+            // The root: its own descriptor, named through /proc.
+            return try withDirFD(n, layer) { (fd: Int32) throws(Errno) -> R in
+                try withCString("/proc/self/fd/\(fd)") { (c: UnsafePointer<CChar>) throws(Errno) -> R in try body(AT_FDCWD, c, layer) }
+            }
+        }
+        if s.unlinked { throw .noSuchFileOrDirectory }
+        return try withDirFD(parent, layer) { (pfd: Int32) throws(Errno) -> R in
+            try withStoredName(s.name) { (c: UnsafePointer<CChar>) throws(Errno) -> R in try body(pfd, c, layer) }
+        }
+    }
+
+    /// Layers to search below directory `p`, top first.
+    func searchLayers(_ s: OverlayNode.State) -> [Int] {
+        s.inUpper && upper != nil ? [0] + s.lowerDirs : s.lowerDirs
+    }
+
+    /// A whiteout: a 0/0 character device, or an empty regular file marked
+    /// with the overlay.whiteout xattr.
+    func isWhiteout(_ st: stat, _ pfd: Int32, _ name: UnsafePointer<CChar>) -> Bool {
+        let type = st.st_mode & Linux.S_IFMT
+        if type == Linux.S_IFCHR { return st.st_rdev == 0 }
+        if type == Linux.S_IFREG && st.st_size == 0 {
+            return hasXattr(pfd, name, whiteoutXattr)
+        }
+        return false
+    }
+
+    func hasXattr(_ pfd: Int32, _ name: UnsafePointer<CChar>, _ attr: String) -> Bool {
+        var path = "/proc/self/fd/\(pfd)/"
+        path += String(cString: name)
+        return lgetxattr(path, attr, nil, 0) >= 0
+    }
+
+    /// An opaque directory hides everything below it: the opaque xattr
+    /// (either namespace is read) or a `.wh..wh..opq` entry inside.
+    func isOpaque(_ pfd: Int32, _ name: UnsafePointer<CChar>) -> Bool {
+        var path = "/proc/self/fd/\(pfd)/"
+        path += String(cString: name)
+        var v: UInt8 = 0
+        for attr in [opaqueXattr, "trusted.overlay.opaque", "user.overlay.opaque"] {
+            if lgetxattr(path, attr, &v, 1) == 1 && v == UInt8(ascii: "y") { return true }
+        }
+        var st = stat()
+        return fstatat(AT_FDCWD, path + "/.wh..wh..opq", &st, Linux.AT_SYMLINK_NOFOLLOW) == 0
+    }
+
+    /// Whether `.wh.NAME` (the OCI / rootless whiteout) exists beside `name`.
+    func hasWhiteoutFile(_ pfd: Int32, _ name: FileName) -> Bool {
+        guard name.count + 4 < 256 else { return false }
+        return withUnsafeTemporaryAllocation(of: CChar.self, capacity: name.count + 5) { buf in
+            guard let b = buf.baseAddress else { return false }
+            b[0] = 0x2E; b[1] = 0x77; b[2] = 0x68; b[3] = 0x2E  // ".wh."
+            (b + 4).update(from: name.pointer, count: name.count)
+            b[name.count + 4] = 0
+            var st = stat()
+            return fstatat(pfd, b, &st, Linux.AT_SYMLINK_NOFOLLOW) == 0
+        }
+    }
+
+    /// The result of resolving a name: where it is and what it merges.
+    struct Found {
+        var stat: stat          // at the top location
+        var inUpper: Bool
+        var lower: Int          // top-most lower layer holding it, -1 if none
+        var lowerDirs: [Int]    // directories: contributing lower layers
+    }
+
+    /// Resolves `name` in directory `p` across layers. ENOENT when absent or
+    /// whited out.
+    func resolve(_ p: OverlayNode, _ name: FileName) throws(Errno) -> Found {
+        if name.count > 255 { throw .fileNameTooLong }
+        let s = p.snapshot
+        var found: Found? = nil
+        for l in searchLayers(s) {
+            var st = stat()
+            let rc = try withDirFD(p, l) { (pfd: Int32) -> Int32 in
+                if fstatat(pfd, name.pointer, &st, Linux.AT_SYMLINK_NOFOLLOW) != 0 {
+                    return hasWhiteoutFile(pfd, name) ? 1 : 2     // hidden : absent here
+                }
+                if isWhiteout(st, pfd, name.pointer) { return 1 }
+                let isDir = st.st_mode & Linux.S_IFMT == Linux.S_IFDIR
+                if isDir && isOpaque(pfd, name.pointer) { return 3 }
+                return 0
+            }
+            if rc == 2 { continue }
+            if rc == 1 { break }                                  // whiteout: nothing below counts
+            let isDir = st.st_mode & Linux.S_IFMT == Linux.S_IFDIR
+            if var f = found {
+                // Below a directory only directories merge; anything else ends it.
+                guard isDir else { break }
+                f.lowerDirs.append(l)
+                if f.lower < 0 { f.lower = l }
+                found = f
+            } else {
+                found = Found(stat: st, inUpper: l == 0 && upper != nil, lower: l == 0 && upper != nil ? -1 : l,
+                              lowerDirs: isDir && !(l == 0 && upper != nil) ? [l] : [])
+                if !isDir { break }
+            }
+            if rc == 3 { break }                                  // opaque directory
+        }
+        guard let f = found else { throw .noSuchFileOrDirectory }
+        return f
+    }
+
+    /// The inode number to report for an entry at its top location: the
+    /// origin recorded at copy-up, else its own.
+    func reportedIno(_ f: Found, _ pfd: Int32, _ name: UnsafePointer<CChar>) -> UInt64 {
+        guard f.inUpper else { return UInt64(f.stat.st_ino) }
+        return originIno(pfd, name) ?? UInt64(f.stat.st_ino)
+    }
+
+    func originIno(_ pfd: Int32, _ name: UnsafePointer<CChar>) -> UInt64? {
+        var path = "/proc/self/fd/\(pfd)/"
+        path += String(cString: name)
+        var buf = [UInt8](repeating: 0, count: 24)
+        let n = lgetxattr(path, originXattr, &buf, buf.count)
+        guard n > 0 else { return nil }
+        return UInt64(String(decoding: buf[0..<n], as: UTF8.self))
+    }
+
+    /// Looks `name` up in `parent` and takes a reference on the node.
+    public func lookup(_ parent: OverlayNode, _ name: FileName) throws(Errno) -> (OverlayNode, stat) {
+        guard parent.isDirectory else { throw .notDirectory }
+        let f = try resolve(parent, name)
+        let topLayer = f.inUpper ? 0 : f.lower
+        let ino = try withDirFD(parent, topLayer) { (pfd: Int32) -> UInt64 in reportedIno(f, pfd, name.pointer) }
+        let key = InodeKey(dev: UInt64(f.stat.st_dev), ino: UInt64(f.stat.st_ino))
+        let isDir = f.stat.st_mode & Linux.S_IFMT == Linux.S_IFDIR
+        let n = table.reference(key) { id in
+            OverlayNode(id: id, isDirectory: isDir, ino: ino, state: .init(
+                parent: parent, name: name.bytesWithNUL, inUpper: f.inUpper, lower: f.lower,
+                lowerDirs: f.lowerDirs, key: key))
+        }
+        // A known inode found under another name (a hard link) or refreshed.
+        n.state.withLock { st in
+            if st.unlinked || !(st.parent === parent && name.equals(prefixOf: st.name) && st.name.count == name.count + 1) {
+                if isDir || st.unlinked {
+                    st.parent = parent
+                    st.name = name.bytesWithNUL
+                    st.unlinked = false
+                }
+            }
+            if isDir { st.lowerDirs = f.lowerDirs; st.inUpper = f.inUpper; st.lower = f.lower }
+        }
+        var out = f.stat
+        out.st_ino = ino_t(n.ino)
+        return (n, out)
+    }
+
+    public func node(_ id: UInt64) -> OverlayNode? { table.get(id) }
+    public func forget(_ id: UInt64, count: UInt64) { table.forget(id, count: count) }
+}

@@ -1,0 +1,154 @@
+import CStrata
+import Synchronization
+import Sys
+import SystemPackage
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Union semantics over real directories, following the kernel's overlayfs
+/// (Documentation/filesystems/overlayfs.rst) and its on-disk format, so that
+/// the kernel, fuse-overlayfs and Strata mount each other's layers. Knows
+/// nothing of FUSE: every operation works on nodes and names and throws an
+/// errno, so it can be tested on plain temporary directories.
+///
+/// Files mirror the kernel's split: Lookup (namei.c), CopyUp (copy_up.c),
+/// Directory (dir.c), Readdir (readdir.c), Inode (inode.c).
+public final class Overlay: @unchecked Sendable {
+    public let config: OverlayConfig
+    /// [upper] + lowers, top first.
+    public let layers: [Layer]
+    public let upper: Layer?
+    /// `workdir/work`, where copy-ups and new directories are built.
+    let work: OwnedFD?
+    let workLock: OwnedFD?
+    public let root: OverlayNode
+    let table: OverlayNodeTable
+    /// Directory descriptors cached per layer, bounded.
+    let fdBudget = FDBudget(limit: 4096)
+    /// Whiteouts as 0/0 character devices (needs CAP_MKNOD); else `.wh.` files.
+    let deviceWhiteouts: Bool
+    let opaqueXattr: String
+    let originXattr: String
+    let whiteoutXattr: String
+    public var firstLower: Int { upper == nil ? 0 : 1 }
+
+    public init(_ config: OverlayConfig) throws(OverlaySetupError) {
+        self.config = config
+        if config.lowers.isEmpty { throw OverlaySetupError("lowerdir is required (lowerdir=DIR[:DIR...])") }
+        if config.lowers.count > OverlayConfig.maxLowers {
+            throw OverlaySetupError("too many lower layers: \(config.lowers.count) (at most \(OverlayConfig.maxLowers))")
+        }
+        if (config.upper == nil) != (config.work == nil) {
+            throw OverlaySetupError(config.upper == nil ? "workdir given without upperdir" : "upperdir needs a workdir (workdir=DIR on the same filesystem)")
+        }
+        for (i, l) in config.lowers.enumerated() where l.isEmpty {
+            throw OverlaySetupError("lowerdir: layer \(i + 1) is an empty path")
+        }
+        func real(_ p: String, _ what: String) throws(OverlaySetupError) -> String {
+            do { return try Sys.realPath(p) } catch { throw OverlaySetupError("\(what) \(p): \(error.errno)") }
+        }
+        var ls: [Layer] = []
+        var realPaths: [(String, String)] = []
+        if let u = config.upper {
+            let r = try real(u, "upperdir")
+            ls.append(try Layer(index: 0, path: r, writable: true))
+            realPaths.append(("upperdir", r))
+        }
+        for l in config.lowers {
+            let r = try real(l, "lowerdir")
+            ls.append(try Layer(index: ls.count, path: r, writable: false))
+            realPaths.append(("lowerdir", r))
+        }
+        var workFD: OwnedFD? = nil, lockFD: OwnedFD? = nil
+        if let w = config.work, let upperLayer = ls.first {
+            let r = try real(w, "workdir")
+            func inside(_ a: String, _ b: String) -> Bool { a == b || a.hasPrefix(b + "/") }
+            for (what, p) in realPaths.dropFirst() where inside(p, upperLayer.path) || inside(upperLayer.path, p) {
+                throw OverlySetupErrorHelper.overlap("upperdir \(upperLayer.path)", "\(what) \(p)")
+            }
+            if inside(r, upperLayer.path) || inside(upperLayer.path, r) {
+                throw OverlaySetupError("workdir \(r) and upperdir \(upperLayer.path) must not contain each other")
+            }
+            let wfd = Glibc.open(r, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            if wfd < 0 { throw OverlaySetupError("workdir \(r): \(currentErrno())") }
+            lockFD = OwnedFD(wfd)
+            var st = stat()
+            fstat(wfd, &st)
+            if UInt64(st.st_dev) != upperLayer.dev {
+                throw OverlaySetupError("workdir \(r) is on another filesystem than upperdir \(upperLayer.path); put both on one")
+            }
+            if flock(wfd, LOCK_EX | LOCK_NB) != 0 {
+                throw OverlaySetupError("workdir \(r) is in use by another mount")
+            }
+            // Validation is over: from here on we may write.
+            if mkdirat(wfd, "work", 0o700) != 0 && strata_errno() != EEXIST {
+                throw OverlaySetupError("workdir \(r)/work: \(currentErrno())")
+            }
+            let wk = openat(wfd, "work", Linux.O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            if wk < 0 { throw OverlaySetupError("workdir \(r)/work: \(currentErrno())") }
+            workFD = OwnedFD(wk)
+        }
+        layers = ls
+        upper = config.upper == nil ? nil : ls.first
+        work = workFD
+        workLock = lockFD
+        let prefix = config.xattrPrefix
+        opaqueXattr = prefix + "opaque"
+        originXattr = prefix + "strata.origin"
+        whiteoutXattr = prefix + "whiteout"
+        deviceWhiteouts = geteuid() == 0 && !config.userXattr
+
+        // The root: merged across every layer (an opaque root is not a thing).
+        var st = stat()
+        let top = ls[0]
+        fstat(top.root.raw, &st)
+        let rootState = OverlayNode.State(
+            parent: nil, name: [0], inUpper: upper != nil,
+            lower: upper == nil ? 0 : (ls.count > 1 ? 1 : -1),
+            lowerDirs: Array((upper == nil ? 0 : 1)..<ls.count),
+            fds: Dictionary(uniqueKeysWithValues: ls.map { ($0.index, $0.root) }),
+            key: InodeKey(dev: UInt64(st.st_dev), ino: UInt64(st.st_ino)))
+        root = OverlayNode(id: 1, isDirectory: true, ino: UInt64(st.st_ino), state: rootState)
+        table = OverlayNodeTable(root: root)
+        try cleanWork()
+    }
+
+    /// Leftovers of an interrupted copy-up are never visible (they were
+    /// built in work/); remove them at mount, as the kernel does.
+    private func cleanWork() throws(OverlaySetupError) {
+        guard let w = work else { return }
+        let fd = openat(w.raw, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0, let dir = fdopendir(fd) else { return }
+        defer { closedir(dir) }
+        while let e = readdir(dir) {
+            let name = withUnsafePointer(to: e.pointee.d_name) { $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) } }
+            if name == "." || name == ".." { continue }
+            removeTree(w.raw, name)
+        }
+    }
+
+    var isReadOnly: Bool { upper == nil }
+}
+
+enum OverlySetupErrorHelper {
+    static func overlap(_ a: String, _ b: String) -> OverlaySetupError {
+        OverlaySetupError("\(a) and \(b) overlap: one is inside the other")
+    }
+}
+
+/// Removes `name` under `dirFD`, recursively, never following symlinks.
+func removeTree(_ dirFD: Int32, _ name: String) {
+    if unlinkat(dirFD, name, 0) == 0 { return }
+    let fd = openat(dirFD, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+    if fd >= 0, let d = fdopendir(fd) {
+        var names: [String] = []
+        while let e = readdir(d) {
+            let n = withUnsafePointer(to: e.pointee.d_name) { $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) } }
+            if n != "." && n != ".." { names.append(n) }
+        }
+        for n in names { removeTree(dirfd(d), n) }
+        closedir(d)
+    }
+    unlinkat(dirFD, name, Linux.AT_REMOVEDIR)
+}

@@ -1,0 +1,76 @@
+import Sys
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Live nodes by id and by the real inode of their top location, sharded so
+/// that requests on different inodes do not contend.
+final class OverlayNodeTable: @unchecked Sendable {
+    static let shards = 64
+    private let byID: [Locked<[UInt64: OverlayNode]>]
+    private let byKey: [Locked<[InodeKey: OverlayNode]>]
+    private let nextID = Atomic<UInt64>(2)
+    let root: OverlayNode
+
+    init(root: OverlayNode) {
+        byID = (0..<Self.shards).map { _ in Locked([:]) }
+        byKey = (0..<Self.shards).map { _ in Locked([:]) }
+        self.root = root
+        root.lookups = 1
+    }
+
+    @inline(__always)
+    func get(_ id: UInt64) -> OverlayNode? {
+        if id == 1 { return root }
+        return byID[Int(id % UInt64(Self.shards))].withLock { $0[id] }
+    }
+
+    private func shard(_ k: InodeKey) -> Locked<[InodeKey: OverlayNode]> { byKey[Int(k.ino % UInt64(Self.shards))] }
+
+    /// The live node for `key`, with one more reference; or a new one built
+    /// by `make` (given its id).
+    func reference(_ key: InodeKey, make: (UInt64) -> OverlayNode) -> OverlayNode {
+        if key == root.snapshot.key { return root }
+        let s = shard(key)
+        if let n = s.withLock({ m -> OverlayNode? in
+            guard let n = m[key] else { return nil }
+            n.lookups += 1
+            return n
+        }) { return n }
+        let fresh = make(nextID.add(1, ordering: .relaxed).oldValue)
+        return s.withLock { m -> OverlayNode in
+            if let n = m[key] { n.lookups += 1; return n }
+            fresh.lookups = 1
+            m[key] = fresh
+            byID[Int(fresh.id % UInt64(Self.shards))].withLock { $0[fresh.id] = fresh }
+            return fresh
+        }
+    }
+
+    func find(_ key: InodeKey) -> OverlayNode? { shard(key).withLock { $0[key] } }
+
+    /// The node's top location changed (copy-up): re-key it.
+    func rekey(_ n: OverlayNode, from old: InodeKey, to new: InodeKey) {
+        shard(old).withLock { if $0[old] === n { $0[old] = nil } }
+        shard(new).withLock { $0[new] = n }
+    }
+
+    /// The inode lost its last name: its number may be reused.
+    func detach(_ n: OverlayNode) {
+        let k = n.snapshot.key
+        shard(k).withLock { if $0[k] === n { $0[k] = nil } }
+    }
+
+    func forget(_ id: UInt64, count: UInt64) {
+        guard id != 1, let n = get(id) else { return }
+        let k = n.snapshot.key
+        shard(k).withLock { m in
+            n.lookups = n.lookups > count ? n.lookups - count : 0
+            if n.lookups == 0 {
+                if m[k] === n { m[k] = nil }
+                byID[Int(id % UInt64(Self.shards))].withLock { _ = $0.removeValue(forKey: id) }
+            }
+        }
+    }
+}

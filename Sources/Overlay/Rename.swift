@@ -1,0 +1,90 @@
+import CStrata
+import Sys
+import SystemPackage
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// rename and rename2 (the kernel's ovl_rename): files copy up and move; a
+/// source that also exists below leaves a whiteout, atomically where
+/// RENAME_WHITEOUT is allowed; a directory that is merged or lower gives
+/// EXDEV (without redirect_dir), so that `mv` falls back to copying.
+extension Overlay {
+    public func rename(_ p: OverlayNode, _ name: FileName, _ q: OverlayNode, _ newName: FileName, flags: UInt32) throws(Errno) {
+        if isReadOnly { throw .readOnlyFileSystem }
+        let known = Linux.RENAME_NOREPLACE | Linux.RENAME_EXCHANGE | Linux.RENAME_WHITEOUT
+        if flags & ~known != 0 || flags & Linux.RENAME_WHITEOUT != 0 { throw .invalidArgument }
+        let exchange = flags & Linux.RENAME_EXCHANGE != 0
+        if exchange && flags & Linux.RENAME_NOREPLACE != 0 { throw .invalidArgument }
+        let src = try resolve(p, name)
+        var dst: Found? = nil
+        do throws(Errno) { dst = try resolve(q, newName) } catch .noSuchFileOrDirectory {}
+        if flags & Linux.RENAME_NOREPLACE != 0 && dst != nil { throw .fileExists }
+        if exchange && dst == nil { throw .noSuchFileOrDirectory }
+        let srcDir = src.stat.st_mode & Linux.S_IFMT == Linux.S_IFDIR
+        let dstDir = dst.map { $0.stat.st_mode & Linux.S_IFMT == Linux.S_IFDIR } ?? false
+        if let d = dst, d.stat.st_ino == src.stat.st_ino && d.stat.st_dev == src.stat.st_dev { return }
+        if !exchange, dst != nil {
+            if srcDir && !dstDir { throw .notDirectory }
+            if !srcDir && dstDir { throw .isDirectory }
+        }
+        func isMergedOrLower(_ f: Found) -> Bool { !f.inUpper || !f.lowerDirs.isEmpty }
+        if srcDir && isMergedOrLower(src) { throw .improperLink }
+        if exchange && dstDir, let d = dst, isMergedOrLower(d) { throw .improperLink }
+        var dstNode: OverlayNode? = nil
+        if dstDir && !exchange {
+            let (dn, _) = try lookup(q, newName)
+            dstNode = dn
+        }
+        defer { if let dn = dstNode { forget(dn.id, count: 1) } }
+        if let dn = dstNode, !(try isEmptyMerged(dn)) { throw .directoryNotEmpty }
+
+        let (sn, _) = try lookup(p, name)
+        defer { forget(sn.id, count: 1) }
+        try copyUp(sn)
+        try copyUp(q)
+        var xn: OverlayNode? = nil
+        if exchange {
+            let (n2, _) = try lookup(q, newName)
+            xn = n2
+            try copyUp(n2)
+        }
+        defer { if let x = xn { forget(x.id, count: 1) } }
+        // A directory moved over a directory that has lower parts must hide them.
+        let needOpaque = srcDir && dstDir && !exchange && dst.map { !$0.lowerDirs.isEmpty } == true
+        let srcBelow = exchange ? false : try existsBelow(p, name)
+        try withDirFD(p, 0) { (sfd: Int32) throws(Errno) in
+            try withDirFD(q, 0) { (dfd: Int32) throws(Errno) in
+                if let d = dst, d.inUpper, !exchange {
+                    if dstDir, let dn = dstNode {
+                        try withDirFD(dn, 0) { (cfd: Int32) throws(Errno) in
+                            for e in try listRaw(cfd) { removeTree(cfd, e) }
+                        }
+                    }
+                    noteRemoved(d, dfd, newName)
+                } else if !exchange {
+                    _ = clearWhiteout(dfd, newName)
+                }
+                var kflags = exchange ? Linux.RENAME_EXCHANGE : 0
+                if srcBelow && deviceWhiteouts { kflags |= Linux.RENAME_WHITEOUT }
+                if strata_renameat2(sfd, name.pointer, dfd, newName.pointer, kflags) != 0 { throw currentErrno() }
+                if srcBelow && !deviceWhiteouts { try makeWhiteout(sfd, name) }
+                if needOpaque {
+                    let path = "/proc/self/fd/\(dfd)/\(newName.string)"
+                    _ = lsetxattr(path, opaqueXattr, "y", 1, 0)
+                }
+            }
+        }
+        sn.state.withLock { s in
+            s.parent = q
+            s.name = newName.bytesWithNUL
+            if needOpaque { s.lowerDirs = [] }
+        }
+        if let x = xn {
+            x.state.withLock { s in
+                s.parent = p
+                s.name = name.bytesWithNUL
+            }
+        }
+    }
+}

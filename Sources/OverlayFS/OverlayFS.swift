@@ -1,0 +1,190 @@
+import CStrata
+import FUSE
+import Overlay
+import Sys
+import SystemPackage
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Serves an `Overlay` through FUSE: decodes nothing itself (the FUSE layer
+/// does) and decides nothing about union semantics (the Overlay does); it
+/// maps node ids to overlay nodes, errors to errnos and open files to handles.
+public final class OverlayFS: FileSystem, @unchecked Sendable {
+    public let overlay: Overlay
+    let timeout: CacheTimeout
+    let passthrough: Bool
+
+    public init(_ overlay: Overlay, passthrough: Bool) {
+        self.overlay = overlay
+        self.timeout = CacheTimeout(overlay.config.timeout)
+        self.passthrough = passthrough
+    }
+
+    public func initialize(_ connection: inout Connection) {
+        if !passthrough { connection.wanted &= ~InitFlag.passthrough }
+    }
+
+    @inline(__always)
+    func node(_ id: NodeID) throws(Errno) -> OverlayNode {
+        guard let n = overlay.node(id) else { throw .staleNFSFileHandle }
+        return n
+    }
+
+    @inline(__always)
+    func fileName(_ n: Name) -> FileName { FileName(pointer: n.pointer, count: n.count) }
+
+    func entry(_ n: OverlayNode, _ st: stat) -> Entry {
+        Entry(node: n.id, attr: Attr(st), entryTimeout: timeout, attrTimeout: timeout)
+    }
+
+    func who(_ r: Request) -> Creator { Creator(uid: r.uid, gid: r.gid) }
+
+    public func lookup(_ r: Request, parent: NodeID, name: Name) throws(Errno) -> Entry {
+        do throws(Errno) {
+            let (n, st) = try overlay.lookup(try node(parent), fileName(name))
+            return entry(n, st)
+        } catch .noSuchFileOrDirectory {
+            return .negative(timeout)
+        }
+    }
+
+    public func forget(_ node: NodeID, count: UInt64) { overlay.forget(node, count: count) }
+
+    public func getattr(_ r: Request, node id: NodeID, handle: UInt64?) throws(Errno) -> (Attr, CacheTimeout) {
+        (Attr(try overlay.getattr(try node(id))), timeout)
+    }
+
+    public func setattr(_ r: Request, node id: NodeID, changes c: SetAttrRequest) throws(Errno) -> (Attr, CacheTimeout) {
+        var a = Overlay.AttrChange()
+        a.mode = c.mode
+        a.uid = c.uid
+        a.gid = c.gid
+        a.size = c.size.map { Int64($0) }
+        func ts(_ t: SetAttrRequest.TimeChange?) -> timespec? {
+            switch t {
+            case .none: return nil
+            case .now?: return timespec(tv_sec: 0, tv_nsec: Linux.UTIME_NOW)
+            case .set(let v)?: return v
+            }
+        }
+        a.atime = ts(c.atime)
+        a.mtime = ts(c.mtime)
+        a.killSUIDGID = c.killSUIDGID
+        let fd = c.handle.flatMap { try? FDHandle.from($0) }.flatMap { $0.writable ? $0.fd : nil }
+        return (Attr(try overlay.setattr(try node(id), a, fd: fd)), timeout)
+    }
+
+    public func readlink(_ r: Request, node id: NodeID, buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
+        try overlay.readlink(try node(id), into: buffer)
+    }
+
+    public func symlink(_ r: Request, parent: NodeID, name: Name, target: Name) throws(Errno) -> Entry {
+        let (n, st, _) = try overlay.create(try node(parent), fileName(name), mode: Linux.S_IFLNK | 0o777,
+                                            symlinkTarget: target.pointer, who: who(r))
+        return entry(n, st)
+    }
+
+    public func mknod(_ r: Request, parent: NodeID, name: Name, mode: UInt32, rdev: UInt32, umask: UInt32) throws(Errno) -> Entry {
+        let maj = (rdev & 0xfff00) >> 8, mnr = (rdev & 0xff) | ((rdev >> 12) & 0xfff00)
+        let (n, st, _) = try overlay.create(try node(parent), fileName(name), mode: mode & ~umask | (mode & Linux.S_IFMT),
+                                            rdev: dev_t(strata_makedev(maj, mnr)), who: who(r))
+        return entry(n, st)
+    }
+
+    public func mkdir(_ r: Request, parent: NodeID, name: Name, mode: UInt32, umask: UInt32) throws(Errno) -> Entry {
+        let (n, st) = try overlay.mkdir(try node(parent), fileName(name), mode: mode & ~umask, who: who(r))
+        return entry(n, st)
+    }
+
+    public func unlink(_ r: Request, parent: NodeID, name: Name) throws(Errno) {
+        try overlay.unlink(try node(parent), fileName(name))
+    }
+
+    public func rmdir(_ r: Request, parent: NodeID, name: Name) throws(Errno) {
+        try overlay.rmdir(try node(parent), fileName(name))
+    }
+
+    public func rename(_ r: Request, parent: NodeID, name: Name, newParent: NodeID, newName: Name, flags: UInt32) throws(Errno) {
+        try overlay.rename(try node(parent), fileName(name), try node(newParent), fileName(newName), flags: flags)
+    }
+
+    public func link(_ r: Request, node id: NodeID, newParent: NodeID, newName: Name) throws(Errno) -> Entry {
+        let (n, st) = try overlay.link(try node(id), try node(newParent), fileName(newName))
+        return entry(n, st)
+    }
+
+    func reply(_ fd: Int32, writable: Bool, regular: Bool) -> OpenReply {
+        let h = FDHandle(fd: fd, writable: writable)
+        var o = OpenReply(handle: h.retainedHandle())
+        o.keepCache = true
+        if passthrough && regular { o.backingFD = fd }
+        return o
+    }
+
+    public func open(_ r: Request, node id: NodeID, flags: Int32) throws(Errno) -> OpenReply {
+        let fd = try overlay.open(try node(id), flags: flags)
+        let writable = flags & O_ACCMODE != O_RDONLY
+        var st = stat()
+        // Writes by users to setuid files must go through us (see Loopback).
+        let suid = writable && r.uid != 0 && fstat(fd, &st) == 0 && st.st_mode & 0o6000 != 0
+        return reply(fd, writable: writable, regular: !suid)
+    }
+
+    public func create(_ r: Request, parent: NodeID, name: Name, mode: UInt32, umask: UInt32, flags: Int32) throws(Errno) -> (Entry, OpenReply) {
+        let (n, st, fd) = try overlay.create(try node(parent), fileName(name), mode: (mode & ~umask) | Linux.S_IFREG,
+                                             openFlags: flags, who: who(r))
+        let writable = flags & O_ACCMODE != O_RDONLY
+        return (entry(n, st), reply(fd, writable: writable, regular: !(r.uid != 0 && mode & 0o6000 != 0)))
+    }
+
+    public func read(_ r: Request, node: NodeID, handle: UInt64, offset: UInt64, buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
+        try FDHandle.from(handle).read(offset: offset, into: buffer)
+    }
+
+    public func write(_ r: Request, node: NodeID, handle: UInt64, offset: UInt64, data: UnsafeRawBufferPointer, flags: UInt32) throws(Errno) -> Int {
+        try FDHandle.from(handle).write(offset: offset, data: data)
+    }
+
+    public func flush(_ r: Request, node: NodeID, handle: UInt64) throws(Errno) { try FDHandle.from(handle).flush() }
+
+    public func release(_ r: Request, node: NodeID, handle: UInt64, flags: Int32) { FDHandle.release(handle) }
+
+    public func fsync(_ r: Request, node: NodeID, handle: UInt64, dataOnly: Bool) throws(Errno) {
+        if overlay.config.volatile { return }
+        try FDHandle.from(handle).fsync(dataOnly: dataOnly)
+    }
+
+    public func fallocate(_ r: Request, node: NodeID, handle: UInt64, mode: Int32, offset: UInt64, length: UInt64) throws(Errno) {
+        try FDHandle.from(handle).fallocate(mode: mode, offset: offset, length: length)
+    }
+
+    public func lseek(_ r: Request, node: NodeID, handle: UInt64, offset: Int64, whence: Int32) throws(Errno) -> Int64 {
+        try FDHandle.from(handle).lseek(offset: offset, whence: whence)
+    }
+
+    public func copyFileRange(_ r: Request, nodeIn: NodeID, handleIn: UInt64, offsetIn: UInt64,
+                              nodeOut: NodeID, handleOut: UInt64, offsetOut: UInt64, length: UInt64, flags: UInt64) throws(Errno) -> Int {
+        try FDHandle.from(handleIn).copyRange(offsetIn: offsetIn, to: try FDHandle.from(handleOut), offsetOut: offsetOut, length: length, flags: flags)
+    }
+
+    public func statfs(_ r: Request, node: NodeID) throws(Errno) -> StatFS { StatFS(try overlay.statfs()) }
+
+    public func setxattr(_ r: Request, node id: NodeID, name: Name, value: UnsafeRawBufferPointer, flags: Int32) throws(Errno) {
+        try overlay.setxattr(try node(id), name.string, value, flags: flags)
+    }
+
+    public func getxattr(_ r: Request, node id: NodeID, name: Name, buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> XattrReply {
+        let n = try overlay.getxattr(try node(id), name.string, buffer)
+        return buffer.count == 0 ? .size(n) : .data(n)
+    }
+
+    public func listxattr(_ r: Request, node id: NodeID, buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> XattrReply {
+        let n = try overlay.listxattr(try node(id), buffer)
+        return buffer.count == 0 ? .size(n) : .data(n)
+    }
+
+    public func removexattr(_ r: Request, node id: NodeID, name: Name) throws(Errno) {
+        try overlay.removexattr(try node(id), name.string)
+    }
+}

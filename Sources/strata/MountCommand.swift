@@ -1,0 +1,103 @@
+import ArgumentParser
+import FUSE
+import Overlay
+import OverlayFS
+import Sys
+#if canImport(Glibc)
+import Glibc
+#endif
+
+struct MountCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "mount",
+        abstract: "Mount a union of directories, like the kernel's overlayfs, through FUSE.",
+        discussion: """
+        strata mount -o lowerdir=LOWER1:LOWER2,upperdir=UPPER,workdir=WORK MOUNTPOINT
+
+        lowerdir lists read-only layers top-most first (\\: escapes a colon). Without \
+        upperdir and workdir the union is read-only. Writes copy files up into \
+        upperdir; deletes leave whiteouts there; the on-disk format is the kernel's, \
+        so kernel overlayfs can mount the same layers.
+
+        Options: lowerdir, upperdir, workdir, userxattr, volatile, fsync=0, \
+        redirect_dir=off, index=off, xino=off|auto, metacopy=off, timeout=SECONDS, \
+        passthrough=on|off, threads=N, noacl, and the generic rw, ro, dev, nodev, \
+        suid, nosuid, exec, noexec, atime, noatime, allow_other, default_permissions. \
+        Not supported yet, refused by name: redirect_dir=on, index=on, xino=on, \
+        metacopy=on, squash_to_root, squash_to_uid, squash_to_gid, uidmapping, \
+        gidmapping, static_nlink, xattr_permissions.
+
+        Also installed as 'strata-overlay' for containers/storage's mount_program \
+        (storage.conf: mount_program = "/usr/local/bin/strata-overlay").
+        """
+    )
+
+    @Option(name: .short, help: "Mount options, comma-separated (see above).")
+    var o: [String] = []
+
+    @Flag(name: .short, help: "Stay in the foreground.")
+    var f = false
+
+    @Argument(help: "Where to mount the union.")
+    var mountpoint: String
+
+    func run() throws {
+        var mount = MountConfig(mountpoint: mountpoint, fsname: "strata")
+        var session = SessionOptions()
+        mount.allowOther = geteuid() == 0
+        var config = OverlayConfig()
+        do throws(UsageError) {
+            config = try parseOverlayOptions(o, mount: &mount, session: &session)
+        } catch {
+            throw fail("\(error)")
+        }
+        if config.upper == nil { mount.readOnly = true }
+        let passthrough = session.passthrough
+        try serveFileSystem(mount: mount, session: session, foreground: f) { () throws(SysError) in
+            do {
+                return OverlayFS(try Overlay(config), passthrough: passthrough)
+            } catch {
+                throw SysError(.invalidArgument, "\(error)", "")
+            }
+        }
+    }
+}
+
+/// The kernel's and fuse-overlayfs's option names. Empty elements (`,,`,
+/// a trailing comma) occur in what containers/storage passes and are skipped.
+func parseOverlayOptions(_ lists: [String], mount: inout MountConfig, session: inout SessionOptions) throws(UsageError) -> OverlayConfig {
+    var c = OverlayConfig()
+    var sawLower = false
+    for (k, v) in MountOptionList(lists).items {
+        if try applyCommonOption(k, v, mount: &mount, session: &session) { continue }
+        func need() throws(UsageError) -> String {
+            guard let v, !v.isEmpty else { throw UsageError("option '\(k)' needs a value") }
+            return v
+        }
+        switch k {
+        case "lowerdir":
+            c.lowers = OverlayConfig.splitLowerdir(try need())
+            sawLower = true
+        case "upperdir": c.upper = try need()
+        case "workdir": c.work = try need()
+        case "userxattr": c.userXattr = true
+        case "volatile": c.volatile = true
+        case "fsync":
+            guard v == "0" || v == "1" else { throw UsageError("option 'fsync' takes 0 or 1") }
+            c.volatile = v == "0"
+        case "timeout", "entry_timeout", "attr_timeout":
+            c.timeout = Double(try parseTimeout(k, v).seconds)
+        case "redirect_dir", "index", "metacopy", "xino":
+            let allowed = k == "xino" ? ["off", "auto"] : ["off"]
+            guard let v, allowed.contains(v) else {
+                throw UsageError("option '\(k)=\(v ?? "")' is not supported yet (use \(k)=off)")
+            }
+        case "squash_to_root", "squash_to_uid", "squash_to_gid", "uidmapping", "gidmapping", "static_nlink", "xattr_permissions":
+            throw UsageError("option '\(k)' is not supported yet")
+        default:
+            throw UsageError("unknown option '\(k)' (see 'strata mount --help')")
+        }
+    }
+    if !sawLower { throw UsageError("lowerdir is required: -o lowerdir=DIR[:DIR...][,upperdir=DIR,workdir=DIR]") }
+    return c
+}
