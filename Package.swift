@@ -40,6 +40,7 @@ let package = Package(
         ], path: "bench/Sources/strata-bench"),
         .target(name: "TestSupport", dependencies: ["Sys", "CStrata"], path: "Tests/Support"),
         .testTarget(name: "FUSETests", dependencies: ["FUSE", "Sys", "CStrata", "TestSupport"]),
+        .testTarget(name: "OverlayTests", dependencies: ["Overlay", "OverlayFS", "FUSE", "Sys", "CStrata", "TestSupport"]),
         .testTarget(name: "LoopbackTests", dependencies: ["Loopback", "FUSE", "Sys", "CStrata", "TestSupport"]),
     ],
     swiftLanguageModes: [.v6]

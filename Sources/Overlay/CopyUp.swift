@@ -116,7 +116,9 @@ extension Overlay {
         }
     }
 
+    /// Overlay metadata (not the user's escaped `<prefix>overlay.*` names).
     public func isPrivateXattr(_ name: String) -> Bool {
-        name.hasPrefix("trusted.overlay.") || name.hasPrefix("user.overlay.")
+        let p = config.xattrPrefix
+        return name.hasPrefix(p) && !name.hasPrefix(p + "overlay.")
     }
 }

@@ -99,10 +99,17 @@ extension Overlay {
         }
     }
 
-    /// The overlay's own xattrs are invisible and untouchable through the union.
+    /// Names under the overlay prefix are the user's own when set through
+    /// the union: stored escaped as `<prefix>overlay.<rest>` (the kernel's
+    /// scheme since 6.7), so that they never act as overlay metadata.
+    func storedXattrName(_ name: String) -> String {
+        let p = config.xattrPrefix
+        return name.hasPrefix(p) ? p + "overlay." + name.dropFirst(p.count) : name
+    }
+
     public func getxattr(_ n: OverlayNode, _ name: String, _ buf: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
-        if isPrivateXattr(name) { throw .noData }
-        let r = try xattrPath(n) { p in lgetxattr(p, name, buf.baseAddress, buf.count) }
+        let stored = storedXattrName(name)
+        let r = try xattrPath(n) { p in lgetxattr(p, stored, buf.baseAddress, buf.count) }
         if r < 0 { throw currentErrno() }
         return r
     }
@@ -112,10 +119,14 @@ extension Overlay {
         let len = try xattrPath(n) { p in llistxattr(p, &all, all.count) }
         if len < 0 { throw currentErrno() }
         var out: [UInt8] = []
+        let escaped = config.xattrPrefix + "overlay."
         for name in all[0..<len].split(separator: 0) {
-            let bytes = name.map { UInt8(bitPattern: $0) }
-            if isPrivateXattr(String(decoding: bytes, as: UTF8.self)) { continue }
-            out += bytes + [0]
+            let s = String(decoding: name.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            if s.hasPrefix(escaped) {
+                out += Array((config.xattrPrefix + s.dropFirst(escaped.count)).utf8) + [0]
+            } else if !isPrivateXattr(s) {
+                out += Array(s.utf8) + [0]
+            }
         }
         if buf.count == 0 { return out.count }
         if out.count > buf.count { throw .outOfRange }
@@ -124,16 +135,16 @@ extension Overlay {
     }
 
     public func setxattr(_ n: OverlayNode, _ name: String, _ value: UnsafeRawBufferPointer, flags: Int32) throws(Errno) {
-        if isPrivateXattr(name) { throw .notPermitted }
         try copyUp(n)
-        let r = try xattrPath(n) { p in Int(lsetxattr(p, name, value.baseAddress, value.count, flags)) }
+        let stored = storedXattrName(name)
+        let r = try xattrPath(n) { p in Int(lsetxattr(p, stored, value.baseAddress, value.count, flags)) }
         if r != 0 { throw currentErrno() }
     }
 
     public func removexattr(_ n: OverlayNode, _ name: String) throws(Errno) {
-        if isPrivateXattr(name) { throw .notPermitted }
         try copyUp(n)
-        let r = try xattrPath(n) { p in Int(lremovexattr(p, name)) }
+        let stored = storedXattrName(name)
+        let r = try xattrPath(n) { p in Int(lremovexattr(p, stored)) }
         if r != 0 { throw currentErrno() }
     }
 

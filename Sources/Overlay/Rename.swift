@@ -10,6 +10,14 @@ import Glibc
 /// RENAME_WHITEOUT is allowed; a directory that is merged or lower gives
 /// EXDEV (without redirect_dir), so that `mv` falls back to copying.
 extension Overlay {
+    func setOpaque(_ dfd: Int32, _ name: String) {
+        let path = "/proc/self/fd/\(dfd)/\(name)"
+        if lsetxattr(path, opaqueXattr, "y", 1, 0) != 0 {
+            let fd = openat(dfd, name + "/.wh..wh..opq", O_WRONLY | O_CREAT | O_CLOEXEC, 0o000)
+            if fd >= 0 { close(fd) }
+        }
+    }
+
     public func rename(_ p: OverlayNode, _ name: FileName, _ q: OverlayNode, _ newName: FileName, flags: UInt32) throws(Errno) {
         if isReadOnly { throw .readOnlyFileSystem }
         let known = Linux.RENAME_NOREPLACE | Linux.RENAME_EXCHANGE | Linux.RENAME_WHITEOUT
@@ -51,7 +59,10 @@ extension Overlay {
         }
         defer { if let x = xn { forget(x.id, count: 1) } }
         // A directory moved over a directory that has lower parts must hide them.
-        let needOpaque = srcDir && dstDir && !exchange && dst.map { !$0.lowerDirs.isEmpty } == true
+        // The kernel marks a directory opaque when it moves into a merged
+        // directory, so that a lower directory of its new name never merges in.
+        let needOpaque = srcDir && (!q.snapshot.lowerDirs.isEmpty || dst.map { !$0.lowerDirs.isEmpty } == true)
+        let xOpaque = exchange && dstDir && !p.snapshot.lowerDirs.isEmpty
         let srcBelow = exchange ? false : try existsBelow(p, name)
         try withDirFD(p, 0) { (sfd: Int32) throws(Errno) in
             try withDirFD(q, 0) { (dfd: Int32) throws(Errno) in
@@ -69,10 +80,8 @@ extension Overlay {
                 if srcBelow && deviceWhiteouts { kflags |= Linux.RENAME_WHITEOUT }
                 if strata_renameat2(sfd, name.pointer, dfd, newName.pointer, kflags) != 0 { throw currentErrno() }
                 if srcBelow && !deviceWhiteouts { try makeWhiteout(sfd, name) }
-                if needOpaque {
-                    let path = "/proc/self/fd/\(dfd)/\(newName.string)"
-                    _ = lsetxattr(path, opaqueXattr, "y", 1, 0)
-                }
+                if needOpaque { setOpaque(dfd, newName.string) }
+                if xOpaque { setOpaque(sfd, name.string) }
             }
         }
         sn.state.withLock { s in

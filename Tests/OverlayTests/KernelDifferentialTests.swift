@@ -1,0 +1,99 @@
+import CStrata
+import Foundation
+import Sys
+import Testing
+import TestSupport
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Strata against the kernel's overlayfs on identical layers: every step's
+/// result and errno, the merged trees and the upper layers must agree.
+@Suite(.enabled(if: MountEnvironment.available), .serialized)
+struct KernelDifferentialTests {
+    func compare(_ pair: UnionPair, _ steps: [(String, (FileOps) -> String)], sourceLocation: SourceLocation = #_sourceLocation) {
+        let k = FileOps(pair.kernelMount), s = FileOps(pair.strataMount)
+        for (label, step) in steps {
+            let a = step(k), b = step(s)
+            #expect(a == b, "\(label): kernel \(a), strata \(b)", sourceLocation: sourceLocation)
+        }
+        #expect(pair.mergedDiff() == [], "merged views differ", sourceLocation: sourceLocation)
+        #expect(pair.upperDiff() == [], "upper layers differ", sourceLocation: sourceLocation)
+    }
+
+    @Test func lookupRules() throws {
+        let pair = try UnionPair(build: Fixture.build)
+        defer { pair.unmount() }
+        compare(pair, [
+            ("top-most wins", { $0.read("a/f1") }),
+            ("device whiteout hides", { $0.read("a/f2") }),
+            ("whiteout of a file", { $0.read("wh-dev") }),
+            ("opaque xattr hides below", { $0.ls("b") }),
+            ("opaque dir hides below", { $0.ls("gone") }),
+            ("file over a dir", { $0.read("fileover") }),
+            ("nothing below a file", { $0.read("fileover/inside") }),
+            ("dir over a file", { $0.ls("dirover") }),
+            ("merged dir", { $0.ls("a") }),
+            ("merged subdir", { $0.ls("a/sub") }),
+            ("root", { $0.ls("") }),
+            ("symlink", { $0.readlink("a/s") }),
+            ("through symlink", { $0.read("a/s") }),
+            ("xattr from the layer", { $0.getxattr("a/f1", "user.layer") }),
+            ("hard link count", { "\($0.stat("a/h1")?.st_nlink ?? 0)" }),
+        ])
+    }
+
+    @Test func copyUpWhiteoutsAndOpaque() throws {
+        let pair = try UnionPair(build: Fixture.build)
+        defer { pair.unmount() }
+        compare(pair, [
+            ("append copies up", { $0.write("a/f1", " more", flags: O_WRONLY | O_APPEND) }),
+            ("read after", { $0.read("a/f1") }),
+            ("chmod copies up", { $0.chmod("x", 0o640) }),
+            ("chown copies up", { $0.lchown("a/sub/g", 42, 43) }),
+            ("utimes copies up", { $0.utimens("d3only/n", 1_500_000_000, 5) }),
+            ("setxattr copies up", { $0.setxattr("a/top", "user.k", "v") }),
+            ("truncate copies up", { $0.truncate("many", 10) }),
+            ("unlink lower file", { $0.unlink("a/f1") }),
+            ("unlink again", { $0.unlink("a/f1") }),
+            ("unlink upper-only", { $0.write("new", "n") + $0.unlink("new") }),
+            ("rmdir non-empty merged", { $0.rmdir("a/sub") }),
+            ("empty it", { $0.unlink("a/sub/g") + $0.unlink("a/sub/h") }),
+            ("rmdir now empty", { $0.rmdir("a/sub") }),
+            ("mkdir over whiteout is opaque", { $0.mkdir("a/sub") }),
+            ("new dir is empty", { $0.ls("a/sub") }),
+            ("recreate a file over a whiteout", { $0.write("a/f1", "again") }),
+            ("rmdir lower dir", { $0.unlink("d3only/n") + $0.rmdir("d3only") }),
+            ("rmdir a file", { $0.rmdir("x") }),
+            ("unlink a dir", { $0.unlink("a") }),
+            ("link a lower file", { $0.link("x", "x-link") }),
+            ("symlink", { $0.symlink("../x", "a/sym") }),
+            ("mknod fifo", { $0.mknod("fifo", Linux.S_IFIFO | 0o644) }),
+            ("private xattr hidden", { $0.listxattr("a/sub") }),
+            ("overlay-named xattr is escaped", { $0.setxattr("a/top", "trusted.overlay.opaque", "y") }),
+            ("and reads back", { $0.getxattr("a/top", "trusted.overlay.opaque") }),
+            ("and lists", { $0.listxattr("a/top") }),
+        ])
+    }
+
+    @Test func renames() throws {
+        let pair = try UnionPair(build: Fixture.build)
+        defer { pair.unmount() }
+        compare(pair, [
+            ("rename lower file", { $0.rename("a/f1", "a/moved") }),
+            ("rename into other dir", { $0.rename("x", "a/x") }),
+            ("rename over lower file", { $0.rename("a/top", "a/moved") }),
+            ("noreplace", { $0.rename("a/moved", "a/h1", flags: Linux.RENAME_NOREPLACE) }),
+            ("exchange", { $0.rename("a/moved", "a/h1", flags: Linux.RENAME_EXCHANGE) }),
+            ("exchange with missing", { $0.rename("a/moved", "a/none", flags: Linux.RENAME_EXCHANGE) }),
+            ("merged dir gives EXDEV", { $0.rename("a", "a2") }),
+            ("lower-only dir gives EXDEV", { $0.rename("d3only", "d3") }),
+            ("upper dir renames", { $0.mkdir("fresh") + $0.write("fresh/f", "1") + $0.rename("fresh", "fresh2") }),
+            ("file over dir", { $0.rename("many", "a") }),
+            ("dir over file", { $0.mkdir("up") + $0.rename("up", "many") }),
+            ("rename onto a whiteout", { $0.rename("a/h2", "a/f2") }),
+            ("self", { $0.rename("a/h1", "a/h1") }),
+            ("missing source", { $0.rename("nope", "a/q") }),
+        ])
+    }
+}
