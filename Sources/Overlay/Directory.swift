@@ -161,15 +161,17 @@ extension Overlay {
 
     /// Marks the live node behind a name as gone, keeping a way to reach it
     /// for open descriptors.
-    func noteRemoved(_ f: Found, _ pfd: Int32, _ name: FileName) {
-        guard let n = table.find(InodeKey(dev: UInt64(f.stat.st_dev), ino: UInt64(f.stat.st_ino))) else { return }
-        if f.stat.st_nlink <= 1 || n.isDirectory {
+    func noteRemoved(_ f: Found, _ p: OverlayNode, _ pfd: Int32, _ name: FileName) {
+        var key = InodeKey(dev: UInt64(f.stat.st_dev), ino: UInt64(f.stat.st_ino))
+        if !f.inUpper && f.stat.st_mode & Linux.S_IFMT != Linux.S_IFDIR {
+            key.parent = p.id
+            key.name = name.bytesWithNUL
+        }
+        guard let n = table.find(key) else { return }
+        if n.removeName(p, name) {
             let o = openat(pfd, name.pointer, Linux.O_PATH | O_NOFOLLOW | O_CLOEXEC)
-            n.state.withLock { s in
-                s.unlinked = true
-                if o >= 0 { s.orphan = OwnedFD(o) }
-            }
-            table.detach(n)
+            if o >= 0 { n.state.withLock { $0.orphan = OwnedFD(o) } }
+            if f.stat.st_nlink <= 1 || n.isDirectory { table.detach(n) }
         }
     }
 
@@ -201,7 +203,7 @@ extension Overlay {
         let below = try existsBelow(p, name)
         try withDirFD(p, 0) { (ufd: Int32) throws(Errno) in
             if f.inUpper {
-                noteRemoved(f, ufd, name)
+                noteRemoved(f, p, ufd, name)
                 if below && deviceWhiteouts && !dir, let work {
                     // One step: the name becomes a whiteout as the file leaves.
                     let tmp = "#strata-rm-\(UInt32.random(in: 0...UInt32.max))"
@@ -212,7 +214,7 @@ extension Overlay {
                 if unlinkat(ufd, name.pointer, dir ? Linux.AT_REMOVEDIR : 0) != 0 { throw currentErrno() }
             } else {
                 let top = f.lower
-                try withDirFD(p, top) { (lfd: Int32) in noteRemoved(f, lfd, name) }
+                try withDirFD(p, top) { (lfd: Int32) in noteRemoved(f, p, lfd, name) }
             }
             if below || !f.inUpper { try makeWhiteout(ufd, name) }
         }

@@ -142,8 +142,12 @@ extension Overlay {
     }
 
     public func removexattr(_ n: OverlayNode, _ name: String) throws(Errno) {
-        try copyUp(n)
         let stored = storedXattrName(name)
+        if !n.snapshot.inUpper {
+            // Removing what is not there fails without a copy-up, as in the kernel.
+            if try xattrPath(n, { p in lgetxattr(p, stored, nil, 0) }) < 0 { throw currentErrno() }
+        }
+        try copyUp(n)
         let r = try xattrPath(n) { p in Int(lremovexattr(p, stored)) }
         if r != 0 { throw currentErrno() }
     }

@@ -157,24 +157,20 @@ extension Overlay {
         let f = try resolve(parent, name)
         let topLayer = f.inUpper ? 0 : f.lower
         let ino = try withDirFD(parent, topLayer) { (pfd: Int32) -> UInt64 in reportedIno(f, pfd, name.pointer) }
-        let key = InodeKey(dev: UInt64(f.stat.st_dev), ino: UInt64(f.stat.st_ino))
         let isDir = f.stat.st_mode & Linux.S_IFMT == Linux.S_IFDIR
+        var key = InodeKey(dev: UInt64(f.stat.st_dev), ino: UInt64(f.stat.st_ino))
+        if !isDir && !f.inUpper {
+            key.parent = parent.id
+            key.name = name.bytesWithNUL
+        }
         let n = table.reference(key) { id in
             OverlayNode(id: id, isDirectory: isDir, ino: ino, state: .init(
                 parent: parent, name: name.bytesWithNUL, inUpper: f.inUpper, lower: f.lower,
                 lowerDirs: f.lowerDirs, key: key))
         }
         // A known inode found under another name (a hard link) or refreshed.
-        n.state.withLock { st in
-            if st.unlinked || !(st.parent === parent && name.equals(prefixOf: st.name) && st.name.count == name.count + 1) {
-                if isDir || st.unlinked {
-                    st.parent = parent
-                    st.name = name.bytesWithNUL
-                    st.unlinked = false
-                }
-            }
-            if isDir { st.lowerDirs = f.lowerDirs; st.inUpper = f.inUpper; st.lower = f.lower }
-        }
+        n.addName(parent, name)
+        if isDir { n.state.withLock { st in st.lowerDirs = f.lowerDirs; st.inUpper = f.inUpper; st.lower = f.lower } }
         var out = f.stat
         out.st_ino = ino_t(n.ino)
         return (n, out)

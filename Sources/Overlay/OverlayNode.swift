@@ -34,6 +34,47 @@ public final class OverlayNode: @unchecked Sendable {
         var unlinked = false
         /// An unlinked inode the kernel still holds (open files): how to reach it.
         var orphan: OwnedFD?
+        /// Further names of an upper hard link (the first is parent/name).
+        var others: [(OverlayNode, [UInt8])] = []
+
+        func isPrimary(_ p: OverlayNode, _ n: FileName) -> Bool {
+            parent === p && name.count == n.count + 1 && n.equals(prefixOf: name)
+        }
+    }
+
+    /// Records that (p, n) names this inode: a directory has one name, a
+    /// file may have several (hard links).
+    func addName(_ p: OverlayNode, _ n: FileName) {
+        state.withLock { s in
+            if s.isPrimary(p, n) && !s.unlinked { return }
+            if isDirectory || s.unlinked {
+                s.parent = p
+                s.name = n.bytesWithNUL
+                s.unlinked = false
+                return
+            }
+            if s.others.contains(where: { $0.0 === p && $0.1.count == n.count + 1 && n.equals(prefixOf: $0.1) }) { return }
+            s.others.append((p, n.bytesWithNUL))
+        }
+    }
+
+    /// Forgets the name (p, n); returns whether the inode has no name left.
+    @discardableResult
+    func removeName(_ p: OverlayNode, _ n: FileName) -> Bool {
+        state.withLock { s in
+            if s.isPrimary(p, n) {
+                if s.others.isEmpty {
+                    s.unlinked = true
+                } else {
+                    let next = s.others.removeFirst()
+                    s.parent = next.0
+                    s.name = next.1
+                }
+            } else {
+                s.others.removeAll { $0.0 === p && $0.1.count == n.count + 1 && n.equals(prefixOf: $0.1) }
+            }
+            return s.unlinked
+        }
     }
 
     init(id: UInt64, isDirectory: Bool, ino: UInt64, state: State) {
@@ -46,7 +87,14 @@ public final class OverlayNode: @unchecked Sendable {
     var snapshot: State { state.withLock { $0 } }
 }
 
+/// What identifies a merged inode. Upper entries and directories are keyed
+/// by their real inode (hard links in the upper layer are one inode). A
+/// lower non-directory is keyed by its name: without index=on the kernel
+/// gives each name of a lower hard link its own inode, so that copying one
+/// name up breaks the link rather than moving the other.
 struct InodeKey: Hashable, Sendable {
     let dev: UInt64
     let ino: UInt64
+    var parent: UInt64 = 0
+    var name: [UInt8] = []
 }

@@ -72,7 +72,7 @@ extension Overlay {
                             for e in try listRaw(cfd) { removeTree(cfd, e) }
                         }
                     }
-                    noteRemoved(d, dfd, newName)
+                    noteRemoved(d, q, dfd, newName)
                 } else if !exchange {
                     _ = clearWhiteout(dfd, newName)
                 }
@@ -84,16 +84,12 @@ extension Overlay {
                 if xOpaque { setOpaque(sfd, name.string) }
             }
         }
-        sn.state.withLock { s in
-            s.parent = q
-            s.name = newName.bytesWithNUL
-            if needOpaque { s.lowerDirs = [] }
-        }
+        sn.removeName(p, name)
+        sn.addName(q, newName)
+        if needOpaque { sn.state.withLock { $0.lowerDirs = [] } }
         if let x = xn {
-            x.state.withLock { s in
-                s.parent = p
-                s.name = name.bytesWithNUL
-            }
+            x.removeName(q, newName)
+            x.addName(p, name)
         }
     }
 }
