@@ -175,6 +175,21 @@ extension Overlay {
         }
     }
 
+    /// After a rename replaced an upper entry: its inode loses that name;
+    /// `fd` (O_PATH, taken before) keeps it reachable for open files.
+    func noteReplaced(_ f: Found, _ p: OverlayNode, _ name: FileName, fd: Int32) {
+        guard let n = table.find(InodeKey(dev: UInt64(f.stat.st_dev), ino: UInt64(f.stat.st_ino))) else {
+            close(fd)
+            return
+        }
+        if n.removeName(p, name) {
+            n.state.withLock { $0.orphan = OwnedFD(fd) }
+            if f.stat.st_nlink <= 1 || n.isDirectory { table.detach(n) }
+        } else {
+            close(fd)
+        }
+    }
+
     public func unlink(_ p: OverlayNode, _ name: FileName) throws(Errno) {
         if isReadOnly { throw .readOnlyFileSystem }
         let f = try resolve(p, name)

@@ -31,7 +31,9 @@ extension Overlay {
         if exchange && dst == nil { throw .noSuchFileOrDirectory }
         let srcDir = src.stat.st_mode & Linux.S_IFMT == Linux.S_IFDIR
         let dstDir = dst.map { $0.stat.st_mode & Linux.S_IFMT == Linux.S_IFDIR } ?? false
-        if let d = dst, d.stat.st_ino == src.stat.st_ino && d.stat.st_dev == src.stat.st_dev { return }
+        // Two names of one upper inode: nothing to do (POSIX). Lower hard
+        // links are separate inodes here, as in the kernel without index=on.
+        if let d = dst, d.inUpper && src.inUpper, d.stat.st_ino == src.stat.st_ino && d.stat.st_dev == src.stat.st_dev { return }
         if !exchange, dst != nil {
             if srcDir && !dstDir { throw .notDirectory }
             if !srcDir && dstDir { throw .isDirectory }
@@ -45,7 +47,10 @@ extension Overlay {
             dstNode = dn
         }
         defer { if let dn = dstNode { forget(dn.id, count: 1) } }
-        if let dn = dstNode, !(try isEmptyMerged(dn)) { throw .directoryNotEmpty }
+        // Only a merged or lower directory needs our emptiness check; for a
+        // pure upper one the real rename answers (after the opaque mark, as
+        // in the kernel).
+        if let dn = dstNode, let d = dst, isMergedOrLower(d), !(try isEmptyMerged(dn)) { throw .directoryNotEmpty }
 
         let (sn, _) = try lookup(p, name)
         defer { forget(sn.id, count: 1) }
@@ -60,28 +65,36 @@ extension Overlay {
         defer { if let x = xn { forget(x.id, count: 1) } }
         // A directory moved over a directory that has lower parts must hide them.
         // The kernel marks a directory opaque when it moves into a merged
-        // directory, so that a lower directory of its new name never merges in.
-        let needOpaque = srcDir && (!q.snapshot.lowerDirs.isEmpty || dst.map { !$0.lowerDirs.isEmpty } == true)
+        // directory, so that a lower directory of its new name never merges
+        // in; it does so before the rename, which may still fail.
+        let needOpaque = srcDir && !q.snapshot.lowerDirs.isEmpty
         let xOpaque = exchange && dstDir && !p.snapshot.lowerDirs.isEmpty
         let srcBelow = exchange ? false : try existsBelow(p, name)
         try withDirFD(p, 0) { (sfd: Int32) throws(Errno) in
             try withDirFD(q, 0) { (dfd: Int32) throws(Errno) in
+                var replaced: Int32 = -1
                 if let d = dst, d.inUpper, !exchange {
-                    if dstDir, let dn = dstNode {
+                    if dstDir, isMergedOrLower(d), let dn = dstNode {
+                        // Verified empty in the union: only whiteouts are left.
                         try withDirFD(dn, 0) { (cfd: Int32) throws(Errno) in
                             for e in try listRaw(cfd) { removeTree(cfd, e) }
                         }
                     }
-                    noteRemoved(d, q, dfd, newName)
+                    replaced = openat(dfd, newName.pointer, Linux.O_PATH | O_NOFOLLOW | O_CLOEXEC)
                 } else if !exchange {
                     _ = clearWhiteout(dfd, newName)
                 }
+                defer { if replaced >= 0 { close(replaced) } }
+                if needOpaque { setOpaque(sfd, name.string) }
+                if xOpaque { setOpaque(dfd, newName.string) }
                 var kflags = exchange ? Linux.RENAME_EXCHANGE : 0
                 if srcBelow && deviceWhiteouts { kflags |= Linux.RENAME_WHITEOUT }
                 if strata_renameat2(sfd, name.pointer, dfd, newName.pointer, kflags) != 0 { throw currentErrno() }
+                if let d = dst, replaced >= 0 {
+                    noteReplaced(d, q, newName, fd: replaced)
+                    replaced = -1
+                }
                 if srcBelow && !deviceWhiteouts { try makeWhiteout(sfd, name) }
-                if needOpaque { setOpaque(dfd, newName.string) }
-                if xOpaque { setOpaque(sfd, name.string) }
             }
         }
         sn.removeName(p, name)
