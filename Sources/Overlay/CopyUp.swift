@@ -13,6 +13,16 @@ extension Overlay {
     public func copyUp(_ n: OverlayNode) throws(Errno) {
         guard upper != nil, let work else { throw .readOnlyFileSystem }
         if n.snapshot.inUpper { return }
+        // The kernel serves those opens from the lower file directly and
+        // cannot be moved to another; refuse rather than split the file. The
+        // kernel sends RELEASE after close() returns, so give a just-closed
+        // reader a moment first.
+        var waited = 0
+        while n.state.withLock({ $0.lowerPassthrough }) > 0 {
+            if waited >= 200 { throw .textFileBusy }
+            usleep(1000)
+            waited += 1
+        }
         try n.copyUpLock.withLock { (_: inout Void) throws(Errno) in
             let s = n.snapshot
             if s.inUpper { return }
@@ -63,8 +73,18 @@ extension Overlay {
         fstatat(dst, name, &ust, Linux.AT_SYMLINK_NOFOLLOW)
         let old = n.snapshot.key
         let new = InodeKey(dev: UInt64(ust.st_dev), ino: UInt64(ust.st_ino))
-        n.state.withLock { $0.inUpper = true }
-        n.state.withLock { $0.key = new }
+        n.state.withLock { s in
+            s.inUpper = true
+            s.key = new
+            for fd in s.lowerFDs {
+                let u = openat(dst, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+                if u >= 0 {
+                    dup2(u, fd)
+                    _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+                    close(u)
+                }
+            }
+        }
         table.rekey(n, from: old, to: new)
     }
 

@@ -11,17 +11,17 @@ public final class OverlayNode: @unchecked Sendable {
     public let isDirectory: Bool
     /// The inode number reported: the origin's, so that copy-up keeps it.
     public let ino: UInt64
-    let state: Mutex<State>
+    public let state: Mutex<State>
     /// Serializes copy-up of this node: two concurrent copy-ups become one.
     let copyUpLock = Mutex<Void>(())
     /// Kernel references; changed under the table's lock.
     var lookups: UInt64 = 0
 
-    struct State {
-        var parent: OverlayNode?
+    public struct State: @unchecked Sendable {
+        public internal(set) var parent: OverlayNode?
         var name: [UInt8]            // NUL-terminated
         /// Exists in the upper layer.
-        var inUpper: Bool
+        public internal(set) var inUpper: Bool
         /// Top-most lower layer holding it (index into `Overlay.layers`), or -1.
         var lower: Int
         /// Directories: lower layers that contribute entries, top first
@@ -36,6 +36,13 @@ public final class OverlayNode: @unchecked Sendable {
         var orphan: OwnedFD?
         /// Further names of an upper hard link (the first is parent/name).
         var others: [(OverlayNode, [UInt8])] = []
+        /// Descriptors that files opened on the lower copy read through; a
+        /// copy-up points them at the upper copy (dup2), as the kernel's
+        /// overlayfs switches open files to the copied-up file.
+        public var lowerFDs: Set<Int32> = []
+        /// Opens of the lower copy that the kernel serves by passthrough: those
+        /// cannot be switched, so a copy-up must wait until they are closed.
+        public var lowerPassthrough = 0
 
         func isPrimary(_ p: OverlayNode, _ n: FileName) -> Bool {
             parent === p && name.count == n.count + 1 && n.equals(prefixOf: name)

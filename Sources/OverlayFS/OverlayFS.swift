@@ -14,6 +14,9 @@ public final class OverlayFS: FileSystem, @unchecked Sendable {
     public let overlay: Overlay
     let timeout: CacheTimeout
     let passthrough: Bool
+    /// Handles opened on a lower copy: their node, and whether the kernel
+    /// serves them by passthrough.
+    let lowerOpens = Locked<[UInt64: (OverlayNode, Bool)]>([:])
 
     public init(_ overlay: Overlay, passthrough: Bool) {
         self.overlay = overlay
@@ -123,13 +126,26 @@ public final class OverlayFS: FileSystem, @unchecked Sendable {
     }
 
     public func open(_ r: Request, node id: NodeID, flags: Int32) throws(Errno) -> OpenReply {
-        let fd = try overlay.open(try node(id), flags: flags)
+        let n = try node(id)
+        let fd = try overlay.open(n, flags: flags)
         let writable = flags & O_ACCMODE != O_RDONLY
         var st = stat()
+        let isRegular = fstat(fd, &st) == 0 && st.st_mode & Linux.S_IFMT == Linux.S_IFREG
         // Writes by users to setuid files must go through us (see Loopback).
-        let suid = writable && r.uid != 0 && fstat(fd, &st) == 0 && st.st_mode & 0o6000 != 0
-        return reply(fd, writable: writable, regular: !suid)
+        let suid = writable && r.uid != 0 && st.st_mode & 0o6000 != 0
+        var o = reply(fd, writable: writable, regular: isRegular && !suid)
+        // Remember opens of the lower copy: a later copy-up moves them along
+        // (or, served by passthrough, has to wait for them).
+        n.state.withLock { s in
+            if !s.inUpper && isRegular {
+                if o.backingFD >= 0 { s.lowerPassthrough += 1 } else { s.lowerFDs.insert(fd) }
+                lowerOpens.withLock { $0[o.handle] = (n, o.backingFD >= 0) }
+            }
+        }
+        o.directIO = false
+        return o
     }
+
 
     public func create(_ r: Request, parent: NodeID, name: Name, mode: UInt32, umask: UInt32, flags: Int32) throws(Errno) -> (Entry, OpenReply) {
         let (n, st, fd) = try overlay.create(try node(parent), fileName(name), mode: (mode & ~umask) | Linux.S_IFREG,
@@ -148,7 +164,14 @@ public final class OverlayFS: FileSystem, @unchecked Sendable {
 
     public func flush(_ r: Request, node: NodeID, handle: UInt64) throws(Errno) { try FDHandle.from(handle).flush() }
 
-    public func release(_ r: Request, node: NodeID, handle: UInt64, flags: Int32) { FDHandle.release(handle) }
+    public func release(_ r: Request, node: NodeID, handle: UInt64, flags: Int32) {
+        if let (n, pt) = lowerOpens.withLock({ $0.removeValue(forKey: handle) }), let h = try? FDHandle.from(handle) {
+            n.state.withLock { s in
+                if pt { s.lowerPassthrough -= 1 } else { s.lowerFDs.remove(h.fd) }
+            }
+        }
+        FDHandle.release(handle)
+    }
 
     public func fsync(_ r: Request, node: NodeID, handle: UInt64, dataOnly: Bool) throws(Errno) {
         if overlay.config.volatile { return }

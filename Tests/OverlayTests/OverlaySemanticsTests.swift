@@ -1,0 +1,129 @@
+import CStrata
+import Foundation
+import Sys
+import Testing
+import TestSupport
+#if canImport(Glibc)
+import Glibc
+#endif
+
+@Suite(.enabled(if: MountEnvironment.available), .serialized)
+struct OverlaySemanticsTests {
+    func ino(_ p: String) -> UInt64? {
+        var st = stat()
+        return lstat(p, &st) == 0 ? UInt64(st.st_ino) : nil
+    }
+
+    func dirInos(_ dir: String) -> [String: UInt64] {
+        var out: [String: UInt64] = [:]
+        guard let d = opendir(dir) else { return out }
+        defer { closedir(d) }
+        while let e = readdir(d) {
+            let n = withUnsafePointer(to: e.pointee.d_name) { $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) } }
+            if n != "." && n != ".." { out[n] = UInt64(e.pointee.d_ino) }
+        }
+        return out
+    }
+
+    @Test func inodeNumbersSurviveCopyUpAndMatchReaddir() throws {
+        let pair = try UnionPair(build: Fixture.build)
+        defer { pair.unmount() }
+        let m = pair.strataMount
+        let before = ino("\(m)/a/f1")
+        #expect(FileOps(m).write("a/f1", "x", flags: O_WRONLY | O_APPEND) == "ok")
+        #expect(ino("\(m)/a/f1") == before)                   // st_ino unchanged by copy-up
+        let dirBefore = ino("\(m)/a/sub")
+        #expect(FileOps(m).chmod("a/sub", 0o700) == "ok")
+        #expect(ino("\(m)/a/sub") == dirBefore)
+        for dir in ["", "a", "a/sub", "b", "dirover"] {
+            for (name, dino) in dirInos(dir.isEmpty ? m : "\(m)/\(dir)") {
+                let path = dir.isEmpty ? "\(m)/\(name)" : "\(m)/\(dir)/\(name)"
+                #expect(ino(path) == dino, "d_ino of \(path) is \(dino), st_ino \(ino(path) ?? 0)")
+            }
+        }
+    }
+
+    /// Bugs of fuse-overlayfs 1.10 that Strata must not have.
+    @Test func fuseOverlayfsBugsAreAbsent() throws {
+        let pair = try UnionPair(build: Fixture.build)
+        defer { pair.unmount() }
+        let s = FileOps(pair.strataMount)
+        // 1. A lower file must not be reachable inside a removed and recreated directory.
+        for m in [pair.kernelMount, pair.strataMount] {
+            #expect(runProgram("/bin/rm", ["-rf", "\(m)/a/sub"]).status == 0)
+            #expect(FileOps(m).mkdir("a/sub") == "ok")
+        }
+        #expect(s.read("a/sub/g") == "ENOENT")
+        #expect(s.ls("a/sub") == "")
+        // 2. st_nlink of a hard-linked lower file is right from the first stat.
+        #expect(s.stat("a/h1")?.st_nlink == 2)
+        // 3. d_ino equals st_ino (also checked at length above).
+        #expect(dirInos("\(pair.strataMount)/a")["h1"] == ino("\(pair.strataMount)/a/h1"))
+        // 4. A rename over a whiteout leaves no lower file visible and no needless whiteout.
+        #expect(s.write("newfile", "new") == "ok")
+        #expect(s.rename("newfile", "a/f2") == "ok")        // a/f2 is whited out in l2
+        #expect(s.read("a/f2") == "new")
+        var st = stat()
+        #expect(lstat("\(pair.strataUpper)/newfile", &st) != 0)   // newfile existed only in upper
+        #expect(FileOps(pair.kernelMount).write("newfile", "new") == "ok")
+        #expect(FileOps(pair.kernelMount).rename("newfile", "a/f2") == "ok")
+        #expect(pair.upperDiff() == [])
+    }
+
+    @Test func openFilesSurviveCopyUpOfAnotherHandle() throws {
+        for (label, root) in try [("kernel", nil), ("strata", ["passthrough=off"])].map({ ($0.0, $0.1) }) {
+            let pair = try UnionPair(strataOptions: root ?? [], build: Fixture.build)
+            defer { pair.unmount() }
+            let m = label == "kernel" ? pair.kernelMount : pair.strataMount
+            let ro = open("\(m)/x", O_RDONLY)
+            #expect(ro >= 0)
+            defer { close(ro) }
+            #expect(FileOps(m).write("x", "rewritten", flags: O_WRONLY | O_TRUNC) == "ok")
+            var buf = [UInt8](repeating: 0, count: 64)
+            let n = pread(ro, &buf, 64, 0)
+            // The kernel moves open files to the copied-up file; so do we.
+            #expect(String(decoding: buf[0..<max(0, n)], as: UTF8.self) == "rewritten", "\(label)")
+            #expect(FileOps(m).read("x") == "rewritten", "\(label)")
+        }
+    }
+
+    /// With passthrough the kernel reads a lower file directly and cannot
+    /// be switched to the copy: writing it while it is open is refused
+    /// (ETXTBSY), never half-done, and works once it is closed.
+    @Test func copyUpWhileAPassthroughReaderIsOpenIsRefusedCleanly() throws {
+        let pair = try UnionPair(build: Fixture.build)
+        defer { pair.unmount() }
+        let m = pair.strataMount
+        let ro = open("\(m)/x", O_RDONLY)
+        #expect(ro >= 0)
+        #expect(FileOps(m).write("x", "new", flags: O_WRONLY | O_TRUNC) == "errno\(ETXTBSY)")
+        var st = stat()
+        #expect(lstat("\(pair.strataUpper)/x", &st) != 0)
+        close(ro)
+        #expect(FileOps(m).write("x", "new", flags: O_WRONLY | O_TRUNC) == "ok")
+        #expect(FileOps(m).read("x") == "new")
+    }
+
+    @Test func ociWhiteoutFormatsAreRead() throws {
+        let pair = try UnionPair { base in
+            Fixture.dir("\(base)/l2/d"); Fixture.write("\(base)/l2/d/old", "old"); Fixture.write("\(base)/l2/gone", "gone")
+            Fixture.dir("\(base)/l1/d"); Fixture.write("\(base)/l1/d/.wh..wh..opq", ""); Fixture.write("\(base)/l1/d/new", "new")
+            Fixture.write("\(base)/l1/.wh.gone", "")
+        }
+        defer { pair.unmount() }
+        let s = FileOps(pair.strataMount)
+        #expect(s.ls("") == "d")
+        #expect(s.ls("d") == "new")
+        #expect(s.read("gone") == "ENOENT")
+        #expect(s.write("gone", "back") == "ok")
+        #expect(s.read("gone") == "back")
+    }
+
+    @Test func statfsReportsTheUpperFilesystem() throws {
+        let pair = try UnionPair(build: Fixture.build)
+        defer { pair.unmount() }
+        var a = statvfs(), b = statvfs()
+        #expect(statvfs(pair.strataUpper, &a) == 0 && statvfs(pair.strataMount, &b) == 0)
+        #expect(a.f_blocks == b.f_blocks && a.f_bsize == b.f_bsize)
+    }
+}
