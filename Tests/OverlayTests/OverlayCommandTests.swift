@@ -1,0 +1,144 @@
+import CStrata
+import Foundation
+import Sys
+import Testing
+import TestSupport
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The union mount as tools invoke it, its on-disk format shared with the
+/// kernel, and bad input refused with one line and nothing written.
+@Suite(.enabled(if: MountEnvironment.available), .serialized)
+struct OverlayCommandTests {
+    func layers(_ t: TempDir) -> (l1: String, l2: String, u: String, w: String, m: String) {
+        let l1 = t.sub("l1"), l2 = t.sub("l2"), u = t.sub("u"), w = t.sub("w"), m = t.sub("m")
+        _ = FileOps(l2).write("both", "l2"); _ = FileOps(l1).write("both", "l1")
+        _ = FileOps(l2).write("onlyl2", "x"); _ = FileOps(l2).mkdir("d"); _ = FileOps(l2).write("d/f", "f")
+        return (l1, l2, u, w, m)
+    }
+
+    /// An upper written by Strata, mounted by the kernel, shows the same
+    /// merged view; and the other way round.
+    @Test(arguments: [true, false])
+    func upperLayersAreInterchangeableWithTheKernel(strataWrites: Bool) throws {
+        let pair = try UnionPair(build: Fixture.build)
+        defer { pair.unmount() }
+        let writer = strataWrites ? pair.strataMount : pair.kernelMount
+        let o = FileOps(writer)
+        _ = o.write("a/f1", "changed")
+        _ = o.unlink("a/h1")
+        _ = runProgram("/bin/rm", ["-rf", "\(writer)/a/sub"])
+        _ = o.mkdir("a/sub")
+        _ = o.write("a/sub/new", "n")
+        _ = o.rename("x", "a/x2")
+        _ = o.chmod("many", 0o600)
+        _ = o.setxattr("a/top", "user.t", "v")
+        _ = o.symlink("nowhere", "sl")
+        let before = TreeSnapshot.take(writer, times: false)
+        pair.unmount()
+        // Mount the written layers with the other implementation.
+        let side = strataWrites ? "s" : "k"
+        let root = "\(pair.dir.path)/\(side)"
+        let w2 = pair.dir.sub("w2-\(side)"), m2 = pair.dir.sub("m2-\(side)")
+        let opts = "lowerdir=\(root)/l1:\(root)/l2:\(root)/l3,upperdir=\(root)/u,workdir=\(w2)"
+        if strataWrites {
+            let r = runProgram("/bin/mount", ["-t", "overlay", "overlay", "-o", opts + ",redirect_dir=off,index=off,xino=off", m2])
+            #expect(r.status == 0, "\(r.stderr)")
+        } else {
+            let r = runProgram(MountEnvironment.binary, ["mount", "-o", opts, m2])
+            #expect(r.status == 0, "\(r.stderr)")
+        }
+        defer { umount2(m2, Int32(MNT_DETACH)) }
+        let after = TreeSnapshot.take(m2, times: false)
+        #expect(TreeSnapshot.diff(before, after, labels: (strataWrites ? "strata" : "kernel", "remounted")) == [])
+    }
+
+    @Test func mountProgramInvocationAsContainersStorageDoesIt() throws {
+        let t = TempDir()
+        let (l1, l2, u, w, m) = layers(t)
+        // containers/storage: l/SHORTID symlinks, relative paths, empty elements.
+        let links = t.sub("l")
+        symlink(l1, "\(links)/AAAA")
+        symlink(l2, "\(links)/BBBB")
+        let overlayBin = "\(t.path)/strata-overlay"
+        symlink(MountEnvironment.binary, overlayBin)
+        let v = runProgram(overlayBin, ["--version"])
+        #expect(v.status == 0 && v.stdout.contains("strata version"))
+        let opts = "lowerdir=l/AAAA:l/BBBB,upperdir=\(u),workdir=\(w),,volatile,"
+        let r = runProgram("/bin/sh", ["-c", "cd \(t.path) && \(overlayBin) -o '\(opts)' \(m)"])
+        defer { umount2(m, Int32(MNT_DETACH)) }
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(FileOps(m).read("both") == "l1")
+        #expect(FileOps(m).ls("") == "both,d,onlyl2")
+        // Unmounted as podman does it.
+        #expect(runProgram("/bin/fusermount3", ["-u", m]).status == 0)
+        #expect(!isMountPoint(m))
+    }
+
+    @Test func mountDashTFuseStrata() throws {
+        let t = TempDir()
+        let (l1, l2, u, w, m) = layers(t)
+        // mount(8) -> mount.fuse3 -> `strata SOURCE MOUNTPOINT -o OPTIONS`,
+        // found in PATH; mount(8) clears PATH, so put it where helpers look.
+        let bin = t.sub("bin")
+        symlink(MountEnvironment.binary, "\(bin)/strata")
+        let script = "mount --bind \(bin) /usr/local/sbin && mount -t fuse.strata -o lowerdir=\(l1):\(l2),upperdir=\(u),workdir=\(w) strata \(m) && cat \(m)/both && grep -q ' \(m) fuse.strata ' /proc/self/mounts && umount \(m)"
+        let r = runProgram("/usr/bin/unshare", ["-m", "--propagation", "private", "/bin/sh", "-c", script])
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.stdout == "l1")
+    }
+
+    @Test func badInputGivesOneLineAndWritesNothing() throws {
+        let t = TempDir()
+        let (l1, l2, u, w, m) = layers(t)
+        let file = "\(t.path)/afile"
+        _ = FileOps(t.path).write("afile", "x")
+        let otherFS = t.sub("tmpfs")
+        #expect(runProgram("/bin/mount", ["-t", "tmpfs", "none", otherFS]).status == 0)
+        defer { umount2(otherFS, Int32(MNT_DETACH)) }
+        let many = (0..<501).map { _ in l2 }.joined(separator: ":")
+        let cases: [(String, String)] = [
+            ("lowerdir=\(t.path)/missing", "missing"),
+            ("lowerdir=\(file)", "not a directory"),
+            ("upperdir=\(u),workdir=\(w)", "lowerdir"),
+            ("lowerdir=\(l1),upperdir=\(u)", "workdir"),
+            ("lowerdir=\(l1),upperdir=\(l1)/sub,workdir=\(w)", "sub"),
+            ("lowerdir=\(t.path),upperdir=\(u),workdir=\(w)", "overlap"),
+            ("lowerdir=\(l1),upperdir=\(u),workdir=\(otherFS)", "another filesystem"),
+            ("lowerdir=\(many),upperdir=\(u),workdir=\(w)", "too many"),
+            ("lowerdir=\(l1),frobnicate", "frobnicate"),
+            ("lowerdir=\(l1),redirect_dir=on", "redirect_dir"),
+            ("lowerdir=\(l1),squash_to_root", "squash_to_root"),
+        ]
+        _ = FileOps(l1).mkdir("sub")
+        for (opts, word) in cases {
+            let r = runProgram(MountEnvironment.binary, ["mount", "-o", opts, m])
+            let first = r.stderr.split(separator: "\n").first.map(String.init) ?? ""
+            #expect(r.status != 0, "\(opts) should fail")
+            #expect(first.lowercased().contains(word.lowercased()), "\(opts): '\(first)' should name '\(word)'")
+            #expect(!isMountPoint(m))
+        }
+        // Nothing was written to any layer (not even workdir/work).
+        #expect(FileOps(u).ls("") == "" && FileOps(w).ls("") == "" && FileOps(l1).ls("") == "both,sub")
+        // A workdir in use by a running mount is refused.
+        let first = runProgram(MountEnvironment.binary, ["mount", "-o", "lowerdir=\(l1):\(l2),upperdir=\(u),workdir=\(w)", m])
+        #expect(first.status == 0)
+        defer { umount2(m, Int32(MNT_DETACH)) }
+        let m2 = t.sub("m2"), u2 = t.sub("u2")
+        let second = runProgram(MountEnvironment.binary, ["mount", "-o", "lowerdir=\(l1),upperdir=\(u2),workdir=\(w)", m2])
+        #expect(second.status != 0 && second.stderr.contains("in use"), "\(second.stderr)")
+        #expect(FileOps(u2).ls("") == "")
+    }
+
+    @Test func readOnlyUnionWithoutUpper() throws {
+        let t = TempDir()
+        let (l1, l2, _, _, m) = layers(t)
+        let r = runProgram(MountEnvironment.binary, ["mount", "-o", "lowerdir=\(l1):\(l2)", m])
+        defer { umount2(m, Int32(MNT_DETACH)) }
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(FileOps(m).read("both") == "l1")
+        #expect(FileOps(m).write("new", "x") == "errno\(EROFS)")
+        #expect(FileOps(m).unlink("both") == "errno\(EROFS)")
+    }
+}
