@@ -1,22 +1,32 @@
 #!/usr/bin/env bash
-# Shows Strata's main job on an example: a directory mirrored through
-# Strata's FUSE layer, written to through the mount, then unmounted.
+# Shows Strata's main job: two layers merged into one view, a write that
+# copies a file up, a delete that leaves a whiteout, and the upper layer
+# listed to show what happened. Cleans up after itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 STRATA=$PWD/.build/debug/strata
 work=$(mktemp -d /tmp/strata-demo.XXXXXX)
-cleanup() { mountpoint -q "$work/mnt" && umount -l "$work/mnt"; rm -rf "$work"; }
+cleanup() { mountpoint -q "$work/merged" && umount -l "$work/merged"; rm -rf "$work"; }
 trap cleanup EXIT
-mkdir -p "$work/src/etc" "$work/mnt"
-echo "hello from the source" > "$work/src/hello.txt"
-echo "setting=1" > "$work/src/etc/app.conf"
+cd "$work"
+mkdir -p lower/etc upper work merged
+echo "from lower" > lower/both.txt
+echo "from upper" > upper/both.txt
+echo "only below" > lower/lower-only.txt
+echo "setting=1"  > lower/etc/app.conf
+run() { echo "\$ $*"; "$@"; }
 
-echo "\$ strata loopback $work/src $work/mnt"
-"$STRATA" loopback "$work/src" "$work/mnt"
-echo "\$ grep $work/mnt /proc/mounts"; grep "$work/mnt" /proc/mounts
-echo "\$ ls -l mnt"; ls -l "$work/mnt"
-echo "\$ cat mnt/hello.txt"; cat "$work/mnt/hello.txt"
-echo "\$ echo written through the mount > mnt/new.txt"; echo "written through the mount" > "$work/mnt/new.txt"
-echo "\$ cat src/new.txt   # it reached the source"; cat "$work/src/new.txt"
-echo "\$ umount mnt"; umount "$work/mnt"
+run "$STRATA" mount -o lowerdir=lower,upperdir=upper,workdir=work merged
+run ls merged merged/etc
+run cat merged/both.txt                 # the upper one wins
+echo "\$ echo setting=2 >> merged/etc/app.conf    # a write copies the file up"
+echo "setting=2" >> merged/etc/app.conf
+run rm merged/lower-only.txt            # a delete leaves a whiteout
+run ls merged
+run cat merged/etc/app.conf
+echo "# the lower layer is untouched:"
+run cat lower/etc/app.conf
+echo "# the upper layer holds the copy and the whiteout (a 0/0 character device):"
+run ls -lR upper
+run umount merged

@@ -151,6 +151,8 @@ public struct OpenReply: Sendable {
     public var cacheDir = false
     public var nonSeekable = false
     public var parallelDirectWrites = true
+    /// No FLUSH on close (nothing to report for a read-only file).
+    public var noFlush = false
     public var backingFD: Int32 = -1
 
     public init(handle: UInt64) { self.handle = handle }

@@ -119,11 +119,13 @@ final class Worker<FS: FileSystem>: @unchecked Sendable {
         if o.cacheDir { out.open_flags |= UInt32(SF_FOPEN_CACHE_DIR) }
         if o.nonSeekable { out.open_flags |= UInt32(SF_FOPEN_NONSEEKABLE) }
         if o.parallelDirectWrites { out.open_flags |= UInt32(SF_FOPEN_PARALLEL_DIRECT_WRITES) }
+        if o.noFlush { out.open_flags |= UInt32(SF_FOPEN_NOFLUSH) }
         if o.backingFD >= 0 && session.passthroughOn,
            let id = session.backing.acquire(devFD: session.devFD, node: node, handle: o.handle, backingFD: o.backingFD) {
             // The kernel refuses (EIO) passthrough opens with any flag
             // outside PASSTHROUGH | DIRECT_IO | PARALLEL_DIRECT_WRITES | NOFLUSH.
             out.open_flags = UInt32(SF_FOPEN_PASSTHROUGH) | (o.parallelDirectWrites ? UInt32(SF_FOPEN_PARALLEL_DIRECT_WRITES) : 0)
+                | (o.noFlush ? UInt32(SF_FOPEN_NOFLUSH) : 0)
             out.backing_id = id
         }
         return out

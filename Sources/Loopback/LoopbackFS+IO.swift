@@ -34,7 +34,9 @@ extension LoopbackFS {
             fd = try at(n) { d, name, nofollow in openat(d, name, fl | (nofollow != 0 ? O_NOFOLLOW : 0)) }
         }
         if fd < 0 { throw currentErrno() }
-        return openReply(FDHandle(fd: fd), regular: !mustSeeWrites(r, flags: flags, fd: fd))
+        var o = openReply(FDHandle(fd: fd), regular: !mustSeeWrites(r, flags: flags, fd: fd))
+        o.noFlush = flags & O_ACCMODE == O_RDONLY
+        return o
     }
 
     public func create(_ r: Request, parent: NodeID, name: Name, mode: UInt32, umask: UInt32, flags: Int32) throws(Errno) -> (Entry, OpenReply) {

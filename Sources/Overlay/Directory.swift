@@ -12,6 +12,8 @@ public struct Creator: Sendable {
     public init(uid: UInt32, gid: UInt32) { self.uid = uid; self.gid = gid }
 }
 
+let sharedWhiteout = "#whiteout"
+
 /// Creating, removing and renaming names (the kernel's dir.c).
 extension Overlay {
     /// Whether a lower layer below `p` still has `name` (so removing it from
@@ -31,9 +33,20 @@ extension Overlay {
         return false
     }
 
-    /// Writes a whiteout for `name` in the upper directory `ufd`.
+    /// Writes a whiteout for `name` in the upper directory `ufd`. Device
+    /// whiteouts are hard links to one shared 0/0 device in work/, as the
+    /// kernel makes them since 5.8: a link costs far less than a new inode.
     func makeWhiteout(_ ufd: Int32, _ name: FileName) throws(Errno) {
         if deviceWhiteouts {
+            if let w = work {
+                if linkat(w.raw, sharedWhiteout, ufd, name.pointer, 0) == 0 { return }
+                // Missing, or at its link limit: make a fresh shared one.
+                let tmp = "#whiteout-\(UInt32.random(in: 0...UInt32.max))"
+                if mknodat(w.raw, tmp, Linux.S_IFCHR | 0o000, 0) == 0 {
+                    _ = strata_renameat2(w.raw, tmp, w.raw, sharedWhiteout, 0)
+                    if linkat(w.raw, sharedWhiteout, ufd, name.pointer, 0) == 0 { return }
+                }
+            }
             if mknodat(ufd, name.pointer, Linux.S_IFCHR | 0o000, 0) != 0 { throw currentErrno() }
         } else {
             let wh = ".wh." + name.string
@@ -169,8 +182,10 @@ extension Overlay {
         }
         guard let n = table.find(key) else { return }
         if n.removeName(p, name) {
-            let o = openat(pfd, name.pointer, Linux.O_PATH | O_NOFOLLOW | O_CLOEXEC)
-            if o >= 0 { n.state.withLock { $0.orphan = OwnedFD(o) } }
+            if n.state.withLock({ $0.opens }) > 0 {
+                let o = openat(pfd, name.pointer, Linux.O_PATH | O_NOFOLLOW | O_CLOEXEC)
+                if o >= 0 { n.state.withLock { $0.orphan = OwnedFD(o) } }
+            }
             if f.stat.st_nlink <= 1 || n.isDirectory { table.detach(n) }
         }
     }

@@ -70,11 +70,15 @@ extension Overlay {
         var path = "/proc/self/fd/\(pfd)/"
         path += String(cString: name)
         var v: UInt8 = 0
-        for attr in [opaqueXattr, "trusted.overlay.opaque", "user.overlay.opaque"] {
-            if lgetxattr(path, attr, &v, 1) == 1 && v == UInt8(ascii: "y") { return true }
-        }
+        if lgetxattr(path, opaqueXattrs.0, &v, 1) == 1 && v == UInt8(ascii: "y") { return true }
+        if lgetxattr(path, opaqueXattrs.1, &v, 1) == 1 && v == UInt8(ascii: "y") { return true }
         var st = stat()
         return fstatat(AT_FDCWD, path + "/.wh..wh..opq", &st, Linux.AT_SYMLINK_NOFOLLOW) == 0
+    }
+
+    /// Both namespaces are read, the mount's own first.
+    var opaqueXattrs: (String, String) {
+        config.userXattr ? ("user.overlay.opaque", "trusted.overlay.opaque") : ("trusted.overlay.opaque", "user.overlay.opaque")
     }
 
     /// Whether `.wh.NAME` (the OCI / rootless whiteout) exists beside `name`.

@@ -123,7 +123,7 @@ public final class Overlay: @unchecked Sendable {
         defer { closedir(dir) }
         while let e = readdir(dir) {
             let name = withUnsafePointer(to: e.pointee.d_name) { $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) } }
-            if name == "." || name == ".." { continue }
+            if name == "." || name == ".." || name == sharedWhiteout { continue }
             removeTree(w.raw, name)
         }
     }

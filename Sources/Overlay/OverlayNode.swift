@@ -43,6 +43,9 @@ public final class OverlayNode: @unchecked Sendable {
         /// Opens of the lower copy that the kernel serves by passthrough: those
         /// cannot be switched, so a copy-up must wait until they are closed.
         public var lowerPassthrough = 0
+        /// Open files of this inode (kept by the FUSE bridge): only an open
+        /// inode needs a descriptor kept when its last name goes.
+        public var opens = 0
 
         func isPrimary(_ p: OverlayNode, _ n: FileName) -> Bool {
             parent === p && name.count == n.count + 1 && n.equals(prefixOf: name)

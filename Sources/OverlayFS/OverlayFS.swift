@@ -17,6 +17,8 @@ public final class OverlayFS: FileSystem, @unchecked Sendable {
     /// Handles opened on a lower copy: their node, and whether the kernel
     /// serves them by passthrough.
     let lowerOpens = Locked<[UInt64: (OverlayNode, Bool)]>([:])
+    /// Every open file's node, for the node's open count.
+    let opened = Locked<[UInt64: OverlayNode]>([:])
 
     public init(_ overlay: Overlay, passthrough: Bool) {
         self.overlay = overlay
@@ -134,9 +136,12 @@ public final class OverlayFS: FileSystem, @unchecked Sendable {
         // Writes by users to setuid files must go through us (see Loopback).
         let suid = writable && r.uid != 0 && st.st_mode & 0o6000 != 0
         var o = reply(fd, writable: writable, regular: isRegular && !suid)
+        o.noFlush = !writable
         // Remember opens of the lower copy: a later copy-up moves them along
         // (or, served by passthrough, has to wait for them).
         n.state.withLock { s in
+            s.opens += 1
+            opened.withLock { $0[o.handle] = n }
             if !s.inUpper && isRegular {
                 if o.backingFD >= 0 { s.lowerPassthrough += 1 } else { s.lowerFDs.insert(fd) }
                 lowerOpens.withLock { $0[o.handle] = (n, o.backingFD >= 0) }
@@ -151,7 +156,10 @@ public final class OverlayFS: FileSystem, @unchecked Sendable {
         let (n, st, fd) = try overlay.create(try node(parent), fileName(name), mode: (mode & ~umask) | Linux.S_IFREG,
                                              openFlags: flags, who: who(r))
         let writable = flags & O_ACCMODE != O_RDONLY
-        return (entry(n, st), reply(fd, writable: writable, regular: !(r.uid != 0 && mode & 0o6000 != 0)))
+        let o = reply(fd, writable: writable, regular: !(r.uid != 0 && mode & 0o6000 != 0))
+        n.state.withLock { $0.opens += 1 }
+        opened.withLock { $0[o.handle] = n }
+        return (entry(n, st), o)
     }
 
     public func read(_ r: Request, node: NodeID, handle: UInt64, offset: UInt64, buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
@@ -165,6 +173,7 @@ public final class OverlayFS: FileSystem, @unchecked Sendable {
     public func flush(_ r: Request, node: NodeID, handle: UInt64) throws(Errno) { try FDHandle.from(handle).flush() }
 
     public func release(_ r: Request, node: NodeID, handle: UInt64, flags: Int32) {
+        if let n = opened.withLock({ $0.removeValue(forKey: handle) }) { n.state.withLock { $0.opens -= 1 } }
         if let (n, pt) = lowerOpens.withLock({ $0.removeValue(forKey: handle) }), let h = try? FDHandle.from(handle) {
             n.state.withLock { s in
                 if pt { s.lowerPassthrough -= 1 } else { s.lowerFDs.remove(h.fd) }

@@ -175,6 +175,7 @@ enum {
 #define SF_FOPEN_KEEP_CACHE    (1U << 1)
 #define SF_FOPEN_NONSEEKABLE   (1U << 2)
 #define SF_FOPEN_CACHE_DIR     (1U << 3)
+#define SF_FOPEN_NOFLUSH       (1U << 5)
 #define SF_FOPEN_PARALLEL_DIRECT_WRITES (1U << 6)
 #define SF_FOPEN_PASSTHROUGH   (1U << 7)
 

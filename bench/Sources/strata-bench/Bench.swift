@@ -10,10 +10,19 @@ import Glibc
 /// directory, on the same data, in one run: the machine is shared and noisy,
 /// so only ratios taken round by round mean anything.
 @main
-struct Bench: ParsableCommand {
+struct BenchMain: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "strata-bench",
-        abstract: "Benchmark Strata's loopback against the plain directory (run as root)."
+        abstract: "Benchmarks, each comparing implementations in one run (run as root).",
+        subcommands: [Bench.self, UnionBench.self],
+        defaultSubcommand: Bench.self
+    )
+}
+
+struct Bench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "loopback",
+        abstract: "Strata's loopback (with and without passthrough) against the plain directory."
     )
 
     @Option(help: "Size of the sequential file in MiB.") var sizeMib = 1024
@@ -83,7 +92,7 @@ struct Bench: ParsableCommand {
         print(report([write, read, stat], impls: impls, base: "plain"))
     }
 
-    func progress(_ s: String) { printError("strata-bench: \(s)") }
+
 }
 
 func makeTemp(_ parent: String) throws -> String {

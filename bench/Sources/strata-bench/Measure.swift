@@ -1,4 +1,5 @@
 import Foundation
+import Sys
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -56,3 +57,4 @@ func report(_ workloads: [Workload], impls: [String], base: String) -> String {
     }
     return out
 }
+func progress(_ s: String) { printError("strata-bench: \(s)") }
