@@ -85,3 +85,38 @@ public final class FDHandle: @unchecked Sendable {
         return n
     }
 }
+
+/// A file system whose open files are `FDHandle`s: reads, writes and the
+/// other per-file operations are the same for all of them, so they are
+/// written once here.
+public protocol FDBackedFileSystem: FileSystem {}
+
+public extension FDBackedFileSystem {
+    func read(_ r: Request, node: NodeID, handle: UInt64, offset: UInt64, buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
+        try FDHandle.from(handle).read(offset: offset, into: buffer)
+    }
+
+    func write(_ r: Request, node: NodeID, handle: UInt64, offset: UInt64, data: UnsafeRawBufferPointer, flags: UInt32) throws(Errno) -> Int {
+        try FDHandle.from(handle).write(offset: offset, data: data)
+    }
+
+    func flush(_ r: Request, node: NodeID, handle: UInt64) throws(Errno) { try FDHandle.from(handle).flush() }
+
+    func fsync(_ r: Request, node: NodeID, handle: UInt64, dataOnly: Bool) throws(Errno) {
+        try FDHandle.from(handle).fsync(dataOnly: dataOnly)
+    }
+
+    func fallocate(_ r: Request, node: NodeID, handle: UInt64, mode: Int32, offset: UInt64, length: UInt64) throws(Errno) {
+        try FDHandle.from(handle).fallocate(mode: mode, offset: offset, length: length)
+    }
+
+    func lseek(_ r: Request, node: NodeID, handle: UInt64, offset: Int64, whence: Int32) throws(Errno) -> Int64 {
+        try FDHandle.from(handle).lseek(offset: offset, whence: whence)
+    }
+
+    func copyFileRange(_ r: Request, nodeIn: NodeID, handleIn: UInt64, offsetIn: UInt64,
+                       nodeOut: NodeID, handleOut: UInt64, offsetOut: UInt64, length: UInt64, flags: UInt64) throws(Errno) -> Int {
+        try FDHandle.from(handleIn).copyRange(offsetIn: offsetIn, to: try FDHandle.from(handleOut), offsetOut: offsetOut,
+                                              length: length, flags: flags)
+    }
+}

@@ -22,43 +22,8 @@ public struct Request: Sendable {
 }
 
 /// A file name inside the request buffer, NUL-terminated by the kernel.
-/// Valid only during the call it is passed to: copy it (`string`, `bytes`)
-/// to keep it.
-public struct Name: @unchecked Sendable {
-    public let pointer: UnsafePointer<CChar>
-    public let count: Int
-
-    public init(pointer: UnsafePointer<CChar>, count: Int) {
-        self.pointer = pointer
-        self.count = count
-    }
-
-    public var string: String { String(cString: pointer) }
-    public var bytes: [UInt8] {
-        Array(UnsafeRawBufferPointer(start: pointer, count: count))
-    }
-    /// The name with its terminating NUL, ready for *at calls later.
-    public var bytesWithNUL: [UInt8] {
-        Array(UnsafeRawBufferPointer(start: pointer, count: count + 1))
-    }
-    public var buffer: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: pointer, count: count) }
-    public func equals(_ other: [UInt8]) -> Bool {
-        other.count == count && other.withUnsafeBytes { b in
-            guard let base = b.baseAddress else { return count == 0 }
-            return memcmp(base, pointer, count) == 0
-        }
-    }
-    /// Whether the first `count` bytes of `other` are this name.
-    public func equals(prefixOf other: [UInt8]) -> Bool {
-        other.count >= count && other.withUnsafeBytes { b in
-            guard let base = b.baseAddress else { return count == 0 }
-            return memcmp(base, pointer, count) == 0
-        }
-    }
-    public var isDotOrDotDot: Bool {
-        (count == 1 && pointer[0] == 0x2E) || (count == 2 && pointer[0] == 0x2E && pointer[1] == 0x2E)
-    }
-}
+/// Valid only during the call it is passed to: copy it to keep it.
+public typealias Name = FileName
 
 /// Attributes as FUSE reports them; built from a `stat` without copying names.
 public struct Attr: Sendable, Equatable {

@@ -69,36 +69,8 @@ extension LoopbackFS {
         }
     }
 
-    public func read(_ r: Request, node: NodeID, handle: UInt64, offset: UInt64, buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
-        try FDHandle.from(handle).read(offset: offset, into: buffer)
-    }
-
-    public func write(_ r: Request, node: NodeID, handle: UInt64, offset: UInt64, data: UnsafeRawBufferPointer, flags: UInt32) throws(Errno) -> Int {
-        try FDHandle.from(handle).write(offset: offset, data: data)
-    }
-
-    public func flush(_ r: Request, node: NodeID, handle: UInt64) throws(Errno) {
-        try FDHandle.from(handle).flush()
-    }
-
     public func release(_ r: Request, node: NodeID, handle: UInt64, flags: Int32) {
         FDHandle.release(handle)
     }
 
-    public func fsync(_ r: Request, node: NodeID, handle: UInt64, dataOnly: Bool) throws(Errno) {
-        try FDHandle.from(handle).fsync(dataOnly: dataOnly)
-    }
-
-    public func fallocate(_ r: Request, node: NodeID, handle: UInt64, mode: Int32, offset: UInt64, length: UInt64) throws(Errno) {
-        try FDHandle.from(handle).fallocate(mode: mode, offset: offset, length: length)
-    }
-
-    public func lseek(_ r: Request, node: NodeID, handle: UInt64, offset: Int64, whence: Int32) throws(Errno) -> Int64 {
-        try FDHandle.from(handle).lseek(offset: offset, whence: whence)
-    }
-
-    public func copyFileRange(_ r: Request, nodeIn: NodeID, handleIn: UInt64, offsetIn: UInt64,
-                              nodeOut: NodeID, handleOut: UInt64, offsetOut: UInt64, length: UInt64, flags: UInt64) throws(Errno) -> Int {
-        try FDHandle.from(handleIn).copyRange(offsetIn: offsetIn, to: try FDHandle.from(handleOut), offsetOut: offsetOut, length: length, flags: flags)
-    }
 }

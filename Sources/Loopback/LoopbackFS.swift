@@ -9,7 +9,7 @@ import Glibc
 /// Mirrors a directory: every request is carried out on the source tree,
 /// relative to directory descriptors. Proves the FUSE layer, and is the
 /// shape the union mount follows (a union of one writable layer is this).
-public final class LoopbackFS: FileSystem, @unchecked Sendable {
+public final class LoopbackFS: FDBackedFileSystem, @unchecked Sendable {
     public let source: String
     let options: LoopbackOptions
     let table: NodeTable

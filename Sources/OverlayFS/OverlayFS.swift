@@ -10,7 +10,7 @@ import Glibc
 /// Serves an `Overlay` through FUSE: decodes nothing itself (the FUSE layer
 /// does) and decides nothing about union semantics (the Overlay does); it
 /// maps node ids to overlay nodes, errors to errnos and open files to handles.
-public final class OverlayFS: FileSystem, @unchecked Sendable {
+public final class OverlayFS: FDBackedFileSystem, @unchecked Sendable {
     public let overlay: Overlay
     let timeout: CacheTimeout
     let passthrough: Bool
@@ -36,9 +36,6 @@ public final class OverlayFS: FileSystem, @unchecked Sendable {
         return n
     }
 
-    @inline(__always)
-    func fileName(_ n: Name) -> FileName { FileName(pointer: n.pointer, count: n.count) }
-
     func entry(_ n: OverlayNode, _ st: stat) -> Entry {
         Entry(node: n.id, attr: Attr(st), entryTimeout: timeout, attrTimeout: timeout)
     }
@@ -47,7 +44,7 @@ public final class OverlayFS: FileSystem, @unchecked Sendable {
 
     public func lookup(_ r: Request, parent: NodeID, name: Name) throws(Errno) -> Entry {
         do throws(Errno) {
-            let (n, st) = try overlay.lookup(try node(parent), fileName(name))
+            let (n, st) = try overlay.lookup(try node(parent), name)
             return entry(n, st)
         } catch .noSuchFileOrDirectory {
             return .negative(timeout)
@@ -85,37 +82,37 @@ public final class OverlayFS: FileSystem, @unchecked Sendable {
     }
 
     public func symlink(_ r: Request, parent: NodeID, name: Name, target: Name) throws(Errno) -> Entry {
-        let (n, st, _) = try overlay.create(try node(parent), fileName(name), mode: Linux.S_IFLNK | 0o777,
+        let (n, st, _) = try overlay.create(try node(parent), name, mode: Linux.S_IFLNK | 0o777,
                                             symlinkTarget: target.pointer, who: who(r))
         return entry(n, st)
     }
 
     public func mknod(_ r: Request, parent: NodeID, name: Name, mode: UInt32, rdev: UInt32, umask: UInt32) throws(Errno) -> Entry {
         let maj = (rdev & 0xfff00) >> 8, mnr = (rdev & 0xff) | ((rdev >> 12) & 0xfff00)
-        let (n, st, _) = try overlay.create(try node(parent), fileName(name), mode: mode & ~umask | (mode & Linux.S_IFMT),
+        let (n, st, _) = try overlay.create(try node(parent), name, mode: mode & ~umask | (mode & Linux.S_IFMT),
                                             rdev: dev_t(strata_makedev(maj, mnr)), who: who(r))
         return entry(n, st)
     }
 
     public func mkdir(_ r: Request, parent: NodeID, name: Name, mode: UInt32, umask: UInt32) throws(Errno) -> Entry {
-        let (n, st) = try overlay.mkdir(try node(parent), fileName(name), mode: mode & ~umask, who: who(r))
+        let (n, st) = try overlay.mkdir(try node(parent), name, mode: mode & ~umask, who: who(r))
         return entry(n, st)
     }
 
     public func unlink(_ r: Request, parent: NodeID, name: Name) throws(Errno) {
-        try overlay.unlink(try node(parent), fileName(name))
+        try overlay.unlink(try node(parent), name)
     }
 
     public func rmdir(_ r: Request, parent: NodeID, name: Name) throws(Errno) {
-        try overlay.rmdir(try node(parent), fileName(name))
+        try overlay.rmdir(try node(parent), name)
     }
 
     public func rename(_ r: Request, parent: NodeID, name: Name, newParent: NodeID, newName: Name, flags: UInt32) throws(Errno) {
-        try overlay.rename(try node(parent), fileName(name), try node(newParent), fileName(newName), flags: flags)
+        try overlay.rename(try node(parent), name, try node(newParent), newName, flags: flags)
     }
 
     public func link(_ r: Request, node id: NodeID, newParent: NodeID, newName: Name) throws(Errno) -> Entry {
-        let (n, st) = try overlay.link(try node(id), try node(newParent), fileName(newName))
+        let (n, st) = try overlay.link(try node(id), try node(newParent), newName)
         return entry(n, st)
     }
 
@@ -153,7 +150,7 @@ public final class OverlayFS: FileSystem, @unchecked Sendable {
 
 
     public func create(_ r: Request, parent: NodeID, name: Name, mode: UInt32, umask: UInt32, flags: Int32) throws(Errno) -> (Entry, OpenReply) {
-        let (n, st, fd) = try overlay.create(try node(parent), fileName(name), mode: (mode & ~umask) | Linux.S_IFREG,
+        let (n, st, fd) = try overlay.create(try node(parent), name, mode: (mode & ~umask) | Linux.S_IFREG,
                                              openFlags: flags, who: who(r))
         let writable = flags & O_ACCMODE != O_RDONLY
         let o = reply(fd, writable: writable, regular: !(r.uid != 0 && mode & 0o6000 != 0))
@@ -161,16 +158,6 @@ public final class OverlayFS: FileSystem, @unchecked Sendable {
         opened.withLock { $0[o.handle] = n }
         return (entry(n, st), o)
     }
-
-    public func read(_ r: Request, node: NodeID, handle: UInt64, offset: UInt64, buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
-        try FDHandle.from(handle).read(offset: offset, into: buffer)
-    }
-
-    public func write(_ r: Request, node: NodeID, handle: UInt64, offset: UInt64, data: UnsafeRawBufferPointer, flags: UInt32) throws(Errno) -> Int {
-        try FDHandle.from(handle).write(offset: offset, data: data)
-    }
-
-    public func flush(_ r: Request, node: NodeID, handle: UInt64) throws(Errno) { try FDHandle.from(handle).flush() }
 
     public func release(_ r: Request, node: NodeID, handle: UInt64, flags: Int32) {
         if let n = opened.withLock({ $0.removeValue(forKey: handle) }) { n.state.withLock { $0.opens -= 1 } }
@@ -185,19 +172,6 @@ public final class OverlayFS: FileSystem, @unchecked Sendable {
     public func fsync(_ r: Request, node: NodeID, handle: UInt64, dataOnly: Bool) throws(Errno) {
         if overlay.config.volatile { return }
         try FDHandle.from(handle).fsync(dataOnly: dataOnly)
-    }
-
-    public func fallocate(_ r: Request, node: NodeID, handle: UInt64, mode: Int32, offset: UInt64, length: UInt64) throws(Errno) {
-        try FDHandle.from(handle).fallocate(mode: mode, offset: offset, length: length)
-    }
-
-    public func lseek(_ r: Request, node: NodeID, handle: UInt64, offset: Int64, whence: Int32) throws(Errno) -> Int64 {
-        try FDHandle.from(handle).lseek(offset: offset, whence: whence)
-    }
-
-    public func copyFileRange(_ r: Request, nodeIn: NodeID, handleIn: UInt64, offsetIn: UInt64,
-                              nodeOut: NodeID, handleOut: UInt64, offsetOut: UInt64, length: UInt64, flags: UInt64) throws(Errno) -> Int {
-        try FDHandle.from(handleIn).copyRange(offsetIn: offsetIn, to: try FDHandle.from(handleOut), offsetOut: offsetOut, length: length, flags: flags)
     }
 
     public func statfs(_ r: Request, node: NodeID) throws(Errno) -> StatFS { StatFS(try overlay.statfs()) }

@@ -15,6 +15,9 @@ public struct FileName: @unchecked Sendable {
     }
 
     public var string: String { String(cString: pointer) }
+    public var bytes: [UInt8] { Array(UnsafeRawBufferPointer(start: pointer, count: count)) }
+    public var buffer: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: pointer, count: count) }
+    public func equals(_ other: [UInt8]) -> Bool { other.count == count && equals(prefixOf: other) }
     /// The bytes with the terminating NUL, to keep.
     public var bytesWithNUL: [UInt8] { Array(UnsafeRawBufferPointer(start: pointer, count: count + 1)) }
 
