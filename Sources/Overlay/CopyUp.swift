@@ -107,7 +107,13 @@ extension Overlay {
                 var inOff = Int64(data), outOff = Int64(data)
                 while inOff < Int64(hole) {
                     let n = strata_copy_file_range(i, &inOff, o, &outOff, Int(Int64(hole) - inOff), 0)
-                    if n < 0 { throw currentErrno() }
+                    if n < 0 {
+                        let e = currentErrno()
+                        // Across filesystems (or where unsupported): plain copies.
+                        guard e == .improperLink || e == .notSupported || e == .invalidArgument || e == .noFunction else { throw e }
+                        try copyRange(i, o, from: inOff, to: Int64(hole))
+                        break
+                    }
                     if n == 0 { break }
                 }
                 pos = Int64(hole)
@@ -115,6 +121,25 @@ extension Overlay {
             if ftruncate(o, off_t(size)) != 0 { throw currentErrno() }
         }
         if !config.volatile && fsync(o) != 0 { throw currentErrno() }
+    }
+
+    private func copyRange(_ i: Int32, _ o: Int32, from start: Int64, to end: Int64) throws(Errno) {
+        let size = 1 << 20
+        let buf = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 4096)
+        defer { buf.deallocate() }
+        var pos = start
+        while pos < end {
+            let n = pread(i, buf, min(size, Int(end - pos)), off_t(pos))
+            if n < 0 { if strata_errno() == EINTR { continue }; throw currentErrno() }
+            if n == 0 { break }
+            var done = 0
+            while done < n {
+                let w = pwrite(o, buf + done, n - done, off_t(pos) + off_t(done))
+                if w < 0 { if strata_errno() == EINTR { continue }; throw currentErrno() }
+                done += w
+            }
+            pos += Int64(n)
+        }
     }
 
     /// Copies every xattr but the overlay's own.

@@ -95,7 +95,9 @@ extension Overlay {
 
     private func xattrPath(_ n: OverlayNode, _ body: (String) throws(Errno) -> Int) throws(Errno) -> Int {
         try atTop(n) { (d: Int32, name: UnsafePointer<CChar>, _: Int) throws(Errno) -> Int in
-            try body(d == AT_FDCWD ? String(cString: name) : "/proc/self/fd/\(d)/\(String(cString: name))")
+            // The root is named by its /proc link: "/." makes the l* calls
+            // act on the directory rather than on the link itself.
+            try body(d == AT_FDCWD ? String(cString: name) + "/." : "/proc/self/fd/\(d)/\(String(cString: name))")
         }
     }
 

@@ -33,6 +33,9 @@ enum Entry {
         let subcommands = ["mount", "loopback", "help"]
         if invoked == "strata-overlay" || invoked == "mount.fuse.strata" {
             if args != ["--version"] && args != ["--help"] && args != ["-h"] { args = ["mount"] + args }
+        } else if let first = args.first, first == "-o" || first == "-f" {
+            // fuse-overlayfs's command line on the main binary: `strata -o OPTS MNT`.
+            args = ["mount"] + args
         } else if let first = args.first, !first.hasPrefix("-"), !subcommands.contains(first),
                   args.count >= 2, !args[1].hasPrefix("-") {
             // mount.fuse3: SOURCE MOUNTPOINT [-o OPTIONS]; the source is a label.

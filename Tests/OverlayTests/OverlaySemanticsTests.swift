@@ -119,6 +119,19 @@ struct OverlaySemanticsTests {
         #expect(s.read("gone") == "back")
     }
 
+    /// Other users go through the kernel's permission checks, which read
+    /// ACLs of every directory on the way (the root's too).
+    @Test func otherUsersSeeTheSamePermissionsAsOnTheKernel() throws {
+        let pair = try UnionPair(build: Fixture.build)
+        defer { pair.unmount() }
+        func asBin(_ m: String) -> String {
+            let script = "stat -c %a:%u \(m)/a/f1 \(m)/x; cat \(m)/x; echo w >> \(m)/a/f1; echo rc=$?; ls \(m)/a | wc -l"
+            let r = runProgram("/usr/bin/setpriv", ["--reuid=1", "--regid=1", "--clear-groups", "--", "/bin/sh", "-c", script])
+            return r.stdout + r.stderr.replacingOccurrences(of: m, with: "M")
+        }
+        #expect(asBin(pair.kernelMount) == asBin(pair.strataMount))
+    }
+
     @Test func statfsReportsTheUpperFilesystem() throws {
         let pair = try UnionPair(build: Fixture.build)
         defer { pair.unmount() }
