@@ -161,9 +161,11 @@ extension Overlay {
         }
     }
 
-    /// Overlay metadata (not the user's escaped `<prefix>overlay.*` names).
+    /// Overlay metadata (not the user's escaped `<prefix>overlay.*` names),
+    /// and fuse-overlayfs's own, which layers it wrote carry.
     public func isPrivateXattr(_ name: String) -> Bool {
         let p = config.xattrPrefix
+        if name.hasPrefix("user.fuseoverlayfs.") || name.hasPrefix("trusted.fuseoverlayfs.") { return true }
         return name.hasPrefix(p) && !name.hasPrefix(p + "overlay.")
     }
 }

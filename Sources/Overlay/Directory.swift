@@ -88,6 +88,8 @@ extension Overlay {
     private func prepareCreate(_ p: OverlayNode, _ name: FileName) throws(Errno) -> Bool {
         if isReadOnly { throw .readOnlyFileSystem }
         if name.count > 255 { throw .fileNameTooLong }
+        // A `.wh.` name in the upper layer would act as a whiteout.
+        if name.string.hasPrefix(".wh.") { throw .invalidArgument }
         var exists = true
         do throws(Errno) {
             _ = try resolve(p, name)

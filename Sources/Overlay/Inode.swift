@@ -19,7 +19,15 @@ extension Overlay {
         }
         if rc != 0 { throw currentErrno() }
         st.st_ino = ino_t(n.ino)
+        if n.isDirectory { mergedNlink(&st, n.snapshot) }
         return st
+    }
+
+    /// A directory made of more than one layer reports one link, as the
+    /// kernel's overlayfs does: its true count is not known without a
+    /// merged listing.
+    func mergedNlink(_ st: inout stat, _ s: OverlayNode.State) {
+        if (s.inUpper ? 1 : 0) + s.lowerDirs.count > 1 { st.st_nlink = 1 }
     }
 
     public struct AttrChange: Sendable {
@@ -110,6 +118,7 @@ extension Overlay {
     }
 
     public func getxattr(_ n: OverlayNode, _ name: String, _ buf: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
+        if isPrivateXattr(name) && !name.hasPrefix(config.xattrPrefix) { throw .noData }
         let stored = storedXattrName(name)
         let r = try xattrPath(n) { p in lgetxattr(p, stored, buf.baseAddress, buf.count) }
         if r < 0 { throw currentErrno() }

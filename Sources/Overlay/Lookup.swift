@@ -106,6 +106,11 @@ extension Overlay {
     /// whited out.
     func resolve(_ p: OverlayNode, _ name: FileName) throws(Errno) -> Found {
         if name.count > 255 { throw .fileNameTooLong }
+        // `.wh.` names are whiteout metadata in the formats we read: never
+        // visible by name, as they are hidden in listings.
+        if name.count >= 4 && name.pointer[0] == 0x2E && name.pointer[1] == 0x77 && name.pointer[2] == 0x68 && name.pointer[3] == 0x2E {
+            throw .noSuchFileOrDirectory
+        }
         let s = p.snapshot
         var found: Found? = nil
         for l in searchLayers(s) {
@@ -142,8 +147,8 @@ extension Overlay {
     /// The inode number to report for an entry at its top location: the
     /// origin recorded at copy-up, else its own.
     func reportedIno(_ f: Found, _ pfd: Int32, _ name: UnsafePointer<CChar>) -> UInt64 {
-        guard f.inUpper else { return UInt64(f.stat.st_ino) }
-        return originIno(pfd, name) ?? UInt64(f.stat.st_ino)
+        guard f.inUpper else { return inoFor(UInt64(f.stat.st_ino), layer: f.lower) }
+        return originIno(pfd, name) ?? inoFor(UInt64(f.stat.st_ino), layer: 0)
     }
 
     func originIno(_ pfd: Int32, _ name: UnsafePointer<CChar>) -> UInt64? {
@@ -177,6 +182,7 @@ extension Overlay {
         if isDir { n.state.withLock { st in st.lowerDirs = f.lowerDirs; st.inUpper = f.inUpper; st.lower = f.lower } }
         var out = f.stat
         out.st_ino = ino_t(n.ino)
+        if isDir { mergedNlink(&out, n.snapshot) }
         return (n, out)
     }
 

@@ -32,6 +32,11 @@ public final class Overlay: @unchecked Sendable {
     let originXattr: String
     let whiteoutXattr: String
     public var firstLower: Int { upper == nil ? 0 : 1 }
+    /// Per layer, the index of its filesystem among the union's (0 for the
+    /// top layer's). With more than one, inode numbers carry it in their top
+    /// byte (the kernel's xino), so files of different filesystems never
+    /// share an st_ino: the dynamic loader, tar and du tell files apart by it.
+    let fsIndex: [UInt64]
 
     public init(_ config: OverlayConfig) throws(OverlaySetupError) {
         self.config = config
@@ -90,6 +95,12 @@ public final class Overlay: @unchecked Sendable {
             workFD = OwnedFD(wk)
         }
         layers = ls
+        var devs: [UInt64] = []
+        fsIndex = ls.map { l in
+            if let i = devs.firstIndex(of: l.dev) { return UInt64(i) }
+            devs.append(l.dev)
+            return UInt64(devs.count - 1)
+        }
         upper = config.upper == nil ? nil : ls.first
         work = workFD
         workLock = lockFD
@@ -129,6 +140,12 @@ public final class Overlay: @unchecked Sendable {
     }
 
     var isReadOnly: Bool { upper == nil }
+
+    @inline(__always)
+    func inoFor(_ ino: UInt64, layer: Int) -> UInt64 {
+        let fs = layer >= 0 && layer < fsIndex.count ? fsIndex[layer] : 0
+        return fs == 0 || ino >> 56 != 0 ? ino : ino | (fs << 56)
+    }
 }
 
 enum OverlySetupErrorHelper {

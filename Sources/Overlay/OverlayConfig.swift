@@ -16,6 +16,41 @@ public struct OverlayConfig: Sendable {
     /// How long the kernel may cache names and attributes (layers do not
     /// change under a mount, so long by default).
     public var timeout: Double = 86400
+    /// fuse-overlayfs's presentation options: every file shown as owned by
+    /// this uid / gid (squash_to_root, squash_to_uid, squash_to_gid).
+    public var squashUID: UInt32?
+    public var squashGID: UInt32?
+    /// Directories report one link (fuse-overlayfs's static_nlink).
+    public var staticNlink = false
+    /// fuse-overlayfs's uidmapping/gidmapping: ranges (on-disk id, shown id,
+    /// count); ids are shown mapped and written back unmapped.
+    public var uidMap: [IDRange] = []
+    public var gidMap: [IDRange] = []
+    /// No extended attributes at all (fuse-overlayfs's noxattrs=1).
+    public var noXattrs = false
+
+    public struct IDRange: Sendable, Equatable {
+        public var disk: UInt32, shown: UInt32, count: UInt32
+        public init(disk: UInt32, shown: UInt32, count: UInt32) { self.disk = disk; self.shown = shown; self.count = count }
+    }
+
+    /// Parses `A:B:N[:A:B:N...]`; nil when malformed.
+    public static func parseIDMap(_ s: String) -> [IDRange]? {
+        let parts = s.split(separator: ":", omittingEmptySubsequences: false).map { UInt32($0) }
+        guard !parts.isEmpty, parts.count % 3 == 0, parts.allSatisfy({ $0 != nil }) else { return nil }
+        let v = parts.compactMap { $0 }
+        return stride(from: 0, to: v.count, by: 3).map { IDRange(disk: v[$0], shown: v[$0 + 1], count: v[$0 + 2]) }
+    }
+
+    public static func show(_ id: UInt32, _ map: [IDRange]) -> UInt32 {
+        for r in map where id >= r.disk && id - r.disk < r.count { return r.shown + (id - r.disk) }
+        return id
+    }
+
+    public static func store(_ id: UInt32, _ map: [IDRange]) -> UInt32 {
+        for r in map where id >= r.shown && id - r.shown < r.count { return r.disk + (id - r.shown) }
+        return id
+    }
     public static let maxLowers = 500
 
     public init() {}

@@ -57,7 +57,7 @@ extension Overlay {
                             var st = stat()
                             if fstatat(dfd, cname, &st, Linux.AT_SYMLINK_NOFOLLOW) == 0 && isWhiteout(st, dfd, cname) { continue }
                         }
-                        var reported = ino
+                        var reported = inoFor(ino, layer: l)
                         if l == 0 && upper != nil && merged, let o = originIno(dfd, cname) { reported = o }
                         out.append(DirEntry(name: bytes, type: type, ino: reported))
                     }

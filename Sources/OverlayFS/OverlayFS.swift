@@ -37,10 +37,27 @@ public final class OverlayFS: FDBackedFileSystem, @unchecked Sendable {
     }
 
     func entry(_ n: OverlayNode, _ st: stat) -> Entry {
-        Entry(node: n.id, attr: Attr(st), entryTimeout: timeout, attrTimeout: timeout)
+        Entry(node: n.id, attr: attr(st), entryTimeout: timeout, attrTimeout: timeout)
     }
 
-    func who(_ r: Request) -> Creator { Creator(uid: r.uid, gid: r.gid) }
+    /// Attributes as shown: the real ones, unless squash_* or static_nlink
+    /// ask to present them otherwise.
+    @inline(__always)
+    func attr(_ st: stat) -> Attr {
+        var a = Attr(st)
+        let c = overlay.config
+        if !c.uidMap.isEmpty { a.uid = OverlayConfig.show(a.uid, c.uidMap) }
+        if !c.gidMap.isEmpty { a.gid = OverlayConfig.show(a.gid, c.gidMap) }
+        if let u = c.squashUID { a.uid = u }
+        if let g = c.squashGID { a.gid = g }
+        if c.staticNlink && a.isDirectory { a.nlink = 1 }
+        return a
+    }
+
+    func who(_ r: Request) -> Creator {
+        let c = overlay.config
+        return Creator(uid: OverlayConfig.store(r.uid, c.uidMap), gid: OverlayConfig.store(r.gid, c.gidMap))
+    }
 
     public func lookup(_ r: Request, parent: NodeID, name: Name) throws(Errno) -> Entry {
         do throws(Errno) {
@@ -54,14 +71,14 @@ public final class OverlayFS: FDBackedFileSystem, @unchecked Sendable {
     public func forget(_ node: NodeID, count: UInt64) { overlay.forget(node, count: count) }
 
     public func getattr(_ r: Request, node id: NodeID, handle: UInt64?) throws(Errno) -> (Attr, CacheTimeout) {
-        (Attr(try overlay.getattr(try node(id))), timeout)
+        (attr(try overlay.getattr(try node(id))), timeout)
     }
 
     public func setattr(_ r: Request, node id: NodeID, changes c: SetAttrRequest) throws(Errno) -> (Attr, CacheTimeout) {
         var a = Overlay.AttrChange()
         a.mode = c.mode
-        a.uid = c.uid
-        a.gid = c.gid
+        a.uid = c.uid.map { OverlayConfig.store($0, overlay.config.uidMap) }
+        a.gid = c.gid.map { OverlayConfig.store($0, overlay.config.gidMap) }
         a.size = c.size.map { Int64($0) }
         func ts(_ t: SetAttrRequest.TimeChange?) -> timespec? {
             switch t {
@@ -74,7 +91,7 @@ public final class OverlayFS: FDBackedFileSystem, @unchecked Sendable {
         a.mtime = ts(c.mtime)
         a.killSUIDGID = c.killSUIDGID
         let fd = c.handle.flatMap { try? FDHandle.from($0) }.flatMap { $0.writable ? $0.fd : nil }
-        return (Attr(try overlay.setattr(try node(id), a, fd: fd)), timeout)
+        return (attr(try overlay.setattr(try node(id), a, fd: fd)), timeout)
     }
 
     public func readlink(_ r: Request, node id: NodeID, buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
@@ -177,20 +194,26 @@ public final class OverlayFS: FDBackedFileSystem, @unchecked Sendable {
     public func statfs(_ r: Request, node: NodeID) throws(Errno) -> StatFS { StatFS(try overlay.statfs()) }
 
     public func setxattr(_ r: Request, node id: NodeID, name: Name, value: UnsafeRawBufferPointer, flags: Int32) throws(Errno) {
+        if overlay.config.noXattrs { throw .notSupported }
         try overlay.setxattr(try node(id), name.string, value, flags: flags)
     }
 
     public func getxattr(_ r: Request, node id: NodeID, name: Name, buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> XattrReply {
+        // No attribute, rather than unsupported: the kernel reads ACLs this
+        // way on every permission check.
+        if overlay.config.noXattrs { throw .noData }
         let n = try overlay.getxattr(try node(id), name.string, buffer)
         return buffer.count == 0 ? .size(n) : .data(n)
     }
 
     public func listxattr(_ r: Request, node id: NodeID, buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> XattrReply {
+        if overlay.config.noXattrs { return buffer.count == 0 ? .size(0) : .data(0) }
         let n = try overlay.listxattr(try node(id), buffer)
         return buffer.count == 0 ? .size(n) : .data(n)
     }
 
     public func removexattr(_ r: Request, node id: NodeID, name: Name) throws(Errno) {
+        if overlay.config.noXattrs { throw .notSupported }
         try overlay.removexattr(try node(id), name.string)
     }
 }

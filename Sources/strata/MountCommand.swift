@@ -23,9 +23,11 @@ struct MountCommand: ParsableCommand {
         redirect_dir=off, index=off, xino=off|auto, metacopy=off, timeout=SECONDS, \
         passthrough=on|off, threads=N, noacl, and the generic rw, ro, dev, nodev, \
         suid, nosuid, exec, noexec, atime, noatime, allow_other, default_permissions. \
-        Not supported yet, refused by name: redirect_dir=on, index=on, xino=on, \
-        metacopy=on, squash_to_root, squash_to_uid, squash_to_gid, uidmapping, \
-        gidmapping, static_nlink, xattr_permissions.
+        squash_to_root, squash_to_uid=N, squash_to_gid=N (show every file as owned \
+        by that id) and static_nlink (directories report one link) as in \
+        fuse-overlayfs, and its uidmapping=ON_DISK:SHOWN:COUNT, gidmapping=... and \
+        noxattrs=1. Not supported yet, refused by name: redirect_dir=on, index=on, \
+        xino=on, metacopy=on, xattr_permissions.
 
         Also installed as 'strata-overlay' for containers/storage's mount_program \
         (storage.conf: mount_program = "/usr/local/bin/strata-overlay").
@@ -92,7 +94,22 @@ func parseOverlayOptions(_ lists: [String], mount: inout MountConfig, session: i
             guard let v, allowed.contains(v) else {
                 throw UsageError("option '\(k)=\(v ?? "")' is not supported yet (use \(k)=off)")
             }
-        case "squash_to_root", "squash_to_uid", "squash_to_gid", "uidmapping", "gidmapping", "static_nlink", "xattr_permissions":
+        case "squash_to_root":
+            c.squashUID = 0
+            c.squashGID = 0
+        case "squash_to_uid", "squash_to_gid":
+            guard let n = UInt32(try need()) else { throw UsageError("option '\(k)' needs a numeric id") }
+            if k == "squash_to_uid" { c.squashUID = n } else { c.squashGID = n }
+        case "static_nlink": c.staticNlink = true
+        case "uidmapping", "gidmapping":
+            guard let m = OverlayConfig.parseIDMap(try need()) else {
+                throw UsageError("option '\(k)' takes ON_DISK:SHOWN:COUNT[:...], got '\(v ?? "")'")
+            }
+            if k == "uidmapping" { c.uidMap = m } else { c.gidMap = m }
+        case "noxattrs":
+            guard v == "1" || v == "0" || v == nil else { throw UsageError("option 'noxattrs' takes 0 or 1") }
+            c.noXattrs = v != "0"
+        case "xattr_permissions":
             throw UsageError("option '\(k)' is not supported yet")
         default:
             throw UsageError("unknown option '\(k)' (see 'strata mount --help')")

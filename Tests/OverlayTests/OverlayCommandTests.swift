@@ -109,7 +109,8 @@ struct OverlayCommandTests {
             ("lowerdir=\(many),upperdir=\(u),workdir=\(w)", "too many"),
             ("lowerdir=\(l1),frobnicate", "frobnicate"),
             ("lowerdir=\(l1),redirect_dir=on", "redirect_dir"),
-            ("lowerdir=\(l1),squash_to_root", "squash_to_root"),
+            ("lowerdir=\(l1),xattr_permissions=1", "xattr_permissions"),
+            ("lowerdir=\(l1),uidmapping=0:1000", "uidmapping"),
         ]
         _ = FileOps(l1).mkdir("sub")
         for (opts, word) in cases {
@@ -129,6 +130,27 @@ struct OverlayCommandTests {
         let second = runProgram(MountEnvironment.binary, ["mount", "-o", "lowerdir=\(l1),upperdir=\(u2),workdir=\(w)", m2])
         #expect(second.status != 0 && second.stderr.contains("in use"), "\(second.stderr)")
         #expect(FileOps(u2).ls("") == "")
+    }
+
+    /// fuse-overlayfs's presentation options, as rootless podman uses them.
+    @Test func idMappingSquashStaticNlinkAndNoXattrs() throws {
+        let t = TempDir()
+        let (l1, l2, u, w, m) = layers(t)
+        var r = runProgram(MountEnvironment.binary, ["mount", "-o", "lowerdir=\(l1):\(l2),upperdir=\(u),workdir=\(w),uidmapping=0:1000:1,gidmapping=0:2000:1,static_nlink", m])
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(FileOps(m).stat("both").map { ($0.st_uid, $0.st_gid) } ?? (0, 0) == (1000, 2000))
+        #expect(FileOps(m).stat("d")?.st_nlink == 1)
+        // Written back unmapped: shown uid 1000 is uid 0 on disk.
+        #expect(FileOps(m).lchown("both", 1000, 2000) == "ok")
+        #expect(FileOps(u).stat("both").map { ($0.st_uid, $0.st_gid) } ?? (9, 9) == (0, 0))
+        umount2(m, Int32(MNT_DETACH))
+        _ = waitFor(5) { !isMountPoint(m) }
+        let w2 = t.sub("w2")
+        r = runProgram(MountEnvironment.binary, ["mount", "-o", "lowerdir=\(l1):\(l2),upperdir=\(u),workdir=\(w2),squash_to_uid=7,squash_to_gid=8,noxattrs=1", m])
+        defer { umount2(m, Int32(MNT_DETACH)) }
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(FileOps(m).stat("onlyl2").map { ($0.st_uid, $0.st_gid) } ?? (0, 0) == (7, 8))
+        #expect(FileOps(m).setxattr("onlyl2", "user.x", "y") == "EOPNOTSUPP")
     }
 
     @Test func readOnlyUnionWithoutUpper() throws {

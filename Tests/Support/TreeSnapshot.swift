@@ -47,9 +47,8 @@ public enum TreeSnapshot {
                                rdev: UInt64(st.st_rdev),
                                mtimeNs: times && type != Linux.S_IFDIR ? Int64(st.st_mtim.tv_sec) * 1_000_000_000 + Int64(st.st_mtim.tv_nsec) : nil,
                                content: nil, link: nil, xattrs: xattrs(p, prefixes))
-            // Directory link counts differ by design; the kernel shares one
-            // whiteout inode (nlink 2+), Strata makes one per name.
-            if type == Linux.S_IFDIR || (type == Linux.S_IFCHR && st.st_rdev == 0) { e.nlink = 0 }
+            // Whiteouts' link counts depend on how many share one inode.
+            if type == Linux.S_IFCHR && st.st_rdev == 0 { e.nlink = 0 }
             if type == Linux.S_IFREG { e.content = FileManager.default.contents(atPath: p).map { Array($0) } }
             if type == Linux.S_IFLNK { e.link = try? FileManager.default.destinationOfSymbolicLink(atPath: p) }
             out[r] = e
