@@ -16,10 +16,10 @@ extension Overlay {
         // The kernel serves those opens from the lower file directly and
         // cannot be moved to another; refuse rather than split the file. The
         // kernel sends RELEASE after close() returns, so give a just-closed
-        // reader a moment first.
+        // reader up to a second first.
         var waited = 0
         while n.state.withLock({ $0.lowerPassthrough }) > 0 {
-            if waited >= 200 { throw .textFileBusy }
+            if waited >= 1000 { throw .textFileBusy }
             usleep(1000)
             waited += 1
         }

@@ -46,6 +46,9 @@ public final class OverlayNode: @unchecked Sendable {
         /// Open files of this inode (kept by the FUSE bridge): only an open
         /// inode needs a descriptor kept when its last name goes.
         public var opens = 0
+        /// The merged listing last served for this directory (readdir
+        /// without an open handle continues from it).
+        public var listing: [Overlay.DirEntry]?
 
         func isPrimary(_ p: OverlayNode, _ n: FileName) -> Bool {
             parent === p && name.count == n.count + 1 && n.equals(prefixOf: name)

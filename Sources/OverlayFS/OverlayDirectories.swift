@@ -6,40 +6,34 @@ import SystemPackage
 import Glibc
 #endif
 
-/// An open merged directory: the listing taken at opendir (and again on
-/// rewind), so offsets stay stable while entries come and go, as on the
-/// kernel's overlayfs.
-final class OverlayDirHandle: @unchecked Sendable {
-    var entries: [Overlay.DirEntry]
-    init(_ e: [Overlay.DirEntry]) { entries = e }
-}
-
 extension OverlayFS {
+    /// Zero-message opendir: answering ENOSYS once makes the kernel stop
+    /// sending OPENDIR and RELEASEDIR and cache every listing it reads
+    /// (FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR), invalidating it itself when
+    /// the directory changes through the mount. A walk then costs no round
+    /// trip per directory once listed.
     public func opendir(_ r: Request, node id: NodeID, flags: Int32) throws(Errno) -> OpenReply {
-        let h = OverlayDirHandle(try overlay.readDirectory(try node(id)))
-        var o = OpenReply(handle: UInt64(UInt(bitPattern: Unmanaged.passRetained(h).toOpaque())))
-        o.cacheDir = true
-        o.keepCache = true
-        return o
-    }
-
-    func dirHandle(_ h: UInt64) throws(Errno) -> OverlayDirHandle {
-        guard let p = UnsafeRawPointer(bitPattern: UInt(h)) else { throw .badFileDescriptor }
-        return Unmanaged<OverlayDirHandle>.fromOpaque(p).takeUnretainedValue()
-    }
-
-    public func releasedir(_ r: Request, node: NodeID, handle: UInt64) {
-        guard let p = UnsafeRawPointer(bitPattern: UInt(handle)) else { return }
-        Unmanaged<OverlayDirHandle>.fromOpaque(p).release()
+        throw .noFunction
     }
 
     public func fsyncdir(_ r: Request, node: NodeID, handle: UInt64, dataOnly: Bool) throws(Errno) {}
 
+    public func releasedir(_ r: Request, node: NodeID, handle: UInt64) {}
+
     /// Offsets: 1 after ".", 2 after "..", 2+i+1 after entry i.
     public func readdir(_ r: Request, node id: NodeID, handle: UInt64, offset: UInt64, into out: inout DirentWriter) throws(Errno) {
-        let h = try dirHandle(handle)
         let dir = try node(id)
-        if offset == 0 { h.entries = try overlay.readDirectory(dir) }
+        // A listing starts at offset 0; later offsets continue the one taken then.
+        let entries: [Overlay.DirEntry]
+        if offset == 0 {
+            entries = try overlay.readDirectory(dir)
+            dir.state.withLock { $0.listing = entries }
+        } else if let l = dir.state.withLock({ $0.listing }) {
+            entries = l
+        } else {
+            entries = try overlay.readDirectory(dir)
+            dir.state.withLock { $0.listing = entries }
+        }
         var off = offset
         let dots: [[UInt8]] = [[0x2E], [0x2E, 0x2E]]
         while off < 2 {
@@ -51,8 +45,8 @@ extension OverlayFS {
             if !fits { return }
             off += 1
         }
-        while Int(off - 2) < h.entries.count {
-            let e = h.entries[Int(off - 2)]
+        while Int(off - 2) < entries.count {
+            let e = entries[Int(off - 2)]
             if !out.fits(nameLength: e.name.count) { return }
             var ent: Entry? = nil
             if out.plus {

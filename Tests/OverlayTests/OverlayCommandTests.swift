@@ -153,6 +153,31 @@ struct OverlayCommandTests {
         #expect(FileOps(m).setxattr("onlyl2", "user.x", "y") == "EOPNOTSUPP")
     }
 
+    /// A user without privileges mounts through fusermount3 and gets the
+    /// rootless on-disk format: `.wh.` whiteouts, user.overlay.* with
+    /// userxattr. (/dev/fuse gets Debian's 0666 in a private namespace.)
+    @Test func unprivilegedUnionWritesTheRootlessFormat() throws {
+        let t = TempDir()
+        let (l1, l2, u, w, m) = layers(t)
+        _ = runProgram("/bin/chown", ["-R", "65534:65534", t.path])
+        let nobody = "setpriv --reuid=65534 --regid=65534 --clear-groups --"
+        let script = """
+        set -e
+        mknod \(t.path)/fuse c 10 229 && chmod 666 \(t.path)/fuse && mount --bind \(t.path)/fuse /dev/fuse
+        \(nobody) \(MountEnvironment.binary) mount -o lowerdir=\(l1):\(l2),upperdir=\(u),workdir=\(w),userxattr \(m) || exit 10
+        grep " \(m) " /proc/self/mounts | grep -q user_id=65534 || exit 11
+        \(nobody) sh -c 'echo new >> \(m)/both && rm \(m)/onlyl2 && rm -r \(m)/d && mkdir \(m)/d && ls \(m)' || exit 12
+        \(nobody) fusermount3 -u \(m) || exit 13
+        """
+        let r = runProgram("/usr/bin/unshare", ["-m", "--propagation", "private", "/bin/sh", "-c", script])
+        #expect(r.status == 0, "exit \(r.status): \(r.stderr)")
+        #expect(r.stdout == "both\nd\n")
+        #expect(FileOps(u).read("both") == "l1new\n")
+        #expect(FileOps(u).stat(".wh.onlyl2") != nil)                       // rootless whiteout
+        #expect(TreeSnapshot.xattrs("\(u)/d", ["user."])["user.overlay.opaque"] == Array("y".utf8))
+        #expect(FileOps(u).stat("both")?.st_uid == 65534)
+    }
+
     @Test func readOnlyUnionWithoutUpper() throws {
         let t = TempDir()
         let (l1, l2, _, _, m) = layers(t)
