@@ -94,6 +94,54 @@ extension Overlay {
         }
     }
 
+    /// FNV-1a over the name, optionally after the `.wh.` prefix; no allocation.
+    @inline(__always)
+    static func nameHash(_ name: FileName, whiteoutPrefix: Bool = false) -> UInt64 {
+        var h: UInt64 = 0xcbf29ce484222325
+        if whiteoutPrefix { for b: UInt8 in [0x2E, 0x77, 0x68, 0x2E] { h = (h ^ UInt64(b)) &* 0x100000001b3 } }
+        for i in 0..<name.count { h = (h ^ UInt64(UInt8(bitPattern: name.pointer[i]))) &* 0x100000001b3 }
+        return h
+    }
+
+    /// With this many layers below a directory, a lookup reads each lower
+    /// layer's entries once rather than probing every layer per name.
+    static let nameCacheLayers = 8
+
+    /// Whether lower layer `l` of directory `p` may hold `name` (or its
+    /// `.wh.` whiteout); true when unknown.
+    func mayHold(_ p: OverlayNode, _ l: Int, _ name: FileName, _ hash: UInt64, _ whHash: UInt64) throws(Errno) -> Bool {
+        if l == 0 && upper != nil { return true }
+        if let set = p.state.withLock({ $0.lowerNames[l] }) { return set.contains(hash) || set.contains(whHash) }
+        guard p.snapshot.lowerDirs.count >= Self.nameCacheLayers else { return true }
+        let set = try withDirFD(p, l) { (fd: Int32) throws(Errno) -> Set<UInt64> in try namesIn(fd) }
+        p.state.withLock { $0.lowerNames[l] = set }
+        return set.contains(hash) || set.contains(whHash)
+    }
+
+    /// The name hashes of a layer directory, from one pass of getdents.
+    func namesIn(_ dfd: Int32) throws(Errno) -> Set<UInt64> {
+        let fd = openat(dfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if fd < 0 { throw currentErrno() }
+        defer { close(fd) }
+        var set = Set<UInt64>()
+        let size = 64 * 1024
+        let buf = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 8)
+        defer { buf.deallocate() }
+        while true {
+            let n = strata_getdents64(fd, buf, size)
+            if n < 0 { throw currentErrno() }
+            if n == 0 { break }
+            var off = 0
+            while off < n {
+                let rec = buf + off
+                off += Int(rec.load(fromByteOffset: 16, as: UInt16.self))
+                let c = (rec + 19).assumingMemoryBound(to: CChar.self)
+                set.insert(Self.nameHash(FileName(pointer: c, count: strlen(c))))
+            }
+        }
+        return set
+    }
+
     /// The result of resolving a name: where it is and what it merges.
     struct Found {
         var stat: stat          // at the top location
@@ -113,7 +161,9 @@ extension Overlay {
         }
         let s = p.snapshot
         var found: Found? = nil
+        let hash = Self.nameHash(name), whHash = Self.nameHash(name, whiteoutPrefix: true)
         for l in searchLayers(s) {
+            if !(try mayHold(p, l, name, hash, whHash)) { continue }
             var st = stat()
             let rc = try withDirFD(p, l) { (pfd: Int32) -> Int32 in
                 if fstatat(pfd, name.pointer, &st, Linux.AT_SYMLINK_NOFOLLOW) != 0 {

@@ -49,6 +49,11 @@ public final class OverlayNode: @unchecked Sendable {
         /// The merged listing last served for this directory (readdir
         /// without an open handle continues from it).
         public var listing: [Overlay.DirEntry]?
+        /// Per lower layer, hashes of the names this directory holds there.
+        /// Lower layers never change under a mount, so a name whose hash is
+        /// absent is absent, and its lookup in that layer is skipped (a
+        /// collision only costs the real lookup).
+        var lowerNames: [Int: Set<UInt64>] = [:]
 
         func isPrimary(_ p: OverlayNode, _ n: FileName) -> Bool {
             parent === p && name.count == n.count + 1 && n.equals(prefixOf: name)

@@ -24,6 +24,9 @@ extension Overlay {
         var seen = Set<[UInt8]>()
         out.reserveCapacity(64)
         for l in layersHere {
+            // Lower layers' names come for free here: keep them for lookups.
+            var names: Set<UInt64>? = l == 0 && upper != nil ? nil : Set<UInt64>()
+            defer { if let names { n.state.withLock { $0.lowerNames[l] = names } } }
             try withDirFD(n, l) { (dfd: Int32) throws(Errno) in
                 let fd = openat(dfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
                 if fd < 0 { throw currentErrno() }
@@ -44,6 +47,7 @@ extension Overlay {
                         let cname = (rec + 19).assumingMemoryBound(to: CChar.self)
                         off += reclen
                         let len = strlen(cname)
+                        names?.insert(Self.nameHash(FileName(pointer: cname, count: len)))
                         if (len == 1 && cname[0] == 0x2E) || (len == 2 && cname[0] == 0x2E && cname[1] == 0x2E) { continue }
                         let bytes = Array(UnsafeRawBufferPointer(start: cname, count: len))
                         if bytes.starts(with: whPrefix) {
