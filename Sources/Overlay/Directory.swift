@@ -106,6 +106,7 @@ extension Overlay {
                        openFlags: Int32? = nil, who: Creator) throws(Errno) -> (OverlayNode, stat, Int32) {
         _ = try prepareCreate(p, name)
         var fd: Int32 = -1
+        var st = stat()
         try withDirFD(p, 0) { (ufd: Int32) throws(Errno) in
             let rc: Int32
             if let t = symlinkTarget {
@@ -118,14 +119,19 @@ extension Overlay {
             }
             if rc != 0 { throw currentErrno() }
             setOwner(ufd, name.pointer, who, isDirectory: false, mode: mode)
+            if fstatat(ufd, name.pointer, &st, Linux.AT_SYMLINK_NOFOLLOW) != 0 {
+                let e = currentErrno()
+                if fd >= 0 { close(fd) }
+                throw e
+            }
         }
-        do {
-            let (n, st) = try lookup(p, name)
-            return (n, st, fd)
-        } catch {
-            if fd >= 0 { close(fd) }
-            throw error
-        }
+        // A new upper file: nothing below shows through a non-directory and
+        // it has no origin, so the node is made from the stat at hand
+        // instead of a second resolution across the layers.
+        let f = Found(stat: st, inUpper: true, lower: -1, lowerDirs: [])
+        let n = register(p, name, f, ino: inoFor(UInt64(st.st_ino), layer: 0))
+        st.st_ino = ino_t(n.ino)
+        return (n, st, fd)
     }
 
     /// mkdir: built in work/ (owner, mode, opaque mark when it replaces a

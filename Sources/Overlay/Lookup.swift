@@ -216,6 +216,15 @@ extension Overlay {
         let f = try resolve(parent, name)
         let topLayer = f.inUpper ? 0 : f.lower
         let ino = try withDirFD(parent, topLayer) { (pfd: Int32) -> UInt64 in reportedIno(f, pfd, name.pointer) }
+        let n = register(parent, name, f, ino: ino)
+        var out = f.stat
+        out.st_ino = ino_t(n.ino)
+        if n.isDirectory { mergedNlink(&out, n.snapshot) }
+        return (n, out)
+    }
+
+    /// Takes a reference on the node for a resolved name, making it if new.
+    func register(_ parent: OverlayNode, _ name: FileName, _ f: Found, ino: UInt64) -> OverlayNode {
         let isDir = f.stat.st_mode & Linux.S_IFMT == Linux.S_IFDIR
         var key = InodeKey(dev: UInt64(f.stat.st_dev), ino: UInt64(f.stat.st_ino))
         if !isDir && !f.inUpper {
@@ -230,10 +239,7 @@ extension Overlay {
         // A known inode found under another name (a hard link) or refreshed.
         n.addName(parent, name)
         if isDir { n.state.withLock { st in st.lowerDirs = f.lowerDirs; st.inUpper = f.inUpper; st.lower = f.lower } }
-        var out = f.stat
-        out.st_ino = ino_t(n.ino)
-        if isDir { mergedNlink(&out, n.snapshot) }
-        return (n, out)
+        return n
     }
 
     public func node(_ id: UInt64) -> OverlayNode? { table.get(id) }
