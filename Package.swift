@@ -4,6 +4,7 @@ import PackageDescription
 // Module graph (one way, see docs/ARCHITECTURE.md):
 //   CStrata <- Sys <- FUSE <- Loopback <- strata
 //                  Sys <- Overlay <- OverlayFS (also <- FUSE) <- strata
+//                  Sys <- Archive (libarchive) <- strata
 let package = Package(
     name: "Strata",
     platforms: [.macOS(.v13)],
@@ -28,6 +29,10 @@ let package = Package(
         ]),
         .target(name: "Loopback", dependencies: ["FUSE", "Sys", "CStrata"]),
         .target(name: "Overlay", dependencies: ["Sys", "CStrata"]),
+        // libarchive (Debian libarchive-dev) reads and writes tar and its
+        // compressions; Archive adds the layer rules on top.
+        .systemLibrary(name: "CArchive", pkgConfig: "libarchive", providers: [.apt(["libarchive-dev"])]),
+        .target(name: "Archive", dependencies: ["Sys", "CStrata", "CArchive"]),
         .target(name: "OverlayFS", dependencies: ["Overlay", "FUSE", "Sys", "CStrata"]),
         .executableTarget(name: "strata", dependencies: [
             "FUSE", "Loopback", "Overlay", "OverlayFS", "Sys",
@@ -40,6 +45,7 @@ let package = Package(
         ], path: "bench/Sources/strata-bench"),
         .target(name: "TestSupport", dependencies: ["Sys", "CStrata"], path: "Tests/Support"),
         .testTarget(name: "FUSETests", dependencies: ["FUSE", "Sys", "CStrata", "TestSupport"]),
+        .testTarget(name: "ArchiveTests", dependencies: ["Archive", "Sys", "CStrata", "TestSupport"]),
         .testTarget(name: "OverlayTests", dependencies: ["Overlay", "OverlayFS", "FUSE", "Sys", "CStrata", "TestSupport"]),
         .testTarget(name: "LoopbackTests", dependencies: ["Loopback", "FUSE", "Sys", "CStrata", "TestSupport"]),
     ],

@@ -1,0 +1,244 @@
+import CArchive
+import CStrata
+import Sys
+import SystemPackage
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Applies a layer archive (tar, any compression libarchive reads) to a new
+/// directory in the overlay on-disk format: `.wh.NAME` becomes a whiteout,
+/// `.wh..wh..opq` an opaque mark on its directory. Everything is built in a
+/// sibling `.partial` directory and renamed into place, so a refused or
+/// truncated archive leaves nothing behind.
+public struct LayerApplier: Sendable {
+    /// Whiteouts as 0/0 character devices (needs CAP_MKNOD) rather than `.wh.` files.
+    public var deviceWhiteouts = geteuid() == 0
+    /// Where the opaque mark goes: `trusted.overlay.opaque`, or the user
+    /// namespace for rootless stores.
+    public var opaqueXattr = geteuid() == 0 ? "trusted.overlay.opaque" : "user.overlay.opaque"
+    /// Owners and device nodes need root; without it they are skipped and counted.
+    public var privileged = geteuid() == 0
+
+    public struct Stats: Sendable {
+        public var entries = 0
+        public var bytes: Int64 = 0
+        public var whiteouts = 0
+        public var opaque = 0
+        /// Entries that need root (devices, owners) skipped when unprivileged.
+        public var skipped = 0
+    }
+
+    public init() {}
+
+    public func apply(file path: String, to dest: String) throws(ArchiveError) -> Stats {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        if fd < 0 { throw ArchiveError(path, "open: \(currentErrno())") }
+        defer { close(fd) }
+        return try apply(fd: fd, to: dest, label: path)
+    }
+
+    public func apply(fd: Int32, to dest: String, label: String = "layer") throws(ArchiveError) -> Stats {
+        var st = stat()
+        if lstat(dest, &st) == 0 { throw ArchiveError(dest, "destination already exists") }
+        let staging = dest + ".partial-\(UInt32.random(in: 0...UInt32.max))"
+        if mkdir(staging, 0o755) != 0 { throw ArchiveError(staging, "mkdir: \(currentErrno())") }
+        var ok = false
+        defer { if !ok { _ = try? Spawn.run("/bin/rm", ["rm", "-rf", "--one-file-system", staging]) } }
+        let root = open(staging, Linux.O_PATH | O_DIRECTORY | O_CLOEXEC)
+        if root < 0 { throw ArchiveError(staging, "open: \(currentErrno())") }
+        defer { close(root) }
+        let stats = try extract(fd: fd, root: root, rootPath: staging, label: label)
+        if strata_renameat2(AT_FDCWD, staging, AT_FDCWD, dest, Linux.RENAME_NOREPLACE) != 0 {
+            throw ArchiveError(dest, "rename into place: \(currentErrno())")
+        }
+        ok = true
+        return stats
+    }
+
+    private func extract(fd: Int32, root: Int32, rootPath: String, label: String) throws(ArchiveError) -> Stats {
+        guard let a = archive_read_new() else { throw ArchiveError(label, "libarchive: out of memory") }
+        defer { archive_read_free(a) }
+        archive_read_support_filter_all(a)
+        archive_read_support_format_tar(a)
+        if archive_read_open_fd(a, fd, 1 << 16) != ARCHIVE_OK {
+            throw ArchiveError(label, "not a readable archive: \(errorString(a))")
+        }
+        var stats = Stats()
+        var dirTimes: [(ArraySlice<String>, String, timespec)] = []
+        var entry: OpaquePointer? = nil
+        var lastName = ""
+        while true {
+            let r = archive_read_next_header(a, &entry)
+            if r == ARCHIVE_EOF { break }
+            if r < ARCHIVE_WARN || entry == nil {
+                throw ArchiveError(lastName.isEmpty ? label : "after \(lastName)", "corrupt or truncated archive: \(errorString(a))")
+            }
+            guard let e = entry, let cpath = archive_entry_pathname(e) else { throw ArchiveError(label, "entry without a name") }
+            let raw = String(cString: cpath)
+            lastName = raw
+            let p = try LayerPath(raw)
+            stats.entries += 1
+            if p.isRoot { continue }
+            let parent = try openParent(root, p.parent, entry: raw, create: true)
+            defer { close(parent) }
+            let name = p.name
+            if name.hasPrefix(".wh.") {
+                try whiteout(parent, name, entry: raw, stats: &stats)
+                // The whiteout keeps the entry's time, so a layer applies
+                // to the same tree every time.
+                let target = name == ".wh..wh..opq" ? nil : String(name.dropFirst(4))
+                if let target {
+                    let ts = [timespec(tv_sec: Int(archive_entry_mtime(e)), tv_nsec: Int(archive_entry_mtime_nsec(e))),
+                              timespec(tv_sec: Int(archive_entry_mtime(e)), tv_nsec: Int(archive_entry_mtime_nsec(e)))]
+                    utimensat(parent, deviceWhiteouts ? target : name, ts, Linux.AT_SYMLINK_NOFOLLOW)
+                }
+                continue
+            }
+            if let hl = archive_entry_hardlink(e) {
+                let target = try LayerPath(String(cString: hl))
+                if target.isRoot { throw ArchiveError(raw, "hard link to the layer root") }
+                let tparent = try openParent(root, target.parent, entry: raw, create: false)
+                defer { close(tparent) }
+                removeExisting(parent, name)
+                if linkat(tparent, target.name, parent, name, 0) != 0 {
+                    throw ArchiveError(raw, "hard link to \(target.original): \(currentErrno())")
+                }
+                continue
+            }
+            let type = UInt32(archive_entry_filetype(e))
+            let mode = UInt32(archive_entry_perm(e))
+            switch type {
+            case Linux.S_IFREG:
+                removeExisting(parent, name)
+                let out = openat(parent, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+                if out < 0 { throw ArchiveError(raw, "create: \(currentErrno())") }
+                defer { close(out) }
+                stats.bytes += try copyData(a, to: out, entry: raw)
+                if ftruncate(out, off_t(archive_entry_size(e))) != 0 { throw ArchiveError(raw, "truncate: \(currentErrno())") }
+            case Linux.S_IFDIR:
+                var st = stat()
+                if fstatat(parent, name, &st, Linux.AT_SYMLINK_NOFOLLOW) == 0 && st.st_mode & Linux.S_IFMT != Linux.S_IFDIR {
+                    unlinkat(parent, name, 0)
+                }
+                if mkdirat(parent, name, 0o700) != 0 && strata_errno() != EEXIST { throw ArchiveError(raw, "mkdir: \(currentErrno())") }
+            case Linux.S_IFLNK:
+                guard let t = archive_entry_symlink(e) else { throw ArchiveError(raw, "symlink without a target") }
+                removeExisting(parent, name)
+                if symlinkat(t, parent, name) != 0 { throw ArchiveError(raw, "symlink: \(currentErrno())") }
+            case Linux.S_IFCHR, Linux.S_IFBLK, Linux.S_IFIFO:
+                if type != Linux.S_IFIFO && !privileged { stats.skipped += 1; continue }
+                removeExisting(parent, name)
+                let dev = strata_makedev(UInt32(archive_entry_rdevmajor(e)), UInt32(archive_entry_rdevminor(e)))
+                if mknodat(parent, name, type | mode, dev_t(dev)) != 0 { throw ArchiveError(raw, "mknod: \(currentErrno())") }
+            default:
+                stats.skipped += 1      // sockets have no place in a layer
+                continue
+            }
+            try metadata(e, parent, name, type: type, mode: mode, entry: raw, stats: &stats)
+            if type == Linux.S_IFDIR {
+                dirTimes.append((p.parent, name, timespec(tv_sec: Int(archive_entry_mtime(e)), tv_nsec: Int(archive_entry_mtime_nsec(e)))))
+            }
+        }
+        // Directory times last: creating their entries changed them.
+        for (parentComponents, name, mtime) in dirTimes.reversed() {
+            if let pfd = try? openParent(root, parentComponents, entry: name, create: false) {
+                let ts = [timespec(tv_sec: 0, tv_nsec: Linux.UTIME_OMIT), mtime]
+                utimensat(pfd, name, ts, Linux.AT_SYMLINK_NOFOLLOW)
+                close(pfd)
+            }
+        }
+        return stats
+    }
+
+    private func whiteout(_ parent: Int32, _ name: String, entry: String, stats: inout Stats) throws(ArchiveError) {
+        if name == ".wh..wh..opq" {
+            let path = "/proc/self/fd/\(parent)/."
+            if lsetxattr(path, opaqueXattr, "y", 1, 0) != 0 {
+                // Without xattrs, keep the OCI marker itself (Strata reads it).
+                let fd = openat(parent, name, O_WRONLY | O_CREAT | O_CLOEXEC, 0o000)
+                if fd < 0 { throw ArchiveError(entry, "opaque mark: \(currentErrno())") }
+                close(fd)
+            }
+            stats.opaque += 1
+            return
+        }
+        let target = String(name.dropFirst(4))
+        if target.isEmpty { throw ArchiveError(entry, "whiteout '.wh.' names nothing") }
+        if target == "." || target == ".." || target.contains("/") { throw ArchiveError(entry, "whiteout of '\(target)' is not a name") }
+        removeExisting(parent, target)
+        if deviceWhiteouts {
+            if mknodat(parent, target, Linux.S_IFCHR, 0) != 0 { throw ArchiveError(entry, "whiteout: \(currentErrno())") }
+        } else {
+            let fd = openat(parent, name, O_WRONLY | O_CREAT | O_CLOEXEC, 0o000)
+            if fd < 0 { throw ArchiveError(entry, "whiteout: \(currentErrno())") }
+            close(fd)
+        }
+        stats.whiteouts += 1
+    }
+
+    /// Data blocks at their offsets: holes in the archive stay holes.
+    private func copyData(_ a: OpaquePointer, to out: Int32, entry: String) throws(ArchiveError) -> Int64 {
+        var total: Int64 = 0
+        var buf: UnsafeRawPointer? = nil
+        var size = 0
+        var offset: la_int64_t = 0
+        while true {
+            let r = archive_read_data_block(a, &buf, &size, &offset)
+            if r == ARCHIVE_EOF { break }
+            if r < ARCHIVE_WARN { throw ArchiveError(entry, "corrupt or truncated data: \(errorString(a))") }
+            guard let b = buf, size > 0 else { continue }
+            var done = 0
+            while done < size {
+                let n = pwrite(out, b + done, size - done, off_t(offset) + off_t(done))
+                if n < 0 { throw ArchiveError(entry, "write: \(currentErrno())") }
+                done += n
+            }
+            total += Int64(size)
+        }
+        return total
+    }
+
+    private func metadata(_ e: OpaquePointer, _ parent: Int32, _ name: String, type: UInt32, mode: UInt32,
+                          entry: String, stats: inout Stats) throws(ArchiveError) {
+        if privileged {
+            if fchownat(parent, name, UInt32(archive_entry_uid(e)), UInt32(archive_entry_gid(e)), Linux.AT_SYMLINK_NOFOLLOW) != 0 {
+                throw ArchiveError(entry, "chown: \(currentErrno())")
+            }
+        }
+        if type != Linux.S_IFLNK && fchmodat(parent, name, mode & 0o7777, 0) != 0 {
+            throw ArchiveError(entry, "chmod: \(currentErrno())")
+        }
+        var xname: UnsafePointer<CChar>? = nil
+        var xvalue: UnsafeRawPointer? = nil
+        var xsize = 0
+        if archive_entry_xattr_reset(e) > 0 {
+            let path = "/proc/self/fd/\(parent)/\(name)"
+            while archive_entry_xattr_next(e, &xname, &xvalue, &xsize) == ARCHIVE_OK {
+                guard let xn = xname else { continue }
+                let n = String(cString: xn)
+                // Overlay metadata never comes from an archive.
+                if n.hasPrefix("trusted.overlay.") || n.hasPrefix("user.overlay.") { continue }
+                if lsetxattr(path, n, xvalue, xsize, 0) != 0 {
+                    if !privileged && n.hasPrefix("trusted.") { stats.skipped += 1; continue }
+                    throw ArchiveError(entry, "xattr \(n): \(currentErrno())")
+                }
+            }
+        }
+        if type != Linux.S_IFDIR {
+            let ts = [timespec(tv_sec: Int(archive_entry_atime(e)), tv_nsec: Int(archive_entry_atime_nsec(e))),
+                      timespec(tv_sec: Int(archive_entry_mtime(e)), tv_nsec: Int(archive_entry_mtime_nsec(e)))]
+            utimensat(parent, name, ts, Linux.AT_SYMLINK_NOFOLLOW)
+        }
+    }
+
+    private func removeExisting(_ parent: Int32, _ name: String) {
+        var st = stat()
+        guard fstatat(parent, name, &st, Linux.AT_SYMLINK_NOFOLLOW) == 0 else { return }
+        if st.st_mode & Linux.S_IFMT == Linux.S_IFDIR { removeTree(parent, name) } else { unlinkat(parent, name, 0) }
+    }
+}
+
+func errorString(_ a: OpaquePointer) -> String {
+    archive_error_string(a).map { String(cString: $0) } ?? "unknown libarchive error"
+}

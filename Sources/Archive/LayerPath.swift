@@ -1,0 +1,60 @@
+import CStrata
+import Sys
+import SystemPackage
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A path inside a layer archive, checked: relative, no `..`, and resolved
+/// from the layer's directory descriptor one component at a time without
+/// following any symlink, so no entry can reach outside the layer.
+struct LayerPath {
+    let original: String
+    let components: [String]
+
+    init(_ raw: String) throws(ArchiveError) {
+        original = raw
+        if raw.hasPrefix("/") { throw ArchiveError(raw, "absolute path in a layer archive") }
+        var parts: [String] = []
+        for c in raw.split(separator: "/", omittingEmptySubsequences: true) {
+            if c == "." { continue }
+            if c == ".." { throw ArchiveError(raw, "'..' component in a layer archive") }
+            if c.utf8.count > 255 { throw ArchiveError(raw, "name longer than 255 bytes") }
+            parts.append(String(c))
+        }
+        components = parts
+    }
+
+    var isRoot: Bool { components.isEmpty }
+    var name: String { components.last ?? "" }
+    var parent: ArraySlice<String> { components.dropLast() }
+}
+
+/// Opens the directory `components` under `root` (O_PATH), creating missing
+/// directories when asked; a symlink or a non-directory on the way is refused.
+func openParent(_ root: Int32, _ components: ArraySlice<String>, entry: String, create: Bool) throws(ArchiveError) -> Int32 {
+    var cur = dup(root)
+    if cur < 0 { throw ArchiveError(entry, "dup: \(currentErrno())") }
+    for c in components {
+        var next = openat(cur, c, Linux.O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        if next < 0 && strata_errno() == ENOENT && create {
+            if mkdirat(cur, c, 0o755) != 0 && strata_errno() != EEXIST {
+                let e = currentErrno()
+                close(cur)
+                throw ArchiveError(entry, "creating parent \(c): \(e)")
+            }
+            next = openat(cur, c, Linux.O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        }
+        if next < 0 {
+            let e = strata_errno()
+            close(cur)
+            if e == ENOTDIR || e == ELOOP {
+                throw ArchiveError(entry, "path goes through a symlink or a non-directory ('\(c)'); refused")
+            }
+            throw ArchiveError(entry, "parent \(c): \(Errno(rawValue: e))")
+        }
+        close(cur)
+        cur = next
+    }
+    return cur
+}

@@ -1,0 +1,146 @@
+import CArchive
+import CStrata
+import Sys
+import SystemPackage
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Turns an upper directory into an OCI layer tar: 0/0 devices become
+/// `.wh.NAME`, opaque marks `.wh..wh..opq`, overlay metadata is dropped. The
+/// same tree always gives the same bytes (names sorted, PAX headers with
+/// no user or group names, no access or change times), so diff IDs are
+/// reproducible.
+public struct LayerWriter: Sendable {
+    public init() {}
+
+    public func write(directory: String, to fd: Int32) throws(ArchiveError) {
+        guard let a = archive_write_new() else { throw ArchiveError(directory, "libarchive: out of memory") }
+        defer { archive_write_free(a) }
+        archive_write_set_format_pax_restricted(a)
+        archive_write_set_bytes_in_last_block(a, 1)
+        if archive_write_open_fd(a, fd) != ARCHIVE_OK { throw ArchiveError(directory, errorString(a)) }
+        let root = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if root < 0 { throw ArchiveError(directory, "open: \(currentErrno())") }
+        defer { close(root) }
+        var links: [String: String] = [:]      // "dev:ino" of a multiply linked file -> first path
+        try walk(a, root, prefix: "", links: &links)
+        if archive_write_close(a) != ARCHIVE_OK { throw ArchiveError(directory, errorString(a)) }
+    }
+
+    private func names(_ dfd: Int32) throws(ArchiveError) -> [String] {
+        let fd = openat(dfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0, let d = fdopendir(fd) else { throw ArchiveError("", "opendir: \(currentErrno())") }
+        defer { closedir(d) }
+        var out: [String] = []
+        while let e = readdir(d) {
+            let n = withUnsafePointer(to: e.pointee.d_name) { $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) } }
+            if n != "." && n != ".." { out.append(n) }
+        }
+        // Byte order, not locale order: the same on every machine.
+        return out.sorted { Array($0.utf8).lexicographicallyPrecedes(Array($1.utf8)) }
+    }
+
+    private func walk(_ a: OpaquePointer, _ dfd: Int32, prefix: String, links: inout [String: String]) throws(ArchiveError) {
+        for name in try names(dfd) {
+            let path = prefix + name
+            var st = stat()
+            if fstatat(dfd, name, &st, Linux.AT_SYMLINK_NOFOLLOW) != 0 { throw ArchiveError(path, "stat: \(currentErrno())") }
+            let type = st.st_mode & Linux.S_IFMT
+            // A kernel whiteout is a 0/0 device, often with several links
+            // (one shared inode): test for it before treating it as a link.
+            if type == Linux.S_IFCHR && st.st_rdev == 0 {
+                var w = st
+                w.st_size = 0
+                w.st_rdev = 0
+                try emit(a, prefix + ".wh." + name, type: Linux.S_IFREG, mode: 0o644, st: w, dfd: nil, name: nil)
+                continue
+            }
+            if type == Linux.S_IFREG && st.st_nlink > 1 {
+                let key = "\(st.st_dev):\(st.st_ino)"
+                if let first = links[key] {
+                    try emit(a, path, type: Linux.S_IFREG, mode: st.st_mode & 0o7777, st: st, dfd: dfd, name: name, hardlink: first)
+                    continue
+                }
+                links[key] = path
+            }
+            try emit(a, type == Linux.S_IFDIR ? path + "/" : path, type: type, mode: st.st_mode & 0o7777, st: st, dfd: dfd, name: name)
+            if type == Linux.S_IFDIR {
+                let sub = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+                if sub < 0 { throw ArchiveError(path, "open: \(currentErrno())") }
+                defer { close(sub) }
+                if isOpaque(dfd, name) {
+                    try emit(a, path + "/.wh..wh..opq", type: Linux.S_IFREG, mode: 0o644, st: nil, dfd: nil, name: nil)
+                }
+                try walk(a, sub, prefix: path + "/", links: &links)
+            }
+        }
+    }
+
+    private func isOpaque(_ dfd: Int32, _ name: String) -> Bool {
+        var v: UInt8 = 0
+        let p = "/proc/self/fd/\(dfd)/\(name)"
+        for x in ["trusted.overlay.opaque", "user.overlay.opaque"] where lgetxattr(p, x, &v, 1) == 1 && v == UInt8(ascii: "y") {
+            return true
+        }
+        return false
+    }
+
+    private func emit(_ a: OpaquePointer, _ path: String, type: UInt32, mode: UInt32, st: stat?, dfd: Int32?, name: String?,
+                      hardlink: String? = nil) throws(ArchiveError) {
+        guard let e = archive_entry_new() else { throw ArchiveError(path, "libarchive: out of memory") }
+        defer { archive_entry_free(e) }
+        archive_entry_set_pathname(e, path)
+        archive_entry_set_filetype(e, type)
+        archive_entry_set_perm(e, mode_t(mode))
+        if let st {
+            archive_entry_set_uid(e, la_int64_t(st.st_uid))
+            archive_entry_set_gid(e, la_int64_t(st.st_gid))
+            archive_entry_set_mtime(e, st.st_mtim.tv_sec, st.st_mtim.tv_nsec)
+            if type == Linux.S_IFREG && hardlink == nil { archive_entry_set_size(e, la_int64_t(st.st_size)) }
+            if type == Linux.S_IFCHR || type == Linux.S_IFBLK {
+                archive_entry_set_rdevmajor(e, dev_t(strata_major(UInt64(st.st_rdev))))
+                archive_entry_set_rdevminor(e, dev_t(strata_minor(UInt64(st.st_rdev))))
+            }
+        } else {
+            archive_entry_set_size(e, 0)
+        }
+        if let hardlink { archive_entry_set_hardlink(e, hardlink) }
+        var target = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        if type == Linux.S_IFLNK, let dfd, let name {
+            let n = readlinkat(dfd, name, &target, target.count - 1)
+            if n < 0 { throw ArchiveError(path, "readlink: \(currentErrno())") }
+            target[n] = 0
+            archive_entry_set_symlink(e, target)
+        }
+        if let dfd, let name { addXattrs(e, "/proc/self/fd/\(dfd)/\(name)") }
+        if archive_write_header(a, e) < ARCHIVE_WARN { throw ArchiveError(path, errorString(a)) }
+        if type == Linux.S_IFREG && hardlink == nil, let dfd, let name, let st, st.st_size > 0 {
+            let fd = openat(dfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+            if fd < 0 { throw ArchiveError(path, "open: \(currentErrno())") }
+            defer { close(fd) }
+            let size = 1 << 20
+            let buf = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 4096)
+            defer { buf.deallocate() }
+            while true {
+                let n = read(fd, buf, size)
+                if n < 0 { throw ArchiveError(path, "read: \(currentErrno())") }
+                if n == 0 { break }
+                if archive_write_data(a, buf, n) < 0 { throw ArchiveError(path, errorString(a)) }
+            }
+        }
+    }
+
+    /// Every xattr but overlay metadata, sorted for stable output.
+    private func addXattrs(_ e: OpaquePointer, _ path: String) {
+        var list = [CChar](repeating: 0, count: 65536)
+        let n = llistxattr(path, &list, list.count)
+        guard n > 0 else { return }
+        let names = list[0..<n].split(separator: 0).map { String(decoding: $0.map { UInt8(bitPattern: $0) }, as: UTF8.self) }.sorted()
+        var value = [UInt8](repeating: 0, count: 65536)
+        for x in names where !x.hasPrefix("trusted.overlay.") && !x.hasPrefix("user.overlay.") {
+            let m = lgetxattr(path, x, &value, value.count)
+            if m >= 0 { archive_entry_xattr_add_entry(e, x, value, m) }
+        }
+    }
+}

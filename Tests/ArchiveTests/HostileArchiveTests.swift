@@ -1,0 +1,104 @@
+import Archive
+import Foundation
+import Sys
+import Testing
+import TestSupport
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Layer archives are hostile until proven otherwise: each bad archive is
+/// refused with an error naming the entry, and nothing is left behind.
+@Suite struct HostileArchiveTests {
+    /// Builds a tar with Python's tarfile: `spec` is Python statements using
+    /// `t` (the TarFile), `add_file(name, data)` and `add(info)`.
+    func makeTar(_ t: TempDir, _ name: String, _ spec: String) throws -> String {
+        let path = "\(t.path)/\(name).tar"
+        let script = """
+        import tarfile, io
+        t = tarfile.open('\(path)', 'w', format=tarfile.PAX_FORMAT)
+        def add_file(n, data=b'x'):
+            i = tarfile.TarInfo(n); i.size = len(data); t.addfile(i, io.BytesIO(data))
+        def add(n, kind, target=''):
+            i = tarfile.TarInfo(n); i.type = kind; i.linkname = target; t.addfile(i)
+        \(spec)
+        t.close()
+        """
+        let r = runProgram("/usr/bin/env", ["python3", "-c", script])
+        try #require(r.status == 0, "python: \(r.stderr)")
+        return path
+    }
+
+    static let cases: [(String, String, String)] = [
+        ("dotdot", "add_file('a/../../evil')", "'..'"),
+        ("absolute", "add_file('/etc/evil')", "absolute"),
+        ("through-symlink", "add('link', tarfile.SYMTYPE, '/tmp')\nadd_file('link/evil')", "symlink"),
+        ("through-inner-symlink", "add('d', tarfile.DIRTYPE)\nadd('s', tarfile.SYMTYPE, 'd')\nadd_file('s/evil')", "symlink"),
+        ("hardlink-outside", "add('h', tarfile.LNKTYPE, '../outside')", "'..'"),
+        ("hardlink-absolute", "add('h', tarfile.LNKTYPE, '/etc/passwd')", "absolute"),
+        ("empty-whiteout", "add_file('dir/.wh.', b'')", "names nothing"),
+    ]
+
+    @Test(arguments: 0..<cases.count)
+    func hostileArchiveIsRefused(_ i: Int) throws {
+        let (name, spec, word) = Self.cases[i]
+        let t = TempDir()
+        let tar = try makeTar(t, name, spec)
+        let dest = "\(t.path)/layer"
+        #expect { try LayerApplier().apply(file: tar, to: dest) } throws: { e in
+            "\(e)".contains(word)
+        }
+        #expect(FileOps(t.path).ls("") == "\(name).tar", "something was left behind")
+        var st = stat()
+        #expect(lstat("/tmp/evil", &st) != 0 && lstat("/etc/evil", &st) != 0)
+    }
+
+    @Test func truncatedArchiveIsRefusedAndLeavesNothing() throws {
+        let t = TempDir()
+        let tar = try makeTar(t, "full", "add_file('a', b'y' * 100000)\nadd_file('b', b'z' * 100000)")
+        let cut = "\(t.path)/cut.tar"
+        let data = try Data(contentsOf: URL(fileURLWithPath: tar))
+        try data.prefix(150_000).write(to: URL(fileURLWithPath: cut))
+        #expect { try LayerApplier().apply(file: cut, to: "\(t.path)/layer") } throws: { e in
+            "\(e)".contains("truncated")
+        }
+        #expect(FileOps(t.path).ls("") == "cut.tar,full.tar")
+    }
+
+    @Test func goodArchiveKeepsLinksModesTimesAndXattrs() throws {
+        let t = TempDir()
+        let tar = try makeTar(t, "good", """
+            add('d', tarfile.DIRTYPE)
+            i = tarfile.TarInfo('d/f'); i.size = 5; i.mode = 0o4750; i.mtime = 1500000000; i.uid = 42; i.gid = 43
+            i.pax_headers = {'SCHILY.xattr.user.k': 'v', 'mtime': '1500000000.123456789'}
+            t.addfile(i, io.BytesIO(b'hello'))
+            add('d/h', tarfile.LNKTYPE, 'd/f')
+            add('d/s', tarfile.SYMTYPE, '../anywhere')
+            add('d/fifo', tarfile.FIFOTYPE)
+            add_file('deep/er/still/x')
+            add_file('d/.wh.gone', b'')
+            add_file('op/.wh..wh..opq', b'')
+            add_file('op/kept')
+            add_file('x' * 200)
+            """)
+        let dest = "\(t.path)/layer"
+        let stats = try LayerApplier().apply(file: tar, to: dest)
+        #expect(stats.whiteouts == 1 && stats.opaque == 1)
+        let o = FileOps(dest)
+        #expect(o.read("d/f") == "hello")
+        let f = o.stat("d/f"), h = o.stat("d/h")
+        #expect(f?.st_ino == h?.st_ino && f?.st_nlink == 2)
+        #expect(f.map { $0.st_mode & 0o7777 } == 0o4750)
+        #expect(f.map { ($0.st_uid, $0.st_gid) } ?? (0, 0) == (42, 43))
+        #expect(f.map { $0.st_mtim.tv_sec } == 1_500_000_000)
+        #expect(o.getxattr("d/f", "user.k") == "v")
+        #expect(o.readlink("d/s") == "../anywhere")
+        #expect(o.read("deep/er/still/x") == "x")
+        #expect(o.stat(String(repeating: "x", count: 200)) != nil)          // PAX long name
+        if geteuid() == 0 {
+            #expect(o.stat("d/gone").map { $0.st_mode & Linux.S_IFMT } == Linux.S_IFCHR)
+            #expect(TreeSnapshot.xattrs("\(dest)/op", ["trusted."])["trusted.overlay.opaque"] == Array("y".utf8))
+        }
+        #expect(o.stat("d/fifo").map { $0.st_mode & Linux.S_IFMT } == Linux.S_IFIFO)
+    }
+}
