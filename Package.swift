@@ -4,7 +4,7 @@ import PackageDescription
 // Module graph (one way, see docs/ARCHITECTURE.md):
 //   CStrata <- Sys <- FUSE <- Loopback <- strata
 //                  Sys <- Overlay <- OverlayFS (also <- FUSE) <- strata
-//                  Sys <- Archive (libarchive) <- strata
+//                  Sys <- Archive (libarchive) <- Store (SQLite via GRDB) <- strata
 let package = Package(
     name: "Strata",
     platforms: [.macOS(.v13)],
@@ -16,6 +16,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
+        .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
     ],
     targets: [
         .target(name: "CStrata"),
@@ -33,9 +35,14 @@ let package = Package(
         // compressions; Archive adds the layer rules on top.
         .systemLibrary(name: "CArchive", pkgConfig: "libarchive", providers: [.apt(["libarchive-dev"])]),
         .target(name: "Archive", dependencies: ["Sys", "CStrata", "CArchive"]),
+        .target(name: "Store", dependencies: [
+            "Archive", "Sys", "CStrata", "CArchive",
+            .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "GRDB", package: "GRDB.swift"),
+        ]),
         .target(name: "OverlayFS", dependencies: ["Overlay", "FUSE", "Sys", "CStrata"]),
         .executableTarget(name: "strata", dependencies: [
-            "FUSE", "Loopback", "Overlay", "OverlayFS", "Sys",
+            "FUSE", "Loopback", "Overlay", "OverlayFS", "Store", "Sys",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -45,6 +52,7 @@ let package = Package(
         ], path: "bench/Sources/strata-bench"),
         .target(name: "TestSupport", dependencies: ["Sys", "CStrata"], path: "Tests/Support"),
         .testTarget(name: "FUSETests", dependencies: ["FUSE", "Sys", "CStrata", "TestSupport"]),
+        .testTarget(name: "StoreTests", dependencies: ["Store", "Archive", "Sys", "CStrata", "TestSupport"]),
         .testTarget(name: "ArchiveTests", dependencies: ["Archive", "Sys", "CStrata", "TestSupport"]),
         .testTarget(name: "OverlayTests", dependencies: ["Overlay", "OverlayFS", "FUSE", "Sys", "CStrata", "TestSupport"]),
         .testTarget(name: "LoopbackTests", dependencies: ["Loopback", "FUSE", "Sys", "CStrata", "TestSupport"]),

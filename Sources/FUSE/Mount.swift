@@ -121,6 +121,8 @@ public enum Mounter {
         }
     }
 
+    public static func isMountPointPath(_ path: String) -> Bool { isMountPoint(path) }
+
     /// Whether `path` is the root of a mount (statx's STATX_ATTR_MOUNT_ROOT).
     public static func isMountPoint(_ path: String) -> Bool {
         strata_is_mount_root(path) != 0

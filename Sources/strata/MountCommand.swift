@@ -13,6 +13,7 @@ struct MountCommand: ParsableCommand {
         abstract: "Mount a union of directories, like the kernel's overlayfs, through FUSE.",
         discussion: """
         strata mount -o lowerdir=LOWER1:LOWER2,upperdir=UPPER,workdir=WORK MOUNTPOINT
+        strata mount CONTAINER [--driver overlay|fuse]   (prints the merged path)
 
         lowerdir lists read-only layers top-most first (\\: escapes a colon). Without \
         upperdir and workdir the union is read-only. Writes copy files up into \
@@ -40,10 +41,21 @@ struct MountCommand: ParsableCommand {
     @Flag(name: .short, help: "Stay in the foreground.")
     var f = false
 
-    @Argument(help: "Where to mount the union.")
+    @Argument(help: "Where to mount the union (with -o), or a container to mount.")
     var mountpoint: String
 
+    @Option(help: "For a container: overlay (kernel) or fuse (Strata); default overlay as root.")
+    var driver: String?
+
+    @Option(help: "For a container: the store's root directory.")
+    var root: String?
+
     func run() throws {
+        // Without -o the argument names a container of the store.
+        if o.isEmpty {
+            try mountContainer(mountpoint, driver: driver, root: root)
+            return
+        }
         var mount = MountConfig(mountpoint: mountpoint, fsname: "strata")
         var session = SessionOptions()
         mount.allowOther = geteuid() == 0

@@ -1,0 +1,121 @@
+import Foundation
+import GRDB
+import Sys
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Containers: a thin writable layer over an image's layers, with Docker's
+/// `-init` layer under it (placeholders for /etc/hosts, /etc/hostname and
+/// /etc/resolv.conf); nothing of the image is copied.
+extension Store {
+    public struct ContainerRecord: Codable, FetchableRecord, PersistableRecord, Sendable {
+        public static let databaseTableName = "container"
+        public var id: String, name: String, image: String, created: Double
+    }
+
+    public enum Driver: String, Sendable, CaseIterable {
+        case overlay   // the kernel's overlayfs
+        case fuse      // Strata's own FUSE mount
+    }
+
+    public func create(image ref: String, name: String?) throws(StoreError) -> ContainerRecord {
+        let img = try image(ref)
+        let id = Digest.hex(Digest.of(string: "\(img.id) \(UUID().uuidString)"))
+        let cname = name ?? "strata-\(id.prefix(12))"
+        if cname.isEmpty || cname.contains("/") || cname.hasPrefix(".") { throw StoreError("bad container name '\(cname)'") }
+        if try container(cname, required: false) != nil { throw StoreError("a container named '\(cname)' exists already") }
+        // The init layer, then the container layer, both over the image's.
+        var below: [String] = []
+        for l in img.layerIDs.reversed() {
+            guard let rec = try layer(l) else { throw StoreError("image \(ref) lacks layer \(l); load it again") }
+            below.append("l/\(rec.link)")
+        }
+        let initDir = "\(overlayDir)/\(id)-init", cDir = "\(overlayDir)/\(id)"
+        let initLink = Self.shortLink(), cLink = Self.shortLink()
+        do {
+            for d in [initDir, "\(initDir)/diff", "\(initDir)/diff/etc", "\(initDir)/work", cDir, "\(cDir)/diff", "\(cDir)/work", "\(cDir)/merged"] {
+                try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: false)
+            }
+            for f in ["hosts", "hostname", "resolv.conf"] {
+                FileManager.default.createFile(atPath: "\(initDir)/diff/etc/\(f)", contents: Data(), attributes: [.posixPermissions: 0o644])
+            }
+            try initLink.write(toFile: "\(initDir)/link", atomically: true, encoding: .utf8)
+            try below.joined(separator: ":").write(toFile: "\(initDir)/lower", atomically: true, encoding: .utf8)
+            try cLink.write(toFile: "\(cDir)/link", atomically: true, encoding: .utf8)
+            try (["l/\(initLink)"] + below).joined(separator: ":").write(toFile: "\(cDir)/lower", atomically: true, encoding: .utf8)
+            symlink("../\(id)-init/diff", "\(overlayDir)/l/\(initLink)")
+            symlink("../\(id)/diff", "\(overlayDir)/l/\(cLink)")
+            let rec = ContainerRecord(id: id, name: cname, image: img.id, created: Date().timeIntervalSince1970)
+            try db.queue.write { try rec.insert($0) }
+            return rec
+        } catch {
+            for d in [initDir, cDir] { _ = try? Spawn.run("/bin/rm", ["rm", "-rf", "--one-file-system", d]) }
+            unlink("\(overlayDir)/l/\(initLink)")
+            unlink("\(overlayDir)/l/\(cLink)")
+            throw StoreError("creating container: \(error)")
+        }
+    }
+
+    public func container(_ ref: String, required: Bool = true) throws(StoreError) -> ContainerRecord? {
+        do {
+            let found = try db.queue.read { db in
+                try ContainerRecord.filter(Column("name") == ref).fetchOne(db)
+                    ?? (ref.count >= 6 ? ContainerRecord.filter(sql: "id LIKE ?", arguments: ["\(ref)%"]).fetchOne(db) : nil)
+            }
+            if found == nil && required { throw StoreError("no container '\(ref)' (see 'strata ls')") }
+            return found
+        } catch let e as StoreError { throw e } catch { throw StoreError("\(error)") }
+    }
+
+    public func containers() throws(StoreError) -> [ContainerRecord] {
+        do { return try db.queue.read { try ContainerRecord.order(Column("created")).fetchAll($0) } } catch { throw StoreError("\(error)") }
+    }
+
+    public func mergedPath(_ c: ContainerRecord) -> String { "\(overlayDir)/\(c.id)/merged" }
+
+    /// The overlay options, with short relative lower links: valid with the
+    /// store's overlay directory as the working directory.
+    func mountOptions(_ c: ContainerRecord) throws(StoreError) -> String {
+        guard let lower = try? String(contentsOfFile: "\(overlayDir)/\(c.id)/lower", encoding: .utf8) else {
+            throw StoreError("container \(c.name): missing lower file")
+        }
+        return "lowerdir=\(lower),upperdir=\(c.id)/diff,workdir=\(c.id)/work"
+    }
+
+    /// Mounts the container's root and returns the merged path.
+    public func mount(_ c: ContainerRecord, driver: Driver, strataBinary: String) throws(StoreError) -> String {
+        let merged = mergedPath(c)
+        if strata_is_mount_root_path(merged) { return merged }
+        let opts = try mountOptions(c)
+        let status: Int32
+        do {
+            switch driver {
+            case .overlay:
+                status = try Spawn.run("/bin/sh", ["sh", "-c", "cd '\(overlayDir)' && exec mount -t overlay overlay -o '\(opts)' '\(merged)'"])
+            case .fuse:
+                status = try Spawn.run("/bin/sh", ["sh", "-c", "cd '\(overlayDir)' && exec '\(strataBinary)' mount -o '\(opts)' '\(merged)'"])
+            }
+        } catch { throw StoreError("mount: \(error)") }
+        if status != 0 { throw StoreError("mounting container \(c.name) with the \(driver.rawValue) driver failed (exit \(status))") }
+        return merged
+    }
+
+    public func unmount(_ c: ContainerRecord) throws(StoreError) {
+        let merged = mergedPath(c)
+        guard strata_is_mount_root_path(merged) else { return }
+        if umount2(merged, 0) != 0 && umount2(merged, Int32(MNT_DETACH)) != 0 { throw StoreError("umount \(merged): \(currentErrno())") }
+    }
+
+    public func remove(_ c: ContainerRecord) throws(StoreError) {
+        try unmount(c)
+        for d in ["\(overlayDir)/\(c.id)", "\(overlayDir)/\(c.id)-init"] {
+            if let link = try? String(contentsOfFile: "\(d)/link", encoding: .utf8) { unlink("\(overlayDir)/l/\(link)") }
+            _ = try? Spawn.run("/bin/rm", ["rm", "-rf", "--one-file-system", d])
+        }
+        do { _ = try db.queue.write { try ContainerRecord.deleteOne($0, key: c.id) } } catch { throw StoreError("\(error)") }
+    }
+}
+
+import CStrata
+func strata_is_mount_root_path(_ p: String) -> Bool { strata_is_mount_root(p) != 0 }

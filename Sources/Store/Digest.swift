@@ -1,0 +1,76 @@
+import CArchive
+import Crypto
+import Foundation
+import Sys
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// SHA-256 digests in the OCI form `sha256:<hex>`.
+public enum Digest {
+    public static func of(_ data: Data) -> String {
+        "sha256:" + SHA256.hash(data: data).map { String(format: "%02x", $0) }.joined()
+    }
+
+    public static func of(string: String) -> String { of(Data(string.utf8)) }
+
+    /// The digest of a file's bytes as stored.
+    public static func ofFile(_ path: String) throws(StoreError) -> String {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        if fd < 0 { throw StoreError("\(path): \(currentErrno())") }
+        defer { close(fd) }
+        var h = SHA256()
+        let size = 1 << 20
+        let buf = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 4096)
+        defer { buf.deallocate() }
+        while true {
+            let n = read(fd, buf, size)
+            if n < 0 { throw StoreError("\(path): read: \(currentErrno())") }
+            if n == 0 { break }
+            h.update(bufferPointer: UnsafeRawBufferPointer(start: buf, count: n))
+        }
+        return "sha256:" + h.finalize().map { String(format: "%02x", $0) }.joined()
+    }
+
+    /// The digest of a file after decompression (gzip, zstd, ...): a
+    /// layer's diff ID is taken over the uncompressed tar.
+    public static func ofUncompressed(_ path: String) throws(StoreError) -> String {
+        guard let a = archive_read_new() else { throw StoreError("libarchive: out of memory") }
+        defer { archive_read_free(a) }
+        archive_read_support_filter_all(a)
+        archive_read_support_format_raw(a)
+        if archive_read_open_filename(a, path, 1 << 16) != ARCHIVE_OK {
+            throw StoreError("\(path): \(archive_error_string(a).map { String(cString: $0) } ?? "unreadable")")
+        }
+        var entry: OpaquePointer? = nil
+        guard archive_read_next_header(a, &entry) == ARCHIVE_OK else { throw StoreError("\(path): empty or unreadable") }
+        var h = SHA256()
+        let size = 1 << 20
+        let buf = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 4096)
+        defer { buf.deallocate() }
+        while true {
+            let n = archive_read_data(a, buf, size)
+            if n < 0 { throw StoreError("\(path): corrupt compressed data: \(archive_error_string(a).map { String(cString: $0) } ?? "")") }
+            if n == 0 { break }
+            h.update(bufferPointer: UnsafeRawBufferPointer(start: buf, count: n))
+        }
+        return "sha256:" + h.finalize().map { String(format: "%02x", $0) }.joined()
+    }
+
+    /// Chain IDs name a layer by everything below it (OCI image spec).
+    public static func chainIDs(_ diffIDs: [String]) -> [String] {
+        var out: [String] = []
+        for d in diffIDs {
+            out.append(out.last.map { of(string: "\($0) \(d)") } ?? d)
+        }
+        return out
+    }
+
+    /// The hex part, for directory names.
+    public static func hex(_ d: String) -> String { d.hasPrefix("sha256:") ? String(d.dropFirst(7)) : d }
+
+    public static func isValid(_ d: String) -> Bool {
+        let h = hex(d)
+        return d.hasPrefix("sha256:") && h.count == 64 && h.allSatisfy { $0.isHexDigit && !$0.isUppercase }
+    }
+}

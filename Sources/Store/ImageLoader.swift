@@ -1,0 +1,139 @@
+import Archive
+import Foundation
+import Sys
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `docker save` archives and OCI image layouts (as a tar, or a directory)
+/// into the store; every digest is checked before anything is registered,
+/// and layers already present are not extracted again.
+public struct ImageLoader {
+    public let store: Store
+    public var progress: (String) -> Void = { _ in }
+
+    public init(store: Store) { self.store = store }
+
+    public struct Loaded: Sendable {
+        public var id: String
+        public var tags: [String]
+        public var newLayers: Int
+        public var layers: Int
+    }
+
+    /// A tar archive: unpacked aside (as hostile input, like a layer), then read.
+    public func load(archive: String) throws(StoreError) -> [Loaded] {
+        let tmp = "\(store.root)/tmp/load-\(UInt32.random(in: 0...UInt32.max))"
+        defer { _ = try? Spawn.run("/bin/rm", ["rm", "-rf", "--one-file-system", tmp]) }
+        var applier = LayerApplier()
+        applier.deviceWhiteouts = false
+        do { _ = try applier.apply(file: archive, to: tmp) } catch { throw StoreError("\(archive): \(error)") }
+        return try load(directory: tmp, source: archive)
+    }
+
+    public func load(directory dir: String, source: String? = nil) throws(StoreError) -> [Loaded] {
+        let label = source ?? dir
+        if FileManager.default.fileExists(atPath: "\(dir)/index.json") { return try loadOCI(dir, label) }
+        if FileManager.default.fileExists(atPath: "\(dir)/manifest.json") { return try loadDocker(dir, label) }
+        throw StoreError("\(label): neither an OCI image layout (index.json) nor a docker save archive (manifest.json)")
+    }
+
+    func json(_ path: String, _ label: String) throws(StoreError) -> Any {
+        guard let d = FileManager.default.contents(atPath: path) else { throw StoreError("\(label): missing \((path as NSString).lastPathComponent)") }
+        do { return try JSONSerialization.jsonObject(with: d) } catch { throw StoreError("\(label): \((path as NSString).lastPathComponent) is not valid JSON") }
+    }
+
+    /// A path named inside the archive, kept inside it.
+    func inside(_ dir: String, _ rel: String, _ label: String) throws(StoreError) -> String {
+        if rel.hasPrefix("/") || rel.split(separator: "/").contains("..") { throw StoreError("\(label): path '\(rel)' leaves the archive") }
+        return "\(dir)/\(rel)"
+    }
+
+    func loadDocker(_ dir: String, _ label: String) throws(StoreError) -> [Loaded] {
+        guard let entries = try json("\(dir)/manifest.json", label) as? [[String: Any]], !entries.isEmpty else {
+            throw StoreError("\(label): manifest.json lists no image")
+        }
+        var out: [Loaded] = []
+        for m in entries {
+            guard let cfgName = m["Config"] as? String, let layerNames = m["Layers"] as? [String] else {
+                throw StoreError("\(label): manifest.json entry without Config or Layers")
+            }
+            let cfgPath = try inside(dir, cfgName, label)
+            guard let config = FileManager.default.contents(atPath: cfgPath) else { throw StoreError("\(label): missing \(cfgName)") }
+            let id = Digest.of(config)
+            let named = (cfgName as NSString).lastPathComponent.replacingOccurrences(of: ".json", with: "")
+            if named.count == 64 && Digest.hex(id) != named {
+                throw StoreError("\(label): config \(cfgName) does not match its digest (got \(id))")
+            }
+            let paths = try layerNames.map { (n: String) throws(StoreError) -> String in try inside(dir, n, label) }
+            out.append(try register(config: config, id: id, layerFiles: paths, blobDigests: nil,
+                                    tags: (m["RepoTags"] as? [String]) ?? [], label: label))
+        }
+        return out
+    }
+
+    func loadOCI(_ dir: String, _ label: String) throws(StoreError) -> [Loaded] {
+        guard let index = try json("\(dir)/index.json", label) as? [String: Any],
+              let manifests = index["manifests"] as? [[String: Any]], !manifests.isEmpty else {
+            throw StoreError("\(label): index.json lists no manifest")
+        }
+        func blob(_ d: String) throws(StoreError) -> String {
+            guard Digest.isValid(d) else { throw StoreError("\(label): bad digest '\(d)'") }
+            return "\(dir)/blobs/sha256/\(Digest.hex(d))"
+        }
+        func verified(_ d: String) throws(StoreError) -> Data {
+            let p = try blob(d)
+            guard let data = FileManager.default.contents(atPath: p) else { throw StoreError("\(label): missing blob \(d)") }
+            if Digest.of(data) != d { throw StoreError("\(label): blob \(d) does not match its digest") }
+            return data
+        }
+        var out: [Loaded] = []
+        for desc in manifests {
+            guard let md = desc["digest"] as? String else { throw StoreError("\(label): manifest descriptor without a digest") }
+            let mdata = try verified(md)
+            guard let manifest = try? JSONSerialization.jsonObject(with: mdata) as? [String: Any],
+                  let cfg = (manifest["config"] as? [String: Any])?["digest"] as? String,
+                  let layers = manifest["layers"] as? [[String: Any]] else {
+                throw StoreError("\(label): manifest \(md) is not an image manifest")
+            }
+            let config = try verified(cfg)
+            let digests = layers.compactMap { $0["digest"] as? String }
+            var tags: [String] = []
+            if let ann = desc["annotations"] as? [String: String] {
+                if let name = ann["io.containerd.image.name"] { tags.append(name) }
+                else if let ref = ann["org.opencontainers.image.ref.name"] { tags.append(ref.contains(":") || ref.contains("/") ? ref : "localhost/image:\(ref)") }
+            }
+            let files = try digests.map { (d: String) throws(StoreError) -> String in try blob(d) }
+            out.append(try register(config: config, id: cfg, layerFiles: files, blobDigests: digests, tags: tags, label: label))
+        }
+        return out
+    }
+
+    /// Checks each layer against the config's diff IDs (and its blob digest
+    /// for OCI), then registers what is missing, bottom first.
+    func register(config: Data, id: String, layerFiles: [String], blobDigests: [String]?, tags: [String], label: String) throws(StoreError) -> Loaded {
+        guard let cfg = try? JSONSerialization.jsonObject(with: config) as? [String: Any],
+              let diffIDs = (cfg["rootfs"] as? [String: Any])?["diff_ids"] as? [String] else {
+            throw StoreError("\(label): image config has no rootfs.diff_ids")
+        }
+        if diffIDs.count != layerFiles.count {
+            throw StoreError("\(label): config lists \(diffIDs.count) layers, the manifest \(layerFiles.count)")
+        }
+        let chain = Digest.chainIDs(diffIDs)
+        var added = 0
+        for (i, file) in layerFiles.enumerated() {
+            if try store.layer(chain[i]) != nil { progress("layer \(Digest.hex(diffIDs[i]).prefix(12)): already present"); continue }
+            if let blobs = blobDigests, try Digest.ofFile(file) != blobs[i] {
+                throw StoreError("\(label): layer blob \(blobs[i]) does not match its digest")
+            }
+            let diff = try Digest.ofUncompressed(file)
+            if diff != diffIDs[i] { throw StoreError("\(label): layer \(i + 1) has diff ID \(diff), the config says \(diffIDs[i])") }
+            if try store.addLayer(archive: file, diffID: diffIDs[i], chainID: chain[i], parent: i > 0 ? chain[i - 1] : nil, progress: progress) {
+                added += 1
+            }
+        }
+        try store.addImage(id: id, config: config, chainIDs: chain, tags: tags)
+        progress("loaded image \(Digest.hex(id).prefix(12)) \(tags.joined(separator: " "))")
+        return Loaded(id: id, tags: tags, newLayers: added, layers: chain.count)
+    }
+}

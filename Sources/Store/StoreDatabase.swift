@@ -1,0 +1,40 @@
+import Foundation
+import GRDB
+
+/// Metadata in SQLite: every change is one transaction, so an interrupted
+/// command never leaves a layer half-registered.
+struct StoreDatabase {
+    let queue: DatabaseQueue
+
+    init(path: String) throws {
+        queue = try DatabaseQueue(path: path)
+        var m = DatabaseMigrator()
+        m.registerMigration("v1") { db in
+            try db.create(table: "layer") { t in
+                t.primaryKey("id", .text)                 // chain ID
+                t.column("diffID", .text).notNull()
+                t.column("parent", .text)
+                t.column("link", .text).notNull()         // short name under overlay/l
+                t.column("size", .integer).notNull()
+                t.column("created", .double).notNull()
+            }
+            try db.create(table: "image") { t in
+                t.primaryKey("id", .text)                 // config digest
+                t.column("config", .blob).notNull()
+                t.column("layers", .text).notNull()       // JSON array of chain IDs, bottom first
+                t.column("created", .double).notNull()
+            }
+            try db.create(table: "tag") { t in
+                t.primaryKey("name", .text)
+                t.column("image", .text).notNull().references("image", onDelete: .cascade)
+            }
+            try db.create(table: "container") { t in
+                t.primaryKey("id", .text)
+                t.column("name", .text).notNull().unique()
+                t.column("image", .text).notNull().references("image")
+                t.column("created", .double).notNull()
+            }
+        }
+        try m.migrate(queue)
+    }
+}

@@ -1,0 +1,140 @@
+import ArgumentParser
+import FUSE
+import Foundation
+import Store
+import Sys
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Where the store lives: --root, else STRATA_ROOT, else the default.
+struct StoreOptions: ParsableArguments {
+    @Option(help: "The store's root directory (default /var/lib/strata as root, $XDG_DATA_HOME/strata otherwise; STRATA_ROOT overrides).")
+    var root: String?
+
+    func open() throws -> Store {
+        do { return try Store(root: root ?? Store.defaultRoot) } catch { throw fail("\(error)") }
+    }
+}
+
+func storeCall<T>(_ body: () throws(StoreError) -> T) throws -> T {
+    do { return try body() } catch { throw fail("\(error)") }
+}
+
+struct ImageCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "image",
+        abstract: "Images: load and list them.",
+        subcommands: [ImageLoad.self, ImageList.self]
+    )
+}
+
+struct ImageLoad: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "load",
+        abstract: "Load a docker-save archive or an OCI image layout (tar or directory).",
+        discussion: "Every digest is checked; layers already in the store are not extracted again."
+    )
+    @OptionGroup var store: StoreOptions
+    @Option(name: .shortAndLong, help: "A docker save archive or an OCI archive (tar).") var input: String?
+    @Option(help: "An OCI image layout directory.") var oci: String?
+
+    func run() throws {
+        guard (input == nil) != (oci == nil) else { throw fail("give one of -i FILE or --oci DIR (see 'strata image load --help')") }
+        var loader = ImageLoader(store: try store.open())
+        loader.progress = { printError("strata: \($0)") }
+        let loaded = try storeCall { () throws(StoreError) in
+            if let input { return try loader.load(archive: input) }
+            return try loader.load(directory: oci ?? "")
+        }
+        for l in loaded { print("Loaded image \(l.tags.first ?? l.id) (\(l.newLayers) of \(l.layers) layers new)") }
+    }
+}
+
+struct ImageList: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "ls", abstract: "List images.")
+    @OptionGroup var store: StoreOptions
+
+    func run() throws {
+        let s = try store.open()
+        print("IMAGE ID       LAYERS  TAGS")
+        for (img, tags) in try storeCall({ () throws(StoreError) in try s.images() }) {
+            print("\(Digest.hex(img.id).prefix(12))   \(String(img.layerIDs.count).padding(toLength: 6, withPad: " ", startingAt: 0))  \(tags.joined(separator: ", "))")
+        }
+    }
+}
+
+struct CreateCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "create", abstract: "Create a container (a thin writable layer) from an image.")
+    @OptionGroup var store: StoreOptions
+    @Argument(help: "Image tag or ID.") var image: String
+    @Option(help: "Container name (default strata-<id>).") var name: String?
+
+    func run() throws {
+        let s = try store.open()
+        let c = try storeCall { () throws(StoreError) in try s.create(image: image, name: name) }
+        print(c.id)
+    }
+}
+
+struct ListCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "ls", abstract: "List containers.")
+    @OptionGroup var store: StoreOptions
+
+    func run() throws {
+        let s = try store.open()
+        print("CONTAINER ID   NAME                 IMAGE          MOUNTED")
+        for c in try storeCall({ () throws(StoreError) in try s.containers() }) {
+            let mounted = Mounter.isMountPointPath(s.mergedPath(c)) ? s.mergedPath(c) : "-"
+            print("\(c.id.prefix(12))   \(c.name.padding(toLength: 20, withPad: " ", startingAt: 0)) \(Digest.hex(c.image).prefix(12))   \(mounted)")
+        }
+    }
+}
+
+struct UmountCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "umount", abstract: "Unmount a container's root.")
+    @OptionGroup var store: StoreOptions
+    @Argument(help: "Container name or ID.") var container: String
+
+    func run() throws {
+        let s = try store.open()
+        try storeCall { () throws(StoreError) in
+            guard let c = try s.container(container) else { return }
+            try s.unmount(c)
+        }
+    }
+}
+
+struct RemoveCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "rm", abstract: "Remove a container (unmounting it first).")
+    @OptionGroup var store: StoreOptions
+    @Argument(help: "Container names or IDs.") var containers: [String]
+
+    func run() throws {
+        let s = try store.open()
+        for ref in containers {
+            try storeCall { () throws(StoreError) in
+                guard let c = try s.container(ref) else { return }
+                try s.remove(c)
+            }
+        }
+    }
+}
+
+/// `strata mount CONTAINER`: mounts a container's root and prints it.
+func mountContainer(_ ref: String, driver: String?, root: String?) throws {
+    let s = try StoreOptions.parse(root.map { ["--root", $0] } ?? []).open()
+    let d: Store.Driver
+    switch driver {
+    case nil: d = geteuid() == 0 ? .overlay : .fuse
+    case let v?:
+        guard let x = Store.Driver(rawValue: v) else { throw fail("--driver takes overlay or fuse, got '\(v)'") }
+        d = x
+    }
+    let path = try storeCall { () throws(StoreError) -> String in
+        guard let c = try s.container(ref) else { throw StoreError("no container '\(ref)'") }
+        let bin = (try? Sys.realPath("/proc/self/exe")) ?? "strata"
+        return try s.mount(c, driver: d, strataBinary: bin)
+    }
+    print(path)
+}

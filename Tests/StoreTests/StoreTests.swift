@@ -1,0 +1,98 @@
+import Foundation
+import Store
+import Sys
+import Testing
+import TestSupport
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The layer store on the shared fixtures: loading both formats, layers
+/// shared between images, containers on both drivers, and refusing bad input.
+@Suite(.enabled(if: MountEnvironment.available), .serialized)
+struct StoreTests {
+    static var fixtures: String { "\(MountEnvironment.packageRoot)/../shared/fixtures" }
+
+    func strata(_ args: [String]) -> (status: Int32, stdout: String, stderr: String) {
+        runProgram(MountEnvironment.binary, args)
+    }
+
+    @Test func loadBothFormatsSharesLayersAndLaysOutLikeOverlay2() throws {
+        let t = TempDir()
+        let store = try Store(root: t.path)
+        let a = try ImageLoader(store: store).load(archive: "\(Self.fixtures)/busybox-l3.docker.tar")
+        let b = try ImageLoader(store: store).load(archive: "\(Self.fixtures)/busybox-l3.oci.tar")
+        #expect(a.first?.newLayers == 3 && b.first?.newLayers == 0)      // content addressed
+        #expect(a.first?.id == b.first?.id)                              // the same config
+        let img = try store.image("localhost/eco/busybox:l3")
+        #expect(img.layerIDs.count == 3)
+        for (i, l) in img.layerIDs.enumerated() {
+            let dir = "\(t.path)/overlay/\(Digest.hex(l))"
+            let link = try String(contentsOfFile: "\(dir)/link", encoding: .utf8)
+            #expect(link.count == 26)
+            #expect(try Sys.realPath("\(t.path)/overlay/l/\(link)") == "\(dir)/diff")
+            let lower = (try? String(contentsOfFile: "\(dir)/lower", encoding: .utf8)) ?? ""
+            #expect(lower.split(separator: ":").count == i, "layer \(i) lists the layers below it")
+        }
+    }
+
+    @Test(arguments: ["overlay", "fuse"])
+    func containersMountWithEitherDriver(_ driver: String) throws {
+        let t = TempDir()
+        #expect(strata(["image", "load", "--root", t.path, "-i", "\(Self.fixtures)/busybox-l3.docker.tar"]).status == 0)
+        let c = strata(["create", "--root", t.path, "localhost/eco/busybox:l3", "--name", "c1"])
+        #expect(c.status == 0, "\(c.stderr)")
+        let m = strata(["mount", "--root", t.path, "c1", "--driver", driver])
+        #expect(m.status == 0, "\(m.stderr)")
+        let merged = m.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        defer { umount2(merged, Int32(MNT_DETACH)) }
+        let o = FileOps(merged)
+        #expect(o.ls("opt/app/conf") == "only.conf")
+        #expect(o.ls("opt/app/l2") == "a,rel-link")
+        #expect(o.read("opt/app/delete-me.txt") == "ENOENT")
+        #expect(o.stat("etc/hostname")?.st_size == 0)                  // the init layer
+        #expect(o.write("etc/motd", "container's own") == "ok")
+        let id = c.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(FileOps("\(t.path)/overlay/\(id)/diff").read("etc/motd") == "container's own")
+        #expect(strata(["umount", "--root", t.path, "c1"]).status == 0)
+        #expect(!isMountPoint(merged))
+        #expect(strata(["rm", "--root", t.path, "c1"]).status == 0)
+        var st = stat()
+        #expect(lstat("\(t.path)/overlay/\(id)", &st) != 0 && lstat("\(t.path)/overlay/\(id)-init", &st) != 0)
+        #expect(strata(["ls", "--root", t.path]).stdout.split(separator: "\n").count == 1)
+    }
+
+    @Test func corruptedBlobIsRefusedAndNothingIsRegistered() throws {
+        let t = TempDir()
+        let layout = t.sub("layout")
+        #expect(runProgram("/bin/tar", ["xf", "\(Self.fixtures)/busybox-l3.oci.tar", "-C", layout]).status == 0)
+        // Flip a byte of the largest blob (the first layer).
+        let blobs = try FileManager.default.contentsOfDirectory(atPath: "\(layout)/blobs/sha256")
+        let biggest = try #require(blobs.max { (FileOps(layout).stat("blobs/sha256/\($0)")?.st_size ?? 0) < (FileOps(layout).stat("blobs/sha256/\($1)")?.st_size ?? 0) })
+        let p = "\(layout)/blobs/sha256/\(biggest)"
+        var data = try Data(contentsOf: URL(fileURLWithPath: p))
+        data[data.count / 2] ^= 0xff
+        try data.write(to: URL(fileURLWithPath: p))
+        let r = strata(["image", "load", "--root", "\(t.path)/store", "--oci", layout])
+        #expect(r.status != 0)
+        #expect(r.stderr.contains("does not match its digest"), "\(r.stderr)")
+        #expect(strata(["image", "ls", "--root", "\(t.path)/store"]).stdout.split(separator: "\n").count == 1)
+        #expect((try? FileManager.default.contentsOfDirectory(atPath: "\(t.path)/store/overlay"))?.filter { $0 != "l" } == [])
+    }
+
+    @Test func badInputIsOneLine() throws {
+        let t = TempDir()
+        let cases: [([String], String)] = [
+            (["create", "--root", t.path, "no/such:image"], "no image"),
+            (["mount", "--root", t.path, "nothing"], "no container"),
+            (["image", "load", "--root", t.path], "-i"),
+            (["image", "load", "--root", t.path, "-i", "/etc/hostname"], "hostname"),
+            (["mount", "--root", t.path, "x", "--driver", "zfs"], "driver"),
+        ]
+        for (args, word) in cases {
+            let r = strata(args)
+            #expect(r.status != 0, "\(args)")
+            #expect(r.stderr.split(separator: "\n").first.map { $0.contains(word) } == true, "\(args): \(r.stderr)")
+        }
+    }
+}
