@@ -120,25 +120,8 @@ extension Overlay {
 
     /// The name hashes of a layer directory, from one pass of getdents.
     func namesIn(_ dfd: Int32) throws(Errno) -> Set<UInt64> {
-        let fd = openat(dfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if fd < 0 { throw currentErrno() }
-        defer { close(fd) }
         var set = Set<UInt64>()
-        let size = 64 * 1024
-        let buf = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 8)
-        defer { buf.deallocate() }
-        while true {
-            let n = strata_getdents64(fd, buf, size)
-            if n < 0 { throw currentErrno() }
-            if n == 0 { break }
-            var off = 0
-            while off < n {
-                let rec = buf + off
-                off += Int(rec.load(fromByteOffset: 16, as: UInt16.self))
-                let c = (rec + 19).assumingMemoryBound(to: CChar.self)
-                set.insert(Self.nameHash(FileName(pointer: c, count: strlen(c))))
-            }
-        }
+        try forEachDirent(dfd) { _, _, _, name in set.insert(Self.nameHash(name)) }
         return set
     }
 
