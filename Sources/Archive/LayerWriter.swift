@@ -17,7 +17,8 @@ public struct LayerWriter: Sendable {
     public func write(directory: String, to fd: Int32) throws(ArchiveError) {
         guard let a = archive_write_new() else { throw ArchiveError(directory, "libarchive: out of memory") }
         defer { archive_write_free(a) }
-        archive_write_set_format_pax_restricted(a)
+        // Full PAX: nanosecond mtimes and xattrs survive (no atime or ctime is set).
+        archive_write_set_format_pax(a)
         archive_write_set_bytes_in_last_block(a, 1)
         if archive_write_open_fd(a, fd) != ARCHIVE_OK { throw ArchiveError(directory, errorString(a)) }
         let root = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)

@@ -138,3 +138,50 @@ func mountContainer(_ ref: String, driver: String?, root: String?) throws {
     }
     print(path)
 }
+
+struct DiffCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "diff", abstract: "List what a container changed (A added, C changed, D deleted), like docker diff.")
+    @OptionGroup var store: StoreOptions
+    @Argument(help: "Container name or ID.") var container: String
+
+    func run() throws {
+        let s = try store.open()
+        let changes = try storeCall { () throws(StoreError) -> [Store.Change] in
+            guard let c = try s.container(container) else { return [] }
+            return try s.diff(c)
+        }
+        for ch in changes { print(ch.line) }
+    }
+}
+
+struct CommitCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "commit", abstract: "Save a container's changes as a new image (its upper layer becomes an OCI layer).")
+    @OptionGroup var store: StoreOptions
+    @Argument(help: "Container name or ID.") var container: String
+    @Argument(help: "The new image's NAME[:TAG].") var tag: String
+
+    func run() throws {
+        let s = try store.open()
+        let id = try storeCall { () throws(StoreError) -> String in
+            guard let c = try s.container(container) else { return "" }
+            return try s.commit(c, tag: tag, progress: { printError("strata: \($0)") })
+        }
+        print(id)
+    }
+}
+
+struct InspectCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "inspect", abstract: "Show a container or image as JSON, with GraphDriver data as docker inspect prints it.")
+    @OptionGroup var store: StoreOptions
+    @Argument(help: "Container or image name or ID.") var ref: String
+
+    func run() throws {
+        let s = try store.open()
+        let obj = try storeCall { () throws(StoreError) -> [String: Any] in
+            if let c = try s.container(ref, required: false) { return try s.inspect(container: c) }
+            return try s.inspect(image: try s.image(ref))
+        }
+        let data = try JSONSerialization.data(withJSONObject: [obj], options: [.prettyPrinted, .sortedKeys])
+        print(String(decoding: data, as: UTF8.self))
+    }
+}

@@ -96,3 +96,49 @@ struct StoreTests {
         }
     }
 }
+
+@Suite(.enabled(if: MountEnvironment.available), .serialized)
+struct ContainerChangeTests {
+    func strata(_ args: [String]) -> (status: Int32, stdout: String, stderr: String) {
+        runProgram(MountEnvironment.binary, args)
+    }
+
+    @Test func diffCommitAndInspect() throws {
+        let t = TempDir()
+        let root = t.path
+        #expect(strata(["image", "load", "--root", root, "-i", "\(StoreTests.fixtures)/busybox-l3.docker.tar"]).status == 0)
+        #expect(strata(["create", "--root", root, "localhost/eco/busybox:l3", "--name", "c1"]).status == 0)
+        let merged = strata(["mount", "--root", root, "c1"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        defer { umount2(merged, Int32(MNT_DETACH)) }
+        let o = FileOps(merged)
+        #expect(o.write("new.txt", "added") == "ok")
+        #expect(o.write("etc/motd", "changed") == "ok")
+        #expect(o.unlink("opt/app/keep.txt") == "ok")
+        #expect(runProgram("/bin/rm", ["-rf", "\(merged)/opt/app/l2"]).status == 0)
+        #expect(o.mkdir("opt/app/l2") == "ok" && o.write("opt/app/l2/fresh", "f") == "ok")
+        let before = TreeSnapshot.take(merged)
+
+        let d = strata(["diff", "--root", root, "c1"]).stdout.split(separator: "\n").map(String.init)
+        for line in ["A /new.txt", "C /etc", "C /etc/motd", "D /opt/app/keep.txt", "C /opt/app/l2", "A /opt/app/l2/fresh"] {
+            #expect(d.contains(line), "diff lacks '\(line)': \(d)")
+        }
+
+        let commit = strata(["commit", "--root", root, "c1", "localhost/test:committed"])
+        #expect(commit.status == 0, "\(commit.stderr)")
+        #expect(strata(["create", "--root", root, "localhost/test:committed", "--name", "c2"]).status == 0)
+        let m2 = strata(["mount", "--root", root, "c2", "--driver", "fuse"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        defer { umount2(m2, Int32(MNT_DETACH)) }
+        // Each container has its own init-layer placeholders; all else must match.
+        let initFiles: Set<String> = ["etc/hostname", "etc/hosts", "etc/resolv.conf"]
+        #expect(TreeSnapshot.diff(before, TreeSnapshot.take(m2), labels: ("container", "committed image"))
+            .filter { !initFiles.contains(String($0.prefix { $0 != ":" })) } == [])
+
+        let inspect = strata(["inspect", "--root", root, "c1"])
+        let json = try JSONSerialization.jsonObject(with: Data(inspect.stdout.utf8)) as? [[String: Any]]
+        let data = (json?.first?["GraphDriver"] as? [String: Any])?["Data"] as? [String: String]
+        #expect(data?["MergedDir"] == merged)
+        #expect(data?["LowerDir"]?.split(separator: ":").count == 4)      // init + 3 image layers
+        let img = try JSONSerialization.jsonObject(with: Data(strata(["inspect", "--root", root, "localhost/test:committed"]).stdout.utf8)) as? [[String: Any]]
+        #expect(((img?.first?["RootFS"] as? [String: Any])?["Layers"] as? [String])?.count == 4)
+    }
+}

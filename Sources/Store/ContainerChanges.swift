@@ -1,0 +1,98 @@
+import Archive
+import Foundation
+import GRDB
+import Sys
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What a container changed, read from its upper layer alone (never by
+/// comparing whole trees), and turned into images and archives.
+extension Store {
+    public enum Change: Sendable, Equatable {
+        case added(String), changed(String), deleted(String)
+        /// The line `docker diff` prints.
+        public var line: String {
+            switch self {
+            case .added(let p): return "A \(p)"
+            case .changed(let p): return "C \(p)"
+            case .deleted(let p): return "D \(p)"
+            }
+        }
+    }
+
+    func lowerDirs(_ c: ContainerRecord) throws(StoreError) -> [String] {
+        guard let lower = try? String(contentsOfFile: "\(overlayDir)/\(c.id)/lower", encoding: .utf8) else {
+            throw StoreError("container \(c.name): missing lower file")
+        }
+        return lower.split(separator: ":").map { "\(overlayDir)/\($0)" }
+    }
+
+    /// A/C/D lines like `docker diff`: whiteouts are deletions, names that
+    /// exist in a lower layer are changes, the rest additions.
+    public func diff(_ c: ContainerRecord) throws(StoreError) -> [Change] {
+        let upper = "\(overlayDir)/\(c.id)/diff"
+        let lowers = try lowerDirs(c)
+        var out: [Change] = []
+        func existsBelow(_ rel: String) -> Bool {
+            var st = stat()
+            return lowers.contains { lstat("\($0)/\(rel)", &st) == 0 }
+        }
+        func walk(_ rel: String) {
+            let dir = rel.isEmpty ? upper : "\(upper)/\(rel)"
+            guard let names = try? FileManager.default.contentsOfDirectory(atPath: dir) else { return }
+            for name in names.sorted() {
+                let r = rel.isEmpty ? name : "\(rel)/\(name)"
+                var st = stat()
+                guard lstat("\(upper)/\(r)", &st) == 0 else { continue }
+                let isDir = st.st_mode & Linux.S_IFMT == Linux.S_IFDIR
+                if st.st_mode & Linux.S_IFMT == Linux.S_IFCHR && st.st_rdev == 0 {
+                    out.append(.deleted("/" + r))
+                } else if name.hasPrefix(".wh.") {
+                    if name != ".wh..wh..opq" { out.append(.deleted("/" + (rel.isEmpty ? "" : rel + "/") + String(name.dropFirst(4)))) }
+                } else {
+                    out.append(existsBelow(r) ? .changed("/" + r) : .added("/" + r))
+                }
+                if isDir { walk(r) }
+            }
+        }
+        walk("")
+        return out
+    }
+
+    /// The container's upper layer as a new layer on top of its image, and a
+    /// new image with that layer added to the config's diff IDs and history.
+    public func commit(_ c: ContainerRecord, tag: String, progress: (String) -> Void = { _ in }) throws(StoreError) -> String {
+        let img = try image(Digest.hex(c.image))
+        let tar = "\(root)/tmp/commit-\(c.id).tar"
+        defer { unlink(tar) }
+        let fd = open(tar, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        if fd < 0 { throw StoreError("\(tar): \(currentErrno())") }
+        do { try LayerWriter().write(directory: "\(overlayDir)/\(c.id)/diff", to: fd) } catch {
+            close(fd)
+            throw StoreError("commit \(c.name): \(error)")
+        }
+        close(fd)
+        let diffID = try Digest.ofFile(tar)
+        guard var cfg = try? JSONSerialization.jsonObject(with: img.config) as? [String: Any],
+              var rootfs = cfg["rootfs"] as? [String: Any], var ids = rootfs["diff_ids"] as? [String] else {
+            throw StoreError("image \(img.id): config without rootfs.diff_ids")
+        }
+        ids.append(diffID)
+        rootfs["diff_ids"] = ids
+        cfg["rootfs"] = rootfs
+        let now = ISO8601DateFormatter().string(from: Date())
+        cfg["created"] = now
+        var history = (cfg["history"] as? [[String: Any]]) ?? []
+        history.append(["created": now, "created_by": "strata commit \(c.name)"])
+        cfg["history"] = history
+        guard let config = try? JSONSerialization.data(withJSONObject: cfg, options: [.sortedKeys]) else {
+            throw StoreError("cannot encode the new image config")
+        }
+        let chain = Digest.chainIDs(ids)
+        try addLayer(archive: tar, diffID: diffID, chainID: chain[chain.count - 1], parent: chain.count > 1 ? chain[chain.count - 2] : nil, progress: progress)
+        let id = Digest.of(config)
+        try addImage(id: id, config: config, chainIDs: chain, tags: [tag.contains(":") ? tag : tag + ":latest"])
+        return id
+    }
+}

@@ -1,0 +1,47 @@
+import Foundation
+import Sys
+
+/// `inspect` output shaped like docker's, GraphDriver included, so that
+/// tools reading `.GraphDriver.Data.MergedDir` find what they expect.
+extension Store {
+    func graphDriver(layerDirs: [String], upper: String?) -> [String: Any] {
+        var data: [String: String] = [:]
+        if let upper {
+            data["UpperDir"] = "\(upper)/diff"
+            data["WorkDir"] = "\(upper)/work"
+            data["MergedDir"] = "\(upper)/merged"
+            data["LowerDir"] = layerDirs.joined(separator: ":")
+        } else if let top = layerDirs.first {
+            data["UpperDir"] = top
+            if layerDirs.count > 1 { data["LowerDir"] = layerDirs.dropFirst().joined(separator: ":") }
+        }
+        return ["Name": "overlay2", "Data": data]
+    }
+
+    public func inspect(image img: ImageRecord) throws(StoreError) -> [String: Any] {
+        let cfg = (try? JSONSerialization.jsonObject(with: img.config) as? [String: Any]) ?? [:]
+        let dirs = img.layerIDs.reversed().map { "\(overlayDir)/\(Digest.hex($0))/diff" }
+        let tags = (try images()).first { $0.0.id == img.id }?.1 ?? []
+        return [
+            "Id": img.id,
+            "RepoTags": tags,
+            "Config": cfg["config"] ?? [:],
+            "Architecture": cfg["architecture"] ?? "",
+            "Os": cfg["os"] ?? "",
+            "Created": cfg["created"] ?? "",
+            "RootFS": ["Type": "layers", "Layers": (cfg["rootfs"] as? [String: Any])?["diff_ids"] ?? []],
+            "GraphDriver": graphDriver(layerDirs: dirs, upper: nil),
+        ]
+    }
+
+    public func inspect(container c: ContainerRecord) throws(StoreError) -> [String: Any] {
+        let lowers = try lowerDirs(c).map { (try? Sys.realPath($0)) ?? $0 }
+        return [
+            "Id": c.id,
+            "Name": c.name,
+            "Image": c.image,
+            "Created": ISO8601DateFormatter().string(from: Date(timeIntervalSince1970: c.created)),
+            "GraphDriver": graphDriver(layerDirs: lowers, upper: "\(overlayDir)/\(c.id)"),
+        ]
+    }
+}
