@@ -90,7 +90,8 @@ extension Store {
             throw StoreError("cannot encode the new image config")
         }
         let chain = Digest.chainIDs(ids)
-        try addLayer(archive: tar, diffID: diffID, chainID: chain[chain.count - 1], parent: chain.count > 1 ? chain[chain.count - 2] : nil, progress: progress)
+        try addLayer(archive: tar, diffID: diffID, chainID: chain[chain.count - 1], parent: chain.count > 1 ? chain[chain.count - 2] : nil,
+                     keepArchive: true, progress: progress)
         let id = Digest.of(config)
         try addImage(id: id, config: config, chainIDs: chain, tags: [tag.contains(":") ? tag : tag + ":latest"])
         return id

@@ -34,7 +34,15 @@ public enum Digest {
 
     /// The digest of a file after decompression (gzip, zstd, ...): a
     /// layer's diff ID is taken over the uncompressed tar.
-    public static func ofUncompressed(_ path: String) throws(StoreError) -> String {
+    /// `copy`, when given, receives the uncompressed bytes (the layer tar as
+    /// its diff ID names it, kept for `image save`).
+    public static func ofUncompressed(_ path: String, copy: String? = nil) throws(StoreError) -> String {
+        var out: Int32 = -1
+        if let copy {
+            out = open(copy, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+            if out < 0 { throw StoreError("\(copy): \(currentErrno())") }
+        }
+        defer { if out >= 0 { close(out) } }
         guard let a = archive_read_new() else { throw StoreError("libarchive: out of memory") }
         defer { archive_read_free(a) }
         archive_read_support_filter_all(a)
@@ -53,6 +61,11 @@ public enum Digest {
             if n < 0 { throw StoreError("\(path): corrupt compressed data: \(archive_error_string(a).map { String(cString: $0) } ?? "")") }
             if n == 0 { break }
             h.update(bufferPointer: UnsafeRawBufferPointer(start: buf, count: n))
+            if out >= 0 {
+                do { try Sys.writeAll(out, UnsafeRawBufferPointer(start: buf, count: n), path: copy ?? "") } catch {
+                    throw StoreError("\(error)")
+                }
+            }
         }
         return "sha256:" + h.finalize().map { String(format: "%02x", $0) }.joined()
     }

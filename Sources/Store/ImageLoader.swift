@@ -126,9 +126,12 @@ public struct ImageLoader {
             if let blobs = blobDigests, try Digest.ofFile(file) != blobs[i] {
                 throw StoreError("\(label): layer blob \(blobs[i]) does not match its digest")
             }
-            let diff = try Digest.ofUncompressed(file)
+            let plain = "\(store.root)/tmp/layer-\(UInt32.random(in: 0...UInt32.max)).tar"
+            defer { unlink(plain) }
+            let diff = try Digest.ofUncompressed(file, copy: plain)
             if diff != diffIDs[i] { throw StoreError("\(label): layer \(i + 1) has diff ID \(diff), the config says \(diffIDs[i])") }
-            if try store.addLayer(archive: file, diffID: diffIDs[i], chainID: chain[i], parent: i > 0 ? chain[i - 1] : nil, progress: progress) {
+            if try store.addLayer(archive: plain, diffID: diffIDs[i], chainID: chain[i], parent: i > 0 ? chain[i - 1] : nil,
+                                  keepArchive: true, progress: progress) {
                 added += 1
             }
         }

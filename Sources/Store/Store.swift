@@ -52,7 +52,10 @@ public final class Store: @unchecked Sendable {
     /// `overlay/<chain id>/diff` (built aside and renamed into place), then
     /// recorded in one transaction.
     @discardableResult
-    public func addLayer(archive: String, diffID: String, chainID: String, parent: String?,
+    /// With `keepArchive` the (uncompressed) archive is moved into the layer
+    /// as `layer.tar`, so that `image save` gives back the exact bytes its
+    /// diff ID names.
+    public func addLayer(archive: String, diffID: String, chainID: String, parent: String?, keepArchive: Bool = false,
                          progress: (String) -> Void = { _ in }) throws(StoreError) -> Bool {
         if try layer(chainID) != nil { return false }
         let d = dir(chainID)
@@ -63,6 +66,9 @@ public final class Store: @unchecked Sendable {
         do { stats = try LayerApplier().apply(file: archive, to: "\(d)/diff") } catch {
             _ = try? Spawn.run("/bin/rm", ["rm", "-rf", "--one-file-system", d])
             throw StoreError("layer \(diffID): \(error)")
+        }
+        if keepArchive && rename(archive, "\(d)/layer.tar") != 0 {
+            throw StoreError("keeping layer \(diffID): \(currentErrno())")
         }
         let link = Self.shortLink()
         symlink("../\(Digest.hex(chainID))/diff", "\(overlayDir)/l/\(link)")

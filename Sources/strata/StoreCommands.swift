@@ -24,8 +24,8 @@ func storeCall<T>(_ body: () throws(StoreError) -> T) throws -> T {
 struct ImageCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "image",
-        abstract: "Images: load and list them.",
-        subcommands: [ImageLoad.self, ImageList.self]
+        abstract: "Images: load, list and save them.",
+        subcommands: [ImageLoad.self, ImageList.self, ImageSave.self]
     )
 }
 
@@ -183,5 +183,19 @@ struct InspectCommand: ParsableCommand {
         }
         let data = try JSONSerialization.data(withJSONObject: [obj], options: [.prettyPrinted, .sortedKeys])
         print(String(decoding: data, as: UTF8.self))
+    }
+}
+
+struct ImageSave: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "save", abstract: "Write an image as a docker save archive or an OCI archive (podman load, skopeo and docker load read both).")
+    @OptionGroup var store: StoreOptions
+    @Option(name: .shortAndLong, help: "The archive to write.") var output: String
+    @Option(help: "docker-archive (default) or oci-archive.") var format: String = "docker-archive"
+    @Argument(help: "Image tag or ID.") var image: String
+
+    func run() throws {
+        guard let f = Store.ArchiveFormat(rawValue: format) else { throw fail("--format takes docker-archive or oci-archive, got '\(format)'") }
+        let s = try store.open()
+        try storeCall { () throws(StoreError) in try s.save(image, to: output, format: f) }
     }
 }

@@ -142,3 +142,91 @@ struct ContainerChangeTests {
         #expect(((img?.first?["RootFS"] as? [String: Any])?["Layers"] as? [String])?.count == 4)
     }
 }
+
+/// Images move between Strata, podman and skopeo without changing a digest.
+@Suite(.enabled(if: MountEnvironment.available), .serialized)
+struct ImageInteropTests {
+    func run(_ args: [String]) -> (status: Int32, stdout: String, stderr: String) {
+        runProgram(MountEnvironment.binary, args)
+    }
+
+    func imageID(_ root: String, _ ref: String) -> String? {
+        let r = run(["inspect", "--root", root, ref])
+        return (try? JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [[String: Any]])?.first?["Id"] as? String
+    }
+
+    @Test(arguments: ["docker-archive", "oci-archive"])
+    func saveThenLoadKeepsEveryDigest(_ format: String) throws {
+        let t = TempDir()
+        let a = "\(t.path)/a", b = "\(t.path)/b", out = "\(t.path)/saved.tar"
+        #expect(run(["image", "load", "--root", a, "-i", "\(StoreTests.fixtures)/busybox-l3.oci.tar"]).status == 0)
+        let s = run(["image", "save", "--root", a, "--format", format, "-o", out, "localhost/image:busybox-l3"])
+        #expect(s.status == 0, "\(s.stderr)")
+        let l = run(["image", "load", "--root", b, "-i", out])
+        #expect(l.status == 0, "\(l.stderr)")
+        let id = imageID(a, "localhost/image:busybox-l3")
+        #expect(id != nil && id == imageID(b, Digest.hex(id ?? "")))
+        let again = "\(t.path)/again.tar"
+        #expect(run(["image", "save", "--root", a, "--format", format, "-o", again, "localhost/image:busybox-l3"]).status == 0)
+        #expect(runProgram("/usr/bin/cmp", [out, again]).status == 0, "save is not reproducible")
+    }
+
+    @Test func podmanAndSkopeoReadWhatStrataWritesAndTheOtherWayRound() throws {
+        guard let podman = Spawn.which("podman"), let skopeo = Spawn.which("skopeo") else {
+            Issue.record("podman and skopeo are needed (apt-get install podman skopeo)")
+            return
+        }
+        let t = TempDir()
+        let store = "\(t.path)/store"
+        let pm = ["--root", "\(t.path)/podman", "--runroot", "\(t.path)/podman-run", "--storage-driver", "vfs"]
+        #expect(run(["image", "load", "--root", store, "-i", "\(StoreTests.fixtures)/busybox-l3.docker.tar"]).status == 0)
+        let saved = "\(t.path)/strata-saved.tar"
+        #expect(run(["image", "save", "--root", store, "-o", saved, "localhost/eco/busybox:l3"]).status == 0)
+        // podman load of Strata's archive; its tree is the image's.
+        let pl = runProgram(podman, pm + ["load", "-i", saved])
+        #expect(pl.status == 0, "podman load: \(pl.stderr)")
+        let pmount = runProgram(podman, pm + ["image", "mount", "localhost/eco/busybox:l3"])
+        #expect(pmount.status == 0, "podman image mount: \(pmount.stderr)")
+        let podmanTree = pmount.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        defer { _ = runProgram(podman, pm + ["image", "unmount", "--all"]) }
+        #expect(run(["create", "--root", store, "localhost/eco/busybox:l3", "--name", "c"]).status == 0)
+        let merged = run(["mount", "--root", store, "c"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        defer { umount2(merged, Int32(MNT_DETACH)) }
+        // The container's init placeholders aside, and link counts: a union
+        // reports a lower inode's count (a merged directory 1; opt/app/l2/a
+        // keeps the 2 of its layer though layer 3 removed the other name),
+        // podman's vfs driver a flattened copy's.
+        let initFiles: Set<String> = ["etc/hostname", "etc/hosts", "etc/resolv.conf"]
+        func normalized(_ tree: [String: EntryState]) -> [String: EntryState] {
+            var out: [String: EntryState] = [:]
+            for (k, var v) in tree where !initFiles.contains(k) {
+                v.nlink = 0
+                out[k] = v
+            }
+            return out
+        }
+        #expect(TreeSnapshot.diff(normalized(TreeSnapshot.take(podmanTree, times: false)),
+                                  normalized(TreeSnapshot.take(merged, times: false)), labels: ("podman", "strata")) == [])
+        // podman save and skopeo copy, loaded by Strata: the same image ID.
+        let fromPodman = "\(t.path)/podman-saved.tar"
+        #expect(runProgram(podman, pm + ["save", "--format", "docker-archive", "-o", fromPodman, "localhost/eco/busybox:l3"]).status == 0)
+        let ociDir = "\(t.path)/skopeo-oci"
+        let sk = runProgram(skopeo, ["copy", "docker-archive:\(saved)", "oci:\(ociDir):l3"])
+        #expect(sk.status == 0, "skopeo: \(sk.stderr)")
+        func diffIDs(_ root: String, _ ref: String) -> [String] {
+            let r = run(["inspect", "--root", root, ref])
+            let o = (try? JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [[String: Any]])?.first
+            return ((o?["RootFS"] as? [String: Any])?["Layers"] as? [String]) ?? []
+        }
+        let original = diffIDs(store, "localhost/eco/busybox:l3")
+        #expect(original.count == 3)
+        // skopeo rewrites the config for OCI (a new image ID); the layers,
+        // named by their diff IDs, are the same bytes.
+        for (i, (args, ref)) in [(["-i", fromPodman], "localhost/eco/busybox:l3"), (["--oci", ociDir], "localhost/image:l3")].enumerated() {
+            let root = "\(t.path)/s\(i)"
+            let r = run(["image", "load", "--root", root] + args)
+            #expect(r.status == 0, "\(args): \(r.stderr)")
+            #expect(diffIDs(root, ref) == original, "\(args)")
+        }
+    }
+}

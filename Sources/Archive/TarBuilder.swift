@@ -1,0 +1,70 @@
+import CArchive
+import CStrata
+import Foundation
+import Sys
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A plain tar of named files and byte strings, for image archives
+/// (`docker save`, OCI archives): fixed modes, owners and times, so the same
+/// image always gives the same archive.
+public final class TarBuilder {
+    private let a: OpaquePointer
+    private let fd: Int32
+    private let path: String
+
+    public init(path: String) throws(ArchiveError) {
+        self.path = path
+        fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        if fd < 0 { throw ArchiveError(path, "create: \(currentErrno())") }
+        guard let w = archive_write_new() else { close(fd); throw ArchiveError(path, "libarchive: out of memory") }
+        a = w
+        archive_write_set_format_pax_restricted(a)
+        if archive_write_open_fd(a, fd) != ARCHIVE_OK { throw ArchiveError(path, errorString(a)) }
+    }
+
+    deinit {
+        archive_write_free(a)
+        close(fd)
+    }
+
+    private func header(_ name: String, size: Int64) throws(ArchiveError) {
+        guard let e = archive_entry_new() else { throw ArchiveError(name, "libarchive: out of memory") }
+        defer { archive_entry_free(e) }
+        archive_entry_set_pathname(e, name)
+        archive_entry_set_filetype(e, Linux.S_IFREG)
+        archive_entry_set_perm(e, 0o444)
+        archive_entry_set_size(e, la_int64_t(size))
+        archive_entry_set_mtime(e, 0, 0)
+        if archive_write_header(a, e) < ARCHIVE_WARN { throw ArchiveError(name, errorString(a)) }
+    }
+
+    public func add(_ name: String, data: Data) throws(ArchiveError) {
+        try header(name, size: Int64(data.count))
+        let r = data.withUnsafeBytes { archive_write_data(a, $0.baseAddress, $0.count) }
+        if r < 0 { throw ArchiveError(name, errorString(a)) }
+    }
+
+    public func add(_ name: String, file: String) throws(ArchiveError) {
+        let src = open(file, O_RDONLY | O_CLOEXEC)
+        if src < 0 { throw ArchiveError(file, "open: \(currentErrno())") }
+        defer { close(src) }
+        var st = stat()
+        fstat(src, &st)
+        try header(name, size: Int64(st.st_size))
+        let size = 1 << 20
+        let buf = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 4096)
+        defer { buf.deallocate() }
+        while true {
+            let n = read(src, buf, size)
+            if n < 0 { throw ArchiveError(file, "read: \(currentErrno())") }
+            if n == 0 { break }
+            if archive_write_data(a, buf, n) < 0 { throw ArchiveError(name, errorString(a)) }
+        }
+    }
+
+    public func finish() throws(ArchiveError) {
+        if archive_write_close(a) != ARCHIVE_OK { throw ArchiveError(path, errorString(a)) }
+    }
+}
