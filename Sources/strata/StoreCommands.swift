@@ -24,8 +24,8 @@ func storeCall<T>(_ body: () throws(StoreError) -> T) throws -> T {
 struct ImageCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "image",
-        abstract: "Images: load, list and save them.",
-        subcommands: [ImageLoad.self, ImageList.self, ImageSave.self]
+        abstract: "Images: load, list, save, tag, remove, history.",
+        subcommands: [ImageLoad.self, ImageList.self, ImageSave.self, ImageTag.self, ImageRemove.self, ImageHistory.self]
     )
 }
 
@@ -197,5 +197,70 @@ struct ImageSave: ParsableCommand {
         guard let f = Store.ArchiveFormat(rawValue: format) else { throw fail("--format takes docker-archive or oci-archive, got '\(format)'") }
         let s = try store.open()
         try storeCall { () throws(StoreError) in try s.save(image, to: output, format: f) }
+    }
+}
+
+struct ImageTag: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "tag", abstract: "Give an image another NAME[:TAG].")
+    @OptionGroup var store: StoreOptions
+    @Argument(help: "Image tag or ID.") var image: String
+    @Argument(help: "New NAME[:TAG].") var name: String
+    func run() throws {
+        let s = try store.open()
+        try storeCall { () throws(StoreError) in try s.tag(image, as: name) }
+    }
+}
+
+struct ImageRemove: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "rm", abstract: "Remove an image tag; the image and its unshared layers go with the last one.")
+    @OptionGroup var store: StoreOptions
+    @Argument(help: "Image tags or IDs.") var images: [String]
+    func run() throws {
+        let s = try store.open()
+        for i in images {
+            let gone = try storeCall { () throws(StoreError) in try s.removeImage(i) }
+            for l in gone { print("Deleted layer \(Digest.hex(l).prefix(12))") }
+        }
+    }
+}
+
+struct ImageHistory: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "history", abstract: "Show how an image was built, newest first.")
+    @OptionGroup var store: StoreOptions
+    @Argument(help: "Image tag or ID.") var image: String
+    func run() throws {
+        let s = try store.open()
+        for h in try storeCall({ () throws(StoreError) in try s.history(image) }) {
+            print("\(h.created.padding(toLength: 26, withPad: " ", startingAt: 0)) \(h.empty ? "(no layer) " : "")\(h.by)")
+        }
+    }
+}
+
+struct DfCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "df", abstract: "Space used by images, layers and containers, and what sharing layers saves.")
+    @OptionGroup var store: StoreOptions
+    func run() throws {
+        let s = try store.open()
+        let u = try storeCall { () throws(StoreError) in try s.usage() }
+        func mb(_ b: Int64) -> String { String(format: "%.1f MB", Double(b) / 1e6) }
+        print("TYPE         COUNT  SIZE")
+        print("Images       \(String(u.images).padding(toLength: 6, withPad: " ", startingAt: 0)) \(mb(u.unsharedBytes)) if each kept its own layers")
+        print("Layers       \(String(u.layers).padding(toLength: 6, withPad: " ", startingAt: 0)) \(mb(u.layerBytes)) stored (shared: \(mb(u.unsharedBytes - u.layerBytes)) saved)")
+        print("Containers   \(String(u.containers).padding(toLength: 6, withPad: " ", startingAt: 0)) \(mb(u.containerBytes)) in their writable layers")
+    }
+}
+
+struct ExportCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "export", abstract: "Write a container's whole root as one tar.")
+    @OptionGroup var store: StoreOptions
+    @Option(name: .shortAndLong, help: "The tar to write.") var output: String
+    @Argument(help: "Container name or ID.") var container: String
+    func run() throws {
+        let s = try store.open()
+        let bin = (try? Sys.realPath("/proc/self/exe")) ?? "strata"
+        try storeCall { () throws(StoreError) in
+            guard let c = try s.container(container) else { return }
+            try s.export(c, to: output, strataBinary: bin)
+        }
     }
 }

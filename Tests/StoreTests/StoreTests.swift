@@ -230,3 +230,44 @@ struct ImageInteropTests {
         }
     }
 }
+
+@Suite(.enabled(if: MountEnvironment.available), .serialized)
+struct ImageManagementTests {
+    func run(_ args: [String]) -> (status: Int32, stdout: String, stderr: String) {
+        runProgram(MountEnvironment.binary, args)
+    }
+
+    @Test func tagRemoveHistoryDfAndExport() throws {
+        let t = TempDir()
+        let r = t.path
+        let img = "localhost/eco/busybox:l3"
+        #expect(run(["image", "load", "--root", r, "-i", "\(StoreTests.fixtures)/busybox-l3.docker.tar"]).status == 0)
+        #expect(run(["image", "tag", "--root", r, img, "other:1"]).status == 0)
+        #expect(run(["image", "rm", "--root", r, "other:1"]).status == 0)
+        #expect(run(["image", "ls", "--root", r]).stdout.contains("localhost/eco/busybox:l3"))      // still tagged
+        #expect(!run(["image", "history", "--root", r, img]).stdout.isEmpty)
+
+        #expect(run(["create", "--root", r, img, "--name", "c"]).status == 0)
+        let merged = run(["mount", "--root", r, "c"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        _ = FileOps(merged).write("big", String(repeating: "b", count: 100_000))
+        #expect(run(["umount", "--root", r, "c"]).status == 0)
+        let inUse = run(["image", "rm", "--root", r, img])
+        #expect(inUse.status != 0 && inUse.stderr.contains("used by a container"), "\(inUse.stderr)")
+
+        let tar = "\(t.path)/export.tar"
+        #expect(run(["export", "--root", r, "-o", tar, "c"]).status == 0)
+        let listing = runProgram("/bin/tar", ["tf", tar]).stdout
+        #expect(listing.contains("opt/app/conf/only.conf") && listing.contains("big") && !listing.contains("delete-me") && !listing.contains(".wh."))
+        #expect(!isMountPoint(merged))                                   // export unmounted what it mounted
+
+        #expect(run(["commit", "--root", r, "c", "committed:1"]).status == 0)
+        let df = run(["df", "--root", r]).stdout
+        #expect(df.contains("Layers       4") && df.contains("Images       2"), "\(df)")
+        #expect(run(["rm", "--root", r, "c"]).status == 0)
+        // The first image goes; its layers stay: the committed image uses them.
+        #expect(run(["image", "rm", "--root", r, img]).stdout == "")
+        #expect(run(["image", "rm", "--root", r, "committed:1"]).stdout.split(separator: "\n").count == 4)
+        #expect((try FileManager.default.contentsOfDirectory(atPath: "\(r)/overlay")).sorted() == ["l"])
+        #expect((try FileManager.default.contentsOfDirectory(atPath: "\(r)/overlay/l")) == [])
+    }
+}

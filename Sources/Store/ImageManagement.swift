@@ -1,0 +1,113 @@
+import Archive
+import Foundation
+import GRDB
+import Sys
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Tags, removal (a layer goes only when nothing uses it), history, space.
+extension Store {
+    public func tag(_ ref: String, as name: String) throws(StoreError) {
+        let img = try image(ref)
+        let full = name.contains(":") ? name : name + ":latest"
+        do { try db.queue.write { try TagRecord(name: full, image: img.id).save($0) } } catch { throw StoreError("\(error)") }
+    }
+
+    /// Removes a tag; the image goes with its last tag unless a container
+    /// uses it; each of its layers goes unless another image uses it.
+    public func removeImage(_ ref: String) throws(StoreError) -> [String] {
+        let img = try image(ref)
+        var removedLayers: [String] = []
+        do {
+            try db.queue.write { db in
+                let isTag = try TagRecord.fetchOne(db, key: ref.contains(":") ? ref : ref + ":latest") != nil
+                if isTag { _ = try TagRecord.deleteOne(db, key: ref.contains(":") ? ref : ref + ":latest") }
+                let tagsLeft = try TagRecord.filter(Column("image") == img.id).fetchCount(db)
+                if isTag && tagsLeft > 0 { return }
+                if try ContainerRecord.filter(Column("image") == img.id).fetchCount(db) > 0 {
+                    throw StoreError("image \(ref) is used by a container; remove the container first")
+                }
+                try TagRecord.filter(Column("image") == img.id).deleteAll(db)
+                _ = try ImageRecord.deleteOne(db, key: img.id)
+                let stillUsed = Set(try ImageRecord.fetchAll(db).flatMap(\.layerIDs))
+                for l in img.layerIDs where !stillUsed.contains(l) {
+                    _ = try LayerRecord.deleteOne(db, key: l)
+                    removedLayers.append(l)
+                }
+            }
+        } catch let e as StoreError { throw e } catch { throw StoreError("\(error)") }
+        // The rows are gone first: a crash here leaves only unreferenced directories.
+        for l in removedLayers {
+            let d = dir(l)
+            if let link = try? String(contentsOfFile: "\(d)/link", encoding: .utf8) { unlink("\(overlayDir)/l/\(link)") }
+            _ = try? Spawn.run("/bin/rm", ["rm", "-rf", "--one-file-system", d])
+        }
+        return removedLayers
+    }
+
+    public func history(_ ref: String) throws(StoreError) -> [(created: String, by: String, empty: Bool)] {
+        let img = try image(ref)
+        let cfg = (try? JSONSerialization.jsonObject(with: img.config) as? [String: Any]) ?? [:]
+        return ((cfg["history"] as? [[String: Any]]) ?? []).reversed().map {
+            (($0["created"] as? String) ?? "", ($0["created_by"] as? String) ?? "", ($0["empty_layer"] as? Bool) ?? false)
+        }
+    }
+
+    /// Bytes under a directory, each inode counted once.
+    func diskUsage(_ path: String, seen: inout Set<UInt64>) -> Int64 {
+        var total: Int64 = 0
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: path) else { return 0 }
+        for n in names {
+            var st = stat()
+            guard lstat("\(path)/\(n)", &st) == 0, seen.insert(UInt64(st.st_ino)).inserted else { continue }
+            total += Int64(st.st_blocks) * 512
+            if st.st_mode & Linux.S_IFMT == Linux.S_IFDIR { total += diskUsage("\(path)/\(n)", seen: &seen) }
+        }
+        return total
+    }
+
+    public struct Usage: Sendable {
+        public var images = 0, layers = 0, containers = 0
+        /// Bytes of all layers, each counted once.
+        public var layerBytes: Int64 = 0
+        /// What the images would take if each kept its own copy of its layers.
+        public var unsharedBytes: Int64 = 0
+        public var containerBytes: Int64 = 0
+    }
+
+    public func usage() throws(StoreError) -> Usage {
+        var u = Usage()
+        let imgs = try images()
+        let ctrs = try containers()
+        var perLayer: [String: Int64] = [:]
+        for (img, _) in imgs {
+            for l in img.layerIDs where perLayer[l] == nil {
+                var seen = Set<UInt64>()
+                perLayer[l] = diskUsage("\(dir(l))/diff", seen: &seen)
+            }
+            u.unsharedBytes += img.layerIDs.reduce(0) { $0 + (perLayer[$1] ?? 0) }
+        }
+        u.images = imgs.count
+        u.layers = perLayer.count
+        u.layerBytes = perLayer.values.reduce(0, +)
+        u.containers = ctrs.count
+        for c in ctrs {
+            var seen = Set<UInt64>()
+            u.containerBytes += diskUsage("\(overlayDir)/\(c.id)/diff", seen: &seen)
+        }
+        return u
+    }
+
+    /// The container's whole root as one tar (mounted for the time it takes).
+    public func export(_ c: ContainerRecord, to path: String, strataBinary: String) throws(StoreError) {
+        let merged = mergedPath(c)
+        let wasMounted = strata_is_mount_root_path(merged)
+        _ = try mount(c, driver: geteuid() == 0 ? .overlay : .fuse, strataBinary: strataBinary)
+        defer { if !wasMounted { try? unmount(c) } }
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        if fd < 0 { throw StoreError("\(path): \(currentErrno())") }
+        defer { close(fd) }
+        do { try LayerWriter().write(directory: merged, to: fd) } catch { throw StoreError("export \(c.name): \(error)") }
+    }
+}
