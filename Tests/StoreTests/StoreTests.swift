@@ -271,3 +271,22 @@ struct ImageManagementTests {
         #expect((try FileManager.default.contentsOfDirectory(atPath: "\(r)/overlay/l")) == [])
     }
 }
+
+@Suite(.enabled(if: MountEnvironment.available), .serialized)
+struct RunTests {
+    @Test(arguments: ["overlay", "fuse"])
+    func runACommandInTheFixtureImageThroughRunc(_ driver: String) throws {
+        guard Spawn.which("runc") != nil else { Issue.record("runc missing: apt-get install runc"); return }
+        let t = TempDir()
+        let r = t.path
+        #expect(runProgram(MountEnvironment.binary, ["image", "load", "--root", r, "-i", "\(StoreTests.fixtures)/busybox-l3.docker.tar"]).status == 0)
+        let out = runProgram(MountEnvironment.binary, ["run", "--root", r, "--driver", driver, "localhost/eco/busybox:l3", "--",
+                                                       "/bin/busybox", "sh", "-c", "ls /opt/app/conf; test ! -e /var/log && echo no-var-log"])
+        #expect(out.status == 0, "\(out.stderr)")
+        #expect(out.stdout == "only.conf\nno-var-log\n")
+        let failing = runProgram(MountEnvironment.binary, ["run", "--root", r, "--driver", driver, "localhost/eco/busybox:l3", "--", "/bin/busybox", "sh", "-c", "exit 7"])
+        #expect(failing.status == 7)
+        // Removed afterwards: no container, nothing mounted.
+        #expect(runProgram(MountEnvironment.binary, ["ls", "--root", r]).stdout.split(separator: "\n").count == 1)
+    }
+}
