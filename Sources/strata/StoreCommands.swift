@@ -25,7 +25,7 @@ struct ImageCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "image",
         abstract: "Images: load, list, save, tag, remove, history.",
-        subcommands: [ImageLoad.self, ImageList.self, ImageSave.self, ImageTag.self, ImageRemove.self, ImageHistory.self]
+        subcommands: [ImageLoad.self, ImageList.self, ImageInspect.self, ImageSave.self, ImageTag.self, ImageRemove.self, ImageHistory.self]
     )
 }
 
@@ -262,5 +262,16 @@ struct ExportCommand: ParsableCommand {
             guard let c = try s.container(container) else { return }
             try s.export(c, to: output, strataBinary: bin)
         }
+    }
+}
+
+struct ImageInspect: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "inspect", abstract: "Show an image as JSON: config, RootFS.Layers, GraphDriver.")
+    @OptionGroup var store: StoreOptions
+    @Argument(help: "Image tag or ID.") var image: String
+    func run() throws {
+        let s = try store.open()
+        let obj = try storeCall { () throws(StoreError) in try s.inspect(image: try s.image(image)) }
+        print(String(decoding: try JSONSerialization.data(withJSONObject: [obj], options: [.prettyPrinted, .sortedKeys]), as: UTF8.self))
     }
 }

@@ -38,9 +38,11 @@ struct Workload {
 }
 
 func report(_ workloads: [Workload], impls: [String], base: String) -> String {
-    var out = "| workload | " + impls.map { "\($0) median" }.joined(separator: " | ") + " | "
-        + impls.filter { $0 != base }.map { "\($0) / \(base)" }.joined(separator: " | ") + " |\n"
-    out += "|" + String(repeating: "---|", count: 1 + impls.count + impls.count - 1) + "\n"
+    let medians: String = impls.map { "\($0) median" }.joined(separator: " | ")
+    let ratios: String = impls.filter { $0 != base }.map { "\($0) / \(base)" }.joined(separator: " | ")
+    var out = "| workload | \(medians) | \(ratios) |\n"
+    let columns: Int = 2 * impls.count
+    out += "|" + String(repeating: "---|", count: columns) + "\n"
     for w in workloads {
         var row = "| \(w.name) |"
         for i in impls {
