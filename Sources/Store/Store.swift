@@ -121,7 +121,9 @@ public final class Store: @unchecked Sendable {
         do {
             let found = try db.queue.read { db -> ImageRecord? in
                 let tag = ref.contains(":") && !ref.hasPrefix("sha256:") ? ref : ref + ":latest"
-                if let t = try TagRecord.fetchOne(db, key: tag) ?? TagRecord.fetchOne(db, key: ref) {
+                // A short name finds a local image as podman does (localhost/NAME).
+                if let t = try TagRecord.fetchOne(db, key: tag) ?? TagRecord.fetchOne(db, key: ref)
+                    ?? TagRecord.fetchOne(db, key: "localhost/" + tag) {
                     return try ImageRecord.fetchOne(db, key: t.image)
                 }
                 let hex = Digest.hex(ref)

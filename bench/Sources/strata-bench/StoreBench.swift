@@ -38,20 +38,20 @@ struct StoreBench: ParsableCommand {
             for impl in order {
                 sync()
                 if impl == "strata" {
-                    load.seconds["strata", default: []].append(time { _ = try? Spawn.run(bin, [bin, "image", "load", "--root", s, "-i", archive]) })
+                    load.seconds["strata", default: []].append(time { _ = quiet(bin, [bin, "image", "load", "--root", s, "-i", archive]) })
                     start.seconds["strata", default: []].append(time {
-                        _ = try? Spawn.run(bin, [bin, "create", "--root", s, "bench:1", "--name", "c"])
-                        _ = try? Spawn.run(bin, [bin, "mount", "--root", s, "c"])
+                        _ = quiet(bin, [bin, "create", "--root", s, "bench:1", "--name", "c"])
+                        _ = quiet(bin, [bin, "mount", "--root", s, "c"])
                     })
-                    _ = try? Spawn.run(bin, [bin, "rm", "--root", s, "c"])
+                    _ = quiet(bin, [bin, "rm", "--root", s, "c"])
                 } else {
-                    load.seconds["podman", default: []].append(time { _ = try? Spawn.run(podman, pm + ["load", "-q", "-i", archive]) })
+                    load.seconds["podman", default: []].append(time { _ = quiet(podman, pm + ["load", "-q", "-i", archive]) })
                     start.seconds["podman", default: []].append(time {
-                        _ = try? Spawn.run(podman, pm + ["create", "--name", "c", "localhost/bench:1", "/bin/true"])
-                        _ = try? Spawn.run(podman, pm + ["mount", "c"])
+                        _ = quiet(podman, pm + ["create", "--name", "c", "localhost/bench:1", "/bin/true"])
+                        _ = quiet(podman, pm + ["mount", "c"])
                     })
-                    _ = try? Spawn.run(podman, pm + ["rm", "-f", "c"])
-                    _ = try? Spawn.run(podman, pm + ["rmi", "-a", "-f"])
+                    _ = quiet(podman, pm + ["rm", "-f", "c"])
+                    _ = quiet(podman, pm + ["rmi", "-a", "-f"])
                 }
             }
         }
@@ -91,4 +91,12 @@ struct StoreBench: ParsableCommand {
         try tb.finish()
         return out
     }
+}
+
+/// Runs a command with its output discarded: only its time matters here.
+func quiet(_ path: String, _ args: [String]) -> Int32 {
+    let null = open("/dev/null", O_RDWR | O_CLOEXEC)
+    defer { close(null) }
+    guard let pid = try? Spawn.start(path, args, stdio: (null, null, null)) else { return -1 }
+    return Spawn.wait(pid)
 }
