@@ -290,3 +290,73 @@ struct RunTests {
         #expect(runProgram(MountEnvironment.binary, ["ls", "--root", r]).stdout.split(separator: "\n").count == 1)
     }
 }
+
+@Suite(.enabled(if: MountEnvironment.available), .serialized)
+struct CommitRoundTripTests {
+    func run(_ args: [String]) -> (status: Int32, stdout: String, stderr: String) {
+        runProgram(MountEnvironment.binary, args)
+    }
+
+    /// A container's commit, saved and loaded into a fresh store, gives a
+    /// container with the same tree as the one committed.
+    @Test func commitAppliedInAFreshStoreGivesTheSameTree() throws {
+        let t = TempDir()
+        let a = "\(t.path)/a", b = "\(t.path)/b"
+        #expect(run(["image", "load", "--root", a, "-i", "\(StoreTests.fixtures)/busybox-l3.oci.tar"]).status == 0)
+        #expect(run(["create", "--root", a, "localhost/image:busybox-l3", "--name", "c"]).status == 0)
+        let m = run(["mount", "--root", a, "c"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        defer { umount2(m, Int32(MNT_DETACH)) }
+        let o = FileOps(m)
+        _ = o.write("opt/app/new", "n"); _ = o.unlink("etc/motd"); _ = o.chmod("opt/app/keep.txt", 0o600)
+        _ = o.setxattr("opt/app/keep.txt", "user.mark", "1"); _ = o.symlink("/nowhere", "dangling")
+        _ = runProgram("/bin/rm", ["-rf", "\(m)/opt/app/conf"]); _ = o.mkdir("opt/app/conf"); _ = o.write("opt/app/conf/x", "x")
+        let before = TreeSnapshot.take(m)
+        #expect(run(["commit", "--root", a, "c", "localhost/snap:1"]).status == 0)
+        let saved = "\(t.path)/snap.tar"
+        #expect(run(["image", "save", "--root", a, "-o", saved, "localhost/snap:1"]).status == 0)
+        #expect(run(["image", "load", "--root", b, "-i", saved]).status == 0)
+        #expect(run(["create", "--root", b, "localhost/snap:1", "--name", "d"]).status == 0)
+        let m2 = run(["mount", "--root", b, "d"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        defer { umount2(m2, Int32(MNT_DETACH)) }
+        let initFiles: Set<String> = ["etc/hostname", "etc/hosts", "etc/resolv.conf"]
+        #expect(TreeSnapshot.diff(before, TreeSnapshot.take(m2), labels: ("committed container", "fresh store"))
+            .filter { !initFiles.contains(String($0.prefix { $0 != ":" })) } == [])
+    }
+
+    @Test func zstdAndGzipLayersLoad() throws {
+        guard Spawn.which("zstd") != nil else { Issue.record("zstd missing: apt-get install zstd"); return }
+        let t = TempDir()
+        // An OCI layout whose layers are re-compressed with zstd.
+        let layout = t.sub("layout")
+        #expect(runProgram("/bin/tar", ["xf", "\(StoreTests.fixtures)/busybox-l3.oci.tar", "-C", layout]).status == 0)
+        let src = TempDir()
+        let store = "\(src.path)/s"
+        #expect(run(["image", "load", "--root", store, "--oci", layout]).status == 0)
+        let saved = "\(t.path)/plain.tar"
+        #expect(run(["image", "save", "--root", store, "--format", "oci-archive", "-o", saved, "localhost/image:busybox-l3"]).status == 0)
+        let plain = t.sub("plain")
+        #expect(runProgram("/bin/tar", ["xf", saved, "-C", plain]).status == 0)
+        // Compress each layer blob with zstd and point the manifest at it.
+        let script = """
+        import json, hashlib, os, subprocess
+        d = '\(plain)'
+        idx = json.load(open(d + '/index.json'))
+        mdig = idx['manifests'][0]['digest'].split(':')[1]
+        m = json.load(open(d + '/blobs/sha256/' + mdig))
+        for l in m['layers']:
+            raw = open(d + '/blobs/sha256/' + l['digest'].split(':')[1], 'rb').read()
+            z = subprocess.run(['zstd', '-q', '-c'], input=raw, capture_output=True, check=True).stdout
+            h = hashlib.sha256(z).hexdigest()
+            open(d + '/blobs/sha256/' + h, 'wb').write(z)
+            l['digest'] = 'sha256:' + h; l['size'] = len(z); l['mediaType'] = 'application/vnd.oci.image.layer.v1.tar+zstd'
+        mb = json.dumps(m).encode(); mh = hashlib.sha256(mb).hexdigest()
+        open(d + '/blobs/sha256/' + mh, 'wb').write(mb)
+        idx['manifests'][0]['digest'] = 'sha256:' + mh; idx['manifests'][0]['size'] = len(mb)
+        json.dump(idx, open(d + '/index.json', 'w'))
+        """
+        #expect(runProgram("/usr/bin/env", ["python3", "-c", script]).status == 0)
+        let r = run(["image", "load", "--root", "\(t.path)/z", "--oci", plain])
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.stdout.contains("3 of 3 layers new"))
+    }
+}
