@@ -12,7 +12,11 @@ extension Store {
             data["MergedDir"] = "\(upper)/merged"
             data["LowerDir"] = layerDirs.joined(separator: ":")
         } else if let top = layerDirs.first {
+            // An image: its top layer plays the upper, as docker inspect shows.
+            let base = (top as NSString).deletingLastPathComponent
             data["UpperDir"] = top
+            data["WorkDir"] = "\(base)/work"
+            data["MergedDir"] = "\(base)/merged"
             if layerDirs.count > 1 { data["LowerDir"] = layerDirs.dropFirst().joined(separator: ":") }
         }
         return ["Name": "overlay2", "Data": data]

@@ -1,4 +1,5 @@
 import Archive
+import CStrata
 import Foundation
 import Sys
 import Testing
@@ -75,6 +76,7 @@ import Glibc
             add('d/h', tarfile.LNKTYPE, 'd/f')
             add('d/s', tarfile.SYMTYPE, '../anywhere')
             add('d/fifo', tarfile.FIFOTYPE)
+            i = tarfile.TarInfo('d/null'); i.type = tarfile.CHRTYPE; i.devmajor = 1; i.devminor = 3; t.addfile(i)
             add_file('deep/er/still/x')
             add_file('d/.wh.gone', b'')
             add_file('op/.wh..wh..opq', b'')
@@ -100,5 +102,8 @@ import Glibc
             #expect(TreeSnapshot.xattrs("\(dest)/op", ["trusted."])["trusted.overlay.opaque"] == Array("y".utf8))
         }
         #expect(o.stat("d/fifo").map { $0.st_mode & Linux.S_IFMT } == Linux.S_IFIFO)
+        if geteuid() == 0 {
+            #expect(o.stat("d/null").map { ($0.st_mode & Linux.S_IFMT, UInt64($0.st_rdev)) } ?? (0, 0) == (Linux.S_IFCHR, strata_makedev(1, 3)))
+        }
     }
 }

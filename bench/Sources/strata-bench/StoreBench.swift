@@ -19,6 +19,7 @@ struct StoreBench: ParsableCommand {
     @Option(help: "Rounds; medians are reported.") var rounds = 3
     @Option(help: "Where to put the data.") var dir = "/var/tmp"
     @Option(help: "The strata binary (default: next to this program).") var strata: String?
+    @Option(help: "A root filesystem to make the image from (e.g. made by 'debootstrap --variant=minbase bookworm DIR'); split into 3 layers: usr, etc+var, the rest. Default: synthetic files.") var rootfs: String?
 
     func run() throws {
         guard geteuid() == 0 else { throw ValidationError("run as root") }
@@ -26,9 +27,11 @@ struct StoreBench: ParsableCommand {
         let bin = strata ?? (URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path + "/strata")
         let root = try makeTemp(dir)
         defer { _ = try? Spawn.run("/bin/rm", ["rm", "-rf", "--one-file-system", root]) }
-        progress("building a \(sizeMib) MiB, 3-layer docker-save archive")
+        progress("building a 3-layer docker-save archive from \(rootfs ?? "\(sizeMib) MiB of synthetic files")")
         let archive = try buildImage(root, mib: sizeMib)
-        var load = Workload(name: "load a \(sizeMib) MiB 3-layer image", bytes: nil)
+        var st = stat()
+        stat(archive, &st)
+        var load = Workload(name: "load a \(Int(st.st_size) >> 20) MiB 3-layer image (\(rootfs == nil ? "synthetic" : "rootfs"))", bytes: nil)
         var start = Workload(name: "create + mount a container", bytes: nil)
         for round in 0..<rounds {
             progress("round \(round + 1)/\(rounds)")
@@ -63,13 +66,25 @@ struct StoreBench: ParsableCommand {
     func buildImage(_ root: String, mib: Int) throws -> String {
         var diffIDs: [String] = []
         var tars: [String] = []
+        var split: [[String]] = [["usr"], ["etc", "var"], []]
+        if let rootfs {
+            let top = try FileManager.default.contentsOfDirectory(atPath: rootfs)
+            split[2] = top.filter { !["usr", "etc", "var"].contains($0) }
+        }
         for l in 0..<3 {
             let d = "\(root)/src\(l)"
             mkdir(d, 0o755)
-            let files = max(1, mib * 4 / 3)        // 256 KiB files
-            for i in 0..<files {
-                if i % 100 == 0 { mkdir("\(d)/dir\(i / 100)", 0o755) }
-                writeBytes("\(d)/dir\(i / 100)/f\(l)-\(i)", 256 * 1024)
+            if let rootfs {
+                // Hard links: the layers share the tree's data without copying it.
+                for entry in split[l] where access("\(rootfs)/\(entry)", F_OK) == 0 || lstatExists("\(rootfs)/\(entry)") {
+                    _ = try Spawn.run("/bin/cp", ["cp", "-al", "\(rootfs)/\(entry)", "\(d)/"])
+                }
+            } else {
+                let files = max(1, mib * 4 / 3)        // 256 KiB files
+                for i in 0..<files {
+                    if i % 100 == 0 { mkdir("\(d)/dir\(i / 100)", 0o755) }
+                    writeBytes("\(d)/dir\(i / 100)/f\(l)-\(i)", 256 * 1024)
+                }
             }
             let tar = "\(root)/layer\(l).tar"
             let fd = open(tar, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
@@ -99,4 +114,9 @@ func quiet(_ path: String, _ args: [String]) -> Int32 {
     defer { close(null) }
     guard let pid = try? Spawn.start(path, args, stdio: (null, null, null)) else { return -1 }
     return Spawn.wait(pid)
+}
+
+func lstatExists(_ p: String) -> Bool {
+    var st = stat()
+    return lstat(p, &st) == 0
 }
