@@ -154,7 +154,10 @@ extension Overlay {
             if geteuid() == 0 && (who.uid != 0 || who.gid != 0) {
                 _ = fchownat(work.raw, tmp, who.uid, pst.st_mode & 0o2000 != 0 ? UInt32.max : who.gid, 0)
             }
-            if replacedWhiteout {
+            // With redirect_dir the kernel marks every new directory of a
+            // merged parent opaque: a directory moved there later must not
+            // merge in what lies below the new one's name.
+            if replacedWhiteout || (config.redirectDir && !p.snapshot.lowerDirs.isEmpty) {
                 let path = "/proc/self/fd/\(work.raw)/\(tmp)"
                 if lsetxattr(path, opaqueXattr, "y", 1, 0) != 0 {
                     let fd = openat(work.raw, "\(tmp)/.wh..wh..opq", O_WRONLY | O_CREAT | O_CLOEXEC, 0o000)

@@ -14,8 +14,14 @@ extension Overlay {
         if let fd = n.state.withLock({ $0.fds[l] }) { return try body(fd.raw) }
         let s = n.snapshot
         guard let parent = s.parent else { throw .noSuchFileOrDirectory }
-        let fd = try withDirFD(parent, l) { (pfd: Int32) throws(Errno) -> Int32 in
-            try withStoredName(s.name) { openat(pfd, $0, Linux.O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
+        let fd: Int32
+        if let r = s.redirect, !(l == 0 && upper != nil) {
+            // A renamed directory's lower parts stay where they were.
+            fd = openPath(layers[l].root.raw, r)
+        } else {
+            fd = try withDirFD(parent, l) { (pfd: Int32) throws(Errno) -> Int32 in
+                try withStoredName(s.name) { openat(pfd, $0, Linux.O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
+            }
         }
         if fd < 0 { throw currentErrno() }
         if let owned = fdBudget.cache(fd) {
@@ -24,6 +30,43 @@ extension Overlay {
         }
         defer { close(fd) }
         return try body(fd)
+    }
+
+    /// Opens a directory by components from `root`, never following a symlink.
+    func openPath(_ root: Int32, _ components: [String]) -> Int32 {
+        var cur = dup(root)
+        for c in components {
+            guard cur >= 0 else { return -1 }
+            let next = openat(cur, c, Linux.O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            let e = strata_errno()
+            close(cur)
+            strata_set_errno(e)
+            cur = next
+        }
+        return cur
+    }
+
+    /// Where a directory's lower parts are: its redirect, or its parent's
+    /// lower path and its name.
+    func lowerPath(_ n: OverlayNode) -> [String] {
+        let s = n.snapshot
+        if let r = s.redirect { return r }
+        guard let p = s.parent else { return [] }
+        return lowerPath(p) + [String(decoding: s.name.dropLast(), as: UTF8.self)]
+    }
+
+    /// The redirect recorded on an upper directory, as components from the
+    /// lower roots (an absolute value), or relative to `parentPath`.
+    func readRedirect(_ pfd: Int32, _ name: UnsafePointer<CChar>, parentPath: () -> [String]) -> [String]? {
+        var path = "/proc/self/fd/\(pfd)/"
+        path += String(cString: name)
+        var buf = [UInt8](repeating: 0, count: 4096)
+        let n = lgetxattr(path, redirectXattr, &buf, buf.count)
+        guard n > 0 else { return nil }
+        let v = String(decoding: buf[0..<n], as: UTF8.self)
+        let parts = v.split(separator: "/").map(String.init)
+        if parts.contains("..") || parts.isEmpty { return nil }
+        return v.hasPrefix("/") ? parts : parentPath() + parts
     }
 
     /// Calls `body(parentFD, name, layer)` at the node's top location.
@@ -131,6 +174,30 @@ extension Overlay {
         var inUpper: Bool
         var lower: Int          // top-most lower layer holding it, -1 if none
         var lowerDirs: [Int]    // directories: contributing lower layers
+        var redirect: [String]? = nil
+    }
+
+    /// Below an upper directory with a redirect: the lower layers that hold
+    /// a directory at that path (stopping at an opaque one, a non-directory
+    /// or a whiteout), as the kernel continues its lookup there.
+    func redirectedLowers(_ path: [String]) -> [Int] {
+        guard let last = path.last else { return [] }
+        var out: [Int] = []
+        for l in firstLower..<layers.count {
+            let pfd = openPath(layers[l].root.raw, Array(path.dropLast()))
+            if pfd < 0 { continue }
+            defer { close(pfd) }
+            var st = stat()
+            if fstatat(pfd, last, &st, Linux.AT_SYMLINK_NOFOLLOW) != 0 {
+                let hidden = FileName.with(last) { hasWhiteoutFile(pfd, $0) }
+                if hidden { break }
+                continue
+            }
+            if isWhiteout(st, pfd, last) || st.st_mode & Linux.S_IFMT != Linux.S_IFDIR { break }
+            out.append(l)
+            if isOpaque(pfd, last) { break }
+        }
+        return out
     }
 
     /// Resolves `name` in directory `p` across layers. ENOENT when absent or
@@ -160,6 +227,13 @@ extension Overlay {
             if rc == 2 { continue }
             if rc == 1 { break }                                  // whiteout: nothing below counts
             let isDir = st.st_mode & Linux.S_IFMT == Linux.S_IFDIR
+            if found == nil && isDir && l == 0 && upper != nil && rc != 3, let r = try withDirFD(p, 0, { (pfd: Int32) -> [String]? in
+                readRedirect(pfd, name.pointer) { lowerPath(p) }
+            }) {
+                // A renamed directory: its lower parts are at the redirect.
+                let lowers = redirectedLowers(r)
+                return Found(stat: st, inUpper: true, lower: lowers.first ?? -1, lowerDirs: lowers, redirect: r)
+            }
             if var f = found {
                 // Below a directory only directories merge; anything else ends it.
                 guard isDir else { break }
@@ -217,11 +291,16 @@ extension Overlay {
         let n = table.reference(key) { id in
             OverlayNode(id: id, isDirectory: isDir, ino: ino, state: .init(
                 parent: parent, name: name.bytesWithNUL, inUpper: f.inUpper, lower: f.lower,
-                lowerDirs: f.lowerDirs, key: key))
+                lowerDirs: f.lowerDirs, key: key, redirect: f.redirect))
         }
         // A known inode found under another name (a hard link) or refreshed.
         n.addName(parent, name)
-        if isDir { n.state.withLock { st in st.lowerDirs = f.lowerDirs; st.inUpper = f.inUpper; st.lower = f.lower } }
+        if isDir {
+            n.state.withLock { st in
+                if st.redirect != f.redirect { st.fds = [:]; st.lowerNames = [:]; st.listing = nil }
+                st.lowerDirs = f.lowerDirs; st.inUpper = f.inUpper; st.lower = f.lower; st.redirect = f.redirect
+            }
+        }
         return n
     }
 

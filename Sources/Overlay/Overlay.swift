@@ -31,6 +31,7 @@ public final class Overlay: @unchecked Sendable {
     let opaqueXattr: String
     let originXattr: String
     let whiteoutXattr: String
+    let redirectXattr: String
     public var firstLower: Int { upper == nil ? 0 : 1 }
     /// Per layer, the index of its filesystem among the union's (0 for the
     /// top layer's). With more than one, inode numbers carry it in their top
@@ -108,6 +109,7 @@ public final class Overlay: @unchecked Sendable {
         opaqueXattr = prefix + "opaque"
         originXattr = prefix + "strata.origin"
         whiteoutXattr = prefix + "whiteout"
+        redirectXattr = prefix + "redirect"
         deviceWhiteouts = geteuid() == 0 && !config.userXattr
 
         // The root: merged across every layer (an opaque root is not a thing).

@@ -11,6 +11,9 @@ public struct OverlayConfig: Sendable {
     public var work: String?
     /// Overlay xattrs in the user. namespace (rootless), as the kernel's `userxattr`.
     public var userXattr = false
+    /// Rename merged and lower directories, recording where their lower
+    /// parts are in a redirect xattr (the kernel's redirect_dir=on).
+    public var redirectDir = false
     /// No fsync to layers (the kernel's `volatile`).
     public var volatile = false
     /// How long the kernel may cache names and attributes (layers do not

@@ -54,6 +54,9 @@ public final class OverlayNode: @unchecked Sendable {
         /// absent is absent, and its lookup in that layer is skipped (a
         /// collision only costs the real lookup).
         var lowerNames: [Int: Set<UInt64>] = [:]
+        /// A renamed directory (redirect_dir=on): where its lower parts are,
+        /// as path components from each lower layer's root.
+        var redirect: [String]?
 
         func isPrimary(_ p: OverlayNode, _ n: FileName) -> Bool {
             parent === p && name.count == n.count + 1 && n.equals(prefixOf: name)

@@ -18,6 +18,12 @@ extension Overlay {
         }
     }
 
+    /// Records a moved directory's lower path, absolute from the lower roots.
+    func setRedirect(_ dfd: Int32, _ name: String, _ path: [String]) {
+        let value = "/" + path.joined(separator: "/")
+        _ = lsetxattr("/proc/self/fd/\(dfd)/\(name)", redirectXattr, value, value.utf8.count, 0)
+    }
+
     public func rename(_ p: OverlayNode, _ name: FileName, _ q: OverlayNode, _ newName: FileName, flags: UInt32) throws(Errno) {
         if isReadOnly { throw .readOnlyFileSystem }
         let known = Linux.RENAME_NOREPLACE | Linux.RENAME_EXCHANGE | Linux.RENAME_WHITEOUT
@@ -39,8 +45,11 @@ extension Overlay {
             if !srcDir && dstDir { throw .isDirectory }
         }
         func isMergedOrLower(_ f: Found) -> Bool { !f.inUpper || !f.lowerDirs.isEmpty }
-        if srcDir && isMergedOrLower(src) { throw .improperLink }
-        if exchange && dstDir, let d = dst, isMergedOrLower(d) { throw .improperLink }
+        // Without redirect_dir, merged or lower directories do not move: EXDEV
+        // makes mv copy them. With it, they move and record where their lower
+        // parts are.
+        if srcDir && isMergedOrLower(src) && !config.redirectDir { throw .improperLink }
+        if exchange && dstDir, let d = dst, isMergedOrLower(d), !config.redirectDir { throw .improperLink }
         var dstNode: OverlayNode? = nil
         if dstDir && !exchange {
             let (dn, _) = try lookup(q, newName)
@@ -67,8 +76,10 @@ extension Overlay {
         // The kernel marks a directory opaque when it moves into a merged
         // directory, so that a lower directory of its new name never merges
         // in; it does so before the rename, which may still fail.
-        let needOpaque = srcDir && !q.snapshot.lowerDirs.isEmpty
-        let xOpaque = exchange && dstDir && !p.snapshot.lowerDirs.isEmpty
+        let srcRedirect: [String]? = srcDir && isMergedOrLower(src) ? lowerPath(sn) : nil
+        let dstRedirect: [String]? = exchange && dstDir && dst.map(isMergedOrLower) == true ? xn.map(lowerPath) : nil
+        let needOpaque = srcDir && srcRedirect == nil && !q.snapshot.lowerDirs.isEmpty
+        let xOpaque = exchange && dstDir && dstRedirect == nil && !p.snapshot.lowerDirs.isEmpty
         let srcBelow = exchange ? false : try existsBelow(p, name)
         try withDirFD(p, 0) { (sfd: Int32) throws(Errno) in
             try withDirFD(q, 0) { (dfd: Int32) throws(Errno) in
@@ -88,8 +99,12 @@ extension Overlay {
                 if needOpaque { setOpaque(sfd, name.string) }
                 if xOpaque { setOpaque(dfd, newName.string) }
                 var kflags = exchange ? Linux.RENAME_EXCHANGE : 0
-                if srcBelow && deviceWhiteouts { kflags |= Linux.RENAME_WHITEOUT }
+                let atomicWhiteout = srcBelow && deviceWhiteouts && !srcDir
+                if atomicWhiteout { kflags |= Linux.RENAME_WHITEOUT }
                 if strata_renameat2(sfd, name.pointer, dfd, newName.pointer, kflags) != 0 { throw currentErrno() }
+                if let r = srcRedirect { setRedirect(dfd, newName.string, r) }
+                if let r = dstRedirect { setRedirect(sfd, name.string, r) }
+                if srcBelow && deviceWhiteouts && srcDir { try makeWhiteout(sfd, name) }
                 if let d = dst, replaced >= 0 {
                     noteReplaced(d, q, newName, fd: replaced)
                     replaced = -1
@@ -99,6 +114,8 @@ extension Overlay {
         }
         sn.removeName(p, name)
         sn.addName(q, newName)
+        if let r = srcRedirect { sn.state.withLock { $0.redirect = r } }
+        if let r = dstRedirect, let x = xn { x.state.withLock { $0.redirect = r } }
         if needOpaque { sn.state.withLock { $0.lowerDirs = [] } }
         if let x = xn {
             x.removeName(q, newName)

@@ -21,14 +21,14 @@ struct MountCommand: ParsableCommand {
         so kernel overlayfs can mount the same layers.
 
         Options: lowerdir, upperdir, workdir, userxattr, volatile, fsync=0, \
-        redirect_dir=off, index=off, xino=off|auto, metacopy=off, timeout=SECONDS, \
+        redirect_dir=on|off, index=off, xino=off|auto, metacopy=off, timeout=SECONDS, \
         passthrough=on|off, threads=N, noacl, and the generic rw, ro, dev, nodev, \
         suid, nosuid, exec, noexec, atime, noatime, allow_other, default_permissions. \
         squash_to_root, squash_to_uid=N, squash_to_gid=N (show every file as owned \
         by that id) and static_nlink (directories report one link) as in \
         fuse-overlayfs, and its uidmapping=ON_DISK:SHOWN:COUNT, gidmapping=... and \
-        noxattrs=1. Not supported yet, refused by name: redirect_dir=on, index=on, \
-        xino=on, metacopy=on, xattr_permissions.
+        noxattrs=1. Not supported yet, refused by name: index=on, xino=on, metacopy=on, \
+        xattr_permissions.
 
         Also installed as 'strata-overlay' for containers/storage's mount_program \
         (storage.conf: mount_program = "/usr/local/bin/strata-overlay").
@@ -101,7 +101,13 @@ func parseOverlayOptions(_ lists: [String], mount: inout MountConfig, session: i
             c.volatile = v == "0"
         case "timeout", "entry_timeout", "attr_timeout":
             c.timeout = Double(try parseTimeout(k, v).seconds)
-        case "redirect_dir", "index", "metacopy", "xino":
+        case "redirect_dir":
+            switch v {
+            case "on": c.redirectDir = true
+            case "off": c.redirectDir = false
+            default: throw UsageError("option 'redirect_dir=\(v ?? "")' is not supported (use on or off)")
+            }
+        case "index", "metacopy", "xino":
             let allowed = k == "xino" ? ["off", "auto"] : ["off"]
             guard let v, allowed.contains(v) else {
                 throw UsageError("option '\(k)=\(v ?? "")' is not supported yet (use \(k)=off)")

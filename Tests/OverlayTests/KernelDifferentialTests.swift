@@ -76,8 +76,9 @@ struct KernelDifferentialTests {
         ])
     }
 
-    @Test func renames() throws {
-        let pair = try UnionPair(build: Fixture.build)
+    @Test(arguments: [false, true])
+    func renames(redirectDir: Bool) throws {
+        let pair = try UnionPair(redirectDir: redirectDir, build: Fixture.build)
         defer { pair.unmount() }
         compare(pair, [
             ("rename lower file", { $0.rename("a/f1", "a/moved") }),
@@ -94,6 +95,10 @@ struct KernelDifferentialTests {
             ("rename onto a whiteout", { $0.rename("a/h2", "a/f2") }),
             ("self", { $0.rename("a/h1", "a/h1") }),
             ("missing source", { $0.rename("nope", "a/q") }),
+            ("moved dir lists its lower entries", { $0.ls("a2") + "|" + $0.ls("d3") }),
+            ("move it again", { $0.rename("a2", "fresh2/a3") + $0.ls("fresh2/a3") + $0.read("fresh2/a3/h1") }),
+            ("and back over a whiteout", { $0.rename("fresh2/a3", "a") + $0.ls("a") }),
+            ("rmdir a moved dir", { $0.rename("d3", "gone2") + $0.rmdir("gone2") + $0.unlink("gone2/n") + $0.rmdir("gone2") }),
         ])
     }
 }

@@ -108,7 +108,7 @@ struct OverlayCommandTests {
             ("lowerdir=\(l1),upperdir=\(u),workdir=\(otherFS)", "another filesystem"),
             ("lowerdir=\(many),upperdir=\(u),workdir=\(w)", "too many"),
             ("lowerdir=\(l1),frobnicate", "frobnicate"),
-            ("lowerdir=\(l1),redirect_dir=on", "redirect_dir"),
+            ("lowerdir=\(l1),redirect_dir=follow", "redirect_dir"),
             ("lowerdir=\(l1),xattr_permissions=1", "xattr_permissions"),
             ("lowerdir=\(l1),uidmapping=0:1000", "uidmapping"),
         ]

@@ -58,8 +58,8 @@ struct RandomDifferentialTests {
     }
 
     /// Runs `ops` on a fresh pair; returns the first difference, if any.
-    static func firstDifference(_ ops: [Op]) -> String? {
-        guard let pair = try? UnionPair(build: Fixture.build) else { return "mount failed" }
+    static func firstDifference(_ ops: [Op], redirectDir: Bool = false) -> String? {
+        guard let pair = try? UnionPair(redirectDir: redirectDir, build: Fixture.build) else { return "mount failed" }
         defer { pair.unmount() }
         let k = FileOps(pair.kernelMount), s = FileOps(pair.strataMount)
         for (i, op) in ops.enumerated() {
@@ -74,7 +74,7 @@ struct RandomDifferentialTests {
     }
 
     /// Delta debugging: drop chunks while a difference remains.
-    static func minimize(_ ops: [Op]) -> [Op] {
+    static func minimize(_ ops: [Op], redirectDir: Bool = false) -> [Op] {
         var cur = ops
         var chunk = max(1, cur.count / 2)
         var trials = 0
@@ -85,7 +85,7 @@ struct RandomDifferentialTests {
                 var t = cur
                 t.removeSubrange(i..<min(cur.count, i + chunk))
                 trials += 1
-                if firstDifference(t) != nil { cur = t; removed = true } else { i += chunk }
+                if firstDifference(t, redirectDir: redirectDir) != nil { cur = t; removed = true } else { i += chunk }
             }
             if !removed { chunk /= 2 }
         }
@@ -101,13 +101,23 @@ struct RandomDifferentialTests {
 
     @Test(arguments: seeds)
     func randomSequenceMatchesTheKernel(_ seed: UInt64) throws {
+        check(seed, redirectDir: false)
+    }
+
+    /// The same with redirect_dir=on on both: directories move.
+    @Test(arguments: seeds)
+    func randomSequenceWithRedirectDirMatchesTheKernel(_ seed: UInt64) throws {
+        check(seed, redirectDir: true)
+    }
+
+    func check(_ seed: UInt64, redirectDir: Bool) {
         let ops = Self.generate(seed: seed, count: 2000)
-        guard let diff = Self.firstDifference(ops) else { return }
-        let small = Self.minimize(ops)
+        guard let diff = Self.firstDifference(ops, redirectDir: redirectDir) else { return }
+        let small = Self.minimize(ops, redirectDir: redirectDir)
         Issue.record("""
-            seed \(seed): \(diff)
+            seed \(seed)\(redirectDir ? " (redirect_dir=on)" : ""): \(diff)
             shortest sequence found (\(small.count) ops): \(small.map(\.description).joined(separator: "; "))
-            then: \(Self.firstDifference(small) ?? "no difference")
+            then: \(Self.firstDifference(small, redirectDir: redirectDir) ?? "no difference")
             """)
     }
 }

@@ -18,7 +18,8 @@ public final class UnionPair: @unchecked Sendable {
 
     /// `build` fills `base/l1`, `base/l2`, ... (l1 top-most) once; each side
     /// gets its own `cp -a` copy of them plus an empty upper and work.
-    public init(layers: Int = 3, strataOptions: [String] = [], build: (String) -> Void) throws {
+    /// `redirectDir`: both mounted with redirect_dir=on (directory renames).
+    public init(layers: Int = 3, strataOptions: [String] = [], redirectDir: Bool = false, build: (String) -> Void) throws {
         dir = TempDir("strata-union")
         let base = dir.sub("base")
         for i in 1...layers { mkdir("\(base)/l\(i)", 0o755) }
@@ -41,9 +42,9 @@ public final class UnionPair: @unchecked Sendable {
             "lowerdir=\((1...layers).map { "\(dir.path)/\(side)/l\($0)" }.joined(separator: ":")),upperdir=\(dir.path)/\(side)/u,workdir=\(dir.path)/\(side)/w"
         }
         _ = lowers
-        let k = runProgram("/bin/mount", ["-t", "overlay", "overlay", "-o", opts("k") + ",redirect_dir=off,index=off,xino=off,metacopy=off", kernelMount])
+        let k = runProgram("/bin/mount", ["-t", "overlay", "overlay", "-o", opts("k") + ",redirect_dir=\(redirectDir ? "on" : "off"),index=off,xino=off,metacopy=off", kernelMount])
         guard k.status == 0 else { throw SysError(.ioError, "kernel overlay mount: \(k.stderr)", kernelMount) }
-        var args = ["strata", "mount", "-f", "-o", opts("s")]
+        var args = ["strata", "mount", "-f", "-o", opts("s") + (redirectDir ? ",redirect_dir=on" : "")]
         if !strataOptions.isEmpty { args[4] += "," + strataOptions.joined(separator: ",") }
         args.append(strataMount)
         strataPID = try Spawn.start(MountEnvironment.binary, args)
