@@ -120,15 +120,7 @@ public struct LayerWriter: Sendable {
             let fd = openat(dfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
             if fd < 0 { throw ArchiveError(path, "open: \(currentErrno())") }
             defer { close(fd) }
-            let size = 1 << 20
-            let buf = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 4096)
-            defer { buf.deallocate() }
-            while true {
-                let n = read(fd, buf, size)
-                if n < 0 { throw ArchiveError(path, "read: \(currentErrno())") }
-                if n == 0 { break }
-                if archive_write_data(a, buf, n) < 0 { throw ArchiveError(path, errorString(a)) }
-            }
+            try writeData(a, from: fd, entry: path)
         }
     }
 
@@ -143,5 +135,18 @@ public struct LayerWriter: Sendable {
             let m = lgetxattr(path, x, &value, value.count)
             if m >= 0 { archive_entry_xattr_add_entry(e, x, value, m) }
         }
+    }
+}
+
+/// Streams a file's bytes into the current archive entry.
+func writeData(_ a: OpaquePointer, from fd: Int32, entry: String) throws(ArchiveError) {
+    let size = 1 << 20
+    let buf = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 4096)
+    defer { buf.deallocate() }
+    while true {
+        let n = read(fd, buf, size)
+        if n < 0 { throw ArchiveError(entry, "read: \(currentErrno())") }
+        if n == 0 { return }
+        if archive_write_data(a, buf, n) < 0 { throw ArchiveError(entry, errorString(a)) }
     }
 }

@@ -53,15 +53,7 @@ public final class TarBuilder {
         var st = stat()
         fstat(src, &st)
         try header(name, size: Int64(st.st_size))
-        let size = 1 << 20
-        let buf = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 4096)
-        defer { buf.deallocate() }
-        while true {
-            let n = read(src, buf, size)
-            if n < 0 { throw ArchiveError(file, "read: \(currentErrno())") }
-            if n == 0 { break }
-            if archive_write_data(a, buf, n) < 0 { throw ArchiveError(name, errorString(a)) }
-        }
+        try writeData(a, from: src, entry: name)
     }
 
     public func finish() throws(ArchiveError) {
