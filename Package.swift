@@ -4,7 +4,7 @@ import PackageDescription
 // Module graph (one way, see docs/ARCHITECTURE.md):
 //   CStrata <- Sys <- FUSE <- Loopback <- strata
 //                  Sys <- Overlay <- OverlayFS (also <- FUSE) <- strata
-//                  Sys <- Archive (libarchive) <- Store (SQLite via GRDB) <- strata
+//                  Sys <- Archive (libarchive) <- Store (SQLite via GRDB) <- Registry (AsyncHTTPClient) <- strata
 let package = Package(
     name: "Strata",
     platforms: [.macOS(.v13)],
@@ -18,6 +18,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
     ],
     targets: [
         .target(name: "CStrata"),
@@ -41,8 +42,12 @@ let package = Package(
             .product(name: "GRDB", package: "GRDB.swift"),
         ]),
         .target(name: "OverlayFS", dependencies: ["Overlay", "FUSE", "Sys", "CStrata"]),
+        .target(name: "Registry", dependencies: [
+            "Store", "Sys",
+            .product(name: "AsyncHTTPClient", package: "async-http-client"),
+        ]),
         .executableTarget(name: "strata", dependencies: [
-            "FUSE", "Loopback", "Overlay", "OverlayFS", "Store", "Sys",
+            "FUSE", "Loopback", "Overlay", "OverlayFS", "Store", "Registry", "Sys",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -52,6 +57,7 @@ let package = Package(
         ], path: "bench/Sources/strata-bench"),
         .target(name: "TestSupport", dependencies: ["Sys", "CStrata"], path: "Tests/Support"),
         .testTarget(name: "FUSETests", dependencies: ["FUSE", "Sys", "CStrata", "TestSupport"]),
+        .testTarget(name: "RegistryTests", dependencies: ["Registry", "Store", "Sys", "TestSupport"]),
         .testTarget(name: "StoreTests", dependencies: ["Store", "Archive", "Sys", "CStrata", "TestSupport"]),
         .testTarget(name: "ArchiveTests", dependencies: ["Archive", "Sys", "CStrata", "TestSupport"]),
         .testTarget(name: "OverlayTests", dependencies: ["Overlay", "OverlayFS", "FUSE", "Sys", "CStrata", "TestSupport"]),

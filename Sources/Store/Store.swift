@@ -26,7 +26,10 @@ public final class Store: @unchecked Sendable {
 
     public init(root: String) throws(StoreError) {
         self.root = root
-        for d in [root, "\(root)/overlay", "\(root)/overlay/l", "\(root)/tmp"] {
+        do { try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true) } catch {
+            throw StoreError("cannot create the store at \(root): \(currentErrno())")
+        }
+        for d in ["\(root)/overlay", "\(root)/overlay/l", "\(root)/tmp"] {
             if mkdir(d, 0o700) != 0 && errno != EEXIST { throw StoreError("cannot create \(d): \(currentErrno())") }
         }
         do { db = try StoreDatabase(path: "\(root)/strata.db") } catch { throw StoreError("store database \(root)/strata.db: \(error)") }

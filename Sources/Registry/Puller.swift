@@ -1,0 +1,120 @@
+import Foundation
+import Store
+import Sys
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `strata pull`: manifest (an index resolved to the platform), config and
+/// missing layers into an OCI layout under the store's tmp, every digest and
+/// size checked, then registered by the image loader. Blobs are fetched
+/// three at a time into `.partial` files that a rerun resumes with Range.
+public struct Puller: Sendable {
+    public let store: Store
+    public let client: RegistryClient
+    public var platform = "linux/amd64"
+    public var progress: @Sendable (String) -> Void = { _ in }
+
+    public init(store: Store, client: RegistryClient) {
+        self.store = store
+        self.client = client
+    }
+
+    public func pull(_ ref: Reference) async throws -> String {
+        let accept = RegistryClient.manifestTypes.joined(separator: ", ")
+        var r = try await client.request(.GET, "/v2/\(ref.repository)/manifests/\(ref.reference)", headers: [("Accept", accept)])
+        guard r.status == 200 else { throw RegistryClient.error(r.status, r.body, "\(ref)") }
+        if let d = ref.digest, Digest.of(r.body) != d { throw RegistryError("\(ref): the manifest does not match its digest") }
+        var manifest = try json(r.body, "manifest of \(ref)")
+        if let list = manifest["manifests"] as? [[String: Any]] {
+            let (os, arch) = (String(platform.split(separator: "/").first ?? "linux"), String(platform.split(separator: "/").dropFirst().first ?? "amd64"))
+            guard let pick = list.first(where: { ($0["platform"] as? [String: Any]).map { $0["os"] as? String == os && $0["architecture"] as? String == arch } ?? false }),
+                  let digest = pick["digest"] as? String else {
+                throw RegistryError("\(ref) has no image for \(platform) (see --platform)")
+            }
+            r = try await client.request(.GET, "/v2/\(ref.repository)/manifests/\(digest)", headers: [("Accept", accept)])
+            guard r.status == 200 else { throw RegistryClient.error(r.status, r.body, "\(ref)@\(digest)") }
+            if Digest.of(r.body) != digest { throw RegistryError("\(ref): the manifest for \(platform) does not match its digest") }
+            manifest = try json(r.body, "manifest of \(ref)")
+        }
+        let manifestData = r.body
+        guard let cfg = manifest["config"] as? [String: Any], let cfgDigest = cfg["digest"] as? String,
+              let layers = manifest["layers"] as? [[String: Any]] else { throw RegistryError("\(ref): not an image manifest") }
+
+        let dir = "\(store.root)/tmp/pull-\(Digest.hex(Digest.of(manifestData)).prefix(16))"
+        try FileManager.default.createDirectory(atPath: "\(dir)/blobs/sha256", withIntermediateDirectories: true)
+        let config = try await blob(ref, cfgDigest, size: (cfg["size"] as? Int) ?? -1, dir: dir)
+        let cfgJSON = try json(try Data(contentsOf: URL(fileURLWithPath: config)), "config")
+        let diffIDs = ((cfgJSON["rootfs"] as? [String: Any])?["diff_ids"] as? [String]) ?? []
+        let chain = Digest.chainIDs(diffIDs)
+        // Layers already in the store are not downloaded again.
+        var wanted: [(String, Int)] = []
+        for (i, l) in layers.enumerated() {
+            guard let d = l["digest"] as? String else { throw RegistryError("\(ref): layer without a digest") }
+            if i < chain.count, try store.layer(chain[i]) != nil { progress("layer \(Digest.hex(d).prefix(12)): already present"); continue }
+            wanted.append((d, (l["size"] as? Int) ?? -1))
+        }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            var next = 0
+            for _ in 0..<min(3, wanted.count) {
+                let (d, size) = wanted[next]; next += 1
+                group.addTask { _ = try await self.blob(ref, d, size: size, dir: dir) }
+            }
+            while try await group.next() != nil {
+                if next < wanted.count {
+                    let (d, size) = wanted[next]; next += 1
+                    group.addTask { _ = try await self.blob(ref, d, size: size, dir: dir) }
+                }
+            }
+        }
+        try manifestData.write(to: URL(fileURLWithPath: "\(dir)/blobs/sha256/\(Digest.hex(Digest.of(manifestData)))"))
+        let index: [String: Any] = ["schemaVersion": 2, "manifests": [[
+            "mediaType": (manifest["mediaType"] as? String) ?? "application/vnd.oci.image.manifest.v1+json",
+            "digest": Digest.of(manifestData), "size": manifestData.count,
+            "annotations": ["io.containerd.image.name": ref.storeName]]]]
+        try JSONSerialization.data(withJSONObject: index).write(to: URL(fileURLWithPath: "\(dir)/index.json"))
+        try Data(#"{"imageLayoutVersion":"1.0.0"}"#.utf8).write(to: URL(fileURLWithPath: "\(dir)/oci-layout"))
+        var loader = ImageLoader(store: store)
+        loader.progress = progress
+        let loaded: [ImageLoader.Loaded]
+        do { loaded = try loader.load(directory: dir, source: "\(ref)") } catch { throw RegistryError("\(error)") }
+        try? FileManager.default.removeItem(atPath: dir)
+        return loaded.first?.id ?? ""
+    }
+
+    /// One blob, verified; resumed from a `.partial` file when one is left.
+    func blob(_ ref: Reference, _ digest: String, size: Int, dir: String) async throws -> String {
+        guard Digest.isValid(digest) else { throw RegistryError("\(ref): bad digest \(digest)") }
+        let final = "\(dir)/blobs/sha256/\(Digest.hex(digest))"
+        if FileManager.default.fileExists(atPath: final) { return final }
+        let partial = final + ".partial"
+        var st = stat()
+        let have: Int64 = lstat(partial, &st) == 0 ? Int64(st.st_size) : 0
+        let counter = ByteCounter()
+        _ = try await client.download("/v2/\(ref.repository)/blobs/\(digest)", to: partial, offset: have) { counter.add($0) }
+        let got = try Digest.ofFile(partial)
+        if got != digest {
+            unlink(partial)        // never resume from bytes that do not add up
+            throw RegistryError("blob \(digest) of \(ref) does not match its digest (got \(got)); refused")
+        }
+        if size >= 0, lstat(partial, &st) == 0, Int(st.st_size) != size {
+            unlink(partial)
+            throw RegistryError("blob \(digest) of \(ref) has \(st.st_size) bytes, the manifest says \(size)")
+        }
+        if rename(partial, final) != 0 { throw RegistryError("\(final): \(currentErrno())") }
+        progress("blob \(Digest.hex(digest).prefix(12)): \(counter.total + Int(have)) bytes\(have > 0 ? " (resumed at \(have))" : "")")
+        return final
+    }
+
+    func json(_ d: Data, _ what: String) throws -> [String: Any] {
+        guard let j = try? JSONSerialization.jsonObject(with: d) as? [String: Any] else { throw RegistryError("\(what) is not JSON") }
+        return j
+    }
+}
+
+final class ByteCounter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var n = 0
+    func add(_ k: Int) { lock.lock(); n += k; lock.unlock() }
+    var total: Int { lock.lock(); defer { lock.unlock() }; return n }
+}

@@ -1,0 +1,56 @@
+import Foundation
+import Store
+import Sys
+
+/// `strata push`: every blob first (HEAD to skip what the registry has,
+/// then POST, PATCH and PUT), the manifest last.
+public struct Pusher: Sendable {
+    public let store: Store
+    public let client: RegistryClient
+    public var progress: @Sendable (String) -> Void = { _ in }
+
+    public init(store: Store, client: RegistryClient) {
+        self.store = store
+        self.client = client
+    }
+
+    public func push(local: String, to ref: Reference) async throws {
+        let img: Store.ImageRecord
+        do { img = try store.image(local) } catch { throw RegistryError("\(error)") }
+        guard let cfg = try? JSONSerialization.jsonObject(with: img.config) as? [String: Any],
+              let diffIDs = (cfg["rootfs"] as? [String: Any])?["diff_ids"] as? [String] else {
+            throw RegistryError("image \(local): config without rootfs.diff_ids")
+        }
+        var layers: [[String: Any]] = []
+        for (l, d) in zip(img.layerIDs, diffIDs) {
+            let file = "\(store.root)/overlay/\(Digest.hex(l))/layer.tar"
+            let data = try Data(contentsOf: URL(fileURLWithPath: file))
+            try await upload(ref, digest: d, data: data)
+            layers.append(["mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d, "size": data.count])
+        }
+        try await upload(ref, digest: img.id, data: img.config)
+        let manifest: [String: Any] = [
+            "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": ["mediaType": "application/vnd.oci.image.config.v1+json", "digest": img.id, "size": img.config.count],
+            "layers": layers,
+        ]
+        let body = try JSONSerialization.data(withJSONObject: manifest, options: [.sortedKeys])
+        let r = try await client.request(.PUT, "/v2/\(ref.repository)/manifests/\(ref.tag ?? "latest")",
+                                         headers: [("Content-Type", "application/vnd.oci.image.manifest.v1+json")], body: body)
+        guard r.status == 201 || r.status == 200 else { throw RegistryClient.error(r.status, r.body, "manifest of \(ref)") }
+        progress("pushed \(ref) \(Digest.of(body))")
+    }
+
+    func upload(_ ref: Reference, digest: String, data: Data) async throws {
+        let head = try await client.request(.HEAD, "/v2/\(ref.repository)/blobs/\(digest)")
+        if head.status == 200 { progress("blob \(Digest.hex(digest).prefix(12)): already there"); return }
+        let start = try await client.request(.POST, "/v2/\(ref.repository)/blobs/uploads/")
+        guard start.status == 202, let loc = start.headers["Location"].first else { throw RegistryClient.error(start.status, start.body, "upload of \(digest)") }
+        let patch = try await client.request(.PATCH, loc, headers: [("Content-Type", "application/octet-stream")], body: data)
+        guard patch.status == 202, let loc2 = patch.headers["Location"].first else { throw RegistryClient.error(patch.status, patch.body, "upload of \(digest)") }
+        let sep = loc2.contains("?") ? "&" : "?"
+        let put = try await client.request(.PUT, "\(loc2)\(sep)digest=\(digest)")
+        guard put.status == 201 else { throw RegistryClient.error(put.status, put.body, "upload of \(digest)") }
+        progress("blob \(Digest.hex(digest).prefix(12)): \(data.count) bytes pushed")
+    }
+}

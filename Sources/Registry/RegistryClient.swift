@@ -1,0 +1,160 @@
+import AsyncHTTPClient
+import Foundation
+import NIOCore
+import NIOHTTP1
+import Sys
+
+/// The OCI distribution protocol over AsyncHTTPClient: requests with the
+/// registry's auth challenges answered (anonymous, bearer tokens as Docker
+/// Hub issues them, basic credentials), and registry errors as one line.
+public final class RegistryClient: @unchecked Sendable {
+    public let host: String
+    let scheme: String
+    let http = HTTPClient.shared
+    var credentials: (user: String, password: String)?
+    var authorization: String?
+
+    public static let manifestTypes = [
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+    ]
+
+    /// HTTPS unless `insecure` or the host is this machine.
+    public init(host: String, insecure: Bool, credentials: (String, String)?) {
+        self.host = host
+        let local = host.hasPrefix("localhost") || host.hasPrefix("127.") || host.hasPrefix("[::1]")
+        scheme = insecure || local ? "http" : "https"
+        self.credentials = credentials ?? Self.dockerConfigCredentials(host)
+    }
+
+    /// Basic credentials from ~/.docker/config.json (`auths.<host>.auth`).
+    static func dockerConfigCredentials(_ host: String) -> (String, String)? {
+        let home = ProcessInfo.processInfo.environment["HOME"] ?? "/root"
+        guard let d = FileManager.default.contents(atPath: "\(home)/.docker/config.json"),
+              let j = try? JSONSerialization.jsonObject(with: d) as? [String: Any],
+              let auths = j["auths"] as? [String: Any],
+              let entry = (auths[host] ?? auths["https://\(host)"]) as? [String: Any],
+              let b64 = entry["auth"] as? String, let raw = Data(base64Encoded: b64),
+              let s = String(data: raw, encoding: .utf8), let colon = s.firstIndex(of: ":") else { return nil }
+        return (String(s[..<colon]), String(s[s.index(after: colon)...]))
+    }
+
+    public struct Response: Sendable {
+        public var status: Int
+        public var headers: HTTPHeaders
+        public var body: Data
+    }
+
+    func url(_ path: String) -> String { path.hasPrefix("http") ? path : "\(scheme)://\(host)\(path)" }
+
+    /// One request; a 401 is answered once through the challenge it carries.
+    public func request(_ method: HTTPMethod, _ path: String, headers: [(String, String)] = [], body: Data? = nil,
+                        maxBody: Int = 64 << 20) async throws -> Response {
+        var attempt = 0
+        while true {
+            var req = HTTPClientRequest(url: url(path))
+            req.method = method
+            for (k, v) in headers { req.headers.add(name: k, value: v) }
+            if let a = authorization { req.headers.replaceOrAdd(name: "Authorization", value: a) }
+            if let body { req.body = .bytes(ByteBuffer(bytes: body)) }
+            let resp = try await http.execute(req, timeout: .seconds(300))
+            var buf = try await resp.body.collect(upTo: maxBody)
+            let data = Data(buf.readBytes(length: buf.readableBytes) ?? [])
+            if resp.status.code == 401 && attempt == 0, let challenge = resp.headers["WWW-Authenticate"].first {
+                try await answer(challenge)
+                attempt += 1
+                continue
+            }
+            return Response(status: Int(resp.status.code), headers: resp.headers, body: data)
+        }
+    }
+
+    /// Streams a response body to a file (appending from `offset` with a
+    /// Range request when resuming); returns the HTTP status.
+    public func download(_ path: String, to file: String, offset: Int64, onBytes: (Int) -> Void) async throws -> Int {
+        var attempt = 0
+        while true {
+            var req = HTTPClientRequest(url: url(path))
+            if let a = authorization { req.headers.replaceOrAdd(name: "Authorization", value: a) }
+            if offset > 0 { req.headers.add(name: "Range", value: "bytes=\(offset)-") }
+            let resp = try await http.execute(req, timeout: .seconds(3600))
+            if resp.status.code == 401 && attempt == 0, let challenge = resp.headers["WWW-Authenticate"].first {
+                _ = try await resp.body.collect(upTo: 1 << 20)
+                try await answer(challenge)
+                attempt += 1
+                continue
+            }
+            guard resp.status.code == 200 || resp.status.code == 206 else {
+                var b = try await resp.body.collect(upTo: 1 << 20)
+                throw Self.error(Int(resp.status.code), Data(b.readBytes(length: b.readableBytes) ?? []), path)
+            }
+            let append = resp.status.code == 206
+            guard let out = FileHandle(forWritingAtPath: file) ?? {
+                FileManager.default.createFile(atPath: file, contents: nil)
+                return FileHandle(forWritingAtPath: file)
+            }() else { throw RegistryError("\(file): cannot write") }
+            defer { try? out.close() }
+            if append { try out.seekToEnd() } else { try out.truncate(atOffset: 0) }
+            for try await chunk in resp.body {
+                var c = chunk
+                if let bytes = c.readBytes(length: c.readableBytes) {
+                    try out.write(contentsOf: bytes)
+                    onBytes(bytes.count)
+                }
+            }
+            return Int(resp.status.code)
+        }
+    }
+
+    /// `Bearer realm=...,service=...,scope=...`: fetch a token (with basic
+    /// credentials when we have them); `Basic`: send the credentials.
+    func answer(_ challenge: String) async throws {
+        let lower = challenge.lowercased()
+        if lower.hasPrefix("basic") {
+            guard let c = credentials else { throw RegistryError("\(host): the registry wants a login (UNAUTHORIZED); pass --username and --password-stdin") }
+            authorization = "Basic " + Data("\(c.user):\(c.password)".utf8).base64EncodedString()
+            return
+        }
+        guard lower.hasPrefix("bearer") else { throw RegistryError("\(host): unknown auth challenge '\(challenge)'") }
+        var params: [String: String] = [:]
+        for part in challenge.dropFirst(6).split(separator: ",") {
+            let kv = part.split(separator: "=", maxSplits: 1)
+            if kv.count == 2 { params[kv[0].trimmingCharacters(in: .whitespaces)] = kv[1].trimmingCharacters(in: CharacterSet(charactersIn: "\" ")) }
+        }
+        guard let realm = params["realm"], var comps = URLComponents(string: realm) else { throw RegistryError("\(host): bearer challenge without a realm") }
+        var items = comps.queryItems ?? []
+        if let s = params["service"] { items.append(URLQueryItem(name: "service", value: s)) }
+        if let s = params["scope"] { items.append(URLQueryItem(name: "scope", value: s)) }
+        comps.queryItems = items
+        guard let tokenURL = comps.url?.absoluteString else { throw RegistryError("\(host): bad token realm \(realm)") }
+        var req = HTTPClientRequest(url: tokenURL)
+        if let c = credentials { req.headers.add(name: "Authorization", value: "Basic " + Data("\(c.user):\(c.password)".utf8).base64EncodedString()) }
+        let resp = try await http.execute(req, timeout: .seconds(60))
+        var b = try await resp.body.collect(upTo: 1 << 20)
+        let data = Data(b.readBytes(length: b.readableBytes) ?? [])
+        guard resp.status.code == 200, let j = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
+              let token = (j["token"] ?? j["access_token"]) as? String else {
+            throw RegistryError("\(host): the token service refused (HTTP \(resp.status.code)); check the credentials")
+        }
+        authorization = "Bearer \(token)"
+    }
+
+    /// A registry error as one line: its code, message and what was asked.
+    static func error(_ status: Int, _ body: Data, _ what: String) -> RegistryError {
+        if let j = try? JSONSerialization.jsonObject(with: body) as? [String: Any],
+           let first = (j["errors"] as? [[String: Any]])?.first, let code = first["code"] as? String {
+            let hint: String
+            switch code {
+            case "MANIFEST_UNKNOWN": hint = " (no such tag or digest)"
+            case "BLOB_UNKNOWN": hint = " (the registry lacks a blob)"
+            case "DENIED", "UNAUTHORIZED": hint = " (log in with --username/--password-stdin or ~/.docker/config.json)"
+            case "TOOMANYREQUESTS": hint = " (rate limited; try again later)"
+            default: hint = ""
+            }
+            return RegistryError("\(code): \(first["message"] as? String ?? "")\(hint) [\(what)]")
+        }
+        return RegistryError("HTTP \(status) for \(what)")
+    }
+}
