@@ -16,9 +16,16 @@ final class LocalRegistry: @unchecked Sendable {
     let pid: pid_t
     var host: String { "127.0.0.1:\(port)" }
 
-    init() throws {
+    /// `htpasswd`: user and password of a basic-auth registry.
+    init(htpasswd: (String, String)? = nil) throws {
         dir = TempDir("strata-registry")
         port = Int.random(in: 20000...40000)
+        var auth = ""
+        if let (u, p) = htpasswd {
+            let h = runProgram("/usr/bin/htpasswd", ["-Bbn", u, p])
+            try h.stdout.write(toFile: "\(dir.path)/htpasswd", atomically: true, encoding: .utf8)
+            auth = "auth:\n  htpasswd:\n    realm: strata-test\n    path: \(dir.path)/htpasswd\n"
+        }
         let config = """
         version: 0.1
         storage:
@@ -30,7 +37,8 @@ final class LocalRegistry: @unchecked Sendable {
           addr: 127.0.0.1:\(port)
         log:
           level: error
-        """
+
+        """ + auth
         try config.write(toFile: "\(dir.path)/config.yml", atomically: true, encoding: .utf8)
         guard let bin = Spawn.which("docker-registry") else { throw RegistryError("docker-registry missing: apt-get install docker-registry") }
         let null = open("/dev/null", O_RDWR | O_CLOEXEC)
@@ -120,5 +128,57 @@ struct RegistryTests {
         let pull = strata(["pull", "--root", "\(t.path)/b", "\(reg.host)/eco/bad:1"])
         #expect(pull.status != 0 && pull.stderr.contains("does not match its digest"), "\(pull.stderr)")
         #expect(strata(["image", "ls", "--root", "\(t.path)/b"]).stdout.split(separator: "\n").count == 1)
+    }
+
+    /// A registry behind basic auth: refused without credentials (one line
+    /// saying how to log in), served with them from ~/.docker/config.json.
+    @Test func basicAuthRegistry() throws {
+        guard Spawn.which("htpasswd") != nil else { Issue.record("htpasswd missing: apt-get install apache2-utils"); return }
+        let reg = try LocalRegistry(htpasswd: ("strata", "s3cret"))
+        let t = TempDir()
+        #expect(strata(["image", "load", "--root", "\(t.path)/a", "-i", "\(Self.fixtures)/busybox-l3.docker.tar"]).status == 0)
+        let home = t.sub("home")
+        let anon = runProgram(MountEnvironment.binary, ["push", "--root", "\(t.path)/a", "\(reg.host)/eco/auth:1", "localhost/eco/busybox:l3"], env: ["HOME": home])
+        #expect(anon.status != 0 && anon.stderr.contains("--username"), "\(anon.stderr)")
+        mkdir("\(home)/.docker", 0o700)
+        let auth = Data("strata:s3cret".utf8).base64EncodedString()
+        try "{\"auths\": {\"\(reg.host)\": {\"auth\": \"\(auth)\"}}}".write(toFile: "\(home)/.docker/config.json", atomically: true, encoding: .utf8)
+        let push = runProgram(MountEnvironment.binary, ["push", "--root", "\(t.path)/a", "\(reg.host)/eco/auth:1", "localhost/eco/busybox:l3"], env: ["HOME": home])
+        #expect(push.status == 0, "\(push.stderr)")
+        let pull = runProgram(MountEnvironment.binary, ["pull", "--root", "\(t.path)/b", "\(reg.host)/eco/auth:1"], env: ["HOME": home])
+        #expect(pull.status == 0, "\(pull.stderr)")
+    }
+
+    /// An interrupted pull leaves a `.partial` blob: the next pull resumes it
+    /// with Range; bytes that do not add up are thrown away, never used.
+    @Test func interruptedPullResumesOrRestartsCleanly() throws {
+        let reg = try LocalRegistry()
+        let t = TempDir()
+        #expect(strata(["image", "load", "--root", "\(t.path)/a", "-i", "\(Self.fixtures)/busybox-l3.docker.tar"]).status == 0)
+        #expect(strata(["push", "--root", "\(t.path)/a", "\(reg.host)/eco/resume:1", "localhost/eco/busybox:l3"]).status == 0)
+        // The pull's work folder is named by the manifest; find it with a first, failing pull.
+        let store = "\(t.path)/b"
+        let big = "588a2830fefd271ef4563235164e7b4e2837d8678592347e22a4191f83d63eda"
+        let layerTar = try Data(contentsOf: URL(fileURLWithPath: "\(t.path)/a/overlay/\(big)/layer.tar"))
+        let manifest = runProgram("/usr/bin/env", ["python3", "-c", "import urllib.request,hashlib;r=urllib.request.Request('http://\(reg.host)/v2/eco/resume/manifests/1',headers={'Accept':'application/vnd.oci.image.manifest.v1+json'});print(hashlib.sha256(urllib.request.urlopen(r).read()).hexdigest())"])
+        let mhex = manifest.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(mhex.count == 64)
+        let work = "\(store)/tmp/pull-\(mhex.prefix(16))/blobs/sha256"
+        try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
+        // Half of the big layer, as an interrupted download leaves it.
+        try layerTar.prefix(layerTar.count / 2).write(to: URL(fileURLWithPath: "\(work)/\(big).partial"))
+        let resumed = strata(["pull", "--root", store, "\(reg.host)/eco/resume:1"])
+        #expect(resumed.status == 0, "\(resumed.stderr)")
+        #expect(resumed.stderr.contains("resumed at \(layerTar.count / 2)"), "\(resumed.stderr)")
+        // Garbage in a .partial: refused once, then a clean restart succeeds.
+        let other = "\(t.path)/c"
+        let work2 = "\(other)/tmp/pull-\(mhex.prefix(16))/blobs/sha256"
+        try FileManager.default.createDirectory(atPath: work2, withIntermediateDirectories: true)
+        try Data(repeating: 0x41, count: 1000).write(to: URL(fileURLWithPath: "\(work2)/\(big).partial"))
+        let bad = strata(["pull", "--root", other, "\(reg.host)/eco/resume:1"])
+        #expect(bad.status != 0 && bad.stderr.contains("does not match its digest"), "\(bad.stderr)")
+        #expect(strata(["image", "ls", "--root", other]).stdout.split(separator: "\n").count == 1)
+        let clean = strata(["pull", "--root", other, "\(reg.host)/eco/resume:1"])
+        #expect(clean.status == 0, "\(clean.stderr)")
     }
 }
