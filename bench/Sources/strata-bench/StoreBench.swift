@@ -28,7 +28,7 @@ struct StoreBench: ParsableCommand {
         let root = try makeTemp(dir)
         defer { _ = try? Spawn.run("/bin/rm", ["rm", "-rf", "--one-file-system", root]) }
         progress("building a 3-layer docker-save archive from \(rootfs ?? "\(sizeMib) MiB of synthetic files")")
-        let archive = try buildImage(root, mib: sizeMib)
+        let archive = try buildImageArchive(root, mib: sizeMib, rootfs: rootfs)
         var st = stat()
         stat(archive, &st)
         var load = Workload(name: "load a \(Int(st.st_size) >> 20) MiB 3-layer image (\(rootfs == nil ? "synthetic" : "rootfs"))", bytes: nil)
@@ -62,8 +62,12 @@ struct StoreBench: ParsableCommand {
         print(report([load, start], impls: ["podman", "strata"], base: "podman"))
     }
 
-    /// Three layers of files (compressible and not), as a docker save archive.
-    func buildImage(_ root: String, mib: Int) throws -> String {
+}
+
+/// Three layers (from a root filesystem, or synthetic files), as a docker
+/// save archive tagged localhost/bench:1.
+func buildImageArchive(_ root: String, mib: Int, rootfs: String?) throws -> String {
+    do {
         var diffIDs: [String] = []
         var tars: [String] = []
         var split: [[String]] = [["usr"], ["etc", "var"], []]
