@@ -76,6 +76,7 @@ public struct Puller: Sendable {
         try Data(#"{"imageLayoutVersion":"1.0.0"}"#.utf8).write(to: URL(fileURLWithPath: "\(dir)/oci-layout"))
         var loader = ImageLoader(store: store)
         loader.progress = progress
+        loader.ownsFiles = true
         let loaded: [ImageLoader.Loaded]
         do { loaded = try loader.load(directory: dir, source: "\(ref)") } catch { throw RegistryError("\(error)") }
         try? FileManager.default.removeItem(atPath: dir)

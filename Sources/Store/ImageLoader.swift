@@ -11,6 +11,9 @@ import Glibc
 public struct ImageLoader {
     public let store: Store
     public var progress: (String) -> Void = { _ in }
+    /// The layer files are ours to move (a temporary unpacking or download),
+    /// so an uncompressed layer moves into the store instead of being copied.
+    public var ownsFiles = false
 
     public init(store: Store) { self.store = store }
 
@@ -28,7 +31,9 @@ public struct ImageLoader {
         var applier = LayerApplier()
         applier.deviceWhiteouts = false
         do { _ = try applier.apply(file: archive, to: tmp) } catch { throw StoreError("\(archive): \(error)") }
-        return try load(directory: tmp, source: archive)
+        var owning = self
+        owning.ownsFiles = true
+        return try owning.load(directory: tmp, source: archive)
     }
 
     public func load(directory dir: String, source: String? = nil) throws(StoreError) -> [Loaded] {
@@ -123,13 +128,25 @@ public struct ImageLoader {
         var added = 0
         for (i, file) in layerFiles.enumerated() {
             if try store.layer(chain[i]) != nil { progress("layer \(Digest.hex(diffIDs[i]).prefix(12)): already present"); continue }
-            if let blobs = blobDigests, try Digest.ofFile(file) != blobs[i] {
+            let stored = try Digest.ofFile(file)
+            if let blobs = blobDigests, stored != blobs[i] {
                 throw StoreError("\(label): layer blob \(blobs[i]) does not match its digest")
             }
             let plain = "\(store.root)/tmp/layer-\(UInt32.random(in: 0...UInt32.max)).tar"
             defer { unlink(plain) }
-            let diff = try Digest.ofUncompressed(file, copy: plain)
-            if diff != diffIDs[i] { throw StoreError("\(label): layer \(i + 1) has diff ID \(diff), the config says \(diffIDs[i])") }
+            if stored == diffIDs[i] {
+                // Already the uncompressed tar its diff ID names: move or copy it as is.
+                // (A file a later layer names again, as repeated empty layers do, is copied.)
+                let movable = ownsFiles && !layerFiles[(i + 1)...].contains(file)
+                if !(movable && rename(file, plain) == 0) {
+                    do { try FileManager.default.copyItem(atPath: file, toPath: plain) } catch {
+                        throw StoreError("\(label): copying layer \(i + 1): \(error)")
+                    }
+                }
+            } else {
+                let diff = try Digest.ofUncompressed(file, copy: plain)
+                if diff != diffIDs[i] { throw StoreError("\(label): layer \(i + 1) has diff ID \(diff), the config says \(diffIDs[i])") }
+            }
             if try store.addLayer(archive: plain, diffID: diffIDs[i], chainID: chain[i], parent: i > 0 ? chain[i - 1] : nil,
                                   keepArchive: true, progress: progress) {
                 added += 1
