@@ -19,15 +19,27 @@ public enum Digest {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         if fd < 0 { throw StoreError("\(path): \(currentErrno())") }
         defer { close(fd) }
+        return try stream { (buf, size) throws(StoreError) -> Int in
+            let n = read(fd, buf, size)
+            if n < 0 { throw StoreError("\(path): read: \(currentErrno())") }
+            return n
+        }
+    }
+
+    /// Hashes what `next` fills a 1 MiB buffer with until it returns 0,
+    /// handing each chunk to `each` too.
+    static func stream(_ next: (UnsafeMutableRawPointer, Int) throws(StoreError) -> Int,
+                       each: (UnsafeRawBufferPointer) throws(StoreError) -> Void = { _ throws(StoreError) in }) throws(StoreError) -> String {
         var h = SHA256()
         let size = 1 << 20
         let buf = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 4096)
         defer { buf.deallocate() }
         while true {
-            let n = read(fd, buf, size)
-            if n < 0 { throw StoreError("\(path): read: \(currentErrno())") }
+            let n = try next(buf, size)
             if n == 0 { break }
-            h.update(bufferPointer: UnsafeRawBufferPointer(start: buf, count: n))
+            let chunk = UnsafeRawBufferPointer(start: buf, count: n)
+            h.update(bufferPointer: chunk)
+            try each(chunk)
         }
         return "sha256:" + h.finalize().map { String(format: "%02x", $0) }.joined()
     }
@@ -52,22 +64,14 @@ public enum Digest {
         }
         var entry: OpaquePointer? = nil
         guard archive_read_next_header(a, &entry) == ARCHIVE_OK else { throw StoreError("\(path): empty or unreadable") }
-        var h = SHA256()
-        let size = 1 << 20
-        let buf = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 4096)
-        defer { buf.deallocate() }
-        while true {
+        return try stream({ (buf, size) throws(StoreError) -> Int in
             let n = archive_read_data(a, buf, size)
             if n < 0 { throw StoreError("\(path): corrupt compressed data: \(archive_error_string(a).map { String(cString: $0) } ?? "")") }
-            if n == 0 { break }
-            h.update(bufferPointer: UnsafeRawBufferPointer(start: buf, count: n))
-            if out >= 0 {
-                do { try Sys.writeAll(out, UnsafeRawBufferPointer(start: buf, count: n), path: copy ?? "") } catch {
-                    throw StoreError("\(error)")
-                }
-            }
-        }
-        return "sha256:" + h.finalize().map { String(format: "%02x", $0) }.joined()
+            return n
+        }, each: { (chunk) throws(StoreError) in
+            guard out >= 0 else { return }
+            do { try Sys.writeAll(out, chunk, path: copy ?? "") } catch { throw StoreError("\(error)") }
+        })
     }
 
     /// Chain IDs name a layer by everything below it (OCI image spec).
