@@ -36,6 +36,14 @@ int strata_fuse_backing_close(int devfd, int backing_id) {
 
 int strata_ficlone(int dst, int src) { return ioctl(dst, FICLONE, src); }
 
+int strata_set_topdir(int fd) {
+    int flags = 0;
+    if (ioctl(fd, FS_IOC_GETFLAGS, &flags) != 0) return -1;
+    if (flags & FS_TOPDIR_FL) return 0;
+    flags |= FS_TOPDIR_FL;
+    return ioctl(fd, FS_IOC_SETFLAGS, &flags);
+}
+
 int strata_renameat2(int od, const char *op, int nd, const char *np, unsigned int flags) {
     return (int)syscall(SYS_renameat2, od, op, nd, np, flags);
 }

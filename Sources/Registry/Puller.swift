@@ -43,7 +43,7 @@ public struct Puller: Sendable {
 
         let dir = "\(store.root)/tmp/pull-\(Digest.hex(Digest.of(manifestData)).prefix(16))"
         try FileManager.default.createDirectory(atPath: "\(dir)/blobs/sha256", withIntermediateDirectories: true)
-        let config = try await blob(ref, cfgDigest, size: (cfg["size"] as? Int) ?? -1, dir: dir)
+        let config = try await blob(ref, cfgDigest, size: (cfg["size"] as? Int) ?? -1, dir: dir).path
         let cfgJSON = try json(try Data(contentsOf: URL(fileURLWithPath: config)), "config")
         let diffIDs = ((cfgJSON["rootfs"] as? [String: Any])?["diff_ids"] as? [String]) ?? []
         let chain = Digest.chainIDs(diffIDs)
@@ -54,16 +54,18 @@ public struct Puller: Sendable {
             if i < chain.count, try store.layer(chain[i]) != nil { progress("layer \(Digest.hex(d).prefix(12)): already present"); continue }
             wanted.append((d, (l["size"] as? Int) ?? -1))
         }
-        try await withThrowingTaskGroup(of: Void.self) { group in
+        var verified: [String: String] = [:]
+        try await withThrowingTaskGroup(of: (path: String, digest: String).self) { group in
             var next = 0
             for _ in 0..<min(3, wanted.count) {
                 let (d, size) = wanted[next]; next += 1
-                group.addTask { _ = try await self.blob(ref, d, size: size, dir: dir) }
+                group.addTask { try await self.blob(ref, d, size: size, dir: dir) }
             }
-            while try await group.next() != nil {
+            while let got = try await group.next() {
+                verified[got.path] = got.digest
                 if next < wanted.count {
                     let (d, size) = wanted[next]; next += 1
-                    group.addTask { _ = try await self.blob(ref, d, size: size, dir: dir) }
+                    group.addTask { try await self.blob(ref, d, size: size, dir: dir) }
                 }
             }
         }
@@ -77,6 +79,7 @@ public struct Puller: Sendable {
         var loader = ImageLoader(store: store)
         loader.progress = progress
         loader.ownsFiles = true
+        loader.verifiedDigests = verified
         let loaded: [ImageLoader.Loaded]
         do { loaded = try loader.load(directory: dir, source: "\(ref)") } catch { throw RegistryError("\(error)") }
         try? FileManager.default.removeItem(atPath: dir)
@@ -84,27 +87,31 @@ public struct Puller: Sendable {
     }
 
     /// One blob, verified; resumed from a `.partial` file when one is left.
-    func blob(_ ref: Reference, _ digest: String, size: Int, dir: String) async throws -> String {
+    /// The digest is taken as the bytes arrive (after rehashing what a
+    /// resumed file already holds), so a blob is never read back.
+    func blob(_ ref: Reference, _ digest: String, size: Int, dir: String) async throws -> (path: String, digest: String) {
         guard Digest.isValid(digest) else { throw RegistryError("\(ref): bad digest \(digest)") }
         let final = "\(dir)/blobs/sha256/\(Digest.hex(digest))"
-        if FileManager.default.fileExists(atPath: final) { return final }
+        if FileManager.default.fileExists(atPath: final) { return (final, try Digest.ofFile(final)) }
         let partial = final + ".partial"
         var st = stat()
         let have: Int64 = lstat(partial, &st) == 0 ? Int64(st.st_size) : 0
-        let counter = ByteCounter()
-        _ = try await client.download("/v2/\(ref.repository)/blobs/\(digest)", to: partial, offset: have) { counter.add($0) }
-        let got = try Digest.ofFile(partial)
+        let state = BlobState()
+        if have > 0 { try state.absorb(file: partial, upTo: have) }
+        let from = try await client.download("/v2/\(ref.repository)/blobs/\(digest)", to: partial, offset: have) { state.add($0) }
+        if from == 0 && have > 0 { state.reset(); try state.absorb(file: partial, upTo: Int64.max) }
+        let (got, total) = state.finish()
         if got != digest {
             unlink(partial)        // never resume from bytes that do not add up
             throw RegistryError("blob \(digest) of \(ref) does not match its digest (got \(got)); refused")
         }
-        if size >= 0, lstat(partial, &st) == 0, Int(st.st_size) != size {
+        if size >= 0, total != Int64(size) {
             unlink(partial)
-            throw RegistryError("blob \(digest) of \(ref) has \(st.st_size) bytes, the manifest says \(size)")
+            throw RegistryError("blob \(digest) of \(ref) has \(total) bytes, the manifest says \(size)")
         }
         if rename(partial, final) != 0 { throw RegistryError("\(final): \(currentErrno())") }
-        progress("blob \(Digest.hex(digest).prefix(12)): \(counter.total + Int(have)) bytes\(have > 0 ? " (resumed at \(have))" : "")")
-        return final
+        progress("blob \(Digest.hex(digest).prefix(12)): \(total) bytes\(from > 0 ? " (resumed at \(from))" : "")")
+        return (final, got)
     }
 
     func json(_ d: Data, _ what: String) throws -> [String: Any] {
@@ -113,9 +120,33 @@ public struct Puller: Sendable {
     }
 }
 
-final class ByteCounter: @unchecked Sendable {
+/// A blob's running digest and length while it downloads.
+final class BlobState: @unchecked Sendable {
     private let lock = NSLock()
-    private var n = 0
-    func add(_ k: Int) { lock.lock(); n += k; lock.unlock() }
-    var total: Int { lock.lock(); defer { lock.unlock() }; return n }
+    private var hasher = Digest.Hasher()
+    private var count: Int64 = 0
+
+    func add(_ bytes: UnsafeRawBufferPointer) {
+        lock.lock(); hasher.update(bytes); count += Int64(bytes.count); lock.unlock()
+    }
+
+    func reset() { lock.lock(); hasher = Digest.Hasher(); count = 0; lock.unlock() }
+
+    /// Hashes the first `limit` bytes of a file already on disk.
+    func absorb(file: String, upTo limit: Int64) throws {
+        let fd = open(file, O_RDONLY | O_CLOEXEC)
+        if fd < 0 { throw RegistryError("\(file): \(currentErrno())") }
+        defer { close(fd) }
+        var buf = [UInt8](repeating: 0, count: 1 << 20)
+        var left = limit
+        while left > 0 {
+            let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, Int(min(Int64($0.count), left))) }
+            if n < 0 { throw RegistryError("\(file): \(currentErrno())") }
+            if n == 0 { break }
+            buf.withUnsafeBytes { add(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+            left -= Int64(n)
+        }
+    }
+
+    func finish() -> (String, Int64) { lock.lock(); defer { lock.unlock() }; return (hasher.finalize(), count) }
 }

@@ -3,6 +3,9 @@ import Foundation
 import NIOCore
 import NIOHTTP1
 import Sys
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The OCI distribution protocol over AsyncHTTPClient: requests with the
 /// registry's auth challenges answered (anonymous, bearer tokens as Docker
@@ -73,7 +76,12 @@ public final class RegistryClient: @unchecked Sendable {
 
     /// Streams a response body to a file (appending from `offset` with a
     /// Range request when resuming); returns the HTTP status.
-    public func download(_ path: String, to file: String, offset: Int64, onBytes: (Int) -> Void) async throws -> Int {
+    /// Streams a blob into `file` (appending from `offset` when the registry
+    /// honours the Range), handing every chunk to `onChunk` as it is
+    /// written: the caller hashes while the bytes are in memory. Returns the
+    /// offset the body was written from (0 when the registry sent it all).
+    public func download(_ path: String, to file: String, offset: Int64,
+                         onChunk: (UnsafeRawBufferPointer) -> Void) async throws -> Int64 {
         var attempt = 0
         while true {
             var req = HTTPClientRequest(url: url(path))
@@ -90,21 +98,20 @@ public final class RegistryClient: @unchecked Sendable {
                 var b = try await resp.body.collect(upTo: 1 << 20)
                 throw Self.error(Int(resp.status.code), Data(b.readBytes(length: b.readableBytes) ?? []), path)
             }
-            let append = resp.status.code == 206
-            guard let out = FileHandle(forWritingAtPath: file) ?? {
-                FileManager.default.createFile(atPath: file, contents: nil)
-                return FileHandle(forWritingAtPath: file)
-            }() else { throw RegistryError("\(file): cannot write") }
-            defer { try? out.close() }
-            if append { try out.seekToEnd() } else { try out.truncate(atOffset: 0) }
+            let from: Int64 = resp.status.code == 206 ? offset : 0
+            let fd = open(file, O_WRONLY | O_CREAT | O_CLOEXEC, 0o600)
+            if fd < 0 { throw RegistryError("\(file): \(currentErrno())") }
+            defer { close(fd) }
+            if ftruncate(fd, off_t(from)) != 0 || lseek(fd, off_t(from), SEEK_SET) < 0 {
+                throw RegistryError("\(file): \(currentErrno())")
+            }
             for try await chunk in resp.body {
-                var c = chunk
-                if let bytes = c.readBytes(length: c.readableBytes) {
-                    try out.write(contentsOf: bytes)
-                    onBytes(bytes.count)
+                try chunk.withUnsafeReadableBytes { (bytes) throws(SysError) in
+                    try Sys.writeAll(fd, bytes, path: file)
+                    onChunk(bytes)
                 }
             }
-            return Int(resp.status.code)
+            return from
         }
     }
 

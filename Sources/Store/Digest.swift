@@ -12,6 +12,14 @@ public enum Digest {
         "sha256:" + SHA256.hash(data: data).map { String(format: "%02x", $0) }.joined()
     }
 
+    /// A digest taken piece by piece, as bytes arrive from the network.
+    public struct Hasher {
+        var h = SHA256()
+        public init() {}
+        public mutating func update(_ bytes: UnsafeRawBufferPointer) { h.update(bufferPointer: bytes) }
+        public func finalize() -> String { "sha256:" + h.finalize().map { String(format: "%02x", $0) }.joined() }
+    }
+
     public static func of(string: String) -> String { of(Data(string.utf8)) }
 
     /// The digest of a file's bytes as stored.

@@ -8,12 +8,15 @@ import Glibc
 /// `docker save` archives and OCI image layouts (as a tar, or a directory)
 /// into the store; every digest is checked before anything is registered,
 /// and layers already present are not extracted again.
-public struct ImageLoader {
+public struct ImageLoader: Sendable {
     public let store: Store
-    public var progress: (String) -> Void = { _ in }
+    public var progress: @Sendable (String) -> Void = { _ in }
     /// The layer files are ours to move (a temporary unpacking or download),
     /// so an uncompressed layer moves into the store instead of being copied.
     public var ownsFiles = false
+    /// Digests already taken of layer files (a pull hashes blobs as they
+    /// arrive), so that they are not read a second time.
+    public var verifiedDigests: [String: String] = [:]
 
     public init(store: Store) { self.store = store }
 
@@ -115,7 +118,9 @@ public struct ImageLoader {
     }
 
     /// Checks each layer against the config's diff IDs (and its blob digest
-    /// for OCI), then registers what is missing, bottom first.
+    /// for OCI), unpacks what is missing (several layers at once: unpacking
+    /// is most of a load's time, and layers do not depend on each other on
+    /// disk), then records them bottom first.
     func register(config: Data, id: String, layerFiles: [String], blobDigests: [String]?, tags: [String], label: String) throws(StoreError) -> Loaded {
         guard let cfg = try? JSONSerialization.jsonObject(with: config) as? [String: Any],
               let diffIDs = (cfg["rootfs"] as? [String: Any])?["diff_ids"] as? [String] else {
@@ -125,35 +130,77 @@ public struct ImageLoader {
             throw StoreError("\(label): config lists \(diffIDs.count) layers, the manifest \(layerFiles.count)")
         }
         let chain = Digest.chainIDs(diffIDs)
-        var added = 0
-        for (i, file) in layerFiles.enumerated() {
-            if try store.layer(chain[i]) != nil { progress("layer \(Digest.hex(diffIDs[i]).prefix(12)): already present"); continue }
-            let stored = try Digest.ofFile(file)
-            if let blobs = blobDigests, stored != blobs[i] {
-                throw StoreError("\(label): layer blob \(blobs[i]) does not match its digest")
-            }
-            let plain = "\(store.root)/tmp/layer-\(UInt32.random(in: 0...UInt32.max)).tar"
-            defer { unlink(plain) }
-            if stored == diffIDs[i] {
-                // Already the uncompressed tar its diff ID names: move or copy it as is.
-                // (A file a later layer names again, as repeated empty layers do, is copied.)
-                let movable = ownsFiles && !layerFiles[(i + 1)...].contains(file)
-                if !(movable && rename(file, plain) == 0) {
-                    do { try FileManager.default.copyItem(atPath: file, toPath: plain) } catch {
-                        throw StoreError("\(label): copying layer \(i + 1): \(error)")
-                    }
+        var wanted: [Int] = []
+        for i in chain.indices {
+            if try store.layer(chain[i]) != nil { progress("layer \(Digest.hex(diffIDs[i]).prefix(12)): already present") }
+            else if !wanted.contains(where: { chain[$0] == chain[i] }) { wanted.append(i) }
+        }
+        let missing = wanted
+        let results = Locked([Int: Result<Store.UnpackedLayer, StoreError>]())
+        let say = Locked(progress)
+        let workers = min(missing.count, max(1, min(4, ProcessInfo.processInfo.activeProcessorCount)))
+        let next = Locked(0)
+        DispatchQueue.concurrentPerform(iterations: workers) { _ in
+            while true {
+                let k: Int? = next.withLock { n in
+                    defer { n += 1 }
+                    return n < missing.count ? n : nil
                 }
-            } else {
-                let diff = try Digest.ofUncompressed(file, copy: plain)
-                if diff != diffIDs[i] { throw StoreError("\(label): layer \(i + 1) has diff ID \(diff), the config says \(diffIDs[i])") }
+                guard let k else { return }
+                let i = missing[k]
+                let r = Result { () throws(StoreError) -> Store.UnpackedLayer in
+                    try unpack(i, file: layerFiles[i], diffID: diffIDs[i], chainID: chain[i],
+                               blob: blobDigests?[i], movable: ownsFiles && layerFiles.filter { $0 == layerFiles[i] }.count == 1,
+                               label: label)
+                }
+                results.withLock { $0[i] = r }
+                if case .success(let u) = r {
+                    say.withLock { $0("layer \(Digest.hex(u.diffID).prefix(12)): unpacked, \(u.stats.entries) entries") }
+                }
             }
-            if try store.addLayer(archive: plain, diffID: diffIDs[i], chainID: chain[i], parent: i > 0 ? chain[i - 1] : nil,
-                                  keepArchive: true, progress: progress) {
-                added += 1
+        }
+        let done = results.withLock { $0 }
+        if let failed = missing.first(where: { if case .failure = done[$0] { return true } else { return false } }),
+           case .failure(let e) = done[failed] {
+            for i in missing { if case .success = done[i] { store.discardUnpacked(chain[i]) } }
+            throw e
+        }
+        var added = 0
+        for i in missing {
+            guard case .success(let u) = done[i] else { continue }
+            do throws(StoreError) { try store.record(u, parent: i > 0 ? chain[i - 1] : nil, progress: progress) } catch {
+                for j in missing where j >= i { store.discardUnpacked(chain[j]) }
+                throw error
             }
+            added += 1
         }
         try store.addImage(id: id, config: config, chainIDs: chain, tags: tags)
         progress("loaded image \(Digest.hex(id).prefix(12)) \(tags.joined(separator: " "))")
         return Loaded(id: id, tags: tags, newLayers: added, layers: chain.count)
+    }
+
+    /// One layer file checked (blob digest, then diff ID) and unpacked.
+    /// The uncompressed tar is what the store keeps; a file that is ours and
+    /// named once moves there instead of being copied.
+    func unpack(_ i: Int, file: String, diffID: String, chainID: String, blob: String?, movable: Bool,
+                label: String) throws(StoreError) -> Store.UnpackedLayer {
+        let stored: String
+        if let known = verifiedDigests[file] { stored = known } else { stored = try Digest.ofFile(file) }
+        if let blob, stored != blob {
+            throw StoreError("\(label): layer blob \(blob) does not match its digest")
+        }
+        let plain = "\(store.root)/tmp/layer-\(UInt32.random(in: 0...UInt32.max)).tar"
+        defer { unlink(plain) }
+        if stored == diffID {
+            if !(movable && rename(file, plain) == 0) {
+                do { try FileManager.default.copyItem(atPath: file, toPath: plain) } catch {
+                    throw StoreError("\(label): copying layer \(i + 1): \(error)")
+                }
+            }
+        } else {
+            let diff = try Digest.ofUncompressed(file, copy: plain)
+            if diff != diffID { throw StoreError("\(label): layer \(i + 1) has diff ID \(diff), the config says \(diffID)") }
+        }
+        return try store.unpackLayer(archive: plain, diffID: diffID, chainID: chainID, keepArchive: true)
     }
 }

@@ -1,4 +1,5 @@
 import Archive
+import CStrata
 import Foundation
 import GRDB
 import Sys
@@ -32,6 +33,13 @@ public final class Store: @unchecked Sendable {
         for d in ["\(root)/overlay", "\(root)/overlay/l", "\(root)/tmp"] {
             if mkdir(d, 0o700) != 0 && errno != EEXIST { throw StoreError("cannot create \(d): \(currentErrno())") }
         }
+        // Each layer is a tree of its own: ext4 then spreads layers over block
+        // groups instead of packing them beside their siblings, where a
+        // group full of just-deleted inodes makes every create scan them
+        // (journal-less ext4 skips inodes deleted in the last minutes).
+        // Best effort: other filesystems do not have the flag.
+        let od = open("\(root)/overlay", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if od >= 0 { _ = strata_set_topdir(od); close(od) }
         do { db = try StoreDatabase(path: "\(root)/strata.db") } catch { throw StoreError("store database \(root)/strata.db: \(error)") }
     }
 
@@ -52,39 +60,66 @@ public final class Store: @unchecked Sendable {
     }
 
     /// Registers a layer from its archive unless present: applied into
-    /// `overlay/<chain id>/diff` (built aside and renamed into place), then
-    /// recorded in one transaction.
-    @discardableResult
+    /// `overlay/<chain id>/diff`, then recorded in one transaction.
     /// With `keepArchive` the (uncompressed) archive is moved into the layer
     /// as `layer.tar`, so that `image save` gives back the exact bytes its
     /// diff ID names.
+    @discardableResult
     public func addLayer(archive: String, diffID: String, chainID: String, parent: String?, keepArchive: Bool = false,
                          progress: (String) -> Void = { _ in }) throws(StoreError) -> Bool {
         if try layer(chainID) != nil { return false }
+        let u = try unpackLayer(archive: archive, diffID: diffID, chainID: chainID, keepArchive: keepArchive)
+        try record(u, parent: parent, progress: progress)
+        return true
+    }
+
+    /// A layer applied on disk but not yet recorded: nothing uses it, and an
+    /// interrupted load leaves only a directory the next attempt removes.
+    public struct UnpackedLayer: Sendable {
+        public let diffID: String, chainID: String
+        public let stats: LayerApplier.Stats
+    }
+
+    /// The slow half of adding a layer, safe to run for several layers at
+    /// once: it touches only the layer's own directory.
+    public func unpackLayer(archive: String, diffID: String, chainID: String, keepArchive: Bool) throws(StoreError) -> UnpackedLayer {
         let d = dir(chainID)
-        // Left by an interrupted load: never registered, so never used.
-        _ = try? Spawn.run("/bin/rm", ["rm", "-rf", "--one-file-system", d])
+        discardUnpacked(chainID)
         if mkdir(d, 0o700) != 0 { throw StoreError("\(d): \(currentErrno())") }
         let stats: LayerApplier.Stats
         do { stats = try LayerApplier().apply(file: archive, to: "\(d)/diff") } catch {
-            _ = try? Spawn.run("/bin/rm", ["rm", "-rf", "--one-file-system", d])
+            discardUnpacked(chainID)
             throw StoreError("layer \(diffID): \(error)")
         }
         if keepArchive && rename(archive, "\(d)/layer.tar") != 0 {
+            discardUnpacked(chainID)
             throw StoreError("keeping layer \(diffID): \(currentErrno())")
         }
+        return UnpackedLayer(diffID: diffID, chainID: chainID, stats: stats)
+    }
+
+    /// Removes a layer directory that was never recorded.
+    public func discardUnpacked(_ chainID: String) {
+        let fd = open(overlayDir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { return }
+        removeTree(fd, Digest.hex(chainID))
+        close(fd)
+    }
+
+    /// The quick half: the short link, the `lower` file and the database row.
+    public func record(_ u: UnpackedLayer, parent: String?, progress: (String) -> Void = { _ in }) throws(StoreError) {
+        let d = dir(u.chainID)
         let link = Self.shortLink()
-        symlink("../\(Digest.hex(chainID))/diff", "\(overlayDir)/l/\(link)")
+        symlink("../\(Digest.hex(u.chainID))/diff", "\(overlayDir)/l/\(link)")
         try? link.write(toFile: "\(d)/link", atomically: true, encoding: .utf8)
         if let parent, let p = try layer(parent) {
             let below = [p.link] + ((try? String(contentsOfFile: "\(dir(parent))/lower", encoding: .utf8))?
                 .split(separator: ":").map { String($0.dropFirst(2)) } ?? [])
             try? below.map { "l/\($0)" }.joined(separator: ":").write(toFile: "\(d)/lower", atomically: true, encoding: .utf8)
         }
-        let rec = LayerRecord(id: chainID, diffID: diffID, parent: parent, link: link, size: stats.bytes, created: Date().timeIntervalSince1970)
-        do { try db.queue.write { try rec.insert($0) } } catch { throw StoreError("recording layer \(chainID): \(error)") }
-        progress("layer \(Digest.hex(diffID).prefix(12)): \(stats.entries) entries, \(stats.bytes) bytes")
-        return true
+        let rec = LayerRecord(id: u.chainID, diffID: u.diffID, parent: parent, link: link, size: u.stats.bytes, created: Date().timeIntervalSince1970)
+        do { try db.queue.write { try rec.insert($0) } } catch { throw StoreError("recording layer \(u.chainID): \(error)") }
+        progress("layer \(Digest.hex(u.diffID).prefix(12)): \(u.stats.entries) entries, \(u.stats.bytes) bytes")
     }
 
     public struct ImageRecord: Codable, FetchableRecord, PersistableRecord, Sendable {
