@@ -57,7 +57,9 @@ let package = Package(
         ], path: "bench/Sources/strata-bench"),
         .target(name: "TestSupport", dependencies: ["Sys", "CStrata"], path: "Tests/Support"),
         .testTarget(name: "FUSETests", dependencies: ["FUSE", "Sys", "CStrata", "TestSupport"]),
-        .testTarget(name: "RegistryTests", dependencies: ["Registry", "Store", "Sys", "TestSupport"]),
+        .testTarget(name: "RegistryTests", dependencies: [
+            "Registry", "Store", "Sys", "TestSupport", .product(name: "Crypto", package: "swift-crypto"),
+        ]),
         .testTarget(name: "StoreTests", dependencies: ["Store", "Archive", "Sys", "CStrata", "TestSupport"]),
         .testTarget(name: "ArchiveTests", dependencies: ["Archive", "Sys", "CStrata", "TestSupport"]),
         .testTarget(name: "OverlayTests", dependencies: ["Overlay", "OverlayFS", "FUSE", "Sys", "CStrata", "TestSupport"]),

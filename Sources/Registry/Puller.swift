@@ -83,6 +83,9 @@ public struct Puller: Sendable {
         let loaded: [ImageLoader.Loaded]
         do { loaded = try loader.load(directory: dir, source: "\(ref)") } catch { throw RegistryError("\(error)") }
         try? FileManager.default.removeItem(atPath: dir)
+        for d in [cfgDigest] + layers.compactMap({ $0["digest"] as? String }) {
+            store.recordBlobSource(d, registry: ref.host, repository: ref.repository)
+        }
         return loaded.first?.id ?? ""
     }
 

@@ -76,6 +76,28 @@ public final class RegistryClient: @unchecked Sendable {
 
     /// Streams a response body to a file (appending from `offset` with a
     /// Range request when resuming); returns the HTTP status.
+    /// PATCHes a file's bytes to an upload location, read from disk as the
+    /// connection takes them (a layer is never held in memory whole).
+    public func patch(_ location: String, file: String, size: Int64) async throws -> Response {
+        var attempt = 0
+        while true {
+            var req = HTTPClientRequest(url: url(location))
+            req.method = .PATCH
+            req.headers.add(name: "Content-Type", value: "application/octet-stream")
+            if let a = authorization { req.headers.replaceOrAdd(name: "Authorization", value: a) }
+            req.body = .stream(FileChunks(path: file), length: .known(size))
+            let resp = try await http.execute(req, timeout: .seconds(3600))
+            var buf = try await resp.body.collect(upTo: 1 << 20)
+            let data = Data(buf.readBytes(length: buf.readableBytes) ?? [])
+            if resp.status.code == 401 && attempt == 0, let challenge = resp.headers["WWW-Authenticate"].first {
+                try await answer(challenge)
+                attempt += 1
+                continue
+            }
+            return Response(status: Int(resp.status.code), headers: resp.headers, body: data)
+        }
+    }
+
     /// Streams a blob into `file` (appending from `offset` when the registry
     /// honours the Range), handing every chunk to `onChunk` as it is
     /// written: the caller hashes while the bytes are in memory. Returns the
@@ -125,11 +147,7 @@ public final class RegistryClient: @unchecked Sendable {
             return
         }
         guard lower.hasPrefix("bearer") else { throw RegistryError("\(host): unknown auth challenge '\(challenge)'") }
-        var params: [String: String] = [:]
-        for part in challenge.dropFirst(6).split(separator: ",") {
-            let kv = part.split(separator: "=", maxSplits: 1)
-            if kv.count == 2 { params[kv[0].trimmingCharacters(in: .whitespaces)] = kv[1].trimmingCharacters(in: CharacterSet(charactersIn: "\" ")) }
-        }
+        let params = Self.challengeParameters(String(challenge.dropFirst(6)))
         guard let realm = params["realm"], var comps = URLComponents(string: realm) else { throw RegistryError("\(host): bearer challenge without a realm") }
         var items = comps.queryItems ?? []
         if let s = params["service"] { items.append(URLQueryItem(name: "service", value: s)) }
@@ -143,9 +161,41 @@ public final class RegistryClient: @unchecked Sendable {
         let data = Data(b.readBytes(length: b.readableBytes) ?? [])
         guard resp.status.code == 200, let j = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
               let token = (j["token"] ?? j["access_token"]) as? String else {
-            throw RegistryError("\(host): the token service refused (HTTP \(resp.status.code)); check the credentials")
+            throw RegistryError(credentials == nil
+                ? "\(host): the registry's token service wants a login (HTTP \(resp.status.code)); pass --username and --password-stdin, or log in through ~/.docker/config.json"
+                : "\(host): the registry's token service refused the credentials (HTTP \(resp.status.code)); check --username and the password")
         }
         authorization = "Bearer \(token)"
+    }
+
+    /// `key="value",key=value` pairs of a challenge; quoted values keep
+    /// their commas (a push scope is `repository:name:pull,push`).
+    public static func challengeParameters(_ s: String) -> [String: String] {
+        var out: [String: String] = [:]
+        var i = s.startIndex
+        while i < s.endIndex {
+            while i < s.endIndex, s[i] == " " || s[i] == "," { i = s.index(after: i) }
+            guard let eq = s[i...].firstIndex(of: "=") else { break }
+            let key = s[i..<eq].trimmingCharacters(in: .whitespaces).lowercased()
+            var j = s.index(after: eq)
+            var value = ""
+            if j < s.endIndex, s[j] == "\"" {
+                j = s.index(after: j)
+                while j < s.endIndex, s[j] != "\"" {
+                    if s[j] == "\\", s.index(after: j) < s.endIndex { j = s.index(after: j) }
+                    value.append(s[j])
+                    j = s.index(after: j)
+                }
+                if j < s.endIndex { j = s.index(after: j) }
+            } else {
+                let end = s[j...].firstIndex(of: ",") ?? s.endIndex
+                value = s[j..<end].trimmingCharacters(in: .whitespaces)
+                j = end
+            }
+            out[key] = value
+            i = j
+        }
+        return out
     }
 
     /// A registry error as one line: its code, message and what was asked.
@@ -164,4 +214,36 @@ public final class RegistryClient: @unchecked Sendable {
         }
         return RegistryError("HTTP \(status) for \(what)")
     }
+}
+
+/// A file as a sequence of 1 MiB buffers, for streamed request bodies.
+struct FileChunks: AsyncSequence, Sendable {
+    typealias Element = ByteBuffer
+    let path: String
+
+    struct AsyncIterator: AsyncIteratorProtocol {
+        let path: String
+        var fd: Int32 = -1
+        var done = false
+
+        mutating func next() async throws -> ByteBuffer? {
+            if done { return nil }
+            if fd < 0 {
+                fd = open(path, O_RDONLY | O_CLOEXEC)
+                if fd < 0 { throw RegistryError("\(path): \(currentErrno())") }
+            }
+            var buf = ByteBufferAllocator().buffer(capacity: 1 << 20)
+            let fd = self.fd
+            let path = self.path
+            let n = try buf.writeWithUnsafeMutableBytes(minimumWritableBytes: 1 << 20) { p in
+                let n = read(fd, p.baseAddress, p.count)
+                if n < 0 { throw RegistryError("\(path): read: \(currentErrno())") }
+                return n
+            }
+            if n == 0 { close(fd); self.fd = -1; done = true; return nil }
+            return buf
+        }
+    }
+
+    func makeAsyncIterator() -> AsyncIterator { AsyncIterator(path: path) }
 }

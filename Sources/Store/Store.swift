@@ -122,6 +122,22 @@ public final class Store: @unchecked Sendable {
         progress("layer \(Digest.hex(u.diffID).prefix(12)): \(u.stats.entries) entries, \(u.stats.bytes) bytes")
     }
 
+    /// Notes that `registry/repository` holds the blob `digest`.
+    public func recordBlobSource(_ digest: String, registry: String, repository: String) {
+        _ = try? db.queue.write { db in
+            try db.execute(sql: "INSERT OR IGNORE INTO blob_source (digest, registry, repository) VALUES (?, ?, ?)",
+                           arguments: [digest, registry, repository])
+        }
+    }
+
+    /// Repositories of `registry` known to hold `digest`.
+    public func blobSources(_ digest: String, registry: String) -> [String] {
+        (try? db.queue.read { db in
+            try String.fetchAll(db, sql: "SELECT repository FROM blob_source WHERE digest = ? AND registry = ? ORDER BY repository",
+                                arguments: [digest, registry])
+        }) ?? []
+    }
+
     public struct ImageRecord: Codable, FetchableRecord, PersistableRecord, Sendable {
         public static let databaseTableName = "image"
         public var id: String, config: Data, layers: String, created: Double

@@ -35,6 +35,16 @@ struct StoreDatabase {
                 t.column("created", .double).notNull()
             }
         }
+        // Where blobs are known to live, so a push can mount them from
+        // another repository of the same registry instead of uploading.
+        m.registerMigration("v2") { db in
+            try db.create(table: "blob_source") { t in
+                t.column("digest", .text).notNull()
+                t.column("registry", .text).notNull()
+                t.column("repository", .text).notNull()
+                t.primaryKey(["digest", "registry", "repository"])
+            }
+        }
         try m.migrate(queue)
     }
 }

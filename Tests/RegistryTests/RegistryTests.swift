@@ -17,7 +17,8 @@ final class LocalRegistry: @unchecked Sendable {
     var host: String { "127.0.0.1:\(port)" }
 
     /// `htpasswd`: user and password of a basic-auth registry.
-    init(htpasswd: (String, String)? = nil) throws {
+    /// `token`: a token service the registry sends clients to (bearer auth).
+    init(htpasswd: (String, String)? = nil, token: TokenServer? = nil) throws {
         dir = TempDir("strata-registry")
         port = Int.random(in: 20000...40000)
         var auth = ""
@@ -25,6 +26,9 @@ final class LocalRegistry: @unchecked Sendable {
             let h = runProgram("/usr/bin/htpasswd", ["-Bbn", u, p])
             try h.stdout.write(toFile: "\(dir.path)/htpasswd", atomically: true, encoding: .utf8)
             auth = "auth:\n  htpasswd:\n    realm: strata-test\n    path: \(dir.path)/htpasswd\n"
+        }
+        if let token {
+            auth = "auth:\n  token:\n    realm: \(token.realm)\n    service: \(token.service)\n    issuer: \(token.issuer)\n    rootcertbundle: \(token.certPath)\n"
         }
         let config = """
         version: 0.1
@@ -70,6 +74,14 @@ struct RegistryTests {
         let c = try Reference("localhost/x@sha256:" + String(repeating: "a", count: 64))
         #expect(c.host == "localhost" && c.digest != nil && c.tag == nil)
         #expect(throws: RegistryError.self) { try Reference("Bad/Name") }
+    }
+
+    /// Docker Hub's challenge for a push: the quoted scope keeps its comma.
+    @Test func bearerChallengesParseWithQuotedCommas() {
+        let p = RegistryClient.challengeParameters(#"realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/busybox:pull,push""#)
+        #expect(p["realm"] == "https://auth.docker.io/token" && p["service"] == "registry.docker.io")
+        #expect(p["scope"] == "repository:library/busybox:pull,push")
+        #expect(RegistryClient.challengeParameters("realm=x, service=y")["service"] == "y")
     }
 
     @Test func pushThenPullIntoAFreshStoreKeepsTheImage() throws {
@@ -180,5 +192,57 @@ struct RegistryTests {
         #expect(strata(["image", "ls", "--root", other]).stdout.split(separator: "\n").count == 1)
         let clean = strata(["pull", "--root", other, "\(reg.host)/eco/resume:1"])
         #expect(clean.status == 0, "\(clean.stderr)")
+    }
+
+    /// Bearer tokens, the flow Docker Hub uses: the registry answers 401
+    /// with a challenge naming a token service; strata asks it for a token
+    /// with the user's credentials and the challenge's scope. Without
+    /// credentials the refusal is one line that says how to log in.
+    @Test func bearerTokenRegistry() throws {
+        let t = TempDir()
+        let tokens = try TokenServer(dir: t.path, user: "strata", password: "t0ken")
+        let reg = try LocalRegistry(token: tokens)
+        #expect(strata(["image", "load", "--root", "\(t.path)/a", "-i", "\(Self.fixtures)/busybox-l3.docker.tar"]).status == 0)
+        let anon = runProgram(MountEnvironment.binary, ["push", "--root", "\(t.path)/a", "\(reg.host)/eco/tok:1", "localhost/eco/busybox:l3"],
+                              env: ["HOME": t.sub("home")])
+        #expect(anon.status != 0 && anon.stderr.contains("--username"), "\(anon.stderr)")
+        #expect(anon.stderr.split(separator: "\n").count == 1, "\(anon.stderr)")
+        func withPassword(_ args: String) -> (status: Int32, stdout: String, stderr: String) {
+            runProgram("/bin/sh", ["-c", "printf t0ken | \(MountEnvironment.binary) \(args) --username strata --password-stdin"],
+                       env: ["HOME": t.sub("home")])
+        }
+        let push = withPassword("push --root \(t.path)/a \(reg.host)/eco/tok:1 localhost/eco/busybox:l3")
+        #expect(push.status == 0, "\(push.stderr)")
+        let pull = withPassword("pull --root \(t.path)/b \(reg.host)/eco/tok:1")
+        #expect(pull.status == 0, "\(pull.stderr)")
+        #expect(tokens.issued.withLock { $0 }.contains { $0.hasPrefix("repository:eco/tok:") && $0.contains("push") })
+        let a = strata(["image", "inspect", "--root", "\(t.path)/a", "localhost/eco/busybox:l3"]).stdout
+        let b = strata(["image", "inspect", "--root", "\(t.path)/b", "\(reg.host)/eco/tok:1"]).stdout
+        #expect(!a.isEmpty && a.contains("sha256:") && layersOf(a) == layersOf(b), "\(a)\n\(b)")
+    }
+
+    /// A blob another repository of the registry holds is mounted, not
+    /// uploaded again; the mounted image pulls back whole.
+    @Test func pushMountsBlobsFromAnotherRepository() throws {
+        let reg = try LocalRegistry()
+        let t = TempDir()
+        #expect(strata(["image", "load", "--root", "\(t.path)/a", "-i", "\(Self.fixtures)/busybox-l3.docker.tar"]).status == 0)
+        let first = strata(["push", "--root", "\(t.path)/a", "\(reg.host)/eco/one:1", "localhost/eco/busybox:l3"])
+        #expect(first.status == 0 && first.stderr.contains("bytes pushed"), "\(first.stderr)")
+        let second = strata(["push", "--root", "\(t.path)/a", "\(reg.host)/eco/two:1", "localhost/eco/busybox:l3"])
+        #expect(second.status == 0, "\(second.stderr)")
+        #expect(second.stderr.contains("mounted from eco/one") && !second.stderr.contains("bytes pushed"), "\(second.stderr)")
+        let pull = strata(["pull", "--root", "\(t.path)/b", "\(reg.host)/eco/two:1"])
+        #expect(pull.status == 0, "\(pull.stderr)")
+        // A store that pulled from eco/two mounts from there when pushing elsewhere.
+        let third = strata(["push", "--root", "\(t.path)/b", "\(reg.host)/eco/three:1", "\(reg.host)/eco/two:1"])
+        #expect(third.status == 0 && third.stderr.contains("mounted from eco/two"), "\(third.stderr)")
+    }
+
+    func layersOf(_ inspect: String) -> [String] {
+        guard let j = try? JSONSerialization.jsonObject(with: Data(inspect.utf8)),
+              let first = (j as? [[String: Any]])?.first ?? (j as? [String: Any]),
+              let rootfs = first["RootFS"] as? [String: Any], let layers = rootfs["Layers"] as? [String] else { return [] }
+        return layers
     }
 }
