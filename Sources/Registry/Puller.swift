@@ -12,7 +12,7 @@ import Glibc
 public struct Puller: Sendable {
     public let store: Store
     public let client: RegistryClient
-    public var platform = "linux/amd64"
+    public var platform = Puller.runningPlatform
     public var progress: @Sendable (String) -> Void = { _ in }
 
     public init(store: Store, client: RegistryClient) {
@@ -27,10 +27,9 @@ public struct Puller: Sendable {
         if let d = ref.digest, Digest.of(r.body) != d { throw RegistryError("\(ref): the manifest does not match its digest") }
         var manifest = try json(r.body, "manifest of \(ref)")
         if let list = manifest["manifests"] as? [[String: Any]] {
-            let (os, arch) = (String(platform.split(separator: "/").first ?? "linux"), String(platform.split(separator: "/").dropFirst().first ?? "amd64"))
-            guard let pick = list.first(where: { ($0["platform"] as? [String: Any]).map { $0["os"] as? String == os && $0["architecture"] as? String == arch } ?? false }),
-                  let digest = pick["digest"] as? String else {
-                throw RegistryError("\(ref) has no image for \(platform) (see --platform)")
+            guard let digest = Self.pick(list, platform: platform) else {
+                let offered = list.compactMap { ($0["platform"] as? [String: Any]).map(Self.platformName) }.joined(separator: ", ")
+                throw RegistryError("\(ref) has no image for \(platform) (it has \(offered.isEmpty ? "none named" : offered)); choose one with --platform")
             }
             r = try await client.request(.GET, "/v2/\(ref.repository)/manifests/\(digest)", headers: [("Accept", accept)])
             guard r.status == 200 else { throw RegistryClient.error(r.status, r.body, "\(ref)@\(digest)") }
@@ -101,7 +100,12 @@ public struct Puller: Sendable {
         let have: Int64 = lstat(partial, &st) == 0 ? Int64(st.st_size) : 0
         let state = BlobState()
         if have > 0 { try state.absorb(file: partial, upTo: have) }
-        let from = try await client.download("/v2/\(ref.repository)/blobs/\(digest)", to: partial, offset: have) { state.add($0) }
+        let short = Digest.hex(digest).prefix(12)
+        let whole = size > 0 ? " of \(size >> 20) MiB" : ""
+        let from = try await client.download("/v2/\(ref.repository)/blobs/\(digest)", to: partial, offset: have) { chunk in
+            // A line every 32 MiB, so a long download shows it is moving.
+            if let mib = state.add(chunk, reportEvery: 32 << 20) { progress("blob \(short): \(mib) MiB\(whole)") }
+        }
         if from == 0 && have > 0 { state.reset(); try state.absorb(file: partial, upTo: Int64.max) }
         let (got, total) = state.finish()
         if got != digest {
@@ -113,8 +117,43 @@ public struct Puller: Sendable {
             throw RegistryError("blob \(digest) of \(ref) has \(total) bytes, the manifest says \(size)")
         }
         if rename(partial, final) != 0 { throw RegistryError("\(final): \(currentErrno())") }
-        progress("blob \(Digest.hex(digest).prefix(12)): \(total) bytes\(from > 0 ? " (resumed at \(from))" : "")")
+        progress("blob \(short): \(total) bytes\(from > 0 ? " (resumed at \(from))" : "")")
         return (final, got)
+    }
+
+    /// The machine's platform in OCI terms (`uname -m` mapped as Go names it).
+    public static var runningPlatform: String {
+        var u = utsname()
+        uname(&u)
+        let m = withUnsafeBytes(of: &u.machine) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        switch m {
+        case "x86_64": return "linux/amd64"
+        case "aarch64", "arm64": return "linux/arm64"
+        case "armv7l": return "linux/arm/v7"
+        case "armv6l": return "linux/arm/v6"
+        case "i386", "i686": return "linux/386"
+        default: return "linux/\(m)"
+        }
+    }
+
+    static func platformName(_ p: [String: Any]) -> String {
+        [p["os"] as? String, p["architecture"] as? String, p["variant"] as? String].compactMap { $0 }.joined(separator: "/")
+    }
+
+    /// The index entry for `platform` (`os/arch[/variant]`): os and
+    /// architecture must match; a variant, when asked for, too. Without one
+    /// asked, an entry without a variant is preferred (as containerd does
+    /// for arm64, whose entries may say v8 or nothing).
+    public static func pick(_ list: [[String: Any]], platform: String) -> String? {
+        let want = platform.split(separator: "/").map(String.init)
+        guard want.count >= 2 else { return nil }
+        let candidates = list.filter { e in
+            guard let p = e["platform"] as? [String: Any], p["os"] as? String == want[0], p["architecture"] as? String == want[1] else { return false }
+            if want.count > 2 { return (p["variant"] as? String) == want[2] }
+            return true
+        }
+        let plain = candidates.first { (($0["platform"] as? [String: Any])?["variant"] as? String) == nil }
+        return (plain ?? candidates.first)?["digest"] as? String
     }
 
     func json(_ d: Data, _ what: String) throws -> [String: Any] {
@@ -131,6 +170,15 @@ final class BlobState: @unchecked Sendable {
 
     func add(_ bytes: UnsafeRawBufferPointer) {
         lock.lock(); hasher.update(bytes); count += Int64(bytes.count); lock.unlock()
+    }
+
+    /// Adds a chunk; returns the MiB so far when it crossed a multiple of `every`.
+    func add(_ bytes: UnsafeRawBufferPointer, reportEvery every: Int64) -> Int64? {
+        lock.lock(); defer { lock.unlock() }
+        let before = count
+        hasher.update(bytes)
+        count += Int64(bytes.count)
+        return count / every != before / every ? count >> 20 : nil
     }
 
     func reset() { lock.lock(); hasher = Digest.Hasher(); count = 0; lock.unlock() }

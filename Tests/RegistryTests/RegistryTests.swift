@@ -245,4 +245,57 @@ struct RegistryTests {
               let rootfs = first["RootFS"] as? [String: Any], let layers = rootfs["Layers"] as? [String] else { return [] }
         return layers
     }
+
+    /// An index names one manifest per platform: the running one is pulled
+    /// by default, `--platform` picks another, a missing one is one line.
+    @Test func indexPlatformSelection() throws {
+        let reg = try LocalRegistry()
+        let t = TempDir()
+        let a = "\(t.path)/a"
+        #expect(strata(["image", "load", "--root", a, "-i", "\(Self.fixtures)/busybox-l3.docker.tar"]).status == 0)
+        // A second image: the first plus one file.
+        #expect(strata(["create", "--root", a, "--name", "c", "localhost/eco/busybox:l3"]).status == 0)
+        let upper = try containerUpper(a, "c")
+        try "arm\n".write(toFile: "\(upper)/arm-only", atomically: true, encoding: .utf8)
+        #expect(strata(["commit", "--root", a, "c", "localhost/eco/other:1"]).status == 0)
+        func pushed(_ local: String, _ tag: String) -> String {
+            let r = strata(["push", "--root", a, "\(reg.host)/eco/multi:\(tag)", local])
+            return r.stderr.split(separator: " ").last.map { $0.trimmingCharacters(in: .whitespacesAndNewlines) } ?? ""
+        }
+        let amd = pushed("localhost/eco/busybox:l3", "amd"), arm = pushed("localhost/eco/other:1", "arm")
+        #expect(amd.hasPrefix("sha256:") && arm.hasPrefix("sha256:") && amd != arm)
+        func size(_ d: String) -> Int {
+            let r = runProgram("/usr/bin/env", ["python3", "-c", "import urllib.request;r=urllib.request.Request('http://\(reg.host)/v2/eco/multi/manifests/\(d)',headers={'Accept':'application/vnd.oci.image.manifest.v1+json'});print(len(urllib.request.urlopen(r).read()))"])
+            return Int(r.stdout.trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1
+        }
+        let here = Puller.runningPlatform.split(separator: "/").map(String.init)
+        let other = here[1] == "arm64" ? "amd64" : "arm64"
+        let index: [String: Any] = ["schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [
+            ["mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": arm, "size": size(arm), "platform": ["os": "linux", "architecture": other]],
+            ["mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": amd, "size": size(amd), "platform": ["os": "linux", "architecture": here[1]]],
+        ]]
+        try JSONSerialization.data(withJSONObject: index).write(to: URL(fileURLWithPath: "\(t.path)/index.json"))
+        let put = runProgram("/usr/bin/env", ["python3", "-c", "import urllib.request;r=urllib.request.Request('http://\(reg.host)/v2/eco/multi/manifests/1',data=open('\(t.path)/index.json','rb').read(),method='PUT',headers={'Content-Type':'application/vnd.oci.image.index.v1+json'});print(urllib.request.urlopen(r).status)"])
+        #expect(put.stdout.hasPrefix("201"), "\(put.stderr)")
+        let mine = strata(["pull", "--root", "\(t.path)/b", "\(reg.host)/eco/multi:1"])
+        #expect(mine.status == 0, "\(mine.stderr)")
+        let theirs = strata(["pull", "--root", "\(t.path)/c", "--platform", "linux/\(other)", "\(reg.host)/eco/multi:1"])
+        #expect(theirs.status == 0, "\(theirs.stderr)")
+        let idA = strata(["image", "inspect", "--root", a, "localhost/eco/busybox:l3"]).stdout
+        let idB = strata(["image", "inspect", "--root", a, "localhost/eco/other:1"]).stdout
+        #expect(mine.stdout.split(separator: " ").last.map { idA.contains($0.trimmingCharacters(in: .whitespacesAndNewlines)) } == true, "\(mine.stdout)")
+        #expect(theirs.stdout.split(separator: " ").last.map { idB.contains($0.trimmingCharacters(in: .whitespacesAndNewlines)) } == true, "\(theirs.stdout)")
+        let none = strata(["pull", "--root", "\(t.path)/d", "--platform", "linux/s390x", "\(reg.host)/eco/multi:1"])
+        #expect(none.status != 0 && none.stderr.contains("no image for linux/s390x") && none.stderr.split(separator: "\n").count == 1, "\(none.stderr)")
+    }
+
+    func containerUpper(_ root: String, _ name: String) throws -> String {
+        let out = strata(["inspect", "--root", root, name]).stdout
+        guard let j = try? JSONSerialization.jsonObject(with: Data(out.utf8)),
+              let first = (j as? [[String: Any]])?.first ?? (j as? [String: Any]),
+              let upper = ((first["GraphDriver"] as? [String: Any])?["Data"] as? [String: Any])?["UpperDir"] as? String else {
+            throw TestFailure("no UpperDir in inspect output: \(out)")
+        }
+        return upper
+    }
 }
