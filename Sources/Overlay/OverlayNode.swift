@@ -43,6 +43,12 @@ public final class OverlayNode: @unchecked Sendable {
         /// Opens of the lower copy that the kernel serves by passthrough: those
         /// cannot be switched, so a copy-up must wait until they are closed.
         public var lowerPassthrough = 0
+        /// Opens of the upper copy served by passthrough.
+        public var upperPassthrough = 0
+        /// Opens served through the daemon with the kernel's page cache.
+        /// The kernel lets an inode have passthrough opens or cached opens,
+        /// never both (ETXTBSY / EIO), so new opens follow the ones in place.
+        public var cachedOpens = 0
         /// Open files of this inode (kept by the FUSE bridge): only an open
         /// inode needs a descriptor kept when its last name goes.
         public var opens = 0

@@ -14,11 +14,8 @@ public final class OverlayFS: FDBackedFileSystem, @unchecked Sendable {
     public let overlay: Overlay
     let timeout: CacheTimeout
     let passthrough: Bool
-    /// Handles opened on a lower copy: their node, and whether the kernel
-    /// serves them by passthrough.
-    let lowerOpens = Locked<[UInt64: (OverlayNode, Bool)]>([:])
-    /// Every open file's node, for the node's open count.
-    let opened = Locked<[UInt64: OverlayNode]>([:])
+    /// Every open file's node and how the kernel serves it.
+    let opened = Locked<[UInt64: (OverlayNode, IOMode)]>([:])
 
     public init(_ overlay: Overlay, passthrough: Bool) {
         self.overlay = overlay
@@ -133,11 +130,52 @@ public final class OverlayFS: FDBackedFileSystem, @unchecked Sendable {
         return entry(n, st)
     }
 
-    func reply(_ fd: Int32, writable: Bool, regular: Bool) -> OpenReply {
+    /// How an open is served, decided under the node's lock from the opens
+    /// already in place (the kernel refuses to mix passthrough and cached
+    /// opens of one inode, and binds it to one backing file at a time).
+    ///
+    /// Lower files are read through the daemon and the page cache, not by
+    /// passthrough: a lower file can be copied up while it is open, and only
+    /// descriptors the daemon holds can be moved to the copy (as kernel
+    /// overlayfs moves its open files). Warm reads never reach the daemon.
+    /// Two exceptions, where passthrough's speed matters more: O_DIRECT
+    /// opens, and lower files of `lowerPassthroughSize` or more (the kernel
+    /// reads its own page cache at half the speed of ext4's). A copy-up of
+    /// such a file waits for those readers (up to a second, then ETXTBSY).
+    /// Upper files, which never move, use passthrough.
+    enum IOMode { case cached, passthroughLower, passthroughUpper }
+    static let lowerPassthroughSize = 16 << 20
+
+    func chooseMode(_ s: inout OverlayNode.State, wantPassthrough: Bool, inUpper: Bool) throws(Errno) -> IOMode {
+        if s.upperPassthrough > 0 || s.lowerPassthrough > 0 {
+            // The inode is bound to a backing file: only that one will do.
+            if inUpper && s.upperPassthrough > 0 && wantPassthrough { return .passthroughUpper }
+            if !inUpper && s.lowerPassthrough > 0 { return .passthroughLower }
+            throw .textFileBusy
+        }
+        if s.cachedOpens > 0 || !wantPassthrough || !passthrough { return .cached }
+        return inUpper ? .passthroughUpper : .passthroughLower
+    }
+
+    /// Records the open of `fd` on `n` with `mode` and builds the reply.
+    func register(_ n: OverlayNode, fd: Int32, mode: IOMode, writable: Bool, keepCache: Bool, regular: Bool = true,
+                  s: inout OverlayNode.State) -> OpenReply {
         let h = FDHandle(fd: fd, writable: writable)
         var o = OpenReply(handle: h.retainedHandle())
-        o.keepCache = true
-        if passthrough && regular { o.backingFD = fd }
+        o.keepCache = keepCache
+        s.opens += 1
+        switch mode {
+        case .cached:
+            s.cachedOpens += 1
+            if !s.inUpper && regular { s.lowerFDs.insert(fd) }
+        case .passthroughLower:
+            o.backingFD = fd
+            s.lowerPassthrough += 1
+        case .passthroughUpper:
+            o.backingFD = fd
+            s.upperPassthrough += 1
+        }
+        opened.withLock { $0[o.handle] = (n, mode) }
         return o
     }
 
@@ -149,38 +187,49 @@ public final class OverlayFS: FDBackedFileSystem, @unchecked Sendable {
         let isRegular = fstat(fd, &st) == 0 && st.st_mode & Linux.S_IFMT == Linux.S_IFREG
         // Writes by users to setuid files must go through us (see Loopback).
         let suid = writable && r.uid != 0 && st.st_mode & 0o6000 != 0
-        var o = reply(fd, writable: writable, regular: isRegular && !suid)
-        o.noFlush = !writable
-        // Remember opens of the lower copy: a later copy-up moves them along
-        // (or, served by passthrough, has to wait for them).
-        n.state.withLock { s in
-            s.opens += 1
-            opened.withLock { $0[o.handle] = n }
-            if !s.inUpper && isRegular {
-                if o.backingFD >= 0 { s.lowerPassthrough += 1 } else { s.lowerFDs.insert(fd) }
-                lowerOpens.withLock { $0[o.handle] = (n, o.backingFD >= 0) }
+        do {
+            var o = try n.state.withLock { (s: inout OverlayNode.State) throws(Errno) -> OpenReply in
+                guard isRegular else {
+                    return register(n, fd: fd, mode: .cached, writable: writable, keepCache: true, regular: false, s: &s)
+                }
+                let want = !suid && (s.inUpper || flags & Linux.O_DIRECT != 0 || Int(st.st_size) >= Self.lowerPassthroughSize)
+                let mode = try chooseMode(&s, wantPassthrough: want, inUpper: s.inUpper)
+                if suid && mode != .cached { throw .textFileBusy }
+                // A lower file never changes; an upper one may have been
+                // written by passthrough behind the page cache.
+                let keep = !s.inUpper || s.cachedOpens > 0
+                return register(n, fd: fd, mode: mode, writable: writable, keepCache: keep, s: &s)
             }
+            o.noFlush = !writable
+            o.directIO = false
+            return o
+        } catch {
+            close(fd)
+            throw error
         }
-        o.directIO = false
-        return o
     }
-
 
     public func create(_ r: Request, parent: NodeID, name: Name, mode: UInt32, umask: UInt32, flags: Int32) throws(Errno) -> (Entry, OpenReply) {
         let (n, st, fd) = try overlay.create(try node(parent), name, mode: (mode & ~umask) | Linux.S_IFREG,
                                              openFlags: flags, who: who(r))
         let writable = flags & O_ACCMODE != O_RDONLY
-        let o = reply(fd, writable: writable, regular: !(r.uid != 0 && mode & 0o6000 != 0))
-        n.state.withLock { $0.opens += 1 }
-        opened.withLock { $0[o.handle] = n }
+        let suid = r.uid != 0 && mode & 0o6000 != 0
+        let o = n.state.withLock { s in
+            register(n, fd: fd, mode: passthrough && !suid ? .passthroughUpper : .cached, writable: writable, keepCache: true, s: &s)
+        }
         return (entry(n, st), o)
     }
 
     public func release(_ r: Request, node: NodeID, handle: UInt64, flags: Int32) {
-        if let n = opened.withLock({ $0.removeValue(forKey: handle) }) { n.state.withLock { $0.opens -= 1 } }
-        if let (n, pt) = lowerOpens.withLock({ $0.removeValue(forKey: handle) }), let h = try? FDHandle.from(handle) {
+        if let (n, mode) = opened.withLock({ $0.removeValue(forKey: handle) }) {
+            let fd = (try? FDHandle.from(handle))?.fd ?? -1
             n.state.withLock { s in
-                if pt { s.lowerPassthrough -= 1 } else { s.lowerFDs.remove(h.fd) }
+                s.opens -= 1
+                switch mode {
+                case .cached: s.cachedOpens -= 1; s.lowerFDs.remove(fd)
+                case .passthroughLower: s.lowerPassthrough -= 1
+                case .passthroughUpper: s.upperPassthrough -= 1
+                }
             }
         }
         FDHandle.release(handle)
