@@ -23,7 +23,7 @@ extension Overlay {
             var st = stat()
             let r = try withDirFD(p, l) { (pfd: Int32) -> Int in
                 if fstatat(pfd, name.pointer, &st, Linux.AT_SYMLINK_NOFOLLOW) == 0 {
-                    return isWhiteout(st, pfd, name.pointer) ? 2 : 1
+                    return isWhiteout(st, pfd, name.pointer, marked: true) ? 2 : 1
                 }
                 return hasWhiteoutFile(pfd, name) ? 2 : 0
             }
@@ -61,7 +61,7 @@ extension Overlay {
     func clearWhiteout(_ ufd: Int32, _ name: FileName) -> Bool {
         var st = stat()
         var had = false
-        if fstatat(ufd, name.pointer, &st, Linux.AT_SYMLINK_NOFOLLOW) == 0 && isWhiteout(st, ufd, name.pointer) {
+        if fstatat(ufd, name.pointer, &st, Linux.AT_SYMLINK_NOFOLLOW) == 0 && isWhiteout(st, ufd, name.pointer, marked: true) {
             unlinkat(ufd, name.pointer, 0)
             had = true
         }

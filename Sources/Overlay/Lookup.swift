@@ -90,15 +90,38 @@ extension Overlay {
         s.inUpper && upper != nil ? [0] + s.lowerDirs : s.lowerDirs
     }
 
-    /// A whiteout: a 0/0 character device, or an empty regular file marked
-    /// with the overlay.whiteout xattr.
-    func isWhiteout(_ st: stat, _ pfd: Int32, _ name: UnsafePointer<CChar>) -> Bool {
+    /// A whiteout: a 0/0 character device, or an empty regular file with the
+    /// overlay.whiteout xattr. The kernel (6.7+) honours the latter on every
+    /// lookup, but hides it from listings only in a directory marked
+    /// `overlay.opaque=x`; `marked` says which applies and is asked only for
+    /// such a file.
+    func isWhiteout(_ st: stat, _ pfd: Int32, _ name: UnsafePointer<CChar>, marked: @autoclosure () -> Bool) -> Bool {
         let type = st.st_mode & Linux.S_IFMT
         if type == Linux.S_IFCHR { return st.st_rdev == 0 }
-        if type == Linux.S_IFREG && st.st_size == 0 {
-            return hasXattr(pfd, name, whiteoutXattr)
+        if type == Linux.S_IFREG && st.st_size == 0 && marked() {
+            return hasXattr(pfd, name, whiteoutXattr) || hasXattr(pfd, name, otherWhiteoutXattr)
         }
         return false
+    }
+
+    var otherWhiteoutXattr: String { config.userXattr ? "trusted.overlay.whiteout" : "user.overlay.whiteout" }
+
+    /// Whether the directory `dfd` (any descriptor, O_PATH too) carries the
+    /// `overlay.opaque=x` mark: it may hold xattr whiteouts.
+    func marksXWhiteouts(_ dfd: Int32) -> Bool {
+        // getxattr, not lgetxattr: the /proc link leads to the descriptor's own file.
+        let path = "/proc/self/fd/\(dfd)"
+        var v: UInt8 = 0
+        return (CStrata.getxattr(path, opaqueXattrs.0, &v, 1) == 1 && v == UInt8(ascii: "x"))
+            || (CStrata.getxattr(path, opaqueXattrs.1, &v, 1) == 1 && v == UInt8(ascii: "x"))
+    }
+
+    /// `marksXWhiteouts` for directory `n` in layer `l`, read once.
+    func marksXWhiteouts(_ n: OverlayNode, _ l: Int) -> Bool {
+        if let known = n.state.withLock({ $0.xwhiteouts[l] }) { return known }
+        let v = (try? withDirFD(n, l) { (fd: Int32) -> Bool in marksXWhiteouts(fd) }) ?? false
+        n.state.withLock { $0.xwhiteouts[l] = v }
+        return v
     }
 
     func hasXattr(_ pfd: Int32, _ name: UnsafePointer<CChar>, _ attr: String) -> Bool {
@@ -193,7 +216,7 @@ extension Overlay {
                 if hidden { break }
                 continue
             }
-            if isWhiteout(st, pfd, last) || st.st_mode & Linux.S_IFMT != Linux.S_IFDIR { break }
+            if isWhiteout(st, pfd, last, marked: true) || st.st_mode & Linux.S_IFMT != Linux.S_IFDIR { break }
             out.append(l)
             if isOpaque(pfd, last) { break }
         }
@@ -219,7 +242,7 @@ extension Overlay {
                 if fstatat(pfd, name.pointer, &st, Linux.AT_SYMLINK_NOFOLLOW) != 0 {
                     return hasWhiteoutFile(pfd, name) ? 1 : 2     // hidden : absent here
                 }
-                if isWhiteout(st, pfd, name.pointer) { return 1 }
+                if isWhiteout(st, pfd, name.pointer, marked: true) { return 1 }
                 let isDir = st.st_mode & Linux.S_IFMT == Linux.S_IFDIR
                 if isDir && isOpaque(pfd, name.pointer) { return 3 }
                 return 0

@@ -60,6 +60,8 @@ public final class OverlayNode: @unchecked Sendable {
         /// absent is absent, and its lookup in that layer is skipped (a
         /// collision only costs the real lookup).
         var lowerNames: [Int: Set<UInt64>] = [:]
+        /// Per layer, whether this directory is marked to hold xattr whiteouts.
+        var xwhiteouts: [Int: Bool] = [:]
         /// A renamed directory (redirect_dir=on): where its lower parts are,
         /// as path components from each lower layer's root.
         var redirect: [String]?

@@ -28,6 +28,7 @@ extension Overlay {
             // Only a complete pass may be kept: a partial set would hide names.
             var names: Set<UInt64>? = l == 0 && upper != nil ? nil : Set<UInt64>()
             try withDirFD(n, l) { (dfd: Int32) throws(Errno) in
+                let marked = marksXWhiteouts(n, l)
                 try forEachDirent(dfd) { ino, _, type, name in
                     names?.insert(Self.nameHash(name))
                     if name.isDotOrDotDot { return }
@@ -39,9 +40,10 @@ extension Overlay {
                     }
                     if seen.contains(bytes) { return }
                     seen.insert(bytes)
-                    if type == UInt8(DT_CHR) || type == UInt8(DT_UNKNOWN) {
+                    if type == UInt8(DT_CHR) || type == UInt8(DT_UNKNOWN) || (marked && type == UInt8(DT_REG)) {
                         var st = stat()
-                        if fstatat(dfd, name.pointer, &st, Linux.AT_SYMLINK_NOFOLLOW) == 0 && isWhiteout(st, dfd, name.pointer) { return }
+                        if fstatat(dfd, name.pointer, &st, Linux.AT_SYMLINK_NOFOLLOW) == 0
+                            && isWhiteout(st, dfd, name.pointer, marked: marked) { return }
                     }
                     var reported = inoFor(ino, layer: l)
                     if l == 0 && upper != nil && merged, let o = originIno(dfd, name.pointer) { reported = o }

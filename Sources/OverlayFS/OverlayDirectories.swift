@@ -54,10 +54,13 @@ extension OverlayFS {
                     guard let (n, st) = try? overlay.lookup(dir, fn) else { return nil }
                     return entry(n, st)
                 }
-                guard let l = looked else { off += 1; continue }    // gone since the listing
-                ent = l
+                // No entry (gone since the listing, or an xattr whiteout the
+                // listing keeps, as the kernel's does): the name alone, which
+                // node id 0 tells the kernel.
+                ent = looked ?? Entry(node: 0, attr: Attr(), entryTimeout: .zero, attrTimeout: .zero)
             }
-            _ = e.name.withUnsafeBytes { out.add(name: $0, ino: ent?.attr.ino ?? e.ino, type: e.type, nextOffset: off + 1, entry: ent) }
+            let ino = (ent?.node ?? 0) != 0 ? (ent?.attr.ino ?? e.ino) : e.ino
+            _ = e.name.withUnsafeBytes { out.add(name: $0, ino: ino, type: e.type, nextOffset: off + 1, entry: ent) }
             off += 1
         }
     }

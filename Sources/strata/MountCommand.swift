@@ -21,14 +21,14 @@ struct MountCommand: ParsableCommand {
         so kernel overlayfs can mount the same layers.
 
         Options: lowerdir, upperdir, workdir, userxattr, volatile, fsync=0, \
-        redirect_dir=on|off, index=off, xino=off|auto, metacopy=off, timeout=SECONDS, \
+        redirect_dir=on|off, index=off, xino=on|off|auto, metacopy=off, timeout=SECONDS, \
         passthrough=on|off, threads=N, noacl, and the generic rw, ro, dev, nodev, \
         suid, nosuid, exec, noexec, atime, noatime, allow_other, default_permissions. \
         squash_to_root, squash_to_uid=N, squash_to_gid=N (show every file as owned \
         by that id) and static_nlink (directories report one link) as in \
         fuse-overlayfs, and its uidmapping=ON_DISK:SHOWN:COUNT, gidmapping=... and \
-        noxattrs=1. Not supported yet, refused by name: index=on, xino=on, metacopy=on, \
-        xattr_permissions.
+        noxattrs=1, xattr_permissions=0. Not supported yet, refused by name: index=on, \
+        metacopy=on, xattr_permissions=1|2.
 
         Also installed as 'strata-overlay' for containers/storage's mount_program \
         (storage.conf: mount_program = "/usr/local/bin/strata-overlay").
@@ -108,7 +108,11 @@ func parseOverlayOptions(_ lists: [String], mount: inout MountConfig, session: i
             default: throw UsageError("option 'redirect_dir=\(v ?? "")' is not supported (use on or off)")
             }
         case "index", "metacopy", "xino":
-            let allowed = k == "xino" ? ["off", "auto"] : ["off"]
+            // xino: with layers on several filesystems, inode numbers always
+            // carry the filesystem's index in their top bits (as xino=on and
+            // xino=auto do; FUSE has one st_dev, so off cannot be honoured
+            // differently and behaves the same).
+            let allowed = k == "xino" ? ["off", "auto", "on"] : ["off"]
             guard let v, allowed.contains(v) else {
                 throw UsageError("option '\(k)=\(v ?? "")' is not supported yet (use \(k)=off)")
             }
@@ -128,7 +132,11 @@ func parseOverlayOptions(_ lists: [String], mount: inout MountConfig, session: i
             guard v == "1" || v == "0" || v == nil else { throw UsageError("option 'noxattrs' takes 0 or 1") }
             c.noXattrs = v != "0"
         case "xattr_permissions":
-            throw UsageError("option '\(k)' is not supported yet")
+            // 0, fuse-overlayfs's default, keeps modes and owners on the files
+            // themselves, as we do; 1 and 2 (kept in an override xattr) are not done yet.
+            guard v == "0" else {
+                throw UsageError("option 'xattr_permissions=\(v ?? "")' is not supported yet (only 0: modes and owners on the files)")
+            }
         default:
             throw UsageError("unknown option '\(k)' (see 'strata mount --help')")
         }

@@ -146,6 +146,31 @@ struct OverlaySemanticsTests {
         #expect(s.read("gone") == "back")
     }
 
+    /// Xattr whiteouts (kernel 6.7+): an empty file with overlay.whiteout
+    /// hides the name on lookup; listings hide it only in a directory marked
+    /// overlay.opaque=x. Strata shows exactly what the kernel shows.
+    @Test func xattrWhiteoutsInAMarkedDirectoryHideWhatIsBelow() throws {
+        let pair = try UnionPair { base in
+            for d in ["marked", "plain"] {
+                Fixture.dir("\(base)/l2/\(d)"); Fixture.write("\(base)/l2/\(d)/gone", "gone"); Fixture.write("\(base)/l2/\(d)/kept", "kept")
+                Fixture.dir("\(base)/l1/\(d)"); Fixture.write("\(base)/l1/\(d)/gone", ""); Fixture.write("\(base)/l1/\(d)/new", "new")
+                #expect(setxattr("\(base)/l1/\(d)/gone", "trusted.overlay.whiteout", "", 0, 0) == 0)
+            }
+            #expect(setxattr("\(base)/l1/marked", "trusted.overlay.opaque", "x", 1, 0) == 0)
+        }
+        defer { pair.unmount() }
+        for m in [pair.kernelMount, pair.strataMount] {
+            let ops = FileOps(m)
+            #expect(ops.ls("marked") == "kept,new", "\(m)")
+            #expect(ops.read("marked/gone") == "ENOENT", "\(m)")
+            #expect(ops.ls("plain") == "gone,kept,new", "\(m)")
+            #expect(ops.read("plain/gone") == "ENOENT", "\(m)")
+            #expect(ops.write("marked/gone", "back") == "ok", "\(m)")
+        }
+        #expect(pair.mergedDiff() == [])
+        #expect(pair.upperDiff() == [])
+    }
+
     /// Other users go through the kernel's permission checks, which read
     /// ACLs of every directory on the way (the root's too).
     @Test func otherUsersSeeTheSamePermissionsAsOnTheKernel() throws {
