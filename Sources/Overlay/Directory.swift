@@ -134,6 +134,47 @@ extension Overlay {
         return (n, st, fd)
     }
 
+    /// O_TMPFILE: an unnamed file in the upper copy of `p` (copied up
+    /// first, as the kernel does), reachable by its descriptor until linkat
+    /// gives it a name.
+    public func tmpfile(_ p: OverlayNode, mode: UInt32, openFlags: Int32, who: Creator) throws(Errno) -> (OverlayNode, stat, Int32) {
+        if isReadOnly { throw .readOnlyFileSystem }
+        guard p.isDirectory else { throw .notDirectory }
+        try copyUp(p)
+        var st = stat()
+        let fd = try withDirFD(p, 0) { (ufd: Int32) throws(Errno) -> Int32 in
+            let fl = (openFlags & ~(O_CREAT | O_EXCL | O_NOCTTY | O_DIRECTORY)) | Linux.O_TMPFILE | O_CLOEXEC
+            let fd = openat(ufd, ".", fl, mode & 0o7777)
+            if fd < 0 { throw currentErrno() }
+            if geteuid() == 0 && (who.uid != 0 || who.gid != 0) {
+                var pst = stat()
+                let setgid = fstat(ufd, &pst) == 0 && pst.st_mode & 0o2000 != 0
+                _ = fchown(fd, who.uid, setgid ? UInt32.max : who.gid)
+                if mode & 0o6000 != 0 { _ = fchmod(fd, mode & 0o7777) }
+            }
+            return fd
+        }
+        let pathFD = Glibc.open("/proc/self/fd/\(fd)", Linux.O_PATH | O_CLOEXEC)
+        if pathFD < 0 || fstat(fd, &st) != 0 {
+            let e = currentErrno()
+            close(fd)
+            if pathFD >= 0 { close(pathFD) }
+            throw e
+        }
+        let key = InodeKey(dev: UInt64(st.st_dev), ino: UInt64(st.st_ino))
+        let ino = inoFor(UInt64(st.st_ino), layer: 0)
+        let n = table.reference(key) { id in
+            OverlayNode(id: id, isDirectory: false, ino: ino, state: .init(
+                parent: p, name: Array("#tmpfile".utf8) + [0], inUpper: true, lower: -1, lowerDirs: [], key: key, redirect: nil))
+        }
+        n.state.withLock { s in
+            s.unlinked = true
+            s.orphan = OwnedFD(pathFD)
+        }
+        st.st_ino = ino_t(n.ino)
+        return (n, st, fd)
+    }
+
     /// mkdir: built in work/ (owner, mode, opaque mark when it replaces a
     /// whiteout) and renamed into place, so no half-made directory shows.
     public func mkdir(_ p: OverlayNode, _ name: FileName, mode: UInt32, who: Creator) throws(Errno) -> (OverlayNode, stat) {
@@ -177,7 +218,8 @@ extension Overlay {
         try copyUp(n)
         try atTop(n) { (d: Int32, old: UnsafePointer<CChar>, _: Int) throws(Errno) in
             try withDirFD(p, 0) { (ufd: Int32) throws(Errno) in
-                if linkat(d, old, ufd, name.pointer, 0) != 0 { throw currentErrno() }
+                // A nameless file is linked through its /proc link (O_TMPFILE).
+                if linkat(d, old, ufd, name.pointer, d == AT_FDCWD ? Linux.AT_SYMLINK_FOLLOW : 0) != 0 { throw currentErrno() }
             }
         }
         return try lookup(p, name)

@@ -101,11 +101,12 @@ extension Overlay {
         return fd
     }
 
-    private func xattrPath(_ n: OverlayNode, _ body: (String) throws(Errno) -> Int) throws(Errno) -> Int {
+    /// Calls `body` with a path naming the node and whether the call must
+    /// follow it: the root and nameless files are reached through their
+    /// /proc links, which the l* calls would not follow.
+    private func xattrPath(_ n: OverlayNode, _ body: (String, Bool) throws(Errno) -> Int) throws(Errno) -> Int {
         try atTop(n) { (d: Int32, name: UnsafePointer<CChar>, _: Int) throws(Errno) -> Int in
-            // The root is named by its /proc link: "/." makes the l* calls
-            // act on the directory rather than on the link itself.
-            try body(d == AT_FDCWD ? String(cString: name) + "/." : "/proc/self/fd/\(d)/\(String(cString: name))")
+            try d == AT_FDCWD ? body(String(cString: name), true) : body("/proc/self/fd/\(d)/\(String(cString: name))", false)
         }
     }
 
@@ -120,14 +121,16 @@ extension Overlay {
     public func getxattr(_ n: OverlayNode, _ name: String, _ buf: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
         if isPrivateXattr(name) && !name.hasPrefix(config.xattrPrefix) { throw .noData }
         let stored = storedXattrName(name)
-        let r = try xattrPath(n) { p in lgetxattr(p, stored, buf.baseAddress, buf.count) }
+        let r = try xattrPath(n) { p, follow in
+            follow ? CStrata.getxattr(p, stored, buf.baseAddress, buf.count) : lgetxattr(p, stored, buf.baseAddress, buf.count)
+        }
         if r < 0 { throw currentErrno() }
         return r
     }
 
     public func listxattr(_ n: OverlayNode, _ buf: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
         var all = [CChar](repeating: 0, count: 65536)
-        let len = try xattrPath(n) { p in llistxattr(p, &all, all.count) }
+        let len = try xattrPath(n) { p, follow in follow ? CStrata.listxattr(p, &all, all.count) : llistxattr(p, &all, all.count) }
         if len < 0 { throw currentErrno() }
         var out: [UInt8] = []
         let escaped = config.xattrPrefix + "overlay."
@@ -148,7 +151,9 @@ extension Overlay {
     public func setxattr(_ n: OverlayNode, _ name: String, _ value: UnsafeRawBufferPointer, flags: Int32) throws(Errno) {
         try copyUp(n)
         let stored = storedXattrName(name)
-        let r = try xattrPath(n) { p in Int(lsetxattr(p, stored, value.baseAddress, value.count, flags)) }
+        let r = try xattrPath(n) { p, follow in
+            Int(follow ? CStrata.setxattr(p, stored, value.baseAddress, value.count, flags) : lsetxattr(p, stored, value.baseAddress, value.count, flags))
+        }
         if r != 0 { throw currentErrno() }
     }
 
@@ -156,10 +161,10 @@ extension Overlay {
         let stored = storedXattrName(name)
         if !n.snapshot.inUpper {
             // Removing what is not there fails without a copy-up, as in the kernel.
-            if try xattrPath(n, { p in lgetxattr(p, stored, nil, 0) }) < 0 { throw currentErrno() }
+            if try xattrPath(n, { p, follow in follow ? CStrata.getxattr(p, stored, nil, 0) : lgetxattr(p, stored, nil, 0) }) < 0 { throw currentErrno() }
         }
         try copyUp(n)
-        let r = try xattrPath(n) { p in Int(lremovexattr(p, stored)) }
+        let r = try xattrPath(n) { p, follow in Int(follow ? CStrata.removexattr(p, stored) : lremovexattr(p, stored)) }
         if r != 0 { throw currentErrno() }
     }
 

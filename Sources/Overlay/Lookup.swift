@@ -79,7 +79,12 @@ extension Overlay {
                 try withCString("/proc/self/fd/\(fd)") { (c: UnsafePointer<CChar>) throws(Errno) -> R in try body(AT_FDCWD, c, layer) }
             }
         }
-        if s.unlinked { throw .noSuchFileOrDirectory }
+        if s.unlinked {
+            // An open file without a name (unlinked, or O_TMPFILE): its
+            // descriptor, named through /proc.
+            guard let o = s.orphan else { throw .noSuchFileOrDirectory }
+            return try withCString("/proc/self/fd/\(o.raw)") { (c: UnsafePointer<CChar>) throws(Errno) -> R in try body(AT_FDCWD, c, 0) }
+        }
         return try withDirFD(parent, layer) { (pfd: Int32) throws(Errno) -> R in
             try withStoredName(s.name) { (c: UnsafePointer<CChar>) throws(Errno) -> R in try body(pfd, c, layer) }
         }

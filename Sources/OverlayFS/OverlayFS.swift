@@ -220,6 +220,16 @@ public final class OverlayFS: FDBackedFileSystem, @unchecked Sendable {
         return (entry(n, st), o)
     }
 
+    public func tmpfile(_ r: Request, parent: NodeID, mode: UInt32, umask: UInt32, flags: Int32) throws(Errno) -> (Entry, OpenReply) {
+        let (n, st, fd) = try overlay.tmpfile(try node(parent), mode: mode & ~umask, openFlags: flags, who: who(r))
+        let writable = flags & O_ACCMODE != O_RDONLY
+        let suid = r.uid != 0 && mode & 0o6000 != 0
+        let o = n.state.withLock { s in
+            register(n, fd: fd, mode: passthrough && !suid ? .passthroughUpper : .cached, writable: writable, keepCache: true, s: &s)
+        }
+        return (entry(n, st), o)
+    }
+
     public func release(_ r: Request, node: NodeID, handle: UInt64, flags: Int32) {
         if let (n, mode) = opened.withLock({ $0.removeValue(forKey: handle) }) {
             let fd = (try? FDHandle.from(handle))?.fd ?? -1

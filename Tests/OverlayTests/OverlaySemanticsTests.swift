@@ -171,6 +171,35 @@ struct OverlaySemanticsTests {
         #expect(pair.upperDiff() == [])
     }
 
+    /// O_TMPFILE in a lower directory (copied up first): written, changed
+    /// and linked into place through /proc, or dropped without a trace;
+    /// the merged and upper trees end as the kernel's do.
+    @Test func tmpfilesAreWrittenLinkedOrDroppedAsOnTheKernel() throws {
+        let pair = try UnionPair(build: Fixture.build)
+        defer { pair.unmount() }
+        for m in [pair.kernelMount, pair.strataMount] {
+            let fd = open("\(m)/d3only", O_RDWR | Linux.O_TMPFILE, 0o640)
+            #expect(fd >= 0, "\(m): errno \(errno)")
+            guard fd >= 0 else { continue }
+            #expect(write(fd, "temporary", 9) == 9)
+            #expect(fchmod(fd, 0o600) == 0)
+            #expect(fsetxattr(fd, "user.t", "v", 1, 0) == 0, "\(m): errno \(errno)")
+            var st = stat()
+            #expect(fstat(fd, &st) == 0 && st.st_size == 9 && st.st_mode & 0o777 == 0o600 && st.st_nlink == 0)
+            #expect(linkat(AT_FDCWD, "/proc/self/fd/\(fd)", AT_FDCWD, "\(m)/d3only/named", Linux.AT_SYMLINK_FOLLOW) == 0, "\(m): errno \(errno)")
+            #expect(fstat(fd, &st) == 0 && st.st_nlink == 1)
+            var byName = stat()
+            #expect(stat("\(m)/d3only/named", &byName) == 0 && byName.st_ino == st.st_ino)
+            close(fd)
+            #expect(FileOps(m).read("d3only/named") == "temporary")
+            let dropped = open("\(m)/a", O_WRONLY | Linux.O_TMPFILE, 0o600)
+            #expect(dropped >= 0 && write(dropped, "x", 1) == 1)
+            close(dropped)
+        }
+        #expect(pair.mergedDiff() == [])
+        #expect(pair.upperDiff() == [])
+    }
+
     /// Other users go through the kernel's permission checks, which read
     /// ACLs of every directory on the way (the root's too).
     @Test func otherUsersSeeTheSamePermissionsAsOnTheKernel() throws {
