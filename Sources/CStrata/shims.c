@@ -7,6 +7,8 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/xattr.h>
+#include <stdint.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
@@ -107,4 +109,26 @@ ssize_t strata_copy_file_range(int in, int64_t *off_in, int out, int64_t *off_ou
     ssize_t n = copy_file_range(in, &a, out, &b, len, flags);
     *off_in = a; *off_out = b;
     return n;
+}
+
+/* getxattrat(2) (Linux 6.13): an xattr of dirfd/name without following a
+ * final symlink and without a path through /proc. Older kernels: the
+ * /proc/self/fd path, built on the stack. */
+#ifndef __NR_getxattrat
+#define __NR_getxattrat 464
+#endif
+struct strata_xattr_args { uint64_t value; uint32_t size; uint32_t flags; };
+static int strata_no_getxattrat;
+
+ssize_t strata_lgetxattr_at(int dirfd, const char *name, const char *attr, void *value, size_t size) {
+    if (!strata_no_getxattrat) {
+        struct strata_xattr_args a = { (uint64_t)(uintptr_t)value, (uint32_t)size, 0 };
+        long r = syscall(__NR_getxattrat, dirfd, name, AT_SYMLINK_NOFOLLOW, attr, &a, sizeof a);
+        if (r >= 0 || errno != ENOSYS) return r;
+        strata_no_getxattrat = 1;
+    }
+    char path[64 + 256];
+    int n = snprintf(path, sizeof path, "/proc/self/fd/%d/%s", dirfd, name);
+    if (n < 0 || (size_t)n >= sizeof path) { errno = ENAMETOOLONG; return -1; }
+    return lgetxattr(path, attr, value, size);
 }

@@ -130,21 +130,37 @@ extension Overlay {
     }
 
     func hasXattr(_ pfd: Int32, _ name: UnsafePointer<CChar>, _ attr: String) -> Bool {
-        var path = "/proc/self/fd/\(pfd)/"
-        path += String(cString: name)
-        return lgetxattr(path, attr, nil, 0) >= 0
+        strata_lgetxattr_at(pfd, name, attr, nil, 0) >= 0
     }
 
     /// An opaque directory hides everything below it: the opaque xattr
     /// (either namespace is read) or a `.wh..wh..opq` entry inside.
-    func isOpaque(_ pfd: Int32, _ name: UnsafePointer<CChar>) -> Bool {
-        var path = "/proc/self/fd/\(pfd)/"
-        path += String(cString: name)
+    func isOpaque(_ pfd: Int32, _ name: UnsafePointer<CChar>) -> Bool { opaqueMark(pfd, name) == .opaque }
+
+    enum OpaqueMark { case none, opaque, xwhiteouts }
+
+    /// The directory's opaque mark: `y` (opaque, or a `.wh..wh..opq` inside)
+    /// or `x` (not opaque, may hold xattr whiteouts).
+    func opaqueMark(_ pfd: Int32, _ name: UnsafePointer<CChar>) -> OpaqueMark {
         var v: UInt8 = 0
-        if lgetxattr(path, opaqueXattrs.0, &v, 1) == 1 && v == UInt8(ascii: "y") { return true }
-        if lgetxattr(path, opaqueXattrs.1, &v, 1) == 1 && v == UInt8(ascii: "y") { return true }
-        var st = stat()
-        return fstatat(AT_FDCWD, path + "/.wh..wh..opq", &st, Linux.AT_SYMLINK_NOFOLLOW) == 0
+        var x = false
+        for attr in [opaqueXattrs.0, opaqueXattrs.1] where strata_lgetxattr_at(pfd, name, attr, &v, 1) == 1 {
+            if v == UInt8(ascii: "y") { return .opaque }
+            if v == UInt8(ascii: "x") { x = true }
+        }
+        // NAME/.wh..wh..opq, built on the stack; NAME was just seen to be a directory.
+        let len = strlen(name)
+        guard len + 13 < 256 else { return x ? .xwhiteouts : .none }
+        let marker = withUnsafeTemporaryAllocation(of: CChar.self, capacity: len + 14) { buf -> Bool in
+            guard let b = buf.baseAddress else { return false }
+            b.update(from: name, count: len)
+            let tail: StaticString = "/.wh..wh..opq"
+            tail.withUTF8Buffer { t in for i in 0..<t.count { b[len + i] = CChar(bitPattern: t[i]) } }
+            b[len + 13] = 0
+            var st = stat()
+            return fstatat(pfd, b, &st, Linux.AT_SYMLINK_NOFOLLOW) == 0
+        }
+        return marker ? .opaque : (x ? .xwhiteouts : .none)
     }
 
     /// Both namespaces are read, the mount's own first.
@@ -203,6 +219,9 @@ extension Overlay {
         var lower: Int          // top-most lower layer holding it, -1 if none
         var lowerDirs: [Int]    // directories: contributing lower layers
         var redirect: [String]? = nil
+        /// Directories: the layers (of those looked at) marked `overlay.opaque=x`.
+        var xwhiteouts: [Int] = []
+        var checkedMarks: [Int] = []
     }
 
     /// Below an upper directory with a redirect: the lower layers that hold
@@ -243,14 +262,18 @@ extension Overlay {
         for l in searchLayers(s) {
             if !(try mayHold(p, l, name, hash, whHash)) { continue }
             var st = stat()
+            var markedX = false
             let rc = try withDirFD(p, l) { (pfd: Int32) -> Int32 in
                 if fstatat(pfd, name.pointer, &st, Linux.AT_SYMLINK_NOFOLLOW) != 0 {
                     return hasWhiteoutFile(pfd, name) ? 1 : 2     // hidden : absent here
                 }
                 if isWhiteout(st, pfd, name.pointer, marked: true) { return 1 }
-                let isDir = st.st_mode & Linux.S_IFMT == Linux.S_IFDIR
-                if isDir && isOpaque(pfd, name.pointer) { return 3 }
-                return 0
+                guard st.st_mode & Linux.S_IFMT == Linux.S_IFDIR else { return 0 }
+                switch opaqueMark(pfd, name.pointer) {
+                case .opaque: return 3
+                case .xwhiteouts: markedX = true; return 0
+                case .none: return 0
+                }
             }
             if rc == 2 { continue }
             if rc == 1 { break }                                  // whiteout: nothing below counts
@@ -267,10 +290,16 @@ extension Overlay {
                 guard isDir else { break }
                 f.lowerDirs.append(l)
                 if f.lower < 0 { f.lower = l }
+                f.checkedMarks.append(l)
+                if markedX { f.xwhiteouts.append(l) }
                 found = f
             } else {
                 found = Found(stat: st, inUpper: l == 0 && upper != nil, lower: l == 0 && upper != nil ? -1 : l,
                               lowerDirs: isDir && !(l == 0 && upper != nil) ? [l] : [])
+                if isDir {
+                    found?.checkedMarks = [l]
+                    if markedX { found?.xwhiteouts = [l] }
+                }
                 if !isDir { break }
             }
             if rc == 3 { break }                                  // opaque directory
@@ -287,12 +316,17 @@ extension Overlay {
     }
 
     func originIno(_ pfd: Int32, _ name: UnsafePointer<CChar>) -> UInt64? {
-        var path = "/proc/self/fd/\(pfd)/"
-        path += String(cString: name)
-        var buf = [UInt8](repeating: 0, count: 24)
-        let n = lgetxattr(path, originXattr, &buf, buf.count)
-        guard n > 0 else { return nil }
-        return UInt64(String(decoding: buf[0..<n], as: UTF8.self))
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 24) { buf -> UInt64? in
+            let n = strata_lgetxattr_at(pfd, name, originXattr, buf.baseAddress, 24)
+            guard n > 0 else { return nil }
+            var v: UInt64 = 0
+            for i in 0..<n {
+                let c = buf[i]
+                guard c >= 0x30 && c <= 0x39 else { return nil }
+                v = v &* 10 &+ UInt64(c - 0x30)
+            }
+            return v
+        }
     }
 
     /// Looks `name` up in `parent` and takes a reference on the node.
@@ -327,6 +361,8 @@ extension Overlay {
             n.state.withLock { st in
                 if st.redirect != f.redirect { st.fds = [:]; st.lowerNames = [:]; st.listing = nil }
                 st.lowerDirs = f.lowerDirs; st.inUpper = f.inUpper; st.lower = f.lower; st.redirect = f.redirect
+                // The marks read while resolving: listings need not read them again.
+                for l in f.checkedMarks { st.xwhiteouts[l] = f.xwhiteouts.contains(l) }
             }
         }
         return n

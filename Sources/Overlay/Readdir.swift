@@ -35,11 +35,14 @@ extension Overlay {
                     let bytes = Array(name.buffer)
                     if bytes.starts(with: whPrefix) {
                         // `.wh.NAME` hides NAME below; `.wh..wh..opq` marks opacity.
-                        if bytes != opqName { seen.insert(Array(bytes.dropFirst(4))) }
+                        if merged && bytes != opqName { seen.insert(Array(bytes.dropFirst(4))) }
                         return
                     }
-                    if seen.contains(bytes) { return }
-                    seen.insert(bytes)
+                    // One layer: nothing to de-duplicate or hide below.
+                    if merged {
+                        if seen.contains(bytes) { return }
+                        seen.insert(bytes)
+                    }
                     if type == UInt8(DT_CHR) || type == UInt8(DT_UNKNOWN) || (marked && type == UInt8(DT_REG)) {
                         var st = stat()
                         if fstatat(dfd, name.pointer, &st, Linux.AT_SYMLINK_NOFOLLOW) == 0

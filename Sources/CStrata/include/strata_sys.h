@@ -18,6 +18,8 @@ int strata_fuse_backing_close(int devfd, int backing_id);
 int strata_ficlone(int dst, int src);
 /* Marks a directory as the top of separate hierarchies for ext4's Orlov allocator. */
 int strata_set_topdir(int fd);
+/* lgetxattr of dirfd/name, by getxattrat(2) where the kernel has it. */
+ssize_t strata_lgetxattr_at(int dirfd, const char *name, const char *attr, void *value, size_t size);
 int strata_renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *newpath, unsigned int flags);
 int strata_openat2_beneath(int dirfd, const char *path, int flags, mode_t mode, int no_symlinks);
 int strata_setfsuid(uid_t uid);
