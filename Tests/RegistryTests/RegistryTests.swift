@@ -124,6 +124,29 @@ struct RegistryTests {
         #expect(strata(["push", "--root", "\(t.path)/ref", "\(reg.host)/from/strata:1", "localhost/eco/busybox:l3"]).status == 0)
         let back = runProgram(skopeo, ["copy", "--src-tls-verify=false", "docker://\(reg.host)/from/strata:1", "oci:\(t.path)/oci:1"])
         #expect(back.status == 0, "\(back.stderr)")
+        #expect(strata(["image", "load", "--root", "\(t.path)/o", "--oci", "\(t.path)/oci"]).status == 0)
+        // The merged trees, both ways, are the archive's.
+        let reference = try mergedTree("\(t.path)/ref", "localhost/eco/busybox:l3")
+        #expect(reference.count > 10)
+        #expect(TreeSnapshot.diff(reference, try mergedTree("\(t.path)/s", "\(reg.host)/from/skopeo:1")) == [])
+        let viaSkopeo = strata(["image", "ls", "--root", "\(t.path)/o"]).stdout.split(separator: "\n").dropFirst().first?
+            .split(separator: " ").first.map(String.init) ?? ""
+        #expect(TreeSnapshot.diff(reference, try mergedTree("\(t.path)/o", viaSkopeo)) == [])
+    }
+
+    /// The merged tree of `image` in store `root`: a container mounted with
+    /// the kernel driver, read, unmounted and removed.
+    func mergedTree(_ root: String, _ image: String) throws -> [String: EntryState] {
+        let name = "tree-\(UInt32.random(in: 0...UInt32.max))"
+        guard strata(["create", "--root", root, "--name", name, image]).status == 0 else { throw TestFailure("create from \(image) failed") }
+        defer { _ = strata(["rm", "--root", root, name]) }
+        let m = strata(["mount", "--root", root, "--driver", "overlay", name])
+        guard m.status == 0 else { throw TestFailure("mount of \(image): \(m.stderr)") }
+        let merged = m.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        defer { _ = strata(["umount", "--root", root, name]); umount2(merged, Int32(MNT_DETACH)) }
+        var tree = TreeSnapshot.take(merged, times: false)
+        for k in ["etc/hostname", "etc/hosts", "etc/resolv.conf"] { tree[k] = nil }   // the container's own
+        return tree
     }
 
     @Test func aCorruptedBlobIsRefused() throws {
@@ -297,5 +320,37 @@ struct RegistryTests {
             throw TestFailure("no UpperDir in inspect output: \(out)")
         }
         return upper
+    }
+
+    /// A real pull killed (SIGKILL) in the middle of a big layer: nothing is
+    /// registered, and running it again resumes and completes.
+    @Test func aPullKilledInTheMiddleCompletesWhenRunAgain() throws {
+        let reg = try LocalRegistry()
+        let t = TempDir()
+        let a = "\(t.path)/a", b = "\(t.path)/b"
+        #expect(strata(["image", "load", "--root", a, "-i", "\(Self.fixtures)/busybox-l3.docker.tar"]).status == 0)
+        #expect(strata(["create", "--root", a, "--name", "big", "localhost/eco/busybox:l3"]).status == 0)
+        let upper = try containerUpper(a, "big")
+        #expect(runProgram("/bin/dd", ["if=/dev/urandom", "of=\(upper)/big.bin", "bs=1M", "count=384", "status=none"]).status == 0)
+        #expect(strata(["commit", "--root", a, "big", "localhost/eco/big:1"]).status == 0)
+        #expect(strata(["push", "--root", a, "\(reg.host)/eco/big:1", "localhost/eco/big:1"]).status == 0)
+
+        let null = open("/dev/null", O_RDWR | O_CLOEXEC)
+        defer { close(null) }
+        let pid = try Spawn.start(MountEnvironment.binary, [MountEnvironment.binary, "pull", "--root", b, "\(reg.host)/eco/big:1"], stdio: (null, null, null))
+        // Kill it once the big layer is partly down.
+        let killed = waitFor(30) {
+            let find = runProgram("/usr/bin/find", ["\(b)/tmp", "-name", "*.partial", "-size", "+8M"])
+            return !find.stdout.isEmpty
+        }
+        kill(pid, SIGKILL)
+        let status = Spawn.wait(pid)
+        #expect(killed, "the pull ended before it could be killed (status \(status))")
+        #expect(strata(["image", "ls", "--root", b]).stdout.split(separator: "\n").count == 1, "nothing may be registered")
+        let again = strata(["pull", "--root", b, "\(reg.host)/eco/big:1"])
+        #expect(again.status == 0, "\(again.stderr)")
+        #expect(again.stderr.contains("resumed at"), "\(again.stderr)")
+        let want = strata(["image", "inspect", "--root", a, "localhost/eco/big:1"]).stdout
+        #expect(!want.isEmpty && layersOf(want) == layersOf(strata(["image", "inspect", "--root", b, "\(reg.host)/eco/big:1"]).stdout))
     }
 }
