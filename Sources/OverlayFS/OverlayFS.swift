@@ -163,6 +163,10 @@ public final class OverlayFS: FDBackedFileSystem, @unchecked Sendable {
         let h = FDHandle(fd: fd, writable: writable)
         var o = OpenReply(handle: h.retainedHandle())
         o.keepCache = keepCache
+        // No FLUSH on close: it would only close a duplicate of a descriptor
+        // on the upper or a lower filesystem, which reports nothing there,
+        // and costs every close() of a written file a round trip.
+        o.noFlush = true
         s.opens += 1
         switch mode {
         case .cached:
@@ -200,7 +204,7 @@ public final class OverlayFS: FDBackedFileSystem, @unchecked Sendable {
                 let keep = !s.inUpper || s.cachedOpens > 0
                 return register(n, fd: fd, mode: mode, writable: writable, keepCache: keep, s: &s)
             }
-            o.noFlush = !writable
+            o.noFlush = true
             o.directIO = false
             return o
         } catch {
