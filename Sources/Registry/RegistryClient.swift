@@ -55,39 +55,36 @@ public final class RegistryClient: @unchecked Sendable {
     /// One request; a 401 is answered once through the challenge it carries.
     public func request(_ method: HTTPMethod, _ path: String, headers: [(String, String)] = [], body: Data? = nil,
                         maxBody: Int = 64 << 20) async throws -> Response {
-        var attempt = 0
-        while true {
-            var req = HTTPClientRequest(url: url(path))
+        try await send(timeout: .seconds(300), maxBody: maxBody) {
+            var req = HTTPClientRequest(url: self.url(path))
             req.method = method
             for (k, v) in headers { req.headers.add(name: k, value: v) }
-            if let a = authorization { req.headers.replaceOrAdd(name: "Authorization", value: a) }
             if let body { req.body = .bytes(ByteBuffer(bytes: body)) }
-            let resp = try await http.execute(req, timeout: .seconds(300))
-            var buf = try await resp.body.collect(upTo: maxBody)
-            let data = Data(buf.readBytes(length: buf.readableBytes) ?? [])
-            if resp.status.code == 401 && attempt == 0, let challenge = resp.headers["WWW-Authenticate"].first {
-                try await answer(challenge)
-                attempt += 1
-                continue
-            }
-            return Response(status: Int(resp.status.code), headers: resp.headers, body: data)
+            return req
         }
     }
 
-    /// Streams a response body to a file (appending from `offset` with a
-    /// Range request when resuming); returns the HTTP status.
     /// PATCHes a file's bytes to an upload location, read from disk as the
     /// connection takes them (a layer is never held in memory whole).
     public func patch(_ location: String, file: String, size: Int64) async throws -> Response {
-        var attempt = 0
-        while true {
-            var req = HTTPClientRequest(url: url(location))
+        try await send(timeout: .seconds(3600), maxBody: 1 << 20) {
+            var req = HTTPClientRequest(url: self.url(location))
             req.method = .PATCH
             req.headers.add(name: "Content-Type", value: "application/octet-stream")
-            if let a = authorization { req.headers.replaceOrAdd(name: "Authorization", value: a) }
             req.body = .stream(FileChunks(path: file), length: .known(size))
-            let resp = try await http.execute(req, timeout: .seconds(3600))
-            var buf = try await resp.body.collect(upTo: 1 << 20)
+            return req
+        }
+    }
+
+    /// Sends what `make` builds (again, after answering a 401 challenge once)
+    /// with the current authorization, and collects the response.
+    private func send(timeout: TimeAmount, maxBody: Int, _ make: () -> HTTPClientRequest) async throws -> Response {
+        var attempt = 0
+        while true {
+            var req = make()
+            if let a = authorization { req.headers.replaceOrAdd(name: "Authorization", value: a) }
+            let resp = try await http.execute(req, timeout: timeout)
+            var buf = try await resp.body.collect(upTo: maxBody)
             let data = Data(buf.readBytes(length: buf.readableBytes) ?? [])
             if resp.status.code == 401 && attempt == 0, let challenge = resp.headers["WWW-Authenticate"].first {
                 try await answer(challenge)
