@@ -80,6 +80,45 @@ struct StoreTests {
         #expect((try? FileManager.default.contentsOfDirectory(atPath: "\(t.path)/store/overlay"))?.filter { $0 != "l" } == [])
     }
 
+    /// A hostile middle layer: the load fails with one line naming the
+    /// entry, and the layers unpacked beside it (in parallel) are removed:
+    /// nothing is registered, nothing is left in the store or outside it.
+    @Test func aHostileLayerFailsTheLoadAndLeavesNothing() throws {
+        let t = TempDir()
+        let archive = "\(t.path)/hostile.tar"
+        let script = """
+        import tarfile, io, json, hashlib
+        def layer(entries):
+            b = io.BytesIO()
+            with tarfile.open(fileobj=b, mode='w', format=tarfile.PAX_FORMAT) as t:
+                for name, data in entries:
+                    ti = tarfile.TarInfo(name); ti.size = len(data); t.addfile(ti, io.BytesIO(data))
+            return b.getvalue()
+        layers = [layer([('a/one', b'1' * 100000)]), layer([('b/ok', b'ok'), ('../escape', b'out')]), layer([('c/three', b'3' * 100000)])]
+        diffs = ['sha256:' + hashlib.sha256(l).hexdigest() for l in layers]
+        cfg = json.dumps({'architecture': 'amd64', 'os': 'linux', 'rootfs': {'type': 'layers', 'diff_ids': diffs}}).encode()
+        ch = hashlib.sha256(cfg).hexdigest()
+        with tarfile.open('\(archive)', 'w') as t:
+            def add(n, d):
+                ti = tarfile.TarInfo(n); ti.size = len(d); t.addfile(ti, io.BytesIO(d))
+            add(ch + '.json', cfg)
+            for d, l in zip(diffs, layers): add(d[7:] + '.tar', l)
+            add('manifest.json', json.dumps([{'Config': ch + '.json', 'RepoTags': ['localhost/hostile:1'], 'Layers': [d[7:] + '.tar' for d in diffs]}]).encode())
+        """
+        #expect(runProgram("/usr/bin/env", ["python3", "-c", script]).status == 0)
+        let store = "\(t.path)/deep/store"
+        let r = strata(["image", "load", "--root", store, "-i", archive])
+        #expect(r.status != 0)
+        // Progress lines, then one line for the error, naming the entry.
+        let errors = r.stderr.split(separator: "\n").filter { !$0.contains(": unpacked,") && !$0.contains("loading") }
+        #expect(errors.count == 1 && errors.first?.contains("../escape") == true, "\(r.stderr)")
+        #expect(strata(["image", "ls", "--root", store]).stdout.split(separator: "\n").count == 1)
+        #expect((try? FileManager.default.contentsOfDirectory(atPath: "\(store)/overlay"))?.filter { $0 != "l" } == [])
+        #expect((try? FileManager.default.contentsOfDirectory(atPath: "\(store)/overlay/l")) == [])
+        var st = stat()
+        for p in ["\(t.path)/deep/escape", "\(store)/escape", "\(store)/overlay/escape"] { #expect(lstat(p, &st) != 0, "\(p)") }
+    }
+
     @Test func badInputIsOneLine() throws {
         let t = TempDir()
         let cases: [([String], String)] = [
