@@ -33,7 +33,7 @@ public struct ImageLoader: Sendable {
         defer { _ = try? Spawn.run("/bin/rm", ["rm", "-rf", "--one-file-system", tmp]) }
         var applier = LayerApplier()
         applier.deviceWhiteouts = false
-        do { _ = try applier.apply(file: archive, to: tmp) } catch { throw StoreError("\(archive): \(error)") }
+        do { _ = try applier.apply(file: archive, to: tmp) } catch { throw StoreError("\(error)") }
         var owning = self
         owning.ownsFiles = true
         return try owning.load(directory: tmp, source: archive)
