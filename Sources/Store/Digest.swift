@@ -56,7 +56,9 @@ public enum Digest {
     /// layer's diff ID is taken over the uncompressed tar.
     /// `copy`, when given, receives the uncompressed bytes (the layer tar as
     /// its diff ID names it, kept for `image save`).
-    public static func ofUncompressed(_ path: String, copy: String? = nil) throws(StoreError) -> String {
+    /// `alsoTo`, when given, is a descriptor (a pipe to an unpacker) that
+    /// receives the same bytes as they come.
+    public static func ofUncompressed(_ path: String, copy: String? = nil, alsoTo tee: Int32 = -1) throws(StoreError) -> String {
         var out: Int32 = -1
         if let copy {
             out = open(copy, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
@@ -77,8 +79,12 @@ public enum Digest {
             if n < 0 { throw StoreError("\(path): corrupt compressed data: \(archive_error_string(a).map { String(cString: $0) } ?? "")") }
             return n
         }, each: { (chunk) throws(StoreError) in
-            guard out >= 0 else { return }
-            do { try Sys.writeAll(out, chunk, path: copy ?? "") } catch { throw StoreError("\(error)") }
+            if out >= 0 {
+                do { try Sys.writeAll(out, chunk, path: copy ?? "") } catch { throw StoreError("\(error)") }
+            }
+            if tee >= 0 {
+                do { try Sys.writeAll(tee, chunk, path: "unpacker") } catch { throw StoreError("\(error)") }
+            }
         })
     }
 

@@ -189,17 +189,21 @@ public struct ImageLoader: Sendable {
         if let blob, stored != blob {
             throw StoreError("\(label): layer blob \(blob) does not match its digest")
         }
+        if stored != diffID {
+            // Compressed: decompressed once, hashed, kept and applied in one pass.
+            let (u, diff) = try store.unpackCompressedLayer(blob: file, diffID: diffID, chainID: chainID)
+            if diff != diffID {
+                store.discardUnpacked(chainID)
+                throw StoreError("\(label): layer \(i + 1) has diff ID \(diff), the config says \(diffID)")
+            }
+            return u
+        }
         let plain = "\(store.root)/tmp/layer-\(UInt32.random(in: 0...UInt32.max)).tar"
         defer { unlink(plain) }
-        if stored == diffID {
-            if !(movable && rename(file, plain) == 0) {
-                do { try FileManager.default.copyItem(atPath: file, toPath: plain) } catch {
-                    throw StoreError("\(label): copying layer \(i + 1): \(error)")
-                }
+        if !(movable && rename(file, plain) == 0) {
+            do { try FileManager.default.copyItem(atPath: file, toPath: plain) } catch {
+                throw StoreError("\(label): copying layer \(i + 1): \(error)")
             }
-        } else {
-            let diff = try Digest.ofUncompressed(file, copy: plain)
-            if diff != diffID { throw StoreError("\(label): layer \(i + 1) has diff ID \(diff), the config says \(diffID)") }
         }
         return try store.unpackLayer(archive: plain, diffID: diffID, chainID: chainID, keepArchive: true)
     }

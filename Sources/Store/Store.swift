@@ -98,6 +98,58 @@ public final class Store: @unchecked Sendable {
         return UnpackedLayer(diffID: diffID, chainID: chainID, stats: stats)
     }
 
+    /// A compressed layer blob unpacked in one pass: a thread decompresses
+    /// it (hashing the tar and keeping it as `layer.tar`) into a pipe that
+    /// the applier reads, instead of writing the tar out and reading it back.
+    /// Returns the layer and the tar's digest, which the caller checks
+    /// against the diff ID (discarding the layer when it differs).
+    public func unpackCompressedLayer(blob: String, diffID: String, chainID: String) throws(StoreError) -> (UnpackedLayer, String) {
+        let d = dir(chainID)
+        discardUnpacked(chainID)
+        if mkdir(d, 0o700) != 0 { throw StoreError("\(d): \(currentErrno())") }
+        var p: [Int32] = [-1, -1]
+        if pipe(&p) != 0 || fcntl(p[0], F_SETFD, FD_CLOEXEC) != 0 || fcntl(p[1], F_SETFD, FD_CLOEXEC) != 0 {
+            discardUnpacked(chainID)
+            throw StoreError("pipe: \(currentErrno())")
+        }
+        // The applier may stop early (a hostile entry): the decompressor then
+        // gets EPIPE, not a signal that would end the process.
+        signal(SIGPIPE, SIG_IGN)
+        let (readEnd, writeEnd) = (p[0], p[1])
+        let result = Locked<Result<String, StoreError>?>(nil)
+        let done = DispatchSemaphore(value: 0)
+        let plain = "\(d)/layer.tar"
+        let t = Thread {
+            let r = Result { () throws(StoreError) -> String in try Digest.ofUncompressed(blob, copy: plain, alsoTo: writeEnd) }
+            close(writeEnd)
+            result.withLock { $0 = r }
+            done.signal()
+        }
+        t.start()
+        var applied: Result<LayerApplier.Stats, StoreError>
+        do { applied = .success(try LayerApplier().apply(fd: readEnd, to: "\(d)/diff", label: "layer \(diffID)")) } catch {
+            applied = .failure(StoreError("layer \(diffID): \(error)"))
+        }
+        if case .success = applied {
+            // The end-of-archive blocks the tar reader did not need.
+            var buf = [UInt8](repeating: 0, count: 1 << 16)
+            while buf.withUnsafeMutableBytes({ read(readEnd, $0.baseAddress, $0.count) }) > 0 {}
+        }
+        close(readEnd)
+        done.wait()
+        let digest = result.withLock { $0 } ?? .failure(StoreError("decompressing layer \(diffID): no result"))
+        do {
+            let stats = try applied.get()
+            let diff = try digest.get()
+            return (UnpackedLayer(diffID: diffID, chainID: chainID, stats: stats), diff)
+        } catch {
+            discardUnpacked(chainID)
+            // A decompression error explains an applier's "truncated archive".
+            if case .failure(let e) = digest { throw e }
+            throw error
+        }
+    }
+
     /// Removes a layer directory that was never recorded.
     public func discardUnpacked(_ chainID: String) {
         let fd = open(overlayDir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
