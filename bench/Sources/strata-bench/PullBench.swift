@@ -44,7 +44,7 @@ struct PullBench: ParsableCommand {
                              "docker-archive:\(archive)", "docker://\(ref)"])
             : quiet(bin, [bin, "push", "--root", "\(root)/src", ref, "localhost/bench:1"])
         guard pushed == 0 else { throw ValidationError("push to the registry failed") }
-        var pull = Workload(name: "pull a 3-layer image (\(rootfs == nil ? "\(sizeMib) MiB synthetic" : "rootfs"), \(gzip ? "gzip" : "uncompressed") layers", bytes: nil)
+        var pull = Workload(name: "pull a 3-layer image (\(rootfs == nil ? "\(sizeMib) MiB synthetic" : "rootfs"), \(gzip ? "gzip" : "uncompressed") layers)", bytes: nil)
         for round in 0..<rounds {
             progress("round \(round + 1)/\(rounds)")
             let impls = ["strata", "skopeo", "podman"]
