@@ -40,7 +40,7 @@ struct PullCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "pull", abstract: "Pull an image from an OCI registry (host:port/name:tag, name@sha256:...; docker.io/library/ by default).")
     @OptionGroup var store: StoreOptions
     @OptionGroup var registry: RegistryOptions
-    @Option(help: "Platform to pick from an index, as os/arch[/variant] (default: this machine's).") var platform = Puller.runningPlatform
+    @Option(help: "Platform to pick from an index, as os/arch[/variant]; the default is this machine's.") var platform = Puller.runningPlatform
     @Argument(help: "The image reference.") var reference: String
 
     func run() throws {
