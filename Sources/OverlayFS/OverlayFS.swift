@@ -2,6 +2,7 @@ import CStrata
 import FUSE
 import Overlay
 import Sys
+import Synchronization
 import SystemPackage
 #if canImport(Glibc)
 import Glibc
@@ -13,18 +14,23 @@ import Glibc
 public final class OverlayFS: FDBackedFileSystem, @unchecked Sendable {
     public let overlay: Overlay
     let timeout: CacheTimeout
-    let passthrough: Bool
+    /// Asked for by the mount options, then narrowed to what INIT agreed
+    /// (not as an unprivileged user, not on a kernel without it): the open
+    /// bookkeeping must match how the kernel really serves files.
+    private let passthroughMode: Atomic<Bool>
+    var passthrough: Bool { passthroughMode.load(ordering: .relaxed) }
     /// Every open file's node and how the kernel serves it.
     let opened = Locked<[UInt64: (OverlayNode, IOMode)]>([:])
 
     public init(_ overlay: Overlay, passthrough: Bool) {
         self.overlay = overlay
         self.timeout = CacheTimeout(overlay.config.timeout)
-        self.passthrough = passthrough
+        self.passthroughMode = Atomic(passthrough)
     }
 
     public func initialize(_ connection: inout Connection) {
         if !passthrough { connection.wanted &= ~InitFlag.passthrough }
+        passthroughMode.store(connection.passthrough, ordering: .relaxed)
     }
 
     @inline(__always)
