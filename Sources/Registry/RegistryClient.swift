@@ -15,7 +15,13 @@ public final class RegistryClient: @unchecked Sendable {
     let scheme: String
     let http = HTTPClient.shared
     var credentials: (user: String, password: String)?
-    var authorization: String?
+    /// Shared by the concurrent blob downloads, any of which may answer a
+    /// challenge: behind a lock.
+    private let auth = Locked<String?>(nil)
+    var authorization: String? {
+        get { auth.withLock { $0 } }
+        set { auth.withLock { $0 = newValue } }
+    }
 
     public static let manifestTypes = [
         "application/vnd.oci.image.manifest.v1+json",
