@@ -12,7 +12,7 @@ import Glibc
 /// and gzip layers), hostile archives, and reproducible output.
 @Suite(.serialized)
 struct LayerArchiveTests {
-    static var fixtures: String { "\(MountEnvironment.packageRoot)/../shared/fixtures" }
+    static var fixtures: String { MountEnvironment.fixtures }
 
     /// The layer files of an unpacked fixture, bottom first.
     func layerFiles(_ kind: String, _ t: TempDir) throws -> [String] {

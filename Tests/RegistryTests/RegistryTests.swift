@@ -63,7 +63,7 @@ final class LocalRegistry: @unchecked Sendable {
 
 @Suite(.serialized)
 struct RegistryTests {
-    static var fixtures: String { "\(MountEnvironment.packageRoot)/../shared/fixtures" }
+    static var fixtures: String { MountEnvironment.fixtures }
     func strata(_ args: [String]) -> (status: Int32, stdout: String, stderr: String) { runProgram(MountEnvironment.binary, args) }
 
     @Test func referencesParseAsDockerDoes() throws {

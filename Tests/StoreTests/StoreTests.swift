@@ -11,7 +11,7 @@ import Glibc
 /// shared between images, containers on both drivers, and refusing bad input.
 @Suite(.enabled(if: MountEnvironment.available), .serialized)
 struct StoreTests {
-    static var fixtures: String { "\(MountEnvironment.packageRoot)/../shared/fixtures" }
+    static var fixtures: String { MountEnvironment.fixtures }
 
     func strata(_ args: [String]) -> (status: Int32, stdout: String, stderr: String) {
         runProgram(MountEnvironment.binary, args)

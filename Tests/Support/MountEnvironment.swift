@@ -23,6 +23,14 @@ public enum MountEnvironment {
         return url.path
     }
 
+    /// The shared image fixtures (busybox-l3 as a docker-save and an OCI
+    /// archive): `STRATA_FIXTURES`, which scripts/test.sh sets, else
+    /// `../shared/fixtures` beside the checkout.
+    public static var fixtures: String {
+        if let f = ProcessInfo.processInfo.environment["STRATA_FIXTURES"], !f.isEmpty { return f }
+        return "\(packageRoot)/../shared/fixtures"
+    }
+
     /// The built `strata` executable (STRATA_BIN overrides).
     public static var binary: String {
         if let b = ProcessInfo.processInfo.environment["STRATA_BIN"] { return b }
