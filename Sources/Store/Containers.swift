@@ -24,7 +24,7 @@ extension Store {
         let id = Digest.hex(Digest.of(string: "\(img.id) \(UUID().uuidString)"))
         let cname = name ?? "strata-\(id.prefix(12))"
         if cname.isEmpty || cname.contains("/") || cname.hasPrefix(".") { throw StoreError("bad container name '\(cname)'") }
-        if try container(cname, required: false) != nil { throw StoreError("a container named '\(cname)' exists already") }
+        if try findContainer(cname) != nil { throw StoreError("a container named '\(cname)' exists already") }
         // The init layer, then the container layer, both over the image's.
         var below: [String] = []
         for l in img.layerIDs.reversed() {
@@ -57,15 +57,20 @@ extension Store {
         }
     }
 
-    public func container(_ ref: String, required: Bool = true) throws(StoreError) -> ContainerRecord? {
+    /// The container named `ref` (or whose ID starts with it, 6+ characters).
+    public func container(_ ref: String) throws(StoreError) -> ContainerRecord {
+        guard let c = try findContainer(ref) else { throw StoreError("no container '\(ref)' (see 'strata ls')") }
+        return c
+    }
+
+    /// The same, nil when there is none (inspect falls back to images).
+    public func findContainer(_ ref: String) throws(StoreError) -> ContainerRecord? {
         do {
-            let found = try db.queue.read { db in
+            return try db.queue.read { db in
                 try ContainerRecord.filter(Column("name") == ref).fetchOne(db)
                     ?? (ref.count >= 6 ? ContainerRecord.filter(sql: "id LIKE ?", arguments: ["\(ref)%"]).fetchOne(db) : nil)
             }
-            if found == nil && required { throw StoreError("no container '\(ref)' (see 'strata ls')") }
-            return found
-        } catch let e as StoreError { throw e } catch { throw StoreError("\(error)") }
+        } catch { throw StoreError("\(error)") }
     }
 
     public func containers() throws(StoreError) -> [ContainerRecord] {

@@ -99,7 +99,7 @@ struct UmountCommand: ParsableCommand {
     func run() throws {
         let s = try store.open()
         try storeCall { () throws(StoreError) in
-            guard let c = try s.container(container) else { return }
+            let c = try s.container(container)
             try s.unmount(c)
         }
     }
@@ -114,7 +114,7 @@ struct RemoveCommand: ParsableCommand {
         let s = try store.open()
         for ref in containers {
             try storeCall { () throws(StoreError) in
-                guard let c = try s.container(ref) else { return }
+                let c = try s.container(ref)
                 try s.remove(c)
             }
         }
@@ -132,7 +132,7 @@ func mountContainer(_ ref: String, driver: String?, root: String?) throws {
         d = x
     }
     let path = try storeCall { () throws(StoreError) -> String in
-        guard let c = try s.container(ref) else { throw StoreError("no container '\(ref)'") }
+        let c = try s.container(ref)
         let bin = (try? Sys.realPath("/proc/self/exe")) ?? "strata"
         return try s.mount(c, driver: d, strataBinary: bin)
     }
@@ -147,7 +147,7 @@ struct DiffCommand: ParsableCommand {
     func run() throws {
         let s = try store.open()
         let changes = try storeCall { () throws(StoreError) -> [Store.Change] in
-            guard let c = try s.container(container) else { return [] }
+            let c = try s.container(container)
             return try s.diff(c)
         }
         for ch in changes { print(ch.line) }
@@ -163,7 +163,7 @@ struct CommitCommand: ParsableCommand {
     func run() throws {
         let s = try store.open()
         let id = try storeCall { () throws(StoreError) -> String in
-            guard let c = try s.container(container) else { return "" }
+            let c = try s.container(container)
             return try s.commit(c, tag: tag, progress: { printError("strata: \($0)") })
         }
         print(id)
@@ -178,7 +178,7 @@ struct InspectCommand: ParsableCommand {
     func run() throws {
         let s = try store.open()
         let obj = try storeCall { () throws(StoreError) -> [String: Any] in
-            if let c = try s.container(ref, required: false) { return try s.inspect(container: c) }
+            if let c = try s.findContainer(ref) { return try s.inspect(container: c) }
             return try s.inspect(image: try s.image(ref))
         }
         let data = try JSONSerialization.data(withJSONObject: [obj], options: [.prettyPrinted, .sortedKeys])
@@ -259,7 +259,7 @@ struct ExportCommand: ParsableCommand {
         let s = try store.open()
         let bin = (try? Sys.realPath("/proc/self/exe")) ?? "strata"
         try storeCall { () throws(StoreError) in
-            guard let c = try s.container(container) else { return }
+            let c = try s.container(container)
             try s.export(c, to: output, strataBinary: bin)
         }
     }
