@@ -58,12 +58,13 @@ extension Overlay {
     /// The redirect recorded on an upper directory, as components from the
     /// lower roots (an absolute value), or relative to `parentPath`.
     func readRedirect(_ pfd: Int32, _ name: UnsafePointer<CChar>, parentPath: () -> [String]) -> [String]? {
-        var path = "/proc/self/fd/\(pfd)/"
-        path += String(cString: name)
-        var buf = [UInt8](repeating: 0, count: 4096)
-        let n = lgetxattr(path, redirectXattr, &buf, buf.count)
-        guard n > 0 else { return nil }
-        let v = String(decoding: buf[0..<n], as: UTF8.self)
+        // Read into the stack: most upper directories have no redirect, and
+        // this runs on every lookup of one.
+        let value = withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 4096) { buf -> String? in
+            let n = strata_lgetxattr_at(pfd, name, redirectXattr, buf.baseAddress, buf.count)
+            return n > 0 ? String(decoding: UnsafeBufferPointer(rebasing: buf[0..<n]), as: UTF8.self) : nil
+        }
+        guard let v = value else { return nil }
         let parts = v.split(separator: "/").map(String.init)
         if parts.contains("..") || parts.isEmpty { return nil }
         return v.hasPrefix("/") ? parts : parentPath() + parts

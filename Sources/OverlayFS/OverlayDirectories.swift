@@ -50,7 +50,7 @@ extension OverlayFS {
             if !out.fits(nameLength: e.name.count) { return }
             var ent: Entry? = nil
             if out.plus {
-                let looked: Entry? = FileName.with(stored: e.name + [0]) { fn in
+                let looked: Entry? = FileName.with(unterminated: e.name) { fn in
                     guard let (n, st) = try? overlay.lookup(dir, fn) else { return nil }
                     return entry(n, st)
                 }

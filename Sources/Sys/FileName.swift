@@ -37,6 +37,19 @@ public struct FileName: @unchecked Sendable {
         try s.withCString { try body(FileName(pointer: $0, count: strlen($0))) }
     }
 
+    /// Calls `body` with `bytes` (no NUL) terminated on the stack: no heap
+    /// allocation, for per-entry use on the readdir path.
+    public static func with<R>(unterminated bytes: [UInt8], _ body: (FileName) throws -> R) rethrows -> R {
+        try withUnsafeTemporaryAllocation(of: CChar.self, capacity: bytes.count + 1) { buf in
+            guard let base = buf.baseAddress else { return try FileName.with("", body) }
+            bytes.withUnsafeBytes { b in
+                if let src = b.baseAddress { base.update(from: src.assumingMemoryBound(to: CChar.self), count: bytes.count) }
+            }
+            base[bytes.count] = 0
+            return try body(FileName(pointer: base, count: bytes.count))
+        }
+    }
+
     /// Calls `body` with a stored NUL-terminated name.
     public static func with<R>(stored bytes: [UInt8], _ body: (FileName) throws -> R) rethrows -> R {
         try bytes.withUnsafeBufferPointer { b in
