@@ -222,22 +222,23 @@ public final class OverlayFS: FDBackedFileSystem, @unchecked Sendable {
     public func create(_ r: Request, parent: NodeID, name: Name, mode: UInt32, umask: UInt32, flags: Int32) throws(Errno) -> (Entry, OpenReply) {
         let (n, st, fd) = try overlay.create(try node(parent), name, mode: (mode & ~umask) | Linux.S_IFREG,
                                              openFlags: flags, who: who(r))
-        let writable = flags & O_ACCMODE != O_RDONLY
-        let suid = r.uid != 0 && mode & 0o6000 != 0
-        let o = n.state.withLock { s in
-            register(n, fd: fd, mode: passthrough && !suid ? .passthroughUpper : .cached, writable: writable, keepCache: true, s: &s)
-        }
-        return (entry(n, st), o)
+        return (entry(n, st), openedNew(n, fd: fd, r, mode: mode, flags: flags))
     }
 
     public func tmpfile(_ r: Request, parent: NodeID, mode: UInt32, umask: UInt32, flags: Int32) throws(Errno) -> (Entry, OpenReply) {
         let (n, st, fd) = try overlay.tmpfile(try node(parent), mode: mode & ~umask, openFlags: flags, who: who(r))
-        let writable = flags & O_ACCMODE != O_RDONLY
+        return (entry(n, st), openedNew(n, fd: fd, r, mode: mode, flags: flags))
+    }
+
+    /// A file just made in the upper layer: no other open can exist, so it
+    /// gets passthrough unless a user's writes to a setuid file must pass
+    /// through us.
+    func openedNew(_ n: OverlayNode, fd: Int32, _ r: Request, mode: UInt32, flags: Int32) -> OpenReply {
         let suid = r.uid != 0 && mode & 0o6000 != 0
-        let o = n.state.withLock { s in
-            register(n, fd: fd, mode: passthrough && !suid ? .passthroughUpper : .cached, writable: writable, keepCache: true, s: &s)
+        return n.state.withLock { s in
+            register(n, fd: fd, mode: passthrough && !suid ? .passthroughUpper : .cached,
+                     writable: flags & O_ACCMODE != O_RDONLY, keepCache: true, s: &s)
         }
-        return (entry(n, st), o)
     }
 
     public func release(_ r: Request, node: NodeID, handle: UInt64, flags: Int32) {
