@@ -83,9 +83,7 @@ public final class Store: @unchecked Sendable {
     /// The slow half of adding a layer, safe to run for several layers at
     /// once: it touches only the layer's own directory.
     public func unpackLayer(archive: String, diffID: String, chainID: String, keepArchive: Bool) throws(StoreError) -> UnpackedLayer {
-        let d = dir(chainID)
-        discardUnpacked(chainID)
-        if mkdir(d, 0o700) != 0 { throw StoreError("\(d): \(currentErrno())") }
+        let d = try freshLayerDir(chainID)
         let stats: LayerApplier.Stats
         do { stats = try LayerApplier().apply(file: archive, to: "\(d)/diff") } catch {
             discardUnpacked(chainID)
@@ -104,13 +102,13 @@ public final class Store: @unchecked Sendable {
     /// Returns the layer and the tar's digest, which the caller checks
     /// against the diff ID (discarding the layer when it differs).
     public func unpackCompressedLayer(blob: String, diffID: String, chainID: String) throws(StoreError) -> (UnpackedLayer, String) {
-        let d = dir(chainID)
-        discardUnpacked(chainID)
-        if mkdir(d, 0o700) != 0 { throw StoreError("\(d): \(currentErrno())") }
+        let d = try freshLayerDir(chainID)
         var p: [Int32] = [-1, -1]
         if pipe(&p) != 0 || fcntl(p[0], F_SETFD, FD_CLOEXEC) != 0 || fcntl(p[1], F_SETFD, FD_CLOEXEC) != 0 {
+            let e = currentErrno()
+            for fd in p where fd >= 0 { close(fd) }
             discardUnpacked(chainID)
-            throw StoreError("pipe: \(currentErrno())")
+            throw StoreError("unpacking layer \(diffID) (\(blob)): pipe: \(e)")
         }
         // The applier may stop early (a hostile entry): the decompressor then
         // gets EPIPE, not a signal that would end the process.
@@ -148,6 +146,15 @@ public final class Store: @unchecked Sendable {
             if case .failure(let e) = digest { throw e }
             throw error
         }
+    }
+
+    /// An empty directory for a layer about to be unpacked; whatever an
+    /// interrupted load left there (never recorded, so never used) goes first.
+    func freshLayerDir(_ chainID: String) throws(StoreError) -> String {
+        let d = dir(chainID)
+        discardUnpacked(chainID)
+        if mkdir(d, 0o700) != 0 { throw StoreError("\(d): \(currentErrno())") }
+        return d
     }
 
     /// Removes a layer directory that was never recorded.
