@@ -68,6 +68,13 @@ public struct LayerApplier: Sendable {
         var dirTimes: [(ArraySlice<String>, String, timespec)] = []
         var entry: OpaquePointer? = nil
         var lastName = ""
+        // The previous entry's parent, kept open: archives list a
+        // directory's entries together, and resolving the parent from the
+        // layer root costs an openat per component. It can never name a
+        // replaced directory: replacing one needs an entry whose parent is
+        // that directory's parent, which then becomes the kept one.
+        var kept: (path: ArraySlice<String>, fd: Int32)? = nil
+        defer { if let k = kept { close(k.fd) } }
         while true {
             let r = archive_read_next_header(a, &entry)
             if r == ARCHIVE_EOF { break }
@@ -80,8 +87,14 @@ public struct LayerApplier: Sendable {
             let p = try LayerPath(raw)
             stats.entries += 1
             if p.isRoot { continue }
-            let parent = try openParent(root, p.parent, entry: raw, create: true)
-            defer { close(parent) }
+            let parent: Int32
+            if let k = kept, k.path == p.parent {
+                parent = k.fd
+            } else {
+                parent = try openParent(root, p.parent, entry: raw, create: true)
+                if let k = kept { close(k.fd) }
+                kept = (p.parent, parent)
+            }
             let name = p.name
             if name.hasPrefix(".wh.") {
                 try whiteout(parent, name, entry: raw, stats: &stats)
