@@ -143,12 +143,17 @@ extension Overlay {
     /// The directory's opaque mark: `y` (opaque, or a `.wh..wh..opq` inside)
     /// or `x` (not opaque, may hold xattr whiteouts).
     func opaqueMark(_ pfd: Int32, _ name: UnsafePointer<CChar>) -> OpaqueMark {
-        var v: UInt8 = 0
-        var x = false
-        for attr in [opaqueXattrs.0, opaqueXattrs.1] where strata_lgetxattr_at(pfd, name, attr, &v, 1) == 1 {
-            if v == UInt8(ascii: "y") { return .opaque }
-            if v == UInt8(ascii: "x") { x = true }
+        // The two names in turn, without building an array on every lookup
+        // of a directory.
+        func mark(_ attr: String) -> UInt8 {
+            var v: UInt8 = 0
+            return strata_lgetxattr_at(pfd, name, attr, &v, 1) == 1 ? v : 0
         }
+        let first = mark(opaqueXattrs.0)
+        if first == UInt8(ascii: "y") { return .opaque }
+        let second = mark(opaqueXattrs.1)
+        if second == UInt8(ascii: "y") { return .opaque }
+        let x = first == UInt8(ascii: "x") || second == UInt8(ascii: "x")
         // NAME/.wh..wh..opq, built on the stack; NAME was just seen to be a directory.
         let len = strlen(name)
         guard len + 13 < 256 else { return x ? .xwhiteouts : .none }

@@ -198,7 +198,7 @@ public final class OverlayFS: FDBackedFileSystem, @unchecked Sendable {
         // Writes by users to setuid files must go through us (see Loopback).
         let suid = writable && r.uid != 0 && st.st_mode & 0o6000 != 0
         do {
-            var o = try n.state.withLock { (s: inout OverlayNode.State) throws(Errno) -> OpenReply in
+            return try n.state.withLock { (s: inout OverlayNode.State) throws(Errno) -> OpenReply in
                 guard isRegular else {
                     return register(n, fd: fd, mode: .cached, writable: writable, keepCache: true, regular: false, s: &s)
                 }
@@ -210,9 +210,6 @@ public final class OverlayFS: FDBackedFileSystem, @unchecked Sendable {
                 let keep = !s.inUpper || s.cachedOpens > 0
                 return register(n, fd: fd, mode: mode, writable: writable, keepCache: keep, s: &s)
             }
-            o.noFlush = true
-            o.directIO = false
-            return o
         } catch {
             close(fd)
             throw error

@@ -12,7 +12,9 @@ struct StoreOptions: ParsableArguments {
     @Option(help: "The store's root directory (default /var/lib/strata as root, $XDG_DATA_HOME/strata otherwise; STRATA_ROOT overrides).")
     var root: String?
 
-    func open() throws -> Store {
+    func open() throws -> Store { try Self.open(root: root) }
+
+    static func open(root: String?) throws -> Store {
         do { return try Store(root: root ?? Store.defaultRoot) } catch { throw fail("\(error)") }
     }
 }
@@ -123,7 +125,7 @@ struct RemoveCommand: ParsableCommand {
 
 /// `strata mount CONTAINER`: mounts a container's root and prints it.
 func mountContainer(_ ref: String, driver: String?, root: String?) throws {
-    let s = try StoreOptions.parse(root.map { ["--root", $0] } ?? []).open()
+    let s = try StoreOptions.open(root: root)
     let d: Store.Driver
     switch driver {
     case nil: d = geteuid() == 0 ? .overlay : .fuse
