@@ -132,3 +132,7 @@ ssize_t strata_lgetxattr_at(int dirfd, const char *name, const char *attr, void 
     if (n < 0 || (size_t)n >= sizeof path) { errno = ENAMETOOLONG; return -1; }
     return lgetxattr(path, attr, value, size);
 }
+
+int strata_spawn_addclosefrom(posix_spawn_file_actions_t *actions, int from) {
+    return posix_spawn_file_actions_addclosefrom_np(actions, from);
+}

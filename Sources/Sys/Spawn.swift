@@ -22,6 +22,17 @@ public enum Spawn {
             posix_spawn_file_actions_adddup2(&actions, o, 1)
             posix_spawn_file_actions_adddup2(&actions, e, 2)
         }
+        // The child gets stdio and `inherit`, nothing else. Descriptors other
+        // threads opened without O_CLOEXEC (Foundation's file reads do) would
+        // otherwise live on in a long-running child: a daemon holding a file
+        // of another mount keeps that mount busy, and its umount fails.
+        // (glibc ignores closing a descriptor that is not open.)
+        let kept = Set(inherit)
+        let top = inherit.max() ?? 2
+        if top > 2 {
+            for fd in 3..<top where !kept.contains(fd) { posix_spawn_file_actions_addclose(&actions, fd) }
+        }
+        strata_spawn_addclosefrom(&actions, max(3, top + 1))
         var environment: [String: String] = [:]
         var i = 0
         while let p = environ[i] {

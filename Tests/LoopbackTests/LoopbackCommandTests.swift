@@ -117,6 +117,23 @@ struct LoopbackCommandTests {
         #expect(!isMountPoint(mnt))
     }
 
+    /// A daemon started while another thread has a file open without
+    /// O_CLOEXEC (as Foundation's reads leave them) must not keep that file,
+    /// or the mount it lives on stays busy and cannot be unmounted.
+    @Test func spawnedProgramsInheritOnlyWhatTheyAreGiven() throws {
+        let t = TempDir()
+        _ = FileOps(t.path).write("stray", "x")
+        _ = FileOps(t.path).write("given", "y")
+        let stray = open("\(t.path)/stray", O_RDONLY), given = open("\(t.path)/given", O_RDONLY)
+        defer { close(stray); close(given) }
+        // The child names what it holds at both numbers.
+        let script = "readlink /proc/$$/fd/\(stray) > \(t.path)/seen-stray; readlink /proc/$$/fd/\(given) > \(t.path)/seen-given; true"
+        let pid = try Spawn.start("/bin/sh", ["sh", "-c", script], inherit: [given])
+        #expect(Spawn.wait(pid) == 0)
+        #expect(!FileOps(t.path).read("seen-stray").contains("stray"))
+        #expect(FileOps(t.path).read("seen-given").contains("given"))
+    }
+
     @Test func versionAndHelp() {
         let v = runProgram(MountEnvironment.binary, ["--version"])
         #expect(v.status == 0 && v.stdout.hasPrefix("strata version"))

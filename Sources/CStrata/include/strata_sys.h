@@ -36,4 +36,7 @@ ssize_t strata_copy_file_range(int in, int64_t *off_in, int out, int64_t *off_ou
 long strata_getdents64(int fd, void *buf, size_t len);
 int strata_is_mount_root(const char *path);
 void strata_set_errno(int e);
+/* posix_spawn_file_actions_addclosefrom_np (glibc 2.34+), which Swift's Glibc module does not export. */
+#include <spawn.h>
+int strata_spawn_addclosefrom(posix_spawn_file_actions_t *actions, int from);
 #endif
