@@ -1,10 +1,20 @@
 /// Why a layer archive was refused: the entry and the rule it broke, one line.
 public struct ArchiveError: Error, CustomStringConvertible, Sendable {
+    /// What went wrong, where a caller decides by it.
+    public enum Kind: Sendable {
+        /// A path goes through a symlink or a non-directory inside the layer.
+        case throughNonDirectory
+        /// The archive ends inside an entry.
+        case truncated
+        case other
+    }
     public let entry: String
     public let message: String
-    public init(_ entry: String, _ message: String) {
+    public let kind: Kind
+    public init(_ entry: String, _ message: String, kind: Kind = .other) {
         self.entry = entry
         self.message = message
+        self.kind = kind
     }
     public var description: String { entry.isEmpty ? message : "\(entry): \(message)" }
 }

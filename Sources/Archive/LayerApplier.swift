@@ -27,6 +27,17 @@ public struct LayerApplier: Sendable {
         public var opaque = 0
         /// Entries that need root (devices, owners) skipped when unprivileged.
         public var skipped = 0
+        /// Whiteouts under a non-directory of the same layer (umoci writes a
+        /// directory replaced by a file as the file, then whiteouts below
+        /// it): they hide nothing, so they are dropped, and the first named.
+        public var droppedWhiteouts = 0
+        public var firstDroppedWhiteout: String?
+
+        /// One line for the user about what was accepted but not applied.
+        public var warning: String? {
+            guard let first = firstDroppedWhiteout else { return nil }
+            return "dropped \(droppedWhiteouts) whiteout\(droppedWhiteouts == 1 ? "" : "s") under a non-directory (first: \(first)); they hide nothing"
+        }
     }
 
     public init() {}
@@ -75,11 +86,13 @@ public struct LayerApplier: Sendable {
         // that directory's parent, which then becomes the kept one.
         var kept: (path: ArraySlice<String>, fd: Int32)? = nil
         defer { if let k = kept { close(k.fd) } }
-        while true {
+        entries: while true {
             let r = archive_read_next_header(a, &entry)
             if r == ARCHIVE_EOF { break }
             if r < ARCHIVE_WARN || entry == nil {
-                throw ArchiveError(lastName.isEmpty ? label : "after \(lastName)", "corrupt or truncated archive: \(errorString(a))")
+                throw ArchiveError(lastName.isEmpty ? "" : "after \(lastName)",
+                                   "corrupt or truncated archive\(lastName.isEmpty ? " in its first entry" : ""): \(errorString(a))",
+                                   kind: .truncated)
             }
             guard let e = entry, let cpath = archive_entry_pathname(e) else { throw ArchiveError(label, "entry without a name") }
             let raw = String(cString: cpath)
@@ -87,16 +100,25 @@ public struct LayerApplier: Sendable {
             let p = try LayerPath(raw)
             stats.entries += 1
             if p.isRoot { continue }
+            let name = p.name
+            let isWhiteout = name.hasPrefix(".wh.")
             let parent: Int32
             if let k = kept, k.path == p.parent {
                 parent = k.fd
             } else {
-                parent = try openParent(root, p.parent, entry: raw, create: true)
+                do throws(ArchiveError) {
+                    parent = try openParent(root, p.parent, entry: raw, create: true)
+                } catch where isWhiteout && error.kind == .throughNonDirectory {
+                    // Nothing below a non-directory is looked up in a layer:
+                    // the whiteout hides nothing and nothing is written for it.
+                    stats.droppedWhiteouts += 1
+                    if stats.firstDroppedWhiteout == nil { stats.firstDroppedWhiteout = raw }
+                    continue
+                }
                 if let k = kept { close(k.fd) }
                 kept = (p.parent, parent)
             }
-            let name = p.name
-            if name.hasPrefix(".wh.") {
+            if isWhiteout {
                 try whiteout(parent, name, entry: raw, stats: &stats)
                 // The whiteout keeps the entry's time, so a layer applies
                 // to the same tree every time.
@@ -127,8 +149,17 @@ public struct LayerApplier: Sendable {
                 let out = openat(parent, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
                 if out < 0 { throw ArchiveError(raw, "create: \(currentErrno())") }
                 defer { close(out) }
-                stats.bytes += try copyData(a, to: out, entry: raw)
-                if ftruncate(out, off_t(archive_entry_size(e))) != 0 { throw ArchiveError(raw, "truncate: \(currentErrno())") }
+                let size = Int64(archive_entry_size(e))
+                let (copied, ended) = try copyData(a, e, to: out, size: size, entry: raw)
+                stats.bytes += copied
+                if ftruncate(out, off_t(size)) != 0 { throw ArchiveError(raw, "truncate: \(currentErrno())") }
+                if ended {
+                    // The last file's data is whole; only its padding and the
+                    // end-of-archive blocks are missing (umoci writes such
+                    // layers, podman loads them).
+                    try metadata(e, parent, name, type: type, mode: mode, entry: raw, stats: &stats)
+                    break entries
+                }
             case Linux.S_IFDIR:
                 var st = stat()
                 if fstatat(parent, name, &st, Linux.AT_SYMLINK_NOFOLLOW) == 0 && st.st_mode & Linux.S_IFMT != Linux.S_IFDIR {
@@ -191,15 +222,27 @@ public struct LayerApplier: Sendable {
     }
 
     /// Data blocks at their offsets: holes in the archive stay holes.
-    private func copyData(_ a: OpaquePointer, to out: Int32, entry: String) throws(ArchiveError) -> Int64 {
+    /// Returns the bytes written and whether the archive ended right after
+    /// them, inside the padding of the last block (a whole entry: accepted).
+    /// A regular entry whose data stops short of its declared size is refused,
+    /// so no file is ever filled out with bytes that were not in the archive.
+    private func copyData(_ a: OpaquePointer, _ e: OpaquePointer, to out: Int32, size declared: Int64,
+                          entry: String) throws(ArchiveError) -> (Int64, Bool) {
         var total: Int64 = 0
         var buf: UnsafeRawPointer? = nil
         var size = 0
         var offset: la_int64_t = 0
+        let sparse = archive_entry_sparse_count(e) > 0
         while true {
             let r = archive_read_data_block(a, &buf, &size, &offset)
             if r == ARCHIVE_EOF { break }
-            if r < ARCHIVE_WARN { throw ArchiveError(entry, "corrupt or truncated data: \(errorString(a))") }
+            if r < ARCHIVE_WARN {
+                if !sparse && total == declared && declared % 512 != 0 {
+                    return (total, true)
+                }
+                throw ArchiveError(entry, "corrupt or truncated data (\(total) of \(declared) bytes): \(errorString(a))",
+                                   kind: .truncated)
+            }
             guard let b = buf, size > 0 else { continue }
             var done = 0
             while done < size {
@@ -209,7 +252,10 @@ public struct LayerApplier: Sendable {
             }
             total += Int64(size)
         }
-        return total
+        if !sparse && total != declared {
+            throw ArchiveError(entry, "truncated data: \(total) of \(declared) bytes", kind: .truncated)
+        }
+        return (total, false)
     }
 
     private func metadata(_ e: OpaquePointer, _ parent: Int32, _ name: String, type: UInt32, mode: UInt32,

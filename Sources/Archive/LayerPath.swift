@@ -49,7 +49,7 @@ func openParent(_ root: Int32, _ components: ArraySlice<String>, entry: String, 
             let e = strata_errno()
             close(cur)
             if e == ENOTDIR || e == ELOOP {
-                throw ArchiveError(entry, "path goes through a symlink or a non-directory ('\(c)'); refused")
+                throw ArchiveError(entry, "path goes through a symlink or a non-directory ('\(c)'); refused", kind: .throughNonDirectory)
             }
             throw ArchiveError(entry, "parent \(c): \(Errno(rawValue: e))")
         }

@@ -155,7 +155,10 @@ public struct ImageLoader: Sendable {
                 }
                 results.withLock { $0[i] = r }
                 if case .success(let u) = r {
-                    say.withLock { $0("layer \(Digest.hex(u.diffID).prefix(12)): unpacked, \(u.stats.entries) entries") }
+                    say.withLock {
+                        $0("layer \(Digest.hex(u.diffID).prefix(12)): unpacked, \(u.stats.entries) entries")
+                        if let w = u.stats.warning { $0("warning: layer \(Digest.hex(u.diffID).prefix(12)): \(w)") }
+                    }
                 }
             }
         }

@@ -125,8 +125,10 @@ public final class Store: @unchecked Sendable {
         }
         t.start()
         var applied: Result<LayerApplier.Stats, StoreError>
+        var appliedTruncated = false
         do { applied = .success(try LayerApplier().apply(fd: readEnd, to: "\(d)/diff", label: "layer \(diffID)")) } catch {
             applied = .failure(StoreError("layer \(diffID): \(error)"))
+            appliedTruncated = error.kind == .truncated
         }
         if case .success = applied {
             // The end-of-archive blocks the tar reader did not need.
@@ -142,8 +144,10 @@ public final class Store: @unchecked Sendable {
             return (UnpackedLayer(diffID: diffID, chainID: chainID, stats: stats), diff)
         } catch {
             discardUnpacked(chainID)
-            // A decompression error explains an applier's "truncated archive".
-            if case .failure(let e) = digest { throw e }
+            // A decompression error explains an applier's "truncated archive";
+            // any other refusal is the applier's own, and the decompressor's
+            // error is only the broken pipe it left.
+            if case .failure(let e) = digest, appliedTruncated || (try? applied.get()) != nil { throw e }
             throw error
         }
     }
