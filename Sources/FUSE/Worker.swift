@@ -386,6 +386,14 @@ final class Worker<FS: FileSystem>: @unchecked Sendable {
         else if v & UInt32(SF_FATTR_MTIME) != 0 { c.mtime = .set(timespec(tv_sec: Int(Int64(bitPattern: s.mtime)), tv_nsec: Int(s.mtimensec))) }
         if v & UInt32(SF_FATTR_CTIME) != 0 { c.ctime = timespec(tv_sec: Int(Int64(bitPattern: s.ctime)), tv_nsec: Int(s.ctimensec)) }
         if v & UInt32(SF_FATTR_KILL_SUIDGID) != 0 { c.killSUIDGID = true }
+        // A SETATTR that changes nothing is the kernel handing the clearing
+        // of setuid/setgid to us: under handle_killpriv(_v2) fuse_setattr
+        // strips ATTR_KILL_SUID/SGID and the mode computed from them, so
+        // chown(path, -1, -1) (and a write that must drop the bits) arrives
+        // with no field set. ext4 and the kernel's overlayfs clear them then.
+        let changes = SF_FATTR_MODE | SF_FATTR_UID | SF_FATTR_GID | SF_FATTR_SIZE | SF_FATTR_ATIME | SF_FATTR_MTIME
+            | SF_FATTR_ATIME_NOW | SF_FATTR_MTIME_NOW
+        if v & UInt32(changes) == 0 { c.killSUIDGID = true }
         return c
     }
 }

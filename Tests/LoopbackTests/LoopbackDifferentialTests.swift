@@ -66,6 +66,16 @@ struct LoopbackDifferentialTests {
         r.append(o.rename("e", "d/e2"))
         r.append(o.ls("d"))
         r.append(o.ls("d/e2"))
+        // A chown that changes nothing still drops setuid, and setgid with
+        // group execute, as ext4 does for root (a kept setuid bit after a
+        // chown is a security defect).
+        for (i, m) in [0o6755, 0o4755, 0o2755, 0o2745, 0o6711].enumerated() {
+            r.append(o.write("sx\(i)", "s") + o.chmod("sx\(i)", mode_t(m)))
+            r.append(o.lchown("sx\(i)", .max, .max) + " " + o.mode("sx\(i)"))
+        }
+        r.append(o.chmod("sx0", 0o6755) + o.fchown("sx0", .max, .max) + " " + o.mode("sx0"))
+        r.append(o.chmod("sx0", 0o6755) + o.lchown("sx0", 0, 0) + " " + o.mode("sx0"))
+        r.append(o.chmod("d/e2", 0o2775) + o.lchown("d/e2", .max, .max) + " " + o.mode("d/e2"))
         return r
     }
 

@@ -76,6 +76,41 @@ struct KernelDifferentialTests {
         ])
     }
 
+    /// chown(path, -1, -1) by root reaches the daemon as a SETATTR with no
+    /// field set; the kernel's overlayfs copies the file up and drops
+    /// setuid (and setgid with group execute) as the upper ext4 does.
+    @Test func chownThatChangesNothingDropsSetuidBelowAndAbove() throws {
+        let modes: [mode_t] = [0o6755, 0o4755, 0o2755, 0o2745, 0o6711]
+        let pair = try UnionPair { base in
+            for (i, m) in modes.enumerated() {
+                _ = FileOps("\(base)/l2").write("low\(i)", "l")
+                _ = FileOps("\(base)/l2").chmod("low\(i)", m)
+            }
+            _ = FileOps("\(base)/l2").mkdir("sgid-dir", 0o2775)
+            _ = FileOps("\(base)/l2").chmod("sgid-dir", 0o2775)
+        }
+        defer { pair.unmount() }
+        var steps: [(String, (FileOps) -> String)] = []
+        for (i, m) in modes.enumerated() {
+            steps.append(("lower \(String(m, radix: 8)): chown -1 -1", { $0.lchown("low\(i)", .max, .max) + " " + $0.mode("low\(i)") }))
+            steps.append(("upper \(String(m, radix: 8)): chown -1 -1", {
+                $0.write("up\(i)", "u") + $0.chmod("up\(i)", m) + $0.lchown("up\(i)", .max, .max) + " " + $0.mode("up\(i)")
+            }))
+            steps.append(("upper \(String(m, radix: 8)): fchown -1 -1", {
+                $0.chmod("up\(i)", m) + $0.fchown("up\(i)", .max, .max) + " " + $0.mode("up\(i)")
+            }))
+            steps.append(("upper \(String(m, radix: 8)): chown to the same owner", {
+                $0.chmod("up\(i)", m) + $0.lchown("up\(i)", 0, 0) + " " + $0.mode("up\(i)")
+            }))
+        }
+        steps.append(("setgid directory keeps its bit", { $0.lchown("sgid-dir", .max, .max) + " " + $0.mode("sgid-dir") }))
+        compare(pair, steps)
+        // Not only agreement: the bits are gone.
+        #expect(FileOps(pair.strataMount).mode("low0") == "755")
+        #expect(FileOps(pair.strataMount).mode("low3") == "2745")
+        #expect(FileOps(pair.strataMount).mode("up1") == "755")
+    }
+
     @Test(arguments: [false, true])
     func renames(redirectDir: Bool) throws {
         let pair = try UnionPair(redirectDir: redirectDir, build: Fixture.build)

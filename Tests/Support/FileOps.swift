@@ -47,6 +47,15 @@ public struct FileOps: Sendable {
     public func link(_ a: String, _ b: String) -> String { Self.result(Int(Glibc.link(path(a), path(b)))) }
     public func chmod(_ p: String, _ m: mode_t) -> String { Self.result(Int(Glibc.chmod(path(p), m))) }
     public func lchown(_ p: String, _ u: uid_t, _ g: gid_t) -> String { Self.result(Int(Glibc.lchown(path(p), u, g))) }
+    /// fchown through an open descriptor (the request then carries the file handle).
+    public func fchown(_ p: String, _ u: uid_t, _ g: gid_t) -> String {
+        let fd = open(path(p), O_RDONLY | O_CLOEXEC)
+        if fd < 0 { return Self.errnoName(strata_errno()) }
+        defer { close(fd) }
+        return Self.result(Int(Glibc.fchown(fd, u, g)))
+    }
+    /// The permission bits, setuid/setgid/sticky included, in octal.
+    public func mode(_ p: String) -> String { stat(p).map { String($0.st_mode & 0o7777, radix: 8) } ?? "ENOENT" }
     public func truncate(_ p: String, _ n: Int) -> String { Self.result(Int(Glibc.truncate(path(p), off_t(n)))) }
     public func rename(_ a: String, _ b: String, flags: UInt32 = 0) -> String {
         Self.result(Int(strata_renameat2(AT_FDCWD, path(a), AT_FDCWD, path(b), flags)))
