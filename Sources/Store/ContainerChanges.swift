@@ -63,6 +63,13 @@ extension Store {
     /// The container's upper layer as a new layer on top of its image, and a
     /// new image with that layer added to the config's diff IDs and history.
     public func commit(_ c: ContainerRecord, tag: String, progress: (String) -> Void = { _ in }) throws(StoreError) -> String {
+        try exclusively { () throws(StoreError) -> String in
+            guard try findContainer(c.id) != nil else { throw StoreError("no container '\(c.name)' (see 'strata ls')") }
+            return try commitLocked(c, tag: tag, progress: progress)
+        }
+    }
+
+    private func commitLocked(_ c: ContainerRecord, tag: String, progress: (String) -> Void) throws(StoreError) -> String {
         let img = try image(Digest.hex(c.image))
         let tar = "\(root)/tmp/commit-\(c.id).tar"
         defer { unlink(tar) }

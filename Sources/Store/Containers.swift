@@ -20,6 +20,10 @@ extension Store {
     }
 
     public func create(image ref: String, name: String?) throws(StoreError) -> ContainerRecord {
+        try exclusively { () throws(StoreError) -> ContainerRecord in try createLocked(image: ref, name: name) }
+    }
+
+    private func createLocked(image ref: String, name: String?) throws(StoreError) -> ContainerRecord {
         let img = try image(ref)
         let id = Digest.hex(Digest.of(string: "\(img.id) \(UUID().uuidString)"))
         let cname = name ?? "strata-\(id.prefix(12))"
@@ -90,6 +94,14 @@ extension Store {
 
     /// Mounts the container's root and returns the merged path.
     public func mount(_ c: ContainerRecord, driver: Driver, strataBinary: String) throws(StoreError) -> String {
+        try exclusively { () throws(StoreError) -> String in
+            // Removed while this command waited for the lock?
+            guard try findContainer(c.id) != nil else { throw StoreError("no container '\(c.name)' (see 'strata ls')") }
+            return try mountLocked(c, driver: driver, strataBinary: strataBinary)
+        }
+    }
+
+    private func mountLocked(_ c: ContainerRecord, driver: Driver, strataBinary: String) throws(StoreError) -> String {
         let merged = mergedPath(c)
         if strata_is_mount_root_path(merged) { return merged }
         let opts = try mountOptions(c)
@@ -113,6 +125,11 @@ extension Store {
     }
 
     public func remove(_ c: ContainerRecord) throws(StoreError) {
+        try exclusively { () throws(StoreError) in try removeLocked(c) }
+    }
+
+    private func removeLocked(_ c: ContainerRecord) throws(StoreError) {
+        guard try findContainer(c.id) != nil else { throw StoreError("no container '\(c.name)' (see 'strata ls')") }
         try unmount(c)
         for d in ["\(overlayDir)/\(c.id)", "\(overlayDir)/\(c.id)-init"] {
             if let link = try? String(contentsOfFile: "\(d)/link", encoding: .utf8) { unlink("\(overlayDir)/l/\(link)") }

@@ -122,6 +122,15 @@ public struct ImageLoader: Sendable {
     /// is most of a load's time, and layers do not depend on each other on
     /// disk), then records them bottom first.
     func register(config: Data, id: String, layerFiles: [String], blobDigests: [String]?, tags: [String], label: String) throws(StoreError) -> Loaded {
+        // Which layers are missing is only true while no other command adds
+        // or removes layers: the whole registration holds the store's lock.
+        try store.exclusively { () throws(StoreError) -> Loaded in
+            try registerLocked(config: config, id: id, layerFiles: layerFiles, blobDigests: blobDigests, tags: tags, label: label)
+        }
+    }
+
+    private func registerLocked(config: Data, id: String, layerFiles: [String], blobDigests: [String]?, tags: [String],
+                                label: String) throws(StoreError) -> Loaded {
         guard let cfg = try? JSONSerialization.jsonObject(with: config) as? [String: Any],
               let diffIDs = (cfg["rootfs"] as? [String: Any])?["diff_ids"] as? [String] else {
             throw StoreError("\(label): image config has no rootfs.diff_ids")

@@ -9,6 +9,10 @@ import Glibc
 /// Tags, removal (a layer goes only when nothing uses it), history, space.
 extension Store {
     public func tag(_ ref: String, as name: String) throws(StoreError) {
+        try exclusively { () throws(StoreError) in try tagLocked(ref, as: name) }
+    }
+
+    private func tagLocked(_ ref: String, as name: String) throws(StoreError) {
         let img = try image(ref)
         let full = name.contains(":") ? name : name + ":latest"
         do { try db.queue.write { try TagRecord(name: full, image: img.id).save($0) } } catch { throw StoreError("\(error)") }
@@ -17,6 +21,10 @@ extension Store {
     /// Removes a tag; the image goes with its last tag unless a container
     /// uses it; each of its layers goes unless another image uses it.
     public func removeImage(_ ref: String) throws(StoreError) -> [String] {
+        try exclusively { () throws(StoreError) -> [String] in try removeImageLocked(ref) }
+    }
+
+    private func removeImageLocked(_ ref: String) throws(StoreError) -> [String] {
         let img = try image(ref)
         var removedLayers: [String] = []
         do {

@@ -14,6 +14,7 @@ import Glibc
 public final class Store: @unchecked Sendable {
     public let root: String
     let db: StoreDatabase
+    let lock: StoreLock
     var overlayDir: String { "\(root)/overlay" }
 
     /// The default root: /var/lib/strata for root, else $XDG_DATA_HOME/strata.
@@ -40,7 +41,19 @@ public final class Store: @unchecked Sendable {
         // Best effort: other filesystems do not have the flag.
         let od = open("\(root)/overlay", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         if od >= 0 { _ = strata_set_topdir(od); close(od) }
-        do { db = try StoreDatabase(path: "\(root)/strata.db") } catch { throw StoreError("store database \(root)/strata.db: \(error)") }
+        lock = try StoreLock(root: root)
+        // Migrations read which ones ran, then run the rest: two commands
+        // opening a new store at once would both run them.
+        db = try lock.exclusively { () throws(StoreError) -> StoreDatabase in
+            do { return try StoreDatabase(path: "\(root)/strata.db") } catch {
+                throw StoreError("store database \(root)/strata.db: \(error)")
+            }
+        }
+    }
+
+    /// Runs `body` holding the store's lock (see `StoreLock`).
+    public func exclusively<R>(_ body: () throws(StoreError) -> R) throws(StoreError) -> R {
+        try lock.exclusively(body)
     }
 
     func dir(_ id: String) -> String { "\(overlayDir)/\(Digest.hex(id))" }

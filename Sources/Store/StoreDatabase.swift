@@ -7,7 +7,12 @@ struct StoreDatabase {
     let queue: DatabaseQueue
 
     init(path: String) throws {
-        queue = try DatabaseQueue(path: path)
+        var config = Configuration()
+        // Other strata commands use the same database: wait for their
+        // transactions (as podman and docker commands wait for each other)
+        // instead of failing with "database is locked".
+        config.busyMode = .timeout(120)
+        queue = try DatabaseQueue(path: path, configuration: config)
         var m = DatabaseMigrator()
         m.registerMigration("v1") { db in
             try db.create(table: "layer") { t in

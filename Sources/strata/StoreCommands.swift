@@ -277,3 +277,29 @@ struct ImageInspect: ParsableCommand {
         print(String(decoding: try JSONSerialization.data(withJSONObject: [obj], options: [.prettyPrinted, .sortedKeys]), as: UTF8.self))
     }
 }
+
+struct CheckCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "check",
+        abstract: "Verify the store against its database; --repair mends what can be mended.",
+        discussion: """
+            Checks that every layer, image and container row has its complete directory (diff, link, the \
+            l/ short link, lower) and that every directory and short link belongs to a row. Prints one line \
+            per problem and exits 1 when there is any. --repair removes what an interrupted command left \
+            half-made, rewrites links and lower files from the database, and unpacks a layer again from its \
+            kept tar; what cannot be restored is listed with what to do.
+            """
+    )
+    @OptionGroup var store: StoreOptions
+    @Flag(help: "Also hash every layer's kept tar against its diff ID (reads every layer).") var content = false
+    @Flag(help: "Mend what can be mended, then report what is left.") var repair = false
+
+    func run() throws {
+        let s = try store.open()
+        let problems = try storeCall { () throws(StoreError) in
+            repair ? try s.repair(content: content, progress: { print("repaired: \($0)") }) : try s.check(content: content)
+        }
+        for p in problems { print(p) }
+        if problems.isEmpty { print("store \(s.root): no problems") } else { throw ExitCode(1) }
+    }
+}

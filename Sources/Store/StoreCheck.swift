@@ -1,0 +1,163 @@
+import Archive
+import Foundation
+import GRDB
+import Sys
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `strata check`: the store against its database. Every layer row has its
+/// complete directory (`diff`, `link`, the `l/` short link, `lower` naming
+/// its parents), every image its layers, every container its two layers;
+/// every directory and short link is named by a row. With `content`, each
+/// layer's kept tar is hashed against its diff ID.
+extension Store {
+    public struct Problem: Sendable, CustomStringConvertible {
+        public enum Fix: Sendable {
+            /// Half-made: removed by a repair.
+            case remove(String)
+            /// Derived from the database: written again by a repair.
+            case relink(link: String, target: String)
+            case rewrite(path: String, content: String)
+            /// The layer's tree is gone or damaged but its tar is whole:
+            /// unpacked again by a repair.
+            case reunpack(chainID: String, diffID: String)
+            /// Data that is gone: pull or load the image again.
+            case none
+        }
+        public let message: String
+        public let fix: Fix
+        public var description: String { message }
+    }
+
+    public func check(content: Bool = false) throws(StoreError) -> [Problem] {
+        try exclusively { () throws(StoreError) -> [Problem] in try checkLocked(content: content) }
+    }
+
+    /// Repairs what `check` found that can be repaired; returns what is left.
+    public func repair(content: Bool = false, progress: (String) -> Void = { _ in }) throws(StoreError) -> [Problem] {
+        try exclusively { () throws(StoreError) -> [Problem] in
+            for p in try checkLocked(content: content) {
+                switch p.fix {
+                case .remove(let path):
+                    let fd = open(overlayDir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+                    if fd >= 0 {
+                        let rel = String(path.dropFirst(overlayDir.count + 1))
+                        if rel.hasPrefix("l/") { unlinkat(fd, rel, 0) } else { removeTree(fd, rel) }
+                        close(fd)
+                    }
+                    progress("removed \(path)")
+                case .relink(let link, let target):
+                    unlink(link)
+                    if symlink(target, link) == 0 { progress("relinked \(link)") }
+                case .rewrite(let path, let text):
+                    do { try text.write(toFile: path, atomically: true, encoding: .utf8); progress("rewrote \(path)") } catch {}
+                case .reunpack(let chainID, let diffID):
+                    let d = dir(chainID)
+                    let fd = open(d, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+                    if fd >= 0 { removeTree(fd, "diff"); close(fd) }
+                    do {
+                        _ = try LayerApplier().apply(file: "\(d)/layer.tar", to: "\(d)/diff")
+                        progress("unpacked layer \(Digest.hex(diffID).prefix(12)) again from its tar")
+                    } catch { progress("layer \(Digest.hex(diffID).prefix(12)): \(error)") }
+                case .none:
+                    break
+                }
+            }
+            return try checkLocked(content: content)
+        }
+    }
+
+    private func checkLocked(content: Bool) throws(StoreError) -> [Problem] {
+        var problems: [Problem] = []
+        func report(_ m: String, _ fix: Problem.Fix) { problems.append(Problem(message: m, fix: fix)) }
+        let (layers, images, containers): ([LayerRecord], [ImageRecord], [ContainerRecord])
+        do {
+            (layers, images, containers) = try db.queue.read { db in
+                (try LayerRecord.fetchAll(db), try ImageRecord.fetchAll(db), try ContainerRecord.fetchAll(db))
+            }
+        } catch { throw StoreError("reading \(root)/strata.db: \(error)") }
+        let byID = Dictionary(layers.map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })
+        var named = Set<String>()        // directory names under overlay/ that rows account for
+        var links = Set<String>()        // short links that rows account for
+
+        func isDir(_ p: String) -> Bool { var st = stat(); return lstat(p, &st) == 0 && st.st_mode & Linux.S_IFMT == Linux.S_IFDIR }
+        func text(_ p: String) -> String? { try? String(contentsOfFile: p, encoding: .utf8) }
+        func checkLink(_ owner: String, _ name: String, _ link: String) {
+            links.insert(link)
+            let d = "\(overlayDir)/\(name)"
+            if text("\(d)/link") != link { report("\(owner): \(d)/link does not hold its short name \(link)", .rewrite(path: "\(d)/link", content: link)) }
+            let l = "\(overlayDir)/l/\(link)"
+            var buf = [CChar](repeating: 0, count: 4096)
+            let n = readlink(l, &buf, buf.count - 1)
+            let target = "../\(name)/diff"
+            if n < 0 || String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self) != target {
+                report("\(owner): short link \(l) is missing or wrong", .relink(link: l, target: target))
+            }
+        }
+        func lowerChain(_ parent: String?) -> String? {
+            var out: [String] = []
+            var cur = parent
+            while let id = cur {
+                guard let rec = byID[id] else { return nil }
+                out.append("l/\(rec.link)")
+                cur = rec.parent
+            }
+            return out.joined(separator: ":")
+        }
+
+        for l in layers {
+            let hex = Digest.hex(l.id)
+            named.insert(hex)
+            let d = dir(l.id)
+            let what = "layer \(Digest.hex(l.diffID).prefix(12)) (\(hex.prefix(12)))"
+            guard isDir(d) else {
+                report("\(what): its directory \(d) is missing; load or pull its image again", .none)
+                continue
+            }
+            let hasTar = access("\(d)/layer.tar", R_OK) == 0
+            if !isDir("\(d)/diff") {
+                report("\(what): \(d)/diff is missing", hasTar ? .reunpack(chainID: l.id, diffID: l.diffID) : .none)
+            }
+            checkLink(what, hex, l.link)
+            if let p = l.parent, byID[p] == nil { report("\(what): its parent layer \(p) has no row", .none) }
+            if let chain = lowerChain(l.parent), (text("\(d)/lower") ?? "") != chain {
+                report("\(what): \(d)/lower does not name its parents", chain.isEmpty ? .remove("\(d)/lower") : .rewrite(path: "\(d)/lower", content: chain))
+            }
+            if content {
+                if hasTar {
+                    if let got = try? Digest.ofFile("\(d)/layer.tar"), got != l.diffID {
+                        report("\(what): layer.tar has digest \(got), not its diff ID; load or pull its image again", .none)
+                    }
+                } else {
+                    report("\(what): no layer.tar kept, its content cannot be verified", .none)
+                }
+            }
+        }
+        for img in images {
+            for l in img.layerIDs where byID[l] == nil {
+                report("image \(Digest.hex(img.id).prefix(12)): layer \(Digest.hex(l).prefix(12)) has no row; load or pull it again", .none)
+            }
+        }
+        for c in containers {
+            let what = "container \(c.name)"
+            if !images.contains(where: { $0.id == c.image }) { report("\(what): its image \(c.image) has no row", .none) }
+            for name in [c.id, "\(c.id)-init"] {
+                named.insert(name)
+                let d = "\(overlayDir)/\(name)"
+                if let link = text("\(d)/link") { checkLink(what, name, link) } else { report("\(what): \(d)/link is missing", .none) }
+                if !isDir("\(d)/diff") { report("\(what): \(d)/diff is missing; remove the container ('strata rm \(c.name)')", .none) }
+            }
+        }
+        // Whatever no row names is left from an interrupted command.
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: overlayDir)) ?? []
+        for e in entries.sorted() where e != "l" && !named.contains(e) {
+            report("\(overlayDir)/\(e) belongs to no layer or container (left by an interrupted command)", .remove("\(overlayDir)/\(e)"))
+        }
+        let shortLinks = (try? FileManager.default.contentsOfDirectory(atPath: "\(overlayDir)/l")) ?? []
+        for e in shortLinks.sorted() where !links.contains(e) {
+            report("short link \(overlayDir)/l/\(e) belongs to no layer or container", .remove("\(overlayDir)/l/\(e)"))
+        }
+        return problems
+    }
+}

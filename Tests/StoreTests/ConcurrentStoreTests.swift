@@ -1,0 +1,144 @@
+import Foundation
+import Store
+import Sys
+import Testing
+import TestSupport
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Commands on one store at once, as scripts and compose-like tools run
+/// them: real processes started together. They wait for each other where
+/// they must; none fails for a reason a user would not understand, and the
+/// store stays whole.
+@Suite(.enabled(if: MountEnvironment.available), .serialized)
+struct ConcurrentStoreTests {
+    static var fixture: String { "\(MountEnvironment.fixtures)/busybox-l3.docker.tar" }
+
+    /// Starts every command at once and waits for all: (status, stderr) each.
+    func together(_ commands: [[String]]) throws -> [(status: Int32, stderr: String)] {
+        let t = TempDir()
+        var pids: [pid_t] = []
+        for (i, args) in commands.enumerated() {
+            let err = open("\(t.path)/err\(i)", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+            defer { close(err) }
+            let null = open("/dev/null", O_RDWR | O_CLOEXEC)
+            defer { close(null) }
+            pids.append(try Spawn.start(MountEnvironment.binary, ["strata"] + args, stdio: (null, null, err)))
+        }
+        return pids.enumerated().map { i, pid in
+            var st: Int32 = 0
+            waitpid(pid, &st, 0)
+            let err = (try? String(contentsOfFile: "\(t.path)/err\(i)", encoding: .utf8)) ?? ""
+            return ((st & 0x7f) == 0 ? (st >> 8) & 0xff : 128 + (st & 0x7f), err)
+        }
+    }
+
+    func strata(_ args: [String]) -> (status: Int32, stdout: String, stderr: String) {
+        runProgram(MountEnvironment.binary, args)
+    }
+
+    func expectWhole(_ root: String, sourceLocation: SourceLocation = #_sourceLocation) {
+        let r = strata(["check", "--root", root, "--content"])
+        #expect(r.status == 0, "strata check: \(r.stdout)\(r.stderr)", sourceLocation: sourceLocation)
+    }
+
+    @Test func fourLoadsOfOneArchiveAllSucceed() throws {
+        let t = TempDir()
+        let root = "\(t.path)/store"
+        let results = try together(Array(repeating: ["image", "load", "--root", root, "-i", Self.fixture], count: 4))
+        for r in results { #expect(r.status == 0, "\(r.stderr)") }
+        #expect(strata(["image", "ls", "--root", root]).stdout.split(separator: "\n").count == 2)
+        expectWhole(root)
+    }
+
+    @Test func containersCreatedTogetherAllExist() throws {
+        let t = TempDir()
+        let root = "\(t.path)/store"
+        #expect(strata(["image", "load", "--root", root, "-i", Self.fixture]).status == 0)
+        var commands = (1...3).map { ["create", "--root", root, "localhost/eco/busybox:l3", "--name", "c\($0)"] }
+        commands += Array(repeating: ["create", "--root", root, "localhost/eco/busybox:l3", "--name", "same"], count: 2)
+        let results = try together(commands)
+        for r in results.prefix(3) { #expect(r.status == 0, "\(r.stderr)") }
+        // One of the two with the same name wins; the other says why it lost.
+        let same = results.suffix(2)
+        #expect(same.filter { $0.status == 0 }.count == 1)
+        #expect(same.filter { $0.status != 0 && $0.stderr.contains("exists already") }.count == 1, "\(same.map(\.stderr))")
+        #expect(strata(["ls", "--root", root]).stdout.split(separator: "\n").count == 5)
+        expectWhole(root)
+    }
+
+    /// Removal racing with use: whichever runs first, the other either
+    /// works or says in the user's terms why not, and the store is whole.
+    @Test func removalRacingWithLoadCreateAndCommit() throws {
+        let t = TempDir()
+        let root = "\(t.path)/store"
+        for round in 0..<3 {
+            #expect(strata(["image", "load", "--root", root, "-i", Self.fixture]).status == 0)
+            #expect(strata(["create", "--root", root, "localhost/eco/busybox:l3", "--name", "w\(round)"]).status == 0)
+            let results = try together([
+                ["image", "rm", "--root", root, "localhost/eco/busybox:l3"],
+                ["image", "load", "--root", root, "-i", Self.fixture],
+                ["commit", "--root", root, "w\(round)", "localhost/committed:\(round)"],
+                ["rm", "--root", root, "w\(round)"],
+                ["create", "--root", root, "localhost/eco/busybox:l3", "--name", "x\(round)"],
+            ])
+            for r in results where r.status != 0 {
+                let understood = ["is used by a container", "no container", "no image"].contains { r.stderr.contains($0) }
+                #expect(understood, "round \(round): \(r.stderr)")
+                #expect(!r.stderr.contains("SQLite") && !r.stderr.contains("database is locked"), "\(r.stderr)")
+            }
+            expectWhole(root)
+        }
+    }
+}
+
+/// `strata check` finds a store damaged on purpose, and `--repair` mends
+/// what can be mended from the database and the kept layer tars.
+@Suite(.enabled(if: MountEnvironment.available), .serialized)
+struct StoreCheckTests {
+    func strata(_ args: [String]) -> (status: Int32, stdout: String, stderr: String) {
+        runProgram(MountEnvironment.binary, args)
+    }
+
+    @Test func damageIsFoundAndMended() throws {
+        let t = TempDir()
+        let root = "\(t.path)/store"
+        #expect(strata(["image", "load", "--root", root, "-i", "\(MountEnvironment.fixtures)/busybox-l3.docker.tar"]).status == 0)
+        #expect(strata(["create", "--root", root, "localhost/eco/busybox:l3", "--name", "c"]).status == 0)
+        #expect(strata(["check", "--root", root, "--content"]).status == 0)
+        let img = try Store(root: root).image("localhost/eco/busybox:l3")
+        let dirs = img.layerIDs.map { "\(root)/overlay/\(Digest.hex($0))" }
+        // A deleted layer tree, a removed short link, a leftover directory, a corrupted tar.
+        _ = runProgram("/bin/rm", ["-rf", "\(dirs[0])/diff"])
+        let link = try String(contentsOfFile: "\(dirs[1])/link", encoding: .utf8)
+        unlink("\(root)/overlay/l/\(link)")
+        mkdir("\(root)/overlay/left-behind", 0o700)
+        let tar = "\(dirs[2])/layer.tar"
+        let fd = open(tar, O_WRONLY | O_APPEND)
+        _ = write(fd, "junk", 4)
+        close(fd)
+
+        let found = strata(["check", "--root", root, "--content"])
+        #expect(found.status == 1)
+        let lines = found.stdout.split(separator: "\n")
+        #expect(lines.count == 4, "\(found.stdout)")
+        #expect(lines.contains { $0.contains("/diff is missing") })
+        #expect(lines.contains { $0.contains("short link") && $0.contains(link) })
+        #expect(lines.contains { $0.contains("left-behind") })
+        #expect(lines.contains { $0.contains("layer.tar has digest") })
+
+        let mended = strata(["check", "--root", root, "--content", "--repair"])
+        #expect(mended.status == 1, "the corrupted tar cannot be restored")
+        #expect(mended.stdout.split(separator: "\n").filter { !$0.hasPrefix("repaired:") }.count == 1, "\(mended.stdout)")
+        // What was restored is whole again: the union shows the image.
+        #expect(try Sys.realPath("\(root)/overlay/l/\(link)") == "\(dirs[1])/diff")
+        let m = strata(["mount", "--root", root, "c"])
+        #expect(m.status == 0, "\(m.stderr)")
+        let merged = m.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        defer { umount2(merged, Int32(MNT_DETACH)) }
+        #expect(FileOps(merged).stat("bin/busybox") != nil)
+        #expect(FileOps(merged).ls("opt/app/l2") == "a,rel-link")
+        _ = strata(["umount", "--root", root, "c"])
+    }
+}
