@@ -46,6 +46,27 @@ int strata_set_topdir(int fd) {
     return ioctl(fd, FS_IOC_SETFLAGS, &flags);
 }
 
+int strata_fd_to_handle(int fd, unsigned char *buf, unsigned *len, int *type) {
+    struct { struct file_handle fh; unsigned char bytes[MAX_HANDLE_SZ]; } h;
+    int mount_id;
+    h.fh.handle_bytes = MAX_HANDLE_SZ;
+    if (name_to_handle_at(fd, "", &h.fh, &mount_id, AT_EMPTY_PATH) != 0) return -1;
+    if (h.fh.handle_bytes > *len) { errno = EOVERFLOW; return -1; }
+    memcpy(buf, h.fh.f_handle, h.fh.handle_bytes);
+    *len = h.fh.handle_bytes;
+    *type = h.fh.handle_type;
+    return 0;
+}
+
+int strata_open_by_handle(int mount_fd, const unsigned char *buf, unsigned len, int type, int flags) {
+    struct { struct file_handle fh; unsigned char bytes[MAX_HANDLE_SZ]; } h;
+    if (len > MAX_HANDLE_SZ) { errno = EINVAL; return -1; }
+    h.fh.handle_bytes = len;
+    h.fh.handle_type = type;
+    memcpy(h.fh.f_handle, buf, len);
+    return open_by_handle_at(mount_fd, &h.fh, flags);
+}
+
 int strata_renameat2(int od, const char *op, int nd, const char *np, unsigned int flags) {
     return (int)syscall(SYS_renameat2, od, op, nd, np, flags);
 }

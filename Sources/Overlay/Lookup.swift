@@ -11,24 +11,49 @@ import Glibc
 extension Overlay {
     /// Calls `body` with an O_PATH descriptor of directory `n` in layer `l`.
     func withDirFD<R>(_ n: OverlayNode, _ l: Int, _ body: (Int32) throws(Errno) -> R) throws(Errno) -> R {
-        if let fd = n.state.withLock({ $0.fds[l] }) { return try body(fd.raw) }
-        let s = n.snapshot
-        guard let parent = s.parent else { throw .noSuchFileOrDirectory }
-        let fd: Int32
-        if let r = s.redirect, !(l == 0 && upper != nil) {
-            // A renamed directory's lower parts stay where they were.
-            fd = openPath(layers[l].root.raw, r)
-        } else {
-            fd = try withDirFD(parent, l) { (pfd: Int32) throws(Errno) -> Int32 in
-                try withStoredName(s.name) { openat(pfd, $0, Linux.O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
+        let (cached, handle) = n.state.withLock { ($0.fds[l], $0.handles[l]) }
+        if let fd = cached { return try body(fd.raw) }
+        var fd: Int32 = -1
+        if let h = handle { fd = layers[l].open(handle: h) }
+        if fd < 0 {
+            let s = n.snapshot
+            guard let parent = s.parent else { throw .noSuchFileOrDirectory }
+            if let r = s.redirect, !(l == 0 && upper != nil) {
+                // A renamed directory's lower parts stay where they were.
+                fd = openPath(layers[l].root.raw, r)
+            } else {
+                fd = try withDirFD(parent, l) { (pfd: Int32) throws(Errno) -> Int32 in
+                    try withStoredName(s.name) { openat(pfd, $0, Linux.O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
+                }
             }
+            if fd < 0 { throw currentErrno() }
         }
-        if fd < 0 { throw currentErrno() }
         if let owned = fdBudget.cache(fd) {
             n.state.withLock { $0.fds[l] = owned }
             return try body(fd)
         }
         defer { close(fd) }
+        // Over the budget: keep the directory's handle instead, so the next
+        // open is one call rather than a walk of names from the nearest
+        // cached ancestor (each a chance to meet a rename in flight).
+        if handle == nil && handlesWork.load(ordering: .relaxed) {
+            var buf = (UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0))
+            var len: UInt32 = 64
+            var type: Int32 = 0
+            let rc = withUnsafeMutableBytes(of: &buf) { strata_fd_to_handle(fd, $0.baseAddress?.assumingMemoryBound(to: UInt8.self), &len, &type) }
+            if rc == 0 {
+                let h = DirHandle(bytes: withUnsafeBytes(of: &buf) { Array($0.prefix(Int(len))) }, type: type)
+                // Only a handle that opens is worth keeping (open_by_handle_at
+                // needs CAP_DAC_READ_SEARCH; rootless mounts walk names).
+                let probe = layers[l].open(handle: h)
+                if probe >= 0 {
+                    close(probe)
+                    n.state.withLock { $0.handles[l] = h }
+                } else if strata_errno() == EPERM {
+                    handlesWork.store(false, ordering: .relaxed)
+                }
+            }
+        }
         return try body(fd)
     }
 
@@ -338,10 +363,16 @@ extension Overlay {
     /// Looks `name` up in `parent` and takes a reference on the node.
     public func lookup(_ parent: OverlayNode, _ name: FileName) throws(Errno) -> (OverlayNode, stat) {
         guard parent.isDirectory else { throw .notDirectory }
+        // The kernel revalidates cached names without the parent's lock, so
+        // a lookup can race a rename of the very name it resolves.
+        let generation = renames.generation.load(ordering: .acquiring)
+        let calm = renames.inFlight.load(ordering: .acquiring) == 0
         let f = try resolve(parent, name)
         let topLayer = f.inUpper ? 0 : f.lower
         let ino = try withDirFD(parent, topLayer) { (pfd: Int32) -> UInt64 in reportedIno(f, pfd, name.pointer) }
-        let n = register(parent, name, f, ino: ino)
+        let raced = !calm || renames.inFlight.load(ordering: .acquiring) != 0
+            || renames.generation.load(ordering: .acquiring) != generation
+        let n = register(parent, name, f, ino: ino, verify: raced)
         var out = f.stat
         out.st_ino = ino_t(n.ino)
         if n.isDirectory { mergedNlink(&out, n.snapshot) }
@@ -349,7 +380,7 @@ extension Overlay {
     }
 
     /// Takes a reference on the node for a resolved name, making it if new.
-    func register(_ parent: OverlayNode, _ name: FileName, _ f: Found, ino: UInt64) -> OverlayNode {
+    func register(_ parent: OverlayNode, _ name: FileName, _ f: Found, ino: UInt64, verify: Bool = false) -> OverlayNode {
         let isDir = f.stat.st_mode & Linux.S_IFMT == Linux.S_IFDIR
         var key = InodeKey(dev: UInt64(f.stat.st_dev), ino: UInt64(f.stat.st_ino))
         if !isDir && !f.inUpper {
@@ -361,11 +392,16 @@ extension Overlay {
                 parent: parent, name: name.bytesWithNUL, inUpper: f.inUpper, lower: f.lower,
                 lowerDirs: f.lowerDirs, key: key, redirect: f.redirect))
         }
-        // A known inode found under another name (a hard link) or refreshed.
-        n.addName(parent, name)
-        if isDir {
+        // A known inode found under another name (a hard link) or refreshed;
+        // after a rename that may have moved it, only if the name still
+        // leads to it (else what `f` says of it is stale too).
+        let recorded = n.addName(parent, name, stillNamed: verify ? { [self] in
+            guard let now = try? resolve(parent, name) else { return false }
+            return now.stat.st_dev == f.stat.st_dev && now.stat.st_ino == f.stat.st_ino
+        } : nil)
+        if isDir && recorded {
             n.state.withLock { st in
-                if st.redirect != f.redirect { st.fds = [:]; st.lowerNames = [:]; st.listing = nil }
+                if st.redirect != f.redirect { st.fds = [:]; st.handles = [:]; st.lowerNames = [:]; st.listing = nil }
                 st.lowerDirs = f.lowerDirs; st.inUpper = f.inUpper; st.lower = f.lower; st.redirect = f.redirect
                 // The marks read while resolving: listings need not read them again.
                 for l in f.checkedMarks { st.xwhiteouts[l] = f.xwhiteouts.contains(l) }

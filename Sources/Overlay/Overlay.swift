@@ -25,7 +25,12 @@ public final class Overlay: @unchecked Sendable {
     public let root: OverlayNode
     let table: OverlayNodeTable
     /// Directory descriptors cached per layer, bounded.
-    let fdBudget = FDBudget(limit: 4096)
+    let fdBudget: FDBudget
+    /// Whether directories can be reopened by file handle here (root only).
+    let handlesWork: Atomic<Bool>
+    /// Renames under way and done: a lookup that overlapped one checks the
+    /// name it is about to record (see `register`).
+    let renames = RenameClock()
     /// Whiteouts as 0/0 character devices (needs CAP_MKNOD); else `.wh.` files.
     let deviceWhiteouts: Bool
     let opaqueXattr: String
@@ -41,6 +46,8 @@ public final class Overlay: @unchecked Sendable {
 
     public init(_ config: OverlayConfig) throws(OverlaySetupError) {
         self.config = config
+        fdBudget = FDBudget(limit: config.cachedDirectories)
+        handlesWork = Atomic(config.reopenByHandle)
         if config.lowers.isEmpty { throw OverlaySetupError("lowerdir is required (lowerdir=DIR[:DIR...])") }
         if config.lowers.count > OverlayConfig.maxLowers {
             throw OverlaySetupError("too many lower layers: \(config.lowers.count) (at most \(OverlayConfig.maxLowers))")
@@ -156,3 +163,19 @@ enum OverlySetupErrorHelper {
     }
 }
 
+
+/// Counts renames so that lookups can tell whether one overlapped them.
+final class RenameClock: Sendable {
+    let inFlight = Atomic<Int>(0)
+    let generation = Atomic<UInt64>(0)
+
+    func begin() {
+        inFlight.add(1, ordering: .sequentiallyConsistent)
+        generation.add(1, ordering: .sequentiallyConsistent)
+    }
+
+    func end() {
+        generation.add(1, ordering: .sequentiallyConsistent)
+        inFlight.subtract(1, ordering: .sequentiallyConsistent)
+    }
+}

@@ -31,6 +31,12 @@ public struct OverlayConfig: Sendable {
     public var gidMap: [IDRange] = []
     /// No extended attributes at all (fuse-overlayfs's noxattrs=1).
     public var noXattrs = false
+    /// Directory descriptors kept open at most: the machine's open-file
+    /// limit (20,000 here, even for root) must also cover open files.
+    public var cachedDirectories = 4096
+    /// Past that budget, reopen directories by file handle (root only)
+    /// rather than by walking names from a cached ancestor.
+    public var reopenByHandle = true
 
     public struct IDRange: Sendable, Equatable {
         public var disk: UInt32, shown: UInt32, count: UInt32

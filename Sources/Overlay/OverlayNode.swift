@@ -29,6 +29,10 @@ public final class OverlayNode: @unchecked Sendable {
         var lowerDirs: [Int]
         /// Cached O_PATH descriptors of this directory, per layer.
         var fds: [Int: OwnedFD] = [:]
+        /// Where the descriptor budget refused a cached descriptor: the
+        /// directory's file handle per layer, which reopens it in one call
+        /// however deep it is and whatever was renamed above it since.
+        var handles: [Int: DirHandle] = [:]
         /// Real (dev, ino) of the top location, the key of the inode map.
         var key: InodeKey
         var unlinked = false
@@ -72,18 +76,25 @@ public final class OverlayNode: @unchecked Sendable {
     }
 
     /// Records that (p, n) names this inode: a directory has one name, a
-    /// file may have several (hard links).
-    func addName(_ p: OverlayNode, _ n: FileName) {
+    /// file may have several (hard links). `stillNamed`, when given, is
+    /// asked under the node's lock whether (p, n) still leads here: a
+    /// lookup that raced a rename must not put back the name the rename
+    /// took away (a rename updates names under the same lock, after the
+    /// real rename). Returns whether the name was recorded.
+    @discardableResult
+    func addName(_ p: OverlayNode, _ n: FileName, stillNamed: (() -> Bool)? = nil) -> Bool {
         state.withLock { s in
-            if s.isPrimary(p, n) && !s.unlinked { return }
+            if s.isPrimary(p, n) && !s.unlinked { return true }
+            if let check = stillNamed, !check() { return false }
             if isDirectory || s.unlinked {
                 s.parent = p
                 s.name = n.bytesWithNUL
                 s.unlinked = false
-                return
+                return true
             }
-            if s.others.contains(where: { $0.0 === p && $0.1.count == n.count + 1 && n.equals(prefixOf: $0.1) }) { return }
+            if s.others.contains(where: { $0.0 === p && $0.1.count == n.count + 1 && n.equals(prefixOf: $0.1) }) { return true }
             s.others.append((p, n.bytesWithNUL))
+            return true
         }
     }
 
@@ -114,6 +125,13 @@ public final class OverlayNode: @unchecked Sendable {
     }
 
     var snapshot: State { state.withLock { $0 } }
+}
+
+/// A directory's file handle (name_to_handle_at), kept inline: most are
+/// 8 to 20 bytes.
+struct DirHandle: Sendable {
+    var bytes: [UInt8]
+    var type: Int32
 }
 
 /// What identifies a merged inode. Upper entries and directories are keyed

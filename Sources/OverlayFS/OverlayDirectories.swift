@@ -34,6 +34,13 @@ extension OverlayFS {
             entries = try overlay.readDirectory(dir)
             dir.state.withLock { $0.listing = entries }
         }
+        if offset >= UInt64(entries.count) + 2 {
+            // The end, which the kernel asks for last: the listing is done
+            // with, and a directory node no longer holds its entries for as
+            // long as the kernel holds the node.
+            dir.state.withLock { $0.listing = nil }
+            return
+        }
         var off = offset
         let dots: [[UInt8]] = [[0x2E], [0x2E, 0x2E]]
         while off < 2 {

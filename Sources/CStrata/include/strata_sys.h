@@ -18,6 +18,11 @@ int strata_fuse_backing_close(int devfd, int backing_id);
 int strata_ficlone(int dst, int src);
 /* Marks a directory as the top of separate hierarchies for ext4's Orlov allocator. */
 int strata_set_topdir(int fd);
+/* The file handle of `fd` itself (name_to_handle_at with AT_EMPTY_PATH):
+   `buf` receives `*len` bytes of handle, `*type` its type. 0 or -1/errno. */
+int strata_fd_to_handle(int fd, unsigned char *buf, unsigned *len, int *type);
+/* open_by_handle_at with a handle from strata_fd_to_handle (needs CAP_DAC_READ_SEARCH). */
+int strata_open_by_handle(int mount_fd, const unsigned char *buf, unsigned len, int type, int flags);
 /* lgetxattr of dirfd/name, by getxattrat(2) where the kernel has it. */
 ssize_t strata_lgetxattr_at(int dirfd, const char *name, const char *attr, void *value, size_t size);
 int strata_renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *newpath, unsigned int flags);

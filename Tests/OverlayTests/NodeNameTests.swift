@@ -1,0 +1,92 @@
+import CStrata
+import Foundation
+import Overlay
+import Sys
+import Synchronization
+import SystemPackage
+import Testing
+import TestSupport
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A node must stay reachable whatever is renamed above it, also when the
+/// descriptor budget keeps no descriptor for it and it is reopened from a
+/// cached ancestor (the fsstress failure: ENOENT past 4,096 directories).
+@Suite struct NodeNameTests {
+    func make(_ t: TempDir, budget: Int, byHandle: Bool) throws -> Overlay {
+        let l = t.sub("l")
+        Glibc.mkdir("\(l)/lowerdir", 0o755)
+        var c = OverlayConfig()
+        c.lowers = [l]
+        c.upper = t.sub("u")
+        c.work = t.sub("w")
+        c.cachedDirectories = budget
+        c.reopenByHandle = byHandle
+        return try Overlay(c)
+    }
+
+    func child(_ o: Overlay, _ p: OverlayNode, _ name: String) throws -> OverlayNode {
+        try FileName.with(name) { fn in try o.lookup(p, fn).0 }
+    }
+
+    func mkdir(_ o: Overlay, _ p: OverlayNode, _ name: String) throws -> OverlayNode {
+        try FileName.with(name) { fn in try o.mkdir(p, fn, mode: 0o755, who: Creator(uid: 0, gid: 0)).0 }
+    }
+
+    func rename(_ o: Overlay, _ p: OverlayNode, _ a: String, _ b: String) throws {
+        try FileName.with(a) { x in try FileName.with(b) { y in try o.rename(p, x, p, y, flags: 0) } }
+    }
+
+    /// Lookups of a name (as the kernel's revalidation sends them, without
+    /// the parent's lock) racing renames of it: the node must keep the name
+    /// the last rename gave it, never the one a late lookup saw before.
+    @Test func aLookupRacingARenameNeverPutsBackTheOldName() throws {
+        let t = TempDir()
+        let o = try make(t, budget: 0, byHandle: false)     // every open walks names
+        let p = try mkdir(o, o.root, "p")
+        let d = try mkdir(o, p, "a")
+        _ = try mkdir(o, d, "inside")
+        let stop = Atomic<Bool>(false)
+        let looker = Thread {
+            while !stop.load(ordering: .relaxed) {
+                for name in ["a", "b"] {
+                    if let n = try? child(o, p, name) { o.forget(n.id, count: 1) }
+                }
+            }
+        }
+        looker.start()
+        var failures = 0
+        for i in 0..<3000 {
+            do {
+                try rename(o, p, i % 2 == 0 ? "a" : "b", i % 2 == 0 ? "b" : "a")
+                // Reached through its recorded name: must work after every rename.
+                _ = try o.getattr(try child(o, d, "inside"))
+            } catch { failures += 1 }
+        }
+        stop.store(true, ordering: .relaxed)
+        while !looker.isFinished { usleep(1000) }
+        #expect(failures == 0, "\(failures) of 3000 renames left the directory unreachable by its recorded name")
+    }
+
+    /// Past the budget, a directory is reopened by its file handle, which
+    /// no rename above it can make stale: here the upper layer is changed
+    /// behind the union's back, the strongest form of a stale name.
+    @Test(arguments: [true, false])
+    func pastTheBudgetADirectoryIsReopenedByHandle(byHandle: Bool) throws {
+        let t = TempDir()
+        let o = try make(t, budget: 2, byHandle: byHandle)
+        var nodes = [o.root]
+        for i in 0..<40 { nodes.append(try mkdir(o, nodes[nodes.count - 1], "d\(i)")) }
+        for n in nodes { _ = try o.getattr(n) }            // opened once each, by name
+        #expect(strata_renameat2(AT_FDCWD, "\(t.path)/u/d0/d1/d2", AT_FDCWD, "\(t.path)/u/d0/d1/moved", 0) == 0)
+        let deepest = nodes[nodes.count - 1]
+        if byHandle && geteuid() == 0 {
+            #expect(throws: Never.self) { _ = try o.getattr(deepest) }
+            #expect(throws: Never.self) { _ = try mkdir(o, deepest, "new") }
+        } else {
+            // Walking names from the nearest cached ancestor meets the old name.
+            #expect(throws: Errno.noSuchFileOrDirectory) { _ = try o.getattr(deepest) }
+        }
+    }
+}
