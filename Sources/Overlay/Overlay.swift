@@ -131,7 +131,31 @@ public final class Overlay: @unchecked Sendable {
             key: InodeKey(dev: UInt64(st.st_dev), ino: UInt64(st.st_ino)))
         root = OverlayNode(id: 1, isDirectory: true, ino: UInt64(st.st_ino), state: rootState)
         table = OverlayNodeTable(root: root)
+        try checkVolatile(workdir: config.work ?? "")
         try cleanWork()
+        if config.volatile, let w = work {
+            // As the kernel does: an upper that a volatile mount wrote is
+            // marked until someone decides it is intact.
+            // The same marker, work/incompat/volatile/dirty, so that either
+            // refuses an upper the other wrote as volatile.
+            mkdirat(w.raw, "incompat", 0o700)
+            mkdirat(w.raw, "incompat/volatile", 0o700)
+            let fd = openat(w.raw, "incompat/volatile/dirty", O_WRONLY | O_CREAT | O_CLOEXEC, 0o600)
+            if fd < 0 { throw OverlaySetupError("workdir \(config.work ?? ""): cannot mark it volatile: \(currentErrno())") }
+            close(fd)
+        }
+    }
+
+    /// The kernel refuses a workdir whose last mount was volatile
+    /// (`work/incompat/volatile`): nothing was synced, so after a crash the
+    /// upper may hold half-written files.
+    private func checkVolatile(workdir: String) throws(OverlaySetupError) {
+        guard let w = work else { return }
+        var st = stat()
+        if fstatat(w.raw, "incompat/volatile", &st, Linux.AT_SYMLINK_NOFOLLOW) == 0 {
+            throw OverlaySetupError("workdir \(workdir) was used by a volatile mount, so its upper may be inconsistent: "
+                + "use fresh upper and work directories, or remove \(workdir)/work/incompat/volatile if the system did not crash since")
+        }
     }
 
     /// Leftovers of an interrupted copy-up are never visible (they were
@@ -143,7 +167,7 @@ public final class Overlay: @unchecked Sendable {
         defer { closedir(dir) }
         while let e = readdir(dir) {
             let name = withUnsafePointer(to: e.pointee.d_name) { $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) } }
-            if name == "." || name == ".." || name == sharedWhiteout { continue }
+            if name == "." || name == ".." || name == sharedWhiteout || name == "incompat" { continue }
             removeTree(w.raw, name)
         }
     }

@@ -100,13 +100,18 @@ extension Overlay {
                 defer { if replaced >= 0 { close(replaced) } }
                 if needOpaque { setOpaque(sfd, name.string) }
                 if xOpaque { setOpaque(dfd, newName.string) }
+                // As the kernel does, the redirect goes on before the rename
+                // (it names the directory's own lower path, true whether or
+                // not the rename happens) and the whiteout with it
+                // (RENAME_WHITEOUT), so that a daemon killed at any point
+                // leaves the directory in one place: two names for one lower
+                // directory are an upper the kernel refuses (ESTALE).
+                if let r = srcRedirect { setRedirect(sfd, name.string, r) }
+                if let r = dstRedirect { setRedirect(dfd, newName.string, r) }
                 var kflags = exchange ? Linux.RENAME_EXCHANGE : 0
-                let atomicWhiteout = srcBelow && deviceWhiteouts && !srcDir
+                let atomicWhiteout = srcBelow && deviceWhiteouts
                 if atomicWhiteout { kflags |= Linux.RENAME_WHITEOUT }
                 if strata_renameat2(sfd, name.pointer, dfd, newName.pointer, kflags) != 0 { throw currentErrno() }
-                if let r = srcRedirect { setRedirect(dfd, newName.string, r) }
-                if let r = dstRedirect { setRedirect(sfd, name.string, r) }
-                if srcBelow && deviceWhiteouts && srcDir { try makeWhiteout(sfd, name) }
                 if let d = dst, replaced >= 0 {
                     noteReplaced(d, q, newName, fd: replaced)
                     replaced = -1
