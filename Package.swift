@@ -52,7 +52,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "strata-bench", dependencies: [
-            "Sys", "CStrata", "Archive", "Store", "Registry",
+            "Sys", "CStrata", "Archive", "Store", "Registry", "TestSupport",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], path: "bench/Sources/strata-bench"),
         .target(name: "TestSupport", dependencies: ["Sys", "CStrata"], path: "Tests/Support"),

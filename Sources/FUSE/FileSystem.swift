@@ -22,6 +22,9 @@ public protocol FileSystem: AnyObject, Sendable {
     /// capabilities before the reply is sent.
     func initialize(_ connection: inout Connection)
     func destroy()
+    /// Figures a user may read with `strata stats` (nodes held, descriptors
+    /// cached, ...): name and value, in the order to show them.
+    func statistics() -> [(String, Int)]
 
     func lookup(_ r: Request, parent: NodeID, name: Name) throws(Errno) -> Entry
     func forget(_ node: NodeID, count: UInt64)
@@ -71,6 +74,7 @@ public protocol FileSystem: AnyObject, Sendable {
 public extension FileSystem {
     func initialize(_ connection: inout Connection) {}
     func destroy() {}
+    func statistics() -> [(String, Int)] { [] }
     func forget(_ node: NodeID, count: UInt64) {}
     func lookup(_ r: Request, parent: NodeID, name: Name) throws(Errno) -> Entry { throw .noFunction }
     func getattr(_ r: Request, node: NodeID, handle: UInt64?) throws(Errno) -> (Attr, CacheTimeout) { throw .noFunction }

@@ -37,8 +37,13 @@ public enum Server {
         }
         t.start()
         let session = Session(fs: fs, deviceFD: fd, options: options, logger: logger)
+        let stats = StatsServer()
+        defer { stats.stop() }
         do {
-            try session.run(ready: ready)
+            try session.run(ready: {
+                ready()
+                stats.start(mountpoint: mountpoint, logger: { logger.warning("\($0)") }, snapshot: { session.statistics().json() })
+            })
         } catch {
             try? Mounter.unmount(mountpoint, method: method, lazy: true)
             throw error

@@ -26,6 +26,25 @@ public final class Session<FS: FileSystem>: @unchecked Sendable {
     private(set) var connection: Connection?
     private(set) var proto: (major: UInt32, minor: UInt32) = (7, 0)
 
+    /// Each worker's request counters, for `statistics()`.
+    private let workers = Mutex<[RequestCounters]>([])
+    private let started = ContinuousClock.now
+
+    /// What the connection has done so far, for `strata stats`: the
+    /// transport, requests per opcode (all workers), and the filesystem's
+    /// own figures.
+    public func statistics() -> Statistics {
+        let counters = workers.withLock { $0 }
+        var requests: [(String, UInt64)] = []
+        for op in 0..<Opcode.count {
+            let n = counters.reduce(UInt64(0)) { $0 + $1.value(op) }
+            if n > 0 { requests.append((Opcode.name(op), n)) }
+        }
+        return Statistics(transport: "/dev/fuse", threads: counters.count,
+                          protocol: "7.\(proto.minor)", passthrough: passthroughOn,
+                          uptime: started.duration(to: .now), requests: requests, filesystem: fs.statistics())
+    }
+
     public init(fs: FS, deviceFD: Int32, options: SessionOptions, logger: Logger = Logger(label: "strata.fuse")) {
         self.fs = fs
         self.devFD = deviceFD
@@ -55,9 +74,10 @@ public final class Session<FS: FileSystem>: @unchecked Sendable {
             fds.append(fd)
         }
         let group = DispatchGroup()
-        for (i, fd) in fds.enumerated() {
+        let all = fds.enumerated().map { i, fd in i == 0 ? first : Worker(session: self, fd: fd) }
+        workers.withLock { $0 = all.map(\.counters) }
+        for (i, worker) in all.enumerated() {
             group.enter()
-            let worker = i == 0 ? first : Worker(session: self, fd: fd)
             let t = Thread {
                 worker.serve()
                 group.leave()

@@ -15,6 +15,7 @@ final class Worker<FS: FileSystem>: @unchecked Sendable {
     let fs: FS
     let fd: Int32
     let inBuf: UnsafeMutableRawPointer
+    let counters = RequestCounters()
     let inSize: Int
     let outBuf: UnsafeMutableRawPointer
     let outSize: Int
@@ -170,6 +171,7 @@ final class Worker<FS: FileSystem>: @unchecked Sendable {
         let end = UnsafeRawPointer(inBuf + min(length, Int(h.len)))
         let r = Request(unique: h.unique, uid: h.uid, gid: h.gid, pid: h.pid)
         let node = h.nodeid
+        counters.count(h.opcode)
         if session.options.debug {
             session.logger.debug("op \(h.opcode) node \(node) unique \(h.unique) uid \(h.uid)")
         }

@@ -174,6 +174,25 @@ public final class Overlay: @unchecked Sendable {
 
     var isReadOnly: Bool { upper == nil }
 
+    /// What the union holds in memory, for `strata stats`: nodes the kernel
+    /// references (each released by its FORGET), directory descriptors
+    /// cached (bounded by the budget), directories reopened by handle, and
+    /// merged listings kept for a reader that has not reached their end.
+    public func statistics() -> [(String, Int)] {
+        var nodes = 0, directories = 0, handles = 0, listings = 0, listed = 0
+        table.forEach { n in
+            nodes += 1
+            if n.isDirectory { directories += 1 }
+            n.state.withLock { s in
+                handles += s.handles.count
+                if let l = s.listing { listings += 1; listed += l.count }
+            }
+        }
+        return [("nodes", nodes), ("directory nodes", directories),
+                ("cached directory descriptors", fdBudget.inUse), ("descriptor budget", fdBudget.limit),
+                ("directories reopened by handle", handles), ("listings held", listings), ("entries in listings held", listed)]
+    }
+
     @inline(__always)
     func inoFor(_ ino: UInt64, layer: Int) -> UInt64 {
         let fs = layer >= 0 && layer < fsIndex.count ? fsIndex[layer] : 0

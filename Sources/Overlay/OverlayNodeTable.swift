@@ -50,6 +50,12 @@ final class OverlayNodeTable: @unchecked Sendable {
 
     func find(_ key: InodeKey) -> OverlayNode? { shard(key).withLock { $0[key] } }
 
+    /// Every live node (for statistics: takes each shard's lock in turn).
+    func forEach(_ body: (OverlayNode) -> Void) {
+        body(root)
+        for s in byID { for n in s.withLock({ Array($0.values) }) { body(n) } }
+    }
+
     /// The node's top location changed (copy-up): re-key it.
     func rekey(_ n: OverlayNode, from old: InodeKey, to new: InodeKey) {
         shard(old).withLock { if $0[old] === n { $0[old] = nil } }

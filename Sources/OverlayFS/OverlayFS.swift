@@ -73,6 +73,8 @@ public final class OverlayFS: FDBackedFileSystem, @unchecked Sendable {
 
     public func forget(_ node: NodeID, count: UInt64) { overlay.forget(node, count: count) }
 
+    public func statistics() -> [(String, Int)] { overlay.statistics() }
+
     public func getattr(_ r: Request, node id: NodeID, handle: UInt64?) throws(Errno) -> (Attr, CacheTimeout) {
         (attr(try overlay.getattr(try node(id))), timeout)
     }

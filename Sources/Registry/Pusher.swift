@@ -47,7 +47,7 @@ public struct Pusher: Sendable {
 
     /// The config: small, sent from memory.
     func upload(_ ref: Reference, digest: String, data: Data) async throws {
-        let tmp = "\(store.root)/tmp/push-\(UInt32.random(in: 0...UInt32.max))"
+        let tmp = store.scratch("push")
         try data.write(to: URL(fileURLWithPath: tmp))
         defer { unlink(tmp) }
         try await upload(ref, digest: digest, file: tmp, size: Int64(data.count))

@@ -71,7 +71,7 @@ extension Store {
 
     private func commitLocked(_ c: ContainerRecord, tag: String, progress: (String) -> Void) throws(StoreError) -> String {
         let img = try image(Digest.hex(c.image))
-        let tar = "\(root)/tmp/commit-\(c.id).tar"
+        let tar = scratch("commit", suffix: ".tar")
         defer { unlink(tar) }
         let fd = open(tar, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         if fd < 0 { throw StoreError("\(tar): \(currentErrno())") }
@@ -99,6 +99,7 @@ extension Store {
         let chain = Digest.chainIDs(ids)
         try addLayer(archive: tar, diffID: diffID, chainID: chain[chain.count - 1], parent: chain.count > 1 ? chain[chain.count - 2] : nil,
                      keepArchive: true, progress: progress)
+        killPoint("commit-layer")
         let id = Digest.of(config)
         try addImage(id: id, config: config, chainIDs: chain, tags: [tag.contains(":") ? tag : tag + ":latest"])
         return id

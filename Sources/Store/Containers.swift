@@ -50,6 +50,7 @@ extension Store {
             try (["l/\(initLink)"] + below).joined(separator: ":").write(toFile: "\(cDir)/lower", atomically: true, encoding: .utf8)
             symlink("../\(id)-init/diff", "\(overlayDir)/l/\(initLink)")
             symlink("../\(id)/diff", "\(overlayDir)/l/\(cLink)")
+            killPoint("create-dirs")
             let rec = ContainerRecord(id: id, name: cname, image: img.id, created: Date().timeIntervalSince1970)
             try db.queue.write { try rec.insert($0) }
             return rec
@@ -131,11 +132,15 @@ extension Store {
     private func removeLocked(_ c: ContainerRecord) throws(StoreError) {
         guard try findContainer(c.id) != nil else { throw StoreError("no container '\(c.name)' (see 'strata ls')") }
         try unmount(c)
+        // The row first: a command killed after it leaves only directories no
+        // row names, which the next command removes; never a row without them.
+        do { _ = try db.queue.write { try ContainerRecord.deleteOne($0, key: c.id) } } catch { throw StoreError("\(error)") }
+        killPoint("rm-row")
         for d in ["\(overlayDir)/\(c.id)", "\(overlayDir)/\(c.id)-init"] {
             if let link = try? String(contentsOfFile: "\(d)/link", encoding: .utf8) { unlink("\(overlayDir)/l/\(link)") }
-            _ = try? Spawn.run("/bin/rm", ["rm", "-rf", "--one-file-system", d])
+            let fd = open(overlayDir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            if fd >= 0 { removeTree(fd, (d as NSString).lastPathComponent); close(fd) }
         }
-        do { _ = try db.queue.write { try ContainerRecord.deleteOne($0, key: c.id) } } catch { throw StoreError("\(error)") }
     }
 }
 

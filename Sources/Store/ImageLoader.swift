@@ -29,7 +29,7 @@ public struct ImageLoader: Sendable {
 
     /// A tar archive: unpacked aside (as hostile input, like a layer), then read.
     public func load(archive: String) throws(StoreError) -> [Loaded] {
-        let tmp = "\(store.root)/tmp/load-\(UInt32.random(in: 0...UInt32.max))"
+        let tmp = store.scratch("load")
         defer { _ = try? Spawn.run("/bin/rm", ["rm", "-rf", "--one-file-system", tmp]) }
         var applier = LayerApplier()
         applier.deviceWhiteouts = false
@@ -177,6 +177,7 @@ public struct ImageLoader: Sendable {
             for i in missing { if case .success = done[i] { store.discardUnpacked(chain[i]) } }
             throw e
         }
+        killPoint("load-unpacked")
         var added = 0
         for i in missing {
             guard case .success(let u) = done[i] else { continue }
@@ -186,6 +187,7 @@ public struct ImageLoader: Sendable {
             }
             added += 1
         }
+        killPoint("load-recorded")
         try store.addImage(id: id, config: config, chainIDs: chain, tags: tags)
         progress("loaded image \(Digest.hex(id).prefix(12)) \(tags.joined(separator: " "))")
         return Loaded(id: id, tags: tags, newLayers: added, layers: chain.count)
@@ -210,7 +212,7 @@ public struct ImageLoader: Sendable {
             }
             return u
         }
-        let plain = "\(store.root)/tmp/layer-\(UInt32.random(in: 0...UInt32.max)).tar"
+        let plain = store.scratch("layer", suffix: ".tar")
         defer { unlink(plain) }
         if !(movable && rename(file, plain) == 0) {
             do { try FileManager.default.copyItem(atPath: file, toPath: plain) } catch {

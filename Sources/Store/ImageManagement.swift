@@ -46,6 +46,7 @@ extension Store {
             }
         } catch let e as StoreError { throw e } catch { throw StoreError("\(error)") }
         // The rows are gone first: a crash here leaves only unreferenced directories.
+        killPoint("image-rm-rows")
         for l in removedLayers {
             let d = dir(l)
             if let link = try? String(contentsOfFile: "\(d)/link", encoding: .utf8) { unlink("\(overlayDir)/l/\(link)") }

@@ -26,7 +26,11 @@ public final class Store: @unchecked Sendable {
         return "\(data)/strata"
     }
 
-    public init(root: String) throws(StoreError) {
+    /// Opens (creating) the store at `root`. A command killed while it
+    /// changed the store left an intent: unless `recovering` is false (what
+    /// `strata check` asks, to report the store as it found it), what it
+    /// half-made is undone here, before anything else reads the store.
+    public init(root: String, recovering: Bool = true) throws(StoreError) {
         self.root = root
         do { try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true) } catch {
             throw StoreError("cannot create the store at \(root): \(currentErrno())")
@@ -44,11 +48,16 @@ public final class Store: @unchecked Sendable {
         lock = try StoreLock(root: root)
         // Migrations read which ones ran, then run the rest: two commands
         // opening a new store at once would both run them.
-        db = try lock.exclusively { () throws(StoreError) -> StoreDatabase in
+        // (SQLite rolls back a migration that was killed: no intent needed, and
+        // a killed command's intent waits for the first command that changes
+        // the store, which can undo it once the database is open.)
+        db = try lock.exclusively(recovering: false) { () throws(StoreError) -> StoreDatabase in
             do { return try StoreDatabase(path: "\(root)/strata.db") } catch {
                 throw StoreError("store database \(root)/strata.db: \(error)")
             }
         }
+        lock.recover = { [unowned self] in self.recoverInterrupted() }
+        if recovering && !lock.interrupted.isEmpty { try lock.exclusively {} }
     }
 
     /// Runs `body` holding the store's lock (see `StoreLock`).
@@ -193,6 +202,7 @@ public final class Store: @unchecked Sendable {
                 .split(separator: ":").map { String($0.dropFirst(2)) } ?? [])
             try? below.map { "l/\($0)" }.joined(separator: ":").write(toFile: "\(d)/lower", atomically: true, encoding: .utf8)
         }
+        killPoint("layer-links")
         let rec = LayerRecord(id: u.chainID, diffID: u.diffID, parent: parent, link: link, size: u.stats.bytes, created: Date().timeIntervalSince1970)
         do { try db.queue.write { try rec.insert($0) } } catch { throw StoreError("recording layer \(u.chainID): \(error)") }
         progress("layer \(Digest.hex(u.diffID).prefix(12)): \(u.stats.entries) entries, \(u.stats.bytes) bytes")

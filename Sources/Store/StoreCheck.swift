@@ -27,44 +27,100 @@ extension Store {
         }
         public let message: String
         public let fix: Fix
-        public var description: String { message }
+        /// The problem's class first: `leftover` (half-made by a command that
+        /// was killed; the next command that changes the store removes it),
+        /// `mendable` (rewritten from the database by --repair), or `lost`
+        /// (data gone; load or pull again).
+        public var description: String { "\(kind): \(message)" }
+        public var kind: String {
+            switch fix {
+            case .remove: "leftover"
+            case .relink, .rewrite, .reunpack: "mendable"
+            case .none: "lost"
+            }
+        }
     }
 
+    /// Reports the store as it is: a command killed part way is reported,
+    /// not undone (see `repair`, and every command that changes the store).
     public func check(content: Bool = false) throws(StoreError) -> [Problem] {
-        try exclusively { () throws(StoreError) -> [Problem] in try checkLocked(content: content) }
+        try lock.exclusively(recovering: false) { () throws(StoreError) -> [Problem] in
+            var out = try checkLocked(content: content)
+            for i in lock.interrupted {
+                out.insert(Problem(message: "a command was killed while changing the store (\(root)/tmp/intents/\(i)); "
+                                   + "the next command that changes the store undoes what it half-made", fix: .remove("")), at: 0)
+            }
+            return out
+        }
     }
 
     /// Repairs what `check` found that can be repaired; returns what is left.
     public func repair(content: Bool = false, progress: (String) -> Void = { _ in }) throws(StoreError) -> [Problem] {
         try exclusively { () throws(StoreError) -> [Problem] in
-            for p in try checkLocked(content: content) {
-                switch p.fix {
-                case .remove(let path):
-                    let fd = open(overlayDir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-                    if fd >= 0 {
-                        let rel = String(path.dropFirst(overlayDir.count + 1))
-                        if rel.hasPrefix("l/") { unlinkat(fd, rel, 0) } else { removeTree(fd, rel) }
-                        close(fd)
-                    }
-                    progress("removed \(path)")
-                case .relink(let link, let target):
-                    unlink(link)
-                    if symlink(target, link) == 0 { progress("relinked \(link)") }
-                case .rewrite(let path, let text):
-                    do { try text.write(toFile: path, atomically: true, encoding: .utf8); progress("rewrote \(path)") } catch {}
-                case .reunpack(let chainID, let diffID):
-                    let d = dir(chainID)
-                    let fd = open(d, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-                    if fd >= 0 { removeTree(fd, "diff"); close(fd) }
-                    do {
-                        _ = try LayerApplier().apply(file: "\(d)/layer.tar", to: "\(d)/diff")
-                        progress("unpacked layer \(Digest.hex(diffID).prefix(12)) again from its tar")
-                    } catch { progress("layer \(Digest.hex(diffID).prefix(12)): \(error)") }
-                case .none:
-                    break
-                }
-            }
+            for p in try checkLocked(content: content) { apply(p.fix, progress: progress) }
             return try checkLocked(content: content)
+        }
+    }
+
+    /// Undoes what a killed command half-made (its intent was found): what
+    /// no row names goes, and what the rows say is written again. Also
+    /// removes scratch files in tmp/ of processes that are gone.
+    func recoverInterrupted() {
+        for p in (try? checkLocked(content: false)) ?? [] {
+            switch p.fix {
+            case .remove, .relink, .rewrite: apply(p.fix, progress: { _ in })
+            case .reunpack, .none: break
+            }
+        }
+        for e in (try? FileManager.default.contentsOfDirectory(atPath: "\(root)/tmp")) ?? [] {
+            guard let pid = Self.scratchOwner(e), kill(pid, 0) != 0 && errno == ESRCH else { continue }
+            let fd = open("\(root)/tmp", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            if fd >= 0 { removeTree(fd, e); close(fd) }
+        }
+    }
+
+    /// A private path in tmp/ for this process: `KIND-pPID-RANDOM`, so that
+    /// what a killed process leaves is known for garbage.
+    public func scratch(_ kind: String, suffix: String = "") -> String {
+        "\(root)/tmp/\(kind)-p\(getpid())-\(UInt32.random(in: 0...UInt32.max))\(suffix)"
+    }
+
+    static func scratchOwner(_ name: String) -> pid_t? {
+        guard let r = name.range(of: "-p") else { return nil }
+        let digits = name[r.upperBound...].prefix { $0.isNumber }
+        return digits.isEmpty ? nil : pid_t(digits)
+    }
+
+    private func apply(_ fix: Problem.Fix, progress: (String) -> Void) {
+        switch fix {
+        case .remove(let path) where path.hasPrefix(overlayDir + "/"):
+            let fd = open(overlayDir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            if fd >= 0 {
+                let rel = String(path.dropFirst(overlayDir.count + 1))
+                var st = stat()
+                if fstatat(fd, rel, &st, Linux.AT_SYMLINK_NOFOLLOW) == 0 && st.st_mode & Linux.S_IFMT == Linux.S_IFDIR {
+                    removeTree(fd, rel)
+                } else {
+                    unlinkat(fd, rel, 0)
+                }
+                close(fd)
+            }
+            progress("removed \(path)")
+        case .relink(let link, let target):
+            unlink(link)
+            if symlink(target, link) == 0 { progress("relinked \(link)") }
+        case .rewrite(let path, let text):
+            do { try text.write(toFile: path, atomically: true, encoding: .utf8); progress("rewrote \(path)") } catch {}
+        case .reunpack(let chainID, let diffID):
+            let d = dir(chainID)
+            let fd = open(d, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            if fd >= 0 { removeTree(fd, "diff"); close(fd) }
+            do {
+                _ = try LayerApplier().apply(file: "\(d)/layer.tar", to: "\(d)/diff")
+                progress("unpacked layer \(Digest.hex(diffID).prefix(12)) again from its tar")
+            } catch { progress("layer \(Digest.hex(diffID).prefix(12)): \(error)") }
+        case .remove, .none:
+            break
         }
     }
 

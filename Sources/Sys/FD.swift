@@ -85,6 +85,8 @@ public final class FDBudget: @unchecked Sendable {
     private let used = Atomic<Int>(0)
     public let limit: Int
     public init(limit: Int) { self.limit = limit }
+    /// Descriptors cached now.
+    public var inUse: Int { used.load(ordering: .relaxed) }
 
     /// Wraps `fd` for caching if the budget allows; nil means: use it once
     /// and close it.

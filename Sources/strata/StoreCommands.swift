@@ -12,10 +12,10 @@ struct StoreOptions: ParsableArguments {
     @Option(help: "The store's root directory (default /var/lib/strata as root, $XDG_DATA_HOME/strata otherwise; STRATA_ROOT overrides).")
     var root: String?
 
-    func open() throws -> Store { try Self.open(root: root) }
+    func open(recovering: Bool = true) throws -> Store { try Self.open(root: root, recovering: recovering) }
 
-    static func open(root: String?) throws -> Store {
-        do { return try Store(root: root ?? Store.defaultRoot) } catch { throw fail("\(error)") }
+    static func open(root: String?, recovering: Bool = true) throws -> Store {
+        do { return try Store(root: root ?? Store.defaultRoot, recovering: recovering) } catch { throw fail("\(error)") }
     }
 }
 
@@ -295,7 +295,7 @@ struct CheckCommand: ParsableCommand {
     @Flag(help: "Mend what can be mended, then report what is left.") var repair = false
 
     func run() throws {
-        let s = try store.open()
+        let s = try store.open(recovering: repair)
         let problems = try storeCall { () throws(StoreError) in
             repair ? try s.repair(content: content, progress: { print("repaired: \($0)") }) : try s.check(content: content)
         }

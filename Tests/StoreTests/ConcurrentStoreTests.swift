@@ -142,3 +142,96 @@ struct StoreCheckTests {
         _ = strata(["umount", "--root", root, "c"])
     }
 }
+
+/// `strata` killed (SIGKILL) at random points of each command that changes
+/// the store: right after, `check` finds nothing worse than leftovers of
+/// the killed command (never a row without its complete directory, a tag
+/// to a missing image); the next command undoes those, works, and leaves a
+/// store `check` finds whole.
+@Suite(.enabled(if: MountEnvironment.available), .serialized)
+struct StoreKillTests {
+    static var fixture: String { "\(MountEnvironment.fixtures)/busybox-l3.docker.tar" }
+
+    func strata(_ args: [String]) -> (status: Int32, stdout: String, stderr: String) {
+        runProgram(MountEnvironment.binary, args)
+    }
+
+    /// Runs `args` and kills it after `micros`; returns whether it finished first.
+    func killed(_ args: [String], after micros: Int) throws -> Bool {
+        let null = open("/dev/null", O_RDWR | O_CLOEXEC)
+        defer { close(null) }
+        let pid = try Spawn.start(MountEnvironment.binary, ["strata"] + args, stdio: (null, null, null))
+        usleep(UInt32(micros))
+        var st: Int32 = 0
+        if waitpid(pid, &st, WNOHANG) == pid { return true }
+        kill(pid, SIGKILL)
+        waitpid(pid, &st, 0)
+        return false
+    }
+
+    struct Command: Sendable {
+        let name: String
+        /// Makes the state the command starts from.
+        let prepare: @Sendable (String, (([String]) -> (status: Int32, stdout: String, stderr: String))) -> Void
+        let args: @Sendable (String) -> [String]
+        /// Its steps where `STRATA_KILL_AT` kills it (see killPoint in Store).
+        var points: [String] = []
+    }
+
+    static let commands: [Command] = [
+        Command(name: "image load", prepare: { _, _ in }, args: { ["image", "load", "--root", $0, "-i", fixture] },
+                points: ["load-unpacked", "layer-links", "load-recorded"]),
+        Command(name: "create", prepare: { root, run in _ = run(["image", "load", "--root", root, "-i", fixture]) },
+                args: { ["create", "--root", $0, "localhost/eco/busybox:l3", "--name", "k"] }, points: ["create-dirs"]),
+        Command(name: "commit", prepare: { root, run in
+            _ = run(["image", "load", "--root", root, "-i", fixture])
+            _ = run(["create", "--root", root, "localhost/eco/busybox:l3", "--name", "k"])
+            if let c = try? Store(root: root).container("k") {
+                FileManager.default.createFile(atPath: "\(root)/overlay/\(c.id)/diff/added", contents: Data(repeating: 7, count: 1 << 20))
+            }
+        }, args: { ["commit", "--root", $0, "k", "localhost/committed:1"] }, points: ["layer-links", "commit-layer"]),
+        Command(name: "rm", prepare: { root, run in
+            _ = run(["image", "load", "--root", root, "-i", fixture])
+            _ = run(["create", "--root", root, "localhost/eco/busybox:l3", "--name", "k"])
+        }, args: { ["rm", "--root", $0, "k"] }, points: ["rm-row"]),
+        Command(name: "image rm", prepare: { root, run in _ = run(["image", "load", "--root", root, "-i", fixture]) },
+                args: { ["image", "rm", "--root", $0, "localhost/eco/busybox:l3"] }, points: ["image-rm-rows"]),
+    ]
+
+    @Test(arguments: 0..<commands.count)
+    func killedCommandLeavesNothingHalfRegistered(_ i: Int) throws {
+        let c = Self.commands[i]
+        // How long the command takes here: kills fall in [0, 1.2x].
+        let t0 = TempDir()
+        c.prepare(t0.path, strata)
+        let start = Date()
+        let r = strata(c.args(t0.path))
+        #expect(r.status == 0, "\(c.name): \(r.stderr)")
+        let micros = max(2_000, Int(Date().timeIntervalSince(start) * 1.2e6))
+        // Every named step, then random points.
+        let plan: [(String?, Int)] = c.points.map { ($0, 0) } + (0..<4).map { _ in (nil, Int.random(in: 0...micros)) }
+        for (round, (point, delay)) in plan.enumerated() {
+            let t = TempDir()
+            c.prepare(t.path, strata)
+            let finished: Bool
+            if let point {
+                let r = runProgram(MountEnvironment.binary, c.args(t.path), env: ["STRATA_KILL_AT": point])
+                #expect(r.status != 0, "\(c.name) ran past kill point \(point)")
+                finished = false
+            } else {
+                finished = try killed(c.args(t.path), after: delay)
+            }
+            let found = strata(["check", "--root", t.path])
+            let serious = found.stdout.split(separator: "\n").filter { !$0.hasPrefix("leftover:") && !$0.hasPrefix("store ") }
+            let at = point ?? "\(delay) µs"
+            #expect(serious.isEmpty, "\(c.name) killed at \(at) (round \(round)): \(serious)")
+            // The next command works (again, or on what is left) and leaves the store whole.
+            let again = strata(c.args(t.path))
+            let acceptable = again.status == 0 || (finished || again.stderr.contains("no container") || again.stderr.contains("no image")
+                || again.stderr.contains("exists already"))
+            #expect(acceptable, "\(c.name) after a kill at \(at): \(again.stderr)")
+            let after = strata(["check", "--root", t.path, "--content"])
+            #expect(after.status == 0, "\(c.name) killed at \(at), then run again: \(after.stdout)")
+        }
+    }
+}

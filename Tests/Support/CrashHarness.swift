@@ -159,11 +159,17 @@ public final class CrashHarness: @unchecked Sendable {
             var problems: [String] = []
             pid = try mountStrata(options(c, base, u, w), m)
             let delay = Int.random(in: 0...window, using: &rng)
-            let finished = Atomic<Bool>(false)
+            let finished = Atomic<Bool>(false), began = Atomic<Bool>(false)
             let target = m
-            let opThread = Thread { c.run(FileOps(target)); finished.store(true, ordering: .releasing) }
-            let start = now()
+            let opThread = Thread {
+                began.store(true, ordering: .releasing)
+                c.run(FileOps(target))
+                finished.store(true, ordering: .releasing)
+            }
             opThread.start()
+            // The delay counts from the operation's start, not the thread's.
+            while !began.load(ordering: .acquiring) {}
+            let start = now()
             while now() - start < delay {}
             kill(pid, SIGKILL)
             if !waitFor(10, { finished.load(ordering: .acquiring) }) {

@@ -1,0 +1,65 @@
+import ArgumentParser
+import FUSE
+import Foundation
+import Sys
+#if canImport(Glibc)
+import Glibc
+#endif
+
+struct StatsCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "stats",
+        abstract: "Show what a Strata mount's daemon is doing: transport, requests, memory, nodes.",
+        discussion: """
+            strata stats MOUNTPOINT [--json]
+
+            Asks the daemon serving MOUNTPOINT (a union or loopback mount made by strata) \
+            over its unix socket (/run/strata as root). Shows the transport, requests \
+            per opcode since the mount, the daemon's resident memory and open \
+            descriptors, and the union's nodes, cached directory descriptors and \
+            listings held.
+            """
+    )
+    @Argument(help: "A mountpoint served by strata.") var mountpoint: String
+    @Flag(help: "Print the daemon's JSON as it is.") var json = false
+
+    func run() throws {
+        var st = stat()
+        if stat(mountpoint, &st) != 0 { throw fail("\(mountpoint): \(currentErrno())") }
+        let path = Statistics.socketPath(dev: UInt64(st.st_dev))
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        if fd < 0 { throw fail("socket: \(currentErrno())") }
+        defer { close(fd) }
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        withUnsafeMutableBytes(of: &addr.sun_path) { b in for (i, c) in bytes.prefix(b.count - 1).enumerated() { b[i] = c } }
+        let ok = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) == 0 }
+        }
+        if !ok { throw fail("\(mountpoint) is not served by a strata daemon that answers (\(path): \(currentErrno()))") }
+        var data = Data()
+        var buf = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n <= 0 { break }
+            data.append(contentsOf: buf[0..<n])
+        }
+        if json { print(String(decoding: data, as: UTF8.self), terminator: ""); return }
+        guard let obj = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
+            throw fail("the daemon of \(mountpoint) answered something that is not its statistics")
+        }
+        func num(_ v: Any?) -> Int { (v as? NSNumber)?.intValue ?? 0 }
+        print("mount       \(mountpoint)")
+        print("daemon      pid \(num(obj["pid"])), up \(num(obj["uptime_seconds"])) s, \(num(obj["rss_kib"]) / 1024) MiB resident, \(num(obj["open_descriptors"])) descriptors open")
+        print("transport   \(obj["transport"] as? String ?? "?"), \(num(obj["threads"])) threads, protocol \(obj["protocol"] as? String ?? "?"), passthrough \((obj["passthrough"] as? Bool) == true ? "on" : "off")")
+        if let fs = obj["filesystem"] as? [String: Any], !fs.isEmpty {
+            print("union")
+            for (k, v) in fs.sorted(by: { $0.key < $1.key }) { print("  \(k.padding(toLength: 32, withPad: " ", startingAt: 0)) \(num(v))") }
+        }
+        if let r = obj["requests"] as? [String: Any] {
+            print("requests")
+            for (k, v) in r.sorted(by: { num($0.value) > num($1.value) }) { print("  \(k.padding(toLength: 32, withPad: " ", startingAt: 0)) \(num(v))") }
+        }
+    }
+}
