@@ -20,10 +20,27 @@ public struct Puller: Sendable {
         self.client = client
     }
 
+    /// Manifests and indexes are small; a larger answer is not one (and
+    /// would be held in memory whole).
+    static let manifestLimit = 4 << 20
+
+    /// A manifest must come as one: its content type one we asked for, or
+    /// plain JSON whose mediaType is one.
+    static func checkContentType(_ r: RegistryClient.Response, _ what: String) throws {
+        let type = (r.headers["Content-Type"].first ?? "").split(separator: ";").first.map { $0.trimmingCharacters(in: .whitespaces) } ?? ""
+        if RegistryClient.manifestTypes.contains(type) { return }
+        if type.isEmpty || type == "application/json",
+           let m = (try? JSONSerialization.jsonObject(with: r.body)) as? [String: Any],
+           let mt = m["mediaType"] as? String, RegistryClient.manifestTypes.contains(mt) { return }
+        throw RegistryError("\(what): the registry answered with content type \(type.isEmpty ? "(none)" : type), not an image manifest or index")
+    }
+
     public func pull(_ ref: Reference) async throws -> String {
         let accept = RegistryClient.manifestTypes.joined(separator: ", ")
-        var r = try await client.request(.GET, "/v2/\(ref.repository)/manifests/\(ref.reference)", headers: [("Accept", accept)])
+        var r = try await client.request(.GET, "/v2/\(ref.repository)/manifests/\(ref.reference)", headers: [("Accept", accept)],
+                                         maxBody: Self.manifestLimit)
         guard r.status == 200 else { throw RegistryClient.error(r.status, r.body, "\(ref)") }
+        try Self.checkContentType(r, "\(ref)")
         if let d = ref.digest, Digest.of(r.body) != d { throw RegistryError("\(ref): the manifest does not match its digest") }
         var manifest = try json(r.body, "manifest of \(ref)")
         if let list = manifest["manifests"] as? [[String: Any]] {
@@ -31,8 +48,10 @@ public struct Puller: Sendable {
                 let offered = list.compactMap { ($0["platform"] as? [String: Any]).map(Self.platformName) }.joined(separator: ", ")
                 throw RegistryError("\(ref) has no image for \(platform) (it has \(offered.isEmpty ? "none named" : offered)); choose one with --platform")
             }
-            r = try await client.request(.GET, "/v2/\(ref.repository)/manifests/\(digest)", headers: [("Accept", accept)])
+            r = try await client.request(.GET, "/v2/\(ref.repository)/manifests/\(digest)", headers: [("Accept", accept)],
+                                         maxBody: Self.manifestLimit)
             guard r.status == 200 else { throw RegistryClient.error(r.status, r.body, "\(ref)@\(digest)") }
+            try Self.checkContentType(r, "\(ref)@\(digest)")
             if Digest.of(r.body) != digest { throw RegistryError("\(ref): the manifest for \(platform) does not match its digest") }
             manifest = try json(r.body, "manifest of \(ref)")
         }

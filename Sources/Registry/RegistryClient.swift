@@ -2,6 +2,7 @@ import AsyncHTTPClient
 import Foundation
 import NIOCore
 import NIOHTTP1
+import NIOSSL
 import Sys
 #if canImport(Glibc)
 import Glibc
@@ -12,8 +13,10 @@ import Glibc
 /// Hub issues them, basic credentials), and registry errors as one line.
 public final class RegistryClient: @unchecked Sendable {
     public let host: String
-    let scheme: String
-    let http = HTTPClient.shared
+    let options: RegistryOptions
+    let http: HTTPClient
+    /// https or http, settled by the first request (see `resolveScheme`).
+    private let settled = Locked<String?>(nil)
     var credentials: (user: String, password: String)?
     /// Shared by the concurrent blob downloads, any of which may answer a
     /// challenge: behind a lock.
@@ -30,13 +33,83 @@ public final class RegistryClient: @unchecked Sendable {
         "application/vnd.docker.distribution.manifest.list.v2+json",
     ]
 
-    /// HTTPS unless `insecure` or the host is this machine.
-    public init(host: String, insecure: Bool, credentials: (String, String)?) {
+    /// HTTPS first, with certificates verified against the system's roots
+    /// and the registry's own CA from `certs.d` (as podman and docker
+    /// read them); plain HTTP only when HTTPS fails and the registry is this
+    /// machine or `--insecure`, as docker does. Call `shutdown` when done.
+    public init(host: String, options: RegistryOptions = RegistryOptions(), credentials: (String, String)?) throws {
         self.host = host
-        let local = host.hasPrefix("localhost") || host.hasPrefix("127.") || host.hasPrefix("[::1]")
-        scheme = insecure || local ? "http" : "https"
+        self.options = options
+        var tls = TLSConfiguration.makeClientConfiguration()
+        let cas = options.caFiles(for: host)
+        if !cas.isEmpty {
+            var certs: [NIOSSLCertificate] = []
+            for f in cas {
+                do { certs += try NIOSSLCertificate.fromPEMFile(f) } catch { throw RegistryError("\(f): not a PEM certificate (\(error))") }
+            }
+            tls.additionalTrustRoots = [.certificates(certs)]
+        }
+        var config = HTTPClient.Configuration(tlsConfiguration: tls, redirectConfiguration: .follow(max: 5, allowCycles: false),
+                                              timeout: .init(connect: .seconds(10), read: .seconds(options.readTimeout)))
+        // Redirects to other hosts (blob storage) are followed; the client
+        // drops Authorization when the origin changes, so the registry's
+        // credentials never reach another host.
+        config.decompression = .disabled
+        http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: config)
         self.credentials = credentials ?? Self.dockerConfigCredentials(host)
     }
+
+    public func shutdown() async { try? await http.shutdown() }
+
+    public var isLocal: Bool { Self.isLocal(host) }
+    static func isLocal(_ host: String) -> Bool {
+        host.hasPrefix("localhost") || host.hasPrefix("127.") || host.hasPrefix("[::1]")
+    }
+
+    /// The scheme this registry speaks. Where plain HTTP is allowed (this
+    /// machine, `--insecure`), a port that answers a plain request as HTTP
+    /// speaks HTTP; one that says it wants HTTPS (Go's and nginx's TLS
+    /// servers answer so), or does not answer, speaks HTTPS. Asking over TLS
+    /// first would wait out the connect timeout on a plain Go server, which
+    /// never answers a ClientHello. Elsewhere only HTTPS is tried.
+    func resolveScheme() async throws -> String {
+        if let s = settled.withLock({ $0 }) { return s }
+        if options.insecure || isLocal {
+            if let r = try? await http.execute(HTTPClientRequest(url: "http://\(host)/v2/"), timeout: .seconds(30)) {
+                let body = (try? await r.body.collect(upTo: 1 << 16)).map { String(buffer: $0) } ?? ""
+                if !(r.status == .badRequest && body.contains("HTTPS")) {
+                    settled.withLock { $0 = "http" }
+                    return "http"
+                }
+            }
+        }
+        do {
+            _ = try await http.execute(HTTPClientRequest(url: "https://\(host)/v2/"), timeout: .seconds(30))
+        } catch {
+            let why = describe(error)
+            if why == "connection refused" { throw RegistryError("cannot connect to \(host): connection refused") }
+            throw RegistryError("cannot reach \(host) over HTTPS: \(why)"
+                + (why.contains("certificate") ? "; if it uses a private CA, put it in /etc/containers/certs.d/\(host)/ca.crt or pass --cert-dir DIR" : "")
+                + (options.insecure || isLocal ? "" : "; for a plain-HTTP registry pass --insecure"))
+        }
+        settled.withLock { $0 = "https" }
+        return "https"
+    }
+
+    /// What a transport error means, in a user's words.
+    func describe(_ error: Error) -> String {
+        let text = "\(error)"
+        if let e = error as? HTTPClientError {
+            if e == .readTimeout { return "no data for \(options.readTimeout) s (timed out)" }
+            if e == .connectTimeout { return "connection timed out" }
+        }
+        if text.contains("Connection refused") { return "connection refused" }
+        if text.contains("certificate") || text.contains("CERTIFICATE") { return "certificate not trusted (\(Self.short(text)))" }
+        if text.contains("handshake") || text.contains("SSL") || text.contains("TLS") { return "TLS handshake failed (\(Self.short(text)))" }
+        return Self.short(text)
+    }
+
+    static func short(_ s: String) -> String { s.count > 160 ? String(s.prefix(160)) + "…" : s }
 
     /// Basic credentials from ~/.docker/config.json (`auths.<host>.auth`).
     static func dockerConfigCredentials(_ host: String) -> (String, String)? {
@@ -56,13 +129,16 @@ public final class RegistryClient: @unchecked Sendable {
         public var body: Data
     }
 
-    func url(_ path: String) -> String { path.hasPrefix("http") ? path : "\(scheme)://\(host)\(path)" }
+    func url(_ path: String) async throws -> String {
+        path.hasPrefix("http") ? path : "\(try await resolveScheme())://\(host)\(path)"
+    }
 
     /// One request; a 401 is answered once through the challenge it carries.
     public func request(_ method: HTTPMethod, _ path: String, headers: [(String, String)] = [], body: Data? = nil,
                         maxBody: Int = 64 << 20) async throws -> Response {
-        try await send(timeout: .seconds(300), maxBody: maxBody) {
-            var req = HTTPClientRequest(url: self.url(path))
+        let u = try await url(path)
+        return try await send(timeout: .seconds(300), maxBody: maxBody, what: path) {
+            var req = HTTPClientRequest(url: u)
             req.method = method
             for (k, v) in headers { req.headers.add(name: k, value: v) }
             if let body { req.body = .bytes(ByteBuffer(bytes: body)) }
@@ -73,8 +149,9 @@ public final class RegistryClient: @unchecked Sendable {
     /// PATCHes a file's bytes to an upload location, read from disk as the
     /// connection takes them (a layer is never held in memory whole).
     public func patch(_ location: String, file: String, size: Int64) async throws -> Response {
-        try await send(timeout: .seconds(3600), maxBody: 1 << 20) {
-            var req = HTTPClientRequest(url: self.url(location))
+        let u = try await url(location)
+        return try await send(timeout: .seconds(3600), maxBody: 1 << 20, what: location) {
+            var req = HTTPClientRequest(url: u)
             req.method = .PATCH
             req.headers.add(name: "Content-Type", value: "application/octet-stream")
             req.body = .stream(FileChunks(path: file), length: .known(size))
@@ -84,13 +161,21 @@ public final class RegistryClient: @unchecked Sendable {
 
     /// Sends what `make` builds (again, after answering a 401 challenge once)
     /// with the current authorization, and collects the response.
-    private func send(timeout: TimeAmount, maxBody: Int, _ make: () -> HTTPClientRequest) async throws -> Response {
+    private func send(timeout: TimeAmount, maxBody: Int, what: String, _ make: () -> HTTPClientRequest) async throws -> Response {
         var attempt = 0
         while true {
             var req = make()
             if let a = authorization { req.headers.replaceOrAdd(name: "Authorization", value: a) }
-            let resp = try await http.execute(req, timeout: timeout)
-            var buf = try await resp.body.collect(upTo: maxBody)
+            let resp: HTTPClientResponse
+            do { resp = try await http.execute(req, timeout: timeout) } catch {
+                throw RegistryError("\(host): \(describe(error)) [\(what)]")
+            }
+            var buf: ByteBuffer
+            do { buf = try await resp.body.collect(upTo: maxBody) } catch is NIOTooManyBytesError {
+                throw RegistryError("\(host) answered \(what) with more than \(maxBody >> 20) MiB; refused")
+            } catch {
+                throw RegistryError("\(host): \(describe(error)) [\(what)]")
+            }
             let data = Data(buf.readBytes(length: buf.readableBytes) ?? [])
             if resp.status.code == 401 && attempt == 0, let challenge = resp.headers["WWW-Authenticate"].first {
                 try await answer(challenge)
@@ -108,11 +193,15 @@ public final class RegistryClient: @unchecked Sendable {
     public func download(_ path: String, to file: String, offset: Int64,
                          onChunk: (UnsafeRawBufferPointer) -> Void) async throws -> Int64 {
         var attempt = 0
+        let u = try await url(path)
         while true {
-            var req = HTTPClientRequest(url: url(path))
+            var req = HTTPClientRequest(url: u)
             if let a = authorization { req.headers.replaceOrAdd(name: "Authorization", value: a) }
             if offset > 0 { req.headers.add(name: "Range", value: "bytes=\(offset)-") }
-            let resp = try await http.execute(req, timeout: .seconds(3600))
+            let resp: HTTPClientResponse
+            do { resp = try await http.execute(req, timeout: .seconds(3600)) } catch {
+                throw RegistryError("\(host): \(describe(error)) [\(path)]")
+            }
             if resp.status.code == 401 && attempt == 0, let challenge = resp.headers["WWW-Authenticate"].first {
                 _ = try await resp.body.collect(upTo: 1 << 20)
                 try await answer(challenge)
@@ -130,11 +219,20 @@ public final class RegistryClient: @unchecked Sendable {
             if ftruncate(fd, off_t(from)) != 0 || lseek(fd, off_t(from), SEEK_SET) < 0 {
                 throw RegistryError("\(file): \(currentErrno())")
             }
-            for try await chunk in resp.body {
-                try chunk.withUnsafeReadableBytes { (bytes) throws(SysError) in
-                    try Sys.writeAll(fd, bytes, path: file)
-                    onChunk(bytes)
+            var received = from
+            do {
+                for try await chunk in resp.body {
+                    try chunk.withUnsafeReadableBytes { (bytes) throws(SysError) in
+                        try Sys.writeAll(fd, bytes, path: file)
+                        onChunk(bytes)
+                    }
+                    received += Int64(chunk.readableBytes)
                 }
+            } catch let e as SysError {
+                throw RegistryError("\(e)")
+            } catch {
+                // What arrived is kept: the next pull resumes from it.
+                throw RegistryError("\(host) stopped sending \(path) after \(received) bytes: \(describe(error)); run the pull again to resume")
             }
             return from
         }
@@ -159,7 +257,10 @@ public final class RegistryClient: @unchecked Sendable {
         guard let tokenURL = comps.url?.absoluteString else { throw RegistryError("\(host): bad token realm \(realm)") }
         var req = HTTPClientRequest(url: tokenURL)
         if let c = credentials { req.headers.add(name: "Authorization", value: "Basic " + Data("\(c.user):\(c.password)".utf8).base64EncodedString()) }
-        let resp = try await http.execute(req, timeout: .seconds(60))
+        let resp: HTTPClientResponse
+        do { resp = try await http.execute(req, timeout: .seconds(60)) } catch {
+            throw RegistryError("token service of \(host): \(describe(error))")
+        }
         var b = try await resp.body.collect(upTo: 1 << 20)
         let data = Data(b.readBytes(length: b.readableBytes) ?? [])
         guard resp.status.code == 200, let j = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
@@ -249,4 +350,24 @@ struct FileChunks: AsyncSequence, Sendable {
     }
 
     func makeAsyncIterator() -> AsyncIterator { AsyncIterator(path: path) }
+}
+
+/// How to reach registries: `--insecure`, `--cert-dir`, `--timeout`.
+public struct RegistryOptions: Sendable {
+    /// Plain HTTP allowed when HTTPS fails (always for this machine).
+    public var insecure = false
+    /// A directory of CA certificates (`*.crt`), as podman's --cert-dir;
+    /// without it, /etc/containers/certs.d/HOST and /etc/docker/certs.d/HOST.
+    public var certDir: String?
+    /// Seconds without a byte from the registry before giving up.
+    public var readTimeout: Int64 = 30
+
+    public init() {}
+
+    func caFiles(for host: String) -> [String] {
+        let dirs = certDir.map { [$0] } ?? ["/etc/containers/certs.d/\(host)", "/etc/docker/certs.d/\(host)"]
+        return dirs.flatMap { d in
+            ((try? FileManager.default.contentsOfDirectory(atPath: d)) ?? []).filter { $0.hasSuffix(".crt") }.sorted().map { "\(d)/\($0)" }
+        }
+    }
 }

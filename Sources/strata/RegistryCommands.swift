@@ -20,8 +20,11 @@ func runBlocking(_ body: @escaping @Sendable () async throws -> Void) throws {
     if let e = result.withLock({ $0 }) { throw fail(e) }
 }
 
-struct RegistryOptions: ParsableArguments {
-    @Flag(help: "Plain HTTP to a registry other than this machine.") var insecure = false
+struct RegistryFlags: ParsableArguments {
+    @Flag(help: "Allow plain HTTP when HTTPS fails (always allowed for this machine, as docker does).") var insecure = false
+    @Option(help: "A directory of CA certificates (*.crt) for the registry (default: /etc/containers/certs.d/HOST:PORT, then /etc/docker/certs.d/HOST:PORT).")
+    var certDir: String?
+    @Option(help: "Seconds without data from the registry before giving up (an interrupted pull resumes).") var timeout: Int64 = 30
     @Option(help: "Registry user name (the password comes from --password-stdin).") var username: String?
     @Flag(help: "Read the registry password from standard input.") var passwordStdin = false
 
@@ -32,26 +35,34 @@ struct RegistryOptions: ParsableArguments {
             let pw = (readLine(strippingNewline: true) ?? "")
             creds = (u, pw)
         }
-        return RegistryClient(host: ref.apiHost, insecure: insecure, credentials: creds)
+        guard timeout > 0 else { throw fail("--timeout takes a number of seconds above 0") }
+        var o = RegistryOptions()
+        o.insecure = insecure
+        o.certDir = certDir
+        o.readTimeout = timeout
+        do { return try RegistryClient(host: ref.apiHost, options: o, credentials: creds) } catch { throw fail("\(error)") }
     }
 }
 
 struct PullCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "pull", abstract: "Pull an image from an OCI registry (host:port/name:tag, name@sha256:...; docker.io/library/ by default).")
     @OptionGroup var store: StoreOptions
-    @OptionGroup var registry: RegistryOptions
+    @OptionGroup var registry: RegistryFlags
     @Option(help: "Platform to pick from an index, as os/arch[/variant]; the default is this machine's.") var platform = Puller.runningPlatform
     @Argument(help: "The image reference.") var reference: String
 
     func run() throws {
         let ref: Reference
         do { ref = try Reference(reference) } catch { throw fail("\(error)") }
-        var puller = Puller(store: try store.open(), client: try registry.client(for: ref))
+        let client = try registry.client(for: ref)
+        var puller = Puller(store: try store.open(), client: client)
         puller.platform = platform
         puller.progress = { printError("strata: \($0)") }
         let p = puller
         try runBlocking {
-            let id = try await p.pull(ref)
+            let id: String
+            do { id = try await p.pull(ref) } catch { await client.shutdown(); throw error }
+            await client.shutdown()
             print("Pulled \(ref.storeName) \(id)")
         }
     }
@@ -60,17 +71,21 @@ struct PullCommand: ParsableCommand {
 struct PushCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "push", abstract: "Push an image of the store to an OCI registry.")
     @OptionGroup var store: StoreOptions
-    @OptionGroup var registry: RegistryOptions
+    @OptionGroup var registry: RegistryFlags
     @Argument(help: "The destination reference (host:port/name:tag).") var reference: String
     @Argument(help: "The local image (default: the reference itself).") var local: String?
 
     func run() throws {
         let ref: Reference
         do { ref = try Reference(reference) } catch { throw fail("\(error)") }
-        var pusher = Pusher(store: try store.open(), client: try registry.client(for: ref))
+        let client = try registry.client(for: ref)
+        var pusher = Pusher(store: try store.open(), client: client)
         pusher.progress = { printError("strata: \($0)") }
         let p = pusher
         let src = local ?? reference
-        try runBlocking { try await p.push(local: src, to: ref) }
+        try runBlocking {
+            do { try await p.push(local: src, to: ref) } catch { await client.shutdown(); throw error }
+            await client.shutdown()
+        }
     }
 }

@@ -18,10 +18,13 @@ final class LocalRegistry: @unchecked Sendable {
 
     /// `htpasswd`: user and password of a basic-auth registry.
     /// `token`: a token service the registry sends clients to (bearer auth).
-    init(htpasswd: (String, String)? = nil, token: TokenServer? = nil) throws {
+    /// `tls`: certificate and key files: the registry speaks only HTTPS.
+    init(htpasswd: (String, String)? = nil, token: TokenServer? = nil, tls: (String, String)? = nil) throws {
         dir = TempDir("strata-registry")
         port = Int.random(in: 20000...40000)
         var auth = ""
+        var tlsConfig = ""
+        if let (cert, key) = tls { tlsConfig = "  tls:\n    certificate: \(cert)\n    key: \(key)\n" }
         if let (u, p) = htpasswd {
             let h = runProgram("/usr/bin/htpasswd", ["-Bbn", u, p])
             try h.stdout.write(toFile: "\(dir.path)/htpasswd", atomically: true, encoding: .utf8)
@@ -39,6 +42,8 @@ final class LocalRegistry: @unchecked Sendable {
             enabled: true
         http:
           addr: 127.0.0.1:\(port)
+
+        """ + tlsConfig + """
         log:
           level: error
 

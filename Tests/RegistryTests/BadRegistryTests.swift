@@ -1,0 +1,190 @@
+import Foundation
+import Registry
+import Store
+import Sys
+import Testing
+import TestSupport
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Registries that misbehave or speak TLS with a private CA, all on
+/// 127.0.0.1: a fake registry (Python's http.server, started and stopped by
+/// PID here) serves an oversized manifest, a wrong content type, a blob that
+/// stalls half way, and blobs redirected to another host; Debian's
+/// docker-registry serves HTTPS with a certificate the test makes.
+@Suite(.serialized)
+struct BadRegistryTests {
+    func strata(_ args: [String], stdin: String? = nil) -> (status: Int32, stdout: String, stderr: String) {
+        guard let input = stdin else { return runProgram(MountEnvironment.binary, args) }
+        let t = TempDir()
+        try? input.write(toFile: "\(t.path)/in", atomically: true, encoding: .utf8)
+        let quoted = ([MountEnvironment.binary] + args).map { "'\($0)'" }.joined(separator: " ")
+        return runProgram("/bin/sh", ["-c", "\(quoted) < '\(t.path)/in'"])
+    }
+
+    /// The fake registry: one small image (a layer of one file), served
+    /// under several repositories that each misbehave one way.
+    final class FakeRegistry: @unchecked Sendable {
+        let dir = TempDir("strata-fake-registry")
+        let port = Int.random(in: 20000...40000)
+        let blobPort = Int.random(in: 40001...50000)
+        var pid: pid_t = 0
+        var host: String { "127.0.0.1:\(port)" }
+        var log: String { (try? String(contentsOfFile: "\(dir.path)/requests.log", encoding: .utf8)) ?? "" }
+
+        init() throws {
+            let script = """
+            import hashlib, http.server, io, json, os, sys, tarfile, threading, time, base64
+            D = sys.argv[1]; PORT = int(sys.argv[2]); BLOBPORT = int(sys.argv[3])
+            LOG = open(os.path.join(D, 'requests.log'), 'a', buffering=1)
+            buf = io.BytesIO()
+            t = tarfile.open(fileobj=buf, mode='w')
+            data = bytes(range(256)) * 4096
+            i = tarfile.TarInfo('payload'); i.size = len(data); t.addfile(i, io.BytesIO(data)); t.close()
+            layer = buf.getvalue()
+            ld = 'sha256:' + hashlib.sha256(layer).hexdigest()
+            cfg = json.dumps({'architecture': 'amd64', 'os': 'linux', 'config': {}, 'rootfs': {'type': 'layers', 'diff_ids': [ld]}}).encode()
+            cd = 'sha256:' + hashlib.sha256(cfg).hexdigest()
+            OCI = 'application/vnd.oci.image.manifest.v1+json'
+            man = json.dumps({'schemaVersion': 2, 'mediaType': OCI,
+                              'config': {'mediaType': 'application/vnd.oci.image.config.v1+json', 'digest': cd, 'size': len(cfg)},
+                              'layers': [{'mediaType': 'application/vnd.oci.image.layer.v1.tar', 'digest': ld, 'size': len(layer)}]}).encode()
+            BLOBS = {cd: cfg, ld: layer}
+            stalled = set()
+            AUTH = 'Basic ' + base64.b64encode(b'user:secret-pw').decode()
+            class H(http.server.BaseHTTPRequestHandler):
+                protocol_version = 'HTTP/1.1'
+                def log_message(self, *a): pass
+                def send(self, code, body=b'', ctype='application/json', extra=()):
+                    self.send_response(code); self.send_header('Content-Type', ctype)
+                    self.send_header('Content-Length', str(len(body)))
+                    for k, v in extra: self.send_header(k, v)
+                    self.end_headers(); self.wfile.write(body)
+                def do_GET(self):
+                    LOG.write('%d %s range=%s auth=%s\\n' % (self.server.server_port, self.path, self.headers.get('Range'), self.headers.get('Authorization') is not None))
+                    p = self.path
+                    if self.server.server_port == BLOBPORT:
+                        d = p.rsplit('/', 1)[-1]
+                        return self.send(200, BLOBS[d], 'application/octet-stream') if d in BLOBS else self.send(404)
+                    if p == '/v2/': return self.send(200, b'{}')
+                    repo = p.split('/')[2]
+                    if repo == 'redir' and self.headers.get('Authorization') != AUTH:
+                        return self.send(401, b'{}', extra=[('WWW-Authenticate', 'Basic realm="fake"')])
+                    if '/manifests/' in p:
+                        if repo == 'big': return self.send(200, b' ' * (5 << 20) + man, OCI)
+                        if repo == 'ctype': return self.send(200, man, 'text/html')
+                        return self.send(200, man, OCI)
+                    d = p.rsplit('/', 1)[-1]
+                    if d not in BLOBS: return self.send(404, b'{"errors":[{"code":"BLOB_UNKNOWN","message":"no"}]}')
+                    if repo == 'redir':
+                        return self.send(307, b'', extra=[('Location', 'http://127.0.0.1:%d/blobs/%s' % (BLOBPORT, d))])
+                    body = BLOBS[d]
+                    rng = self.headers.get('Range')
+                    if repo == 'stall' and d == ld and not rng and d not in stalled:
+                        stalled.add(d)
+                        self.send_response(200); self.send_header('Content-Type', 'application/octet-stream')
+                        self.send_header('Content-Length', str(len(body))); self.end_headers()
+                        self.wfile.write(body[:len(body) // 2]); self.wfile.flush()
+                        time.sleep(60); return
+                    if rng:
+                        start = int(rng.split('=')[1].split('-')[0])
+                        return self.send(206, body[start:], 'application/octet-stream', [('Content-Range', 'bytes %d-%d/%d' % (start, len(body) - 1, len(body)))])
+                    return self.send(200, body, 'application/octet-stream')
+                do_HEAD = do_GET
+            for port in (PORT, BLOBPORT):
+                s = http.server.ThreadingHTTPServer(('127.0.0.1', port), H)
+                s.daemon_threads = True
+                threading.Thread(target=s.serve_forever, daemon=True).start()
+            open(os.path.join(D, 'ready'), 'w').close()
+            threading.Event().wait()
+            """
+            try script.write(toFile: "\(dir.path)/fake.py", atomically: true, encoding: .utf8)
+            let null = open("/dev/null", O_RDWR | O_CLOEXEC)
+            defer { close(null) }
+            pid = try Spawn.start("/usr/bin/python3", ["python3", "\(dir.path)/fake.py", dir.path, "\(port)", "\(blobPort)"], stdio: (null, null, 2))
+            guard waitFor(10, { access("\(self.dir.path)/ready", F_OK) == 0 }) else { throw RegistryError("the fake registry did not start") }
+        }
+
+        deinit {
+            kill(pid, SIGKILL)
+            _ = Spawn.wait(pid)
+        }
+    }
+
+    @Test func anOversizedManifestIsRefused() throws {
+        let reg = try FakeRegistry()
+        let t = TempDir()
+        let r = strata(["pull", "--root", t.path, "\(reg.host)/big/image:t"])
+        #expect(r.status != 0)
+        #expect(r.stderr.split(separator: "\n").count == 1 && r.stderr.contains("more than 4 MiB"), "\(r.stderr)")
+    }
+
+    @Test func aManifestWithTheWrongContentTypeIsRefused() throws {
+        let reg = try FakeRegistry()
+        let t = TempDir()
+        let r = strata(["pull", "--root", t.path, "\(reg.host)/ctype/image:t"])
+        #expect(r.status != 0)
+        #expect(r.stderr.contains("text/html"), "\(r.stderr)")
+    }
+
+    /// A registry that stops sending half way: the pull gives up after
+    /// --timeout with one line, and the next pull resumes with Range.
+    @Test func aStalledBlobTimesOutAndTheNextPullResumes() throws {
+        let reg = try FakeRegistry()
+        let t = TempDir()
+        let started = Date()
+        let first = strata(["pull", "--root", t.path, "--timeout", "2", "\(reg.host)/stall/image:t"])
+        #expect(first.status != 0)
+        #expect(Date().timeIntervalSince(started) < 30, "the stall was not noticed")
+        #expect(first.stderr.contains("stopped sending") && first.stderr.contains("resume"), "\(first.stderr)")
+        let second = strata(["pull", "--root", t.path, "--timeout", "2", "\(reg.host)/stall/image:t"])
+        #expect(second.status == 0, "\(second.stderr)")
+        #expect(reg.log.contains("range=bytes="), "the second pull did not resume: \(reg.log)")
+        #expect(strata(["check", "--root", t.path, "--content"]).status == 0)
+    }
+
+    /// Blobs redirected to another host (as registries with object storage
+    /// do) are fetched there, without the registry's credentials.
+    @Test func redirectsAreFollowedWithoutTheCredentials() throws {
+        let reg = try FakeRegistry()
+        let t = TempDir()
+        let r = strata(["pull", "--root", t.path, "--username", "user", "--password-stdin", "\(reg.host)/redir/image:t"], stdin: "secret-pw\n")
+        #expect(r.status == 0, "\(r.stderr)")
+        let blobLines = reg.log.split(separator: "\n").filter { $0.hasPrefix("\(reg.blobPort) ") }
+        #expect(blobLines.count == 2, "both blobs come from the other host: \(reg.log)")
+        #expect(blobLines.allSatisfy { $0.hasSuffix("auth=False") }, "credentials went to another host: \(blobLines)")
+        #expect(!r.stderr.contains("secret-pw") && !r.stdout.contains("secret-pw"))
+        // A wrong password: one line, without the password in it.
+        let wrong = strata(["pull", "--root", "\(t.path)/2", "--username", "user", "--password-stdin", "\(reg.host)/redir/image:t"], stdin: "nope-pw\n")
+        #expect(wrong.status != 0 && !wrong.stderr.contains("nope-pw"), "\(wrong.stderr)")
+    }
+
+    /// A registry behind TLS with a private CA: refused until the CA is
+    /// trusted (--cert-dir, as podman; or certs.d), then push and pull work.
+    @Test func aTLSRegistryWithAPrivateCA() throws {
+        let t = TempDir()
+        let c = t.sub("certs")
+        let script = """
+        set -e; cd '\(c)'
+        openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=strata-test-ca -keyout ca.key -out ca.crt 2>/dev/null
+        openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout server.key -out server.csr 2>/dev/null
+        printf 'subjectAltName=IP:127.0.0.1\\n' > ext
+        openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile ext -out server.crt 2>/dev/null
+        mkdir -p trust && cp ca.crt trust/ca.crt
+        """
+        let mk = runProgram("/bin/sh", ["-c", script])
+        try #require(mk.status == 0, "openssl: \(mk.stderr)")
+        let reg = try LocalRegistry(tls: ("\(c)/server.crt", "\(c)/server.key"))
+        #expect(strata(["image", "load", "--root", "\(t.path)/a", "-i", "\(MountEnvironment.fixtures)/busybox-l3.docker.tar"]).status == 0)
+        let refused = strata(["push", "--root", "\(t.path)/a", "\(reg.host)/tls/busybox:1", "localhost/eco/busybox:l3"])
+        #expect(refused.status != 0)
+        #expect(refused.stderr.split(separator: "\n").count == 1 && refused.stderr.contains("certificate") && refused.stderr.contains("--cert-dir"),
+                "\(refused.stderr)")
+        let push = strata(["push", "--root", "\(t.path)/a", "--cert-dir", "\(c)/trust", "\(reg.host)/tls/busybox:1", "localhost/eco/busybox:l3"])
+        #expect(push.status == 0, "\(push.stderr)")
+        let pull = strata(["pull", "--root", "\(t.path)/b", "--cert-dir", "\(c)/trust", "\(reg.host)/tls/busybox:1"])
+        #expect(pull.status == 0, "\(pull.stderr)")
+        #expect(pull.stdout.contains("sha256:cc890ba32e80"))
+    }
+}
