@@ -299,5 +299,8 @@ public struct LayerApplier: Sendable {
 }
 
 func errorString(_ a: OpaquePointer) -> String {
-    archive_error_string(a).map { String(cString: $0) } ?? "unknown libarchive error"
+    let text = archive_error_string(a).map { String(cString: $0) } ?? "unknown libarchive error"
+    // libarchive's own words ("Write error") do not say why; its errno does.
+    let e = archive_errno(a)
+    return e > 0 && !text.contains(String(cString: strerror(e))) ? "\(text): \(String(cString: strerror(e)))" : text
 }

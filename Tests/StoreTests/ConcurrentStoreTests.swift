@@ -235,3 +235,41 @@ struct StoreKillTests {
         }
     }
 }
+
+/// A store whose disk fills: the command fails with one line that says so,
+/// nothing is half-registered, and once space is back the store works.
+@Suite(.enabled(if: MountEnvironment.available), .serialized)
+struct StoreFullDiskTests {
+    func strata(_ args: [String]) -> (status: Int32, stdout: String, stderr: String) {
+        runProgram(MountEnvironment.binary, args)
+    }
+
+    @Test func loadAndCommitOnAFullDisk() throws {
+        let t = TempDir("strata-store-full")
+        let root = t.sub("store")
+        #expect(runProgram("/bin/mount", ["-t", "tmpfs", "-o", "size=3m", "tmpfs", root]).status == 0)
+        defer { umount2(root, Int32(MNT_DETACH)) }
+        let fixture = "\(MountEnvironment.fixtures)/busybox-l3.docker.tar"
+        let load = strata(["image", "load", "--root", root, "-i", fixture])
+        #expect(load.status != 0)
+        let lines = load.stderr.split(separator: "\n").filter { !$0.contains("unpacked") && !$0.contains("already present") }
+        #expect(lines.count == 1 && lines[0].contains("No space left on device"), "\(load.stderr)")
+        #expect(strata(["check", "--root", root]).status == 0, "half-registered after a full disk")
+        #expect(strata(["image", "ls", "--root", root]).stdout.split(separator: "\n").count == 1)
+        // Space is back: the same load works.
+        #expect(runProgram("/bin/mount", ["-o", "remount,size=64m", root]).status == 0)
+        #expect(strata(["image", "load", "--root", root, "-i", fixture]).status == 0)
+        #expect(strata(["create", "--root", root, "localhost/eco/busybox:l3", "--name", "c"]).status == 0)
+        // A commit that does not fit.
+        let c = try Store(root: root).container("c")
+        FileManager.default.createFile(atPath: "\(root)/overlay/\(c.id)/diff/blob", contents: Data(repeating: 1, count: 6 << 20))
+        #expect(runProgram("/bin/mount", ["-o", "remount,size=16m", root]).status == 0)
+        let commit = strata(["commit", "--root", root, "c", "localhost/too-big:1"])
+        #expect(commit.status != 0 && commit.stderr.contains("No space left on device"), "\(commit.stderr)")
+        #expect(strata(["check", "--root", root]).status == 0, "half-registered after a full disk")
+        #expect(runProgram("/bin/mount", ["-o", "remount,size=64m", root]).status == 0)
+        let again = strata(["commit", "--root", root, "c", "localhost/too-big:1"])
+        #expect(again.status == 0, "\(again.stderr)")
+        #expect(strata(["check", "--root", root, "--content"]).status == 0)
+    }
+}

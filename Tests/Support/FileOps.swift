@@ -20,7 +20,8 @@ public struct FileOps: Sendable {
                                       ENOTEMPTY: "ENOTEMPTY", EINVAL: "EINVAL", EXDEV: "EXDEV", EPERM: "EPERM",
                                       EACCES: "EACCES", ENODATA: "ENODATA", ERANGE: "ERANGE", EBADF: "EBADF",
                                       ELOOP: "ELOOP", ENAMETOOLONG: "ENAMETOOLONG", EBUSY: "EBUSY", EMLINK: "EMLINK",
-                                      EOPNOTSUPP: "EOPNOTSUPP", ENOSYS: "ENOSYS", EIO: "EIO", ENXIO: "ENXIO"]
+                                      EOPNOTSUPP: "EOPNOTSUPP", ENOSYS: "ENOSYS", EIO: "EIO", ENXIO: "ENXIO", ENOSPC: "ENOSPC",
+                                      ENOTCONN: "ENOTCONN", EDQUOT: "EDQUOT"]
         return names[e] ?? "errno\(e)"
     }
 
