@@ -26,8 +26,9 @@ func storeCall<T>(_ body: () throws(StoreError) -> T) throws -> T {
 struct ImageCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "image",
-        abstract: "Images: load, list, save, tag, remove, history.",
-        subcommands: [ImageLoad.self, ImageList.self, ImageInspect.self, ImageSave.self, ImageTag.self, ImageRemove.self, ImageHistory.self]
+        abstract: "Images: load, list, save, tag, remove, history, prune.",
+        subcommands: [ImageLoad.self, ImageList.self, ImageInspect.self, ImageSave.self, ImageTag.self, ImageRemove.self, ImageHistory.self,
+                      ImagePrune.self]
     )
 }
 
@@ -301,5 +302,45 @@ struct CheckCommand: ParsableCommand {
         }
         for p in problems { print(p) }
         if problems.isEmpty { print("store \(s.root): no problems") } else { throw ExitCode(1) }
+    }
+}
+
+func describe(_ p: Store.Pruned) -> String {
+    "removed \(p.images.count) image\(p.images.count == 1 ? "" : "s"), \(p.layers.count) layer\(p.layers.count == 1 ? "" : "s")"
+        + (p.leftovers.isEmpty ? "" : ", \(p.leftovers.count) leftover\(p.leftovers.count == 1 ? "" : "s")")
+        + "; \(p.bytes / 1_048_576) MiB freed"
+}
+
+struct ImagePrune: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "prune",
+        abstract: "Remove images without a tag that no container uses (-a: every image no container uses), and unused layers.")
+    @OptionGroup var store: StoreOptions
+    @Flag(name: .shortAndLong, help: "Every image no container uses, tagged or not.") var all = false
+    func run() throws {
+        let s = try store.open()
+        let p = try storeCall { () throws(StoreError) in try s.pruneImages(all: all) }
+        for i in p.images { print("Deleted image \(Digest.hex(i).prefix(12))") }
+        print(describe(p))
+    }
+}
+
+struct SystemCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "system", abstract: "Store-wide housekeeping: prune.",
+                                                    subcommands: [SystemPrune.self])
+}
+
+struct SystemPrune: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "prune",
+        abstract: "image prune, then what interrupted commands left behind; containers stay (strata rm).")
+    @OptionGroup var store: StoreOptions
+    @Flag(name: .shortAndLong, help: "Every image no container uses, tagged or not.") var all = false
+    func run() throws {
+        let s = try store.open()
+        let p = try storeCall { () throws(StoreError) in try s.pruneSystem(all: all) }
+        for i in p.images { print("Deleted image \(Digest.hex(i).prefix(12))") }
+        for l in p.leftovers { print("Removed leftover \(l)") }
+        print(describe(p))
     }
 }

@@ -10,7 +10,7 @@ struct Strata: ParsableCommand {
         commandName: "strata",
         abstract: "A union filesystem for Linux and a Docker-style layer store.",
         version: "strata version \(version)",
-        subcommands: [MountCommand.self, UmountCommand.self, ImageCommand.self, CreateCommand.self, ListCommand.self, RemoveCommand.self, DiffCommand.self, CommitCommand.self, InspectCommand.self, ExportCommand.self, DfCommand.self, CheckCommand.self, StatsCommand.self, RunCommand.self, PullCommand.self, PushCommand.self, LoopbackCommand.self]
+        subcommands: [MountCommand.self, UmountCommand.self, ImageCommand.self, CreateCommand.self, ListCommand.self, RemoveCommand.self, DiffCommand.self, CommitCommand.self, InspectCommand.self, ExportCommand.self, DfCommand.self, CheckCommand.self, SystemCommand.self, StatsCommand.self, RunCommand.self, PullCommand.self, PushCommand.self, LoopbackCommand.self]
     )
 }
 
@@ -30,7 +30,7 @@ enum Entry {
     static func main() {
         var args = Array(CommandLine.arguments.dropFirst())
         let invoked = (CommandLine.arguments.first ?? "").split(separator: "/").last.map(String.init) ?? ""
-        let subcommands = ["mount", "umount", "image", "create", "ls", "rm", "diff", "commit", "inspect", "export", "df", "check", "stats", "run", "pull", "push", "loopback", "help"]
+        let subcommands = ["mount", "umount", "image", "create", "ls", "rm", "diff", "commit", "inspect", "export", "df", "check", "system", "stats", "run", "pull", "push", "loopback", "help"]
         if invoked == "strata-overlay" || invoked == "mount.fuse.strata" {
             if args != ["--version"] && args != ["--help"] && args != ["-h"] { args = ["mount"] + args }
         } else if let first = args.first, first == "-o" || first == "-f" {

@@ -273,3 +273,59 @@ struct StoreFullDiskTests {
         #expect(strata(["check", "--root", root, "--content"]).status == 0)
     }
 }
+
+/// `image prune` and `system prune`: only what nothing uses goes, also
+/// beside commands running at the same time.
+@Suite(.enabled(if: MountEnvironment.available), .serialized)
+struct PruneTests {
+    func strata(_ args: [String]) -> (status: Int32, stdout: String, stderr: String) {
+        runProgram(MountEnvironment.binary, args)
+    }
+
+    @Test func pruneRemovesOnlyWhatNothingUses() throws {
+        let t = TempDir()
+        let root = t.path
+        let fixture = "\(MountEnvironment.fixtures)/busybox-l3.docker.tar"
+        #expect(strata(["image", "load", "--root", root, "-i", fixture]).status == 0)
+        #expect(strata(["create", "--root", root, "localhost/eco/busybox:l3", "--name", "c"]).status == 0)
+        // The tag moves to the committed image: the loaded one is dangling, but c uses it.
+        #expect(strata(["commit", "--root", root, "c", "localhost/eco/busybox:l3"]).status == 0)
+        var p = strata(["image", "prune", "--root", root])
+        #expect(p.status == 0 && p.stdout.contains("removed 0 images"), "\(p.stdout)")
+        #expect(strata(["rm", "--root", root, "c"]).status == 0)
+        p = strata(["image", "prune", "--root", root])
+        #expect(p.stdout.contains("removed 1 image, 0 layers"), "its layers are the committed image's too: \(p.stdout)")
+        #expect(strata(["image", "ls", "--root", root]).stdout.split(separator: "\n").count == 2)
+        // Leftovers of a killed command go with system prune.
+        mkdir("\(root)/overlay/left-behind", 0o700)
+        p = strata(["system", "prune", "--root", root, "-a"])
+        #expect(p.status == 0 && p.stdout.contains("removed 1 image, 4 layers, 1 leftover"), "\(p.stdout)")
+        #expect((try? FileManager.default.contentsOfDirectory(atPath: "\(root)/overlay")) == ["l"])
+        #expect(strata(["check", "--root", root]).status == 0)
+    }
+
+    @Test func pruneBesideCreate() throws {
+        let t = TempDir()
+        let root = t.path
+        for round in 0..<3 {
+            #expect(strata(["image", "load", "--root", root, "-i", "\(MountEnvironment.fixtures)/busybox-l3.docker.tar"]).status == 0)
+            let results = try ConcurrentStoreTests().together([
+                ["image", "prune", "-a", "--root", root],
+                ["create", "--root", root, "localhost/eco/busybox:l3", "--name", "p\(round)"],
+            ])
+            let create = results[1]
+            #expect(create.status == 0 || create.stderr.contains("no image"), "\(create.stderr)")
+            let check = strata(["check", "--root", root, "--content"])
+            #expect(check.status == 0, "\(check.stdout)")
+            if create.status == 0 {
+                // The container's image survived the prune whole.
+                let m = strata(["mount", "--root", root, "p\(round)"])
+                #expect(m.status == 0, "\(m.stderr)")
+                let merged = m.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+                #expect(FileOps(merged).stat("bin/busybox") != nil)
+                umount2(merged, Int32(MNT_DETACH))
+                #expect(strata(["rm", "--root", root, "p\(round)"]).status == 0)
+            }
+        }
+    }
+}
