@@ -54,8 +54,8 @@ struct SoakBench: ParsableCommand {
         guard st == 0 else { throw ValidationError("strata mount failed (exit \(st))") }
         defer { umount2(m, Int32(MNT_DETACH)) }
 
-        func sample(_ t0: Double) -> Sample? {
-            let r = try? captureOutput(bin, ["strata", "stats", "--json", m])
+        func sample(_ t0: Double, of mnt: String? = nil) -> Sample? {
+            let r = try? captureOutput(bin, ["strata", "stats", "--json", mnt ?? m])
             guard let data = r?.data(using: .utf8), let o = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else { return nil }
             let fs = o["filesystem"] as? [String: Any] ?? [:]
             func n(_ v: Any?) -> Int { (v as? NSNumber)?.intValue ?? 0 }
@@ -67,6 +67,7 @@ struct SoakBench: ParsableCommand {
         let t0 = now()
         var samples: [Sample] = []
         var done = 0, round = 0, failures = 0
+        var roundEnds: [Sample] = []
         mkdir("\(m)/soak", 0o755)
         var nextSample = 0.0
         while now() - t0 < minutes * 60 && done < ops {
@@ -89,32 +90,38 @@ struct SoakBench: ParsableCommand {
             let find = Spawn.wait(try Spawn.start("/usr/bin/find", ["find", d, "-ls"], stdio: (null, null, 2)))
             if find != 0 { failures += 1; progress("find over round \(round)'s tree failed (exit \(find))") }
             _ = try Spawn.run("/bin/rm", ["rm", "-rf", d])
+            if let s = sample(t0) { samples.append(s); roundEnds.append(s) }
             done += procs * perRound
             round += 1
             progress("round \(round): \(done) operations, \(Int(now() - t0)) s, \(samples.last.map { "rss \($0.rss / 1024) MiB, \($0.nodes) nodes, \($0.fds) fds" } ?? "")")
         }
-        if let s = sample(t0) { samples.append(s) }
 
-        // Growth after warm-up: the first sample after a tenth of the run
-        // against the largest after it, and the last.
-        let warm = samples.first { $0.t >= (now() - t0) / 10 } ?? samples.first
-        func growth(_ f: (Sample) -> Int) -> String {
-            guard let w = warm, f(w) > 0 else { return "-" }
-            let after = samples.filter { $0.t >= w.t }
-            let peak = after.map(f).max() ?? f(w)
-            let last = after.last.map(f) ?? f(w)
-            return String(format: "%d -> peak %d, last %d (%+.1f%% at peak)", f(w), peak, last, Double(peak - f(w)) * 100 / Double(f(w)))
-        }
+        // fsstress builds a tree each round and the round's end removes it:
+        // nodes and descriptors rise and fall with it. What must not grow is
+        // each round's peak and what is left after the removal; memory is
+        // compared after the first round (warm-up).
+        let rounds = roundEnds.count
         print("")
         print("\(done) fsstress operations in \(round) rounds, \(Int(now() - t0)) s, \(samples.count) samples, \(failures) failures")
-        print("| after warm-up (t=\(Int(warm?.t ?? 0)) s) | first -> peak, last |")
-        print("|---|---|")
-        print("| resident memory (KiB) | \(growth(\.rss)) |")
-        print("| open descriptors | \(growth(\.fds)) |")
-        print("| nodes | \(growth(\.nodes)) |")
-        print("| cached directory descriptors | \(growth(\.dirFDs)) |")
-        print("| directories reopened by handle | \(growth(\.handles)) |")
-        print("samples (t s, rss KiB, fds, nodes):", samples.map { "\(Int($0.t)):\($0.rss):\($0.fds):\($0.nodes)" }.joined(separator: " "))
+        print("| round | peak nodes | peak descriptors | nodes after removal | descriptors after removal | resident MiB after |")
+        print("|---|---|---|---|---|---|")
+        var start = 0.0
+        var peaks: [(Int, Int)] = []
+        for (i, end) in roundEnds.enumerated() {
+            let within = samples.filter { $0.t >= start && $0.t <= end.t }
+            let pn = within.map(\.nodes).max() ?? 0, pf = within.map(\.fds).max() ?? 0
+            peaks.append((pn, pf))
+            print("| \(i + 1) | \(pn) | \(pf) | \(end.nodes) | \(end.fds) | \(String(format: "%.1f", Double(end.rss) / 1024)) |")
+            start = end.t
+        }
+        if rounds >= 3 {
+            func pct(_ a: Int, _ b: Int) -> String { a == 0 ? "-" : String(format: "%+.1f%%", Double(b - a) * 100 / Double(a)) }
+            let first = roundEnds[1], last = roundEnds[rounds - 1]
+            let peakNodes = peaks.dropFirst().map(\.0), peakFDs = peaks.dropFirst().map(\.1)
+            print("after warm-up (round 2 -> \(rounds)): resident memory \(pct(first.rss, last.rss)); "
+                  + "round peaks: nodes \(peakNodes.min() ?? 0)-\(peakNodes.max() ?? 0), descriptors \(peakFDs.min() ?? 0)-\(peakFDs.max() ?? 0); "
+                  + "after removal: nodes \(roundEnds.dropFirst().map(\.nodes).max() ?? 0) at most, descriptors \(roundEnds.dropFirst().map(\.fds).max() ?? 0) at most")
+        }
 
         if walk > 0 {
             // A lower layer of `walk` entries, walked on a fresh mount with
@@ -140,7 +147,7 @@ struct SoakBench: ParsableCommand {
             let rc = try Spawn.run("/bin/sh", ["sh", "-c", "find '\(m2)' | wc -l > '\(root)/walk.count' 2> '\(errFile)'"])
             let count = (try? String(contentsOfFile: "\(root)/walk.count", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "?"
             let errors = (try? String(contentsOfFile: errFile, encoding: .utf8)) ?? ""
-            let s = sample(t0 - 0)
+            let s = sample(t0, of: m2)
             print("walk of \(count) entries (daemon's open-file limit \(lim.rlim_cur)/\(lim.rlim_max)): exit \(rc), \(String(format: "%.1f", now() - t1)) s, \(errors.contains("Too many open files") ? "EMFILE" : "no EMFILE"), daemon \(s.map { "\($0.fds) fds, \($0.nodes) nodes, \($0.rss / 1024) MiB" } ?? "?")")
         }
     }
