@@ -363,16 +363,10 @@ extension Overlay {
     /// Looks `name` up in `parent` and takes a reference on the node.
     public func lookup(_ parent: OverlayNode, _ name: FileName) throws(Errno) -> (OverlayNode, stat) {
         guard parent.isDirectory else { throw .notDirectory }
-        // The kernel revalidates cached names without the parent's lock, so
-        // a lookup can race a rename of the very name it resolves.
-        let generation = renames.generation.load(ordering: .acquiring)
-        let calm = renames.inFlight.load(ordering: .acquiring) == 0
         let f = try resolve(parent, name)
         let topLayer = f.inUpper ? 0 : f.lower
         let ino = try withDirFD(parent, topLayer) { (pfd: Int32) -> UInt64 in reportedIno(f, pfd, name.pointer) }
-        let raced = !calm || renames.inFlight.load(ordering: .acquiring) != 0
-            || renames.generation.load(ordering: .acquiring) != generation
-        let n = register(parent, name, f, ino: ino, verify: raced)
+        let n = register(parent, name, f, ino: ino)
         var out = f.stat
         out.st_ino = ino_t(n.ino)
         if n.isDirectory { mergedNlink(&out, n.snapshot) }
@@ -380,7 +374,7 @@ extension Overlay {
     }
 
     /// Takes a reference on the node for a resolved name, making it if new.
-    func register(_ parent: OverlayNode, _ name: FileName, _ f: Found, ino: UInt64, verify: Bool = false) -> OverlayNode {
+    func register(_ parent: OverlayNode, _ name: FileName, _ f: Found, ino: UInt64) -> OverlayNode {
         let isDir = f.stat.st_mode & Linux.S_IFMT == Linux.S_IFDIR
         var key = InodeKey(dev: UInt64(f.stat.st_dev), ino: UInt64(f.stat.st_ino))
         if !isDir && !f.inUpper {
@@ -392,13 +386,18 @@ extension Overlay {
                 parent: parent, name: name.bytesWithNUL, inUpper: f.inUpper, lower: f.lower,
                 lowerDirs: f.lowerDirs, key: key, redirect: f.redirect))
         }
-        // A known inode found under another name (a hard link) or refreshed;
-        // after a rename that may have moved it, only if the name still
-        // leads to it (else what `f` says of it is stale too).
-        let recorded = n.addName(parent, name, stillNamed: verify ? { [self] in
+        // A known inode found under a name it does not have: a hard link, or
+        // a name that is already stale. The kernel revalidates names without
+        // the parent's lock, so a lookup can race a rename of the very name
+        // it resolved, or an rmdir and a mkdir that reuses the inode number;
+        // recording the old name would make the node unreachable (or lead to
+        // another file) once its descriptors are not cached. So the name is
+        // recorded only if it still leads to this inode, checked under the
+        // node's lock, which renames also take to record a move.
+        let recorded = n.addName(parent, name, stillNamed: { [self] in
             guard let now = try? resolve(parent, name) else { return false }
             return now.stat.st_dev == f.stat.st_dev && now.stat.st_ino == f.stat.st_ino
-        } : nil)
+        })
         if isDir && recorded {
             n.state.withLock { st in
                 if st.redirect != f.redirect { st.fds = [:]; st.handles = [:]; st.lowerNames = [:]; st.listing = nil }

@@ -28,9 +28,6 @@ public final class Overlay: @unchecked Sendable {
     let fdBudget: FDBudget
     /// Whether directories can be reopened by file handle here (root only).
     let handlesWork: Atomic<Bool>
-    /// Renames under way and done: a lookup that overlapped one checks the
-    /// name it is about to record (see `register`).
-    let renames = RenameClock()
     /// Whiteouts as 0/0 character devices (needs CAP_MKNOD); else `.wh.` files.
     let deviceWhiteouts: Bool
     let opaqueXattr: String
@@ -203,22 +200,5 @@ public final class Overlay: @unchecked Sendable {
 enum OverlySetupErrorHelper {
     static func overlap(_ a: String, _ b: String) -> OverlaySetupError {
         OverlaySetupError("\(a) and \(b) overlap: one is inside the other")
-    }
-}
-
-
-/// Counts renames so that lookups can tell whether one overlapped them.
-final class RenameClock: Sendable {
-    let inFlight = Atomic<Int>(0)
-    let generation = Atomic<UInt64>(0)
-
-    func begin() {
-        inFlight.add(1, ordering: .sequentiallyConsistent)
-        generation.add(1, ordering: .sequentiallyConsistent)
-    }
-
-    func end() {
-        generation.add(1, ordering: .sequentiallyConsistent)
-        inFlight.subtract(1, ordering: .sequentiallyConsistent)
     }
 }

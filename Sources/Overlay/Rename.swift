@@ -26,8 +26,6 @@ extension Overlay {
 
     public func rename(_ p: OverlayNode, _ name: FileName, _ q: OverlayNode, _ newName: FileName, flags: UInt32) throws(Errno) {
         if isReadOnly { throw .readOnlyFileSystem }
-        renames.begin()
-        defer { renames.end() }
         let known = Linux.RENAME_NOREPLACE | Linux.RENAME_EXCHANGE | Linux.RENAME_WHITEOUT
         if flags & ~known != 0 || flags & Linux.RENAME_WHITEOUT != 0 { throw .invalidArgument }
         let exchange = flags & Linux.RENAME_EXCHANGE != 0

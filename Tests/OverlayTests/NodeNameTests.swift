@@ -69,6 +69,39 @@ import Glibc
         #expect(failures == 0, "\(failures) of 3000 renames left the directory unreachable by its recorded name")
     }
 
+    /// The same with rmdir and mkdir, which reuse inode numbers: a late
+    /// lookup of the removed name must not give the new directory that name.
+    @Test func aLookupRacingRmdirAndMkdirNeverNamesTheNewDirectoryWrongly() throws {
+        let t = TempDir()
+        let o = try make(t, budget: 0, byHandle: false)
+        let p = try mkdir(o, o.root, "p")
+        let stop = Atomic<Bool>(false)
+        let looker = Thread {
+            while !stop.load(ordering: .relaxed) {
+                for name in ["a", "b"] {
+                    if let n = try? child(o, p, name) { o.forget(n.id, count: 1) }
+                }
+            }
+        }
+        looker.start()
+        var failures = 0
+        for i in 0..<2000 {
+            let name = i % 2 == 0 ? "a" : "b", other = i % 2 == 0 ? "b" : "a"
+            do {
+                let d = try mkdir(o, p, name)
+                _ = try mkdir(o, d, "inside")
+                _ = try o.getattr(try child(o, d, "inside"))
+                try FileName.with("inside") { try o.rmdir(d, $0) }
+                o.forget(d.id, count: 1)
+                try FileName.with(name) { try o.rmdir(p, $0) }
+                _ = other
+            } catch { failures += 1 }
+        }
+        stop.store(true, ordering: .relaxed)
+        while !looker.isFinished { usleep(1000) }
+        #expect(failures == 0, "\(failures) of 2000 directories were unreachable by their recorded name")
+    }
+
     /// Past the budget, a directory is reopened by its file handle, which
     /// no rename above it can make stale: here the upper layer is changed
     /// behind the union's back, the strongest form of a stale name.
