@@ -117,7 +117,11 @@ public final class LoopbackFS: FDBackedFileSystem, @unchecked Sendable {
         try withDirFD(parent) { (pfd: Int32) throws(Errno) -> Entry in
             var st = Glibc.stat()
             if fstatat(pfd, name.pointer, &st, Linux.AT_SYMLINK_NOFOLLOW) != 0 { throw currentErrno() }
-            let n = table.reference(st, parent: parent, name: name) {
+            let found = st
+            let n = table.reference(st, parent: parent, name: name, stillNamed: {
+                var now = Glibc.stat()
+                return fstatat(pfd, name.pointer, &now, Linux.AT_SYMLINK_NOFOLLOW) == 0 && now.st_dev == found.st_dev && now.st_ino == found.st_ino
+            }) {
                 openat(pfd, name.pointer, Linux.O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
             }
             return entry(n, st)

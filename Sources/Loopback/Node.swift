@@ -68,6 +68,18 @@ final class Node: @unchecked Sendable {
     }
 
     func setOnlyPlace(_ p: Place) { places.withLock { $0 = [p] } }
+
+    /// Records a name a lookup found, if `stillNamed` (asked under the lock
+    /// that renames take to move names) says it still leads here: the
+    /// kernel revalidates names without the parent's lock, so a lookup can
+    /// race a rename of that name, or an rmdir and a mkdir that reuses the
+    /// inode number, and must not bring a stale name back.
+    func addFoundPlace(_ p: Place, only: Bool, stillNamed: () -> Bool) {
+        places.withLock { ps in
+            guard stillNamed() else { return }
+            if only { ps = [p] } else if !ps.contains(where: { $0.parent === p.parent && $0.name == p.name }) { ps.append(p) }
+        }
+    }
 }
 
 /// Nodes by id and by (dev, ino), split into shards so that concurrent
@@ -100,7 +112,7 @@ final class NodeTable: @unchecked Sendable {
 
     /// Returns the node for a stat result, creating it if new, and counts one
     /// kernel lookup reference. `place` is recorded as one of its names.
-    func reference(_ st: stat, parent: Node, name: Name, dirFDOpener: () -> Int32) -> Node {
+    func reference(_ st: stat, parent: Node, name: Name, stillNamed: () -> Bool, dirFDOpener: () -> Int32) -> Node {
         let key = InoKey(dev: UInt64(st.st_dev), ino: UInt64(st.st_ino))
         let isDir = st.st_mode & Linux.S_IFMT == Linux.S_IFDIR
         let shard = byIno[Int(key.ino % UInt64(Self.shardCount))]
@@ -110,8 +122,7 @@ final class NodeTable: @unchecked Sendable {
             return n
         }) {
             if !n.hasPlace(parent: parent, name: name) {
-                let place = Place(parent: parent, name: name.bytesWithNUL)
-                if isDir { n.setOnlyPlace(place) } else { n.addPlace(place) }
+                n.addFoundPlace(Place(parent: parent, name: name.bytesWithNUL), only: isDir, stillNamed: stillNamed)
             }
             return n
         }
@@ -129,7 +140,7 @@ final class NodeTable: @unchecked Sendable {
         return shard.withLock { m -> Node in
             if let n = m[key] {     // lost a race with another lookup
                 n.lookups += 1
-                if !isDir { n.addPlace(place) }
+                if !isDir && !n.hasPlace(parent: parent, name: name) { n.addFoundPlace(place, only: false, stillNamed: stillNamed) }
                 return n
             }
             fresh.lookups = 1
