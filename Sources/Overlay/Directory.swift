@@ -104,6 +104,9 @@ extension Overlay {
     /// mknod, symlink and regular files: made in place in the upper directory.
     public func create(_ p: OverlayNode, _ name: FileName, mode: UInt32, rdev: dev_t = 0, symlinkTarget: UnsafePointer<CChar>? = nil,
                        openFlags: Int32? = nil, who: Creator) throws(Errno) -> (OverlayNode, stat, Int32) {
+        // A 0/0 character device is a whiteout in the upper layer: made
+        // through the union it would hide its own name. The kernel refuses it.
+        if mode & Linux.S_IFMT == Linux.S_IFCHR && rdev == 0 { throw .notPermitted }
         _ = try prepareCreate(p, name)
         var fd: Int32 = -1
         var st = stat()

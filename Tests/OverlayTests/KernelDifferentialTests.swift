@@ -69,6 +69,9 @@ struct KernelDifferentialTests {
             ("link a lower file", { $0.link("x", "x-link") }),
             ("symlink", { $0.symlink("../x", "a/sym") }),
             ("mknod fifo", { $0.mknod("fifo", Linux.S_IFIFO | 0o644) }),
+            // A 0/0 device is a whiteout: the kernel refuses to make one (fsstress found this).
+            ("mknod a whiteout device", { $0.mknod("wh-made", Linux.S_IFCHR | 0o644, 0) + " " + $0.ls("") }),
+            ("mknod a real device", { $0.mknod("null-dev", Linux.S_IFCHR | 0o644, strata_makedev(1, 3)) }),
             ("private xattr hidden", { $0.listxattr("a/sub") }),
             ("overlay-named xattr is escaped", { $0.setxattr("a/top", "trusted.overlay.opaque", "y") }),
             ("and reads back", { $0.getxattr("a/top", "trusted.overlay.opaque") }),
