@@ -381,10 +381,20 @@ extension Overlay {
             key.parent = parent.id
             key.name = name.bytesWithNUL
         }
-        let n = table.reference(key) { id in
+        let make = { (id: UInt64) in
             OverlayNode(id: id, isDirectory: isDir, ino: ino, state: .init(
                 parent: parent, name: name.bytesWithNUL, inUpper: f.inUpper, lower: f.lower,
                 lowerDirs: f.lowerDirs, key: key, redirect: f.redirect))
+        }
+        var n = table.reference(key, make: make)
+        // A node found by the inode's number may be one whose removal we
+        // missed, the number since reused by another inode: of another kind
+        // (a file's node must never answer for a directory), or a directory
+        // whose cached descriptor shows it removed. Such a node is left to
+        // the kernel's remaining references and a fresh one made. (A name
+        // that no longer resolves proves nothing: a rename may be moving it.)
+        if n.isDirectory != isDir || (isDir && isRemovedDirectory(n)) {
+            n = table.replaceStale(n, key, make: make)
         }
         // A known inode found under a name it does not have: a hard link, or
         // a name that is already stale. The kernel revalidates names without
@@ -407,6 +417,14 @@ extension Overlay {
             }
         }
         return n
+    }
+
+    /// Whether a directory node's cached upper descriptor is of a directory
+    /// that has been removed (no links left).
+    func isRemovedDirectory(_ n: OverlayNode) -> Bool {
+        guard let fd = n.state.withLock({ $0.fds[0] }) else { return false }
+        var st = stat()
+        return fstat(fd.raw, &st) == 0 && st.st_nlink == 0
     }
 
     public func node(_ id: UInt64) -> OverlayNode? { table.get(id) }

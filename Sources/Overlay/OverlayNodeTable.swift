@@ -50,6 +50,27 @@ final class OverlayNodeTable: @unchecked Sendable {
 
     func find(_ key: InodeKey) -> OverlayNode? { shard(key).withLock { $0[key] } }
 
+    /// `stale` (just referenced for `key`) stands for an inode that is gone:
+    /// give its reference back and put a fresh node under the key. The stale
+    /// node stays reachable by id for the kernel's remaining references.
+    func replaceStale(_ stale: OverlayNode, _ key: InodeKey, make: (UInt64) -> OverlayNode) -> OverlayNode {
+        let fresh = make(nextID.add(1, ordering: .relaxed).oldValue)
+        return shard(key).withLock { m -> OverlayNode in
+            stale.lookups = stale.lookups > 0 ? stale.lookups - 1 : 0
+            if let current = m[key], current !== stale {
+                current.lookups += 1
+                return current
+            }
+            fresh.lookups = 1
+            m[key] = fresh
+            byID[Int(fresh.id % UInt64(Self.shards))].withLock { $0[fresh.id] = fresh }
+            if stale.lookups == 0 {
+                byID[Int(stale.id % UInt64(Self.shards))].withLock { _ = $0.removeValue(forKey: stale.id) }
+            }
+            return fresh
+        }
+    }
+
     /// Every live node (for statistics: takes each shard's lock in turn).
     func forEach(_ body: (OverlayNode) -> Void) {
         body(root)
