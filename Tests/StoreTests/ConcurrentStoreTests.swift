@@ -329,3 +329,35 @@ struct PruneTests {
         }
     }
 }
+
+/// Fifty containers of one store mounted at once with Strata's daemon: all
+/// serve, all unmount cleanly, no daemon is left.
+@Suite(.enabled(if: MountEnvironment.available), .serialized)
+struct ManyMountsTests {
+    @Test func fiftyMountsFromOneStore() throws {
+        let t = TempDir()
+        let root = t.path
+        func strata(_ args: [String]) -> (status: Int32, stdout: String, stderr: String) { runProgram(MountEnvironment.binary, args) }
+        #expect(strata(["image", "load", "--root", root, "-i", "\(MountEnvironment.fixtures)/busybox-l3.docker.tar"]).status == 0)
+        var merged: [String] = []
+        defer { for m in merged { umount2(m, Int32(MNT_DETACH)) } }
+        for i in 0..<50 {
+            #expect(strata(["create", "--root", root, "localhost/eco/busybox:l3", "--name", "m\(i)"]).status == 0)
+            let m = strata(["mount", "--root", root, "m\(i)", "--driver", "fuse"])
+            #expect(m.status == 0, "mount \(i): \(m.stderr)")
+            merged.append(m.stdout.trimmingCharacters(in: .whitespacesAndNewlines))
+        }
+        for (i, m) in merged.enumerated() {
+            #expect(FileOps(m).write("etc/motd", "container \(i)") == "ok", "mount \(i) does not serve")
+        }
+        for (i, m) in merged.enumerated() { #expect(FileOps(m).read("etc/motd") == "container \(i)") }
+        for i in 0..<50 { #expect(strata(["umount", "--root", root, "m\(i)"]).status == 0) }
+        #expect(merged.allSatisfy { !isMountPoint($0) })
+        // Every daemon ended with its mount.
+        #expect(waitFor(10) {
+            // A daemon's command line ends with its merged path, under the store.
+            runProgram("/usr/bin/pgrep", ["-f", "strata mount -o lowerdir=.*\(root)"]).stdout.isEmpty
+                && !((try? String(contentsOfFile: "/proc/mounts", encoding: .utf8)) ?? "").contains(root)
+        }, "daemons or mounts of the store are left")
+    }
+}
