@@ -60,6 +60,17 @@ public struct Puller: Sendable {
               let layers = manifest["layers"] as? [[String: Any]] else { throw RegistryError("\(ref): not an image manifest") }
 
         let dir = "\(store.root)/tmp/pull-\(Digest.hex(Digest.of(manifestData)).prefix(16))"
+        // Two pulls of one image share this directory (it is what a rerun
+        // resumes from): the second waits for the first, then finds its
+        // layers in the store. Held until the pull ends; the kernel drops it
+        // if the process dies.
+        let lockFD = open(dir + ".lock", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        if lockFD < 0 { throw RegistryError("\(dir).lock: \(currentErrno())") }
+        defer { close(lockFD) }
+        if flock(lockFD, LOCK_EX | LOCK_NB) != 0 {
+            progress("waiting for another pull of \(ref) into this store")
+            if retryEINTR({ flock(lockFD, LOCK_EX) }) != 0 { throw RegistryError("\(dir).lock: \(currentErrno())") }
+        }
         try FileManager.default.createDirectory(atPath: "\(dir)/blobs/sha256", withIntermediateDirectories: true)
         let config = try await blob(ref, cfgDigest, size: (cfg["size"] as? Int) ?? -1, dir: dir).path
         let cfgJSON = try json(try Data(contentsOf: URL(fileURLWithPath: config)), "config")

@@ -188,3 +188,102 @@ struct BadRegistryTests {
         #expect(pull.stdout.contains("sha256:cc890ba32e80"))
     }
 }
+
+/// The registry commands as the store's other commands: killed at random
+/// points, run twice at once, on a full disk.
+@Suite(.enabled(if: MountEnvironment.available), .serialized)
+struct RegistryFaultTests {
+    static var fixture: String { "\(MountEnvironment.fixtures)/busybox-l3.docker.tar" }
+    func strata(_ args: [String]) -> (status: Int32, stdout: String, stderr: String) { runProgram(MountEnvironment.binary, args) }
+
+    func pushed(_ reg: LocalRegistry, _ t: TempDir) -> String {
+        let src = "\(t.path)/src"
+        _ = strata(["image", "load", "--root", src, "-i", Self.fixture])
+        _ = strata(["push", "--root", src, "\(reg.host)/eco/busybox:l3", "localhost/eco/busybox:l3"])
+        return src
+    }
+
+    @Test func twoPullsOfTheSameImageAtOnce() throws {
+        let reg = try LocalRegistry()
+        let t = TempDir()
+        _ = pushed(reg, t)
+        let root = "\(t.path)/store"
+        let results = try ConcurrentPulls.together([["pull", "--root", root, "\(reg.host)/eco/busybox:l3"],
+                                                    ["pull", "--root", root, "\(reg.host)/eco/busybox:l3"]])
+        for r in results { #expect(r.status == 0, "\(r.stderr.split(separator: "\n").filter { !$0.contains("bytes") && !$0.contains("entries") })") }
+        #expect(strata(["check", "--root", root, "--content"]).status == 0)
+        #expect(strata(["image", "ls", "--root", root]).stdout.split(separator: "\n").count == 2)
+    }
+
+    @Test func pullAndPushKilledAtRandomPoints() throws {
+        let reg = try LocalRegistry()
+        let t = TempDir()
+        let src = pushed(reg, t)
+        for round in 0..<4 {
+            let root = "\(t.path)/pull\(round)"
+            let null = open("/dev/null", O_RDWR | O_CLOEXEC)
+            let pid = try Spawn.start(MountEnvironment.binary, ["strata", "pull", "--root", root, "\(reg.host)/eco/busybox:l3"], stdio: (null, null, null))
+            usleep(UInt32.random(in: 0...250_000))
+            kill(pid, SIGKILL)
+            _ = Spawn.wait(pid)
+            close(null)
+            let found = strata(["check", "--root", root])
+            let serious = found.stdout.split(separator: "\n").filter { !$0.hasPrefix("leftover:") && !$0.hasPrefix("store ") }
+            #expect(serious.isEmpty, "pull killed (round \(round)): \(serious)")
+            let again = strata(["pull", "--root", root, "\(reg.host)/eco/busybox:l3"])
+            #expect(again.status == 0, "\(again.stderr)")
+            #expect(strata(["check", "--root", root, "--content"]).status == 0)
+        }
+        for round in 0..<4 {
+            let null = open("/dev/null", O_RDWR | O_CLOEXEC)
+            let dest = "\(reg.host)/killed/push\(round):1"
+            let pid = try Spawn.start(MountEnvironment.binary, ["strata", "push", "--root", src, dest, "localhost/eco/busybox:l3"], stdio: (null, null, null))
+            usleep(UInt32.random(in: 0...250_000))
+            kill(pid, SIGKILL)
+            _ = Spawn.wait(pid)
+            close(null)
+            #expect(strata(["check", "--root", src]).stdout.split(separator: "\n").allSatisfy { $0.hasPrefix("leftover:") || $0.hasPrefix("store ") })
+            let again = strata(["push", "--root", src, dest, "localhost/eco/busybox:l3"])
+            #expect(again.status == 0, "push after a kill: \(again.stderr)")
+            let pull = strata(["pull", "--root", "\(t.path)/check\(round)", dest])
+            #expect(pull.status == 0 && pull.stdout.contains("sha256:cc890ba32e80"), "\(pull.stderr)")
+        }
+        #expect(strata(["check", "--root", src, "--content"]).status == 0)
+    }
+
+    @Test func aPullOnAFullDisk() throws {
+        let reg = try LocalRegistry()
+        let t = TempDir()
+        _ = pushed(reg, t)
+        let root = t.sub("store")
+        #expect(runProgram("/bin/mount", ["-t", "tmpfs", "-o", "size=3m", "tmpfs", root]).status == 0)
+        defer { umount2(root, Int32(MNT_DETACH)) }
+        let full = strata(["pull", "--root", root, "\(reg.host)/eco/busybox:l3"])
+        #expect(full.status != 0)
+        let lines = full.stderr.split(separator: "\n").filter { !$0.contains("unpacked") && !($0.hasPrefix("strata: blob") && $0.hasSuffix("bytes")) }
+        #expect(lines.count == 1 && lines[0].contains("No space left on device"), "\(full.stderr)")
+        #expect(strata(["check", "--root", root]).status == 0)
+        #expect(runProgram("/bin/mount", ["-o", "remount,size=64m", root]).status == 0)
+        let again = strata(["pull", "--root", root, "\(reg.host)/eco/busybox:l3"])
+        #expect(again.status == 0, "\(again.stderr)")
+        #expect(strata(["check", "--root", root, "--content"]).status == 0)
+    }
+}
+
+/// Real processes started together.
+enum ConcurrentPulls {
+    static func together(_ commands: [[String]]) throws -> [(status: Int32, stderr: String)] {
+        let t = TempDir()
+        var pids: [pid_t] = []
+        for (i, args) in commands.enumerated() {
+            let err = open("\(t.path)/err\(i)", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+            let null = open("/dev/null", O_RDWR | O_CLOEXEC)
+            pids.append(try Spawn.start(MountEnvironment.binary, ["strata"] + args, stdio: (null, null, err)))
+            close(err); close(null)
+        }
+        return pids.enumerated().map { i, pid in
+            let status = Spawn.wait(pid)
+            return (status, (try? String(contentsOfFile: "\(t.path)/err\(i)", encoding: .utf8)) ?? "")
+        }
+    }
+}
