@@ -76,3 +76,58 @@ struct FullDiskTests {
         #expect(TreeSnapshot.diff(trees["kernel"] ?? [:], trees["strata"] ?? [:], labels: ("kernel", "strata")) == [])
     }
 }
+
+/// EIO from the upper filesystem: an ext4 on a loop device whose backing
+/// file is served by a Strata loopback that is then killed, so that every
+/// write reaching the disk fails as on a dying device. Copy-up, create,
+/// rename and whiteouts give the kernel's errors, nothing half-made is
+/// visible, and the mount keeps serving what it can.
+@Suite(.enabled(if: MountEnvironment.available), .serialized)
+struct FailingUpperTests {
+    @Test func eioFromTheUpperMatchesTheKernel() throws {
+        let t = TempDir("strata-eio")
+        let (src, lb, x, l) = (t.sub("src"), t.sub("lb"), t.sub("x"), t.sub("l"))
+        let (m, km) = (t.sub("m"), t.sub("km"))
+        try #require(runProgram("/usr/bin/truncate", ["-s", "256M", "\(src)/img"]).status == 0)
+        try #require(runProgram("/sbin/mkfs.ext4", ["-q", "-F", "-O", "^has_journal", "\(src)/img"]).status == 0)
+        let lbPID = try Spawn.start(MountEnvironment.binary, ["strata", "loopback", "-f", "-o", "passthrough=off", src, lb])
+        defer { kill(lbPID, SIGKILL); _ = Spawn.wait(lbPID); umount2(lb, Int32(MNT_DETACH)) }
+        try #require(waitFor(10) { isMountPoint(lb) })
+        let loop = runProgram("/sbin/losetup", ["-f", "--show", "--direct-io=off", "\(lb)/img"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        try #require(loop.hasPrefix("/dev/loop"), "losetup")
+        defer { _ = runProgram("/sbin/losetup", ["-d", loop]) }
+        try #require(runProgram("/bin/mount", ["-o", "errors=continue", loop, x]).status == 0)
+        defer { umount2(x, Int32(MNT_DETACH)) }
+        for d in ["u", "w", "ku", "kw"] { mkdir("\(x)/\(d)", 0o755) }
+        FileManager.default.createFile(atPath: "\(l)/big", contents: Data((0..<8_000_000).map { UInt8(truncatingIfNeeded: $0 &* 7) }))
+        FileManager.default.createFile(atPath: "\(l)/small", contents: Data("small\n".utf8))
+        mkdir("\(l)/d", 0o755)
+        FileManager.default.createFile(atPath: "\(l)/d/f1", contents: Data("1\n".utf8))
+        sync()
+        let s = runProgram(MountEnvironment.binary, ["mount", "-o", "lowerdir=\(l),upperdir=\(x)/u,workdir=\(x)/w", m])
+        try #require(s.status == 0, "\(s.stderr)")
+        defer { umount2(m, Int32(MNT_DETACH)) }
+        try #require(runProgram("/bin/mount", ["-t", "overlay", "overlay", "-o",
+                                               "lowerdir=\(l),upperdir=\(x)/ku,workdir=\(x)/kw,index=off,metacopy=off,redirect_dir=off,xino=off", km]).status == 0)
+        defer { umount2(km, Int32(MNT_DETACH)) }
+        // The disk dies.
+        kill(lbPID, SIGKILL)
+        _ = Spawn.wait(lbPID)
+        func steps(_ o: FileOps) -> [String] {
+            [o.write("big", "+", flags: O_WRONLY | O_APPEND),       // copy-up: EIO at its fsync
+             "\(o.stat("big")?.st_size ?? -1)",
+             o.rename("small", "small2"),                           // copy-up again
+             o.read("small"),
+             o.unlink("d/f1"),                                      // a whiteout
+             o.read("d/f1"),
+             o.write("new", "n"),
+             o.read("big").count == 8_000_000 ? "big intact" : "big changed"]
+        }
+        let k = steps(FileOps(km)), r = steps(FileOps(m))
+        for (i, (a, b)) in zip(k, r).enumerated() { #expect(a == b, "step \(i): kernel \(a), strata \(b)") }
+        #expect(k[0] == "EIO", "the upper did not fail: \(k)")
+        #expect(TreeSnapshot.diff(TreeSnapshot.take(km, times: false), TreeSnapshot.take(m, times: false), labels: ("kernel", "strata")) == [])
+        let left = ((try? FileManager.default.contentsOfDirectory(atPath: "\(x)/w/work")) ?? []).filter { $0 != "#whiteout" }
+        #expect(left.isEmpty, "a failed copy-up left \(left) in work/")
+    }
+}
