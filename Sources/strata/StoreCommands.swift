@@ -305,10 +305,13 @@ struct CheckCommand: ParsableCommand {
     }
 }
 
-func describe(_ p: Store.Pruned) -> String {
-    "removed \(p.images.count) image\(p.images.count == 1 ? "" : "s"), \(p.layers.count) layer\(p.layers.count == 1 ? "" : "s")"
+/// What a prune removed: a line per image and leftover, then the totals.
+func report(_ p: Store.Pruned) {
+    for i in p.images { print("Deleted image \(Digest.hex(i).prefix(12))") }
+    for l in p.leftovers { print("Removed leftover \(l)") }
+    print("removed \(p.images.count) image\(p.images.count == 1 ? "" : "s"), \(p.layers.count) layer\(p.layers.count == 1 ? "" : "s")"
         + (p.leftovers.isEmpty ? "" : ", \(p.leftovers.count) leftover\(p.leftovers.count == 1 ? "" : "s")")
-        + "; \(p.bytes / 1_048_576) MiB freed"
+        + "; \(p.bytes / 1_048_576) MiB freed")
 }
 
 struct ImagePrune: ParsableCommand {
@@ -319,9 +322,7 @@ struct ImagePrune: ParsableCommand {
     @Flag(name: .shortAndLong, help: "Every image no container uses, tagged or not.") var all = false
     func run() throws {
         let s = try store.open()
-        let p = try storeCall { () throws(StoreError) in try s.pruneImages(all: all) }
-        for i in p.images { print("Deleted image \(Digest.hex(i).prefix(12))") }
-        print(describe(p))
+        report(try storeCall { () throws(StoreError) in try s.pruneImages(all: all) })
     }
 }
 
@@ -338,9 +339,6 @@ struct SystemPrune: ParsableCommand {
     @Flag(name: .shortAndLong, help: "Every image no container uses, tagged or not.") var all = false
     func run() throws {
         let s = try store.open()
-        let p = try storeCall { () throws(StoreError) in try s.pruneSystem(all: all) }
-        for i in p.images { print("Deleted image \(Digest.hex(i).prefix(12))") }
-        for l in p.leftovers { print("Removed leftover \(l)") }
-        print(describe(p))
+        report(try storeCall { () throws(StoreError) in try s.pruneSystem(all: all) })
     }
 }

@@ -38,6 +38,23 @@ import Glibc
         try FileName.with(a) { x in try FileName.with(b) { y in try o.rename(p, x, p, y, flags: 0) } }
     }
 
+    /// Runs `body` while another thread looks up "a" and "b" in `p` over
+    /// and over, as the kernel's revalidation of cached names does.
+    func withLooker(_ o: Overlay, _ p: OverlayNode, _ body: () -> Void) {
+        let stop = Atomic<Bool>(false)
+        let looker = Thread {
+            while !stop.load(ordering: .relaxed) {
+                for name in ["a", "b"] {
+                    if let n = try? child(o, p, name) { o.forget(n.id, count: 1) }
+                }
+            }
+        }
+        looker.start()
+        body()
+        stop.store(true, ordering: .relaxed)
+        while !looker.isFinished { usleep(1000) }
+    }
+
     /// Lookups of a name (as the kernel's revalidation sends them, without
     /// the parent's lock) racing renames of it: the node must keep the name
     /// the last rename gave it, never the one a late lookup saw before.
@@ -47,25 +64,14 @@ import Glibc
         let p = try mkdir(o, o.root, "p")
         let d = try mkdir(o, p, "a")
         _ = try mkdir(o, d, "inside")
-        let stop = Atomic<Bool>(false)
-        let looker = Thread {
-            while !stop.load(ordering: .relaxed) {
-                for name in ["a", "b"] {
-                    if let n = try? child(o, p, name) { o.forget(n.id, count: 1) }
-                }
-            }
-        }
-        looker.start()
         var failures = 0
-        for i in 0..<3000 {
+        withLooker(o, p) { for i in 0..<3000 {
             do {
                 try rename(o, p, i % 2 == 0 ? "a" : "b", i % 2 == 0 ? "b" : "a")
                 // Reached through its recorded name: must work after every rename.
                 _ = try o.getattr(try child(o, d, "inside"))
             } catch { failures += 1 }
-        }
-        stop.store(true, ordering: .relaxed)
-        while !looker.isFinished { usleep(1000) }
+        } }
         #expect(failures == 0, "\(failures) of 3000 renames left the directory unreachable by its recorded name")
     }
 
@@ -75,17 +81,8 @@ import Glibc
         let t = TempDir()
         let o = try make(t, budget: 0, byHandle: false)
         let p = try mkdir(o, o.root, "p")
-        let stop = Atomic<Bool>(false)
-        let looker = Thread {
-            while !stop.load(ordering: .relaxed) {
-                for name in ["a", "b"] {
-                    if let n = try? child(o, p, name) { o.forget(n.id, count: 1) }
-                }
-            }
-        }
-        looker.start()
         var failures = 0
-        for i in 0..<2000 {
+        withLooker(o, p) { for i in 0..<2000 {
             let name = i % 2 == 0 ? "a" : "b", other = i % 2 == 0 ? "b" : "a"
             do {
                 let d = try mkdir(o, p, name)
@@ -96,9 +93,7 @@ import Glibc
                 try FileName.with(name) { try o.rmdir(p, $0) }
                 _ = other
             } catch { failures += 1 }
-        }
-        stop.store(true, ordering: .relaxed)
-        while !looker.isFinished { usleep(1000) }
+        } }
         #expect(failures == 0, "\(failures) of 2000 directories were unreachable by their recorded name")
     }
 
