@@ -381,8 +381,10 @@ extension Overlay {
             key.parent = parent.id
             key.name = name.bytesWithNUL
         }
-        let make = { (id: UInt64) in
-            OverlayNode(id: id, isDirectory: isDir, ino: ino, state: .init(
+        var made = false
+        func make(_ id: UInt64) -> OverlayNode {
+            made = true
+            return OverlayNode(id: id, isDirectory: isDir, ino: ino, state: .init(
                 parent: parent, name: name.bytesWithNUL, inUpper: f.inUpper, lower: f.lower,
                 lowerDirs: f.lowerDirs, key: key, redirect: f.redirect))
         }
@@ -393,7 +395,7 @@ extension Overlay {
         // whose cached descriptor shows it removed. Such a node is left to
         // the kernel's remaining references and a fresh one made. (A name
         // that no longer resolves proves nothing: a rename may be moving it.)
-        if n.isDirectory != isDir || (isDir && isRemovedDirectory(n)) {
+        if !made && (n.isDirectory != isDir || (isDir && isRemovedDirectory(n))) {
             n = table.replaceStale(n, key, make: make)
         }
         // A known inode found under a name it does not have: a hard link, or
@@ -404,10 +406,10 @@ extension Overlay {
         // another file) once its descriptors are not cached. So the name is
         // recorded only if it still leads to this inode, checked under the
         // node's lock, which renames also take to record a move.
-        let recorded = n.addName(parent, name, stillNamed: { [self] in
+        let recorded = n.addName(parent, name) {
             guard let now = try? resolve(parent, name) else { return false }
             return now.stat.st_dev == f.stat.st_dev && now.stat.st_ino == f.stat.st_ino
-        })
+        }
         if isDir && recorded {
             n.state.withLock { st in
                 if st.redirect != f.redirect { st.fds = [:]; st.handles = [:]; st.lowerNames = [:]; st.listing = nil }

@@ -82,10 +82,10 @@ public final class OverlayNode: @unchecked Sendable {
     /// took away (a rename updates names under the same lock, after the
     /// real rename). Returns whether the name was recorded.
     @discardableResult
-    func addName(_ p: OverlayNode, _ n: FileName, stillNamed: (() -> Bool)? = nil) -> Bool {
+    func addName(_ p: OverlayNode, _ n: FileName, stillNamed: () -> Bool = { true }) -> Bool {
         state.withLock { s in
             if s.isPrimary(p, n) && !s.unlinked { return true }
-            if let check = stillNamed, !check() { return false }
+            if !stillNamed() { return false }
             if isDirectory || s.unlinked {
                 s.parent = p
                 s.name = n.bytesWithNUL
