@@ -46,18 +46,21 @@ public final class Store: @unchecked Sendable {
         let od = open("\(root)/overlay", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         if od >= 0 { _ = strata_set_topdir(od); close(od) }
         lock = try StoreLock(root: root)
-        // Migrations read which ones ran, then run the rest: two commands
-        // opening a new store at once would both run them.
-        // (SQLite rolls back a migration that was killed: no intent needed, and
-        // a killed command's intent waits for the first command that changes
-        // the store, which can undo it once the database is open.)
-        db = try lock.exclusively(recovering: false) { () throws(StoreError) -> StoreDatabase in
-            do { return try StoreDatabase(path: "\(root)/strata.db") } catch {
-                throw StoreError("store database \(root)/strata.db: \(error)")
+        do { db = try StoreDatabase(path: "\(root)/strata.db") } catch {
+            throw StoreError("store database \(root)/strata.db: \(error)")
+        }
+        // Migrations only when some are missing, and then under the lock;
+        // a current store is opened without waiting for anyone. (SQLite
+        // rolls back a migration that was killed: no intent needed.)
+        let current: Bool
+        do { current = try db.isCurrent() } catch { throw StoreError("store database \(root)/strata.db: \(error)") }
+        if !current {
+            try lock.exclusively(recovering: false) { () throws(StoreError) in
+                do { try db.migrate() } catch { throw StoreError("store database \(root)/strata.db: \(error)") }
             }
         }
         lock.recover = { [unowned self] in self.recoverInterrupted() }
-        if recovering && !lock.interrupted.isEmpty { try lock.exclusively {} }
+        if recovering && !lock.interrupted.isEmpty { lock.recoverIfFree() }
     }
 
     /// Runs `body` holding the store's lock (see `StoreLock`).

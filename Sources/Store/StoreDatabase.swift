@@ -13,6 +13,19 @@ struct StoreDatabase {
         // instead of failing with "database is locked".
         config.busyMode = .timeout(120)
         queue = try DatabaseQueue(path: path, configuration: config)
+    }
+
+    /// Whether every migration has run: a reader, which takes no lock, asks
+    /// this before the store's lock is needed for `migrate`.
+    func isCurrent() throws -> Bool {
+        try queue.read { try Self.migrator.hasCompletedMigrations($0) }
+    }
+
+    /// Runs the migrations not yet run (under the store's lock: two
+    /// commands opening a new store at once would both run them).
+    func migrate() throws { try Self.migrator.migrate(queue) }
+
+    static var migrator: DatabaseMigrator {
         var m = DatabaseMigrator()
         m.registerMigration("v1") { db in
             try db.create(table: "layer") { t in
@@ -50,6 +63,6 @@ struct StoreDatabase {
                 t.primaryKey(["digest", "registry", "repository"])
             }
         }
-        try m.migrate(queue)
+        return m
     }
 }

@@ -40,6 +40,20 @@ final class StoreLock: @unchecked Sendable {
         if mkdir(intents, 0o700) != 0 && errno != EEXIST { throw StoreError("cannot create \(intents): \(currentErrno())") }
     }
 
+    /// Runs recovery if the lock is free right now; when another command
+    /// holds it, that command (or the next one) recovers, and a reader that
+    /// only opens the store does not wait for it.
+    func recoverIfFree() {
+        inProcess.lock()
+        defer { inProcess.unlock() }
+        guard depth == 0, flock(fd, LOCK_EX | LOCK_NB) == 0 else { return }
+        defer { flock(fd, LOCK_UN) }
+        let left = interrupted
+        if left.isEmpty { return }
+        recover()
+        for i in left { unlink("\(intents)/\(i)") }
+    }
+
     /// Intents left by commands that died holding the lock.
     var interrupted: [String] { ((try? FileManager.default.contentsOfDirectory(atPath: intents)) ?? []).sorted() }
 

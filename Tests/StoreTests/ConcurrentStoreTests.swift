@@ -52,6 +52,28 @@ struct ConcurrentStoreTests {
         expectWhole(root)
     }
 
+    /// Reading the store never waits for a command that changes it (a long
+    /// pull holds the lock while it unpacks).
+    @Test func readersDoNotWaitForTheLock() throws {
+        let t = TempDir()
+        let root = "\(t.path)/store"
+        #expect(strata(["image", "load", "--root", root, "-i", Self.fixture]).status == 0)
+        let fd = open("\(root)/lock", O_RDWR | O_CLOEXEC)
+        defer { close(fd) }
+        #expect(flock(fd, LOCK_EX) == 0)
+        // A holder's intent is there while it works.
+        FileManager.default.createFile(atPath: "\(root)/tmp/intents/p\(getpid())-1", contents: nil)
+        let started = Date()
+        // (`check` takes the lock on purpose, for a consistent view: not here.)
+        for args in [["image", "ls"], ["ls"], ["image", "inspect", "localhost/eco/busybox:l3"], ["df"]] {
+            let r = strata(args + ["--root", root])
+            #expect(r.status == 0, "\(args): \(r.stderr)")
+        }
+        #expect(Date().timeIntervalSince(started) < 5, "a reader waited for the store's lock")
+        unlink("\(root)/tmp/intents/p\(getpid())-1")
+        flock(fd, LOCK_UN)
+    }
+
     @Test func containersCreatedTogetherAllExist() throws {
         let t = TempDir()
         let root = "\(t.path)/store"
