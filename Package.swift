@@ -10,6 +10,7 @@ let package = Package(
     platforms: [.macOS(.v13)],
     products: [
         .executable(name: "strata", targets: ["strata"]),
+        .executable(name: "strata-overlay", targets: ["strata-overlay"]),
         .library(name: "FUSE", targets: ["FUSE"]),
     ],
     dependencies: [
@@ -56,6 +57,12 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // The mount program alone (no store, registry or Foundation): it
+        // starts at every layer containers/storage mounts. The Swift runtime
+        // is linked in statically, saving the loading of its libraries.
+        .executableTarget(name: "strata-overlay", dependencies: [
+            "OverlayFS", "Overlay", "FUSE", "Sys",
+        ], linkerSettings: [.unsafeFlags(["-static-stdlib"])]),
         .executableTarget(name: "strata-bench", dependencies: [
             "Sys", "CStrata", "Archive", "Store", "Registry", "TestSupport",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),

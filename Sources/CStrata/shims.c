@@ -15,6 +15,7 @@
 #include <unistd.h>
 #include <sys/fsuid.h>
 #include <sched.h>
+#include <pthread.h>
 
 #define SF_IOC_MAGIC 229
 #define SF_DEV_IOC_CLONE _IOR(SF_IOC_MAGIC, 0, uint32_t)
@@ -156,4 +157,8 @@ ssize_t strata_lgetxattr_at(int dirfd, const char *name, const char *attr, void 
 
 int strata_spawn_addclosefrom(posix_spawn_file_actions_t *actions, int from) {
     return posix_spawn_file_actions_addclosefrom_np(actions, from);
+}
+
+int strata_set_thread_name(pthread_t thread, const char *name) {
+    return pthread_setname_np(thread, name);
 }

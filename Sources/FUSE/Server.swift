@@ -1,5 +1,4 @@
 import CStrata
-import Foundation
 import Logging
 import Sys
 #if canImport(Glibc)
@@ -9,8 +8,24 @@ import Glibc
 /// Mounts a filesystem and serves it until it is unmounted, from outside
 /// (umount, fusermount3 -u) or by SIGINT/SIGTERM/SIGHUP, which unmount it.
 public enum Server {
+    /// The tail of every mounting command: logging to stderr, the layers or
+    /// source opened (`make`, before anything is mounted, so bad input is
+    /// refused with nothing to undo), then mount and serve.
+    public static func start<FS: FileSystem>(mount: MountConfig, options: SessionOptions, foreground: Bool,
+                                             make: () throws(SysError) -> FS) throws(SysError) {
+        var mount = mount
+        LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
+        var logger = Logger(label: "strata")
+        logger.logLevel = options.debug ? .debug : .info
+        mount.mountpoint = try Sys.realPath(mount.mountpoint)
+        let fs = try make()
+        try serve(fs, mount: mount, options: options, logger: logger, background: !foreground)
+    }
+
+    /// With `background`, returns only in the forked daemon; the calling
+    /// process exits once the mount serves (see `Background`).
     public static func serve<FS: FileSystem>(_ fs: FS, mount: MountConfig, options: SessionOptions,
-                                             logger: Logger, ready: () -> Void) throws(SysError) {
+                                             logger: Logger, background: Bool) throws(SysError) {
         // Block the signals in every thread we will start; one thread takes them.
         var set = sigset_t()
         sigemptyset(&set)
@@ -22,10 +37,18 @@ public enum Server {
         umask(0)
 
         let (fd, method) = try Mounter.mount(mount)
+        let child: Background.Child?
+        do {
+            child = background ? try Background.split(mountpoint: mount.mountpoint, method: method, deviceFD: fd) : nil
+        } catch {
+            close(fd)
+            try? Mounter.unmount(mount.mountpoint, method: method, lazy: true)
+            throw error
+        }
         defer { close(fd) }
         let mountpoint = mount.mountpoint
         let sigSet = set
-        let t = Thread {
+        let signals = try? OSThread.start(name: "signals") {
             var s = sigSet
             var sig: Int32 = 0
             while sigwait(&s, &sig) == 0 {
@@ -35,13 +58,13 @@ public enum Server {
                 }
             }
         }
-        t.start()
+        signals?.detach()
         let session = Session(fs: fs, deviceFD: fd, options: options, logger: logger)
         let stats = StatsServer()
         defer { stats.stop() }
         do {
             try session.run(ready: {
-                ready()
+                child?.signalReady()
                 stats.start(mountpoint: mountpoint, logger: { logger.warning("\($0)") }, snapshot: { session.statistics().json() })
             })
         } catch {

@@ -1,5 +1,4 @@
 import CStrata
-import Foundation
 import Logging
 import Sys
 import Synchronization
@@ -73,20 +72,19 @@ public final class Session<FS: FileSystem>: @unchecked Sendable {
             }
             fds.append(fd)
         }
-        let group = DispatchGroup()
         let all = fds.enumerated().map { i, fd in i == 0 ? first : Worker(session: self, fd: fd) }
         workers.withLock { $0 = all.map(\.counters) }
+        var threads: [OSThread] = []
         for (i, worker) in all.enumerated() {
-            group.enter()
-            let t = Thread {
-                worker.serve()
-                group.leave()
+            do {
+                threads.append(try OSThread.start(name: "fuse-\(i)", stackSize: 1 << 22) { worker.serve() })
+            } catch {
+                // Fewer workers still serve; the first one must exist.
+                if threads.isEmpty { throw error }
+                logger.warning("\(error)")
             }
-            t.stackSize = 1 << 22
-            t.name = "fuse-\(i)"
-            t.start()
         }
-        group.wait()
+        for t in threads { t.join() }
         for fd in fds.dropFirst() { close(fd) }
         fs.destroy()
     }

@@ -1,5 +1,4 @@
 import CStrata
-import Foundation
 import Sys
 #if canImport(Glibc)
 import Glibc
@@ -18,7 +17,14 @@ public struct Statistics: Sendable {
     /// One JSON object; the process's own resident memory and open
     /// descriptors are read when it is made.
     public func json() -> String {
-        func q(_ s: String) -> String { "\"" + s.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\"" }
+        func q(_ s: String) -> String {
+            var out = "\""
+            for c in s {
+                if c == "\\" || c == "\"" { out.append("\\") }
+                out.append(c)
+            }
+            return out + "\""
+        }
         let (rss, fds) = Self.process()
         let reqs = requests.map { "\(q($0.0)): \($0.1)" }.joined(separator: ", ")
         let fsFigures = filesystem.map { "\(q($0.0)): \($0.1)" }.joined(separator: ", ")
@@ -32,11 +38,18 @@ public struct Statistics: Sendable {
     /// Resident memory (KiB) and open descriptors of this process.
     static func process() -> (Int, Int) {
         var rss = 0
-        if let s = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+        if let s = readSmallFile("/proc/self/status"),
            let line = s.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }) {
             rss = Int(line.split(separator: " ").dropFirst().first ?? "") ?? 0
         }
-        let fds = ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []).count
+        var fds = 0
+        if let d = opendir("/proc/self/fd") {
+            while let e = readdir(d) {
+                if e.pointee.d_name.0 != 0x2E { fds += 1 }   // not "." or ".."
+            }
+            fds -= 1   // the listing's own descriptor
+            closedir(d)
+        }
         return (rss, fds)
     }
 
@@ -47,6 +60,40 @@ public struct Statistics: Sendable {
         if geteuid() == 0 { dir = "/run/strata" } else if let x = getenv("XDG_RUNTIME_DIR") { dir = String(cString: x) + "/strata" } else { dir = "/tmp/strata-\(geteuid())" }
         return "\(dir)/fuse-\(strata_major(dev))-\(strata_minor(dev)).sock"
     }
+
+    /// The device of the mount at `path`, from /proc/self/mountinfo (the
+    /// last mount there wins). Not stat(2): a stat through the mount would
+    /// hold it busy, and an unmount right after mounting (as podman does
+    /// for a layer it only reads) would fail with EBUSY.
+    static func deviceOfMount(_ path: String) -> UInt64? {
+        guard let text = readSmallFile("/proc/self/mountinfo", limit: 16 << 20) else { return nil }
+        var found: UInt64?
+        for line in text.split(separator: "\n") {
+            let f = line.split(separator: " ", maxSplits: 5)
+            guard f.count >= 5, unescapeMountinfo(f[4]) == path else { continue }
+            let mm = f[2].split(separator: ":")
+            if mm.count == 2, let ma = UInt32(mm[0]), let mi = UInt32(mm[1]) { found = strata_makedev(ma, mi) }
+        }
+        return found
+    }
+
+    /// mountinfo writes space, tab, newline and backslash as `\ooo`.
+    static func unescapeMountinfo(_ s: Substring) -> String {
+        var out: [UInt8] = []
+        let b = Array(s.utf8)
+        var i = 0
+        while i < b.count {
+            if b[i] == 0x5C, i + 3 < b.count,
+               let v = UInt8(String(decoding: b[(i + 1)...(i + 3)], as: UTF8.self), radix: 8) {
+                out.append(v)
+                i += 4
+            } else {
+                out.append(b[i])
+                i += 1
+            }
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
 }
 
 /// Answers `strata stats` on a unix socket named after the mount's device:
@@ -55,15 +102,16 @@ final class StatsServer: @unchecked Sendable {
     private var listenFD: Int32 = -1
     private var path = ""
 
-    /// Starts on its own thread: it must stat the mountpoint, which the
-    /// workers answer.
+    /// Starts on its own thread, off the path of the first requests.
     func start(mountpoint: String, logger: @escaping @Sendable (String) -> Void, snapshot: @escaping @Sendable () -> String) {
-        let t = Thread { [self] in
-            var st = stat()
-            guard stat(mountpoint, &st) == 0 else { return }
-            path = Statistics.socketPath(dev: UInt64(st.st_dev))
-            let dir = (path as NSString).deletingLastPathComponent
-            mkdir((dir as NSString).deletingLastPathComponent, 0o755)
+        let thread = try? OSThread.start(name: "stats") { [self] in
+            guard let dev = Statistics.deviceOfMount(mountpoint) else {
+                logger("stats: \(mountpoint) is not in /proc/self/mountinfo")
+                return
+            }
+            path = Statistics.socketPath(dev: dev)
+            let dir = String(path[..<(path.lastIndex(of: "/") ?? path.endIndex)])
+            mkdir(String(dir[..<(dir.lastIndex(of: "/") ?? dir.endIndex)]), 0o755)
             mkdir(dir, 0o700)
             unlink(path)
             let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
@@ -99,8 +147,7 @@ final class StatsServer: @unchecked Sendable {
                 close(c)
             }
         }
-        t.name = "stats"
-        t.start()
+        thread?.detach()
     }
 
     func stop() {

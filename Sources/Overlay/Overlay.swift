@@ -41,6 +41,19 @@ public final class Overlay: @unchecked Sendable {
     /// share an st_ino: the dynamic loader, tar and du tell files apart by it.
     let fsIndex: [UInt64]
 
+    /// Takes the workdir's lock. A daemon whose union was just unmounted
+    /// keeps it for the few milliseconds it takes to exit (umount returns
+    /// before the daemon has seen it), and podman may mount the same layer
+    /// again at once: so wait up to two seconds before calling it in use.
+    static func lockWorkdir(_ fd: Int32) -> Bool {
+        for _ in 0..<2000 {
+            if flock(fd, LOCK_EX | LOCK_NB) == 0 { return true }
+            if errno != EWOULDBLOCK && errno != EINTR { return false }
+            usleep(1000)
+        }
+        return false
+    }
+
     public init(_ config: OverlayConfig) throws(OverlaySetupError) {
         self.config = config
         fdBudget = FDBudget(limit: config.cachedDirectories)
@@ -88,7 +101,7 @@ public final class Overlay: @unchecked Sendable {
             if UInt64(st.st_dev) != upperLayer.dev {
                 throw OverlaySetupError("workdir \(r) is on another filesystem than upperdir \(upperLayer.path); put both on one")
             }
-            if flock(wfd, LOCK_EX | LOCK_NB) != 0 {
+            if !Self.lockWorkdir(wfd) {
                 throw OverlaySetupError("workdir \(r) is in use by another mount")
             }
             // Validation is over: from here on we may write.

@@ -68,30 +68,10 @@ struct LoopbackCommand: ParsableCommand {
     }
 
     func serve<FS: FileSystem>(mount: MountConfig, session: SessionOptions, make: () throws(SysError) -> FS) throws {
-        try serveFileSystem(mount: mount, session: session, foreground: f, make: make)
-    }
-}
-
-/// The shared tail of every mounting command: validate, background unless
-/// -f, mount, serve.
-func serveFileSystem<FS: FileSystem>(mount: MountConfig, session: SessionOptions, foreground: Bool,
-                                     make: () throws(SysError) -> FS) throws {
-    var mount = mount
-    if !foreground && Daemon.readyFD == nil {
-        Daemon.startAndWait()
-    }
-    let readyFD = Daemon.readyFD
-    if readyFD != nil { Daemon.detach() }
-    LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
-    var logger = Logger(label: "strata")
-    logger.logLevel = session.debug ? .debug : .info
-    do {
-        mount.mountpoint = try Sys.realPath(mount.mountpoint)
-        let fs = try make()
-        try Server.serve(fs, mount: mount, options: session, logger: logger) {
-            if let fd = readyFD { Daemon.signalReady(fd) }
+        do throws(SysError) {
+            try Server.start(mount: mount, options: session, foreground: f, make: make)
+        } catch {
+            throw fail("\(error)")
         }
-    } catch {
-        throw fail("\(error)")
     }
 }

@@ -54,17 +54,23 @@ struct OverlayCommandTests {
         #expect(TreeSnapshot.diff(before, after, labels: (strataWrites ? "strata" : "kernel", "remounted")) == [])
     }
 
-    @Test func mountProgramInvocationAsContainersStorageDoesIt() throws {
+    @Test(arguments: ["lean", "strata as strata-overlay"])
+    func mountProgramInvocationAsContainersStorageDoesIt(_ program: String) throws {
         let t = TempDir()
         let (l1, l2, u, w, m) = layers(t)
         // containers/storage: l/SHORTID symlinks, relative paths, empty elements.
         let links = t.sub("l")
         symlink(l1, "\(links)/AAAA")
         symlink(l2, "\(links)/BBBB")
-        let overlayBin = "\(t.path)/strata-overlay"
-        symlink(MountEnvironment.binary, overlayBin)
+        let overlayBin: String
+        if program == "lean" {
+            overlayBin = MountEnvironment.overlayBinary
+        } else {
+            overlayBin = "\(t.path)/strata-overlay"
+            symlink(MountEnvironment.binary, overlayBin)
+        }
         let v = runProgram(overlayBin, ["--version"])
-        #expect(v.status == 0 && v.stdout.contains("strata version"))
+        #expect(v.status == 0 && v.stdout.contains("strata"))
         let opts = "lowerdir=l/AAAA:l/BBBB,upperdir=\(u),workdir=\(w),,volatile,"
         let r = runProgram("/bin/sh", ["-c", "cd \(t.path) && \(overlayBin) -o '\(opts)' \(m)"])
         defer { umount2(m, Int32(MNT_DETACH)) }
@@ -74,6 +80,49 @@ struct OverlayCommandTests {
         // Unmounted as podman does it.
         #expect(runProgram("/bin/fusermount3", ["-u", m]).status == 0)
         #expect(!isMountPoint(m))
+    }
+
+    /// podman mounts a parent layer, walks it and unmounts it at once: the
+    /// daemon must hold nothing on the mount (it once stat'ed it from its
+    /// statistics thread, which made a quick umount fail with EBUSY).
+    @Test func mountThenUnmountAtOnceNeverBusy() throws {
+        let t = TempDir()
+        let (l1, l2, u, w, m) = layers(t)
+        for i in 0..<30 {
+            let r = runProgram(MountEnvironment.overlayBinary, ["-o", "lowerdir=\(l1):\(l2),upperdir=\(u),workdir=\(w)", m])
+            #expect(r.status == 0, "\(r.stderr)")
+            let rc = umount2(m, 0)
+            let e = errno
+            if rc != 0 { umount2(m, Int32(MNT_DETACH)) }
+            #expect(rc == 0, "round \(i): umount: \(String(cString: strerror(e)))")
+            if rc != 0 { break }
+        }
+        #expect(!isMountPoint(m))
+    }
+
+    /// The lean program's own command line: bad flags and options give one
+    /// line and a non-zero exit, and nothing is mounted.
+    @Test func leanProgramRefusesBadCommandLines() throws {
+        let t = TempDir()
+        let (l1, _, u, w, m) = layers(t)
+        let cases: [([String], String)] = [
+            ([m], "lowerdir"),
+            (["-o", "lowerdir=\(l1)"], "mount point"),
+            (["-o", "lowerdir=\(l1)", "-x", m], "-x"),
+            (["-o"], "-o"),
+            (["-o", "lowerdir=\(l1),frobnicate", m], "frobnicate"),
+            (["-o", "lowerdir=\(t.path)/missing,upperdir=\(u),workdir=\(w)", m], "missing"),
+            (["-o", "lowerdir=\(l1),upperdir=\(u)", m], "workdir"),
+        ]
+        for (args, word) in cases {
+            let r = runProgram(MountEnvironment.overlayBinary, args)
+            let lines = r.stderr.split(separator: "\n")
+            #expect(r.status != 0, "\(args) should fail")
+            #expect(lines.count == 1 && lines[0].contains(word), "\(args): '\(r.stderr)' should be one line naming '\(word)'")
+            #expect(!isMountPoint(m))
+        }
+        let h = runProgram(MountEnvironment.overlayBinary, ["--help"])
+        #expect(h.status == 0 && h.stdout.contains("lowerdir"))
     }
 
     @Test func mountDashTFuseStrata() throws {

@@ -40,6 +40,12 @@ public enum MountEnvironment {
         }
         return "\(packageRoot)/.build/debug/strata"
     }
+
+    /// The lean mount program beside `binary`.
+    public static var overlayBinary: String {
+        let b = binary
+        return String(b[..<(b.lastIndex(of: "/") ?? b.startIndex)]) + "/strata-overlay"
+    }
 }
 
 /// A scratch directory removed at the end of the test, whatever happened.

@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <stddef.h>
 #include <sys/types.h>
+#include <pthread.h>
 #include <sys/stat.h>
 #include "fuse_proto.h"
 #include <sys/xattr.h>
@@ -40,6 +41,8 @@ int strata_fallocate(int fd, int mode, int64_t off, int64_t len);
 ssize_t strata_copy_file_range(int in, int64_t *off_in, int out, int64_t *off_out, size_t len, unsigned flags);
 long strata_getdents64(int fd, void *buf, size_t len);
 int strata_is_mount_root(const char *path);
+/// Names a thread (15 bytes at most), as ps and top show it.
+int strata_set_thread_name(pthread_t thread, const char *name);
 void strata_set_errno(int e);
 /* posix_spawn_file_actions_addclosefrom_np (glibc 2.34+), which Swift's Glibc module does not export. */
 #include <spawn.h>

@@ -1,44 +1,8 @@
-import FUSE
-import Loopback
 import Sys
-
-/// The `-o` list as mount(8) and mount.fuse3 pass it: comma-separated, with
-/// empty elements tolerated. Options we do not know are refused by name.
-struct MountOptionList {
-    var items: [(key: String, value: String?)] = []
-
-    init(_ lists: [String]) {
-        for list in lists {
-            for part in splitOptions(list) where !part.isEmpty {
-                if let eq = part.firstIndex(of: "=") {
-                    items.append((String(part[..<eq]), String(part[part.index(after: eq)...])))
-                } else {
-                    items.append((part, nil))
-                }
-            }
-        }
-    }
-}
-
-/// Splits on commas not escaped with a backslash (lowerdir may hold `\,`).
-func splitOptions(_ s: String) -> [String] {
-    var out: [String] = []
-    var cur = ""
-    var escaped = false
-    for ch in s {
-        if escaped { cur.append("\\"); cur.append(ch); escaped = false; continue }
-        if ch == "\\" { escaped = true; continue }
-        if ch == "," { out.append(cur); cur = ""; continue }
-        cur.append(ch)
-    }
-    if escaped { cur.append("\\") }
-    out.append(cur)
-    return out
-}
 
 /// Options every Strata mount understands: the generic ones mount(8) passes
 /// and our FUSE tuning. Returns false for a key it does not know.
-func applyCommonOption(_ key: String, _ value: String?, mount: inout MountConfig, session: inout SessionOptions) throws(UsageError) -> Bool {
+public func applyCommonOption(_ key: String, _ value: String?, mount: inout MountConfig, session: inout SessionOptions) throws(UsageError) -> Bool {
     func flag() throws(UsageError) {
         if value != nil { throw UsageError("option '\(key)' takes no value") }
     }
@@ -81,7 +45,7 @@ func applyCommonOption(_ key: String, _ value: String?, mount: inout MountConfig
     return true
 }
 
-func parseTimeout(_ key: String, _ value: String?) throws(UsageError) -> CacheTimeout {
+public func parseTimeout(_ key: String, _ value: String?) throws(UsageError) -> CacheTimeout {
     guard let v = value, let d = Double(v), d >= 0, d < 1e9 else {
         throw UsageError("option '\(key)' needs a number of seconds, got '\(value ?? "")'")
     }

@@ -1,0 +1,77 @@
+import Sys
+
+/// The mount options of the kernel's overlayfs (its params.c) and of
+/// fuse-overlayfs: the compatibility contract with the kernel, mount(8) and
+/// containers/storage, so it lives with the union rather than with a command.
+extension OverlayConfig {
+    /// Applies one `key[=value]`; false when the key is not an overlay
+    /// option (the caller tries the generic mount options, then refuses it).
+    public mutating func apply(_ k: String, _ v: String?) throws(UsageError) -> Bool {
+        func need() throws(UsageError) -> String {
+            guard let v, !v.isEmpty else { throw UsageError("option '\(k)' needs a value") }
+            return v
+        }
+        switch k {
+        case "lowerdir":
+            lowers = OverlayConfig.splitLowerdir(try need())
+        case "upperdir": upper = try need()
+        case "workdir": work = try need()
+        case "userxattr": userXattr = true
+        case "volatile": volatile = true
+        case "fsync":
+            guard v == "0" || v == "1" else { throw UsageError("option 'fsync' takes 0 or 1") }
+            volatile = v == "0"
+        case "timeout", "entry_timeout", "attr_timeout":
+            guard let v, let d = Double(v), d >= 0, d < 1e9 else {
+                throw UsageError("option '\(k)' needs a number of seconds, got '\(v ?? "")'")
+            }
+            timeout = d
+        case "redirect_dir":
+            switch v {
+            case "on": redirectDir = true
+            case "off": redirectDir = false
+            default: throw UsageError("option 'redirect_dir=\(v ?? "")' is not supported (use on or off)")
+            }
+        case "index", "metacopy", "xino":
+            // xino: with layers on several filesystems, inode numbers always
+            // carry the filesystem's index in their top bits (as xino=on and
+            // xino=auto do; FUSE has one st_dev, so off cannot be honoured
+            // differently and behaves the same).
+            let allowed = k == "xino" ? ["off", "auto", "on"] : ["off"]
+            guard let v, allowed.contains(v) else {
+                throw UsageError("option '\(k)=\(v ?? "")' is not supported yet (use \(k)=off)")
+            }
+        case "squash_to_root":
+            squashUID = 0
+            squashGID = 0
+        case "squash_to_uid", "squash_to_gid":
+            guard let n = UInt32(try need()) else { throw UsageError("option '\(k)' needs a numeric id") }
+            if k == "squash_to_uid" { squashUID = n } else { squashGID = n }
+        case "static_nlink": staticNlink = true
+        case "uidmapping", "gidmapping":
+            guard let m = OverlayConfig.parseIDMap(try need()) else {
+                throw UsageError("option '\(k)' takes ON_DISK:SHOWN:COUNT[:...], got '\(v ?? "")'")
+            }
+            if k == "uidmapping" { uidMap = m } else { gidMap = m }
+        case "noxattrs":
+            guard v == "1" || v == "0" || v == nil else { throw UsageError("option 'noxattrs' takes 0 or 1") }
+            noXattrs = v != "0"
+        case "xattr_permissions":
+            // 0, fuse-overlayfs's default, keeps modes and owners on the files
+            // themselves, as we do; 1 and 2 (kept in an override xattr) are not done yet.
+            guard v == "0" else {
+                throw UsageError("option 'xattr_permissions=\(v ?? "")' is not supported yet (only 0: modes and owners on the files)")
+            }
+        default:
+            return false
+        }
+        return true
+    }
+
+    /// What must hold once every option is read.
+    public func validate() throws(UsageError) {
+        if lowers.isEmpty {
+            throw UsageError("lowerdir is required: -o lowerdir=DIR[:DIR...][,upperdir=DIR,workdir=DIR]")
+        }
+    }
+}
