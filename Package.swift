@@ -24,7 +24,10 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
     ],
     targets: [
-        .target(name: "CStrata"),
+        // liburing (Debian liburing-dev) drives the FUSE io_uring queues,
+        // from CStrata's uring.c.
+        .systemLibrary(name: "CURing", pkgConfig: "liburing", providers: [.apt(["liburing-dev"])]),
+        .target(name: "CStrata", dependencies: ["CURing"]),
         .target(name: "Sys", dependencies: [
             "CStrata",
             .product(name: "SystemPackage", package: "swift-system"),

@@ -162,3 +162,16 @@ int strata_spawn_addclosefrom(posix_spawn_file_actions_t *actions, int from) {
 int strata_set_thread_name(pthread_t thread, const char *name) {
     return pthread_setname_np(thread, name);
 }
+
+
+int strata_pin_to_cpu(int cpu) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    return sched_setaffinity(0, sizeof set, &set);
+}
+
+int strata_sched_idle(void) {
+    struct sched_param p = { .sched_priority = 0 };
+    return sched_setscheduler(0, SCHED_IDLE, &p);
+}

@@ -33,6 +33,22 @@ public func applyCommonOption(_ key: String, _ value: String?, mount: inout Moun
             throw UsageError("option 'threads' needs a number from 1 to 64, got '\(value ?? "")'")
         }
         session.threads = n
+    case "uring":
+        guard let v = value, let mode = SessionOptions.UringMode(rawValue: v) else {
+            throw UsageError("option 'uring' takes auto, on or off, got '\(value ?? "")'")
+        }
+        session.uring = mode
+    case "uring_sched":
+        switch value {
+        case "idle": session.uringIdleThreads = true
+        case "normal": session.uringIdleThreads = false
+        default: throw UsageError("option 'uring_sched' takes idle or normal, got '\(value ?? "")'")
+        }
+    case "uring_depth":
+        guard let v = value, let n = Int(v), (1...256).contains(n) else {
+            throw UsageError("option 'uring_depth' needs a number from 1 to 256, got '\(value ?? "")'")
+        }
+        session.uringDepth = n
     case "passthrough":
         switch value {
         case "on", nil: session.passthrough = true

@@ -50,4 +50,6 @@ public enum InitFlag {
     public static let exportSupport = UInt64(SF_EXPORT_SUPPORT)
     public static let flockLocks = UInt64(SF_FLOCK_LOCKS)
     public static let posixLocks = UInt64(SF_POSIX_LOCKS)
+    /// FUSE_OVER_IO_URING (6.14+): requests may be served on io_uring queues.
+    public static let overIOURing: UInt64 = 1 << 41
 }

@@ -18,6 +18,7 @@ public enum Server {
         var logger = Logger(label: "strata")
         logger.logLevel = options.debug ? .debug : .info
         mount.mountpoint = try Sys.realPath(mount.mountpoint)
+        if options.uring == .on, let why = UringSupport.missing() { throw SysError(.notSupported, why, "") }
         let fs = try make()
         try serve(fs, mount: mount, options: options, logger: logger, background: !foreground)
     }

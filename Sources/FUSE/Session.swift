@@ -25,6 +25,11 @@ public final class Session<FS: FileSystem>: @unchecked Sendable {
     private(set) var connection: Connection?
     private(set) var proto: (major: UInt32, minor: UInt32) = (7, 0)
 
+    /// The io_uring queues, one per possible CPU, when INIT negotiated them.
+    private(set) var rings: [RingQueue<FS>] = []
+    /// Why INIT could not be answered as the options demand (`uring=on`).
+    private(set) var initFailure: SysError?
+
     /// Each worker's request counters, for `statistics()`.
     private let workers = Mutex<[RequestCounters]>([])
     private let started = ContinuousClock.now
@@ -39,7 +44,15 @@ public final class Session<FS: FileSystem>: @unchecked Sendable {
             let n = counters.reduce(UInt64(0)) { $0 + $1.value(op) }
             if n > 0 { requests.append((Opcode.name(op), n)) }
         }
-        return Statistics(transport: "/dev/fuse", threads: counters.count,
+        let transport: String
+        if rings.isEmpty {
+            transport = "/dev/fuse"
+        } else if let e = rings.lazy.compactMap(\.refusal).first {
+            transport = "/dev/fuse (the kernel refused the io_uring queues: \(e))"
+        } else {
+            transport = "io_uring, \(rings.count) queues of \(options.uringDepth) entries (FORGET, INTERRUPT and notifications on /dev/fuse)"
+        }
+        return Statistics(transport: transport, threads: counters.count,
                           protocol: "7.\(proto.minor)", passthrough: passthroughOn,
                           uptime: started.duration(to: .now), requests: requests, filesystem: fs.statistics())
     }
@@ -61,6 +74,21 @@ public final class Session<FS: FileSystem>: @unchecked Sendable {
         // INIT comes first on the original descriptor; only then do we know
         // the buffer sizes and may clone.
         try first.serveUntilInit()
+        if let initFailure { throw initFailure }
+        // Registration waits for INIT's answer; the kernel holds requests
+        // until every queue has an entry, so start them before anything.
+        var ringThreads = 0
+        for q in rings {
+            do {
+                try q.start(idle: options.uringIdleThreads)
+                ringThreads += 1
+            } catch {
+                // A queue that never registers would hang the mount; there
+                // is no way back once INIT said io_uring, so stop here.
+                logger.error("\(error)")
+                throw error
+            }
+        }
         ready()
         var fds: [Int32] = [devFD]
         for _ in 1..<max(1, options.threads) {
@@ -73,7 +101,7 @@ public final class Session<FS: FileSystem>: @unchecked Sendable {
             fds.append(fd)
         }
         let all = fds.enumerated().map { i, fd in i == 0 ? first : Worker(session: self, fd: fd) }
-        workers.withLock { $0 = all.map(\.counters) }
+        workers.withLock { $0 = all.map(\.counters) + rings.map(\.worker.counters) }
         var threads: [OSThread] = []
         for (i, worker) in all.enumerated() {
             do {
@@ -85,6 +113,7 @@ public final class Session<FS: FileSystem>: @unchecked Sendable {
             }
         }
         for t in threads { t.join() }
+        for q in rings { q.join() }
         for fd in fds.dropFirst() { close(fd) }
         fs.destroy()
     }
@@ -103,9 +132,37 @@ public final class Session<FS: FileSystem>: @unchecked Sendable {
             | InitFlag.autoInvalData
         if options.posixACL { wanted |= InitFlag.posixACL | InitFlag.dontMask }
         if options.passthrough && geteuid() == 0 { wanted |= InitFlag.passthrough }
+        if options.uring != .off {
+            if kernelFlags & InitFlag.overIOURing == 0 {
+                if options.uring == .on {
+                    initFailure = SysError(.notSupported, "uring=on: the kernel does not offer FUSE over io_uring (needs 6.14+ and "
+                                           + "/sys/module/fuse/parameters/enable_uring = Y; or use uring=auto)", "")
+                }
+            } else {
+                wanted |= InitFlag.overIOURing
+            }
+        }
         var conn = Connection(major: inp.major, minor: inp.minor, flags: kernelFlags, wanted: wanted,
                               maxWrite: options.maxWrite, maxReadahead: inp.max_readahead)
         fs.initialize(&conn)
+        if conn.has(InitFlag.overIOURing) && initFailure == nil {
+            // Every queue is made before INIT is answered: once the answer
+            // says io_uring, a queue that cannot exist would hang the mount.
+            let payload = max(8192, Int((conn.maxWrite + 4095) / 4096) * 4096)
+            do throws(SysError) {
+                for cpu in 0..<RingQueue<FS>.possibleCPUs() {
+                    let w = Worker(session: self, fd: devFD)
+                    rings.append(try RingQueue(qid: cpu, depth: options.uringDepth, payloadSize: payload,
+                                               worker: w, devFD: devFD, logger: logger))
+                }
+                if rings.isEmpty { throw SysError(.noSuchFileOrDirectory, "no CPUs listed in", "/sys/devices/system/cpu/possible") }
+            } catch {
+                rings = []
+                conn.wanted &= ~InitFlag.overIOURing
+                if options.uring == .on { initFailure = SysError(error.errno, "uring=on: \(error.operation)", error.path) }
+                logger.warning("FUSE over io_uring not used: \(error)")
+            }
+        }
         connection = conn
         let minor = min(inp.minor, UInt32(SF_KERNEL_MINOR_VERSION))
         proto = (7, minor)

@@ -1,3 +1,7 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// How a session serves: tuned by the command line's mount options.
 public struct SessionOptions: Sendable {
     /// Worker threads, each with its own cloned /dev/fuse descriptor.
@@ -11,6 +15,21 @@ public struct SessionOptions: Sendable {
     public var maxWrite: UInt32 = 1 << 20
     /// Log every request (slow; for debugging).
     public var debug = false
+    /// FUSE over io_uring: `auto` uses it when the kernel offers it, `on`
+    /// fails the mount when it cannot, `off` stays on /dev/fuse.
+    public var uring = UringMode.auto
+    /// Requests each CPU's ring queue can hold at once.
+    public var uringDepth = 8
+    /// Ring threads under SCHED_IDLE, so that the caller they answer wakes
+    /// on their CPU (see RingQueue); `uring_sched=normal` turns it off.
+    public var uringIdleThreads = true
 
-    public init() {}
+    public enum UringMode: String, Sendable { case auto, on, off }
+
+    /// `STRATA_URING` (auto, on, off) sets the default for `uring=`, so that
+    /// every mount of a session (or of the test suite's second pass) can be
+    /// put on one transport without editing each command line.
+    public init() {
+        if let v = getenv("STRATA_URING"), let m = UringMode(rawValue: String(cString: v)) { uring = m }
+    }
 }

@@ -10,7 +10,17 @@ import Glibc
 /// a buffer allocated once, decodes them in place and writes each reply from
 /// a second buffer allocated once. Nothing on the lookup, getattr, read and
 /// write paths allocates.
+/// Where a ring worker's answers go (see `RingQueue`).
+protocol RingReplies: AnyObject {
+    func ringReply(unique: UInt64, error: Int32, body: UnsafeRawPointer, length: Int)
+}
+
 final class Worker<FS: FileSystem>: @unchecked Sendable {
+    /// Set for a worker that serves a FUSE ring queue: answers go there
+    /// rather than to /dev/fuse.
+    unowned(unsafe) var ring: RingReplies?
+    /// Whether the current request has been answered (ring workers check).
+    var replied = false
     let session: Session<FS>
     let fs: FS
     let fd: Int32
@@ -66,7 +76,7 @@ final class Worker<FS: FileSystem>: @unchecked Sendable {
         while true {
             let n = receive()
             if n == 0 { return }
-            dispatch(length: n)
+            dispatch(inBuf, length: n)
         }
     }
 
@@ -79,6 +89,10 @@ final class Worker<FS: FileSystem>: @unchecked Sendable {
 
     @inline(__always)
     private func send(_ unique: UInt64, payloadLength: Int) {
+        if let ring {
+            ring.ringReply(unique: unique, error: 0, body: payload, length: payloadLength)
+            return
+        }
         let len = Self.headerSize + payloadLength
         outBuf.storeBytes(of: sf_out_header(len: UInt32(len), error: 0, unique: unique), as: sf_out_header.self)
         // ENOENT here means the request was interrupted meanwhile: nothing to do.
@@ -87,6 +101,10 @@ final class Worker<FS: FileSystem>: @unchecked Sendable {
 
     @inline(__always)
     private func sendError(_ unique: UInt64, _ e: Errno) {
+        if let ring {
+            ring.ringReply(unique: unique, error: -e.rawValue, body: payload, length: 0)
+            return
+        }
         var h = sf_out_header(len: UInt32(Self.headerSize), error: -e.rawValue, unique: unique)
         _ = Glibc.write(fd, &h, Self.headerSize)
     }
@@ -160,15 +178,23 @@ final class Worker<FS: FileSystem>: @unchecked Sendable {
             return
         }
         session.negotiate(inp, &out)
+        if session.initFailure != nil {
+            // The mount fails (ECONNREFUSED) rather than serve otherwise
+            // than the options demand; run() reports why.
+            sendError(h.unique, .protocolNotSupported)
+            return
+        }
         // Before 7.23 the INIT reply was 24 bytes; the kernel rejects more.
         payload.storeBytes(of: out, as: sf_init_out.self)
         send(h.unique, payloadLength: inp.minor < 23 ? 24 : MemoryLayout<sf_init_out>.size)
     }
 
-    private func dispatch(length: Int) {
-        let h = inBuf.load(as: sf_in_header.self)
-        let body = UnsafeRawPointer(inBuf + MemoryLayout<sf_in_header>.size)
-        let end = UnsafeRawPointer(inBuf + min(length, Int(h.len)))
+    /// Answers the request at `base` (read from /dev/fuse into `inBuf`, or
+    /// put together in front of a ring entry's payload).
+    func dispatch(_ base: UnsafeMutableRawPointer, length: Int) {
+        let h = base.load(as: sf_in_header.self)
+        let body = UnsafeRawPointer(base + MemoryLayout<sf_in_header>.size)
+        let end = UnsafeRawPointer(base + min(length, Int(h.len)))
         let r = Request(unique: h.unique, uid: h.uid, gid: h.gid, pid: h.pid)
         let node = h.nodeid
         counters.count(h.opcode)

@@ -118,6 +118,22 @@ extension Overlay {
         return name.hasPrefix(p) ? p + "overlay." + name.dropFirst(p.count) : name
     }
 
+    /// The request's own name, on the path every file of a walk takes
+    /// (containers/storage reads `security.capability` of each file): no
+    /// string is made unless the name is in an overlay namespace.
+    public func getxattr(_ n: OverlayNode, _ name: FileName, _ buf: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
+        let first = name.pointer[0]
+        // "trusted." and "user." names may be ours or escaped; the rest
+        // ("security.", "system.") are passed through as they are.
+        if first == 0x74 || first == 0x75 { return try getxattr(n, name.string, buf) }
+        let r = try atTop(n) { (d: Int32, path: UnsafePointer<CChar>, _: Int) -> Int in
+            d == AT_FDCWD ? CStrata.getxattr(path, name.pointer, buf.baseAddress, buf.count)
+                : strata_lgetxattr_at(d, path, name.pointer, buf.baseAddress, buf.count)
+        }
+        if r < 0 { throw currentErrno() }
+        return r
+    }
+
     public func getxattr(_ n: OverlayNode, _ name: String, _ buf: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
         if isPrivateXattr(name) && !name.hasPrefix(config.xattrPrefix) { throw .noData }
         let stored = storedXattrName(name)

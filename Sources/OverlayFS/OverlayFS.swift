@@ -271,7 +271,7 @@ public final class OverlayFS: FDBackedFileSystem, @unchecked Sendable {
         // No attribute, rather than unsupported: the kernel reads ACLs this
         // way on every permission check.
         if overlay.config.noXattrs { throw .noData }
-        let n = try overlay.getxattr(try node(id), name.string, buffer)
+        let n = try overlay.getxattr(try node(id), name, buffer)
         return buffer.count == 0 ? .size(n) : .data(n)
     }
 

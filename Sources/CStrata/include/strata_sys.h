@@ -43,6 +43,49 @@ long strata_getdents64(int fd, void *buf, size_t len);
 int strata_is_mount_root(const char *path);
 /// Names a thread (15 bytes at most), as ps and top show it.
 int strata_set_thread_name(pthread_t thread, const char *name);
+/* FUSE over io_uring (include/uapi/linux/fuse.h, 6.14+). */
+#define STRATA_FUSE_IO_URING_CMD_REGISTER 1
+#define STRATA_FUSE_IO_URING_CMD_COMMIT_AND_FETCH 2
+
+struct strata_uring_ent_in_out {
+    uint64_t flags;
+    uint64_t commit_id;
+    uint32_t payload_sz;
+    uint32_t padding;
+    uint64_t reserved;
+};
+
+/* What the kernel fills per request (fuse_uring_req_header). */
+struct strata_uring_req_header {
+    char in_out[128];
+    char op_in[128];
+    struct strata_uring_ent_in_out ring_ent_in_out;
+};
+
+/* The SQE's command area (fuse_uring_cmd_req). */
+struct strata_uring_cmd_req {
+    uint64_t flags;
+    uint64_t commit_id;
+    uint16_t qid;
+    uint8_t padding[6];
+};
+
+struct iovec;
+/// An io_uring of 128-byte SQEs (liburing's, in uring.c). NULL and *err on failure.
+struct strata_ring *strata_ring_new(unsigned depth, int *err);
+void strata_ring_free(struct strata_ring *r);
+/// Queues a FUSE ring command (REGISTER with two iovecs, or COMMIT_AND_FETCH); 0 or -EBUSY.
+int strata_ring_fuse_cmd(struct strata_ring *r, int fd, uint32_t op, uint16_t qid, uint64_t commit_id,
+                         const struct iovec *iov, uint64_t user_data);
+/// Submits what is queued and waits for `n` completions; a negative errno on failure.
+int strata_ring_submit_and_wait(struct strata_ring *r, unsigned n);
+/// The next completion, if any (1), marked seen.
+int strata_ring_next(struct strata_ring *r, uint64_t *user_data, int32_t *res);
+
+/// Keeps the calling thread on one CPU (a FUSE ring queue serves its CPU).
+int strata_pin_to_cpu(int cpu);
+/// Puts the calling thread under SCHED_IDLE (see RingQueue for why).
+int strata_sched_idle(void);
 void strata_set_errno(int e);
 /* posix_spawn_file_actions_addclosefrom_np (glibc 2.34+), which Swift's Glibc module does not export. */
 #include <spawn.h>

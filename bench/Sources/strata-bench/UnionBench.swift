@@ -37,7 +37,8 @@ struct UnionBench: ParsableCommand {
                      "readdir + stat of it", "read every file, warm", "create 10,000 small files",
                      "delete a lower tree (whiteouts)", "append 1 byte to a \(sizeMib) MiB lower file (copy-up)",
                      "sequential read \(sizeMib) MiB, warm", "sequential write \(sizeMib) MiB",
-                     "random 4 KiB O_DIRECT reads (4,000)"]
+                     "random 4 KiB O_DIRECT reads (4,000)", "mount + unmount, 3 layers (as podman: syscall or mount program)",
+                     "walk with lstat + security.capability, fresh mount (naive diff)"]
         for o in order { results[o] = Workload(name: o, bytes: nil) }
         func record(_ w: String, _ impl: String, _ t: Double) { results[w]?.seconds[impl, default: []].append(t) }
         for round in 0..<rounds {
@@ -62,6 +63,10 @@ struct UnionBench: ParsableCommand {
                 record(order[7], impl, time { appendByte("\(m)/big") })
                 sync()
                 record(order[9], impl, time { writeFile("\(m)/written", mib: sizeMib); fsyncPath("\(m)/written") })
+                record(order[11], impl, median(try (0..<10).map { _ in try setup.mountUnmountTime(impl) }))
+                let fresh = try setup.mount(impl)
+                defer { setup.unmount(fresh) }
+                record(order[12], impl, time { walkWithCapability(fresh) })
             }
         }
         var growth: String = ""
@@ -146,6 +151,36 @@ struct UnionSetup {
         let status = try Spawn.run("/bin/sh", ["sh", "-c", "cd \(root) && \(command)"])
         guard status == 0 else { throw ValidationError("mounting \(impl) failed (exit \(status))") }
         return m
+    }
+
+    /// One mount and unmount as containers/storage does them: mount(2) for
+    /// the kernel, the mount program (strata-overlay for Strata) otherwise,
+    /// ready when the program returns; one stat of the root in between.
+    func mountUnmountTime(_ impl: String) throws -> Double {
+        let id = "mu-\(impl)-\(UInt32.random(in: 0...UInt32.max))"
+        let u = "\(root)/u-\(id)", w = "\(root)/w-\(id)", m = "\(root)/m-\(id)"
+        for d in [u, w, m] { mkdir(d, 0o755) }
+        defer { for d in [u, w, m] { _ = try? Spawn.run("/bin/rm", ["rm", "-rf", d]) } }
+        let opts = "lowerdir=\(lowers.joined(separator: ":")),upperdir=\(u),workdir=\(w)"
+        let overlayProgram = String(strata[..<(strata.lastIndex(of: "/") ?? strata.startIndex)]) + "/strata-overlay"
+        let t0 = now()
+        switch impl {
+        case "kernel":
+            guard Glibc.mount("overlay", m, "overlay", 0, opts + ",redirect_dir=off,index=off,xino=off") == 0 else {
+                throw ValidationError("mount(2) of overlay failed: \(currentErrno())")
+            }
+        case "strata":
+            guard try Spawn.run(overlayProgram, ["strata-overlay", "-o", opts, m]) == 0 else { throw ValidationError("strata-overlay failed") }
+        case "fuse-overlayfs":
+            guard try Spawn.run("/usr/bin/fuse-overlayfs", ["fuse-overlayfs", "-o", opts, m]) == 0 else { throw ValidationError("fuse-overlayfs failed") }
+        default: throw ValidationError("unknown implementation \(impl)")
+        }
+        var st = stat()
+        stat(m, &st)
+        let rc = umount2(m, 0)
+        let t = now() - t0
+        if rc != 0 { umount2(m, Int32(MNT_DETACH)); throw ValidationError("umount \(m): \(currentErrno())") }
+        return t
     }
 
     func unmount(_ m: String) {
@@ -251,6 +286,25 @@ func randomDirect(_ p: String, count: Int, mib: Int) {
         _ = pread(fd, buffer, 4096, off_t(block * 4096))
     }
     close(fd)
+}
+
+/// containers/storage's naive diff walk (pkg/archive/changes.go,
+/// collectFileInfo): lstat and the `security.capability` xattr of every entry.
+func walkWithCapability(_ dir: String) {
+    guard let d = opendir(dir) else { return }
+    var st = stat()
+    var subdirs: [String] = []
+    var buf = [UInt8](repeating: 0, count: 256)
+    while let e = readdir(d) {
+        let name = withUnsafePointer(to: e.pointee.d_name) { $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) } }
+        if name == "." || name == ".." { continue }
+        let p = "\(dir)/\(name)"
+        lstat(p, &st)
+        _ = lgetxattr(p, "security.capability", &buf, buf.count)
+        if st.st_mode & Linux.S_IFMT == Linux.S_IFDIR { subdirs.append(p) }
+    }
+    closedir(d)
+    for s in subdirs { walkWithCapability(s) }
 }
 
 /// A find(1)-like walk: list each directory, lstat each entry, descend.
