@@ -12,9 +12,9 @@ import Glibc
 /// request and its answer wake each other on one CPU instead of crossing
 /// vCPUs twice, as a /dev/fuse round trip does.
 ///
-/// liburing does the ring itself (setup, SQE and CQE handling); what it has
-/// no helper for is the FUSE command area of the SQE, filled in CURing's
-/// shim. The kernel's facts this relies on: requests arrive with their
+/// liburing does the ring itself (setup, SQE and CQE handling), called from
+/// CStrata's uring.c; what it has no helper for is the FUSE command area of
+/// the SQE, filled there too. The kernel's facts this relies on: requests arrive with their
 /// fuse_in_header in `in_out`, the opcode's first argument in `op_in` and the
 /// rest in the payload buffer; `in_header.len` is the /dev/fuse length of the
 /// whole request, so the first argument's size is what remains of it.
@@ -68,8 +68,12 @@ final class RingQueue<FS: FileSystem>: RingReplies, @unchecked Sendable {
     /// woken task, so the caller wakes where it slept and preempts us at
     /// once. Measured here (getxattr round trip, unpinned caller): 22.7 µs
     /// normal, 11.4 µs idle; under six CPU hogs on two CPUs 36 µs normal,
-    /// 20 µs idle, 19 µs /dev/fuse: the thread is not starved, since it
-    /// only runs while its caller sleeps waiting for it.
+    /// 20 µs idle, 19 µs /dev/fuse, so busy CPUs did not starve it in those
+    /// runs. `uring_sched=normal` keeps the default policy for a machine
+    /// where they would.
+    ///
+    /// A CPU that is possible but offline, or outside our cpuset, refuses
+    /// the pinning; its queue then gets no requests, or is served unpinned.
     func start(idle: Bool) throws(SysError) {
         thread = try OSThread.start(name: "fuse-ring-\(qid)", stackSize: 1 << 22) { [self] in
             _ = strata_pin_to_cpu(Int32(qid))

@@ -63,6 +63,19 @@ public enum Server {
         let session = Session(fs: fs, deviceFD: fd, options: options, logger: logger)
         let stats = StatsServer()
         defer { stats.stop() }
+        // STRATA_STATS_AT_EXIT=FILE: the daemon's last statistics, one JSON
+        // line per mount, for mounts too short-lived for `strata stats`
+        // (containers/storage mounts a parent layer only to walk it).
+        defer {
+            if let path = getenv("STRATA_STATS_AT_EXIT") {
+                let line = "{\"mountpoint\": \"\(mountpoint)\", \"statistics\": \(session.statistics().json())}\n"
+                let f = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)
+                if f >= 0 {
+                    _ = line.withCString { Glibc.write(f, $0, strlen($0)) }
+                    close(f)
+                }
+            }
+        }
         do {
             try session.run(ready: {
                 child?.signalReady()

@@ -39,11 +39,21 @@ public final class Session<FS: FileSystem>: @unchecked Sendable {
     /// own figures.
     public func statistics() -> Statistics {
         let counters = workers.withLock { $0 }
-        var requests: [(String, UInt64)] = []
+        var requests: [Statistics.RequestFigures] = []
         for op in 0..<Opcode.count {
             let n = counters.reduce(UInt64(0)) { $0 + $1.value(op) }
-            if n > 0 { requests.append((Opcode.name(op), n)) }
+            guard n > 0 else { continue }
+            let ns = counters.reduce(UInt64(0)) { $0 + $1.totalNanoseconds(op) }
+            // The 99th percentile's bucket: its upper bound in µs.
+            var seen: UInt64 = 0, p99: UInt64 = 0
+            for b in 0..<RequestCounters.buckets {
+                seen += counters.reduce(UInt64(0)) { $0 + $1.bucket(op, b) }
+                if seen * 100 >= n * 99 { p99 = UInt64(1) << b; break }
+            }
+            requests.append(.init(name: Opcode.name(op), count: n, meanMicroseconds: Double(ns) / Double(n) / 1000, p99Microseconds: p99))
         }
+        let read = counters.reduce(UInt64(0)) { $0 + $1.bytesRead.load(ordering: .relaxed) }
+        let written = counters.reduce(UInt64(0)) { $0 + $1.bytesWritten.load(ordering: .relaxed) }
         let transport: String
         if rings.isEmpty {
             transport = "/dev/fuse"
@@ -54,7 +64,8 @@ public final class Session<FS: FileSystem>: @unchecked Sendable {
         }
         return Statistics(transport: transport, threads: counters.count,
                           protocol: "7.\(proto.minor)", passthrough: passthroughOn,
-                          uptime: started.duration(to: .now), requests: requests, filesystem: fs.statistics())
+                          uptime: started.duration(to: .now), requests: requests, bytesRead: read, bytesWritten: written,
+                          filesystem: fs.statistics())
     }
 
     public init(fs: FS, deviceFD: Int32, options: SessionOptions, logger: Logger = Logger(label: "strata.fuse")) {

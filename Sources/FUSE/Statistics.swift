@@ -11,8 +11,21 @@ public struct Statistics: Sendable {
     public var `protocol`: String
     public var passthrough: Bool
     public var uptime: Duration
-    public var requests: [(String, UInt64)]
+    public var requests: [RequestFigures]
+    /// File data the daemon itself read and wrote (READ, WRITE); what
+    /// passthrough moves never reaches it.
+    public var bytesRead: UInt64
+    public var bytesWritten: UInt64
     public var filesystem: [(String, Int)]
+
+    /// One opcode's requests: how many, and how long the daemon took to
+    /// answer them (mean, and the bucket bound under which 99% fell).
+    public struct RequestFigures: Sendable {
+        public var name: String
+        public var count: UInt64
+        public var meanMicroseconds: Double
+        public var p99Microseconds: UInt64
+    }
 
     /// One JSON object; the process's own resident memory and open
     /// descriptors are read when it is made.
@@ -26,12 +39,16 @@ public struct Statistics: Sendable {
             return out + "\""
         }
         let (rss, fds) = Self.process()
-        let reqs = requests.map { "\(q($0.0)): \($0.1)" }.joined(separator: ", ")
+        let reqs = requests.map { r -> String in
+            let tenths = Int((r.meanMicroseconds * 10).rounded())
+            return "\(q(r.name)): {\"count\": \(r.count), \"mean_us\": \(tenths / 10).\(tenths % 10), \"p99_us\": \(r.p99Microseconds)}"
+        }.joined(separator: ", ")
         let fsFigures = filesystem.map { "\(q($0.0)): \($0.1)" }.joined(separator: ", ")
         return """
             {"pid": \(getpid()), "transport": \(q(transport)), "threads": \(threads), "protocol": \(q(`protocol`)), \
             "passthrough": \(passthrough), "uptime_seconds": \(uptime.components.seconds), "rss_kib": \(rss), \
-            "open_descriptors": \(fds), "requests": {\(reqs)}, "filesystem": {\(fsFigures)}}
+            "open_descriptors": \(fds), "bytes_read": \(bytesRead), "bytes_written": \(bytesWritten), \
+            "requests": {\(reqs)}, "filesystem": {\(fsFigures)}}
             """
     }
 

@@ -197,7 +197,8 @@ final class Worker<FS: FileSystem>: @unchecked Sendable {
         let end = UnsafeRawPointer(base + min(length, Int(h.len)))
         let r = Request(unique: h.unique, uid: h.uid, gid: h.gid, pid: h.pid)
         let node = h.nodeid
-        counters.count(h.opcode)
+        let started = RequestCounters.now()
+        defer { counters.record(h.opcode, nanoseconds: RequestCounters.now() &- started) }
         if session.options.debug {
             session.logger.debug("op \(h.opcode) node \(node) unique \(h.unique) uid \(h.uid)")
         }
@@ -285,6 +286,7 @@ final class Worker<FS: FileSystem>: @unchecked Sendable {
                 let cap = min(Int(m.size), payloadCapacity)
                 let n = try fs.read(r, node: node, handle: m.fh, offset: m.offset,
                                     buffer: UnsafeMutableRawBufferPointer(start: payload, count: cap))
+                counters.bytesRead.add(UInt64(n), ordering: .relaxed)
                 send(h.unique, payloadLength: n)
             case SF_WRITE:
                 let m = body.load(as: sf_write_in.self)
@@ -295,6 +297,7 @@ final class Worker<FS: FileSystem>: @unchecked Sendable {
                 let size = min(Int(m.size), end - data)
                 let n = try fs.write(r, node: node, handle: m.fh, offset: m.offset,
                                      data: UnsafeRawBufferPointer(start: data, count: size), flags: m.write_flags)
+                counters.bytesWritten.add(UInt64(n), ordering: .relaxed)
                 reply(h.unique, sf_write_out(size: UInt32(n), padding: 0))
             case SF_STATFS:
                 let s = try fs.statfs(r, node: node)

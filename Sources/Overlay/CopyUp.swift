@@ -69,6 +69,7 @@ extension Overlay {
         if utimensat(work, tmp, times, Linux.AT_SYMLINK_NOFOLLOW) != 0 { throw currentErrno() }
         if strata_renameat2(work, tmp, dst, name, Linux.RENAME_NOREPLACE) != 0 { throw currentErrno() }
         built = true
+        copyUps.add(1, ordering: .relaxed)
         var ust = stat()
         fstatat(dst, name, &ust, Linux.AT_SYMLINK_NOFOLLOW)
         let old = n.snapshot.key

@@ -28,6 +28,8 @@ public final class Overlay: @unchecked Sendable {
     let fdBudget: FDBudget
     /// Whether directories can be reopened by file handle here (root only).
     let handlesWork: Atomic<Bool>
+    /// Files and directories copied up since the mount (for `strata stats`).
+    let copyUps = Atomic<Int>(0)
     /// Whiteouts as 0/0 character devices (needs CAP_MKNOD); else `.wh.` files.
     let deviceWhiteouts: Bool
     let opaqueXattr: String
@@ -200,7 +202,8 @@ public final class Overlay: @unchecked Sendable {
         }
         return [("nodes", nodes), ("directory nodes", directories),
                 ("cached directory descriptors", fdBudget.inUse), ("descriptor budget", fdBudget.limit),
-                ("directories reopened by handle", handles), ("listings held", listings), ("entries in listings held", listed)]
+                ("directories reopened by handle", handles), ("listings held", listings), ("entries in listings held", listed),
+                ("copy-ups", copyUps.load(ordering: .relaxed))]
     }
 
     @inline(__always)

@@ -14,10 +14,13 @@ struct StatsCommand: ParsableCommand {
             strata stats MOUNTPOINT [--json]
 
             Asks the daemon serving MOUNTPOINT (a union or loopback mount made by strata) \
-            over its unix socket (/run/strata as root). Shows the transport, requests \
-            per opcode since the mount, the daemon's resident memory and open \
-            descriptors, and the union's nodes, cached directory descriptors and \
-            listings held.
+            over its unix socket (/run/strata as root), without stopping it. Shows the \
+            transport (/dev/fuse or io_uring), requests per opcode since the mount with \
+            the daemon's mean and 99th-percentile time to answer them, the data it read \
+            and wrote itself, its resident memory and open descriptors, and the union's \
+            copy-ups, nodes, cached directory descriptors and listings held. \
+            STRATA_STATS_AT_EXIT=FILE in a daemon's environment appends its last \
+            statistics to FILE when it exits (for mounts too short-lived to ask).
             """
     )
     @Argument(help: "A mountpoint served by strata.") var mountpoint: String
@@ -57,9 +60,13 @@ struct StatsCommand: ParsableCommand {
             print("union")
             for (k, v) in fs.sorted(by: { $0.key < $1.key }) { print("  \(k.padding(toLength: 32, withPad: " ", startingAt: 0)) \(num(v))") }
         }
-        if let r = obj["requests"] as? [String: Any] {
-            print("requests")
-            for (k, v) in r.sorted(by: { num($0.value) > num($1.value) }) { print("  \(k.padding(toLength: 32, withPad: " ", startingAt: 0)) \(num(v))") }
+        print("data        \(num(obj["bytes_read"])) bytes read and \(num(obj["bytes_written"])) written by the daemon (passthrough not counted)")
+        if let r = obj["requests"] as? [String: [String: Any]] {
+            print("requests                           count    mean µs   p99 µs (at most)")
+            for (k, v) in r.sorted(by: { num($0.value["count"]) > num($1.value["count"]) }) {
+                let mean = (v["mean_us"] as? NSNumber)?.doubleValue ?? 0
+                print("  \(k.padding(toLength: 28, withPad: " ", startingAt: 0)) \(String(format: "%9d %10.1f %8d", num(v["count"]), mean, num(v["p99_us"])))")
+            }
         }
     }
 }

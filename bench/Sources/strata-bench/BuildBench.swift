@@ -67,14 +67,21 @@ struct BuildBench: ParsableCommand {
             }
             mountedTmpfs = true
         }
-        // containers/storage runs the mount program by this name's rules.
-        let program = "\(root)/strata-overlay"
-        symlink(bin, program)
+        // The lean mount program built beside `strata`.
+        let program = String(bin[..<(bin.lastIndex(of: "/") ?? bin.startIndex)]) + "/strata-overlay"
+        guard access(program, X_OK) == 0 else { throw ValidationError("no strata-overlay beside \(bin); swift build -c release") }
+        // strata-uring: the same program on FUSE over io_uring (podman
+        // passes its environment to the mount program); the kernel switch
+        // is on for the run and put back after.
+        let uringSwitch = try UringSwitch.turnOn()
+        defer { uringSwitch.restore() }
         let impls: [(String, [String])] = [
             ("kernel", []),
             ("fuse-overlayfs", ["--storage-opt", "overlay.mount_program=\(fuseOverlayfs)"]),
             ("strata", ["--storage-opt", "overlay.mount_program=\(program)"]),
+            ("strata-uring", ["--storage-opt", "overlay.mount_program=\(program)"]),
         ]
+        func env(_ impl: String) -> [String: String] { ["STRATA_URING": impl == "strata-uring" ? "on" : "off"] }
         func storageArgs(_ impl: (String, [String])) -> [String] {
             ["--root", "\(root)/s/\(impl.0)/root", "--runroot", "\(root)/s/\(impl.0)/run", "--storage-driver", "overlay"] + impl.1
         }
@@ -99,7 +106,7 @@ struct BuildBench: ParsableCommand {
                         let exe = t == "podman" ? podman : (buildah ?? "buildah")
                         let verb = t == "podman" ? ["build", "--no-cache", "--network", "none"] : ["bud", "--no-cache", "--network", "none"]
                         let args = storageArgs(impl) + verb + ["-t", "localhost/out:\(round)", "\(root)/ctx\(i)"]
-                        let r = try timedBuild(exe, args)
+                        let r = try timedBuild(exe, args, env: env(impl.0))
                         results["\(t)|\(name)|\(impl.0)", default: []].append(r)
                         progress("round \(round + 1) \(t) \(name) \(impl.0): \(String(format: "%.2f", r.total)) s")
                         _ = try shell("'\(exe)' \(storageArgs(impl).map { "'\($0)'" }.joined(separator: " ")) rmi -f localhost/out:\(round) > /dev/null 2>&1; "
@@ -110,19 +117,21 @@ struct BuildBench: ParsableCommand {
         }
 
         print("strata-bench build: \(rounds) rounds, medians; storage on \(storage); rootfs \(rootfs)")
-        print("| tool | Dockerfile | kernel | fuse-overlayfs | strata | strata / kernel | strata / fuse-overlayfs |")
-        print("|---|---|---|---|---|---|---|")
+        print("| tool | Dockerfile | kernel | fuse-overlayfs | strata | strata-uring | strata / kernel | strata / fuse-overlayfs | strata-uring / kernel | strata-uring / fuse-overlayfs |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         func med(_ key: String, _ f: (Result) -> Double) -> Double { median((results[key] ?? []).map(f)) }
         for t in tools {
             for (name, _) in Self.dockerfiles {
-                let k = med("\(t)|\(name)|kernel", \.total), f = med("\(t)|\(name)|fuse-overlayfs", \.total), s = med("\(t)|\(name)|strata", \.total)
-                print(String(format: "| %@ | %@ | %.2f s | %.2f s | %.2f s | %.2fx | %.2fx |", t, name, k, f, s, s / k, s / f))
+                let k = med("\(t)|\(name)|kernel", \.total), f = med("\(t)|\(name)|fuse-overlayfs", \.total)
+                let s = med("\(t)|\(name)|strata", \.total), u = med("\(t)|\(name)|strata-uring", \.total)
+                print(String(format: "| %@ | %@ | %.2f s | %.2f s | %.2f s | %.2f s | %.2fx | %.2fx | %.2fx | %.2fx |",
+                             t, name, k, f, s, u, s / k, s / f, u / k, u / f))
             }
         }
         print("")
         print("Per step, medians: the RUN command itself / the rest of the step (containers/storage: mounts, diff, commit)")
-        print("| tool | Dockerfile | step | kernel | fuse-overlayfs | strata | strata outside / kernel outside |")
-        print("|---|---|---|---|---|---|---|")
+        print("| tool | Dockerfile | step | kernel | fuse-overlayfs | strata | strata-uring | strata outside / kernel's | strata-uring outside / kernel's |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for t in tools {
             for (name, _) in Self.dockerfiles {
                 let steps = results["\(t)|\(name)|kernel"]?.first?.steps.count ?? 0
@@ -131,9 +140,9 @@ struct BuildBench: ParsableCommand {
                         (med("\(t)|\(name)|\(impl)") { $0.steps.count > st ? $0.steps[st].command : .nan },
                          med("\(t)|\(name)|\(impl)") { $0.steps.count > st ? $0.steps[st].outside : .nan })
                     }
-                    let k = split("kernel"), f = split("fuse-overlayfs"), s = split("strata")
-                    print(String(format: "| %@ | %@ | %d | %.2f / %.2f s | %.2f / %.2f s | %.2f / %.2f s | %.2fx |",
-                                 t, name, st + 2, k.0, k.1, f.0, f.1, s.0, s.1, s.1 / k.1))
+                    let k = split("kernel"), f = split("fuse-overlayfs"), s = split("strata"), u = split("strata-uring")
+                    print(String(format: "| %@ | %@ | %d | %.2f / %.2f s | %.2f / %.2f s | %.2f / %.2f s | %.2f / %.2f s | %.2fx | %.2fx |",
+                                 t, name, st + 2, k.0, k.1, f.0, f.1, s.0, s.1, u.0, u.1, s.1 / k.1, u.1 / k.1))
                 }
             }
         }
@@ -143,13 +152,13 @@ struct BuildBench: ParsableCommand {
 
     /// Runs one build, reading its output as it comes: a step lasts from
     /// its `STEP n/m` line to the next (the last to the end of the build).
-    func timedBuild(_ exe: String, _ args: [String]) throws -> Result {
+    func timedBuild(_ exe: String, _ args: [String], env: [String: String]) throws -> Result {
         var p: [Int32] = [-1, -1]
         guard pipe(&p) == 0 else { throw ValidationError("pipe: \(currentErrno())") }
         let null = open("/dev/null", O_RDONLY | O_CLOEXEC)
         defer { close(null) }
         let t0 = now()
-        let pid = try Spawn.start(exe, [exe] + args, stdio: (null, p[1], p[1]))
+        let pid = try Spawn.start(exe, [exe] + args, env: env, stdio: (null, p[1], p[1]))
         close(p[1])
         var stepStarts: [Double] = [], commands: [Double] = []
         var pending = ""

@@ -48,13 +48,17 @@ struct RoundTripBench: ParsableCommand {
             writeBytes("\(setup.lowers[2])/del/d\(i)", 10)
         }
         let self_ = CommandLine.arguments[0]
+        let uringSwitch = try UringSwitch.turnOn()
+        defer { uringSwitch.restore() }
         var t: [String: [Double]] = [:]
         func record(_ k: String, _ seconds: Double, per n: Int) { t[k, default: []].append(seconds / Double(n) * 1e6) }
         for round in 0..<rounds {
             progress("round \(round + 1)/\(rounds)")
             record("pipe, same vCPU", try pingPong(self_, sameCPU: true), per: calls * 5)
             record("pipe, two vCPUs", try pingPong(self_, sameCPU: false), per: calls * 5)
-            for impl in round % 2 == 0 ? ["kernel", "strata"] : ["strata", "kernel"] {
+            let impls = ["kernel", "strata", "strata-uring"]
+            for k in 0..<impls.count {
+                let impl = impls[(k + round) % impls.count]
                 let m = try setup.mount(impl)
                 defer { setup.unmount(m) }
                 let probe = "\(m)/files/f0"
@@ -80,7 +84,7 @@ struct RoundTripBench: ParsableCommand {
         print("strata-bench roundtrip: \(calls) calls per measurement, \(rounds) rounds, medians; machine: \(ProcessInfo.processInfo.activeProcessorCount) cores, kernel \(kernel)")
         let m = { (k: String) in median(t[k] ?? []) }
         print("| round trip | µs |\n|---|---|")
-        for k in ["pipe, same vCPU", "pipe, two vCPUs", "null kernel", "null strata", "null strata, same vCPU"] {
+        for k in ["pipe, same vCPU", "pipe, two vCPUs", "null kernel", "null strata", "null strata, same vCPU", "null strata-uring"] {
             print(String(format: "| %@ | %.1f |", k, m(k)))
         }
         // Round trips less what the kernel's own getxattr costs (the
@@ -91,8 +95,8 @@ struct RoundTripBench: ParsableCommand {
         let same = max(0, m("null strata, same vCPU") - m("null kernel"))
         print(String(format: "\nround trip beyond the kernel's own call: %.1f µs on /dev/fuse, %.1f µs on one vCPU\n", free, same))
         print("| per call (union benchmark workload) | round trips FUSE must make | kernel µs | strata µs | strata / kernel "
-            + "| floor with /dev/fuse round trips | floor with one-vCPU round trips | target |")
-        print("|---|---|---|---|---|---|---|---|")
+            + "| strata-uring µs | strata-uring / kernel | floor with /dev/fuse round trips | floor with one-vCPU round trips | target |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         let rows: [(String, String, Int, String, String)] = [
             ("open", "open + read + close (read every file)", 1, "OPEN", "1.2x"),
             ("create", "create + write 100 B + close (create 10,000 files)", 4,
@@ -100,10 +104,10 @@ struct RoundTripBench: ParsableCommand {
             ("unlink", "unlink a listed lower file (delete a lower tree)", 2, "UNLINK, GETATTR of the parent", "2.0x"),
         ]
         for (k, name, trips, which, target) in rows {
-            let kt = m("\(k) kernel"), st = m("\(k) strata")
+            let kt = m("\(k) kernel"), st = m("\(k) strata"), ut = m("\(k) strata-uring")
             let floor = { (rt: Double) in (kt + Double(trips) * rt) / kt }
-            print(String(format: "| %@ | %d (%@) | %.1f | %.1f | %.2fx | %.2fx | %.2fx | %@ |", name, trips, which, kt, st, st / kt,
-                         floor(free), floor(same), target))
+            print(String(format: "| %@ | %d (%@) | %.1f | %.1f | %.2fx | %.1f | %.2fx | %.2fx | %.2fx | %@ |", name, trips, which, kt, st, st / kt,
+                         ut, ut / kt, floor(free), floor(same), target))
         }
         print("\nfloor = (kernel µs + round trips × round trip µs) / kernel µs: the ratio of a daemon that costs nothing.")
     }

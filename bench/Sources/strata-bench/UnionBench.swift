@@ -20,7 +20,8 @@ struct UnionBench: ParsableCommand {
     @Option(help: "Rounds; medians are reported.") var rounds = 3
     @Option(help: "Where to put the data (disk-backed).") var dir = "/var/tmp"
     @Option(help: "The strata binary (default: next to this program).") var strata: String?
-    @Option(help: "Comma-separated implementations.") var impls = "kernel,strata,fuse-overlayfs"
+    @Option(help: "Comma-separated implementations: kernel, strata (/dev/fuse), strata-uring (FUSE over io_uring), fuse-overlayfs.")
+    var impls = "kernel,strata,strata-uring,fuse-overlayfs"
     @Flag(help: "Skip the 128-layer lookup workload.") var noLayers = false
 
     func run() throws {
@@ -29,6 +30,10 @@ struct UnionBench: ParsableCommand {
         let root = try makeTemp(dir)
         defer { _ = try? Spawn.run("/bin/rm", ["rm", "-rf", "--one-file-system", root]) }
         let names = impls.split(separator: ",").map(String.init)
+        // strata-uring needs the kernel's opt-in switch; set for the run,
+        // put back after.
+        let uringSwitch = names.contains("strata-uring") ? try UringSwitch.turnOn() : nil
+        defer { uringSwitch?.restore() }
         let setup = UnionSetup(root: root, strata: bin)
         progress("building \(entries) entries in 3 layers and a \(sizeMib) MiB file under \(root)")
         let files = setup.buildLayers(entries: entries, bigMiB: sizeMib)
@@ -144,7 +149,8 @@ struct UnionSetup {
         let command: String
         switch impl {
         case "kernel": command = "mount -t overlay overlay -o \(opts),redirect_dir=off,index=off,xino=off \(m)"
-        case "strata": command = "\(strata) mount -o \(opts) \(m)"
+        case "strata": command = "\(strata) mount -o \(opts),uring=off \(m)"
+        case "strata-uring": command = "\(strata) mount -o \(opts),uring=on \(m)"
         case "fuse-overlayfs": command = "/usr/bin/fuse-overlayfs -o \(opts),allow_other \(m) 2>/dev/null"
         default: throw ValidationError("unknown implementation \(impl)")
         }
@@ -169,8 +175,9 @@ struct UnionSetup {
             guard Glibc.mount("overlay", m, "overlay", 0, opts + ",redirect_dir=off,index=off,xino=off") == 0 else {
                 throw ValidationError("mount(2) of overlay failed: \(currentErrno())")
             }
-        case "strata":
-            guard try Spawn.run(overlayProgram, ["strata-overlay", "-o", opts, m]) == 0 else { throw ValidationError("strata-overlay failed") }
+        case "strata", "strata-uring":
+            let o = opts + (impl == "strata" ? ",uring=off" : ",uring=on")
+            guard try Spawn.run(overlayProgram, ["strata-overlay", "-o", o, m]) == 0 else { throw ValidationError("strata-overlay failed") }
         case "fuse-overlayfs":
             guard try Spawn.run("/usr/bin/fuse-overlayfs", ["fuse-overlayfs", "-o", opts, m]) == 0 else { throw ValidationError("fuse-overlayfs failed") }
         default: throw ValidationError("unknown implementation \(impl)")
