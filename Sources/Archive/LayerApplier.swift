@@ -16,7 +16,7 @@ public struct LayerApplier: Sendable {
     public var deviceWhiteouts = geteuid() == 0
     /// Where the opaque mark goes: `trusted.overlay.opaque`, or the user
     /// namespace for rootless stores.
-    public var opaqueXattr = geteuid() == 0 ? "trusted.overlay.opaque" : "user.overlay.opaque"
+    public var opaqueXattr = OverlayFormat.xattr("opaque", user: geteuid() != 0)
     /// Owners and device nodes need root; without it they are skipped and counted.
     public var privileged = geteuid() == 0
 
@@ -55,7 +55,7 @@ public struct LayerApplier: Sendable {
         let staging = dest + ".partial-\(UInt32.random(in: 0...UInt32.max))"
         if mkdir(staging, 0o755) != 0 { throw ArchiveError(staging, "mkdir: \(currentErrno())") }
         var ok = false
-        defer { if !ok { _ = try? Spawn.run("/bin/rm", ["rm", "-rf", "--one-file-system", staging]) } }
+        defer { if !ok { removeTree(path: staging) } }
         let root = open(staging, Linux.O_PATH | O_DIRECTORY | O_CLOEXEC)
         if root < 0 { throw ArchiveError(staging, "open: \(currentErrno())") }
         defer { close(root) }
@@ -101,7 +101,7 @@ public struct LayerApplier: Sendable {
             stats.entries += 1
             if p.isRoot { continue }
             let name = p.name
-            let isWhiteout = name.hasPrefix(".wh.")
+            let isWhiteout = name.hasPrefix(OverlayFormat.whiteoutPrefix)
             let parent: Int32
             if let k = kept, k.path == p.parent {
                 parent = k.fd
@@ -122,7 +122,7 @@ public struct LayerApplier: Sendable {
                 try whiteout(parent, name, entry: raw, stats: &stats)
                 // The whiteout keeps the entry's time, so a layer applies
                 // to the same tree every time.
-                let target = name == ".wh..wh..opq" ? nil : String(name.dropFirst(4))
+                let target: String? = if case .target(let t) = OverlayFormat.whiteout(name) { t } else { nil }
                 if let target {
                     let ts = [timespec(tv_sec: Int(archive_entry_mtime(e)), tv_nsec: Int(archive_entry_mtime_nsec(e))),
                               timespec(tv_sec: Int(archive_entry_mtime(e)), tv_nsec: Int(archive_entry_mtime_nsec(e)))]
@@ -196,7 +196,7 @@ public struct LayerApplier: Sendable {
     }
 
     private func whiteout(_ parent: Int32, _ name: String, entry: String, stats: inout Stats) throws(ArchiveError) {
-        if name == ".wh..wh..opq" {
+        if name == OverlayFormat.opaqueName {
             let path = "/proc/self/fd/\(parent)/."
             if lsetxattr(path, opaqueXattr, "y", 1, 0) != 0 {
                 // Without xattrs, keep the OCI marker itself (Strata reads it).
@@ -277,7 +277,7 @@ public struct LayerApplier: Sendable {
                 guard let xn = xname else { continue }
                 let n = String(cString: xn)
                 // Overlay metadata never comes from an archive.
-                if n.hasPrefix("trusted.overlay.") || n.hasPrefix("user.overlay.") { continue }
+                if OverlayFormat.isOverlayXattr(n) { continue }
                 if lsetxattr(path, n, xvalue, xsize, 0) != 0 {
                     if !privileged && n.hasPrefix("trusted.") { stats.skipped += 1; continue }
                     throw ArchiveError(entry, "xattr \(n): \(currentErrno())")

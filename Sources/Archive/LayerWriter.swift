@@ -54,7 +54,7 @@ public struct LayerWriter: Sendable {
                 var w = st
                 w.st_size = 0
                 w.st_rdev = 0
-                try emit(a, prefix + ".wh." + name, type: Linux.S_IFREG, mode: 0o644, st: w, dfd: nil, name: nil)
+                try emit(a, prefix + OverlayFormat.whiteoutName(for: name), type: Linux.S_IFREG, mode: 0o644, st: w, dfd: nil, name: nil)
                 continue
             }
             if type == Linux.S_IFREG && st.st_nlink > 1 {
@@ -71,7 +71,7 @@ public struct LayerWriter: Sendable {
                 if sub < 0 { throw ArchiveError(path, "open: \(currentErrno())") }
                 defer { close(sub) }
                 if isOpaque(dfd, name) {
-                    try emit(a, path + "/.wh..wh..opq", type: Linux.S_IFREG, mode: 0o644, st: nil, dfd: nil, name: nil)
+                    try emit(a, path + "/" + OverlayFormat.opaqueName, type: Linux.S_IFREG, mode: 0o644, st: nil, dfd: nil, name: nil)
                 }
                 try walk(a, sub, prefix: path + "/", links: &links)
             }
@@ -81,7 +81,7 @@ public struct LayerWriter: Sendable {
     private func isOpaque(_ dfd: Int32, _ name: String) -> Bool {
         var v: UInt8 = 0
         let p = "/proc/self/fd/\(dfd)/\(name)"
-        for x in ["trusted.overlay.opaque", "user.overlay.opaque"] where lgetxattr(p, x, &v, 1) == 1 && v == UInt8(ascii: "y") {
+        for x in [OverlayFormat.xattr("opaque", user: false), OverlayFormat.xattr("opaque", user: true)] where lgetxattr(p, x, &v, 1) == 1 && v == UInt8(ascii: "y") {
             return true
         }
         return false
@@ -131,7 +131,7 @@ public struct LayerWriter: Sendable {
         guard n > 0 else { return }
         let names = list[0..<n].split(separator: 0).map { String(decoding: $0.map { UInt8(bitPattern: $0) }, as: UTF8.self) }.sorted()
         var value = [UInt8](repeating: 0, count: 65536)
-        for x in names where !x.hasPrefix("trusted.overlay.") && !x.hasPrefix("user.overlay.") {
+        for x in names where !OverlayFormat.isOverlayXattr(x) {
             let m = lgetxattr(path, x, &value, value.count)
             if m >= 0 { archive_entry_xattr_add_entry(e, x, value, m) }
         }

@@ -155,6 +155,10 @@ ssize_t strata_lgetxattr_at(int dirfd, const char *name, const char *attr, void 
     return lgetxattr(path, attr, value, size);
 }
 
+int strata_spawn_addchdir(posix_spawn_file_actions_t *actions, const char *path) {
+    return posix_spawn_file_actions_addchdir_np(actions, path);
+}
+
 int strata_spawn_addclosefrom(posix_spawn_file_actions_t *actions, int from) {
     return posix_spawn_file_actions_addclosefrom_np(actions, from);
 }

@@ -57,4 +57,39 @@ public enum Opcode {
         default: "OP\(op)"
         }
     }
+
+    /// The fixed part an opcode's body must hold before anything is read
+    /// from it (go-fuse's opcode table does the same): a shorter request is
+    /// answered with EIO rather than read past its end. Names that follow
+    /// are bounded by the request's length where they are read.
+    @inline(__always)
+    public static func minimumInput(_ op: Int) -> Int {
+        switch op {
+        case SF_FORGET: MemoryLayout<sf_forget_in>.size
+        case SF_BATCH_FORGET: MemoryLayout<sf_batch_forget_in>.size
+        case SF_GETATTR: MemoryLayout<sf_getattr_in>.size
+        case SF_SETATTR: MemoryLayout<sf_setattr_in>.size
+        case SF_MKNOD: MemoryLayout<sf_mknod_in>.size
+        case SF_MKDIR: MemoryLayout<sf_mkdir_in>.size
+        case SF_RENAME: MemoryLayout<sf_rename_in>.size
+        case SF_RENAME2: MemoryLayout<sf_rename2_in>.size
+        case SF_LINK: MemoryLayout<sf_link_in>.size
+        case SF_OPEN, SF_OPENDIR: MemoryLayout<sf_open_in>.size
+        case SF_CREATE, SF_TMPFILE: MemoryLayout<sf_create_in>.size
+        case SF_READ, SF_READDIR, SF_READDIRPLUS: MemoryLayout<sf_read_in>.size
+        case SF_WRITE: MemoryLayout<sf_write_in>.size
+        case SF_RELEASE, SF_RELEASEDIR: MemoryLayout<sf_release_in>.size
+        case SF_FLUSH: MemoryLayout<sf_flush_in>.size
+        case SF_FSYNC, SF_FSYNCDIR: MemoryLayout<sf_fsync_in>.size
+        // Without FUSE_SETXATTR_EXT the kernel sends the first 8 bytes only.
+        case SF_SETXATTR: 8
+        case SF_GETXATTR, SF_LISTXATTR: MemoryLayout<sf_getxattr_in>.size
+        case SF_ACCESS: MemoryLayout<sf_access_in>.size
+        case SF_INTERRUPT: MemoryLayout<sf_interrupt_in>.size
+        case SF_FALLOCATE: MemoryLayout<sf_fallocate_in>.size
+        case SF_LSEEK: MemoryLayout<sf_lseek_in>.size
+        case SF_COPY_FILE_RANGE: MemoryLayout<sf_copy_file_range_in>.size
+        default: 0
+        }
+    }
 }

@@ -199,6 +199,11 @@ final class Worker<FS: FileSystem>: @unchecked Sendable {
         let node = h.nodeid
         let started = RequestCounters.now()
         defer { counters.record(h.opcode, nanoseconds: RequestCounters.now() &- started) }
+        if end - body < Opcode.minimumInput(Int(h.opcode)) {
+            session.logger.warning("\(Opcode.name(Int(h.opcode))) request \(h.unique) is \(end - body) bytes, shorter than its fixed part")
+            if h.opcode != UInt32(SF_FORGET) && h.opcode != UInt32(SF_BATCH_FORGET) { sendError(h.unique, .ioError) }
+            return
+        }
         if session.options.debug {
             session.logger.debug("op \(h.opcode) node \(node) unique \(h.unique) uid \(h.uid)")
         }
@@ -316,8 +321,11 @@ final class Worker<FS: FileSystem>: @unchecked Sendable {
                 try fs.fsync(r, node: node, handle: m.fh, dataOnly: m.fsync_flags & 1 != 0)
                 send(h.unique, payloadLength: 0)
             case SF_SETXATTR:
-                let m = body.load(as: sf_setxattr_in.self)
                 let head = session.setxattrExt ? MemoryLayout<sf_setxattr_in>.size : 8
+                guard end - body >= head else { throw .ioError }
+                // Only size and flags: the first 8 bytes, present in both forms.
+                let m = sf_setxattr_in(size: body.load(as: UInt32.self), flags: body.load(fromByteOffset: 4, as: UInt32.self),
+                                       setxattr_flags: 0, padding: 0)
                 let n = name(body + head, end)
                 let value = body + head + n.count + 1
                 let size = min(Int(m.size), max(0, end - value))

@@ -49,7 +49,7 @@ extension Overlay {
             }
             if mknodat(ufd, name.pointer, Linux.S_IFCHR | 0o000, 0) != 0 { throw currentErrno() }
         } else {
-            let wh = ".wh." + name.string
+            let wh = OverlayFormat.whiteoutName(for: name.string)
             let fd = openat(ufd, wh, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o000)
             if fd < 0 { throw currentErrno() }
             close(fd)
@@ -66,7 +66,7 @@ extension Overlay {
             had = true
         }
         if name.count + 4 < 256 {
-            let wh = ".wh." + name.string
+            let wh = OverlayFormat.whiteoutName(for: name.string)
             if unlinkat(ufd, wh, 0) == 0 { had = true }
         }
         return had
@@ -89,7 +89,7 @@ extension Overlay {
         if isReadOnly { throw .readOnlyFileSystem }
         if name.count > 255 { throw .fileNameTooLong }
         // A `.wh.` name in the upper layer would act as a whiteout.
-        if name.string.hasPrefix(".wh.") { throw .invalidArgument }
+        if name.string.hasPrefix(OverlayFormat.whiteoutPrefix) { throw .invalidArgument }
         var exists = true
         do throws(Errno) {
             _ = try resolve(p, name)
@@ -204,7 +204,7 @@ extension Overlay {
             if replacedWhiteout || (config.redirectDir && !p.snapshot.lowerDirs.isEmpty) {
                 let path = "/proc/self/fd/\(work.raw)/\(tmp)"
                 if lsetxattr(path, opaqueXattr, "y", 1, 0) != 0 {
-                    let fd = openat(work.raw, "\(tmp)/.wh..wh..opq", O_WRONLY | O_CREAT | O_CLOEXEC, 0o000)
+                    let fd = openat(work.raw, "\(tmp)/\(OverlayFormat.opaqueName)", O_WRONLY | O_CREAT | O_CLOEXEC, 0o000)
                     if fd < 0 { throw currentErrno() }
                     close(fd)
                 }

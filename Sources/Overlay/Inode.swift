@@ -122,16 +122,30 @@ extension Overlay {
     /// (containers/storage reads `security.capability` of each file): no
     /// string is made unless the name is in an overlay namespace.
     public func getxattr(_ n: OverlayNode, _ name: FileName, _ buf: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
-        let first = name.pointer[0]
-        // "trusted." and "user." names may be ours or escaped; the rest
-        // ("security.", "system.") are passed through as they are.
-        if first == 0x74 || first == 0x75 { return try getxattr(n, name.string, buf) }
+        // Names in the overlay's namespaces may be ours or escaped; the rest
+        // ("security.", "system.", other "user." and "trusted." names) are
+        // passed through as they are.
+        if Self.inOverlayNamespace(name) { return try getxattr(n, name.string, buf) }
         let r = try atTop(n) { (d: Int32, path: UnsafePointer<CChar>, _: Int) -> Int in
             d == AT_FDCWD ? CStrata.getxattr(path, name.pointer, buf.baseAddress, buf.count)
                 : strata_lgetxattr_at(d, path, name.pointer, buf.baseAddress, buf.count)
         }
         if r < 0 { throw currentErrno() }
         return r
+    }
+
+    private static let overlayNamespaces: [[UInt8]] = [
+        Array(OverlayFormat.trustedPrefix.utf8), Array(OverlayFormat.userPrefix.utf8),
+        Array("trusted.fuseoverlayfs.".utf8), Array("user.fuseoverlayfs.".utf8),
+    ]
+
+    /// Whether `name` starts with `trusted.overlay.`, `user.overlay.` or
+    /// fuse-overlayfs's own prefixes (compared in place, no string made).
+    static func inOverlayNamespace(_ name: FileName) -> Bool {
+        for p in overlayNamespaces where name.count >= p.count {
+            if p.withUnsafeBytes({ memcmp($0.baseAddress!, name.pointer, p.count) }) == 0 { return true }
+        }
+        return false
     }
 
     public func getxattr(_ n: OverlayNode, _ name: String, _ buf: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {

@@ -135,7 +135,7 @@ extension Overlay {
         return false
     }
 
-    var otherWhiteoutXattr: String { config.userXattr ? "trusted.overlay.whiteout" : "user.overlay.whiteout" }
+    var otherWhiteoutXattr: String { OverlayFormat.xattr("whiteout", user: !config.userXattr) }
 
     /// Whether the directory `dfd` (any descriptor, O_PATH too) carries the
     /// `overlay.opaque=x` mark: it may hold xattr whiteouts.
@@ -196,7 +196,7 @@ extension Overlay {
 
     /// Both namespaces are read, the mount's own first.
     var opaqueXattrs: (String, String) {
-        config.userXattr ? ("user.overlay.opaque", "trusted.overlay.opaque") : ("trusted.overlay.opaque", "user.overlay.opaque")
+        (OverlayFormat.xattr("opaque", user: config.userXattr), OverlayFormat.xattr("opaque", user: !config.userXattr))
     }
 
     /// Whether `.wh.NAME` (the OCI / rootless whiteout) exists beside `name`.

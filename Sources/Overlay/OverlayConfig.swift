@@ -81,5 +81,5 @@ public struct OverlayConfig: Sendable {
     }
 
     /// The xattr prefix overlay metadata lives under.
-    public var xattrPrefix: String { userXattr ? "user.overlay." : "trusted.overlay." }
+    public var xattrPrefix: String { OverlayFormat.xattrPrefix(user: userXattr) }
 }

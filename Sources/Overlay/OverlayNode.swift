@@ -14,8 +14,39 @@ public final class OverlayNode: @unchecked Sendable {
     public let state: Mutex<State>
     /// Serializes copy-up of this node: two concurrent copy-ups become one.
     let copyUpLock = Mutex<Void>(())
-    /// Kernel references; changed under the table's lock.
-    var lookups: UInt64 = 0
+    /// Kernel references (lookups not yet forgotten), under the node's own
+    /// lock: a copy-up moves the node to another key of the table, so the
+    /// table's per-key locks cannot guard the count (a late lookup by the
+    /// old key and a FORGET by the new one would update it under two).
+    /// `dead` once it reached zero: the node is on its way out of the table
+    /// and must not be referenced again.
+    private let refs = Mutex<(count: UInt64, dead: Bool)>((0, false))
+
+    /// One more reference, unless the node already died.
+    func retain() -> Bool {
+        refs.withLock { r in
+            if r.dead { return false }
+            r.count += 1
+            return true
+        }
+    }
+
+    /// `n` references fewer; true when this was the last (the node died).
+    func release(_ n: UInt64) -> Bool {
+        refs.withLock { r in
+            if r.dead { return false }
+            r.count = r.count > n ? r.count - n : 0
+            if r.count == 0 { r.dead = true }
+            return r.dead
+        }
+    }
+
+    /// The first reference of a node not yet in the table.
+    func setFirstReference() { refs.withLock { $0 = (1, false) } }
+
+    var isDead: Bool { refs.withLock { $0.dead } }
+    /// Kernel references now (statistics and tests).
+    public var lookupCount: UInt64 { refs.withLock { $0.count } }
 
     public struct State: @unchecked Sendable {
         public internal(set) var parent: OverlayNode?

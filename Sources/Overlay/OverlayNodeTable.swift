@@ -17,7 +17,7 @@ final class OverlayNodeTable: @unchecked Sendable {
         byID = (0..<Self.shards).map { _ in Locked([:]) }
         byKey = (0..<Self.shards).map { _ in Locked([:]) }
         self.root = root
-        root.lookups = 1
+        root.setFirstReference()
     }
 
     @inline(__always)
@@ -33,15 +33,12 @@ final class OverlayNodeTable: @unchecked Sendable {
     func reference(_ key: InodeKey, make: (UInt64) -> OverlayNode) -> OverlayNode {
         if key == root.snapshot.key { return root }
         let s = shard(key)
-        if let n = s.withLock({ m -> OverlayNode? in
-            guard let n = m[key] else { return nil }
-            n.lookups += 1
-            return n
-        }) { return n }
+        if let n = s.withLock({ $0[key] }), n.retain() { return n }
         let fresh = make(nextID.add(1, ordering: .relaxed).oldValue)
         return s.withLock { m -> OverlayNode in
-            if let n = m[key] { n.lookups += 1; return n }
-            fresh.lookups = 1
+            // A node that died meanwhile (its last FORGET) is replaced.
+            if let n = m[key], n.retain() { return n }
+            fresh.setFirstReference()
             m[key] = fresh
             byID[Int(fresh.id % UInt64(Self.shards))].withLock { $0[fresh.id] = fresh }
             return fresh
@@ -55,18 +52,15 @@ final class OverlayNodeTable: @unchecked Sendable {
     /// node stays reachable by id for the kernel's remaining references.
     func replaceStale(_ stale: OverlayNode, _ key: InodeKey, make: (UInt64) -> OverlayNode) -> OverlayNode {
         let fresh = make(nextID.add(1, ordering: .relaxed).oldValue)
+        let staleDied = stale.release(1)
+        if staleDied {
+            byID[Int(stale.id % UInt64(Self.shards))].withLock { _ = $0.removeValue(forKey: stale.id) }
+        }
         return shard(key).withLock { m -> OverlayNode in
-            stale.lookups = stale.lookups > 0 ? stale.lookups - 1 : 0
-            if let current = m[key], current !== stale {
-                current.lookups += 1
-                return current
-            }
-            fresh.lookups = 1
+            if let current = m[key], current !== stale, current.retain() { return current }
+            fresh.setFirstReference()
             m[key] = fresh
             byID[Int(fresh.id % UInt64(Self.shards))].withLock { $0[fresh.id] = fresh }
-            if stale.lookups == 0 {
-                byID[Int(stale.id % UInt64(Self.shards))].withLock { _ = $0.removeValue(forKey: stale.id) }
-            }
             return fresh
         }
     }
@@ -80,7 +74,7 @@ final class OverlayNodeTable: @unchecked Sendable {
     /// The node's top location changed (copy-up): re-key it.
     func rekey(_ n: OverlayNode, from old: InodeKey, to new: InodeKey) {
         shard(old).withLock { if $0[old] === n { $0[old] = nil } }
-        shard(new).withLock { $0[new] = n }
+        shard(new).withLock { if !n.isDead { $0[new] = n } }
     }
 
     /// The inode lost its last name: its number may be reused.
@@ -90,14 +84,11 @@ final class OverlayNodeTable: @unchecked Sendable {
     }
 
     func forget(_ id: UInt64, count: UInt64) {
-        guard id != 1, let n = get(id) else { return }
+        guard id != 1, let n = get(id), n.release(count) else { return }
+        // Dead: no reference can be taken any more, so the maps may drop it
+        // (a key already holding a newer node keeps it).
         let k = n.snapshot.key
-        shard(k).withLock { m in
-            n.lookups = n.lookups > count ? n.lookups - count : 0
-            if n.lookups == 0 {
-                if m[k] === n { m[k] = nil }
-                byID[Int(id % UInt64(Self.shards))].withLock { _ = $0.removeValue(forKey: id) }
-            }
-        }
+        shard(k).withLock { m in if m[k] === n { m[k] = nil } }
+        byID[Int(id % UInt64(Self.shards))].withLock { _ = $0.removeValue(forKey: id) }
     }
 }

@@ -33,9 +33,9 @@ extension Overlay {
                     names?.insert(Self.nameHash(name))
                     if name.isDotOrDotDot { return }
                     let bytes = Array(name.buffer)
-                    if bytes.starts(with: whPrefix) {
+                    if bytes.starts(with: OverlayFormat.whiteoutPrefixBytes) {
                         // `.wh.NAME` hides NAME below; `.wh..wh..opq` marks opacity.
-                        if merged && bytes != opqName { seen.insert(Array(bytes.dropFirst(4))) }
+                        if merged && bytes != OverlayFormat.opaqueNameBytes { seen.insert(Array(bytes.dropFirst(4))) }
                         return
                     }
                     // One layer: nothing to de-duplicate or hide below.
@@ -64,5 +64,3 @@ extension Overlay {
     }
 }
 
-let whPrefix: [UInt8] = Array(".wh.".utf8)
-let opqName: [UInt8] = Array(".wh..wh..opq".utf8)

@@ -13,7 +13,7 @@ extension Overlay {
     func setOpaque(_ dfd: Int32, _ name: String) {
         let path = "/proc/self/fd/\(dfd)/\(name)"
         if lsetxattr(path, opaqueXattr, "y", 1, 0) != 0 {
-            let fd = openat(dfd, name + "/.wh..wh..opq", O_WRONLY | O_CREAT | O_CLOEXEC, 0o000)
+            let fd = openat(dfd, name + "/" + OverlayFormat.opaqueName, O_WRONLY | O_CREAT | O_CLOEXEC, 0o000)
             if fd >= 0 { close(fd) }
         }
     }

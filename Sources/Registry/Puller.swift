@@ -59,7 +59,7 @@ public struct Puller: Sendable {
         guard let cfg = manifest["config"] as? [String: Any], let cfgDigest = cfg["digest"] as? String,
               let layers = manifest["layers"] as? [[String: Any]] else { throw RegistryError("\(ref): not an image manifest") }
 
-        let dir = "\(store.root)/tmp/pull-\(Digest.hex(Digest.of(manifestData)).prefix(16))"
+        let dir = store.pullDirectory(String(Digest.hex(Digest.of(manifestData)).prefix(16)))
         // Two pulls of one image share this directory (it is what a rerun
         // resumes from): the second waits for the first, then finds its
         // layers in the store. Held until the pull ends; the kernel drops it

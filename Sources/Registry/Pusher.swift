@@ -26,7 +26,7 @@ public struct Pusher: Sendable {
         }
         var layers: [[String: Any]] = []
         for (l, d) in zip(img.layerIDs, diffIDs) {
-            let file = "\(store.root)/overlay/\(Digest.hex(l))/layer.tar"
+            let file = store.layerArchivePath(l)
             var st = stat()
             if stat(file, &st) != 0 { throw RegistryError("layer \(d) of \(local) has no stored archive (\(currentErrno()))") }
             try await upload(ref, digest: d, file: file, size: Int64(st.st_size))

@@ -48,8 +48,8 @@ extension Store {
                 let isDir = st.st_mode & Linux.S_IFMT == Linux.S_IFDIR
                 if st.st_mode & Linux.S_IFMT == Linux.S_IFCHR && st.st_rdev == 0 {
                     out.append(.deleted("/" + r))
-                } else if name.hasPrefix(".wh.") {
-                    if name != ".wh..wh..opq" { out.append(.deleted("/" + (rel.isEmpty ? "" : rel + "/") + String(name.dropFirst(4)))) }
+                } else if let wh = OverlayFormat.whiteout(name) {
+                    if case .target(let gone) = wh { out.append(.deleted("/" + (rel.isEmpty ? "" : rel + "/") + gone)) }
                 } else {
                     out.append(existsBelow(r) ? .changed("/" + r) : .added("/" + r))
                 }

@@ -55,7 +55,7 @@ extension Store {
             try db.queue.write { try rec.insert($0) }
             return rec
         } catch {
-            for d in [initDir, cDir] { _ = try? Spawn.run("/bin/rm", ["rm", "-rf", "--one-file-system", d]) }
+            for d in [initDir, cDir] { removeTree(path: d) }
             unlink("\(overlayDir)/l/\(initLink)")
             unlink("\(overlayDir)/l/\(cLink)")
             throw StoreError("creating container: \(error)")
@@ -93,6 +93,22 @@ extension Store {
         return "lowerdir=\(lower),upperdir=\(c.id)/diff,workdir=\(c.id)/work"
     }
 
+    /// How to mount a container's root, as containerd's snapshotters say it:
+    /// the store describes the mount; the caller (here `mountLocked`) makes
+    /// it. Paths in `options` are relative to `workingDirectory` (short
+    /// lower links keep long stacks within the kernel's one page of options).
+    public struct MountDescription: Sendable, Equatable {
+        public let type: String
+        public let options: String
+        public let workingDirectory: String
+        public let target: String
+    }
+
+    public func mountDescription(_ c: ContainerRecord, driver: Driver) throws(StoreError) -> MountDescription {
+        MountDescription(type: driver == .overlay ? "overlay" : "fuse.strata", options: try mountOptions(c),
+                         workingDirectory: overlayDir, target: mergedPath(c))
+    }
+
     /// Mounts the container's root and returns the merged path.
     public func mount(_ c: ContainerRecord, driver: Driver, strataBinary: String) throws(StoreError) -> String {
         try exclusively { () throws(StoreError) -> String in
@@ -105,14 +121,14 @@ extension Store {
     private func mountLocked(_ c: ContainerRecord, driver: Driver, strataBinary: String) throws(StoreError) -> String {
         let merged = mergedPath(c)
         if strata_is_mount_root_path(merged) { return merged }
-        let opts = try mountOptions(c)
+        let m = try mountDescription(c, driver: driver)
         let status: Int32
         do {
             switch driver {
             case .overlay:
-                status = try Spawn.run("/bin/sh", ["sh", "-c", "cd '\(overlayDir)' && exec mount -t overlay overlay -o '\(opts)' '\(merged)'"])
+                status = try Spawn.run("/bin/mount", ["mount", "-t", m.type, "overlay", "-o", m.options, m.target], cwd: m.workingDirectory)
             case .fuse:
-                status = try Spawn.run("/bin/sh", ["sh", "-c", "cd '\(overlayDir)' && exec '\(strataBinary)' mount -o '\(opts)' '\(merged)'"])
+                status = try Spawn.run(strataBinary, ["strata", "mount", "-o", m.options, m.target], cwd: m.workingDirectory)
             }
         } catch { throw StoreError("mount: \(error)") }
         if status != 0 { throw StoreError("mounting container \(c.name) with the \(driver.rawValue) driver failed (exit \(status))") }

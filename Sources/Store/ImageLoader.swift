@@ -30,7 +30,7 @@ public struct ImageLoader: Sendable {
     /// A tar archive: unpacked aside (as hostile input, like a layer), then read.
     public func load(archive: String) throws(StoreError) -> [Loaded] {
         let tmp = store.scratch("load")
-        defer { _ = try? Spawn.run("/bin/rm", ["rm", "-rf", "--one-file-system", tmp]) }
+        defer { removeTree(path: tmp) }
         var applier = LayerApplier()
         applier.deviceWhiteouts = false
         do { _ = try applier.apply(file: archive, to: tmp) } catch { throw StoreError("\(error)") }

@@ -50,7 +50,7 @@ extension Store {
         for l in removedLayers {
             let d = dir(l)
             if let link = try? String(contentsOfFile: "\(d)/link", encoding: .utf8) { unlink("\(overlayDir)/l/\(link)") }
-            _ = try? Spawn.run("/bin/rm", ["rm", "-rf", "--one-file-system", d])
+            removeTree(path: d)
         }
         return removedLayers
     }

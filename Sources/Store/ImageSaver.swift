@@ -24,7 +24,7 @@ extension Store {
         let tags = (try images()).first { $0.0.id == img.id }?.1 ?? []
         var layerFiles: [String] = []
         for l in img.layerIDs {
-            let f = "\(overlayDir)/\(Digest.hex(l))/layer.tar"
+            let f = layerArchivePath(l)
             guard access(f, R_OK) == 0 else { throw StoreError("layer \(l) has no kept archive; load the image again to save it") }
             layerFiles.append(f)
         }

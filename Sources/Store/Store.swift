@@ -17,6 +17,14 @@ public final class Store: @unchecked Sendable {
     let lock: StoreLock
     var overlayDir: String { "\(root)/overlay" }
 
+    /// Where a layer's archive (the tar it was loaded or committed from) is
+    /// kept: the registry pushes it from there.
+    public func layerArchivePath(_ layerID: String) -> String { "\(overlayDir)/\(Digest.hex(layerID))/layer.tar" }
+
+    /// A pull's resume directory, named by what is pulled: a second pull of
+    /// the same manifest continues there.
+    public func pullDirectory(_ key: String) -> String { "\(root)/tmp/pull-\(key)" }
+
     /// The default root: /var/lib/strata for root, else $XDG_DATA_HOME/strata.
     public static var defaultRoot: String {
         let env = ProcessInfo.processInfo.environment

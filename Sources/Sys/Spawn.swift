@@ -9,10 +9,15 @@ public enum Spawn {
     /// Starts `path` with `args` (argv[0] included), the current environment
     /// plus `env`, keeping `inherit` open in the child. Returns the pid.
     public static func start(_ path: String, _ args: [String], env: [String: String] = [:],
-                             inherit: [Int32] = [], stdio: (Int32, Int32, Int32)? = nil) throws(SysError) -> pid_t {
+                             inherit: [Int32] = [], stdio: (Int32, Int32, Int32)? = nil,
+                             cwd: String? = nil) throws(SysError) -> pid_t {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
+        // A working directory for the child alone: relative paths in its
+        // arguments (overlay's short lower links) resolve there, with no
+        // shell to quote them for.
+        if let cwd { _ = strata_spawn_addchdir(&actions, cwd) }
         for fd in inherit {
             // dup2 onto itself clears FD_CLOEXEC in the child.
             posix_spawn_file_actions_adddup2(&actions, fd, fd)
@@ -63,8 +68,8 @@ public enum Spawn {
     }
 
     /// Runs a program to completion; returns its exit status.
-    public static func run(_ path: String, _ args: [String], env: [String: String] = [:]) throws(SysError) -> Int32 {
-        wait(try start(path, args, env: env))
+    public static func run(_ path: String, _ args: [String], env: [String: String] = [:], cwd: String? = nil) throws(SysError) -> Int32 {
+        wait(try start(path, args, env: env, cwd: cwd))
     }
 
     /// Finds an executable in PATH (and the sbin directories mount helpers

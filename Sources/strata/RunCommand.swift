@@ -36,7 +36,7 @@ struct RunCommand: ParsableCommand {
         }
         let merged = try storeCall { () throws(StoreError) in try s.mount(c, driver: d, strataBinary: bin) }
         let bundle = "\(s.root)/tmp/bundle-\(c.id)"
-        defer { _ = try? Spawn.run("/bin/rm", ["rm", "-rf", bundle]) }
+        defer { removeTree(path: bundle) }
         try FileManager.default.createDirectory(atPath: bundle, withIntermediateDirectories: true)
         guard try Spawn.run(runtime, [runtime, "spec", "--bundle", bundle]) == 0,
               let raw = FileManager.default.contents(atPath: "\(bundle)/config.json"),

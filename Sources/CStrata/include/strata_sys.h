@@ -90,4 +90,6 @@ void strata_set_errno(int e);
 /* posix_spawn_file_actions_addclosefrom_np (glibc 2.34+), which Swift's Glibc module does not export. */
 #include <spawn.h>
 int strata_spawn_addclosefrom(posix_spawn_file_actions_t *actions, int from);
+/// The child starts in `path` (posix_spawn_file_actions_addchdir_np, glibc 2.29).
+int strata_spawn_addchdir(posix_spawn_file_actions_t *actions, const char *path);
 #endif

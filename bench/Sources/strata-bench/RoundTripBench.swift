@@ -31,6 +31,8 @@ struct RoundTripBench: ParsableCommand {
     @Option(help: "Rounds; medians are reported.") var rounds = 5
     @Option(help: "Where to put the data (disk-backed).") var dir = "/var/tmp"
     @Option(help: "The strata binary (default: next to this program).") var strata: String?
+    @Option(help: "libfuse 3.18's example/passthrough_hp built with io_uring, for its null round trip (never committed).")
+    var passthroughHp: String?
 
     func run() throws {
         guard geteuid() == 0 else { throw ValidationError("run as root: mounting and pinning the daemon need it") }
@@ -39,7 +41,8 @@ struct RoundTripBench: ParsableCommand {
         guard ProcessInfo.processInfo.activeProcessorCount >= 2 else { throw ValidationError("needs at least 2 CPUs") }
         let root = try makeTemp(dir)
         defer { _ = try? Spawn.run("/bin/rm", ["rm", "-rf", "--one-file-system", root]) }
-        let setup = UnionSetup(root: root, strata: bin)
+        var setup = UnionSetup(root: root, strata: bin)
+        setup.passthroughHP = passthroughHp
         for l in setup.lowers { mkdir(l, 0o755) }
         mkdir("\(setup.lowers[0])/files", 0o755)
         mkdir("\(setup.lowers[2])/del", 0o755)
@@ -47,6 +50,7 @@ struct RoundTripBench: ParsableCommand {
             writeBytes("\(setup.lowers[0])/files/f\(i)", 100)
             writeBytes("\(setup.lowers[2])/del/d\(i)", 10)
         }
+        if passthroughHp != nil { setup.flatten() }
         let self_ = CommandLine.arguments[0]
         let uringSwitch = try UringSwitch.turnOn()
         defer { uringSwitch.restore() }
@@ -56,7 +60,7 @@ struct RoundTripBench: ParsableCommand {
             progress("round \(round + 1)/\(rounds)")
             record("pipe, same vCPU", try pingPong(self_, sameCPU: true), per: calls * 5)
             record("pipe, two vCPUs", try pingPong(self_, sameCPU: false), per: calls * 5)
-            let impls = ["kernel", "strata", "strata-uring"]
+            let impls = ["kernel", "strata", "strata-uring"] + (passthroughHp != nil ? ["passthrough_hp-uring"] : [])
             for k in 0..<impls.count {
                 let impl = impls[(k + round) % impls.count]
                 let m = try setup.mount(impl)
@@ -84,7 +88,8 @@ struct RoundTripBench: ParsableCommand {
         print("strata-bench roundtrip: \(calls) calls per measurement, \(rounds) rounds, medians; machine: \(ProcessInfo.processInfo.activeProcessorCount) cores, kernel \(kernel)")
         let m = { (k: String) in median(t[k] ?? []) }
         print("| round trip | µs |\n|---|---|")
-        for k in ["pipe, same vCPU", "pipe, two vCPUs", "null kernel", "null strata", "null strata, same vCPU", "null strata-uring"] {
+        for k in ["pipe, same vCPU", "pipe, two vCPUs", "null kernel", "null strata", "null strata, same vCPU", "null strata-uring",
+                  "null passthrough_hp-uring"] where t[k] != nil {
             print(String(format: "| %@ | %.1f |", k, m(k)))
         }
         // Round trips less what the kernel's own getxattr costs (the
@@ -95,8 +100,8 @@ struct RoundTripBench: ParsableCommand {
         let same = max(0, m("null strata, same vCPU") - m("null kernel"))
         print(String(format: "\nround trip beyond the kernel's own call: %.1f µs on /dev/fuse, %.1f µs on one vCPU\n", free, same))
         print("| per call (union benchmark workload) | round trips FUSE must make | kernel µs | strata µs | strata / kernel "
-            + "| strata-uring µs | strata-uring / kernel | floor with /dev/fuse round trips | floor with one-vCPU round trips | target |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
+            + "| strata-uring µs | strata-uring / kernel | passthrough_hp-uring µs | floor with /dev/fuse round trips | floor with one-vCPU round trips | target |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         let rows: [(String, String, Int, String, String)] = [
             ("open", "open + read + close (read every file)", 1, "OPEN", "1.2x"),
             ("create", "create + write 100 B + close (create 10,000 files)", 4,
@@ -104,10 +109,10 @@ struct RoundTripBench: ParsableCommand {
             ("unlink", "unlink a listed lower file (delete a lower tree)", 2, "UNLINK, GETATTR of the parent", "2.0x"),
         ]
         for (k, name, trips, which, target) in rows {
-            let kt = m("\(k) kernel"), st = m("\(k) strata"), ut = m("\(k) strata-uring")
+            let kt = m("\(k) kernel"), st = m("\(k) strata"), ut = m("\(k) strata-uring"), pt = m("\(k) passthrough_hp-uring")
             let floor = { (rt: Double) in (kt + Double(trips) * rt) / kt }
-            print(String(format: "| %@ | %d (%@) | %.1f | %.1f | %.2fx | %.1f | %.2fx | %.2fx | %.2fx | %@ |", name, trips, which, kt, st, st / kt,
-                         ut, ut / kt, floor(free), floor(same), target))
+            print(String(format: "| %@ | %d (%@) | %.1f | %.1f | %.2fx | %.1f | %.2fx | %.1f | %.2fx | %.2fx | %@ |", name, trips, which, kt, st, st / kt,
+                         ut, ut / kt, pt, floor(free), floor(same), target))
         }
         print("\nfloor = (kernel µs + round trips × round trip µs) / kernel µs: the ratio of a daemon that costs nothing.")
     }

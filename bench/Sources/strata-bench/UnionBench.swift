@@ -20,8 +20,9 @@ struct UnionBench: ParsableCommand {
     @Option(help: "Rounds; medians are reported.") var rounds = 3
     @Option(help: "Where to put the data (disk-backed).") var dir = "/var/tmp"
     @Option(help: "The strata binary (default: next to this program).") var strata: String?
-    @Option(help: "Comma-separated implementations: kernel, strata (/dev/fuse), strata-uring (FUSE over io_uring), fuse-overlayfs.")
+    @Option(help: "Comma-separated implementations: kernel, strata (/dev/fuse), strata-uring (FUSE over io_uring), fuse-overlayfs, passthrough_hp-uring (libfuse's example server on io_uring over a flattened copy: no union work; needs --passthrough-hp).")
     var impls = "kernel,strata,strata-uring,fuse-overlayfs"
+    @Option(help: "libfuse 3.18's example/passthrough_hp, built with io_uring (never committed).") var passthroughHp: String?
     @Flag(help: "Skip the 128-layer lookup workload.") var noLayers = false
 
     func run() throws {
@@ -30,20 +31,26 @@ struct UnionBench: ParsableCommand {
         let root = try makeTemp(dir)
         defer { _ = try? Spawn.run("/bin/rm", ["rm", "-rf", "--one-file-system", root]) }
         let names = impls.split(separator: ",").map(String.init)
-        // strata-uring needs the kernel's opt-in switch; set for the run,
-        // put back after.
-        let uringSwitch = names.contains("strata-uring") ? try UringSwitch.turnOn() : nil
+        if names.contains("passthrough_hp-uring") && passthroughHp == nil {
+            throw ValidationError("passthrough_hp-uring needs --passthrough-hp PATH (libfuse 3.18's example, built with io_uring)")
+        }
+        // The io_uring rows need the kernel's opt-in switch; set for the
+        // run, put back after.
+        let uringSwitch = names.contains(where: { $0.hasSuffix("-uring") }) ? try UringSwitch.turnOn() : nil
         defer { uringSwitch?.restore() }
-        let setup = UnionSetup(root: root, strata: bin)
+        var setup = UnionSetup(root: root, strata: bin)
+        setup.passthroughHP = passthroughHp
         progress("building \(entries) entries in 3 layers and a \(sizeMib) MiB file under \(root)")
         let files = setup.buildLayers(entries: entries, bigMiB: sizeMib)
+        if passthroughHp != nil { setup.flatten() }
         var results: [String: Workload] = [:]
         let order = ["stat every file (walk), warm", "stat every file (walk), cold (fresh mount)", "readdir of a 10,000-entry merged dir",
                      "readdir + stat of it", "read every file, warm", "create 10,000 small files",
                      "delete a lower tree (whiteouts)", "append 1 byte to a \(sizeMib) MiB lower file (copy-up)",
                      "sequential read \(sizeMib) MiB, warm", "sequential write \(sizeMib) MiB",
                      "random 4 KiB O_DIRECT reads (4,000)", "mount + unmount, 3 layers (as podman: syscall or mount program)",
-                     "walk with lstat + security.capability, fresh mount (naive diff)"]
+                     "walk with lstat + security.capability, fresh mount (naive diff)",
+                     "first listing + stat of the 10,000-entry merged dir, fresh mount"]
         for o in order { results[o] = Workload(name: o, bytes: nil) }
         func record(_ w: String, _ impl: String, _ t: Double) { results[w]?.seconds[impl, default: []].append(t) }
         for round in 0..<rounds {
@@ -68,16 +75,21 @@ struct UnionBench: ParsableCommand {
                 record(order[7], impl, time { appendByte("\(m)/big") })
                 sync()
                 record(order[9], impl, time { writeFile("\(m)/written", mib: sizeMib); fsyncPath("\(m)/written") })
-                record(order[11], impl, median(try (0..<10).map { _ in try setup.mountUnmountTime(impl) }))
+                if impl != "passthrough_hp-uring" {
+                    record(order[11], impl, median(try (0..<10).map { _ in try setup.mountUnmountTime(impl) }))
+                }
                 let fresh = try setup.mount(impl)
                 defer { setup.unmount(fresh) }
                 record(order[12], impl, time { walkWithCapability(fresh) })
+                let fresh2 = try setup.mount(impl)
+                defer { setup.unmount(fresh2) }
+                record(order[13], impl, time { statDir("\(fresh2)/wide") })
             }
         }
         var growth: String = ""
         if !noLayers {
             progress("128 layers against 1")
-            growth = try setup.layerGrowth(impls: names, rounds: rounds)
+            growth = try setup.layerGrowth(impls: names.filter { $0 != "passthrough_hp-uring" }, rounds: rounds)
         }
         let kernel = (try? String(contentsOfFile: "/proc/sys/kernel/osrelease", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "?"
         print("strata-bench union: \(files.all.count) files in 3 lower layers + \(sizeMib) MiB file; \(rounds) rounds; medians; ratio = time / kernel's, paired by round")
@@ -97,6 +109,7 @@ struct TreeFiles {
 struct UnionSetup {
     let root: String
     let strata: String
+    var passthroughHP: String?
     var lowers: [String] { (1...3).map { "\(root)/l\($0)" } }
 
     /// A tree shaped like a distribution's: directories of ~10 files with
@@ -152,11 +165,24 @@ struct UnionSetup {
         case "strata": command = "\(strata) mount -o \(opts),uring=off \(m)"
         case "strata-uring": command = "\(strata) mount -o \(opts),uring=on \(m)"
         case "fuse-overlayfs": command = "/usr/bin/fuse-overlayfs -o \(opts),allow_other \(m) 2>/dev/null"
+        case "passthrough_hp-uring":
+            // No union: a hard-linked copy of the flattened layers.
+            let src = "\(root)/flat-\(id)"
+            guard try Spawn.run("/bin/cp", ["cp", "-al", "\(root)/flat", src]) == 0 else { throw ValidationError("cp -al of the flat tree failed") }
+            command = "\(passthroughHP ?? "passthrough_hp") -o io_uring -o allow_other \(src) \(m)"
         default: throw ValidationError("unknown implementation \(impl)")
         }
         let status = try Spawn.run("/bin/sh", ["sh", "-c", "cd \(root) && \(command)"])
         guard status == 0 else { throw ValidationError("mounting \(impl) failed (exit \(status))") }
         return m
+    }
+
+    /// The merged view of the lower layers as one plain directory, for a
+    /// FUSE server without union work (these layers hold no whiteouts).
+    func flatten() {
+        let flat = "\(root)/flat"
+        mkdir(flat, 0o755)
+        for l in lowers.reversed() { _ = try? Spawn.run("/bin/cp", ["cp", "-a", "\(l)/.", flat]) }
     }
 
     /// One mount and unmount as containers/storage does them: mount(2) for
@@ -196,7 +222,9 @@ struct UnionSetup {
         // Only the big files go now; the many small ones stay until the end,
         // so that deleting them does not slow the next implementation's
         // creates (journal-less ext4 scans recently freed inodes).
-        _ = try? Spawn.run("/usr/bin/find", ["find", "\(root)/u-\(base)", "-type", "f", "-size", "+64M", "-delete"])
+        for d in ["\(root)/u-\(base)", "\(root)/flat-\(base)"] where access(d, F_OK) == 0 {
+            _ = try? Spawn.run("/usr/bin/find", ["find", d, "-type", "f", "-size", "+64M", "-delete"])
+        }
     }
 
     /// Stat of 1,000 names in the bottom layer and 1,000 missing names on a
