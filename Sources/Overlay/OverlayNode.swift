@@ -175,4 +175,13 @@ struct InodeKey: Hashable, Sendable {
     let ino: UInt64
     var parent: UInt64 = 0
     var name: [UInt8] = []
+
+    /// The name stays out of the hash (Array hashes byte by byte, on every
+    /// lookup); names of one lower hard link share a bucket, and equality
+    /// still tells them apart.
+    func hash(into h: inout Hasher) {
+        h.combine(dev)
+        h.combine(ino)
+        h.combine(parent)
+    }
 }

@@ -14,8 +14,10 @@ final class OverlayNodeTable: @unchecked Sendable {
     let root: OverlayNode
 
     init(root: OverlayNode) {
-        byID = (0..<Self.shards).map { _ in Locked([:]) }
-        byKey = (0..<Self.shards).map { _ in Locked([:]) }
+        // Room for a few thousand nodes before any shard grows (a first
+        // walk creates one per entry; growing rehashes the whole shard).
+        byID = (0..<Self.shards).map { _ in Locked(Dictionary(minimumCapacity: 128)) }
+        byKey = (0..<Self.shards).map { _ in Locked(Dictionary(minimumCapacity: 128)) }
         self.root = root
         root.setFirstReference()
     }
