@@ -88,6 +88,13 @@ public final class Store: @unchecked Sendable {
         public var id: String, diffID: String, parent: String?, link: String, size: Int64, created: Double
     }
 
+    /// Every recorded layer's chain ID.
+    public func allLayerIDs() throws(StoreError) -> [String] {
+        do { return try db.queue.read { db in try String.fetchAll(db, sql: "SELECT id FROM layer ORDER BY id") } } catch {
+            throw StoreError("reading layers: \(error)")
+        }
+    }
+
     public func layer(_ id: String) throws(StoreError) -> LayerRecord? {
         do { return try db.queue.read { try LayerRecord.fetchOne($0, key: id) } } catch { throw StoreError("\(error)") }
     }
@@ -206,12 +213,30 @@ public final class Store: @unchecked Sendable {
     public func record(_ u: UnpackedLayer, parent: String?, progress: (String) -> Void = { _ in }) throws(StoreError) {
         let d = dir(u.chainID)
         let link = Self.shortLink()
-        symlink("../\(Digest.hex(u.chainID))/diff", "\(overlayDir)/l/\(link)")
-        try? link.write(toFile: "\(d)/link", atomically: true, encoding: .utf8)
-        if let parent, let p = try layer(parent) {
-            let below = [p.link] + ((try? String(contentsOfFile: "\(dir(parent))/lower", encoding: .utf8))?
-                .split(separator: ":").map { String($0.dropFirst(2)) } ?? [])
-            try? below.map { "l/\($0)" }.joined(separator: ":").write(toFile: "\(d)/lower", atomically: true, encoding: .utf8)
+        // A layer is recorded only when its links are all in place: a row
+        // without them would mount without its lower layers. What is left
+        // after a failure is unnamed, and `strata check --repair` removes it.
+        let what = "layer \(Digest.hex(u.diffID).prefix(12))"
+        if symlink("../\(Digest.hex(u.chainID))/diff", "\(overlayDir)/l/\(link)") != 0 {
+            throw StoreError("\(what): short link l/\(link): \(currentErrno())")
+        }
+        do { try link.write(toFile: "\(d)/link", atomically: true, encoding: .utf8) } catch {
+            throw StoreError("\(what): writing \(d)/link: \(error.localizedDescription)")
+        }
+        if let parent {
+            guard let p = try layer(parent) else { throw StoreError("\(what): its parent \(parent) is not in the store") }
+            var below = [p.link]
+            if p.parent != nil {
+                guard let lower = try? String(contentsOfFile: "\(dir(parent))/lower", encoding: .utf8) else {
+                    throw StoreError("\(what): its parent's lower file \(dir(parent))/lower is missing or unreadable (see 'strata check')")
+                }
+                below += lower.split(separator: ":").map { String($0.dropFirst(2)) }
+            }
+            do {
+                try below.map { "l/\($0)" }.joined(separator: ":").write(toFile: "\(d)/lower", atomically: true, encoding: .utf8)
+            } catch {
+                throw StoreError("\(what): writing \(d)/lower: \(error.localizedDescription)")
+            }
         }
         killPoint("layer-links")
         let rec = LayerRecord(id: u.chainID, diffID: u.diffID, parent: parent, link: link, size: u.stats.bytes, created: Date().timeIntervalSince1970)

@@ -29,14 +29,17 @@ struct OverlaySemanticsTests {
         let pair = try UnionPair(build: Fixture.build)
         defer { pair.unmount() }
         let m = pair.strataMount
-        let before = ino("\(m)/a/f1")
+        // Each inode must exist: two failed lstats would compare equal (nil).
+        let before = try #require(ino("\(m)/a/f1"))
         #expect(FileOps(m).write("a/f1", "x", flags: O_WRONLY | O_APPEND) == "ok")
         #expect(ino("\(m)/a/f1") == before)                   // st_ino unchanged by copy-up
-        let dirBefore = ino("\(m)/a/sub")
+        let dirBefore = try #require(ino("\(m)/a/sub"))
         #expect(FileOps(m).chmod("a/sub", 0o700) == "ok")
         #expect(ino("\(m)/a/sub") == dirBefore)
         for dir in ["", "a", "a/sub", "b", "dirover"] {
-            for (name, dino) in dirInos(dir.isEmpty ? m : "\(m)/\(dir)") {
+            let listed = dirInos(dir.isEmpty ? m : "\(m)/\(dir)")
+            #expect(!listed.isEmpty, "\(dir) lists nothing")
+            for (name, dino) in listed {
                 let path = dir.isEmpty ? "\(m)/\(name)" : "\(m)/\(dir)/\(name)"
                 #expect(ino(path) == dino, "d_ino of \(path) is \(dino), st_ino \(ino(path) ?? 0)")
             }
@@ -69,7 +72,9 @@ struct OverlaySemanticsTests {
         defer { pair.unmount() }
         let m = pair.strataMount
         #expect(FileOps(m).write("a/h1", "x", flags: O_WRONLY | O_APPEND) == "ok")   // copied up
-        for (name, dino) in dirInos("\(m)/a") {
+        let listed = dirInos("\(m)/a")
+        #expect(listed["h1"] != nil, "a lists no h1")
+        for (name, dino) in listed {
             #expect(ino("\(m)/a/\(name)") == dino, "\(name)")
         }
     }

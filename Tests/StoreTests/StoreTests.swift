@@ -80,6 +80,21 @@ struct StoreTests {
         #expect((try? FileManager.default.contentsOfDirectory(atPath: "\(t.path)/store/overlay"))?.filter { $0 != "l" } == [])
     }
 
+    /// A layer is recorded only with its links in place: when the short
+    /// link cannot be made (here `overlay/l` is a file, not a directory),
+    /// the load fails naming it and no layer row exists.
+    @Test func aLayerWhoseLinkFailsIsNotRecorded() throws {
+        let t = TempDir()
+        _ = try Store(root: t.path)   // lays the store out
+        #expect(Glibc.rmdir("\(t.path)/overlay/l") == 0)
+        #expect(FileOps(t.path).write("overlay/l", "not a directory") == "ok")
+        let r = strata(["image", "load", "--root", t.path, "-i", "\(Self.fixtures)/busybox-l3.docker.tar"])
+        #expect(r.status != 0)
+        #expect(r.stderr.contains("short link"), "\(r.stderr)")
+        #expect(try Store(root: t.path).allLayerIDs().isEmpty, "a layer row was recorded without its link")
+        #expect(strata(["image", "ls", "--root", t.path]).stdout.split(separator: "\n").count == 1)
+    }
+
     /// A hostile middle layer: the load fails with one line naming the
     /// entry, and the layers unpacked beside it (in parallel) are removed:
     /// nothing is registered, nothing is left in the store or outside it.
