@@ -74,4 +74,17 @@ if [ ! -e "$switch" ]; then
 fi
 saved_switch=$(cat "$switch")
 echo Y > "$switch"
-pass_flags=--skip-build run_pass "io_uring" STRATA_URING=on
+# Every daemon of the pass appends its last statistics: the pass counts
+# only if the rings did serve (a refused registration falls back quietly).
+stats=$(mktemp /tmp/strata-test-stats.XXXXXX)
+pass_flags=--skip-build run_pass "io_uring" STRATA_URING=on STRATA_STATS_AT_EXIT="$stats"
+daemons=$(grep -c '"transport"' "$stats" || true)
+on_rings=$(grep -c '"transport": "io_uring' "$stats" || true)
+served=$(grep -o '"ring_requests": [0-9]*' "$stats" | awk '{s += $2} END {print s + 0}')
+rm -f "$stats"
+echo "test: io_uring pass: $on_rings of $daemons daemons on the rings, $served requests served there" >&2
+# A few daemons are meant to fall back (the refused-registration test).
+if [ "${daemons:-0}" -lt 20 ] || [ "$served" -lt 10000 ] || [ $((on_rings * 10)) -lt $((daemons * 9)) ]; then
+  echo "test: the io_uring pass did not serve through the rings ($served requests from $daemons daemons)" >&2
+  exit 1
+fi

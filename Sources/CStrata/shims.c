@@ -155,6 +155,25 @@ ssize_t strata_lgetxattr_at(int dirfd, const char *name, const char *attr, void 
     return lgetxattr(path, attr, value, size);
 }
 
+/* listxattrat(2), Linux 6.13, as strata_lgetxattr_at: the names of
+ * dirfd/name's xattrs without a /proc path. */
+#ifndef __NR_listxattrat
+#define __NR_listxattrat 465
+#endif
+static int strata_no_listxattrat;
+
+ssize_t strata_llistxattr_at(int dirfd, const char *name, char *list, size_t size) {
+    if (!__atomic_load_n(&strata_no_listxattrat, __ATOMIC_RELAXED)) {
+        long r = syscall(__NR_listxattrat, dirfd, name, AT_SYMLINK_NOFOLLOW, list, size);
+        if (r >= 0 || errno != ENOSYS) return r;
+        __atomic_store_n(&strata_no_listxattrat, 1, __ATOMIC_RELAXED);
+    }
+    char path[64 + 256];
+    int n = snprintf(path, sizeof path, "/proc/self/fd/%d/%s", dirfd, name);
+    if (n < 0 || (size_t)n >= sizeof path) { errno = ENAMETOOLONG; return -1; }
+    return llistxattr(path, list, size);
+}
+
 int strata_spawn_addchdir(posix_spawn_file_actions_t *actions, const char *path) {
     return posix_spawn_file_actions_addchdir_np(actions, path);
 }

@@ -38,6 +38,12 @@ public func applyCommonOption(_ key: String, _ value: String?, mount: inout Moun
             throw UsageError("option 'uring' takes auto, on or off, got '\(value ?? "")'")
         }
         session.uring = mode
+    case "readdirplus":
+        switch value {
+        case "always": session.readdirplusAlways = true
+        case "auto": session.readdirplusAlways = false
+        default: throw UsageError("option 'readdirplus' takes always or auto, got '\(value ?? "")'")
+        }
     case "uring_sched":
         switch value {
         case "idle": session.uringIdleThreads = true

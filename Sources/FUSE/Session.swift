@@ -54,6 +54,9 @@ public final class Session<FS: FileSystem>: @unchecked Sendable {
         }
         let read = counters.reduce(UInt64(0)) { $0 + $1.bytesRead.load(ordering: .relaxed) }
         let written = counters.reduce(UInt64(0)) { $0 + $1.bytesWritten.load(ordering: .relaxed) }
+        let onRings = rings.reduce(UInt64(0)) { sum, q in
+            sum + (0..<Opcode.count).reduce(UInt64(0)) { $0 + q.worker.counters.value($1) }
+        }
         let transport: String
         if rings.isEmpty {
             transport = "/dev/fuse"
@@ -64,7 +67,7 @@ public final class Session<FS: FileSystem>: @unchecked Sendable {
         }
         return Statistics(transport: transport, threads: counters.count,
                           protocol: "7.\(proto.minor)", passthrough: passthroughOn,
-                          uptime: started.duration(to: .now), requests: requests, bytesRead: read, bytesWritten: written,
+                          uptime: started.duration(to: .now), requests: requests, bytesRead: read, bytesWritten: written, ringRequests: onRings,
                           filesystem: fs.statistics())
     }
 
@@ -137,7 +140,7 @@ public final class Session<FS: FileSystem>: @unchecked Sendable {
             kernelFlags = UInt64(inp.flags)
         }
         var wanted = InitFlag.asyncRead | InitFlag.atomicOTrunc | InitFlag.bigWrites
-            | InitFlag.doReaddirplus | InitFlag.readdirplusAuto | InitFlag.asyncDIO
+            | InitFlag.doReaddirplus | (options.readdirplusAlways ? 0 : InitFlag.readdirplusAuto) | InitFlag.asyncDIO
             | InitFlag.parallelDirops | InitFlag.handleKillprivV2 | InitFlag.maxPages
             | InitFlag.cacheSymlinks | InitFlag.initExt | InitFlag.setxattrExt
             | InitFlag.autoInvalData

@@ -18,6 +18,14 @@ public struct SessionOptions: Sendable {
     /// FUSE over io_uring: `auto` uses it when the kernel offers it, `on`
     /// fails the mount when it cannot, `off` stays on /dev/fuse.
     public var uring = UringMode.auto
+    /// Every listing request is a READDIRPLUS (entries with their
+    /// attributes), not only the first of a directory as the kernel's
+    /// "auto" mode does: a reader that lists in small chunks before it
+    /// stats (Go's Readdirnames reads 8 KiB at a time, and
+    /// containers/storage's diff walks that way) otherwise pays one LOOKUP
+    /// round trip per entry past the first chunk. `readdirplus=auto` for
+    /// the kernel's mode.
+    public var readdirplusAlways = true
     /// Requests each CPU's ring queue can hold at once.
     public var uringDepth = 8
     /// Ring threads under SCHED_IDLE, so that the caller they answer wakes

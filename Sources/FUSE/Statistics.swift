@@ -16,6 +16,8 @@ public struct Statistics: Sendable {
     /// passthrough moves never reaches it.
     public var bytesRead: UInt64
     public var bytesWritten: UInt64
+    /// Requests answered on the io_uring queues (the rest came by /dev/fuse).
+    public var ringRequests: UInt64
     public var filesystem: [(String, Int)]
 
     /// One opcode's requests: how many, and how long the daemon took to
@@ -47,7 +49,7 @@ public struct Statistics: Sendable {
         return """
             {"pid": \(getpid()), "transport": \(q(transport)), "threads": \(threads), "protocol": \(q(`protocol`)), \
             "passthrough": \(passthrough), "uptime_seconds": \(uptime.components.seconds), "rss_kib": \(rss), \
-            "open_descriptors": \(fds), "bytes_read": \(bytesRead), "bytes_written": \(bytesWritten), \
+            "open_descriptors": \(fds), "bytes_read": \(bytesRead), "bytes_written": \(bytesWritten), "ring_requests": \(ringRequests), \
             "requests": {\(reqs)}, "filesystem": {\(fsFigures)}}
             """
     }

@@ -134,6 +134,7 @@ extension Overlay {
         return r
     }
 
+    private static let fuseOverlayfsPrefixes = (Array("trusted.fuseoverlayfs.".utf8), Array("user.fuseoverlayfs.".utf8))
     private static let overlayNamespaces: [[UInt8]] = [
         Array(OverlayFormat.trustedPrefix.utf8), Array(OverlayFormat.userPrefix.utf8),
         Array("trusted.fuseoverlayfs.".utf8), Array("user.fuseoverlayfs.".utf8),
@@ -158,24 +159,58 @@ extension Overlay {
         return r
     }
 
+    /// The names as the union shows them: the overlay's own hidden, the
+    /// user's escaped ones unescaped. containers/storage lists the xattrs
+    /// of every file it diffs, so this runs once per entry of a build's
+    /// walk: the names are filtered in place, in an unzeroed buffer, with no
+    /// string made (most files have none at all).
     public func listxattr(_ n: OverlayNode, _ buf: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
-        var all = [CChar](repeating: 0, count: 65536)
-        let len = try xattrPath(n) { p, follow in follow ? CStrata.listxattr(p, &all, all.count) : llistxattr(p, &all, all.count) }
-        if len < 0 { throw currentErrno() }
-        var out: [UInt8] = []
-        let escaped = config.xattrPrefix + "overlay."
-        for name in all[0..<len].split(separator: 0) {
-            let s = String(decoding: name.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-            if s.hasPrefix(escaped) {
-                out += Array((config.xattrPrefix + s.dropFirst(escaped.count)).utf8) + [0]
-            } else if !isPrivateXattr(s) {
-                out += Array(s.utf8) + [0]
+        try withUnsafeTemporaryAllocation(of: CChar.self, capacity: 65536) { (all: UnsafeMutableBufferPointer<CChar>) throws(Errno) -> Int in
+            guard let base = all.baseAddress else { throw .noMemory }
+            let len = try atTop(n) { (d: Int32, path: UnsafePointer<CChar>, _: Int) -> Int in
+                d == AT_FDCWD ? CStrata.listxattr(path, base, all.count) : strata_llistxattr_at(d, path, base, all.count)
             }
+            if len < 0 { throw currentErrno() }
+            if len == 0 { return 0 }
+            let prefix = Array(config.xattrPrefix.utf8)
+            let escaped = prefix + Array("overlay.".utf8)
+            let raw = UnsafeRawBufferPointer(start: base, count: len)
+            var total = 0
+            var start = 0
+            while start < len {
+                var end = start
+                while end < len && raw[end] != 0 { end += 1 }
+                let name = UnsafeRawBufferPointer(rebasing: raw[start..<end])
+                // Escaped (the user's own overlay-named xattr): shown without
+                // the escape; ours: hidden; anything else as it is.
+                var shown = name
+                var drop = 0
+                if name.starts(with: escaped) {
+                    drop = escaped.count - prefix.count
+                } else if name.starts(with: prefix) || name.starts(with: Self.fuseOverlayfsPrefixes.0)
+                            || name.starts(with: Self.fuseOverlayfsPrefixes.1) {
+                    // As isPrivateXattr: ours (this mount's namespace) and
+                    // fuse-overlayfs's metadata.
+                    shown = UnsafeRawBufferPointer(start: nil, count: 0)
+                }
+                if shown.count > 0 {
+                    let size = shown.count - drop + 1
+                    if buf.count > 0 {
+                        guard total + size <= buf.count, let out = buf.baseAddress else { throw .outOfRange }
+                        if drop > 0 {
+                            (out + total).copyMemory(from: prefix, byteCount: prefix.count)
+                            (out + total + prefix.count).copyMemory(from: shown.baseAddress! + escaped.count, byteCount: shown.count - escaped.count)
+                        } else {
+                            (out + total).copyMemory(from: shown.baseAddress!, byteCount: shown.count)
+                        }
+                        out.storeBytes(of: 0, toByteOffset: total + size - 1, as: UInt8.self)
+                    }
+                    total += size
+                }
+                start = end + 1
+            }
+            return total
         }
-        if buf.count == 0 { return out.count }
-        if out.count > buf.count { throw .outOfRange }
-        buf.copyBytes(from: out)
-        return out.count
     }
 
     public func setxattr(_ n: OverlayNode, _ name: String, _ value: UnsafeRawBufferPointer, flags: Int32) throws(Errno) {

@@ -22,7 +22,8 @@ struct MountCommand: ParsableCommand {
 
         Options: lowerdir, upperdir, workdir, userxattr, volatile, fsync=0, \
         redirect_dir=on|off, index=off, xino=on|off|auto, metacopy=off, timeout=SECONDS, \
-        passthrough=on|off, threads=N, noacl, and the generic rw, ro, dev, nodev, \
+        passthrough=on|off, threads=N, uring=auto|on|off (FUSE over io_uring), uring_depth=N, \
+        uring_sched=idle|normal, readdirplus=always|auto, noacl, and the generic rw, ro, dev, nodev, \
         suid, nosuid, exec, noexec, atime, noatime, allow_other, default_permissions. \
         squash_to_root, squash_to_uid=N, squash_to_gid=N (show every file as owned \
         by that id) and static_nlink (directories report one link) as in \

@@ -26,6 +26,8 @@ int strata_fd_to_handle(int fd, unsigned char *buf, unsigned *len, int *type);
 int strata_open_by_handle(int mount_fd, const unsigned char *buf, unsigned len, int type, int flags);
 /* lgetxattr of dirfd/name, by getxattrat(2) where the kernel has it. */
 ssize_t strata_lgetxattr_at(int dirfd, const char *name, const char *attr, void *value, size_t size);
+/// llistxattr of dirfd/name (listxattrat(2) on 6.13+, else through /proc).
+ssize_t strata_llistxattr_at(int dirfd, const char *name, char *list, size_t size);
 int strata_renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *newpath, unsigned int flags);
 int strata_openat2_beneath(int dirfd, const char *path, int flags, mode_t mode, int no_symlinks);
 int strata_setfsuid(uid_t uid);
