@@ -60,8 +60,11 @@ public final class Store: @unchecked Sendable {
         // Migrations only when some are missing, and then under the lock;
         // a current store is opened without waiting for anyone. (SQLite
         // rolls back a migration that was killed: no intent needed.)
-        let current: Bool
-        do { current = try db.isCurrent() } catch { throw StoreError("store database \(root)/strata.db: \(error)") }
+        // A store another command is creating this instant can fail the
+        // lock-free check ("no such table: grdb_migrations" while its first
+        // transaction commits): that counts as not current, and the locked
+        // path below, which waits for that command, gives the real answer.
+        let current = (try? db.isCurrent()) ?? false
         if !current {
             try lock.exclusively(recovering: false) { () throws(StoreError) in
                 do { try db.migrate() } catch { throw StoreError("store database \(root)/strata.db: \(error)") }
