@@ -3,7 +3,7 @@ import CStrata
 import Glibc
 #endif
 
-/// Starting helper programs (fusermount3, our own re-exec) with exact control
+/// Starting helper programs (fusermount3, mount, runc) with exact control
 /// over which descriptors they inherit, which Foundation's Process does not give.
 public enum Spawn {
     /// Starts `path` with `args` (argv[0] included), the current environment
