@@ -36,7 +36,7 @@ public struct UnionMount: Sendable {
             do {
                 return OverlayFS(try Overlay(config), passthrough: passthrough)
             } catch {
-                throw SysError(.invalidArgument, "\(error)", "")
+                throw SysError(line: "\(error)")
             }
         }
     }

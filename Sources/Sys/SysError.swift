@@ -10,11 +10,24 @@ public struct SysError: Error, CustomStringConvertible, Sendable {
     public let errno: Errno
     public let operation: String
     public let path: String
+    /// A line that already says everything (it names its own errno, or
+    /// none applies): shown as it is, not followed by a second errno.
+    public let line: String?
 
     public init(_ errno: Errno, _ operation: String, _ path: String) {
         self.errno = errno
         self.operation = operation
         self.path = path
+        self.line = nil
+    }
+
+    /// An error whose message is complete, such as a union's setup error
+    /// ("lowerdir /x: No such file or directory"), kept as one line.
+    public init(line: String, errno: Errno = .invalidArgument) {
+        self.errno = errno
+        self.operation = line
+        self.path = ""
+        self.line = line
     }
 
     /// The current thread's errno, captured right after a failed call.
@@ -23,7 +36,8 @@ public struct SysError: Error, CustomStringConvertible, Sendable {
     }
 
     public var description: String {
-        path.isEmpty ? "\(operation): \(errno)" : "\(operation) \(path): \(errno)"
+        if let line { return line }
+        return path.isEmpty ? "\(operation): \(errno)" : "\(operation) \(path): \(errno)"
     }
 }
 

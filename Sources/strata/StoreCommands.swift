@@ -184,7 +184,7 @@ struct InspectCommand: ParsableCommand {
             if let c = try s.findContainer(ref) { return try s.inspect(container: c) }
             return try s.inspect(image: try s.image(ref))
         }
-        let data = try JSONSerialization.data(withJSONObject: [obj], options: [.prettyPrinted, .sortedKeys])
+        let data = try JSONSerialization.data(withJSONObject: [obj], options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
         print(String(decoding: data, as: UTF8.self))
     }
 }
@@ -275,7 +275,7 @@ struct ImageInspect: ParsableCommand {
     func run() throws {
         let s = try store.open()
         let obj = try storeCall { () throws(StoreError) in try s.inspect(image: try s.image(image)) }
-        print(String(decoding: try JSONSerialization.data(withJSONObject: [obj], options: [.prettyPrinted, .sortedKeys]), as: UTF8.self))
+        print(String(decoding: try JSONSerialization.data(withJSONObject: [obj], options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]), as: UTF8.self))
     }
 }
 

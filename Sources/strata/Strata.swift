@@ -31,6 +31,14 @@ enum Entry {
         var args = Array(CommandLine.arguments.dropFirst())
         let invoked = (CommandLine.arguments.first ?? "").split(separator: "/").last.map(String.init) ?? ""
         let subcommands = ["mount", "umount", "image", "create", "ls", "rm", "diff", "commit", "inspect", "export", "df", "check", "system", "stats", "run", "pull", "push", "loopback", "help"]
+        // podman's and docker's global form, `strata --root DIR image ls`:
+        // the option goes to the subcommand (before any `--` that starts a
+        // command to run).
+        if let first = args.first, first == "--root" || first.hasPrefix("--root=") {
+            let moved = first == "--root" ? Array(args.prefix(2)) : [first]
+            args.removeFirst(moved.count)
+            if let dashes = args.firstIndex(of: "--") { args.insert(contentsOf: moved, at: dashes) } else { args += moved }
+        }
         if invoked == "strata-overlay" || invoked == "mount.fuse.strata" {
             if args != ["--version"] && args != ["--help"] && args != ["-h"] { args = ["mount"] + args }
         } else if let first = args.first, first == "-o" || first == "-f" {

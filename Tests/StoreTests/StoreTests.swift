@@ -188,6 +188,8 @@ struct ContainerChangeTests {
             .filter { !initFiles.contains(String($0.prefix { $0 != ":" })) } == [])
 
         let inspect = strata(["inspect", "--root", root, "c1"])
+        // Paths as docker prints them: no escaped slashes.
+        #expect(inspect.stdout.contains("\"MergedDir\"") && !inspect.stdout.contains("\\/"), "\(inspect.stdout.prefix(300))")
         let json = try JSONSerialization.jsonObject(with: Data(inspect.stdout.utf8)) as? [[String: Any]]
         let data = (json?.first?["GraphDriver"] as? [String: Any])?["Data"] as? [String: String]
         #expect(data?["MergedDir"] == merged)
@@ -299,6 +301,9 @@ struct ImageManagementTests {
         #expect(run(["image", "tag", "--root", r, img, "other:1"]).status == 0)
         #expect(run(["image", "rm", "--root", r, "other:1"]).status == 0)
         #expect(run(["image", "ls", "--root", r]).stdout.contains("localhost/eco/busybox:l3"))      // still tagged
+        // --root before the subcommand, as podman takes it.
+        #expect(run(["--root", r, "image", "ls"]).stdout == run(["image", "ls", "--root", r]).stdout)
+        #expect(run(["--root=\(r)", "ls"]).status == 0)
         #expect(!run(["image", "history", "--root", r, img]).stdout.isEmpty)
 
         #expect(run(["create", "--root", r, img, "--name", "c"]).status == 0)
