@@ -6,27 +6,63 @@ import Sys
 import Glibc
 #endif
 
-/// `strata run IMAGE -- CMD`: create, mount, and hand the merged root to an
-/// existing OCI runtime (runc, or crun); Strata has no runtime of its own.
+/// `strata run IMAGE [CMD...]`: create, mount, and hand the merged root to
+/// an existing OCI runtime (runc, or crun); Strata has no runtime of its
+/// own. What runs, and how, follows docker and podman: the image's
+/// Entrypoint and Cmd, Env, WorkingDir and User, overridden by the flags.
 struct RunCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "run",
-        abstract: "Run a command in a new container of an image through runc (or crun).",
-        discussion: "The container is removed afterwards unless --keep. The exit status is the command's."
+        abstract: "Run a container of an image through runc (or crun), as docker run does.",
+        discussion: """
+            strata run [OPTIONS] IMAGE [COMMAND [ARG...]]
+
+            With no COMMAND the image's Entrypoint and Cmd run; a COMMAND replaces Cmd \
+            (after the Entrypoint), as in docker. The container is removed afterwards \
+            unless --keep. The exit status is the command's.
+            """
     )
     @OptionGroup var store: StoreOptions
-    @Option(help: "Container name (default strata-<id>).") var name: String?
+    @Option(help: "Container name, also its hostname (default strata-<id>).") var name: String?
     @Option(help: "Mount driver: overlay (kernel, default as root) or fuse.") var driver: String?
     @Flag(help: "Keep the container (and its changes) afterwards.") var keep = false
+    @Option(name: [.short, .customLong("env")], help: "Set KEY=VALUE in the environment (KEY alone: its value here).")
+    var env: [String] = []
+    @Option(name: [.short, .customLong("workdir")], help: "Working directory inside the container.") var workdir: String?
+    @Option(name: [.short, .customLong("user")], help: "USER[:GROUP], names or numbers (names from the image's /etc/passwd and /etc/group).")
+    var user: String?
+    @Option(name: [.short, .customLong("volume")], help: "Bind HOST:CONTAINER[:ro|rw] into the container.") var volume: [String] = []
+    @Option(help: "Network: none (a namespace with loopback only, the default) or host.") var network = "none"
+    @Flag(name: [.short, .customLong("interactive")], help: "Keep standard input open (it is passed through).") var interactive = false
+    @Flag(name: [.short, .customLong("tty")], help: "Give the process a terminal.") var tty = false
     @Argument(help: "Image tag or ID.") var image: String
-    @Argument(parsing: .postTerminator, help: "The command and its arguments, after --.") var command: [String] = []
+    @Argument(parsing: .captureForPassthrough, help: "The command and its arguments (default: the image's).") var command: [String] = []
+
+    func validate() throws {
+        guard network == "none" || network == "host" else { throw ValidationError("--network takes none or host, got '\(network)'") }
+        for v in volume {
+            let parts = v.split(separator: ":", omittingEmptySubsequences: false)
+            guard parts.count == 2 || parts.count == 3, parts[0].hasPrefix("/"), parts[1].hasPrefix("/"),
+                  parts.count == 2 || parts[2] == "ro" || parts[2] == "rw" else {
+                throw ValidationError("-v takes /HOST:/CONTAINER[:ro|rw], got '\(v)'")
+            }
+        }
+    }
 
     func run() throws {
-        guard !command.isEmpty else { throw fail("give the command after --: strata run IMAGE -- CMD [ARGS...]") }
         guard let runtime = Spawn.which("runc") ?? Spawn.which("crun") else {
             throw fail("strata run needs an OCI runtime: apt-get install runc")
         }
+        for v in volume {
+            let host = String(v.split(separator: ":")[0])
+            if access(host, F_OK) != 0 { throw fail("-v \(v): \(host): \(currentErrno())") }
+        }
         let s = try store.open()
+        let cfg = try storeCall { () throws(StoreError) in try s.inspect(image: try s.image(image)) }
+        let imageConfig = cfg["Config"] as? [String: Any] ?? [:]
+        let args = Self.commandLine(entrypoint: imageConfig["Entrypoint"] as? [String] ?? [],
+                                    cmd: imageConfig["Cmd"] as? [String] ?? [], given: command.first == "--" ? Array(command.dropFirst()) : command)
+        guard !args.isEmpty else { throw fail("image \(image) has no Entrypoint or Cmd: give the command, strata run IMAGE CMD [ARGS...]") }
         let bin = (try? Sys.realPath("/proc/self/exe")) ?? "strata"
         let d: Store.Driver = driver.flatMap { Store.Driver(rawValue: $0) } ?? (geteuid() == 0 ? .overlay : .fuse)
         let c = try storeCall { () throws(StoreError) in try s.create(image: image, name: name) }
@@ -44,17 +80,91 @@ struct RunCommand: ParsableCommand {
               var process = spec["process"] as? [String: Any] else {
             throw fail("\(runtime) spec did not give a usable config.json")
         }
-        let cfg = try storeCall { () throws(StoreError) in try s.inspect(image: try s.image(image)) }
-        let imageConfig = cfg["Config"] as? [String: Any] ?? [:]
-        process["args"] = command
-        process["terminal"] = false
-        process["cwd"] = (imageConfig["WorkingDir"] as? String).flatMap { $0.isEmpty ? nil : $0 } ?? "/"
-        if let env = imageConfig["Env"] as? [String] { process["env"] = env }
+        process["args"] = args
+        process["terminal"] = tty
+        process["cwd"] = workdir ?? (imageConfig["WorkingDir"] as? String).flatMap { $0.isEmpty ? nil : $0 } ?? "/"
+        process["env"] = Self.environment(image: imageConfig["Env"] as? [String] ?? [], given: env)
+        let who = user ?? (imageConfig["User"] as? String).flatMap { $0.isEmpty ? nil : $0 }
+        if let who {
+            let (uid, gid) = try Self.resolveUser(who, root: merged)
+            process["user"] = ["uid": uid, "gid": gid]
+        }
         spec["process"] = process
         spec["root"] = ["path": merged, "readonly": false]
+        spec["hostname"] = c.name
+        var mounts = spec["mounts"] as? [[String: Any]] ?? []
+        for v in volume {
+            let p = v.split(separator: ":").map(String.init)
+            mounts.append(["destination": p[1], "type": "bind", "source": p[0],
+                           "options": ["rbind", p.count == 3 && p[2] == "ro" ? "ro" : "rw"]])
+        }
+        spec["mounts"] = mounts
+        if network == "host", var linux = spec["linux"] as? [String: Any], let ns = linux["namespaces"] as? [[String: Any]] {
+            linux["namespaces"] = ns.filter { $0["type"] as? String != "network" }
+            spec["linux"] = linux
+        }
         try JSONSerialization.data(withJSONObject: spec).write(to: URL(fileURLWithPath: "\(bundle)/config.json"))
         status = try Spawn.run(runtime, [runtime, "run", "--bundle", bundle, "strata-\(c.id.prefix(16))"])
         if keep { print("kept container \(c.name)") }
         if status != 0 { throw ExitCode(status) }
+    }
+
+    /// docker's rule: Entrypoint, then the given command or else Cmd.
+    static func commandLine(entrypoint: [String], cmd: [String], given: [String]) -> [String] {
+        entrypoint + (given.isEmpty ? cmd : given)
+    }
+
+    /// The image's environment with `-e` applied on top (KEY alone takes
+    /// its value from here, and is left out when unset, as docker does).
+    static func environment(image: [String], given: [String]) -> [String] {
+        var order: [String] = []
+        var values: [String: String] = [:]
+        func set(_ k: String, _ v: String) {
+            if values[k] == nil { order.append(k) }
+            values[k] = v
+        }
+        for e in image {
+            let kv = e.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            set(String(kv[0]), kv.count > 1 ? String(kv[1]) : "")
+        }
+        for e in given {
+            let kv = e.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            if kv.count > 1 { set(String(kv[0]), String(kv[1])) } else if let v = getenv(e) { set(e, String(cString: v)) }
+        }
+        return order.map { "\($0)=\(values[$0] ?? "")" }
+    }
+
+    /// USER[:GROUP] as numbers: names are looked up in the container's own
+    /// /etc/passwd and /etc/group (never the host's); a user's group is its
+    /// primary one unless given.
+    static func resolveUser(_ spec: String, root: String) throws -> (UInt32, UInt32) {
+        let parts = spec.split(separator: ":", maxSplits: 1).map(String.init)
+        func lookup(_ file: String, _ name: String) -> [String]? {
+            guard let text = try? String(contentsOfFile: "\(root)/etc/\(file)", encoding: .utf8) else { return nil }
+            return text.split(separator: "\n").map { $0.split(separator: ":", omittingEmptySubsequences: false).map(String.init) }
+                .first { $0.first == name }
+        }
+        var uid: UInt32, gid: UInt32 = 0
+        if let n = UInt32(parts[0]) {
+            uid = n
+            if let row = (try? String(contentsOfFile: "\(root)/etc/passwd", encoding: .utf8))?.split(separator: "\n")
+                .map({ $0.split(separator: ":", omittingEmptySubsequences: false) }).first(where: { $0.count > 3 && $0[2] == Substring(parts[0]) }),
+               let g = UInt32(row[3]) { gid = g }
+        } else {
+            guard let row = lookup("passwd", parts[0]), row.count > 3, let u = UInt32(row[2]), let g = UInt32(row[3]) else {
+                throw fail("user '\(parts[0])' is not in the image's /etc/passwd (give a number: -u UID[:GID])")
+            }
+            uid = u
+            gid = g
+        }
+        if parts.count == 2 {
+            if let n = UInt32(parts[1]) { gid = n } else {
+                guard let row = lookup("group", parts[1]), row.count > 2, let g = UInt32(row[2]) else {
+                    throw fail("group '\(parts[1])' is not in the image's /etc/group (give a number)")
+                }
+                gid = g
+            }
+        }
+        return (uid, gid)
     }
 }

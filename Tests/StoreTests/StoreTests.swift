@@ -348,6 +348,38 @@ struct RunTests {
         // Removed afterwards: no container, nothing mounted.
         #expect(runProgram(MountEnvironment.binary, ["ls", "--root", r]).stdout.split(separator: "\n").count == 1)
     }
+
+    /// What runs and how, as docker run: the image's Cmd without a command
+    /// (busybox's is /bin/sh, which reads the script from stdin here), its
+    /// Env with -e on top, -w, -u by number and by the image's own names,
+    /// -v read-only, and the name as hostname.
+    @Test func runTakesDockersFlagsAndTheImagesDefaults() throws {
+        guard Spawn.which("runc") != nil else { Issue.record("runc missing: apt-get install runc"); return }
+        let t = TempDir()
+        let r = t.path
+        let img = "localhost/eco/busybox:l3"
+        #expect(runProgram(MountEnvironment.binary, ["image", "load", "--root", r, "-i", "\(StoreTests.fixtures)/busybox-l3.docker.tar"]).status == 0)
+        func run(_ args: [String]) -> (status: Int32, stdout: String, stderr: String) {
+            runProgram(MountEnvironment.binary, ["run", "--root", r] + args)
+        }
+        let script = t.sub("in") + "/script"
+        #expect(FileOps("/").write(String(script.dropFirst()), "echo from-stdin-sh\n") == "ok")
+        let byDefault = runProgram("/bin/sh", ["-c", "\(MountEnvironment.binary) run --root \(r) \(img) < \(script)"])
+        #expect(byDefault.status == 0 && byDefault.stdout == "from-stdin-sh\n", "\(byDefault.stderr)")
+        let e = run(["-e", "FOO=bar", "-e", "PATH=/bin", img, "sh", "-c", "echo $FOO $PATH"])
+        #expect(e.stdout == "bar /bin\n", "\(e.stderr)")
+        #expect(run(["-w", "/tmp", img, "pwd"]).stdout == "/tmp\n")
+        #expect(run(["-u", "1000:1001", img, "id", "-u"]).stdout == "1000\n")
+        let named = run(["-u", "nobody", img, "id"])
+        #expect(named.stdout.hasPrefix("uid=65534(nobody)"), "\(named.stdout)\(named.stderr)")
+        let vol = t.sub("vol")
+        #expect(FileOps(vol).write("f", "v") == "ok")
+        let v = run(["-v", "\(vol):/mnt:ro", img, "sh", "-c", "cat /mnt/f; touch /mnt/g 2>/dev/null || echo ro"])
+        #expect(v.stdout == "vro\n", "\(v.stderr)")
+        #expect(run(["--name", "box1", img, "hostname"]).stdout == "box1\n")
+        #expect(run(["-u", "nosuchuser", img, "true"]).stderr.contains("nosuchuser"))
+        #expect(run(["--network", "bogus", img, "true"]).status != 0)
+    }
 }
 
 @Suite(.enabled(if: MountEnvironment.available), .serialized)
