@@ -21,14 +21,17 @@ extension Overlay {
     func existsBelow(_ p: OverlayNode, _ name: FileName) throws(Errno) -> Bool {
         for l in p.snapshot.lowerDirs {
             var st = stat()
-            let r = try withDirFD(p, l) { (pfd: Int32) -> Int in
+            let probe = try withDirFD(p, l) { (pfd: Int32) -> LayerProbe in
                 if fstatat(pfd, name.pointer, &st, Linux.AT_SYMLINK_NOFOLLOW) == 0 {
-                    return isWhiteout(st, pfd, name.pointer, marked: true) ? 2 : 1
+                    return isWhiteout(st, pfd, name.pointer, marked: true) ? .whiteout : .entry(opaque: false, xwhiteouts: false)
                 }
-                return hasWhiteoutFile(pfd, name) ? 2 : 0
+                return hasWhiteoutFile(pfd, name) ? .whiteout : .absent
             }
-            if r == 1 { return true }
-            if r == 2 { return false }
+            switch probe {
+            case .entry: return true
+            case .whiteout: return false
+            case .absent: continue
+            }
         }
         return false
     }

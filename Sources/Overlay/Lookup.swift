@@ -280,6 +280,18 @@ extension Overlay {
 
     /// Resolves `name` in directory `p` across layers. ENOENT when absent or
     /// whited out.
+    /// What probing one layer for a name found (the kernel's
+    /// ovl_lookup_single answers the same three ways).
+    enum LayerProbe {
+        /// Not in this layer: look further down.
+        case absent
+        /// A whiteout: the name is gone, whatever is below.
+        case whiteout
+        /// An entry; a directory may be opaque (nothing below merges) or
+        /// marked to hold xattr whiteouts.
+        case entry(opaque: Bool, xwhiteouts: Bool)
+    }
+
     func resolve(_ p: OverlayNode, _ name: FileName) throws(Errno) -> Found {
         if name.count > 255 { throw .fileNameTooLong }
         // `.wh.` names are whiteout metadata in the formats we read: never
@@ -290,26 +302,29 @@ extension Overlay {
         let s = p.snapshot
         var found: Found? = nil
         let hash = Self.nameHash(name), whHash = Self.nameHash(name, whiteoutPrefix: true)
-        for l in searchLayers(s) {
+        layers: for l in searchLayers(s) {
             if !(try mayHold(p, l, name, hash, whHash)) { continue }
             var st = stat()
-            var markedX = false
-            let rc = try withDirFD(p, l) { (pfd: Int32) -> Int32 in
+            let probe = try withDirFD(p, l) { (pfd: Int32) -> LayerProbe in
                 if fstatat(pfd, name.pointer, &st, Linux.AT_SYMLINK_NOFOLLOW) != 0 {
-                    return hasWhiteoutFile(pfd, name) ? 1 : 2     // hidden : absent here
+                    return hasWhiteoutFile(pfd, name) ? .whiteout : .absent
                 }
-                if isWhiteout(st, pfd, name.pointer, marked: true) { return 1 }
-                guard st.st_mode & Linux.S_IFMT == Linux.S_IFDIR else { return 0 }
+                if isWhiteout(st, pfd, name.pointer, marked: true) { return .whiteout }
+                guard st.st_mode & Linux.S_IFMT == Linux.S_IFDIR else { return .entry(opaque: false, xwhiteouts: false) }
                 switch opaqueMark(pfd, name.pointer) {
-                case .opaque: return 3
-                case .xwhiteouts: markedX = true; return 0
-                case .none: return 0
+                case .opaque: return .entry(opaque: true, xwhiteouts: false)
+                case .xwhiteouts: return .entry(opaque: false, xwhiteouts: true)
+                case .none: return .entry(opaque: false, xwhiteouts: false)
                 }
             }
-            if rc == 2 { continue }
-            if rc == 1 { break }                                  // whiteout: nothing below counts
+            let opaque: Bool, markedX: Bool
+            switch probe {
+            case .absent: continue layers
+            case .whiteout: break layers                          // nothing below counts
+            case .entry(let o, let x): opaque = o; markedX = x
+            }
             let isDir = st.st_mode & Linux.S_IFMT == Linux.S_IFDIR
-            if found == nil && isDir && l == 0 && upper != nil && rc != 3, let r = try withDirFD(p, 0, { (pfd: Int32) -> [String]? in
+            if found == nil && isDir && l == 0 && upper != nil && !opaque, let r = try withDirFD(p, 0, { (pfd: Int32) -> [String]? in
                 readRedirect(pfd, name.pointer) { lowerPath(p) }
             }) {
                 // A renamed directory: its lower parts are at the redirect.
@@ -333,7 +348,7 @@ extension Overlay {
                 }
                 if !isDir { break }
             }
-            if rc == 3 { break }                                  // opaque directory
+            if opaque { break }                                   // opaque directory
         }
         guard let f = found else { throw .noSuchFileOrDirectory }
         return f
