@@ -30,7 +30,8 @@ enum Entry {
     static func main() {
         var args = Array(CommandLine.arguments.dropFirst())
         let invoked = (CommandLine.arguments.first ?? "").split(separator: "/").last.map(String.init) ?? ""
-        let subcommands = ["mount", "umount", "image", "create", "ls", "rm", "diff", "commit", "inspect", "export", "df", "check", "system", "stats", "run", "pull", "push", "loopback", "help"]
+        // The subcommands' names, from the one list above (and "help").
+        let subcommands = Strata.configuration.subcommands.compactMap { $0.configuration.commandName } + ["help"]
         // podman's and docker's global form, `strata --root DIR image ls`:
         // the option goes to the subcommand (before any `--` that starts a
         // command to run).
