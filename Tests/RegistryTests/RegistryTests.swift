@@ -53,11 +53,12 @@ final class LocalRegistry: @unchecked Sendable {
         let null = open("/dev/null", O_RDWR | O_CLOEXEC)
         defer { close(null) }
         pid = try Spawn.start(bin, [bin, "serve", "\(dir.path)/config.yml"], stdio: (null, null, null))
-        let up = waitFor(10) {
+        // 30 s: on a loaded shared machine a cold start has taken over 10.
+        let up = waitFor(30) {
             let r = runProgram("/usr/bin/env", ["python3", "-c", "import socket; socket.create_connection(('127.0.0.1', \(self.port)), 1)"])
             return r.status == 0
         }
-        if !up { kill(pid, SIGKILL); _ = Spawn.wait(pid); throw RegistryError("docker-registry did not start on \(host)") }
+        if !up { kill(pid, SIGKILL); _ = Spawn.wait(pid); throw RegistryError("docker-registry did not start on \(host) in 30 s") }
     }
 
     deinit {
