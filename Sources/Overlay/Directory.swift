@@ -278,6 +278,22 @@ extension Overlay {
         let (child, _) = try lookup(p, name)
         defer { forget(child.id, count: 1) }
         if !(try isEmptyMerged(child)) { throw .directoryNotEmpty }
+        if f.inUpper, deviceWhiteouts, let work, try existsBelow(p, name) {
+            // As the kernel's ovl_remove_and_whiteout: one rename leaves a
+            // whiteout in the directory's place and moves the directory,
+            // with the whiteouts it still holds, into work/, where it is
+            // removed afterwards. Clearing those whiteouts first, then
+            // removing the directory and then writing its whiteout, showed
+            // the directory again with every lower file when killed between.
+            try copyUp(p)
+            try withDirFD(p, 0) { (ufd: Int32) throws(Errno) in
+                noteRemoved(f, p, ufd, name)
+                let tmp = "#strata-rmdir-\(UInt32.random(in: 0...UInt32.max))"
+                if strata_renameat2(ufd, name.pointer, work.raw, tmp, Linux.RENAME_WHITEOUT) != 0 { throw currentErrno() }
+                removeTree(work.raw, tmp)
+            }
+            return
+        }
         if f.inUpper {
             // Only hidden entries remain in the upper copy: clear them.
             try withDirFD(child, 0) { (cfd: Int32) throws(Errno) in

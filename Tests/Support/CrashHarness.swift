@@ -33,6 +33,21 @@ public struct CrashCase: Sendable {
     }
 
     func run(_ o: FileOps) { for s in steps { s(o) } }
+
+    /// Runs the steps and returns the ones that failed for another reason
+    /// than the daemon's death (which is expected once it is killed).
+    func runNotingFailures(_ o: FileOps) -> [String] {
+        var failed: [String] = []
+        for (i, s) in steps.enumerated() {
+            errno = 0
+            s(o)
+            let e = errno
+            if e != 0 && e != ENOTCONN && e != ECONNABORTED && e != ECANCELED {
+                failed.append("step \(i + 1): \(FileOps.errnoName(e))")
+            }
+        }
+        return failed
+    }
 }
 
 /// What one kill left, as seen after a remount.
@@ -161,9 +176,11 @@ public final class CrashHarness: @unchecked Sendable {
             let delay = Int.random(in: 0...window, using: &rng)
             let finished = Atomic<Bool>(false), began = Atomic<Bool>(false)
             let target = m
+            let stepFailures = Locked<[String]>([])
             let opThread = Thread {
                 began.store(true, ordering: .releasing)
-                c.run(FileOps(target))
+                let failed = c.runNotingFailures(FileOps(target))
+                stepFailures.withLock { $0 = failed }
                 finished.store(true, ordering: .releasing)
             }
             opThread.start()
@@ -209,7 +226,8 @@ public final class CrashHarness: @unchecked Sendable {
             if matched == nil {
                 let nearest = states.min { TreeSnapshot.diff($0, seen).count < TreeSnapshot.diff($1, seen).count } ?? before
                 problems.append("a tree that is neither before nor after any step; against the nearest: "
-                    + TreeSnapshot.diff(nearest, seen, labels: ("expected", "strata")).prefix(5).joined(separator: "; "))
+                    + TreeSnapshot.diff(nearest, seen, labels: ("expected", "strata")).prefix(5).joined(separator: "; ")
+                    + "; steps that failed before the kill: " + stepFailures.withLock { $0.prefix(8).joined(separator: ", ") })
             }
             if let k = kernelSnapshot(kernelOptions(c, base, u, w).replacingOccurrences(of: ",volatile", with: ""), m) {
                 problems += TreeSnapshot.diff(seen, k, labels: ("strata", "kernel")).prefix(5)
