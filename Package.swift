@@ -2,8 +2,8 @@
 import PackageDescription
 
 // Module graph (one way, see docs/ARCHITECTURE.md):
-//   CStrata <- Sys <- FUSE <- Loopback <- strata
-//                  Sys <- Overlay <- OverlayFS (also <- FUSE) <- strata
+//   CStrata <- Sys <- Tables <- FUSE <- Loopback <- strata
+//                  Tables <- Overlay <- OverlayFS (also <- FUSE) <- strata
 //                  Sys <- Archive (libarchive) <- Store (SQLite via GRDB) <- Registry (AsyncHTTPClient) <- strata
 let package = Package(
     name: "Strata",
@@ -32,12 +32,17 @@ let package = Package(
             "CStrata",
             .product(name: "SystemPackage", package: "swift-system"),
         ]),
-        .target(name: "FUSE", dependencies: [
+        // The node and open-file tables both file systems keep.
+        .target(name: "Tables", dependencies: [
             "CStrata", "Sys",
+            .product(name: "SystemPackage", package: "swift-system"),
+        ]),
+        .target(name: "FUSE", dependencies: [
+            "CStrata", "Sys", "Tables",
             .product(name: "Logging", package: "swift-log"),
         ]),
-        .target(name: "Loopback", dependencies: ["FUSE", "Sys", "CStrata"]),
-        .target(name: "Overlay", dependencies: ["Sys", "CStrata"]),
+        .target(name: "Loopback", dependencies: ["FUSE", "Sys", "Tables", "CStrata"]),
+        .target(name: "Overlay", dependencies: ["Sys", "Tables", "CStrata"]),
         // libarchive (Debian libarchive-dev) reads and writes tar and its
         // compressions; Archive adds the layer rules on top.
         .systemLibrary(name: "CArchive", pkgConfig: "libarchive", providers: [.apt(["libarchive-dev"])]),
@@ -47,7 +52,7 @@ let package = Package(
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "GRDB", package: "GRDB.swift"),
         ]),
-        .target(name: "OverlayFS", dependencies: ["Overlay", "FUSE", "Sys", "CStrata"]),
+        .target(name: "OverlayFS", dependencies: ["Overlay", "FUSE", "Sys", "Tables", "CStrata"]),
         .target(name: "Registry", dependencies: [
             "Store", "Sys",
             .product(name: "AsyncHTTPClient", package: "async-http-client"),
@@ -64,7 +69,7 @@ let package = Package(
         // starts at every layer containers/storage mounts. The Swift runtime
         // is linked in statically, saving the loading of its libraries.
         .executableTarget(name: "strata-overlay", dependencies: [
-            "OverlayFS", "Overlay", "FUSE", "Sys",
+            "OverlayFS", "Overlay", "FUSE", "Sys", "Tables",
         ], linkerSettings: [.unsafeFlags(["-static-stdlib"])]),
         .executableTarget(name: "strata-bench", dependencies: [
             "Sys", "CStrata", "Archive", "Store", "Registry", "TestSupport",
@@ -77,8 +82,9 @@ let package = Package(
         ]),
         .testTarget(name: "StoreTests", dependencies: ["Store", "Archive", "Sys", "CStrata", "TestSupport"]),
         .testTarget(name: "ArchiveTests", dependencies: ["Archive", "Sys", "CStrata", "TestSupport"]),
-        .testTarget(name: "OverlayTests", dependencies: ["Overlay", "OverlayFS", "FUSE", "Sys", "CStrata", "TestSupport"]),
-        .testTarget(name: "LoopbackTests", dependencies: ["Loopback", "FUSE", "Sys", "CStrata", "TestSupport"]),
+        .testTarget(name: "OverlayTests", dependencies: ["Overlay", "OverlayFS", "FUSE", "Sys", "Tables", "CStrata", "TestSupport"]),
+        .testTarget(name: "LoopbackTests", dependencies: ["Loopback", "FUSE", "Sys", "Tables", "CStrata", "TestSupport"]),
+        .testTarget(name: "TablesTests", dependencies: ["Tables", "Sys"]),
     ],
     swiftLanguageModes: [.v6]
 )

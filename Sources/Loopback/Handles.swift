@@ -24,18 +24,6 @@ final class OpenDir: @unchecked Sendable {
         close(fd)
     }
 
-    var handle: UInt64 { UInt64(UInt(bitPattern: Unmanaged.passRetained(self).toOpaque())) }
-
-    static func from(_ h: UInt64) -> OpenDir? {
-        guard let p = UnsafeRawPointer(bitPattern: UInt(h)) else { return nil }
-        return Unmanaged<OpenDir>.fromOpaque(p).takeUnretainedValue()
-    }
-
-    static func release(_ h: UInt64) {
-        guard let p = UnsafeRawPointer(bitPattern: UInt(h)) else { return }
-        Unmanaged<OpenDir>.fromOpaque(p).release()
-    }
-
     /// Moves to a directory offset given by the kernel.
     func seek(_ offset: UInt64) {
         if offset == position { return }

@@ -1,6 +1,7 @@
 import CStrata
 import FUSE
 import Sys
+import Tables
 import SystemPackage
 #if canImport(Glibc)
 import Glibc
@@ -9,7 +10,7 @@ import Glibc
 extension LoopbackFS {
     public func setattr(_ r: Request, node id: NodeID, changes c: SetAttrRequest) throws(Errno) -> (Attr, CacheTimeout) {
         let n = try node(id)
-        let file = c.handle.flatMap { try? FDHandle.from($0) }
+        let file = c.handle.flatMap { try? files.get($0) }
         if let mode = c.mode {
             let rc: Int32
             if let f = file { rc = fchmod(f.fd, mode & 0o7777) }

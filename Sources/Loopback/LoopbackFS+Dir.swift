@@ -16,25 +16,25 @@ extension LoopbackFS {
             fd = try at(n) { d, name, _ in openat(d, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW) }
         }
         if fd < 0 { throw currentErrno() }
-        var o = OpenReply(handle: OpenDir(fd: fd).handle)
+        var o = OpenReply(handle: directories.insert(OpenDir(fd: fd)))
         o.cacheDir = options.keepCache
         o.keepCache = options.keepCache
         return o
     }
 
     public func releasedir(_ r: Request, node: NodeID, handle: UInt64) {
-        OpenDir.release(handle)
+        directories.remove(handle)
     }
 
     public func fsyncdir(_ r: Request, node: NodeID, handle: UInt64, dataOnly: Bool) throws(Errno) {
-        guard let d = OpenDir.from(handle) else { throw .badFileDescriptor }
+        let d = try directories.get(handle)
         if (dataOnly ? fdatasync(d.fd) : Glibc.fsync(d.fd)) != 0 { throw currentErrno() }
     }
 
     /// Streams getdents64 records into the reply. Offsets are the source
     /// filesystem's own d_off cookies, so telldir/seekdir stay stable.
     public func readdir(_ r: Request, node id: NodeID, handle: UInt64, offset: UInt64, into out: inout DirentWriter) throws(Errno) {
-        guard let d = OpenDir.from(handle) else { throw .badFileDescriptor }
+        let d = try directories.get(handle)
         let parent = out.plus ? try node(id) : nil
         d.seek(offset)
         while try d.fill() {

@@ -1,6 +1,7 @@
 import CStrata
 import FUSE
 import Sys
+import Tables
 import SystemPackage
 #if canImport(Glibc)
 import Glibc
@@ -8,7 +9,7 @@ import Glibc
 
 extension LoopbackFS {
     func openReply(_ f: FDHandle, regular: Bool) -> OpenReply {
-        var o = OpenReply(handle: f.retainedHandle())
+        var o = OpenReply(handle: files.insert(f))
         o.keepCache = options.keepCache
         if regular && options.passthrough { o.backingFD = f.fd }
         return o
@@ -70,7 +71,7 @@ extension LoopbackFS {
     }
 
     public func release(_ r: Request, node: NodeID, handle: UInt64, flags: Int32) {
-        FDHandle.release(handle)
+        files.remove(handle)
     }
 
 }

@@ -1,6 +1,7 @@
 import CStrata
 import FUSE
 import Sys
+import Tables
 import SystemPackage
 #if canImport(Glibc)
 import Glibc
@@ -12,7 +13,13 @@ import Glibc
 public final class LoopbackFS: FDBackedFileSystem, @unchecked Sendable {
     public let source: String
     let options: LoopbackOptions
-    let table: NodeTable
+    let table: NodeTable<Node>
+    /// Cached directory descriptors (the hard limit on open files here is
+    /// 20,000, so one per directory would fail on a rootfs-sized tree).
+    let dirFDs: FDBudget
+    /// Open files and open directories, each by its FUSE handle.
+    public let files = HandleTable<FDHandle>(tag: 1)
+    let directories = HandleTable<OpenDir>(tag: 3)
     let rootFD: OwnedFD
     let rootProcPath: [CChar]
     let privileged = geteuid() == 0
@@ -26,7 +33,8 @@ public final class LoopbackFS: FDBackedFileSystem, @unchecked Sendable {
         let st = try Sys.fileStatus(fd: fd, path: source)
         let root = Node(id: NodeID.root, dev: UInt64(st.st_dev), ino: UInt64(st.st_ino), isDirectory: true,
                         dirFD: rootFD, place: nil)
-        table = NodeTable(root: root, dirFDBudget: options.dirFDBudget)
+        table = NodeTable(root: root)
+        dirFDs = FDBudget(limit: options.dirFDBudget)
         rootProcPath = Array("/proc/self/fd/\(fd)".utf8CString)
     }
 
@@ -118,7 +126,7 @@ public final class LoopbackFS: FDBackedFileSystem, @unchecked Sendable {
             var st = Glibc.stat()
             if fstatat(pfd, name.pointer, &st, Linux.AT_SYMLINK_NOFOLLOW) != 0 { throw currentErrno() }
             let found = st
-            let n = table.reference(st, parent: parent, name: name, stillNamed: {
+            let n = table.reference(st, parent: parent, name: name, budget: dirFDs, stillNamed: {
                 var now = Glibc.stat()
                 return fstatat(pfd, name.pointer, &now, Linux.AT_SYMLINK_NOFOLLOW) == 0 && now.st_dev == found.st_dev && now.st_ino == found.st_ino
             }) {
@@ -145,7 +153,7 @@ public final class LoopbackFS: FDBackedFileSystem, @unchecked Sendable {
 
     public func getattr(_ r: Request, node id: NodeID, handle: UInt64?) throws(Errno) -> (Attr, CacheTimeout) {
         var st = Glibc.stat()
-        if let h = handle, let f = try? FDHandle.from(h) {
+        if let h = handle, let f = try? files.get(h) {
             if fstat(f.fd, &st) != 0 { throw currentErrno() }
         } else {
             st = try stat(try node(id))

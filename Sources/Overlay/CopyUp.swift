@@ -18,7 +18,7 @@ extension Overlay {
         // kernel sends RELEASE after close() returns, so give a just-closed
         // reader up to a second first.
         var waited = 0
-        while n.state.withLock({ $0.lowerPassthrough }) > 0 {
+        while n.state.withLock({ $0.openFiles.passthroughLower }) > 0 {
             if waited >= 1000 { throw .textFileBusy }
             usleep(1000)
             waited += 1
@@ -28,7 +28,7 @@ extension Overlay {
             if s.inUpper { return }
             guard let parent = s.parent else { return }
             try copyUp(parent)
-            try withDirFD(parent, s.lower) { (src: Int32) throws(Errno) in
+            try withDirFD(parent, s.topLayer) { (src: Int32) throws(Errno) in
                 try withDirFD(parent, 0) { (dst: Int32) throws(Errno) in
                     try withStoredName(s.name) { (name: UnsafePointer<CChar>) throws(Errno) in
                         try copyObject(n, from: src, to: dst, name: name, work: work.raw)
@@ -77,7 +77,7 @@ extension Overlay {
         n.state.withLock { s in
             s.inUpper = true
             s.key = new
-            for fd in s.lowerFDs {
+            for fd in s.openFiles.following {
                 let u = openat(dst, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
                 if u >= 0 {
                     dup2(u, fd)

@@ -104,81 +104,79 @@ extension Overlay {
         return try withDirFD(p, 0) { (ufd: Int32) -> Bool in clearWhiteout(ufd, name) }
     }
 
+    /// A file made through the union: its node, its attributes as shown,
+    /// and, when it was opened in the making, its descriptor.
+    public struct Created: ~Copyable {
+        public let node: OverlayNode
+        public let stat: stat
+        public var fd: UniqueFD?
+    }
+
     /// mknod, symlink and regular files: made in place in the upper directory.
     public func create(_ p: OverlayNode, _ name: FileName, mode: UInt32, rdev: dev_t = 0, symlinkTarget: UnsafePointer<CChar>? = nil,
-                       openFlags: Int32? = nil, who: Creator) throws(Errno) -> (OverlayNode, stat, Int32) {
+                       openFlags: Int32? = nil, who: Creator) throws(Errno) -> Created {
         // A 0/0 character device is a whiteout in the upper layer: made
         // through the union it would hide its own name. The kernel refuses it.
         if mode & Linux.S_IFMT == Linux.S_IFCHR && rdev == 0 { throw .notPermitted }
         _ = try prepareCreate(p, name)
-        var fd: Int32 = -1
         var st = stat()
-        try withDirFD(p, 0) { (ufd: Int32) throws(Errno) in
-            let rc: Int32
+        let fd: UniqueFD? = try withDirFD(p, 0) { (ufd: Int32) throws(Errno) -> UniqueFD? in
+            var fd: UniqueFD? = nil
             if let t = symlinkTarget {
-                rc = symlinkat(t, ufd, name.pointer)
+                try check(symlinkat(t, ufd, name.pointer))
             } else if let fl = openFlags {
-                fd = openat(ufd, name.pointer, (fl & ~O_NOCTTY) | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode & 0o7777)
-                rc = fd < 0 ? -1 : 0
+                fd = try UniqueFD(opened: openat(ufd, name.pointer, (fl & ~O_NOCTTY) | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW,
+                                                 mode & 0o7777))
             } else {
-                rc = mknodat(ufd, name.pointer, mode, rdev)
+                try check(mknodat(ufd, name.pointer, mode, rdev))
             }
-            if rc != 0 { throw currentErrno() }
             setOwner(ufd, name.pointer, who, isDirectory: false, mode: mode)
-            if fstatat(ufd, name.pointer, &st, Linux.AT_SYMLINK_NOFOLLOW) != 0 {
-                let e = currentErrno()
-                if fd >= 0 { close(fd) }
-                throw e
-            }
+            try check(fstatat(ufd, name.pointer, &st, Linux.AT_SYMLINK_NOFOLLOW))
+            return fd
         }
         // A new upper file: nothing below shows through a non-directory and
         // it has no origin, so the node is made from the stat at hand
         // instead of a second resolution across the layers.
-        let f = Found(stat: st, inUpper: true, lower: -1, lowerDirs: [])
+        let f = Found(stat: st, inUpper: true, lower: nil, lowerDirs: [])
         let n = register(p, name, f, ino: inoFor(UInt64(st.st_ino), layer: 0))
         st.st_ino = ino_t(n.ino)
-        return (n, st, fd)
+        return Created(node: n, stat: st, fd: fd)
     }
 
     /// O_TMPFILE: an unnamed file in the upper copy of `p` (copied up
     /// first, as the kernel does), reachable by its descriptor until linkat
     /// gives it a name.
-    public func tmpfile(_ p: OverlayNode, mode: UInt32, openFlags: Int32, who: Creator) throws(Errno) -> (OverlayNode, stat, Int32) {
+    public func tmpfile(_ p: OverlayNode, mode: UInt32, openFlags: Int32, who: Creator) throws(Errno) -> Created {
         if isReadOnly { throw .readOnlyFileSystem }
         guard p.isDirectory else { throw .notDirectory }
         try copyUp(p)
         var st = stat()
-        let fd = try withDirFD(p, 0) { (ufd: Int32) throws(Errno) -> Int32 in
+        let fd = try withDirFD(p, 0) { (ufd: Int32) throws(Errno) -> UniqueFD in
             let fl = (openFlags & ~(O_CREAT | O_EXCL | O_NOCTTY | O_DIRECTORY)) | Linux.O_TMPFILE | O_CLOEXEC
-            let fd = openat(ufd, ".", fl, mode & 0o7777)
-            if fd < 0 { throw currentErrno() }
+            let fd = try UniqueFD(opened: openat(ufd, ".", fl, mode & 0o7777))
             if geteuid() == 0 && (who.uid != 0 || who.gid != 0) {
                 var pst = stat()
                 let setgid = fstat(ufd, &pst) == 0 && pst.st_mode & 0o2000 != 0
-                _ = fchown(fd, who.uid, setgid ? UInt32.max : who.gid)
-                if mode & 0o6000 != 0 { _ = fchmod(fd, mode & 0o7777) }
+                _ = fchown(fd.raw, who.uid, setgid ? UInt32.max : who.gid)
+                if mode & 0o6000 != 0 { _ = fchmod(fd.raw, mode & 0o7777) }
             }
             return fd
         }
-        let pathFD = Glibc.open("/proc/self/fd/\(fd)", Linux.O_PATH | O_CLOEXEC)
-        if pathFD < 0 || fstat(fd, &st) != 0 {
-            let e = currentErrno()
-            close(fd)
-            if pathFD >= 0 { close(pathFD) }
-            throw e
-        }
+        let pathFD = try UniqueFD(opened: Glibc.open("/proc/self/fd/\(fd.raw)", Linux.O_PATH | O_CLOEXEC))
+        try check(fstat(fd.raw, &st))
         let key = InodeKey(dev: UInt64(st.st_dev), ino: UInt64(st.st_ino))
         let ino = inoFor(UInt64(st.st_ino), layer: 0)
         let n = table.reference(key) { id in
             OverlayNode(id: id, isDirectory: false, ino: ino, state: .init(
-                parent: p, name: Array("#tmpfile".utf8) + [0], inUpper: true, lower: -1, lowerDirs: [], key: key, redirect: nil))
+                parent: p, name: Array("#tmpfile".utf8) + [0], inUpper: true, lower: nil, lowerDirs: [], key: key, redirect: nil))
         }
+        let orphan = OwnedFD(pathFD.take())
         n.state.withLock { s in
             s.unlinked = true
-            s.orphan = OwnedFD(pathFD)
+            s.orphan = orphan
         }
         st.st_ino = ino_t(n.ino)
-        return (n, st, fd)
+        return Created(node: n, stat: st, fd: fd)
     }
 
     /// mkdir: built in work/ (owner, mode, opaque mark when it replaces a
@@ -241,7 +239,7 @@ extension Overlay {
         }
         guard let n = table.find(key) else { return }
         if n.removeName(p, name) {
-            if n.state.withLock({ $0.opens }) > 0 {
+            if n.state.withLock({ $0.openFiles.all }) > 0 {
                 let o = openat(pfd, name.pointer, Linux.O_PATH | O_NOFOLLOW | O_CLOEXEC)
                 if o >= 0 { n.state.withLock { $0.orphan = OwnedFD(o) } }
             }
@@ -318,7 +316,7 @@ extension Overlay {
                 }
                 if unlinkat(ufd, name.pointer, dir ? Linux.AT_REMOVEDIR : 0) != 0 { throw currentErrno() }
             } else {
-                let top = f.lower
+                let top = f.topLayer
                 try withDirFD(p, top) { (lfd: Int32) in noteRemoved(f, p, lfd, name) }
             }
             if below || !f.inUpper { try makeWhiteout(ufd, name) }

@@ -86,8 +86,8 @@ extension Overlay {
     }
 
     /// Opens the node: writes (and O_TRUNC) copy it up first; reads open the
-    /// top layer's file, which may be a lower one. Returns the descriptor.
-    public func open(_ n: OverlayNode, flags: Int32) throws(Errno) -> Int32 {
+    /// top layer's file, which may be a lower one.
+    func openDescriptor(_ n: OverlayNode, flags: Int32) throws(Errno) -> UniqueFD {
         let writing = flags & O_ACCMODE != O_RDONLY || flags & O_TRUNC != 0
         if writing {
             if isReadOnly { throw .readOnlyFileSystem }
@@ -97,8 +97,7 @@ extension Overlay {
         let fd = try atTop(n) { (d: Int32, name: UnsafePointer<CChar>, _: Int) -> Int32 in
             openat(d, name, d == AT_FDCWD ? fl : fl | O_NOFOLLOW)
         }
-        if fd < 0 { throw currentErrno() }
-        return fd
+        return try UniqueFD(opened: fd)
     }
 
     /// Calls `body` with a path naming the node and whether the call must

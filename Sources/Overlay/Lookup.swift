@@ -10,7 +10,7 @@ import Glibc
 /// O_NOFOLLOW: a symlink inside a layer is never followed while resolving.
 extension Overlay {
     /// Calls `body` with an O_PATH descriptor of directory `n` in layer `l`.
-    func withDirFD<R>(_ n: OverlayNode, _ l: Int, _ body: (Int32) throws(Errno) -> R) throws(Errno) -> R {
+    func withDirFD<R: ~Copyable>(_ n: OverlayNode, _ l: Int, _ body: (Int32) throws(Errno) -> R) throws(Errno) -> R {
         let (cached, handle) = n.state.withLock { ($0.fds[l], $0.handles[l]) }
         if let fd = cached { return try body(fd.raw) }
         var fd: Int32 = -1
@@ -98,7 +98,7 @@ extension Overlay {
     /// Calls `body(parentFD, name, layer)` at the node's top location.
     func atTop<R>(_ n: OverlayNode, _ body: (Int32, UnsafePointer<CChar>, Int) throws(Errno) -> R) throws(Errno) -> R {
         let s = n.snapshot
-        let layer = s.inUpper ? 0 : s.lower
+        let layer = s.topLayer
         guard let parent = s.parent else {
             // The root: its own descriptor, named through /proc.
             return try withDirFD(n, layer) { (fd: Int32) throws(Errno) -> R in
@@ -247,12 +247,15 @@ extension Overlay {
     struct Found {
         var stat: stat          // at the top location
         var inUpper: Bool
-        var lower: Int          // top-most lower layer holding it, -1 if none
+        var lower: Int?         // top-most lower layer holding it
         var lowerDirs: [Int]    // directories: contributing lower layers
         var redirect: [String]? = nil
         /// Directories: the layers (of those looked at) marked `overlay.opaque=x`.
         var xwhiteouts: [Int] = []
         var checkedMarks: [Int] = []
+        /// The layer of its top location (a name outside the upper layer is
+        /// in a lower one).
+        var topLayer: Int { inUpper ? 0 : lower ?? 0 }
     }
 
     /// Below an upper directory with a redirect: the lower layers that hold
@@ -329,18 +332,18 @@ extension Overlay {
             }) {
                 // A renamed directory: its lower parts are at the redirect.
                 let lowers = redirectedLowers(r)
-                return Found(stat: st, inUpper: true, lower: lowers.first ?? -1, lowerDirs: lowers, redirect: r)
+                return Found(stat: st, inUpper: true, lower: lowers.first, lowerDirs: lowers, redirect: r)
             }
             if var f = found {
                 // Below a directory only directories merge; anything else ends it.
                 guard isDir else { break }
                 f.lowerDirs.append(l)
-                if f.lower < 0 { f.lower = l }
+                if f.lower == nil { f.lower = l }
                 f.checkedMarks.append(l)
                 if markedX { f.xwhiteouts.append(l) }
                 found = f
             } else {
-                found = Found(stat: st, inUpper: l == 0 && upper != nil, lower: l == 0 && upper != nil ? -1 : l,
+                found = Found(stat: st, inUpper: l == 0 && upper != nil, lower: l == 0 && upper != nil ? nil : l,
                               lowerDirs: isDir && !(l == 0 && upper != nil) ? [l] : [])
                 if isDir {
                     found?.checkedMarks = [l]
@@ -357,7 +360,7 @@ extension Overlay {
     /// The inode number to report for an entry at its top location: the
     /// origin recorded at copy-up, else its own.
     func reportedIno(_ f: Found, _ pfd: Int32, _ name: UnsafePointer<CChar>) -> UInt64 {
-        guard f.inUpper else { return inoFor(UInt64(f.stat.st_ino), layer: f.lower) }
+        guard f.inUpper else { return inoFor(UInt64(f.stat.st_ino), layer: f.topLayer) }
         return originIno(pfd, name) ?? inoFor(UInt64(f.stat.st_ino), layer: 0)
     }
 
@@ -379,7 +382,7 @@ extension Overlay {
     public func lookup(_ parent: OverlayNode, _ name: FileName) throws(Errno) -> (OverlayNode, stat) {
         guard parent.isDirectory else { throw .notDirectory }
         let f = try resolve(parent, name)
-        let topLayer = f.inUpper ? 0 : f.lower
+        let topLayer = f.topLayer
         let ino = try withDirFD(parent, topLayer) { (pfd: Int32) -> UInt64 in reportedIno(f, pfd, name.pointer) }
         let n = register(parent, name, f, ino: ino)
         var out = f.stat
@@ -427,7 +430,7 @@ extension Overlay {
         }
         if isDir && recorded {
             n.state.withLock { st in
-                if st.redirect != f.redirect { st.fds = [:]; st.handles = [:]; st.lowerNames = [:]; st.listing = nil }
+                if st.redirect != f.redirect { st.fds = [:]; st.handles = [:]; st.lowerNames = [:]; st.listings.removeAll() }
                 st.lowerDirs = f.lowerDirs; st.inUpper = f.inUpper; st.lower = f.lower; st.redirect = f.redirect
                 // The marks read while resolving: listings need not read them again.
                 for l in f.checkedMarks { st.xwhiteouts[l] = f.xwhiteouts.contains(l) }

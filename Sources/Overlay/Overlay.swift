@@ -1,6 +1,7 @@
 import CStrata
 import Synchronization
 import Sys
+import Tables
 import SystemPackage
 #if canImport(Glibc)
 import Glibc
@@ -23,7 +24,7 @@ public final class Overlay: @unchecked Sendable {
     let work: OwnedFD?
     let workLock: OwnedFD?
     public let root: OverlayNode
-    let table: OverlayNodeTable
+    let table: NodeTable<OverlayNode>
     /// Directory descriptors cached per layer, bounded.
     let fdBudget: FDBudget
     /// Whether directories can be reopened by file handle here (root only).
@@ -137,12 +138,12 @@ public final class Overlay: @unchecked Sendable {
         fstat(top.root.raw, &st)
         let rootState = OverlayNode.State(
             parent: nil, name: [0], inUpper: upper != nil,
-            lower: upper == nil ? 0 : (ls.count > 1 ? 1 : -1),
+            lower: upper == nil ? 0 : (ls.count > 1 ? 1 : nil),
             lowerDirs: Array((upper == nil ? 0 : 1)..<ls.count),
             fds: Dictionary(uniqueKeysWithValues: ls.map { ($0.index, $0.root) }),
             key: InodeKey(dev: UInt64(st.st_dev), ino: UInt64(st.st_ino)))
         root = OverlayNode(id: 1, isDirectory: true, ino: UInt64(st.st_ino), state: rootState)
-        table = OverlayNodeTable(root: root)
+        table = NodeTable(root: root)
         try checkVolatile(workdir: config.work ?? "")
         try cleanWork()
         if config.volatile, let w = work {
@@ -197,7 +198,7 @@ public final class Overlay: @unchecked Sendable {
             if n.isDirectory { directories += 1 }
             n.state.withLock { s in
                 handles += s.handles.count
-                if let l = s.listing { listings += 1; listed += l.count }
+                listings += s.listings.count; listed += s.listings.entryCount
             }
         }
         return [("nodes", nodes), ("directory nodes", directories),

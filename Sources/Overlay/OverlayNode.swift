@@ -1,4 +1,5 @@
 import Sys
+import Tables
 import Synchronization
 #if canImport(Glibc)
 import Glibc
@@ -6,7 +7,7 @@ import Glibc
 
 /// One merged inode. Where it lives can change (copy-up moves it to the
 /// upper layer); what the kernel sees of it (its number, its kind) does not.
-public final class OverlayNode: @unchecked Sendable {
+public final class OverlayNode: TableNode, @unchecked Sendable {
     public let id: UInt64
     public let isDirectory: Bool
     /// The inode number reported: the origin's, so that copy-up keeps it.
@@ -15,46 +16,21 @@ public final class OverlayNode: @unchecked Sendable {
     /// Serializes copy-up of this node: two concurrent copy-ups become one.
     let copyUpLock = Mutex<Void>(())
     /// Kernel references (lookups not yet forgotten), under the node's own
-    /// lock: a copy-up moves the node to another key of the table, so the
-    /// table's per-key locks cannot guard the count (a late lookup by the
-    /// old key and a FORGET by the new one would update it under two).
-    /// `dead` once it reached zero: the node is on its way out of the table
-    /// and must not be referenced again.
-    private let refs = Mutex<(count: UInt64, dead: Bool)>((0, false))
-
-    /// One more reference, unless the node already died.
-    func retain() -> Bool {
-        refs.withLock { r in
-            if r.dead { return false }
-            r.count += 1
-            return true
-        }
-    }
-
-    /// `n` references fewer; true when this was the last (the node died).
-    func release(_ n: UInt64) -> Bool {
-        refs.withLock { r in
-            if r.dead { return false }
-            r.count = r.count > n ? r.count - n : 0
-            if r.count == 0 { r.dead = true }
-            return r.dead
-        }
-    }
-
-    /// The first reference of a node not yet in the table.
-    func setFirstReference() { refs.withLock { $0 = (1, false) } }
-
-    var isDead: Bool { refs.withLock { $0.dead } }
+    /// lock (see `NodeReferences`: a copy-up moves the node to another key).
+    public let references = NodeReferences()
+    var isDead: Bool { references.isDead }
     /// Kernel references now (statistics and tests).
-    public var lookupCount: UInt64 { refs.withLock { $0.count } }
+    public var lookupCount: UInt64 { references.count }
+    /// The key of the node table: the real inode of its top location.
+    public var tableKey: InodeKey { state.withLock { $0.key } }
 
     public struct State: @unchecked Sendable {
         public internal(set) var parent: OverlayNode?
         var name: [UInt8]            // NUL-terminated
         /// Exists in the upper layer.
         public internal(set) var inUpper: Bool
-        /// Top-most lower layer holding it (index into `Overlay.layers`), or -1.
-        var lower: Int
+        /// Top-most lower layer holding it (index into `Overlay.layers`).
+        var lower: Int?
         /// Directories: lower layers that contribute entries, top first
         /// (cut below an opaque directory or a non-directory).
         var lowerDirs: [Int]
@@ -71,25 +47,10 @@ public final class OverlayNode: @unchecked Sendable {
         var orphan: OwnedFD?
         /// Further names of an upper hard link (the first is parent/name).
         var others: [(OverlayNode, [UInt8])] = []
-        /// Descriptors that files opened on the lower copy read through; a
-        /// copy-up points them at the upper copy (dup2), as the kernel's
-        /// overlayfs switches open files to the copied-up file.
-        public var lowerFDs: Set<Int32> = []
-        /// Opens of the lower copy that the kernel serves by passthrough: those
-        /// cannot be switched, so a copy-up must wait until they are closed.
-        public var lowerPassthrough = 0
-        /// Opens of the upper copy served by passthrough.
-        public var upperPassthrough = 0
-        /// Opens served through the daemon with the kernel's page cache.
-        /// The kernel lets an inode have passthrough opens or cached opens,
-        /// never both (ETXTBSY / EIO), so new opens follow the ones in place.
-        public var cachedOpens = 0
-        /// Open files of this inode (kept by the FUSE bridge): only an open
-        /// inode needs a descriptor kept when its last name goes.
-        public var opens = 0
-        /// The merged listing last served for this directory (readdir
-        /// without an open handle continues from it).
-        public var listing: [Overlay.DirEntry]?
+        /// Its open files (see `OpenFile`).
+        var openFiles = OpenCounts()
+        /// Merged listings its readers are part-way through.
+        public var listings = Listings()
         /// Per lower layer, hashes of the names this directory holds there.
         /// Lower layers never change under a mount, so a name whose hash is
         /// absent is absent, and its lookup in that layer is skipped (a
@@ -100,6 +61,9 @@ public final class OverlayNode: @unchecked Sendable {
         /// A renamed directory (redirect_dir=on): where its lower parts are,
         /// as path components from each lower layer's root.
         var redirect: [String]?
+
+        /// The layer of its top location.
+        var topLayer: Int { inUpper ? 0 : lower ?? 0 }
 
         func isPrimary(_ p: OverlayNode, _ n: FileName) -> Bool {
             parent === p && name.count == n.count + 1 && n.equals(prefixOf: name)
@@ -170,7 +134,7 @@ struct DirHandle: Sendable {
 /// lower non-directory is keyed by its name: without index=on the kernel
 /// gives each name of a lower hard link its own inode, so that copying one
 /// name up breaks the link rather than moving the other.
-struct InodeKey: Hashable, Sendable {
+public struct InodeKey: TableKey {
     let dev: UInt64
     let ino: UInt64
     var parent: UInt64 = 0
@@ -179,9 +143,11 @@ struct InodeKey: Hashable, Sendable {
     /// The name stays out of the hash (Array hashes byte by byte, on every
     /// lookup); names of one lower hard link share a bucket, and equality
     /// still tells them apart.
-    func hash(into h: inout Hasher) {
+    public func hash(into h: inout Hasher) {
         h.combine(dev)
         h.combine(ino)
         h.combine(parent)
     }
+
+    public var shard: UInt64 { ino }
 }

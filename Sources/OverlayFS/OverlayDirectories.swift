@@ -20,33 +20,35 @@ extension OverlayFS {
 
     public func releasedir(_ r: Request, node: NodeID, handle: UInt64) {}
 
-    /// Offsets: 1 after ".", 2 after "..", 2+i+1 after entry i.
+    /// Offsets name the reader's listing and a position in it (see
+    /// `Listings`): position 1 is after ".", 2 after "..", 2+i+1 after entry i.
     public func readdir(_ r: Request, node id: NodeID, handle: UInt64, offset: UInt64, into out: inout DirentWriter) throws(Errno) {
         let dir = try node(id)
-        // A listing starts at offset 0; later offsets continue the one taken then.
+        // A listing starts at offset 0; later offsets continue the reader's own.
+        var (listing, position) = Listings.split(offset)
         let entries: [Overlay.DirEntry]
-        if offset == 0 {
+        if offset == 0 || listing == 0 {
             entries = try overlay.readDirectory(dir)
-            dir.state.withLock { $0.listing = entries }
-        } else if let l = dir.state.withLock({ $0.listing }) {
+            listing = dir.state.withLock { $0.listings.start(entries) }
+        } else if let l = dir.state.withLock({ $0.listings.find(listing) }) {
             entries = l
         } else {
             entries = try overlay.readDirectory(dir)
-            dir.state.withLock { $0.listing = entries }
+            dir.state.withLock { $0.listings.keep(listing, entries) }
         }
-        if offset >= UInt64(entries.count) + 2 {
-            // The end, which the kernel asks for last: the listing is done
-            // with, and a directory node no longer holds its entries for as
-            // long as the kernel holds the node.
-            dir.state.withLock { $0.listing = nil }
+        if position >= entries.count + 2 {
+            // The end, which the kernel asks for last: this reader's listing
+            // is done with, and a directory node no longer holds its entries
+            // for as long as the kernel holds the node.
+            dir.state.withLock { $0.listings.end(listing) }
             return
         }
-        var off = offset
+        var off = UInt64(position)
         let dots: [[UInt8]] = [[0x2E], [0x2E, 0x2E]]
         while off < 2 {
             let name = dots[Int(off)]
             let fits = name.withUnsafeBytes { b in
-                out.add(name: b, ino: off == 0 ? dir.ino : 1, type: UInt8(DT_DIR), nextOffset: off + 1,
+                out.add(name: b, ino: off == 0 ? dir.ino : 1, type: UInt8(DT_DIR), nextOffset: Listings.offset(listing, Int(off) + 1),
                         entry: out.plus ? Entry(node: 0, attr: Attr(), entryTimeout: .zero, attrTimeout: .zero) : nil)
             }
             if !fits { return }
@@ -67,7 +69,7 @@ extension OverlayFS {
                 ent = looked ?? Entry(node: 0, attr: Attr(), entryTimeout: .zero, attrTimeout: .zero)
             }
             let ino = (ent?.node ?? 0) != 0 ? (ent?.attr.ino ?? e.ino) : e.ino
-            _ = e.name.withUnsafeBytes { out.add(name: $0, ino: ino, type: e.type, nextOffset: off + 1, entry: ent) }
+            _ = e.name.withUnsafeBytes { out.add(name: $0, ino: ino, type: e.type, nextOffset: Listings.offset(listing, Int(off) + 1), entry: ent) }
             off += 1
         }
     }

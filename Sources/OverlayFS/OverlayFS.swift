@@ -2,6 +2,7 @@ import CStrata
 import FUSE
 import Overlay
 import Sys
+import Tables
 import Synchronization
 import SystemPackage
 #if canImport(Glibc)
@@ -19,8 +20,8 @@ public final class OverlayFS: FDBackedFileSystem, @unchecked Sendable {
     /// bookkeeping must match how the kernel really serves files.
     private let passthroughMode: Atomic<Bool>
     var passthrough: Bool { passthroughMode.load(ordering: .relaxed) }
-    /// Every open file's node and how the kernel serves it.
-    let opened = Locked<[UInt64: (OverlayNode, IOMode)]>([:])
+    /// Open files by FUSE handle (the union's own `OpenFile`s).
+    public let files = HandleTable<OpenFile>(tag: 2)
 
     public init(_ overlay: Overlay, passthrough: Bool) {
         self.overlay = overlay
@@ -95,7 +96,7 @@ public final class OverlayFS: FDBackedFileSystem, @unchecked Sendable {
         a.atime = ts(c.atime)
         a.mtime = ts(c.mtime)
         a.killSUIDGID = c.killSUIDGID
-        let fd = c.handle.flatMap { try? FDHandle.from($0) }.flatMap { $0.writable ? $0.fd : nil }
+        let fd = c.handle.flatMap { try? files.get($0) }.flatMap { $0.writable ? $0.fd : nil }
         return (attr(try overlay.setattr(try node(id), a, fd: fd)), timeout)
     }
 
@@ -104,16 +105,16 @@ public final class OverlayFS: FDBackedFileSystem, @unchecked Sendable {
     }
 
     public func symlink(_ r: Request, parent: NodeID, name: Name, target: Name) throws(Errno) -> Entry {
-        let (n, st, _) = try overlay.create(try node(parent), name, mode: Linux.S_IFLNK | 0o777,
-                                            symlinkTarget: target.pointer, who: who(r))
-        return entry(n, st)
+        let made = try overlay.create(try node(parent), name, mode: Linux.S_IFLNK | 0o777,
+                                      symlinkTarget: target.pointer, who: who(r))
+        return entry(made.node, made.stat)
     }
 
     public func mknod(_ r: Request, parent: NodeID, name: Name, mode: UInt32, rdev: UInt32, umask: UInt32) throws(Errno) -> Entry {
         let maj = (rdev & 0xfff00) >> 8, mnr = (rdev & 0xff) | ((rdev >> 12) & 0xfff00)
-        let (n, st, _) = try overlay.create(try node(parent), name, mode: mode & ~umask | (mode & Linux.S_IFMT),
-                                            rdev: dev_t(strata_makedev(maj, mnr)), who: who(r))
-        return entry(n, st)
+        let made = try overlay.create(try node(parent), name, mode: mode & ~umask | (mode & Linux.S_IFMT),
+                                      rdev: dev_t(strata_makedev(maj, mnr)), who: who(r))
+        return entry(made.node, made.stat)
     }
 
     public func mkdir(_ r: Request, parent: NodeID, name: Name, mode: UInt32, umask: UInt32) throws(Errno) -> Entry {
@@ -151,113 +152,80 @@ public final class OverlayFS: FDBackedFileSystem, @unchecked Sendable {
     /// reads its own page cache at half the speed of ext4's). A copy-up of
     /// such a file waits for those readers (up to a second, then ETXTBSY).
     /// Upper files, which never move, use passthrough.
-    enum IOMode { case cached, passthroughLower, passthroughUpper }
     static let lowerPassthroughSize = 16 << 20
 
-    func chooseMode(_ s: inout OverlayNode.State, wantPassthrough: Bool, inUpper: Bool) throws(Errno) -> IOMode {
-        if s.upperPassthrough > 0 || s.lowerPassthrough > 0 {
+    func serving(_ c: OpenChoice, wantPassthrough: Bool) throws(Errno) -> OpenFile.Serving {
+        if c.passthroughUpper > 0 || c.passthroughLower > 0 {
             // The inode is bound to a backing file: only that one will do.
-            if inUpper && s.upperPassthrough > 0 && wantPassthrough { return .passthroughUpper }
-            if !inUpper && s.lowerPassthrough > 0 { return .passthroughLower }
+            if c.inUpper && c.passthroughUpper > 0 && wantPassthrough { return .passthroughUpper }
+            if !c.inUpper && c.passthroughLower > 0 { return .passthroughLower }
             throw .textFileBusy
         }
-        if s.cachedOpens > 0 || !wantPassthrough || !passthrough { return .cached }
-        return inUpper ? .passthroughUpper : .passthroughLower
+        if c.daemon > 0 || !wantPassthrough || !passthrough { return .daemon }
+        return c.inUpper ? .passthroughUpper : .passthroughLower
     }
 
-    /// Records the open of `fd` on `n` with `mode` and builds the reply.
-    func register(_ n: OverlayNode, fd: Int32, mode: IOMode, writable: Bool, keepCache: Bool, regular: Bool = true,
-                  s: inout OverlayNode.State) -> OpenReply {
-        let h = FDHandle(fd: fd, writable: writable)
-        var o = OpenReply(handle: h.retainedHandle())
+    /// Files the open and builds the reply.
+    func reply(_ f: OpenFile, keepCache: Bool) -> OpenReply {
+        var o = OpenReply(handle: files.insert(f))
         o.keepCache = keepCache
         // No FLUSH on close: it would only close a duplicate of a descriptor
         // on the upper or a lower filesystem, which reports nothing there,
         // and costs every close() of a written file a round trip.
         o.noFlush = true
-        s.opens += 1
-        switch mode {
-        case .cached:
-            s.cachedOpens += 1
-            if !s.inUpper && regular { s.lowerFDs.insert(fd) }
-        case .passthroughLower:
-            o.backingFD = fd
-            s.lowerPassthrough += 1
-        case .passthroughUpper:
-            o.backingFD = fd
-            s.upperPassthrough += 1
-        }
-        opened.withLock { $0[o.handle] = (n, mode) }
+        if f.serving != .daemon { o.backingFD = f.fd }
         return o
     }
 
     public func open(_ r: Request, node id: NodeID, flags: Int32) throws(Errno) -> OpenReply {
-        let n = try node(id)
-        let fd = try overlay.open(n, flags: flags)
         let writable = flags & O_ACCMODE != O_RDONLY
-        var st = stat()
-        let isRegular = fstat(fd, &st) == 0 && st.st_mode & Linux.S_IFMT == Linux.S_IFREG
-        // Writes by users to setuid files must go through us (see Loopback).
-        let suid = writable && r.uid != 0 && st.st_mode & 0o6000 != 0
-        do {
-            return try n.state.withLock { (s: inout OverlayNode.State) throws(Errno) -> OpenReply in
-                guard isRegular else {
-                    return register(n, fd: fd, mode: .cached, writable: writable, keepCache: true, regular: false, s: &s)
-                }
-                let want = !suid && (s.inUpper || flags & Linux.O_DIRECT != 0 || Int(st.st_size) >= Self.lowerPassthroughSize)
-                let mode = try chooseMode(&s, wantPassthrough: want, inUpper: s.inUpper)
-                if suid && mode != .cached { throw .textFileBusy }
-                // A lower file never changes; an upper one may have been
-                // written by passthrough behind the page cache.
-                let keep = !s.inUpper || s.cachedOpens > 0
-                return register(n, fd: fd, mode: mode, writable: writable, keepCache: keep, s: &s)
-            }
-        } catch {
-            close(fd)
-            throw error
+        var keep = true
+        let f = try overlay.open(try node(id), flags: flags) { (c: OpenChoice) throws(Errno) -> OpenFile.Serving in
+            guard c.isRegular else { return .daemon }
+            // Writes by users to setuid files must go through us (see Loopback).
+            let suid = writable && r.uid != 0 && c.mode & 0o6000 != 0
+            let want = !suid && (c.inUpper || flags & Linux.O_DIRECT != 0 || c.size >= Int64(Self.lowerPassthroughSize))
+            let mode = try serving(c, wantPassthrough: want)
+            if suid && mode != .daemon { throw .textFileBusy }
+            // A lower file never changes; an upper one may have been
+            // written by passthrough behind the page cache.
+            keep = !c.inUpper || c.daemon > 0
+            return mode
         }
+        return reply(f, keepCache: keep)
     }
 
     public func create(_ r: Request, parent: NodeID, name: Name, mode: UInt32, umask: UInt32, flags: Int32) throws(Errno) -> (Entry, OpenReply) {
-        let (n, st, fd) = try overlay.create(try node(parent), name, mode: (mode & ~umask) | Linux.S_IFREG,
-                                             openFlags: flags, who: who(r))
-        return (entry(n, st), openedNew(n, fd: fd, r, mode: mode, flags: flags))
+        var made = try overlay.create(try node(parent), name, mode: (mode & ~umask) | Linux.S_IFREG,
+                                      openFlags: flags, who: who(r))
+        guard let fd = made.fd.take() else { throw .ioError }
+        return (entry(made.node, made.stat), try openedNew(made.node, fd, made.stat, r, mode: mode, flags: flags))
     }
 
     public func tmpfile(_ r: Request, parent: NodeID, mode: UInt32, umask: UInt32, flags: Int32) throws(Errno) -> (Entry, OpenReply) {
-        let (n, st, fd) = try overlay.tmpfile(try node(parent), mode: mode & ~umask, openFlags: flags, who: who(r))
-        return (entry(n, st), openedNew(n, fd: fd, r, mode: mode, flags: flags))
+        var made = try overlay.tmpfile(try node(parent), mode: mode & ~umask, openFlags: flags, who: who(r))
+        guard let fd = made.fd.take() else { throw .ioError }
+        return (entry(made.node, made.stat), try openedNew(made.node, fd, made.stat, r, mode: mode, flags: flags))
     }
 
     /// A file just made in the upper layer: no other open can exist, so it
     /// gets passthrough unless a user's writes to a setuid file must pass
     /// through us.
-    func openedNew(_ n: OverlayNode, fd: Int32, _ r: Request, mode: UInt32, flags: Int32) -> OpenReply {
+    func openedNew(_ n: OverlayNode, _ fd: consuming UniqueFD, _ st: stat, _ r: Request, mode: UInt32, flags: Int32) throws(Errno) -> OpenReply {
         let suid = r.uid != 0 && mode & 0o6000 != 0
-        return n.state.withLock { s in
-            register(n, fd: fd, mode: passthrough && !suid ? .passthroughUpper : .cached,
-                     writable: flags & O_ACCMODE != O_RDONLY, keepCache: true, s: &s)
+        let f = try overlay.adopt(n, fd, st, writable: flags & O_ACCMODE != O_RDONLY) { (_: OpenChoice) -> OpenFile.Serving in
+            passthrough && !suid ? .passthroughUpper : .daemon
         }
+        return reply(f, keepCache: true)
     }
 
     public func release(_ r: Request, node: NodeID, handle: UInt64, flags: Int32) {
-        if let (n, mode) = opened.withLock({ $0.removeValue(forKey: handle) }) {
-            let fd = (try? FDHandle.from(handle))?.fd ?? -1
-            n.state.withLock { s in
-                s.opens -= 1
-                switch mode {
-                case .cached: s.cachedOpens -= 1; s.lowerFDs.remove(fd)
-                case .passthroughLower: s.lowerPassthrough -= 1
-                case .passthroughUpper: s.upperPassthrough -= 1
-                }
-            }
-        }
-        FDHandle.release(handle)
+        if let f = files.remove(handle) { overlay.released(f) }
     }
 
     public func fsync(_ r: Request, node: NodeID, handle: UInt64, dataOnly: Bool) throws(Errno) {
         if overlay.config.volatile { return }
-        try FDHandle.from(handle).fsync(dataOnly: dataOnly)
+        try files.get(handle).fsync(dataOnly: dataOnly)
     }
 
     public func statfs(_ r: Request, node: NodeID) throws(Errno) -> StatFS { StatFS(try overlay.statfs()) }

@@ -98,6 +98,21 @@ public final class FDBudget: @unchecked Sendable {
         return BudgetedFD(fd, budget: self)
     }
 
+    /// Opens a descriptor for caching only if the budget has room (no
+    /// open at all past it); nil when there is no room or the open failed.
+    public func cache(opening open: () -> Int32) -> OwnedFD? {
+        if used.add(1, ordering: .relaxed).newValue > limit {
+            used.subtract(1, ordering: .relaxed)
+            return nil
+        }
+        let fd = open()
+        if fd < 0 {
+            used.subtract(1, ordering: .relaxed)
+            return nil
+        }
+        return BudgetedFD(fd, budget: self)
+    }
+
     fileprivate func release() { used.subtract(1, ordering: .relaxed) }
 }
 

@@ -105,8 +105,10 @@ import Glibc
         let o = try make(t, budget: 4096, byHandle: true)
         var reused = false
         for i in 0..<200 where !reused {
-            let f = try FileName.with("f\(i)") { try o.create(o.root, $0, mode: Linux.S_IFREG | 0o644, who: Creator(uid: 0, gid: 0)) }
-            close(f.2)
+            let f = try FileName.with("f\(i)") { n in
+                let made = try o.create(o.root, n, mode: Linux.S_IFREG | 0o644, who: Creator(uid: 0, gid: 0))
+                return (made.node, made.stat)
+            }
             let oldIno = f.1.st_ino
             var st = stat()
             _ = lstat("\(t.path)/u/f\(i)", &st)

@@ -1,5 +1,6 @@
 @testable import Overlay
 import Synchronization
+import Tables
 import Testing
 #if canImport(Glibc)
 import Glibc
@@ -19,7 +20,7 @@ import Glibc
     /// different shards, so a count kept under the shard locks loses them.
     @Test func lateLookupAndForgetAcrossACopyUpKeepTheCount() async throws {
         let root = node(1, InodeKey(dev: 1, ino: 1))
-        let table = OverlayNodeTable(root: root)
+        let table = NodeTable<OverlayNode>(root: root)
         let old = InodeKey(dev: 1, ino: 100), new = InodeKey(dev: 2, ino: 101)
         let n = table.reference(old) { node($0, old, parent: root) }
         let start: UInt64 = 1_000_000
@@ -49,7 +50,7 @@ import Glibc
     /// the live node or a fresh one, never a dead node.
     @Test func aLookupNeverGetsADeadNode() async throws {
         let root = node(1, InodeKey(dev: 1, ino: 1))
-        let table = OverlayNodeTable(root: root)
+        let table = NodeTable<OverlayNode>(root: root)
         let key = InodeKey(dev: 1, ino: 200)
         let dead = await withTaskGroup(of: Int.self) { g in
             for _ in 0..<2 {

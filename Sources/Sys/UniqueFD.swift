@@ -1,0 +1,47 @@
+import CStrata
+import SystemPackage
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A descriptor with exactly one owner, closed when the owner drops it
+/// (swift-system's `FileDescriptor` is a plain number; this one cannot be
+/// copied, so it can be neither leaked on an error path nor closed twice).
+/// `take()` hands the number on to an owner that is not a value (an open
+/// file object, a C call that takes ownership).
+public struct UniqueFD: ~Copyable, Sendable {
+    public let raw: Int32
+
+    public init(taking raw: Int32) { self.raw = raw }
+
+    /// Wraps the result of an opening call: -1 becomes the thrown errno.
+    public init(opened raw: Int32) throws(Errno) {
+        if raw < 0 { throw currentErrno() }
+        self.raw = raw
+    }
+
+    /// Gives up ownership: the caller closes the number.
+    public consuming func take() -> Int32 {
+        let r = raw
+        discard self
+        return r
+    }
+
+    deinit { close(raw) }
+}
+
+/// A system call's -1 turned into the thrown errno (what ninety
+/// `if r != 0 { throw currentErrno() }` wrote out by hand).
+@inline(__always)
+@discardableResult
+public func check(_ r: Int32) throws(Errno) -> Int32 {
+    if r < 0 { throw currentErrno() }
+    return r
+}
+
+@inline(__always)
+@discardableResult
+public func check(_ r: Int) throws(Errno) -> Int {
+    if r < 0 { throw currentErrno() }
+    return r
+}
