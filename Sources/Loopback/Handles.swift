@@ -36,8 +36,7 @@ final class OpenDir: @unchecked Sendable {
     /// Refills the buffer; false at the end of the directory.
     func fill() throws(Errno) -> Bool {
         if start < end { return true }
-        let n = strata_getdents64_checked()
-        if n < 0 { throw currentErrno() }
+        let n = try check(strata_getdents64_checked())
         start = 0
         end = n
         return n > 0

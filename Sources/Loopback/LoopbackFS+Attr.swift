@@ -15,21 +15,20 @@ extension LoopbackFS {
             let rc: Int32
             if let f = file { rc = fchmod(f.fd, mode & 0o7777) }
             else { rc = try at(n) { d, name, _ in fchmodat(d, name, mode & 0o7777, 0) } }
-            if rc != 0 { throw currentErrno() }
+            try check(rc)
         }
         if c.uid != nil || c.gid != nil {
             let uid = c.uid ?? UInt32.max, gid = c.gid ?? UInt32.max
             let rc = try at(n) { d, name, f in fchownat(d, name, uid, gid, f) }
-            if rc != 0 { throw currentErrno() }
+            try check(rc)
         }
         if let size = c.size {
             if let f = file {
-                if ftruncate(f.fd, off_t(size)) != 0 { throw currentErrno() }
+                try check(ftruncate(f.fd, off_t(size)))
             } else {
-                let fd = try at(n) { d, name, _ in openat(d, name, O_WRONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK) }
-                if fd < 0 { throw currentErrno() }
-                defer { close(fd) }
-                if ftruncate(fd, off_t(size)) != 0 { throw currentErrno() }
+                let file = try UniqueFD(opened: try at(n) { d, name, _ in openat(d, name, O_WRONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK) })
+                let fd = file.raw
+                try check(ftruncate(fd, off_t(size)))
             }
         }
         if c.atime != nil || c.mtime != nil {
@@ -44,11 +43,11 @@ extension LoopbackFS {
             let rc: Int32
             if let f = file { rc = futimens(f.fd, ts) }
             else { rc = try at(n) { d, name, f in utimensat(d, name, ts, f) } }
-            if rc != 0 { throw currentErrno() }
+            try check(rc)
         }
         var st = Glibc.stat()
         if let f = file {
-            if fstat(f.fd, &st) != 0 { throw currentErrno() }
+            try check(fstat(f.fd, &st))
         } else {
             st = try stat(n)
         }
@@ -61,7 +60,7 @@ extension LoopbackFS {
                 let mode = st.st_mode & 0o7777 & ~drop
                 let rc: Int32
                 if let f = file { rc = fchmod(f.fd, mode) } else { rc = try at(n) { d, name, _ in fchmodat(d, name, mode, 0) } }
-                if rc != 0 { throw currentErrno() }
+                try check(rc)
                 st.st_mode = (st.st_mode & ~0o7777) | mode
             }
         }

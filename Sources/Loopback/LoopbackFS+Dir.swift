@@ -28,7 +28,7 @@ extension LoopbackFS {
 
     public func fsyncdir(_ r: Request, node: NodeID, handle: UInt64, dataOnly: Bool) throws(Errno) {
         let d = try directories.get(handle)
-        if (dataOnly ? fdatasync(d.fd) : Glibc.fsync(d.fd)) != 0 { throw currentErrno() }
+        try check((dataOnly ? fdatasync(d.fd) : Glibc.fsync(d.fd)))
     }
 
     /// Streams getdents64 records into the reply. Offsets are the source

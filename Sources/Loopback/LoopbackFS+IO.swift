@@ -57,14 +57,12 @@ extension LoopbackFS {
         let p = try node(parent)
         return try withDirFD(p) { (pfd: Int32) throws(Errno) -> (Entry, OpenReply) in
             let fl = (flags & ~(O_CREAT | O_EXCL | O_NOCTTY | O_DIRECTORY)) | Linux.O_TMPFILE | O_CLOEXEC
-            let fd = openat(pfd, ".", fl, creationMode(mode, umask: umask, parentFD: pfd))
-            if fd < 0 { throw currentErrno() }
+            let fd = try check(openat(pfd, ".", fl, creationMode(mode, umask: umask, parentFD: pfd)))
             let f = FDHandle(fd: fd)
             setOwner(r, parentFD: pfd, name: nil, fd: fd, mode: mode, isDirectory: false)
             var st = Glibc.stat()
-            if fstat(fd, &st) != 0 { throw currentErrno() }
-            let pathFD = Glibc.open("/proc/self/fd/\(fd)", Linux.O_PATH | O_CLOEXEC)
-            if pathFD < 0 { throw currentErrno() }
+            try check(fstat(fd, &st))
+            let pathFD = try check(Glibc.open("/proc/self/fd/\(fd)", Linux.O_PATH | O_CLOEXEC))
             let n = table.referenceOrphan(st, fd: OwnedFD(pathFD))
             return (entry(n, st), openReply(f, regular: true))
         }

@@ -13,7 +13,7 @@ extension LoopbackFS {
                       _ call: (Int32, UInt32) -> Int32) throws(Errno) -> Entry {
         let p = try node(parent)
         return try withDirFD(p) { (pfd: Int32) throws(Errno) -> Entry in
-            if call(pfd, creationMode(mode, umask: umask, parentFD: pfd)) != 0 { throw currentErrno() }
+            try check(call(pfd, creationMode(mode, umask: umask, parentFD: pfd)))
             setOwner(r, parentFD: pfd, name: name.pointer, fd: nil, mode: mode, isDirectory: isDirectory)
             return try lookupChild(p, name)
         }
@@ -45,7 +45,7 @@ extension LoopbackFS {
                 // An O_TMPFILE or unlinked file: link it by its /proc descriptor.
                 rc = try at(n) { d, name, _ in linkat(d, name, pfd, newName.pointer, Linux.AT_SYMLINK_FOLLOW) }
             }
-            if rc != 0 { throw currentErrno() }
+            try check(rc)
             return try lookupChild(np, newName)
         }
     }
@@ -71,14 +71,14 @@ extension LoopbackFS {
         let p = try node(parent)
         try withDirFD(p) { (pfd: Int32) throws(Errno) in
             willRemove(p, pfd, name)
-            if unlinkat(pfd, name.pointer, 0) != 0 { throw currentErrno() }
+            try check(unlinkat(pfd, name.pointer, 0))
         }
     }
 
     public func rmdir(_ r: Request, parent: NodeID, name: Name) throws(Errno) {
         let p = try node(parent)
         try withDirFD(p) { (pfd: Int32) throws(Errno) in
-            if unlinkat(pfd, name.pointer, Linux.AT_REMOVEDIR) != 0 { throw currentErrno() }
+            try check(unlinkat(pfd, name.pointer, Linux.AT_REMOVEDIR))
         }
     }
 
@@ -94,7 +94,7 @@ extension LoopbackFS {
                 if haveDst && !exchange && !sameInode {
                     willRemove(np, npfd, newName)
                 }
-                if strata_renameat2(pfd, name.pointer, npfd, newName.pointer, flags) != 0 { throw currentErrno() }
+                try check(strata_renameat2(pfd, name.pointer, npfd, newName.pointer, flags))
                 if sameInode { return }
                 let newPlace = Place(parent: np, name: newName.bytesWithNUL)
                 let oldPlace = Place(parent: p, name: name.bytesWithNUL)

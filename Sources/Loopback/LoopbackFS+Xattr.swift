@@ -25,7 +25,7 @@ extension LoopbackFS {
             nofollow ? lsetxattr(p, name.pointer, value.baseAddress, value.count, flags)
                      : CStrata.setxattr(p, name.pointer, value.baseAddress, value.count, flags)
         }
-        if rc != 0 { throw currentErrno() }
+        try check(rc)
     }
 
     public func getxattr(_ r: Request, node: NodeID, name: Name, buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> XattrReply {
@@ -50,6 +50,6 @@ extension LoopbackFS {
         let rc = try withXattrPath(node) { p, nofollow in
             nofollow ? lremovexattr(p, name.pointer) : CStrata.removexattr(p, name.pointer)
         }
-        if rc != 0 { throw currentErrno() }
+        try check(rc)
     }
 }

@@ -104,15 +104,15 @@ public final class LoopbackFS: FDBackedFileSystem, @unchecked Sendable {
     func stat(_ node: Node) throws(Errno) -> stat {
         var st = Glibc.stat()
         if let fd = node.dirFD {
-            if fstat(fd.raw, &st) != 0 { throw currentErrno() }
+            try check(fstat(fd.raw, &st))
             return st
         }
         if node.firstPlace == nil, let o = node.orphan.withLock({ $0 }) {
-            if fstat(o.raw, &st) != 0 { throw currentErrno() }
+            try check(fstat(o.raw, &st))
             return st
         }
         let r = try at(node) { d, n, f in fstatat(d, n, &st, f) }
-        if r != 0 { throw currentErrno() }
+        try check(r)
         return st
     }
 
@@ -124,7 +124,7 @@ public final class LoopbackFS: FDBackedFileSystem, @unchecked Sendable {
     func lookupChild(_ parent: Node, _ name: Name) throws(Errno) -> Entry {
         try withDirFD(parent) { (pfd: Int32) throws(Errno) -> Entry in
             var st = Glibc.stat()
-            if fstatat(pfd, name.pointer, &st, Linux.AT_SYMLINK_NOFOLLOW) != 0 { throw currentErrno() }
+            try check(fstatat(pfd, name.pointer, &st, Linux.AT_SYMLINK_NOFOLLOW))
             let found = st
             let n = table.reference(st, parent: parent, name: name, budget: dirFDs, stillNamed: {
                 var now = Glibc.stat()
@@ -154,7 +154,7 @@ public final class LoopbackFS: FDBackedFileSystem, @unchecked Sendable {
     public func getattr(_ r: Request, node id: NodeID, handle: UInt64?) throws(Errno) -> (Attr, CacheTimeout) {
         var st = Glibc.stat()
         if let h = handle, let f = try? files.get(h) {
-            if fstat(f.fd, &st) != 0 { throw currentErrno() }
+            try check(fstat(f.fd, &st))
         } else {
             st = try stat(try node(id))
         }
@@ -163,19 +163,18 @@ public final class LoopbackFS: FDBackedFileSystem, @unchecked Sendable {
 
     public func readlink(_ r: Request, node id: NodeID, buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
         guard let base = buffer.baseAddress?.assumingMemoryBound(to: CChar.self) else { throw .invalidArgument }
-        let n = try at(try node(id)) { d, name, _ in readlinkat(d, name, base, buffer.count) }
-        if n < 0 { throw currentErrno() }
+        let n = try check(try at(try node(id)) { d, name, _ in readlinkat(d, name, base, buffer.count) })
         return n
     }
 
     public func statfs(_ r: Request, node: NodeID) throws(Errno) -> StatFS {
         var s = statvfs()
-        if fstatvfs(rootFD.raw, &s) != 0 { throw currentErrno() }
+        try check(fstatvfs(rootFD.raw, &s))
         return StatFS(s)
     }
 
     public func access(_ r: Request, node id: NodeID, mask: Int32) throws(Errno) {
         let rc = try at(try node(id)) { d, n, _ in faccessat(d, n, mask, 0) }
-        if rc != 0 { throw currentErrno() }
+        try check(rc)
     }
 }

@@ -40,24 +40,23 @@ extension Overlay {
 
     private func copyObject(_ n: OverlayNode, from src: Int32, to dst: Int32, name: UnsafePointer<CChar>, work: Int32) throws(Errno) {
         var st = stat()
-        if fstatat(src, name, &st, Linux.AT_SYMLINK_NOFOLLOW) != 0 { throw currentErrno() }
+        try check(fstatat(src, name, &st, Linux.AT_SYMLINK_NOFOLLOW))
         let tmp = "#strata-\(n.id)-\(UInt32.random(in: 0...UInt32.max))"
         let type = st.st_mode & Linux.S_IFMT
         var built = false
         defer { if !built { removeTree(work, tmp) } }
         switch type {
         case Linux.S_IFDIR:
-            if mkdirat(work, tmp, 0o700) != 0 { throw currentErrno() }
+            try check(mkdirat(work, tmp, 0o700))
         case Linux.S_IFREG:
             try copyData(src, name, work, tmp, size: Int64(st.st_size))
         case Linux.S_IFLNK:
             var buf = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
-            let len = readlinkat(src, name, &buf, buf.count - 1)
-            if len < 0 { throw currentErrno() }
+            let len = try check(readlinkat(src, name, &buf, buf.count - 1))
             buf[len] = 0
-            if symlinkat(buf, work, tmp) != 0 { throw currentErrno() }
+            try check(symlinkat(buf, work, tmp))
         default:
-            if mknodat(work, tmp, st.st_mode, st.st_rdev) != 0 { throw currentErrno() }
+            try check(mknodat(work, tmp, st.st_mode, st.st_rdev))
         }
         if fchownat(work, tmp, st.st_uid, st.st_gid, Linux.AT_SYMLINK_NOFOLLOW) != 0 && geteuid() == 0 { throw currentErrno() }
         if type != Linux.S_IFLNK && fchmodat(work, tmp, st.st_mode & 0o7777, 0) != 0 { throw currentErrno() }
@@ -66,8 +65,8 @@ extension Overlay {
         let origin = String(n.ino)
         _ = lsetxattr("/proc/self/fd/\(work)/\(tmp)", originXattr, origin, origin.utf8.count, 0)
         let times = [st.st_atim, st.st_mtim]
-        if utimensat(work, tmp, times, Linux.AT_SYMLINK_NOFOLLOW) != 0 { throw currentErrno() }
-        if strata_renameat2(work, tmp, dst, name, Linux.RENAME_NOREPLACE) != 0 { throw currentErrno() }
+        try check(utimensat(work, tmp, times, Linux.AT_SYMLINK_NOFOLLOW))
+        try check(strata_renameat2(work, tmp, dst, name, Linux.RENAME_NOREPLACE))
         built = true
         copyUps.add(1, ordering: .relaxed)
         var ust = stat()
@@ -92,12 +91,10 @@ extension Overlay {
     /// Data: a reflink where the filesystem shares extents, else the data
     /// ranges only (holes stay holes), by copy_file_range.
     private func copyData(_ src: Int32, _ name: UnsafePointer<CChar>, _ work: Int32, _ tmp: String, size: Int64) throws(Errno) {
-        let i = openat(src, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
-        if i < 0 { throw currentErrno() }
-        defer { close(i) }
-        let o = openat(work, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
-        if o < 0 { throw currentErrno() }
-        defer { close(o) }
+        let input = try UniqueFD(opened: openat(src, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC))
+        let i = input.raw
+        let output = try UniqueFD(opened: openat(work, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600))
+        let o = output.raw
         if strata_ficlone(o, i) != 0 {
             var pos: Int64 = 0
             while pos < size {
@@ -119,7 +116,7 @@ extension Overlay {
                 }
                 pos = Int64(hole)
             }
-            if ftruncate(o, off_t(size)) != 0 { throw currentErrno() }
+            try check(ftruncate(o, off_t(size)))
         }
         if !config.volatile && fsync(o) != 0 { throw currentErrno() }
     }

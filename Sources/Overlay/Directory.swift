@@ -50,11 +50,10 @@ extension Overlay {
                     if linkat(w.raw, sharedWhiteout, ufd, name.pointer, 0) == 0 { return }
                 }
             }
-            if mknodat(ufd, name.pointer, Linux.S_IFCHR | 0o000, 0) != 0 { throw currentErrno() }
+            try check(mknodat(ufd, name.pointer, Linux.S_IFCHR | 0o000, 0))
         } else {
             let wh = OverlayFormat.whiteoutName(for: name.string)
-            let fd = openat(ufd, wh, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o000)
-            if fd < 0 { throw currentErrno() }
+            let fd = try check(openat(ufd, wh, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o000))
             close(fd)
         }
     }
@@ -186,7 +185,7 @@ extension Overlay {
         let replacedWhiteout = try prepareCreate(p, name)
         try withDirFD(p, 0) { (ufd: Int32) throws(Errno) in
             let tmp = "#strata-mkdir-\(UInt32.random(in: 0...UInt32.max))"
-            if mkdirat(work.raw, tmp, mode & 0o7777) != 0 { throw currentErrno() }
+            try check(mkdirat(work.raw, tmp, mode & 0o7777))
             var done = false
             defer { if !done { removeTree(work.raw, tmp) } }
             // Inherit the setgid bit and group as mkdir in the upper would.
@@ -205,12 +204,11 @@ extension Overlay {
             if replacedWhiteout || (config.redirectDir && !p.snapshot.lowerDirs.isEmpty) {
                 let path = "/proc/self/fd/\(work.raw)/\(tmp)"
                 if lsetxattr(path, opaqueXattr, "y", 1, 0) != 0 {
-                    let fd = openat(work.raw, "\(tmp)/\(OverlayFormat.opaqueName)", O_WRONLY | O_CREAT | O_CLOEXEC, 0o000)
-                    if fd < 0 { throw currentErrno() }
+                    let fd = try check(openat(work.raw, "\(tmp)/\(OverlayFormat.opaqueName)", O_WRONLY | O_CREAT | O_CLOEXEC, 0o000))
                     close(fd)
                 }
             }
-            if strata_renameat2(work.raw, tmp, ufd, name.pointer, Linux.RENAME_NOREPLACE) != 0 { throw currentErrno() }
+            try check(strata_renameat2(work.raw, tmp, ufd, name.pointer, Linux.RENAME_NOREPLACE))
             done = true
         }
         return try lookup(p, name)
@@ -223,7 +221,7 @@ extension Overlay {
         try atTop(n) { (d: Int32, old: UnsafePointer<CChar>, _: Int) throws(Errno) in
             try withDirFD(p, 0) { (ufd: Int32) throws(Errno) in
                 // A nameless file is linked through its /proc link (O_TMPFILE).
-                if linkat(d, old, ufd, name.pointer, d == AT_FDCWD ? Linux.AT_SYMLINK_FOLLOW : 0) != 0 { throw currentErrno() }
+                try check(linkat(d, old, ufd, name.pointer, d == AT_FDCWD ? Linux.AT_SYMLINK_FOLLOW : 0))
             }
         }
         return try lookup(p, name)
@@ -287,7 +285,7 @@ extension Overlay {
             try withDirFD(p, 0) { (ufd: Int32) throws(Errno) in
                 noteRemoved(f, p, ufd, name)
                 let tmp = "#strata-rmdir-\(UInt32.random(in: 0...UInt32.max))"
-                if strata_renameat2(ufd, name.pointer, work.raw, tmp, Linux.RENAME_WHITEOUT) != 0 { throw currentErrno() }
+                try check(strata_renameat2(ufd, name.pointer, work.raw, tmp, Linux.RENAME_WHITEOUT))
                 removeTree(work.raw, tmp)
             }
             return
@@ -310,11 +308,11 @@ extension Overlay {
                 if below && deviceWhiteouts && !dir, let work {
                     // One step: the name becomes a whiteout as the file leaves.
                     let tmp = "#strata-rm-\(UInt32.random(in: 0...UInt32.max))"
-                    if strata_renameat2(ufd, name.pointer, work.raw, tmp, Linux.RENAME_WHITEOUT) != 0 { throw currentErrno() }
+                    try check(strata_renameat2(ufd, name.pointer, work.raw, tmp, Linux.RENAME_WHITEOUT))
                     unlinkat(work.raw, tmp, 0)
                     return
                 }
-                if unlinkat(ufd, name.pointer, dir ? Linux.AT_REMOVEDIR : 0) != 0 { throw currentErrno() }
+                try check(unlinkat(ufd, name.pointer, dir ? Linux.AT_REMOVEDIR : 0))
             } else {
                 let top = f.topLayer
                 try withDirFD(p, top) { (lfd: Int32) in noteRemoved(f, p, lfd, name) }
@@ -324,8 +322,7 @@ extension Overlay {
     }
 
     func listRaw(_ dfd: Int32) throws(Errno) -> [String] {
-        let fd = openat(dfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if fd < 0 { throw currentErrno() }
+        let fd = try check(openat(dfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC))
         guard let d = fdopendir(fd) else { close(fd); throw currentErrno() }
         defer { closedir(d) }
         var out: [String] = []

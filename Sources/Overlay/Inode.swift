@@ -10,14 +10,14 @@ extension Overlay {
     public func getattr(_ n: OverlayNode) throws(Errno) -> stat {
         var st = stat()
         if let o = n.state.withLock({ $0.unlinked ? $0.orphan : nil }) {
-            if fstat(o.raw, &st) != 0 { throw currentErrno() }
+            try check(fstat(o.raw, &st))
             st.st_ino = ino_t(n.ino)
             return st
         }
         let rc = try atTop(n) { (d: Int32, name: UnsafePointer<CChar>, _: Int) -> Int32 in
             fstatat(d, name, &st, d == AT_FDCWD ? 0 : Linux.AT_SYMLINK_NOFOLLOW)
         }
-        if rc != 0 { throw currentErrno() }
+        try check(rc)
         st.st_ino = ino_t(n.ino)
         if n.isDirectory { mergedNlink(&st, n.snapshot) }
         return st
@@ -48,23 +48,22 @@ extension Overlay {
         try atTop(n) { (d: Int32, name: UnsafePointer<CChar>, _: Int) throws(Errno) in
             let follow: Int32 = d == AT_FDCWD ? 0 : Linux.AT_SYMLINK_NOFOLLOW
             if c.uid != nil || c.gid != nil {
-                if fchownat(d, name, c.uid ?? UInt32.max, c.gid ?? UInt32.max, follow) != 0 { throw currentErrno() }
+                try check(fchownat(d, name, c.uid ?? UInt32.max, c.gid ?? UInt32.max, follow))
             }
             if let m = c.mode, fchmodat(d, name, m & 0o7777, 0) != 0 { throw currentErrno() }
             if let size = c.size {
                 if let fd {
-                    if ftruncate(fd, off_t(size)) != 0 { throw currentErrno() }
+                    try check(ftruncate(fd, off_t(size)))
                 } else {
-                    let f = openat(d, name, O_WRONLY | O_CLOEXEC | O_NONBLOCK | (follow != 0 ? O_NOFOLLOW : 0))
-                    if f < 0 { throw currentErrno() }
-                    defer { close(f) }
-                    if ftruncate(f, off_t(size)) != 0 { throw currentErrno() }
+                    let file = try UniqueFD(opened: openat(d, name, O_WRONLY | O_CLOEXEC | O_NONBLOCK | (follow != 0 ? O_NOFOLLOW : 0)))
+                    let f = file.raw
+                    try check(ftruncate(f, off_t(size)))
                 }
             }
             if c.atime != nil || c.mtime != nil {
                 let omit = timespec(tv_sec: 0, tv_nsec: Linux.UTIME_OMIT)
                 let ts = [c.atime ?? omit, c.mtime ?? omit]
-                if utimensat(d, name, ts, follow) != 0 { throw currentErrno() }
+                try check(utimensat(d, name, ts, follow))
             }
             if c.killSUIDGID && c.mode == nil {
                 var st = stat()
@@ -80,8 +79,7 @@ extension Overlay {
 
     public func readlink(_ n: OverlayNode, into buf: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
         guard let base = buf.baseAddress?.assumingMemoryBound(to: CChar.self) else { throw .invalidArgument }
-        let r = try atTop(n) { (d: Int32, name: UnsafePointer<CChar>, _: Int) -> Int in readlinkat(d, name, base, buf.count) }
-        if r < 0 { throw currentErrno() }
+        let r = try check(try atTop(n) { (d: Int32, name: UnsafePointer<CChar>, _: Int) -> Int in readlinkat(d, name, base, buf.count) })
         return r
     }
 
@@ -218,7 +216,7 @@ extension Overlay {
         let r = try xattrPath(n) { p, follow in
             Int(follow ? CStrata.setxattr(p, stored, value.baseAddress, value.count, flags) : lsetxattr(p, stored, value.baseAddress, value.count, flags))
         }
-        if r != 0 { throw currentErrno() }
+        try check(r)
     }
 
     public func removexattr(_ n: OverlayNode, _ name: String) throws(Errno) {
@@ -229,13 +227,13 @@ extension Overlay {
         }
         try copyUp(n)
         let r = try xattrPath(n) { p, follow in Int(follow ? CStrata.removexattr(p, stored) : lremovexattr(p, stored)) }
-        if r != 0 { throw currentErrno() }
+        try check(r)
     }
 
     /// statfs reports the upper filesystem (the top lower without one).
     public func statfs() throws(Errno) -> statvfs {
         var s = statvfs()
-        if fstatvfs(layers[0].root.raw, &s) != 0 { throw currentErrno() }
+        try check(fstatvfs(layers[0].root.raw, &s))
         return s
     }
 }

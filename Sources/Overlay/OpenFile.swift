@@ -71,7 +71,7 @@ extension Overlay {
                      choose: (OpenChoice) throws(Errno) -> OpenFile.Serving) throws(Errno) -> OpenFile {
         let fd = try openDescriptor(n, flags: flags)
         var st = stat()
-        if fstat(fd.raw, &st) != 0 { throw currentErrno() }
+        try check(fstat(fd.raw, &st))
         return try adopt(n, fd, st, writable: flags & O_ACCMODE != O_RDONLY, choose: choose)
     }
 

@@ -109,7 +109,7 @@ extension Overlay {
                 var kflags = exchange ? Linux.RENAME_EXCHANGE : 0
                 let atomicWhiteout = srcBelow && deviceWhiteouts
                 if atomicWhiteout { kflags |= Linux.RENAME_WHITEOUT }
-                if strata_renameat2(sfd, name.pointer, dfd, newName.pointer, kflags) != 0 { throw currentErrno() }
+                try check(strata_renameat2(sfd, name.pointer, dfd, newName.pointer, kflags))
                 if let d = dst, replaced >= 0 {
                     noteReplaced(d, q, newName, fd: replaced)
                     replaced = -1

@@ -41,37 +41,33 @@ public extension DescriptorBacked {
     }
 
     func write(offset: UInt64, data: UnsafeRawBufferPointer) throws(Errno) -> Int {
-        let n = retryEINTR { pwrite(fd, data.baseAddress, data.count, off_t(offset)) }
-        if n < 0 { throw currentErrno() }
+        let n = try check(retryEINTR { pwrite(fd, data.baseAddress, data.count, off_t(offset)) })
         return n
     }
 
     /// close() of a duplicate reports deferred write errors (NFS-style
     /// sources) at the caller's close, as a native filesystem would.
     func flush() throws(Errno) {
-        let d = dup(fd)
-        if d < 0 { throw currentErrno() }
-        if close(d) != 0 { throw currentErrno() }
+        let d = try check(dup(fd))
+        try check(close(d))
     }
 
     func fsync(dataOnly: Bool) throws(Errno) {
-        if (dataOnly ? fdatasync(fd) : Glibc.fsync(fd)) != 0 { throw currentErrno() }
+        try check((dataOnly ? fdatasync(fd) : Glibc.fsync(fd)))
     }
 
     func fallocate(mode: Int32, offset: UInt64, length: UInt64) throws(Errno) {
-        if strata_fallocate(fd, mode, Int64(offset), Int64(length)) != 0 { throw currentErrno() }
+        try check(strata_fallocate(fd, mode, Int64(offset), Int64(length)))
     }
 
     func lseek(offset: Int64, whence: Int32) throws(Errno) -> Int64 {
-        let o = Glibc.lseek(fd, off_t(offset), whence)
-        if o < 0 { throw currentErrno() }
+        let o = try check(Glibc.lseek(fd, off_t(offset), whence))
         return Int64(o)
     }
 
     func copyRange(offsetIn: UInt64, to out: some DescriptorBacked, offsetOut: UInt64, length: UInt64, flags: UInt64) throws(Errno) -> Int {
         var oi = Int64(offsetIn), oo = Int64(offsetOut)
-        let n = strata_copy_file_range(fd, &oi, out.fd, &oo, Int(length), UInt32(flags))
-        if n < 0 { throw currentErrno() }
+        let n = try check(strata_copy_file_range(fd, &oi, out.fd, &oo, Int(length), UInt32(flags)))
         return n
     }
 }
