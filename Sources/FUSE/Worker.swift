@@ -83,12 +83,12 @@ final class Worker<FS: FileSystem>: @unchecked Sendable {
     // MARK: replies
 
     @inline(__always)
-    private var payload: UnsafeMutableRawPointer { outBuf + Self.headerSize }
+    var payload: UnsafeMutableRawPointer { outBuf + Self.headerSize }
     @inline(__always)
-    private var payloadCapacity: Int { outSize - Self.headerSize }
+    var payloadCapacity: Int { outSize - Self.headerSize }
 
     @inline(__always)
-    private func send(_ unique: UInt64, payloadLength: Int) {
+    func send(_ unique: UInt64, payloadLength: Int) {
         if let ring {
             ring.ringReply(unique: unique, error: 0, body: payload, length: payloadLength)
             return
@@ -100,7 +100,7 @@ final class Worker<FS: FileSystem>: @unchecked Sendable {
     }
 
     @inline(__always)
-    private func sendError(_ unique: UInt64, _ e: Errno) {
+    func sendError(_ unique: UInt64, _ e: Errno) {
         if let ring {
             ring.ringReply(unique: unique, error: -e.rawValue, body: payload, length: 0)
             return
@@ -110,20 +110,20 @@ final class Worker<FS: FileSystem>: @unchecked Sendable {
     }
 
     @inline(__always)
-    private func reply<T>(_ unique: UInt64, _ value: T) {
+    func reply<T>(_ unique: UInt64, _ value: T) {
         payload.storeBytes(of: value, as: T.self)
         send(unique, payloadLength: MemoryLayout<T>.size)
     }
 
     @inline(__always)
-    private func replyEntry(_ unique: UInt64, _ e: Entry) {
+    func replyEntry(_ unique: UInt64, _ e: Entry) {
         var out = sf_entry_out()
         fillEntryOut(&out, e)
         reply(unique, out)
     }
 
     @inline(__always)
-    private func replyAttr(_ unique: UInt64, _ a: Attr, _ t: CacheTimeout) {
+    func replyAttr(_ unique: UInt64, _ a: Attr, _ t: CacheTimeout) {
         var out = sf_attr_out()
         out.attr_valid = t.seconds
         out.attr_valid_nsec = t.nanoseconds
@@ -131,7 +131,7 @@ final class Worker<FS: FileSystem>: @unchecked Sendable {
         reply(unique, out)
     }
 
-    private func openOut(node: NodeID, _ o: OpenReply) -> sf_open_out {
+    func openOut(node: NodeID, _ o: OpenReply) -> sf_open_out {
         var out = sf_open_out(fh: o.handle, open_flags: 0, backing_id: 0)
         if o.keepCache { out.open_flags |= UInt32(SF_FOPEN_KEEP_CACHE) }
         if o.directIO { out.open_flags |= UInt32(SF_FOPEN_DIRECT_IO) }
@@ -153,7 +153,7 @@ final class Worker<FS: FileSystem>: @unchecked Sendable {
     // MARK: decoding
 
     @inline(__always)
-    private func name(_ p: UnsafeRawPointer, _ end: UnsafeRawPointer) -> Name {
+    func name(_ p: UnsafeRawPointer, _ end: UnsafeRawPointer) -> Name {
         let c = p.assumingMemoryBound(to: CChar.self)
         return Name(pointer: c, count: strnlen(c, end - p))
     }
@@ -210,169 +210,65 @@ final class Worker<FS: FileSystem>: @unchecked Sendable {
         do throws(Errno) {
             switch Int(h.opcode) {
             case SF_LOOKUP:
-                replyEntry(h.unique, try fs.lookup(r, parent: node, name: name(body, end)))
+                try serveLookup(h, r, node, body, end)
             case SF_FORGET:
-                fs.forget(node, count: body.load(as: sf_forget_in.self).nlookup)
+                try serveForget(h, r, node, body, end)
             case SF_BATCH_FORGET:
-                let count = Int(body.load(as: sf_batch_forget_in.self).count)
-                var p = body + MemoryLayout<sf_batch_forget_in>.size
-                for _ in 0..<count where p + MemoryLayout<sf_forget_one>.size <= end {
-                    let one = p.load(as: sf_forget_one.self)
-                    fs.forget(one.nodeid, count: one.nlookup)
-                    p += MemoryLayout<sf_forget_one>.size
-                }
+                try serveBatchForget(h, r, node, body, end)
             case SF_GETATTR:
-                let g = body.load(as: sf_getattr_in.self)
-                let fh: UInt64? = g.getattr_flags & UInt32(SF_GETATTR_FH) != 0 ? g.fh : nil
-                let (a, t) = try fs.getattr(r, node: node, handle: fh)
-                replyAttr(h.unique, a, t)
+                try serveGetattr(h, r, node, body, end)
             case SF_SETATTR:
-                let (a, t) = try fs.setattr(r, node: node, changes: decodeSetattr(body.load(as: sf_setattr_in.self)))
-                replyAttr(h.unique, a, t)
+                try serveSetattr(h, r, node, body, end)
             case SF_READLINK:
-                let n = try fs.readlink(r, node: node, buffer: UnsafeMutableRawBufferPointer(start: payload, count: min(payloadCapacity, 65536)))
-                send(h.unique, payloadLength: n)
+                try serveReadlink(h, r, node, body, end)
             case SF_SYMLINK:
-                let n = name(body, end)
-                let target = name(body + n.count + 1, end)
-                replyEntry(h.unique, try fs.symlink(r, parent: node, name: n, target: target))
+                try serveSymlink(h, r, node, body, end)
             case SF_MKNOD:
-                let m = body.load(as: sf_mknod_in.self)
-                let n = name(body + MemoryLayout<sf_mknod_in>.size, end)
-                replyEntry(h.unique, try fs.mknod(r, parent: node, name: n, mode: m.mode, rdev: m.rdev, umask: m.umask))
+                try serveMknod(h, r, node, body, end)
             case SF_MKDIR:
-                let m = body.load(as: sf_mkdir_in.self)
-                let n = name(body + MemoryLayout<sf_mkdir_in>.size, end)
-                replyEntry(h.unique, try fs.mkdir(r, parent: node, name: n, mode: m.mode, umask: m.umask))
+                try serveMkdir(h, r, node, body, end)
             case SF_UNLINK:
-                try fs.unlink(r, parent: node, name: name(body, end))
-                send(h.unique, payloadLength: 0)
+                try serveUnlink(h, r, node, body, end)
             case SF_RMDIR:
-                try fs.rmdir(r, parent: node, name: name(body, end))
-                send(h.unique, payloadLength: 0)
+                try serveRmdir(h, r, node, body, end)
             case SF_RENAME:
-                let m = body.load(as: sf_rename_in.self)
-                let old = name(body + MemoryLayout<sf_rename_in>.size, end)
-                let new = name(body + MemoryLayout<sf_rename_in>.size + old.count + 1, end)
-                try fs.rename(r, parent: node, name: old, newParent: m.newdir, newName: new, flags: 0)
-                send(h.unique, payloadLength: 0)
+                try serveRename(h, r, node, body, end)
             case SF_RENAME2:
-                let m = body.load(as: sf_rename2_in.self)
-                let old = name(body + MemoryLayout<sf_rename2_in>.size, end)
-                let new = name(body + MemoryLayout<sf_rename2_in>.size + old.count + 1, end)
-                try fs.rename(r, parent: node, name: old, newParent: m.newdir, newName: new, flags: m.flags)
-                send(h.unique, payloadLength: 0)
+                try serveRename2(h, r, node, body, end)
             case SF_LINK:
-                let m = body.load(as: sf_link_in.self)
-                let n = name(body + MemoryLayout<sf_link_in>.size, end)
-                replyEntry(h.unique, try fs.link(r, node: m.oldnodeid, newParent: node, newName: n))
+                try serveLink(h, r, node, body, end)
             case SF_OPEN:
-                let m = body.load(as: sf_open_in.self)
-                let o = try fs.open(r, node: node, flags: Int32(bitPattern: m.flags))
-                // handle_killpriv_v2: an O_TRUNC open by a user drops setuid/setgid.
-                if m.open_flags & UInt32(SF_OPEN_KILL_SUIDGID) != 0 { killPrivileges(r, node) }
-                reply(h.unique, openOut(node: node, o))
+                try serveOpen(h, r, node, body, end)
             case SF_CREATE, SF_TMPFILE:
-                let m = body.load(as: sf_create_in.self)
-                let (e, o): (Entry, OpenReply)
-                if h.opcode == UInt32(SF_CREATE) {
-                    let n = name(body + MemoryLayout<sf_create_in>.size, end)
-                    (e, o) = try fs.create(r, parent: node, name: n, mode: m.mode, umask: m.umask, flags: Int32(bitPattern: m.flags))
-                } else {
-                    (e, o) = try fs.tmpfile(r, parent: node, mode: m.mode, umask: m.umask, flags: Int32(bitPattern: m.flags))
-                }
-                var eo = sf_entry_out()
-                fillEntryOut(&eo, e)
-                payload.storeBytes(of: eo, as: sf_entry_out.self)
-                (payload + MemoryLayout<sf_entry_out>.size).storeBytes(of: openOut(node: e.node, o), as: sf_open_out.self)
-                send(h.unique, payloadLength: MemoryLayout<sf_entry_out>.size + MemoryLayout<sf_open_out>.size)
+                try serveCreate(h, r, node, body, end)
             case SF_READ:
-                let m = body.load(as: sf_read_in.self)
-                let cap = min(Int(m.size), payloadCapacity)
-                let n = try fs.read(r, node: node, handle: m.fh, offset: m.offset,
-                                    buffer: UnsafeMutableRawBufferPointer(start: payload, count: cap))
-                counters.bytesRead.add(UInt64(n), ordering: .relaxed)
-                send(h.unique, payloadLength: n)
+                try serveRead(h, r, node, body, end)
             case SF_WRITE:
-                let m = body.load(as: sf_write_in.self)
-                // handle_killpriv_v2: the kernel flags writes that must drop
-                // setuid/setgid (only when such bits are set, so rarely).
-                if m.write_flags & UInt32(SF_WRITE_KILL_SUIDGID) != 0 { killPrivileges(r, node) }
-                let data = body + MemoryLayout<sf_write_in>.size
-                let size = min(Int(m.size), end - data)
-                let n = try fs.write(r, node: node, handle: m.fh, offset: m.offset,
-                                     data: UnsafeRawBufferPointer(start: data, count: size), flags: m.write_flags)
-                counters.bytesWritten.add(UInt64(n), ordering: .relaxed)
-                reply(h.unique, sf_write_out(size: UInt32(n), padding: 0))
+                try serveWrite(h, r, node, body, end)
             case SF_STATFS:
-                let s = try fs.statfs(r, node: node)
-                var k = sf_kstatfs()
-                k.blocks = s.blocks; k.bfree = s.bfree; k.bavail = s.bavail
-                k.files = s.files; k.ffree = s.ffree
-                k.bsize = s.bsize; k.namelen = s.namelen; k.frsize = s.frsize
-                reply(h.unique, sf_statfs_out(st: k))
+                try serveStatfs(h, r, node, body, end)
             case SF_RELEASE:
-                let m = body.load(as: sf_release_in.self)
-                session.backing.release(devFD: session.devFD, handle: m.fh)
-                fs.release(r, node: node, handle: m.fh, flags: Int32(bitPattern: m.flags))
-                send(h.unique, payloadLength: 0)
+                try serveRelease(h, r, node, body, end)
             case SF_FSYNC:
-                let m = body.load(as: sf_fsync_in.self)
-                try fs.fsync(r, node: node, handle: m.fh, dataOnly: m.fsync_flags & 1 != 0)
-                send(h.unique, payloadLength: 0)
+                try serveFsync(h, r, node, body, end)
             case SF_SETXATTR:
-                let head = session.setxattrExt ? MemoryLayout<sf_setxattr_in>.size : 8
-                guard end - body >= head else { throw .ioError }
-                // Only size and flags: the first 8 bytes, present in both forms.
-                let m = sf_setxattr_in(size: body.load(as: UInt32.self), flags: body.load(fromByteOffset: 4, as: UInt32.self),
-                                       setxattr_flags: 0, padding: 0)
-                let n = name(body + head, end)
-                let value = body + head + n.count + 1
-                let size = min(Int(m.size), max(0, end - value))
-                try fs.setxattr(r, node: node, name: n, value: UnsafeRawBufferPointer(start: value, count: size),
-                                flags: Int32(bitPattern: m.flags))
-                send(h.unique, payloadLength: 0)
+                try serveSetxattr(h, r, node, body, end)
             case SF_GETXATTR, SF_LISTXATTR:
-                let m = body.load(as: sf_getxattr_in.self)
-                let cap = min(Int(m.size), payloadCapacity)
-                let buf = UnsafeMutableRawBufferPointer(start: payload, count: cap)
-                let res: XattrReply
-                if h.opcode == UInt32(SF_GETXATTR) {
-                    res = try fs.getxattr(r, node: node, name: name(body + MemoryLayout<sf_getxattr_in>.size, end), buffer: buf)
-                } else {
-                    res = try fs.listxattr(r, node: node, buffer: buf)
-                }
-                switch res {
-                case .size(let n): reply(h.unique, sf_getxattr_out(size: UInt32(n), padding: 0))
-                case .data(let n): send(h.unique, payloadLength: n)
-                }
+                try serveGetxattr(h, r, node, body, end)
             case SF_REMOVEXATTR:
-                try fs.removexattr(r, node: node, name: name(body, end))
-                send(h.unique, payloadLength: 0)
+                try serveRemovexattr(h, r, node, body, end)
             case SF_FLUSH:
-                try fs.flush(r, node: node, handle: body.load(as: sf_flush_in.self).fh)
-                send(h.unique, payloadLength: 0)
+                try serveFlush(h, r, node, body, end)
             case SF_OPENDIR:
-                let m = body.load(as: sf_open_in.self)
-                var o = try fs.opendir(r, node: node, flags: Int32(bitPattern: m.flags))
-                o.backingFD = -1
-                reply(h.unique, openOut(node: node, o))
+                try serveOpendir(h, r, node, body, end)
             case SF_READDIR, SF_READDIRPLUS:
-                let m = body.load(as: sf_read_in.self)
-                var w = DirentWriter(base: payload, capacity: min(Int(m.size), payloadCapacity),
-                                     plus: h.opcode == UInt32(SF_READDIRPLUS))
-                try fs.readdir(r, node: node, handle: m.fh, offset: m.offset, into: &w)
-                send(h.unique, payloadLength: w.used)
+                try serveReaddir(h, r, node, body, end)
             case SF_RELEASEDIR:
-                fs.releasedir(r, node: node, handle: body.load(as: sf_release_in.self).fh)
-                send(h.unique, payloadLength: 0)
+                try serveReleasedir(h, r, node, body, end)
             case SF_FSYNCDIR:
-                let m = body.load(as: sf_fsync_in.self)
-                try fs.fsyncdir(r, node: node, handle: m.fh, dataOnly: m.fsync_flags & 1 != 0)
-                send(h.unique, payloadLength: 0)
+                try serveFsyncdir(h, r, node, body, end)
             case SF_ACCESS:
-                try fs.access(r, node: node, mask: Int32(bitPattern: body.load(as: sf_access_in.self).mask))
-                send(h.unique, payloadLength: 0)
+                try serveAccess(h, r, node, body, end)
             case SF_INTERRUPT:
                 // Every operation here runs to completion quickly (no blocking
                 // locks are served), so an interrupt is answered by the
@@ -381,19 +277,11 @@ final class Worker<FS: FileSystem>: @unchecked Sendable {
             case SF_DESTROY:
                 send(h.unique, payloadLength: 0)
             case SF_FALLOCATE:
-                let m = body.load(as: sf_fallocate_in.self)
-                try fs.fallocate(r, node: node, handle: m.fh, mode: Int32(bitPattern: m.mode), offset: m.offset, length: m.length)
-                send(h.unique, payloadLength: 0)
+                try serveFallocate(h, r, node, body, end)
             case SF_LSEEK:
-                let m = body.load(as: sf_lseek_in.self)
-                let off = try fs.lseek(r, node: node, handle: m.fh, offset: Int64(bitPattern: m.offset), whence: Int32(bitPattern: m.whence))
-                reply(h.unique, sf_lseek_out(offset: UInt64(bitPattern: off)))
+                try serveLseek(h, r, node, body, end)
             case SF_COPY_FILE_RANGE:
-                let m = body.load(as: sf_copy_file_range_in.self)
-                let n = try fs.copyFileRange(r, nodeIn: node, handleIn: m.fh_in, offsetIn: m.off_in,
-                                             nodeOut: m.nodeid_out, handleOut: m.fh_out, offsetOut: m.off_out,
-                                             length: m.len, flags: m.flags)
-                reply(h.unique, sf_write_out(size: UInt32(truncatingIfNeeded: n), padding: 0))
+                try serveCopyFileRange(h, r, node, body, end)
             case SF_INIT:
                 sendError(h.unique, .protocolError)
             default:
@@ -405,13 +293,13 @@ final class Worker<FS: FileSystem>: @unchecked Sendable {
     }
 
     /// Asks the file system to drop setuid/setgid, as a setattr would.
-    private func killPrivileges(_ r: Request, _ node: NodeID) {
+    func killPrivileges(_ r: Request, _ node: NodeID) {
         var c = SetAttrRequest()
         c.killSUIDGID = true
         _ = try? fs.setattr(r, node: node, changes: c)
     }
 
-    private func decodeSetattr(_ s: sf_setattr_in) -> SetAttrRequest {
+    func decodeSetattr(_ s: sf_setattr_in) -> SetAttrRequest {
         var c = SetAttrRequest()
         let v = s.valid
         if v & UInt32(SF_FATTR_MODE) != 0 { c.mode = s.mode }
