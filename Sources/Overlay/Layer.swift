@@ -23,7 +23,7 @@ public final class Layer: Sendable {
         let fd = Glibc.open(path, Linux.O_PATH | O_DIRECTORY | O_CLOEXEC)
         if fd < 0 {
             let e = currentErrno()
-            throw OverlaySetupError("\(writable ? "upperdir" : "lowerdir") \(path): \(e == .notDirectory ? "not a directory" : "\(e)")")
+            throw OverlaySetupError(.layer(e), "\(writable ? "upperdir" : "lowerdir") \(path): \(e == .notDirectory ? "not a directory" : "\(e)")")
         }
         root = OwnedFD(fd)
         var st = stat()

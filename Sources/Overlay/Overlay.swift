@@ -61,18 +61,18 @@ public final class Overlay: @unchecked Sendable {
         self.config = config
         fdBudget = FDBudget(limit: config.cachedDirectories)
         handlesWork = Atomic(config.reopenByHandle)
-        if config.lowers.isEmpty { throw OverlaySetupError("lowerdir is required (lowerdir=DIR[:DIR...])") }
+        if config.lowers.isEmpty { throw OverlaySetupError(.invalidOptions, "lowerdir is required (lowerdir=DIR[:DIR...])") }
         if config.lowers.count > OverlayConfig.maxLowers {
-            throw OverlaySetupError("too many lower layers: \(config.lowers.count) (at most \(OverlayConfig.maxLowers))")
+            throw OverlaySetupError(.invalidOptions, "too many lower layers: \(config.lowers.count) (at most \(OverlayConfig.maxLowers))")
         }
         if (config.upper == nil) != (config.work == nil) {
-            throw OverlaySetupError(config.upper == nil ? "workdir given without upperdir" : "upperdir needs a workdir (workdir=DIR on the same filesystem)")
+            throw OverlaySetupError(.invalidOptions, config.upper == nil ? "workdir given without upperdir" : "upperdir needs a workdir (workdir=DIR on the same filesystem)")
         }
         for (i, l) in config.lowers.enumerated() where l.isEmpty {
-            throw OverlaySetupError("lowerdir: layer \(i + 1) is an empty path")
+            throw OverlaySetupError(.invalidOptions, "lowerdir: layer \(i + 1) is an empty path")
         }
         func real(_ p: String, _ what: String) throws(OverlaySetupError) -> String {
-            do { return try Sys.realPath(p) } catch { throw OverlaySetupError("\(what) \(p): \(error.errno)") }
+            do { return try Sys.realPath(p) } catch { throw OverlaySetupError(.layer(error.errno), "\(what) \(p): \(error.errno)") }
         }
         var ls: [Layer] = []
         var realPaths: [(String, String)] = []
@@ -94,25 +94,25 @@ public final class Overlay: @unchecked Sendable {
                 throw OverlySetupErrorHelper.overlap("upperdir \(upperLayer.path)", "\(what) \(p)")
             }
             if inside(r, upperLayer.path) || inside(upperLayer.path, r) {
-                throw OverlaySetupError("workdir \(r) and upperdir \(upperLayer.path) must not contain each other")
+                throw OverlaySetupError(.placement, "workdir \(r) and upperdir \(upperLayer.path) must not contain each other")
             }
             let wfd = Glibc.open(r, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-            if wfd < 0 { throw OverlaySetupError("workdir \(r): \(currentErrno())") }
+            if wfd < 0 { throw OverlaySetupError.last("workdir \(r)") }
             lockFD = OwnedFD(wfd)
             var st = stat()
             fstat(wfd, &st)
             if UInt64(st.st_dev) != upperLayer.dev {
-                throw OverlaySetupError("workdir \(r) is on another filesystem than upperdir \(upperLayer.path); put both on one")
+                throw OverlaySetupError(.placement, "workdir \(r) is on another filesystem than upperdir \(upperLayer.path); put both on one")
             }
             if !Self.lockWorkdir(wfd) {
-                throw OverlaySetupError("workdir \(r) is in use by another mount")
+                throw OverlaySetupError(.workdirInUse, "workdir \(r) is in use by another mount")
             }
             // Validation is over: from here on we may write.
             if mkdirat(wfd, "work", 0o700) != 0 && strata_errno() != EEXIST {
-                throw OverlaySetupError("workdir \(r)/work: \(currentErrno())")
+                throw OverlaySetupError.last("workdir \(r)/work")
             }
             let wk = openat(wfd, "work", Linux.O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-            if wk < 0 { throw OverlaySetupError("workdir \(r)/work: \(currentErrno())") }
+            if wk < 0 { throw OverlaySetupError.last("workdir \(r)/work") }
             workFD = OwnedFD(wk)
         }
         layers = ls
@@ -154,7 +154,7 @@ public final class Overlay: @unchecked Sendable {
             mkdirat(w.raw, "incompat", 0o700)
             mkdirat(w.raw, "incompat/volatile", 0o700)
             let fd = openat(w.raw, "incompat/volatile/dirty", O_WRONLY | O_CREAT | O_CLOEXEC, 0o600)
-            if fd < 0 { throw OverlaySetupError("workdir \(config.work ?? ""): cannot mark it volatile: \(currentErrno())") }
+            if fd < 0 { throw OverlaySetupError.last("workdir \(config.work ?? ""): cannot mark it volatile") }
             close(fd)
         }
     }
@@ -166,7 +166,7 @@ public final class Overlay: @unchecked Sendable {
         guard let w = work else { return }
         var st = stat()
         if fstatat(w.raw, "incompat/volatile", &st, Linux.AT_SYMLINK_NOFOLLOW) == 0 {
-            throw OverlaySetupError("workdir \(workdir) was used by a volatile mount, so its upper may be inconsistent: "
+            throw OverlaySetupError(.volatileDirty, "workdir \(workdir) was used by a volatile mount, so its upper may be inconsistent: "
                 + "use fresh upper and work directories, or remove \(workdir)/work/incompat/volatile if the system did not crash since")
         }
     }
@@ -216,6 +216,6 @@ public final class Overlay: @unchecked Sendable {
 
 enum OverlySetupErrorHelper {
     static func overlap(_ a: String, _ b: String) -> OverlaySetupError {
-        OverlaySetupError("\(a) and \(b) overlap: one is inside the other")
+        OverlaySetupError(.placement, "\(a) and \(b) overlap: one is inside the other")
     }
 }

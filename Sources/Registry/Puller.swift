@@ -30,9 +30,9 @@ public struct Puller: Sendable {
         let type = (r.headers["Content-Type"].first ?? "").split(separator: ";").first.map { $0.trimmingCharacters(in: .whitespaces) } ?? ""
         if RegistryClient.manifestTypes.contains(type) { return }
         if type.isEmpty || type == "application/json",
-           let m = (try? JSONSerialization.jsonObject(with: r.body)) as? [String: Any],
-           let mt = m["mediaType"] as? String, RegistryClient.manifestTypes.contains(mt) { return }
-        throw RegistryError("\(what): the registry answered with content type \(type.isEmpty ? "(none)" : type), not an image manifest or index")
+           let mt = (try? JSONDecoder().decode(OCI.Kind.self, from: r.body))?.mediaType,
+           RegistryClient.manifestTypes.contains(mt) { return }
+        throw RegistryError(.protocol, "\(what): the registry answered with content type \(type.isEmpty ? "(none)" : type), not an image manifest or index")
     }
 
     public func pull(_ ref: Reference) async throws -> String {
@@ -41,23 +41,21 @@ public struct Puller: Sendable {
                                          maxBody: Self.manifestLimit)
         guard r.status == 200 else { throw RegistryClient.error(r.status, r.body, "\(ref)") }
         try Self.checkContentType(r, "\(ref)")
-        if let d = ref.digest, Digest.of(r.body) != d { throw RegistryError("\(ref): the manifest does not match its digest") }
-        var manifest = try json(r.body, "manifest of \(ref)")
-        if let list = manifest["manifests"] as? [[String: Any]] {
+        if let d = ref.digest, Digest.of(r.body) != d { throw RegistryError(.corrupt, "\(ref): the manifest does not match its digest") }
+        if let list = try decode(OCI.Kind.self, r.body, "manifest of \(ref)").manifests {
             guard let digest = Self.pick(list, platform: platform) else {
-                let offered = list.compactMap { ($0["platform"] as? [String: Any]).map(Self.platformName) }.joined(separator: ", ")
-                throw RegistryError("\(ref) has no image for \(platform) (it has \(offered.isEmpty ? "none named" : offered)); choose one with --platform")
+                let offered = list.compactMap { $0.platform?.name }.joined(separator: ", ")
+                throw RegistryError(.noMatchingPlatform, "\(ref) has no image for \(platform) (it has \(offered.isEmpty ? "none named" : offered)); choose one with --platform")
             }
             r = try await client.request(.GET, "/v2/\(ref.repository)/manifests/\(digest)", headers: [("Accept", accept)],
                                          maxBody: Self.manifestLimit)
             guard r.status == 200 else { throw RegistryClient.error(r.status, r.body, "\(ref)@\(digest)") }
             try Self.checkContentType(r, "\(ref)@\(digest)")
-            if Digest.of(r.body) != digest { throw RegistryError("\(ref): the manifest for \(platform) does not match its digest") }
-            manifest = try json(r.body, "manifest of \(ref)")
+            if Digest.of(r.body) != digest { throw RegistryError(.corrupt, "\(ref): the manifest for \(platform) does not match its digest") }
         }
         let manifestData = r.body
-        guard let cfg = manifest["config"] as? [String: Any], let cfgDigest = cfg["digest"] as? String,
-              let layers = manifest["layers"] as? [[String: Any]] else { throw RegistryError("\(ref): not an image manifest") }
+        let manifest = try decode(OCI.Manifest.self, manifestData, "manifest of \(ref)")
+        let cfgDigest = manifest.config.digest, layers = manifest.layers
 
         let dir = store.pullDirectory(String(Digest.hex(Digest.of(manifestData)).prefix(16)))
         // Two pulls of one image share this directory (it is what a rerun
@@ -65,23 +63,22 @@ public struct Puller: Sendable {
         // layers in the store. Held until the pull ends; the kernel drops it
         // if the process dies.
         let lockFD = open(dir + ".lock", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
-        if lockFD < 0 { throw RegistryError("\(dir).lock: \(currentErrno())") }
+        if lockFD < 0 { throw RegistryError.last("\(dir).lock") }
         defer { close(lockFD) }
         if flock(lockFD, LOCK_EX | LOCK_NB) != 0 {
             progress("waiting for another pull of \(ref) into this store")
-            if retryEINTR({ flock(lockFD, LOCK_EX) }) != 0 { throw RegistryError("\(dir).lock: \(currentErrno())") }
+            if retryEINTR({ flock(lockFD, LOCK_EX) }) != 0 { throw RegistryError.last("\(dir).lock") }
         }
         try FileManager.default.createDirectory(atPath: "\(dir)/blobs/sha256", withIntermediateDirectories: true)
-        let config = try await blob(ref, cfgDigest, size: (cfg["size"] as? Int) ?? -1, dir: dir).path
-        let cfgJSON = try json(try Data(contentsOf: URL(fileURLWithPath: config)), "config")
-        let diffIDs = ((cfgJSON["rootfs"] as? [String: Any])?["diff_ids"] as? [String]) ?? []
+        let config = try await blob(ref, cfgDigest, size: Int(manifest.config.size), dir: dir).path
+        let diffIDs = try decode(OCI.ImageConfig.self, try Data(contentsOf: URL(fileURLWithPath: config)), "config of \(ref)").diffIDs
         let chain = Digest.chainIDs(diffIDs)
         // Layers already in the store are not downloaded again.
         var wanted: [(String, Int)] = []
         for (i, l) in layers.enumerated() {
-            guard let d = l["digest"] as? String else { throw RegistryError("\(ref): layer without a digest") }
+            let d = l.digest
             if i < chain.count, try store.layer(chain[i]) != nil { progress("layer \(Digest.hex(d).prefix(12)): already present"); continue }
-            wanted.append((d, (l["size"] as? Int) ?? -1))
+            wanted.append((d, Int(l.size)))
         }
         var verified: [String: String] = [:]
         try await withThrowingTaskGroup(of: (path: String, digest: String).self) { group in
@@ -99,20 +96,19 @@ public struct Puller: Sendable {
             }
         }
         try manifestData.write(to: URL(fileURLWithPath: "\(dir)/blobs/sha256/\(Digest.hex(Digest.of(manifestData)))"))
-        let index: [String: Any] = ["schemaVersion": 2, "manifests": [[
-            "mediaType": (manifest["mediaType"] as? String) ?? "application/vnd.oci.image.manifest.v1+json",
-            "digest": Digest.of(manifestData), "size": manifestData.count,
-            "annotations": ["io.containerd.image.name": ref.storeName]]]]
-        try JSONSerialization.data(withJSONObject: index).write(to: URL(fileURLWithPath: "\(dir)/index.json"))
+        let index = OCI.Index(manifests: [OCI.Descriptor(
+            mediaType: manifest.mediaType ?? OCI.manifestType, digest: Digest.of(manifestData), size: Int64(manifestData.count),
+            annotations: ["io.containerd.image.name": ref.storeName])])
+        try OCI.encode(index).write(to: URL(fileURLWithPath: "\(dir)/index.json"))
         try Data(#"{"imageLayoutVersion":"1.0.0"}"#.utf8).write(to: URL(fileURLWithPath: "\(dir)/oci-layout"))
         var loader = ImageLoader(store: store)
         loader.progress = progress
         loader.ownsFiles = true
         loader.verifiedDigests = verified
         let loaded: [ImageLoader.Loaded]
-        do { loaded = try loader.load(directory: dir, source: "\(ref)") } catch { throw RegistryError("\(error)") }
+        do { loaded = try loader.load(directory: dir, source: "\(ref)") } catch { throw RegistryError(wrapping: error) }
         try? FileManager.default.removeItem(atPath: dir)
-        for d in [cfgDigest] + layers.compactMap({ $0["digest"] as? String }) {
+        for d in [cfgDigest] + layers.map(\.digest) {
             store.recordBlobSource(d, registry: ref.host, repository: ref.repository)
         }
         return loaded.first?.id ?? ""
@@ -122,7 +118,7 @@ public struct Puller: Sendable {
     /// The digest is taken as the bytes arrive (after rehashing what a
     /// resumed file already holds), so a blob is never read back.
     func blob(_ ref: Reference, _ digest: String, size: Int, dir: String) async throws -> (path: String, digest: String) {
-        guard Digest.isValid(digest) else { throw RegistryError("\(ref): bad digest \(digest)") }
+        guard Digest.isValid(digest) else { throw RegistryError(.invalidReference, "\(ref): bad digest \(digest)") }
         let final = "\(dir)/blobs/sha256/\(Digest.hex(digest))"
         if FileManager.default.fileExists(atPath: final) { return (final, try Digest.ofFile(final)) }
         let partial = final + ".partial"
@@ -140,13 +136,13 @@ public struct Puller: Sendable {
         let (got, total) = state.finish()
         if got != digest {
             unlink(partial)        // never resume from bytes that do not add up
-            throw RegistryError("blob \(digest) of \(ref) does not match its digest (got \(got)); refused")
+            throw RegistryError(.corrupt, "blob \(digest) of \(ref) does not match its digest (got \(got)); refused")
         }
         if size >= 0, total != Int64(size) {
             unlink(partial)
-            throw RegistryError("blob \(digest) of \(ref) has \(total) bytes, the manifest says \(size)")
+            throw RegistryError(.corrupt, "blob \(digest) of \(ref) has \(total) bytes, the manifest says \(size)")
         }
-        if rename(partial, final) != 0 { throw RegistryError("\(final): \(currentErrno())") }
+        if rename(partial, final) != 0 { throw RegistryError.last("\(final)") }
         progress("blob \(short): \(total) bytes\(from > 0 ? " (resumed at \(from))" : "")")
         return (final, got)
     }
@@ -166,29 +162,23 @@ public struct Puller: Sendable {
         }
     }
 
-    static func platformName(_ p: [String: Any]) -> String {
-        [p["os"] as? String, p["architecture"] as? String, p["variant"] as? String].compactMap { $0 }.joined(separator: "/")
-    }
-
     /// The index entry for `platform` (`os/arch[/variant]`): os and
-    /// architecture must match; a variant, when asked for, too. Without one
-    /// asked, an entry without a variant is preferred (as containerd does
-    /// for arm64, whose entries may say v8 or nothing).
-    public static func pick(_ list: [[String: Any]], platform: String) -> String? {
+    /// architecture must match; without a variant asked for, an entry
+    /// without one is preferred.
+    public static func pick(_ list: [OCI.Descriptor], platform: String) -> String? {
         let want = platform.split(separator: "/").map(String.init)
         guard want.count >= 2 else { return nil }
         let candidates = list.filter { e in
-            guard let p = e["platform"] as? [String: Any], p["os"] as? String == want[0], p["architecture"] as? String == want[1] else { return false }
-            if want.count > 2 { return (p["variant"] as? String) == want[2] }
+            guard let p = e.platform, p.os == want[0], p.architecture == want[1] else { return false }
+            if want.count > 2 { return p.variant == want[2] }
             return true
         }
-        let plain = candidates.first { (($0["platform"] as? [String: Any])?["variant"] as? String) == nil }
-        return (plain ?? candidates.first)?["digest"] as? String
+        let plain = candidates.first { $0.platform?.variant == nil }
+        return (plain ?? candidates.first)?.digest
     }
 
-    func json(_ d: Data, _ what: String) throws -> [String: Any] {
-        guard let j = try? JSONSerialization.jsonObject(with: d) as? [String: Any] else { throw RegistryError("\(what) is not JSON") }
-        return j
+    func decode<T: Decodable>(_ type: T.Type, _ d: Data, _ what: String) throws -> T {
+        do { return try OCI.decode(T.self, d, what) } catch { throw RegistryError(wrapping: error) }
     }
 }
 
@@ -216,13 +206,13 @@ final class BlobState: @unchecked Sendable {
     /// Hashes the first `limit` bytes of a file already on disk.
     func absorb(file: String, upTo limit: Int64) throws {
         let fd = open(file, O_RDONLY | O_CLOEXEC)
-        if fd < 0 { throw RegistryError("\(file): \(currentErrno())") }
+        if fd < 0 { throw RegistryError.last("\(file)") }
         defer { close(fd) }
         var buf = [UInt8](repeating: 0, count: 1 << 20)
         var left = limit
         while left > 0 {
             let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, Int(min(Int64($0.count), left))) }
-            if n < 0 { throw RegistryError("\(file): \(currentErrno())") }
+            if n < 0 { throw RegistryError.last("\(file)") }
             if n == 0 { break }
             buf.withUnsafeBytes { add(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
             left -= Int64(n)

@@ -19,28 +19,22 @@ public struct Pusher: Sendable {
 
     public func push(local: String, to ref: Reference) async throws {
         let img: Store.ImageRecord
-        do { img = try store.image(local) } catch { throw RegistryError("\(error)") }
-        guard let cfg = try? JSONSerialization.jsonObject(with: img.config) as? [String: Any],
-              let diffIDs = (cfg["rootfs"] as? [String: Any])?["diff_ids"] as? [String] else {
-            throw RegistryError("image \(local): config without rootfs.diff_ids")
-        }
-        var layers: [[String: Any]] = []
+        do { img = try store.image(local) } catch { throw RegistryError(wrapping: error) }
+        let diffIDs: [String]
+        do { diffIDs = try store.config(of: img).diffIDs } catch { throw RegistryError(wrapping: error) }
+        var layers: [OCI.Descriptor] = []
         for (l, d) in zip(img.layerIDs, diffIDs) {
             let file = store.layerArchivePath(l)
             var st = stat()
-            if stat(file, &st) != 0 { throw RegistryError("layer \(d) of \(local) has no stored archive (\(currentErrno()))") }
+            if stat(file, &st) != 0 { throw RegistryError(.store(.notFound), "layer \(d) of \(local) has no stored archive (\(currentErrno()))") }
             try await upload(ref, digest: d, file: file, size: Int64(st.st_size))
-            layers.append(["mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d, "size": Int(st.st_size)])
+            layers.append(OCI.Descriptor(mediaType: OCI.layerType, digest: d, size: Int64(st.st_size)))
         }
         try await upload(ref, digest: img.id, data: img.config)
-        let manifest: [String: Any] = [
-            "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": ["mediaType": "application/vnd.oci.image.config.v1+json", "digest": img.id, "size": img.config.count],
-            "layers": layers,
-        ]
-        let body = try JSONSerialization.data(withJSONObject: manifest, options: [.sortedKeys])
+        let body = OCI.encode(OCI.Manifest(config: OCI.Descriptor(mediaType: OCI.configType, digest: img.id, size: Int64(img.config.count)),
+                                           layers: layers))
         let r = try await client.request(.PUT, "/v2/\(ref.repository)/manifests/\(ref.tag ?? "latest")",
-                                         headers: [("Content-Type", "application/vnd.oci.image.manifest.v1+json")], body: body)
+                                         headers: [("Content-Type", OCI.manifestType)], body: body)
         guard r.status == 201 || r.status == 200 else { throw RegistryClient.error(r.status, r.body, "manifest of \(ref)") }
         progress("pushed \(ref) \(Digest.of(body))")
     }

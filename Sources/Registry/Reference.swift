@@ -28,10 +28,10 @@ public struct Reference: Sendable, CustomStringConvertible {
         if host == "docker.io" && parts.count == 1 { parts.insert("library", at: 0) }
         repository = parts.joined(separator: "/")
         if repository.isEmpty || parts.contains(where: \.isEmpty) || repository.contains(where: { $0.isUppercase }) {
-            throw RegistryError("'\(s)' is not an image reference (like host:port/name:tag or name@sha256:...)")
+            throw RegistryError(.invalidReference, "'\(s)' is not an image reference (like host:port/name:tag or name@sha256:...)")
         }
         if tag == nil && digest == nil { tag = "latest" }
-        if let d = digest, !d.hasPrefix("sha256:") { throw RegistryError("'\(s)': only sha256 digests are supported") }
+        if let d = digest, !d.hasPrefix("sha256:") { throw RegistryError(.invalidReference, "'\(s)': only sha256 digests are supported") }
     }
 
     /// The registry API host (Docker Hub's differs from its name).
@@ -40,10 +40,4 @@ public struct Reference: Sendable, CustomStringConvertible {
     /// The name a pulled image is tagged with in the store.
     public var storeName: String { "\(host)/\(repository):\(tag ?? "latest")" }
     public var description: String { "\(host)/\(repository)" + (tag.map { ":\($0)" } ?? "") + (digest.map { "@\($0)" } ?? "") }
-}
-
-public struct RegistryError: Error, CustomStringConvertible, Sendable {
-    public let message: String
-    public init(_ message: String) { self.message = message }
-    public var description: String { message }
 }

@@ -45,7 +45,7 @@ public final class RegistryClient: @unchecked Sendable {
         if !cas.isEmpty {
             var certs: [NIOSSLCertificate] = []
             for f in cas {
-                do { certs += try NIOSSLCertificate.fromPEMFile(f) } catch { throw RegistryError("\(f): not a PEM certificate (\(error))") }
+                do { certs += try NIOSSLCertificate.fromPEMFile(f) } catch { throw RegistryError(.certificate, "\(f): not a PEM certificate (\(error))") }
             }
             tls.additionalTrustRoots = [.certificates(certs)]
         }
@@ -87,8 +87,8 @@ public final class RegistryClient: @unchecked Sendable {
             _ = try await http.execute(HTTPClientRequest(url: "https://\(host)/v2/"), timeout: .seconds(30))
         } catch {
             let why = describe(error)
-            if why == "connection refused" { throw RegistryError("cannot connect to \(host): connection refused") }
-            throw RegistryError("cannot reach \(host) over HTTPS: \(why)"
+            if why == "connection refused" { throw RegistryError(.network, "cannot connect to \(host): connection refused") }
+            throw RegistryError(.network, "cannot reach \(host) over HTTPS: \(why)"
                 + (why.contains("certificate") ? "; if it uses a private CA, put it in /etc/containers/certs.d/\(host)/ca.crt or pass --cert-dir DIR" : "")
                 + (options.insecure || isLocal ? "" : "; for a plain-HTTP registry pass --insecure"))
         }
@@ -115,10 +115,8 @@ public final class RegistryClient: @unchecked Sendable {
     static func dockerConfigCredentials(_ host: String) -> (String, String)? {
         let home = ProcessInfo.processInfo.environment["HOME"] ?? "/root"
         guard let d = FileManager.default.contents(atPath: "\(home)/.docker/config.json"),
-              let j = try? JSONSerialization.jsonObject(with: d) as? [String: Any],
-              let auths = j["auths"] as? [String: Any],
-              let entry = (auths[host] ?? auths["https://\(host)"]) as? [String: Any],
-              let b64 = entry["auth"] as? String, let raw = Data(base64Encoded: b64),
+              let auths = (try? JSONDecoder().decode(DockerConfig.self, from: d))?.auths,
+              let b64 = (auths[host] ?? auths["https://\(host)"])?.auth, let raw = Data(base64Encoded: b64),
               let s = String(data: raw, encoding: .utf8), let colon = s.firstIndex(of: ":") else { return nil }
         return (String(s[..<colon]), String(s[s.index(after: colon)...]))
     }
@@ -168,13 +166,13 @@ public final class RegistryClient: @unchecked Sendable {
             if let a = authorization { req.headers.replaceOrAdd(name: "Authorization", value: a) }
             let resp: HTTPClientResponse
             do { resp = try await http.execute(req, timeout: timeout) } catch {
-                throw RegistryError("\(host): \(describe(error)) [\(what)]")
+                throw RegistryError(.network, "\(host): \(describe(error)) [\(what)]")
             }
             var buf: ByteBuffer
             do { buf = try await resp.body.collect(upTo: maxBody) } catch is NIOTooManyBytesError {
-                throw RegistryError("\(host) answered \(what) with more than \(maxBody >> 20) MiB; refused")
+                throw RegistryError(.protocol, "\(host) answered \(what) with more than \(maxBody >> 20) MiB; refused")
             } catch {
-                throw RegistryError("\(host): \(describe(error)) [\(what)]")
+                throw RegistryError(.network, "\(host): \(describe(error)) [\(what)]")
             }
             let data = Data(buf.readBytes(length: buf.readableBytes) ?? [])
             if resp.status.code == 401 && attempt == 0, let challenge = resp.headers["WWW-Authenticate"].first {
@@ -200,7 +198,7 @@ public final class RegistryClient: @unchecked Sendable {
             if offset > 0 { req.headers.add(name: "Range", value: "bytes=\(offset)-") }
             let resp: HTTPClientResponse
             do { resp = try await http.execute(req, timeout: .seconds(3600)) } catch {
-                throw RegistryError("\(host): \(describe(error)) [\(path)]")
+                throw RegistryError(.network, "\(host): \(describe(error)) [\(path)]")
             }
             if resp.status.code == 401 && attempt == 0, let challenge = resp.headers["WWW-Authenticate"].first {
                 _ = try await resp.body.collect(upTo: 1 << 20)
@@ -214,10 +212,10 @@ public final class RegistryClient: @unchecked Sendable {
             }
             let from: Int64 = resp.status.code == 206 ? offset : 0
             let fd = open(file, O_WRONLY | O_CREAT | O_CLOEXEC, 0o600)
-            if fd < 0 { throw RegistryError("\(file): \(currentErrno())") }
+            if fd < 0 { throw RegistryError.last("\(file)") }
             defer { close(fd) }
             if ftruncate(fd, off_t(from)) != 0 || lseek(fd, off_t(from), SEEK_SET) < 0 {
-                throw RegistryError("\(file): \(currentErrno())")
+                throw RegistryError.last("\(file)")
             }
             var received = from
             do {
@@ -229,10 +227,10 @@ public final class RegistryClient: @unchecked Sendable {
                     received += Int64(chunk.readableBytes)
                 }
             } catch let e as SysError {
-                throw RegistryError("\(e)")
+                throw RegistryError(wrapping: e)
             } catch {
                 // What arrived is kept: the next pull resumes from it.
-                throw RegistryError("\(host) stopped sending \(path) after \(received) bytes: \(describe(error)); run the pull again to resume")
+                throw RegistryError(.network, "\(host) stopped sending \(path) after \(received) bytes: \(describe(error)); run the pull again to resume")
             }
             return from
         }
@@ -243,29 +241,29 @@ public final class RegistryClient: @unchecked Sendable {
     func answer(_ challenge: String) async throws {
         let lower = challenge.lowercased()
         if lower.hasPrefix("basic") {
-            guard let c = credentials else { throw RegistryError("\(host): the registry wants a login (UNAUTHORIZED); pass --username and --password-stdin") }
+            guard let c = credentials else { throw RegistryError(.unauthorized, "\(host): the registry wants a login (UNAUTHORIZED); pass --username and --password-stdin") }
             authorization = "Basic " + Data("\(c.user):\(c.password)".utf8).base64EncodedString()
             return
         }
-        guard lower.hasPrefix("bearer") else { throw RegistryError("\(host): unknown auth challenge '\(challenge)'") }
+        guard lower.hasPrefix("bearer") else { throw RegistryError(.protocol, "\(host): unknown auth challenge '\(challenge)'") }
         let params = Self.challengeParameters(String(challenge.dropFirst(6)))
-        guard let realm = params["realm"], var comps = URLComponents(string: realm) else { throw RegistryError("\(host): bearer challenge without a realm") }
+        guard let realm = params["realm"], var comps = URLComponents(string: realm) else { throw RegistryError(.protocol, "\(host): bearer challenge without a realm") }
         var items = comps.queryItems ?? []
         if let s = params["service"] { items.append(URLQueryItem(name: "service", value: s)) }
         if let s = params["scope"] { items.append(URLQueryItem(name: "scope", value: s)) }
         comps.queryItems = items
-        guard let tokenURL = comps.url?.absoluteString else { throw RegistryError("\(host): bad token realm \(realm)") }
+        guard let tokenURL = comps.url?.absoluteString else { throw RegistryError(.protocol, "\(host): bad token realm \(realm)") }
         var req = HTTPClientRequest(url: tokenURL)
         if let c = credentials { req.headers.add(name: "Authorization", value: "Basic " + Data("\(c.user):\(c.password)".utf8).base64EncodedString()) }
         let resp: HTTPClientResponse
         do { resp = try await http.execute(req, timeout: .seconds(60)) } catch {
-            throw RegistryError("token service of \(host): \(describe(error))")
+            throw RegistryError(.network, "token service of \(host): \(describe(error))")
         }
         var b = try await resp.body.collect(upTo: 1 << 20)
         let data = Data(b.readBytes(length: b.readableBytes) ?? [])
-        guard resp.status.code == 200, let j = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
-              let token = (j["token"] ?? j["access_token"]) as? String else {
-            throw RegistryError(credentials == nil
+        guard resp.status.code == 200, let j = try? JSONDecoder().decode(TokenAnswer.self, from: data),
+              let token = j.token ?? j.access_token else {
+            throw RegistryError(.unauthorized, credentials == nil
                 ? "\(host): the registry's token service wants a login (HTTP \(resp.status.code)); pass --username and --password-stdin, or log in through ~/.docker/config.json"
                 : "\(host): the registry's token service refused the credentials (HTTP \(resp.status.code)); check --username and the password")
         }
@@ -304,8 +302,7 @@ public final class RegistryClient: @unchecked Sendable {
 
     /// A registry error as one line: its code, message and what was asked.
     static func error(_ status: Int, _ body: Data, _ what: String) -> RegistryError {
-        if let j = try? JSONSerialization.jsonObject(with: body) as? [String: Any],
-           let first = (j["errors"] as? [[String: Any]])?.first, let code = first["code"] as? String {
+        if let first = (try? JSONDecoder().decode(ErrorAnswer.self, from: body))?.errors.first, let code = first.code {
             let hint: String
             switch code {
             case "MANIFEST_UNKNOWN": hint = " (no such tag or digest)"
@@ -314,9 +311,9 @@ public final class RegistryClient: @unchecked Sendable {
             case "TOOMANYREQUESTS": hint = " (rate limited; try again later)"
             default: hint = ""
             }
-            return RegistryError("\(code): \(first["message"] as? String ?? "")\(hint) [\(what)]")
+            return RegistryError(.http(status: status, code: code), "\(code): \(first.message ?? "")\(hint) [\(what)]")
         }
-        return RegistryError("HTTP \(status) for \(what)")
+        return RegistryError(.http(status: status, code: nil), "HTTP \(status) for \(what)")
     }
 }
 
@@ -334,14 +331,14 @@ struct FileChunks: AsyncSequence, Sendable {
             if done { return nil }
             if fd < 0 {
                 fd = open(path, O_RDONLY | O_CLOEXEC)
-                if fd < 0 { throw RegistryError("\(path): \(currentErrno())") }
+                if fd < 0 { throw RegistryError.last("\(path)") }
             }
             var buf = ByteBufferAllocator().buffer(capacity: 1 << 20)
             let fd = self.fd
             let path = self.path
             let n = try buf.writeWithUnsafeMutableBytes(minimumWritableBytes: 1 << 20) { p in
                 let n = read(fd, p.baseAddress, p.count)
-                if n < 0 { throw RegistryError("\(path): read: \(currentErrno())") }
+                if n < 0 { throw RegistryError.last("\(path): read") }
                 return n
             }
             if n == 0 { close(fd); self.fd = -1; done = true; return nil }
@@ -370,4 +367,25 @@ public struct RegistryOptions: Sendable {
             ((try? FileManager.default.contentsOfDirectory(atPath: d)) ?? []).filter { $0.hasSuffix(".crt") }.sorted().map { "\(d)/\($0)" }
         }
     }
+}
+
+/// ~/.docker/config.json, the part read here.
+struct DockerConfig: Decodable {
+    struct Auth: Decodable { var auth: String? }
+    var auths: [String: Auth]?
+}
+
+/// A token service's answer (the distribution spec names it both ways).
+struct TokenAnswer: Decodable {
+    var token: String?
+    var access_token: String?
+}
+
+/// A registry's error body: `{"errors": [{"code", "message"}]}`.
+struct ErrorAnswer: Decodable {
+    struct Entry: Decodable {
+        var code: String?
+        var message: String?
+    }
+    var errors: [Entry]
 }

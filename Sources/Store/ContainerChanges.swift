@@ -23,7 +23,7 @@ extension Store {
 
     func lowerDirs(_ c: ContainerRecord) throws(StoreError) -> [String] {
         guard let lower = try? String(contentsOfFile: "\(overlayDir)/\(c.id)/lower", encoding: .utf8) else {
-            throw StoreError("container \(c.name): missing lower file")
+            throw StoreError(.corrupt, "container \(c.name): missing lower file")
         }
         return lower.split(separator: ":").map { "\(overlayDir)/\($0)" }
     }
@@ -64,7 +64,7 @@ extension Store {
     /// new image with that layer added to the config's diff IDs and history.
     public func commit(_ c: ContainerRecord, tag: String, progress: (String) -> Void = { _ in }) throws(StoreError) -> String {
         try exclusively { () throws(StoreError) -> String in
-            guard try findContainer(c.id) != nil else { throw StoreError("no container '\(c.name)' (see 'strata ls')") }
+            guard try findContainer(c.id) != nil else { throw StoreError(.notFound, "no container '\(c.name)' (see 'strata ls')") }
             return try commitLocked(c, tag: tag, progress: progress)
         }
     }
@@ -74,29 +74,21 @@ extension Store {
         let tar = scratch("commit", suffix: ".tar")
         defer { unlink(tar) }
         let fd = open(tar, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        if fd < 0 { throw StoreError("\(tar): \(currentErrno())") }
+        if fd < 0 { throw StoreError.last("\(tar)") }
         do { try LayerWriter().write(directory: "\(overlayDir)/\(c.id)/diff", to: fd) } catch {
             close(fd)
-            throw StoreError("commit \(c.name): \(error)")
+            throw StoreError(.archive, "commit \(c.name): \(error)")
         }
         close(fd)
         let diffID = try Digest.ofFile(tar)
-        guard var cfg = try? JSONSerialization.jsonObject(with: img.config) as? [String: Any],
-              var rootfs = cfg["rootfs"] as? [String: Any], var ids = rootfs["diff_ids"] as? [String] else {
-            throw StoreError("image \(img.id): config without rootfs.diff_ids")
-        }
-        ids.append(diffID)
-        rootfs["diff_ids"] = ids
-        cfg["rootfs"] = rootfs
+        // Every field of the old config stays, those not named too.
+        var cfg = try OCI.decode(OCI.ImageConfig.self, img.config, "image \(img.id): config")
+        cfg.rootfs.diff_ids.append(diffID)
         let now = ISO8601DateFormatter().string(from: Date())
-        cfg["created"] = now
-        var history = (cfg["history"] as? [[String: Any]]) ?? []
-        history.append(["created": now, "created_by": "strata commit \(c.name)"])
-        cfg["history"] = history
-        guard let config = try? JSONSerialization.data(withJSONObject: cfg, options: [.sortedKeys]) else {
-            throw StoreError("cannot encode the new image config")
-        }
-        let chain = Digest.chainIDs(ids)
+        cfg.created = now
+        cfg.history = (cfg.history ?? []) + [OCI.History(created: now, createdBy: "strata commit \(c.name)")]
+        let config = OCI.encode(cfg)
+        let chain = Digest.chainIDs(cfg.diffIDs)
         try addLayer(archive: tar, diffID: diffID, chainID: chain[chain.count - 1], parent: chain.count > 1 ? chain[chain.count - 2] : nil,
                      keepArchive: true, progress: progress)
         killPoint("commit-layer")

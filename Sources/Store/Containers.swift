@@ -27,12 +27,12 @@ extension Store {
         let img = try image(ref)
         let id = Digest.hex(Digest.of(string: "\(img.id) \(UUID().uuidString)"))
         let cname = name ?? "strata-\(id.prefix(12))"
-        if cname.isEmpty || cname.contains("/") || cname.hasPrefix(".") { throw StoreError("bad container name '\(cname)'") }
-        if try findContainer(cname) != nil { throw StoreError("a container named '\(cname)' exists already") }
+        if cname.isEmpty || cname.contains("/") || cname.hasPrefix(".") { throw StoreError(.invalidInput, "bad container name '\(cname)'") }
+        if try findContainer(cname) != nil { throw StoreError(.conflict, "a container named '\(cname)' exists already") }
         // The init layer, then the container layer, both over the image's.
         var below: [String] = []
         for l in img.layerIDs.reversed() {
-            guard let rec = try layer(l) else { throw StoreError("image \(ref) lacks layer \(l); load it again") }
+            guard let rec = try layer(l) else { throw StoreError(.notFound, "image \(ref) lacks layer \(l); load it again") }
             below.append("l/\(rec.link)")
         }
         let initDir = "\(overlayDir)/\(id)-init", cDir = "\(overlayDir)/\(id)"
@@ -58,13 +58,13 @@ extension Store {
             for d in [initDir, cDir] { removeTree(path: d) }
             unlink("\(overlayDir)/l/\(initLink)")
             unlink("\(overlayDir)/l/\(cLink)")
-            throw StoreError("creating container: \(error)")
+            throw StoreError(.archive, "creating container: \(error)")
         }
     }
 
     /// The container named `ref` (or whose ID starts with it, 6+ characters).
     public func container(_ ref: String) throws(StoreError) -> ContainerRecord {
-        guard let c = try findContainer(ref) else { throw StoreError("no container '\(ref)' (see 'strata ls')") }
+        guard let c = try findContainer(ref) else { throw StoreError(.notFound, "no container '\(ref)' (see 'strata ls')") }
         return c
     }
 
@@ -75,11 +75,11 @@ extension Store {
                 try ContainerRecord.filter(Column("name") == ref).fetchOne(db)
                     ?? (ref.count >= 6 ? ContainerRecord.filter(sql: "id LIKE ?", arguments: ["\(ref)%"]).fetchOne(db) : nil)
             }
-        } catch { throw StoreError("\(error)") }
+        } catch { throw StoreError(wrapping: error) }
     }
 
     public func containers() throws(StoreError) -> [ContainerRecord] {
-        do { return try db.queue.read { try ContainerRecord.order(Column("created")).fetchAll($0) } } catch { throw StoreError("\(error)") }
+        do { return try db.queue.read { try ContainerRecord.order(Column("created")).fetchAll($0) } } catch { throw StoreError(wrapping: error) }
     }
 
     public func mergedPath(_ c: ContainerRecord) -> String { "\(overlayDir)/\(c.id)/merged" }
@@ -88,7 +88,7 @@ extension Store {
     /// store's overlay directory as the working directory.
     func mountOptions(_ c: ContainerRecord) throws(StoreError) -> String {
         guard let lower = try? String(contentsOfFile: "\(overlayDir)/\(c.id)/lower", encoding: .utf8) else {
-            throw StoreError("container \(c.name): missing lower file")
+            throw StoreError(.corrupt, "container \(c.name): missing lower file")
         }
         return "lowerdir=\(lower),upperdir=\(c.id)/diff,workdir=\(c.id)/work"
     }
@@ -113,7 +113,7 @@ extension Store {
     public func mount(_ c: ContainerRecord, driver: Driver, strataBinary: String) throws(StoreError) -> String {
         try exclusively { () throws(StoreError) -> String in
             // Removed while this command waited for the lock?
-            guard try findContainer(c.id) != nil else { throw StoreError("no container '\(c.name)' (see 'strata ls')") }
+            guard try findContainer(c.id) != nil else { throw StoreError(.notFound, "no container '\(c.name)' (see 'strata ls')") }
             return try mountLocked(c, driver: driver, strataBinary: strataBinary)
         }
     }
@@ -130,15 +130,15 @@ extension Store {
             case .fuse:
                 status = try Spawn.run(strataBinary, ["strata", "mount", "-o", m.options, m.target], cwd: m.workingDirectory)
             }
-        } catch { throw StoreError("mount: \(error)") }
-        if status != 0 { throw StoreError("mounting container \(c.name) with the \(driver.rawValue) driver failed (exit \(status))") }
+        } catch { throw StoreError(.mount, "mount: \(error)") }
+        if status != 0 { throw StoreError(.mount, "mounting container \(c.name) with the \(driver.rawValue) driver failed (exit \(status))") }
         return merged
     }
 
     public func unmount(_ c: ContainerRecord) throws(StoreError) {
         let merged = mergedPath(c)
         guard strata_is_mount_root_path(merged) else { return }
-        if umount2(merged, 0) != 0 && umount2(merged, Int32(MNT_DETACH)) != 0 { throw StoreError("umount \(merged): \(currentErrno())") }
+        if umount2(merged, 0) != 0 && umount2(merged, Int32(MNT_DETACH)) != 0 { throw StoreError.last("umount \(merged)") }
     }
 
     public func remove(_ c: ContainerRecord) throws(StoreError) {
@@ -146,11 +146,11 @@ extension Store {
     }
 
     private func removeLocked(_ c: ContainerRecord) throws(StoreError) {
-        guard try findContainer(c.id) != nil else { throw StoreError("no container '\(c.name)' (see 'strata ls')") }
+        guard try findContainer(c.id) != nil else { throw StoreError(.notFound, "no container '\(c.name)' (see 'strata ls')") }
         try unmount(c)
         // The row first: a command killed after it leaves only directories no
         // row names, which the next command removes; never a row without them.
-        do { _ = try db.queue.write { try ContainerRecord.deleteOne($0, key: c.id) } } catch { throw StoreError("\(error)") }
+        do { _ = try db.queue.write { try ContainerRecord.deleteOne($0, key: c.id) } } catch { throw StoreError(wrapping: error) }
         killPoint("rm-row")
         for d in ["\(overlayDir)/\(c.id)", "\(overlayDir)/\(c.id)-init"] {
             if let link = try? String(contentsOfFile: "\(d)/link", encoding: .utf8) { unlink("\(overlayDir)/l/\(link)") }

@@ -25,11 +25,11 @@ public enum Digest {
     /// The digest of a file's bytes as stored.
     public static func ofFile(_ path: String) throws(StoreError) -> String {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
-        if fd < 0 { throw StoreError("\(path): \(currentErrno())") }
+        if fd < 0 { throw StoreError.last("\(path)") }
         defer { close(fd) }
         return try stream { (buf, size) throws(StoreError) -> Int in
             let n = read(fd, buf, size)
-            if n < 0 { throw StoreError("\(path): read: \(currentErrno())") }
+            if n < 0 { throw StoreError.last("\(path): read") }
             return n
         }
     }
@@ -62,28 +62,28 @@ public enum Digest {
         var out: Int32 = -1
         if let copy {
             out = open(copy, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-            if out < 0 { throw StoreError("\(copy): \(currentErrno())") }
+            if out < 0 { throw StoreError.last("\(copy)") }
         }
         defer { if out >= 0 { close(out) } }
-        guard let a = archive_read_new() else { throw StoreError("libarchive: out of memory") }
+        guard let a = archive_read_new() else { throw StoreError(.archive, "libarchive: out of memory") }
         defer { archive_read_free(a) }
         archive_read_support_filter_all(a)
         archive_read_support_format_raw(a)
         if archive_read_open_filename(a, path, 1 << 16) != ARCHIVE_OK {
-            throw StoreError("\(path): \(archive_error_string(a).map { String(cString: $0) } ?? "unreadable")")
+            throw StoreError(.archive, "\(path): \(archive_error_string(a).map { String(cString: $0) } ?? "unreadable")")
         }
         var entry: OpaquePointer? = nil
-        guard archive_read_next_header(a, &entry) == ARCHIVE_OK else { throw StoreError("\(path): empty or unreadable") }
+        guard archive_read_next_header(a, &entry) == ARCHIVE_OK else { throw StoreError(.archive, "\(path): empty or unreadable") }
         return try stream({ (buf, size) throws(StoreError) -> Int in
             let n = archive_read_data(a, buf, size)
-            if n < 0 { throw StoreError("\(path): corrupt compressed data: \(archive_error_string(a).map { String(cString: $0) } ?? "")") }
+            if n < 0 { throw StoreError(.archive, "\(path): corrupt compressed data: \(archive_error_string(a).map { String(cString: $0) } ?? "")") }
             return n
         }, each: { (chunk) throws(StoreError) in
             if out >= 0 {
-                do { try Sys.writeAll(out, chunk, path: copy ?? "") } catch { throw StoreError("\(error)") }
+                do { try Sys.writeAll(out, chunk, path: copy ?? "") } catch { throw StoreError(wrapping: error) }
             }
             if tee >= 0 {
-                do { try Sys.writeAll(tee, chunk, path: "unpacker") } catch { throw StoreError("\(error)") }
+                do { try Sys.writeAll(tee, chunk, path: "unpacker") } catch { throw StoreError(wrapping: error) }
             }
         })
     }

@@ -33,7 +33,7 @@ public struct ImageLoader: Sendable {
         defer { removeTree(path: tmp) }
         var applier = LayerApplier()
         applier.deviceWhiteouts = false
-        do { _ = try applier.apply(file: archive, to: tmp) } catch { throw StoreError("\(error)") }
+        do { _ = try applier.apply(file: archive, to: tmp) } catch { throw StoreError(wrapping: error) }
         var owning = self
         owning.ownsFiles = true
         return try owning.load(directory: tmp, source: archive)
@@ -43,71 +43,64 @@ public struct ImageLoader: Sendable {
         let label = source ?? dir
         if FileManager.default.fileExists(atPath: "\(dir)/index.json") { return try loadOCI(dir, label) }
         if FileManager.default.fileExists(atPath: "\(dir)/manifest.json") { return try loadDocker(dir, label) }
-        throw StoreError("\(label): neither an OCI image layout (index.json) nor a docker save archive (manifest.json)")
+        throw StoreError(.invalidInput, "\(label): neither an OCI image layout (index.json) nor a docker save archive (manifest.json)")
     }
 
-    func json(_ path: String, _ label: String) throws(StoreError) -> Any {
-        guard let d = FileManager.default.contents(atPath: path) else { throw StoreError("\(label): missing \((path as NSString).lastPathComponent)") }
-        do { return try JSONSerialization.jsonObject(with: d) } catch { throw StoreError("\(label): \((path as NSString).lastPathComponent) is not valid JSON") }
+    func json<T: Decodable>(_ type: T.Type, _ path: String, _ label: String) throws(StoreError) -> T {
+        let name = (path as NSString).lastPathComponent
+        guard let d = FileManager.default.contents(atPath: path) else { throw StoreError(.invalidInput, "\(label): missing \(name)") }
+        return try OCI.decode(T.self, d, "\(label): \(name)")
     }
 
     /// A path named inside the archive, kept inside it.
     func inside(_ dir: String, _ rel: String, _ label: String) throws(StoreError) -> String {
-        if rel.hasPrefix("/") || rel.split(separator: "/").contains("..") { throw StoreError("\(label): path '\(rel)' leaves the archive") }
+        if rel.hasPrefix("/") || rel.split(separator: "/").contains("..") { throw StoreError(.invalidInput, "\(label): path '\(rel)' leaves the archive") }
         return "\(dir)/\(rel)"
     }
 
     func loadDocker(_ dir: String, _ label: String) throws(StoreError) -> [Loaded] {
-        guard let entries = try json("\(dir)/manifest.json", label) as? [[String: Any]], !entries.isEmpty else {
-            throw StoreError("\(label): manifest.json lists no image")
-        }
+        let entries = try json([OCI.DockerArchiveEntry].self, "\(dir)/manifest.json", label)
+        guard !entries.isEmpty else { throw StoreError(.invalidInput, "\(label): manifest.json lists no image") }
         var out: [Loaded] = []
         for m in entries {
-            guard let cfgName = m["Config"] as? String, let layerNames = m["Layers"] as? [String] else {
-                throw StoreError("\(label): manifest.json entry without Config or Layers")
-            }
+            let cfgName = m.Config, layerNames = m.Layers
             let cfgPath = try inside(dir, cfgName, label)
-            guard let config = FileManager.default.contents(atPath: cfgPath) else { throw StoreError("\(label): missing \(cfgName)") }
+            guard let config = FileManager.default.contents(atPath: cfgPath) else { throw StoreError(.invalidInput, "\(label): missing \(cfgName)") }
             let id = Digest.of(config)
             let named = (cfgName as NSString).lastPathComponent.replacingOccurrences(of: ".json", with: "")
             if named.count == 64 && Digest.hex(id) != named {
-                throw StoreError("\(label): config \(cfgName) does not match its digest (got \(id))")
+                throw StoreError(.corrupt, "\(label): config \(cfgName) does not match its digest (got \(id))")
             }
             let paths = try layerNames.map { (n: String) throws(StoreError) -> String in try inside(dir, n, label) }
             out.append(try register(config: config, id: id, layerFiles: paths, blobDigests: nil,
-                                    tags: (m["RepoTags"] as? [String]) ?? [], label: label))
+                                    tags: m.RepoTags ?? [], label: label))
         }
         return out
     }
 
     func loadOCI(_ dir: String, _ label: String) throws(StoreError) -> [Loaded] {
-        guard let index = try json("\(dir)/index.json", label) as? [String: Any],
-              let manifests = index["manifests"] as? [[String: Any]], !manifests.isEmpty else {
-            throw StoreError("\(label): index.json lists no manifest")
-        }
+        let manifests = try json(OCI.Index.self, "\(dir)/index.json", label).manifests
+        guard !manifests.isEmpty else { throw StoreError(.invalidInput, "\(label): index.json lists no manifest") }
         func blob(_ d: String) throws(StoreError) -> String {
-            guard Digest.isValid(d) else { throw StoreError("\(label): bad digest '\(d)'") }
+            guard Digest.isValid(d) else { throw StoreError(.invalidInput, "\(label): bad digest '\(d)'") }
             return "\(dir)/blobs/sha256/\(Digest.hex(d))"
         }
         func verified(_ d: String) throws(StoreError) -> Data {
             let p = try blob(d)
-            guard let data = FileManager.default.contents(atPath: p) else { throw StoreError("\(label): missing blob \(d)") }
-            if Digest.of(data) != d { throw StoreError("\(label): blob \(d) does not match its digest") }
+            guard let data = FileManager.default.contents(atPath: p) else { throw StoreError(.invalidInput, "\(label): missing blob \(d)") }
+            if Digest.of(data) != d { throw StoreError(.corrupt, "\(label): blob \(d) does not match its digest") }
             return data
         }
         var out: [Loaded] = []
         for desc in manifests {
-            guard let md = desc["digest"] as? String else { throw StoreError("\(label): manifest descriptor without a digest") }
+            let md = desc.digest
             let mdata = try verified(md)
-            guard let manifest = try? JSONSerialization.jsonObject(with: mdata) as? [String: Any],
-                  let cfg = (manifest["config"] as? [String: Any])?["digest"] as? String,
-                  let layers = manifest["layers"] as? [[String: Any]] else {
-                throw StoreError("\(label): manifest \(md) is not an image manifest")
-            }
+            let manifest = try OCI.decode(OCI.Manifest.self, mdata, "\(label): manifest \(md)")
+            let cfg = manifest.config.digest
             let config = try verified(cfg)
-            let digests = layers.compactMap { $0["digest"] as? String }
+            let digests = manifest.layers.map(\.digest)
             var tags: [String] = []
-            if let ann = desc["annotations"] as? [String: String] {
+            if let ann = desc.annotations {
                 if let name = ann["io.containerd.image.name"] { tags.append(name) }
                 else if let ref = ann["org.opencontainers.image.ref.name"] { tags.append(ref.contains(":") || ref.contains("/") ? ref : "localhost/image:\(ref)") }
             }
@@ -131,12 +124,9 @@ public struct ImageLoader: Sendable {
 
     private func registerLocked(config: Data, id: String, layerFiles: [String], blobDigests: [String]?, tags: [String],
                                 label: String) throws(StoreError) -> Loaded {
-        guard let cfg = try? JSONSerialization.jsonObject(with: config) as? [String: Any],
-              let diffIDs = (cfg["rootfs"] as? [String: Any])?["diff_ids"] as? [String] else {
-            throw StoreError("\(label): image config has no rootfs.diff_ids")
-        }
+        let diffIDs = try OCI.decode(OCI.ImageConfig.self, config, "\(label): image config").diffIDs
         if diffIDs.count != layerFiles.count {
-            throw StoreError("\(label): config lists \(diffIDs.count) layers, the manifest \(layerFiles.count)")
+            throw StoreError(.invalidInput, "\(label): config lists \(diffIDs.count) layers, the manifest \(layerFiles.count)")
         }
         let chain = Digest.chainIDs(diffIDs)
         var wanted: [Int] = []
@@ -201,14 +191,14 @@ public struct ImageLoader: Sendable {
         let stored: String
         if let known = verifiedDigests[file] { stored = known } else { stored = try Digest.ofFile(file) }
         if let blob, stored != blob {
-            throw StoreError("\(label): layer blob \(blob) does not match its digest")
+            throw StoreError(.corrupt, "\(label): layer blob \(blob) does not match its digest")
         }
         if stored != diffID {
             // Compressed: decompressed once, hashed, kept and applied in one pass.
             let (u, diff) = try store.unpackCompressedLayer(blob: file, diffID: diffID, chainID: chainID)
             if diff != diffID {
                 store.discardUnpacked(chainID)
-                throw StoreError("\(label): layer \(i + 1) has diff ID \(diff), the config says \(diffID)")
+                throw StoreError(.corrupt, "\(label): layer \(i + 1) has diff ID \(diff), the config says \(diffID)")
             }
             return u
         }
@@ -216,7 +206,7 @@ public struct ImageLoader: Sendable {
         defer { unlink(plain) }
         if !(movable && rename(file, plain) == 0) {
             do { try FileManager.default.copyItem(atPath: file, toPath: plain) } catch {
-                throw StoreError("\(label): copying layer \(i + 1): \(error)")
+                throw StoreError(.archive, "\(label): copying layer \(i + 1): \(error)")
             }
         }
         return try store.unpackLayer(archive: plain, diffID: diffID, chainID: chainID, keepArchive: true)

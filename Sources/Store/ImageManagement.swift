@@ -15,7 +15,7 @@ extension Store {
     private func tagLocked(_ ref: String, as name: String) throws(StoreError) {
         let img = try image(ref)
         let full = name.contains(":") ? name : name + ":latest"
-        do { try db.queue.write { try TagRecord(name: full, image: img.id).save($0) } } catch { throw StoreError("\(error)") }
+        do { try db.queue.write { try TagRecord(name: full, image: img.id).save($0) } } catch { throw StoreError(wrapping: error) }
     }
 
     /// Removes a tag; the image goes with its last tag unless a container
@@ -34,7 +34,7 @@ extension Store {
                 let tagsLeft = try TagRecord.filter(Column("image") == img.id).fetchCount(db)
                 if isTag && tagsLeft > 0 { return }
                 if try ContainerRecord.filter(Column("image") == img.id).fetchCount(db) > 0 {
-                    throw StoreError("image \(ref) is used by a container; remove the container first")
+                    throw StoreError(.conflict, "image \(ref) is used by a container; remove the container first")
                 }
                 try TagRecord.filter(Column("image") == img.id).deleteAll(db)
                 _ = try ImageRecord.deleteOne(db, key: img.id)
@@ -44,7 +44,7 @@ extension Store {
                     removedLayers.append(l)
                 }
             }
-        } catch let e as StoreError { throw e } catch { throw StoreError("\(error)") }
+        } catch let e as StoreError { throw e } catch { throw StoreError(wrapping: error) }
         // The rows are gone first: a crash here leaves only unreferenced directories.
         killPoint("image-rm-rows")
         for l in removedLayers {
@@ -57,10 +57,8 @@ extension Store {
 
     public func history(_ ref: String) throws(StoreError) -> [(created: String, by: String, empty: Bool)] {
         let img = try image(ref)
-        let cfg = (try? JSONSerialization.jsonObject(with: img.config) as? [String: Any]) ?? [:]
-        return ((cfg["history"] as? [[String: Any]]) ?? []).reversed().map {
-            (($0["created"] as? String) ?? "", ($0["created_by"] as? String) ?? "", ($0["empty_layer"] as? Bool) ?? false)
-        }
+        let cfg = try OCI.decode(OCI.ImageConfig.self, img.config, "image \(ref): config")
+        return (cfg.history ?? []).reversed().map { ($0.created ?? "", $0.created_by ?? "", $0.empty_layer ?? false) }
     }
 
     /// Bytes under a directory, each inode counted once.
@@ -115,8 +113,8 @@ extension Store {
         _ = try mount(c, driver: geteuid() == 0 ? .overlay : .fuse, strataBinary: strataBinary)
         defer { if !wasMounted { try? unmount(c) } }
         let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-        if fd < 0 { throw StoreError("\(path): \(currentErrno())") }
+        if fd < 0 { throw StoreError.last("\(path)") }
         defer { close(fd) }
-        do { try LayerWriter().write(directory: merged, to: fd) } catch { throw StoreError("export \(c.name): \(error)") }
+        do { try LayerWriter().write(directory: merged, to: fd) } catch { throw StoreError(.archive, "export \(c.name): \(error)") }
     }
 }

@@ -22,18 +22,25 @@ extension Store {
         return ["Name": "overlay2", "Data": data]
     }
 
+    /// The image's config, decoded.
+    public func config(of img: ImageRecord) throws(StoreError) -> OCI.ImageConfig {
+        try OCI.decode(OCI.ImageConfig.self, img.config, "image \(img.id): config")
+    }
+
     public func inspect(image img: ImageRecord) throws(StoreError) -> [String: Any] {
-        let cfg = (try? JSONSerialization.jsonObject(with: img.config) as? [String: Any]) ?? [:]
+        let cfg = try config(of: img)
+        // The run config as docker prints it: its JSON, every field kept.
+        let run = cfg.config.flatMap { try? JSONSerialization.jsonObject(with: OCI.encode($0)) } ?? [String: Any]()
         let dirs = img.layerIDs.reversed().map { "\(overlayDir)/\(Digest.hex($0))/diff" }
         let tags = (try images()).first { $0.0.id == img.id }?.1 ?? []
         return [
             "Id": img.id,
             "RepoTags": tags,
-            "Config": cfg["config"] ?? [:],
-            "Architecture": cfg["architecture"] ?? "",
-            "Os": cfg["os"] ?? "",
-            "Created": cfg["created"] ?? "",
-            "RootFS": ["Type": "layers", "Layers": (cfg["rootfs"] as? [String: Any])?["diff_ids"] ?? []],
+            "Config": run,
+            "Architecture": cfg.architecture ?? "",
+            "Os": cfg.os ?? "",
+            "Created": cfg.created ?? "",
+            "RootFS": ["Type": "layers", "Layers": cfg.diffIDs],
             "GraphDriver": graphDriver(layerDirs: dirs, upper: nil),
         ]
     }

@@ -61,7 +61,7 @@ extension Store {
                     out.layers.append(l.id)
                 }
             }
-        } catch let e as StoreError { throw e } catch { throw StoreError("pruning: \(error)") }
+        } catch let e as StoreError { throw e } catch { throw StoreError(.database, "pruning: \(error)") }
         // Rows first, then directories: a kill between leaves leftovers the
         // next command removes.
         for l in out.layers {

@@ -41,10 +41,10 @@ public final class Store: @unchecked Sendable {
     public init(root: String, recovering: Bool = true) throws(StoreError) {
         self.root = root
         do { try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true) } catch {
-            throw StoreError("cannot create the store at \(root): \(currentErrno())")
+            throw StoreError.last("cannot create the store at \(root)")
         }
         for d in ["\(root)/overlay", "\(root)/overlay/l", "\(root)/tmp"] {
-            if mkdir(d, 0o700) != 0 && errno != EEXIST { throw StoreError("cannot create \(d): \(currentErrno())") }
+            if mkdir(d, 0o700) != 0 && errno != EEXIST { throw StoreError.last("cannot create \(d)") }
         }
         // Each layer is a tree of its own: ext4 then spreads layers over block
         // groups instead of packing them beside their siblings, where a
@@ -55,7 +55,7 @@ public final class Store: @unchecked Sendable {
         if od >= 0 { _ = strata_set_topdir(od); close(od) }
         lock = try StoreLock(root: root)
         do { db = try StoreDatabase(path: "\(root)/strata.db") } catch {
-            throw StoreError("store database \(root)/strata.db: \(error)")
+            throw StoreError(.database, "store database \(root)/strata.db: \(error)")
         }
         // Migrations only when some are missing, and then under the lock;
         // a current store is opened without waiting for anyone. (SQLite
@@ -67,7 +67,7 @@ public final class Store: @unchecked Sendable {
         let current = (try? db.isCurrent()) ?? false
         if !current {
             try lock.exclusively(recovering: false) { () throws(StoreError) in
-                do { try db.migrate() } catch { throw StoreError("store database \(root)/strata.db: \(error)") }
+                do { try db.migrate() } catch { throw StoreError(.database, "store database \(root)/strata.db: \(error)") }
             }
         }
         lock.recover = { [unowned self] in self.recoverInterrupted() }
@@ -94,12 +94,12 @@ public final class Store: @unchecked Sendable {
     /// Every recorded layer's chain ID.
     public func allLayerIDs() throws(StoreError) -> [String] {
         do { return try db.queue.read { db in try String.fetchAll(db, sql: "SELECT id FROM layer ORDER BY id") } } catch {
-            throw StoreError("reading layers: \(error)")
+            throw StoreError(.database, "reading layers: \(error)")
         }
     }
 
     public func layer(_ id: String) throws(StoreError) -> LayerRecord? {
-        do { return try db.queue.read { try LayerRecord.fetchOne($0, key: id) } } catch { throw StoreError("\(error)") }
+        do { return try db.queue.read { try LayerRecord.fetchOne($0, key: id) } } catch { throw StoreError(wrapping: error) }
     }
 
     /// Registers a layer from its archive unless present: applied into
@@ -130,11 +130,11 @@ public final class Store: @unchecked Sendable {
         let stats: LayerApplier.Stats
         do { stats = try LayerApplier().apply(file: archive, to: "\(d)/diff") } catch {
             discardUnpacked(chainID)
-            throw StoreError("layer \(diffID): \(error)")
+            throw StoreError(.archive, "layer \(diffID): \(error)")
         }
         if keepArchive && rename(archive, "\(d)/layer.tar") != 0 {
             discardUnpacked(chainID)
-            throw StoreError("keeping layer \(diffID): \(currentErrno())")
+            throw StoreError.last("keeping layer \(diffID)")
         }
         return UnpackedLayer(diffID: diffID, chainID: chainID, stats: stats)
     }
@@ -151,7 +151,7 @@ public final class Store: @unchecked Sendable {
             let e = currentErrno()
             for fd in p where fd >= 0 { close(fd) }
             discardUnpacked(chainID)
-            throw StoreError("unpacking layer \(diffID) (\(blob)): pipe: \(e)")
+            throw StoreError(.io, "unpacking layer \(diffID) (\(blob)): pipe: \(e)")
         }
         // The applier may stop early (a hostile entry): the decompressor then
         // gets EPIPE, not a signal that would end the process.
@@ -170,7 +170,7 @@ public final class Store: @unchecked Sendable {
         var applied: Result<LayerApplier.Stats, StoreError>
         var appliedTruncated = false
         do { applied = .success(try LayerApplier().apply(fd: readEnd, to: "\(d)/diff", label: "layer \(diffID)")) } catch {
-            applied = .failure(StoreError("layer \(diffID): \(error)"))
+            applied = .failure(StoreError(.archive, "layer \(diffID): \(error)"))
             appliedTruncated = error.kind == .truncated
         }
         if case .success = applied {
@@ -180,7 +180,7 @@ public final class Store: @unchecked Sendable {
         }
         close(readEnd)
         done.wait()
-        let digest = result.withLock { $0 } ?? .failure(StoreError("decompressing layer \(diffID): no result"))
+        let digest = result.withLock { $0 } ?? .failure(StoreError(.archive, "decompressing layer \(diffID): no result"))
         do {
             let stats = try applied.get()
             let diff = try digest.get()
@@ -200,7 +200,7 @@ public final class Store: @unchecked Sendable {
     func freshLayerDir(_ chainID: String) throws(StoreError) -> String {
         let d = dir(chainID)
         discardUnpacked(chainID)
-        if mkdir(d, 0o700) != 0 { throw StoreError("\(d): \(currentErrno())") }
+        if mkdir(d, 0o700) != 0 { throw StoreError.last("\(d)") }
         return d
     }
 
@@ -221,29 +221,29 @@ public final class Store: @unchecked Sendable {
         // after a failure is unnamed, and `strata check --repair` removes it.
         let what = "layer \(Digest.hex(u.diffID).prefix(12))"
         if symlink("../\(Digest.hex(u.chainID))/diff", "\(overlayDir)/l/\(link)") != 0 {
-            throw StoreError("\(what): short link l/\(link): \(currentErrno())")
+            throw StoreError.last("\(what): short link l/\(link)")
         }
         do { try link.write(toFile: "\(d)/link", atomically: true, encoding: .utf8) } catch {
-            throw StoreError("\(what): writing \(d)/link: \(error.localizedDescription)")
+            throw StoreError(.io, "\(what): writing \(d)/link: \(error.localizedDescription)")
         }
         if let parent {
-            guard let p = try layer(parent) else { throw StoreError("\(what): its parent \(parent) is not in the store") }
+            guard let p = try layer(parent) else { throw StoreError(.notFound, "\(what): its parent \(parent) is not in the store") }
             var below = [p.link]
             if p.parent != nil {
                 guard let lower = try? String(contentsOfFile: "\(dir(parent))/lower", encoding: .utf8) else {
-                    throw StoreError("\(what): its parent's lower file \(dir(parent))/lower is missing or unreadable (see 'strata check')")
+                    throw StoreError(.corrupt, "\(what): its parent's lower file \(dir(parent))/lower is missing or unreadable (see 'strata check')")
                 }
                 below += lower.split(separator: ":").map { String($0.dropFirst(2)) }
             }
             do {
                 try below.map { "l/\($0)" }.joined(separator: ":").write(toFile: "\(d)/lower", atomically: true, encoding: .utf8)
             } catch {
-                throw StoreError("\(what): writing \(d)/lower: \(error.localizedDescription)")
+                throw StoreError(.io, "\(what): writing \(d)/lower: \(error.localizedDescription)")
             }
         }
         killPoint("layer-links")
         let rec = LayerRecord(id: u.chainID, diffID: u.diffID, parent: parent, link: link, size: u.stats.bytes, created: Date().timeIntervalSince1970)
-        do { try db.queue.write { try rec.insert($0) } } catch { throw StoreError("recording layer \(u.chainID): \(error)") }
+        do { try db.queue.write { try rec.insert($0) } } catch { throw StoreError(.database, "recording layer \(u.chainID): \(error)") }
         progress("layer \(Digest.hex(u.diffID).prefix(12)): \(u.stats.entries) entries, \(u.stats.bytes) bytes")
     }
 
@@ -266,7 +266,16 @@ public final class Store: @unchecked Sendable {
     public struct ImageRecord: Codable, FetchableRecord, PersistableRecord, Sendable {
         public static let databaseTableName = "image"
         public var id: String, config: Data, layers: String, created: Double
+        /// Its layers, bottom first; checked when the record is read
+        /// (`image`, `images`), so a record in hand always has them.
         public var layerIDs: [String] { (try? JSONDecoder().decode([String].self, from: Data(layers.utf8))) ?? [] }
+
+        func checked() throws(StoreError) -> ImageRecord {
+            guard (try? JSONDecoder().decode([String].self, from: Data(layers.utf8))) != nil else {
+                throw StoreError(.corrupt, "image \(id): its layer list in the store database is unreadable (see 'strata check')")
+            }
+            return self
+        }
     }
 
     struct TagRecord: Codable, FetchableRecord, PersistableRecord {
@@ -275,24 +284,29 @@ public final class Store: @unchecked Sendable {
     }
 
     public func addImage(id: String, config: Data, chainIDs: [String], tags: [String]) throws(StoreError) {
-        let layers = String(decoding: (try? JSONEncoder().encode(chainIDs)) ?? Data("[]".utf8), as: UTF8.self)
+        let layers: String
+        do { layers = String(decoding: try JSONEncoder().encode(chainIDs), as: UTF8.self) } catch {
+            throw StoreError(.io, "recording image \(id): \(error)")
+        }
         let rec = ImageRecord(id: id, config: config, layers: layers, created: Date().timeIntervalSince1970)
         do {
             try db.queue.write { db in
                 try rec.save(db)
                 for t in tags { try TagRecord(name: t, image: id).save(db) }
             }
-        } catch { throw StoreError("recording image \(id): \(error)") }
+        } catch { throw StoreError(.database, "recording image \(id): \(error)") }
     }
 
     public func images() throws(StoreError) -> [(ImageRecord, [String])] {
+        let all: [(ImageRecord, [String])]
         do {
-            return try db.queue.read { db in
+            all = try db.queue.read { db in
                 try ImageRecord.fetchAll(db).map { img in
                     (img, try TagRecord.filter(Column("image") == img.id).fetchAll(db).map(\.name).sorted())
                 }
             }
-        } catch { throw StoreError("\(error)") }
+        } catch { throw StoreError(wrapping: error) }
+        return try all.map { (img, tags) throws(StoreError) in (try img.checked(), tags) }
     }
 
     /// An image by tag (`name:tag`, `:latest` implied), full or short ID.
@@ -309,8 +323,8 @@ public final class Store: @unchecked Sendable {
                 guard hex.count >= 6 else { return nil }
                 return try ImageRecord.filter(sql: "id LIKE ?", arguments: ["sha256:\(hex)%"]).fetchOne(db)
             }
-            guard let img = found else { throw StoreError("no image '\(ref)' (see 'strata image ls')") }
-            return img
-        } catch let e as StoreError { throw e } catch { throw StoreError("\(error)") }
+            guard let img = found else { throw StoreError(.notFound, "no image '\(ref)' (see 'strata image ls')") }
+            return try img.checked()
+        } catch let e as StoreError { throw e } catch { throw StoreError(wrapping: error) }
     }
 }

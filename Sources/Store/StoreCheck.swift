@@ -132,7 +132,7 @@ extension Store {
             (layers, images, containers) = try db.queue.read { db in
                 (try LayerRecord.fetchAll(db), try ImageRecord.fetchAll(db), try ContainerRecord.fetchAll(db))
             }
-        } catch { throw StoreError("reading \(root)/strata.db: \(error)") }
+        } catch { throw StoreError(.database, "reading \(root)/strata.db: \(error)") }
         let byID = Dictionary(layers.map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })
         var named = Set<String>()        // directory names under overlay/ that rows account for
         var links = Set<String>()        // short links that rows account for

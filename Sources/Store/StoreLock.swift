@@ -36,8 +36,8 @@ final class StoreLock: @unchecked Sendable {
         path = "\(root)/lock"
         intents = "\(root)/tmp/intents"
         fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
-        if fd < 0 { throw StoreError("cannot open the store lock \(path): \(currentErrno())") }
-        if mkdir(intents, 0o700) != 0 && errno != EEXIST { throw StoreError("cannot create \(intents): \(currentErrno())") }
+        if fd < 0 { throw StoreError.last("cannot open the store lock \(path)") }
+        if mkdir(intents, 0o700) != 0 && errno != EEXIST { throw StoreError.last("cannot create \(intents)") }
     }
 
     /// Runs recovery if the lock is free right now; when another command
@@ -68,11 +68,11 @@ final class StoreLock: @unchecked Sendable {
             // first second, then say once why the command is waiting.
             var tries = 0
             while flock(fd, LOCK_EX | LOCK_NB) != 0 {
-                guard errno == EWOULDBLOCK || errno == EINTR else { throw StoreError("locking the store (\(path)): \(currentErrno())") }
+                guard errno == EWOULDBLOCK || errno == EINTR else { throw StoreError.last("locking the store (\(path))") }
                 tries += 1
                 if tries < 100 { usleep(10_000); continue }
                 FileHandle.standardError.write(Data("strata: waiting for another strata command to finish with the store (\(path))\n".utf8))
-                if retryEINTR({ flock(fd, LOCK_EX) }) != 0 { throw StoreError("locking the store (\(path)): \(currentErrno())") }
+                if retryEINTR({ flock(fd, LOCK_EX) }) != 0 { throw StoreError.last("locking the store (\(path))") }
                 break
             }
         }

@@ -58,10 +58,10 @@ struct RunCommand: ParsableCommand {
             if access(host, F_OK) != 0 { throw fail("-v \(v): \(host): \(currentErrno())") }
         }
         let s = try store.open()
-        let cfg = try storeCall { () throws(StoreError) in try s.inspect(image: try s.image(image)) }
-        let imageConfig = cfg["Config"] as? [String: Any] ?? [:]
-        let args = Self.commandLine(entrypoint: imageConfig["Entrypoint"] as? [String] ?? [],
-                                    cmd: imageConfig["Cmd"] as? [String] ?? [], given: command.first == "--" ? Array(command.dropFirst()) : command)
+        let cfg = try storeCall { () throws(StoreError) in try s.config(of: try s.image(image)) }
+        let imageConfig = cfg.config
+        let args = Self.commandLine(entrypoint: imageConfig?.Entrypoint ?? [],
+                                    cmd: imageConfig?.Cmd ?? [], given: command.first == "--" ? Array(command.dropFirst()) : command)
         guard !args.isEmpty else { throw fail("image \(image) has no Entrypoint or Cmd: give the command, strata run IMAGE CMD [ARGS...]") }
         let bin = (try? Sys.realPath("/proc/self/exe")) ?? "strata"
         let d: Store.Driver = driver.flatMap { Store.Driver(rawValue: $0) } ?? (geteuid() == 0 ? .overlay : .fuse)
@@ -82,9 +82,9 @@ struct RunCommand: ParsableCommand {
         }
         process["args"] = args
         process["terminal"] = tty
-        process["cwd"] = workdir ?? (imageConfig["WorkingDir"] as? String).flatMap { $0.isEmpty ? nil : $0 } ?? "/"
-        process["env"] = Self.environment(image: imageConfig["Env"] as? [String] ?? [], given: env)
-        let who = user ?? (imageConfig["User"] as? String).flatMap { $0.isEmpty ? nil : $0 }
+        process["cwd"] = workdir ?? imageConfig?.WorkingDir.flatMap { $0.isEmpty ? nil : $0 } ?? "/"
+        process["env"] = Self.environment(image: imageConfig?.Env ?? [], given: env)
+        let who = user ?? imageConfig?.User.flatMap { $0.isEmpty ? nil : $0 }
         if let who {
             let (uid, gid) = try Self.resolveUser(who, root: merged)
             process["user"] = ["uid": uid, "gid": gid]

@@ -103,7 +103,7 @@ struct BadRegistryTests {
             let null = open("/dev/null", O_RDWR | O_CLOEXEC)
             defer { close(null) }
             pid = try Spawn.start("/usr/bin/python3", ["python3", "\(dir.path)/fake.py", dir.path, "\(port)", "\(blobPort)"], stdio: (null, null, 2))
-            guard waitFor(30, { access("\(self.dir.path)/ready", F_OK) == 0 }) else { throw RegistryError("the fake registry did not start in 30 s") }
+            guard waitFor(30, { access("\(self.dir.path)/ready", F_OK) == 0 }) else { throw RegistryError(.network, "the fake registry did not start in 30 s") }
         }
 
         deinit {

@@ -49,7 +49,7 @@ final class LocalRegistry: @unchecked Sendable {
 
         """ + auth
         try config.write(toFile: "\(dir.path)/config.yml", atomically: true, encoding: .utf8)
-        guard let bin = Spawn.which("docker-registry") else { throw RegistryError("docker-registry missing: apt-get install docker-registry") }
+        guard let bin = Spawn.which("docker-registry") else { throw RegistryError(.network, "docker-registry missing: apt-get install docker-registry") }
         let null = open("/dev/null", O_RDWR | O_CLOEXEC)
         defer { close(null) }
         pid = try Spawn.start(bin, [bin, "serve", "\(dir.path)/config.yml"], stdio: (null, null, null))
@@ -58,7 +58,7 @@ final class LocalRegistry: @unchecked Sendable {
             let r = runProgram("/usr/bin/env", ["python3", "-c", "import socket; socket.create_connection(('127.0.0.1', \(self.port)), 1)"])
             return r.status == 0
         }
-        if !up { kill(pid, SIGKILL); _ = Spawn.wait(pid); throw RegistryError("docker-registry did not start on \(host) in 30 s") }
+        if !up { kill(pid, SIGKILL); _ = Spawn.wait(pid); throw RegistryError(.network, "docker-registry did not start on \(host) in 30 s") }
     }
 
     deinit {
