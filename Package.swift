@@ -5,6 +5,8 @@ import PackageDescription
 //   CStrata <- Sys <- Tables <- FUSE <- Loopback <- strata
 //                  Tables <- Overlay <- OverlayFS (also <- FUSE) <- strata
 //                  Sys <- Archive (libarchive) <- Store (SQLite via GRDB) <- Registry (AsyncHTTPClient) <- strata
+// Every target names each module it imports (swift-system's SystemPackage
+// included); libarchive is reached only through Archive.
 let package = Package(
     name: "Strata",
     platforms: [.macOS(.v13)],
@@ -39,22 +41,25 @@ let package = Package(
         ]),
         .target(name: "FUSE", dependencies: [
             "CStrata", "Sys", "Tables",
+            .product(name: "SystemPackage", package: "swift-system"),
             .product(name: "Logging", package: "swift-log"),
         ]),
-        .target(name: "Loopback", dependencies: ["FUSE", "Sys", "Tables", "CStrata"]),
-        .target(name: "Overlay", dependencies: ["Sys", "Tables", "CStrata"]),
+        .target(name: "Loopback", dependencies: ["FUSE", "Sys", "Tables", "CStrata", .product(name: "SystemPackage", package: "swift-system")]),
+        .target(name: "Overlay", dependencies: ["Sys", "Tables", "CStrata", .product(name: "SystemPackage", package: "swift-system")]),
         // libarchive (Debian libarchive-dev) reads and writes tar and its
         // compressions; Archive adds the layer rules on top.
         .systemLibrary(name: "CArchive", pkgConfig: "libarchive", providers: [.apt(["libarchive-dev"])]),
-        .target(name: "Archive", dependencies: ["Sys", "CStrata", "CArchive"]),
+        .target(name: "Archive", dependencies: ["Sys", "CStrata", "CArchive", .product(name: "SystemPackage", package: "swift-system")]),
         .target(name: "Store", dependencies: [
-            "Archive", "Sys", "CStrata", "CArchive",
+            "Archive", "Sys", "CStrata",
+            .product(name: "SystemPackage", package: "swift-system"),
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "GRDB", package: "GRDB.swift"),
         ]),
-        .target(name: "OverlayFS", dependencies: ["Overlay", "FUSE", "Sys", "Tables", "CStrata"]),
+        .target(name: "OverlayFS", dependencies: ["Overlay", "FUSE", "Sys", "Tables", "CStrata", .product(name: "SystemPackage", package: "swift-system")]),
         .target(name: "Registry", dependencies: [
             "Store", "Sys",
+            .product(name: "SystemPackage", package: "swift-system"),
             .product(name: "AsyncHTTPClient", package: "async-http-client"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -76,15 +81,15 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], path: "bench/Sources/strata-bench"),
         .target(name: "TestSupport", dependencies: ["Sys", "CStrata"], path: "Tests/Support"),
-        .testTarget(name: "FUSETests", dependencies: ["FUSE", "Sys", "CStrata", "TestSupport"]),
+        .testTarget(name: "FUSETests", dependencies: ["FUSE", "Sys", "CStrata", "TestSupport", .product(name: "SystemPackage", package: "swift-system")]),
         .testTarget(name: "RegistryTests", dependencies: [
             "Registry", "Store", "Sys", "TestSupport", .product(name: "Crypto", package: "swift-crypto"),
         ]),
-        .testTarget(name: "StoreTests", dependencies: ["Store", "Archive", "Sys", "CStrata", "TestSupport"]),
+        .testTarget(name: "StoreTests", dependencies: ["Store", "Sys", "TestSupport"]),
         .testTarget(name: "ArchiveTests", dependencies: ["Archive", "Sys", "CStrata", "TestSupport"]),
-        .testTarget(name: "OverlayTests", dependencies: ["Overlay", "OverlayFS", "FUSE", "Sys", "Tables", "CStrata", "TestSupport"]),
-        .testTarget(name: "LoopbackTests", dependencies: ["Loopback", "FUSE", "Sys", "Tables", "CStrata", "TestSupport"]),
-        .testTarget(name: "TablesTests", dependencies: ["Tables", "Sys"]),
+        .testTarget(name: "OverlayTests", dependencies: ["Overlay", "OverlayFS", "FUSE", "Sys", "Tables", "CStrata", "TestSupport", .product(name: "SystemPackage", package: "swift-system")]),
+        .testTarget(name: "LoopbackTests", dependencies: ["Sys", "CStrata", "TestSupport"]),
+        .testTarget(name: "TablesTests", dependencies: ["Tables", .product(name: "SystemPackage", package: "swift-system")]),
     ],
     swiftLanguageModes: [.v6]
 )

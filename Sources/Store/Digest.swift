@@ -1,4 +1,4 @@
-import CArchive
+import Archive
 import Crypto
 import Foundation
 import Sys
@@ -65,19 +65,10 @@ public enum Digest {
             if out < 0 { throw StoreError.last("\(copy)") }
         }
         defer { if out >= 0 { close(out) } }
-        guard let a = archive_read_new() else { throw StoreError(.archive, "libarchive: out of memory") }
-        defer { archive_read_free(a) }
-        archive_read_support_filter_all(a)
-        archive_read_support_format_raw(a)
-        if archive_read_open_filename(a, path, 1 << 16) != ARCHIVE_OK {
-            throw StoreError(.archive, "\(path): \(archive_error_string(a).map { String(cString: $0) } ?? "unreadable")")
-        }
-        var entry: OpaquePointer? = nil
-        guard archive_read_next_header(a, &entry) == ARCHIVE_OK else { throw StoreError(.archive, "\(path): empty or unreadable") }
+        let plain: Decompressor
+        do { plain = try Decompressor(path: path) } catch { throw StoreError(.archive, error.description) }
         return try stream({ (buf, size) throws(StoreError) -> Int in
-            let n = archive_read_data(a, buf, size)
-            if n < 0 { throw StoreError(.archive, "\(path): corrupt compressed data: \(archive_error_string(a).map { String(cString: $0) } ?? "")") }
-            return n
+            do throws(ArchiveError) { return try plain.read(buf, size) } catch { throw StoreError(.archive, error.description) }
         }, each: { (chunk) throws(StoreError) in
             if out >= 0 {
                 do { try Sys.writeAll(out, chunk, path: copy ?? "") } catch { throw StoreError(wrapping: error) }
