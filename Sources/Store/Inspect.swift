@@ -4,7 +4,7 @@ import Sys
 /// `inspect` output shaped like docker's, GraphDriver included, so that
 /// tools reading `.GraphDriver.Data.MergedDir` find what they expect.
 extension Store {
-    func graphDriver(layerDirs: [String], upper: String?) -> [String: Any] {
+    func graphDriver(layerDirs: [String], upper: String?) -> JSONValue {
         var data: [String: String] = [:]
         if let upper {
             data["UpperDir"] = "\(upper)/diff"
@@ -19,7 +19,7 @@ extension Store {
             data["MergedDir"] = "\(base)/merged"
             if layerDirs.count > 1 { data["LowerDir"] = layerDirs.dropFirst().joined(separator: ":") }
         }
-        return ["Name": "overlay2", "Data": data]
+        return .object(["Name": .string("overlay2"), "Data": .object(data.mapValues { .string($0) })])
     }
 
     /// The image's config, decoded.
@@ -27,32 +27,32 @@ extension Store {
         try OCI.decode(OCI.ImageConfig.self, img.config, "image \(img.id): config")
     }
 
-    public func inspect(image img: ImageRecord) throws(StoreError) -> [String: Any] {
+    public func inspect(image img: ImageRecord) throws(StoreError) -> JSONValue {
         let cfg = try config(of: img)
-        // The run config as docker prints it: its JSON, every field kept.
-        let run = cfg.config.flatMap { try? JSONSerialization.jsonObject(with: OCI.encode($0)) } ?? [String: Any]()
+        // The run config as docker prints it: every field kept.
+        let run = cfg.config.flatMap { try? JSONDecoder().decode(JSONValue.self, from: OCI.encode($0)) } ?? .object([:])
         let dirs = img.layerIDs.reversed().map { "\(overlayDir)/\(Digest.hex($0))/diff" }
         let tags = (try images()).first { $0.0.id == img.id }?.1 ?? []
-        return [
-            "Id": img.id,
-            "RepoTags": tags,
+        return .object([
+            "Id": .string(img.id),
+            "RepoTags": .array(tags.map { .string($0) }),
             "Config": run,
-            "Architecture": cfg.architecture ?? "",
-            "Os": cfg.os ?? "",
-            "Created": cfg.created ?? "",
-            "RootFS": ["Type": "layers", "Layers": cfg.diffIDs],
+            "Architecture": .string(cfg.architecture ?? ""),
+            "Os": .string(cfg.os ?? ""),
+            "Created": .string(cfg.created ?? ""),
+            "RootFS": .object(["Type": .string("layers"), "Layers": .array(cfg.diffIDs.map { .string($0) })]),
             "GraphDriver": graphDriver(layerDirs: dirs, upper: nil),
-        ]
+        ])
     }
 
-    public func inspect(container c: ContainerRecord) throws(StoreError) -> [String: Any] {
+    public func inspect(container c: ContainerRecord) throws(StoreError) -> JSONValue {
         let lowers = try lowerDirs(c).map { (try? Sys.realPath($0)) ?? $0 }
-        return [
-            "Id": c.id,
-            "Name": c.name,
-            "Image": c.image,
-            "Created": ISO8601DateFormatter().string(from: Date(timeIntervalSince1970: c.created)),
+        return .object([
+            "Id": .string(c.id),
+            "Name": .string(c.name),
+            "Image": .string(c.image),
+            "Created": .string(ISO8601DateFormatter().string(from: Date(timeIntervalSince1970: c.created))),
             "GraphDriver": graphDriver(layerDirs: lowers, upper: "\(overlayDir)/\(c.id)"),
-        ]
+        ])
     }
 }

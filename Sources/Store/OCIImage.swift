@@ -222,6 +222,48 @@ public enum JSONValue: Codable, Sendable, Equatable {
     }
 }
 
+extension JSONValue {
+    /// As `docker inspect` prints JSON (Go's MarshalIndent with four
+    /// spaces): `"key": value`, one member per line, keys sorted, slashes
+    /// as they are, empty arrays and objects as `[]` and `{}`.
+    public func dockerFormatted(indent: String = "") -> String {
+        let inner = indent + "    "
+        switch self {
+        case .null: return "null"
+        case .bool(let b): return b ? "true" : "false"
+        case .integer(let i): return String(i)
+        case .number(let d): return d == d.rounded() && abs(d) < 1e15 ? String(Int64(d)) : String(d)
+        case .string(let s): return JSONValue.quoted(s)
+        case .array(let a):
+            if a.isEmpty { return "[]" }
+            return "[\n" + a.map { inner + $0.dockerFormatted(indent: inner) }.joined(separator: ",\n") + "\n" + indent + "]"
+        case .object(let o):
+            if o.isEmpty { return "{}" }
+            return "{\n" + o.keys.sorted().map { k in inner + JSONValue.quoted(k) + ": " + (o[k] ?? .null).dockerFormatted(indent: inner) }
+                .joined(separator: ",\n") + "\n" + indent + "}"
+        }
+    }
+
+    static func quoted(_ s: String) -> String {
+        var out = "\""
+        for u in s.unicodeScalars {
+            switch u {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            case "<": out += "\\u003c"      // as Go escapes them
+            case ">": out += "\\u003e"
+            case "&": out += "\\u0026"
+            default:
+                if u.value < 0x20 { out += String(format: "\\u%04x", u.value) } else { out.unicodeScalars.append(u) }
+            }
+        }
+        return out + "\""
+    }
+}
+
 struct AnyKey: CodingKey {
     var stringValue: String
     var intValue: Int? { nil }

@@ -64,7 +64,7 @@ struct RunCommand: ParsableCommand {
                                     cmd: imageConfig?.Cmd ?? [], given: command.first == "--" ? Array(command.dropFirst()) : command)
         guard !args.isEmpty else { throw fail("image \(image) has no Entrypoint or Cmd: give the command, strata run IMAGE CMD [ARGS...]") }
         let bin = (try? Sys.realPath("/proc/self/exe")) ?? "strata"
-        let d: Store.Driver = driver.flatMap { Store.Driver(rawValue: $0) } ?? (geteuid() == 0 ? .overlay : .fuse)
+        let d = try chooseDriver(driver)
         let c = try storeCall { () throws(StoreError) in try s.create(image: image, name: name) }
         var status: Int32 = 1
         defer {

@@ -124,16 +124,22 @@ struct RemoveCommand: ParsableCommand {
     }
 }
 
+/// The mount driver: `--driver`, else the global `--storage-driver` (or
+/// STRATA_STORAGE_DRIVER), else the kernel's overlayfs as root and
+/// Strata's FUSE union otherwise.
+func chooseDriver(_ given: String?) throws -> Store.Driver {
+    let env = ProcessInfo.processInfo.environment["STRATA_STORAGE_DRIVER"].flatMap { $0.isEmpty ? nil : $0 }
+    guard let v = given ?? env else { return geteuid() == 0 ? .overlay : .fuse }
+    guard let d = Store.Driver(rawValue: v) else {
+        throw fail("\(given != nil ? "--driver" : "STRATA_STORAGE_DRIVER") takes overlay or fuse, got '\(v)'")
+    }
+    return d
+}
+
 /// `strata mount CONTAINER`: mounts a container's root and prints it.
 func mountContainer(_ ref: String, driver: String?, root: String?) throws {
     let s = try StoreOptions.open(root: root)
-    let d: Store.Driver
-    switch driver {
-    case nil: d = geteuid() == 0 ? .overlay : .fuse
-    case let v?:
-        guard let x = Store.Driver(rawValue: v) else { throw fail("--driver takes overlay or fuse, got '\(v)'") }
-        d = x
-    }
+    let d = try chooseDriver(driver)
     let path = try storeCall { () throws(StoreError) -> String in
         let c = try s.container(ref)
         let bin = (try? Sys.realPath("/proc/self/exe")) ?? "strata"
@@ -180,12 +186,11 @@ struct InspectCommand: ParsableCommand {
 
     func run() throws {
         let s = try store.open()
-        let obj = try storeCall { () throws(StoreError) -> [String: Any] in
+        let obj = try storeCall { () throws(StoreError) -> JSONValue in
             if let c = try s.findContainer(ref) { return try s.inspect(container: c) }
             return try s.inspect(image: try s.image(ref))
         }
-        let data = try JSONSerialization.data(withJSONObject: [obj], options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
-        print(String(decoding: data, as: UTF8.self))
+        print(JSONValue.array([obj]).dockerFormatted())
     }
 }
 
@@ -275,7 +280,7 @@ struct ImageInspect: ParsableCommand {
     func run() throws {
         let s = try store.open()
         let obj = try storeCall { () throws(StoreError) in try s.inspect(image: try s.image(image)) }
-        print(String(decoding: try JSONSerialization.data(withJSONObject: [obj], options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]), as: UTF8.self))
+        print(JSONValue.array([obj]).dockerFormatted())
     }
 }
 

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Store
 import Sys
 #if canImport(Glibc)
 import Glibc
@@ -9,6 +10,12 @@ struct Strata: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "strata",
         abstract: "A union filesystem for Linux and a Docker-style layer store.",
+        discussion: """
+            Global options, before the subcommand, as podman takes them:
+              --root DIR          the store (also taken after the subcommand)
+              --storage-driver D  how containers mount: overlay, the kernel's
+                                  (default as root), or fuse, Strata's union
+            """,
         version: "strata version \(version)",
         subcommands: [MountCommand.self, UmountCommand.self, ImageCommand.self, CreateCommand.self, ListCommand.self, RemoveCommand.self, DiffCommand.self, CommitCommand.self, InspectCommand.self, ExportCommand.self, DfCommand.self, CheckCommand.self, SystemCommand.self, StatsCommand.self, RunCommand.self, PullCommand.self, PushCommand.self, LoopbackCommand.self]
     )
@@ -32,13 +39,29 @@ enum Entry {
         let invoked = (CommandLine.arguments.first ?? "").split(separator: "/").last.map(String.init) ?? ""
         // The subcommands' names, from the one list above (and "help").
         let subcommands = Strata.configuration.subcommands.compactMap { $0.configuration.commandName } + ["help"]
-        // podman's and docker's global form, `strata --root DIR image ls`:
-        // the option goes to the subcommand (before any `--` that starts a
-        // command to run).
-        if let first = args.first, first == "--root" || first.hasPrefix("--root=") {
-            let moved = first == "--root" ? Array(args.prefix(2)) : [first]
-            args.removeFirst(moved.count)
-            if let dashes = args.firstIndex(of: "--") { args.insert(contentsOf: moved, at: dashes) } else { args += moved }
+        // podman's and docker's global form, `strata --root DIR
+        // --storage-driver fuse image ls`: --root goes to the subcommand
+        // (before any `--` that starts a command to run); the storage
+        // driver becomes the default of the commands that mount.
+        while let first = args.first, first.hasPrefix("--root") || first.hasPrefix("--storage-driver") {
+            let (name, value, used): (String, String?, Int)
+            if let eq = first.firstIndex(of: "=") {
+                (name, value, used) = (String(first[..<eq]), String(first[first.index(after: eq)...]), 1)
+            } else {
+                (name, value, used) = (first, args.count > 1 ? args[1] : nil, 2)
+            }
+            guard name == "--root" || name == "--storage-driver", let value else { break }
+            args.removeFirst(used)
+            if name == "--root" {
+                let moved = ["--root", value]
+                if let dashes = args.firstIndex(of: "--") { args.insert(contentsOf: moved, at: dashes) } else { args += moved }
+            } else {
+                guard Store.Driver(rawValue: value) != nil else {
+                    printError("strata: --storage-driver takes overlay (the kernel's overlayfs) or fuse (Strata's own union), got '\(value)'")
+                    exit(125)
+                }
+                setenv("STRATA_STORAGE_DRIVER", value, 1)
+            }
         }
         if invoked == "strata-overlay" || invoked == "mount.fuse.strata" {
             if args != ["--version"] && args != ["--help"] && args != ["-h"] { args = ["mount"] + args }

@@ -190,12 +190,36 @@ struct ContainerChangeTests {
         let inspect = strata(["inspect", "--root", root, "c1"])
         // Paths as docker prints them: no escaped slashes.
         #expect(inspect.stdout.contains("\"MergedDir\"") && !inspect.stdout.contains("\\/"), "\(inspect.stdout.prefix(300))")
+        // docker's layout: four spaces, "key": value.
+        #expect(inspect.stdout.hasPrefix("[\n    {\n        \"") && inspect.stdout.contains("        \"Name\": \"c1\""),
+                "\(inspect.stdout.prefix(200))")
         let json = try JSONSerialization.jsonObject(with: Data(inspect.stdout.utf8)) as? [[String: Any]]
         let data = (json?.first?["GraphDriver"] as? [String: Any])?["Data"] as? [String: String]
         #expect(data?["MergedDir"] == merged)
         #expect(data?["LowerDir"]?.split(separator: ":").count == 4)      // init + 3 image layers
         let img = try JSONSerialization.jsonObject(with: Data(strata(["inspect", "--root", root, "localhost/test:committed"]).stdout.utf8)) as? [[String: Any]]
         #expect(((img?.first?["RootFS"] as? [String: Any])?["Layers"] as? [String])?.count == 4)
+    }
+
+    /// podman's global form: `--storage-driver` before the subcommand picks
+    /// how containers mount; a driver we do not have is one line and 125.
+    @Test func theGlobalStorageDriverPicksTheMount() throws {
+        let t = TempDir()
+        let root = t.path
+        let bad = strata(["--storage-driver", "vfs", "--root", root, "image", "ls"])
+        #expect(bad.status == 125 && bad.stderr.split(separator: "\n").count == 1 && bad.stderr.contains("'vfs'"), "\(bad)")
+        #expect(strata(["--root", root, "image", "load", "-i", "\(StoreTests.fixtures)/busybox-l3.docker.tar"]).status == 0)
+        #expect(strata(["--root=\(root)", "create", "localhost/eco/busybox:l3", "--name", "c1"]).status == 0)
+        for (driver, type) in [("fuse", "fuse.strata"), ("overlay", "overlay")] {
+            let m = strata(["--storage-driver=\(driver)", "--root", root, "mount", "c1"])
+            let merged = m.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+            #expect(m.status == 0, "\(m.stderr)")
+            let mounts = (try? String(contentsOfFile: "/proc/self/mounts", encoding: .utf8)) ?? ""
+            #expect(mounts.split(separator: "\n").contains { $0.split(separator: " ").count > 2 && $0.split(separator: " ")[1] == merged && $0.split(separator: " ")[2] == type },
+                    "\(driver): \(merged) is not a \(type) mount")
+            #expect(strata(["--root", root, "umount", "c1"]).status == 0)
+            umount2(merged, Int32(MNT_DETACH))
+        }
     }
 }
 
