@@ -22,6 +22,8 @@ struct UnionBench: ParsableCommand {
     @Option(help: "The strata binary (default: next to this program).") var strata: String?
     @Option(help: "Comma-separated implementations: kernel, strata (/dev/fuse), strata-uring (FUSE over io_uring), fuse-overlayfs, passthrough_hp-uring (libfuse's example server on io_uring over a flattened copy: no union work; needs --passthrough-hp).")
     var impls = "kernel,strata,strata-uring,fuse-overlayfs"
+    @Option(help: "A strata binary built from another commit, run as implementations 'baseline' and 'baseline-uring': before and after a change in one run, paired by round.")
+    var baseline: String?
     @Option(help: "libfuse 3.18's example/passthrough_hp, built with io_uring (never committed).") var passthroughHp: String?
     @Flag(help: "Skip the 128-layer lookup workload.") var noLayers = false
 
@@ -39,6 +41,7 @@ struct UnionBench: ParsableCommand {
         let uringSwitch = names.contains(where: { $0.hasSuffix("-uring") }) ? try UringSwitch.turnOn() : nil
         defer { uringSwitch?.restore() }
         var setup = UnionSetup(root: root, strata: bin)
+        setup.baseline = baseline
         setup.passthroughHP = passthroughHp
         progress("building \(entries) entries in 3 layers and a \(sizeMib) MiB file under \(root)")
         let files = setup.buildLayers(entries: entries, bigMiB: sizeMib)
@@ -109,6 +112,7 @@ struct TreeFiles {
 struct UnionSetup {
     let root: String
     let strata: String
+    var baseline: String?
     var passthroughHP: String?
     var lowers: [String] { (1...3).map { "\(root)/l\($0)" } }
 
@@ -164,6 +168,9 @@ struct UnionSetup {
         case "kernel": command = "mount -t overlay overlay -o \(opts),redirect_dir=off,index=off,xino=off \(m)"
         case "strata": command = "\(strata) mount -o \(opts),uring=off \(m)"
         case "strata-uring": command = "\(strata) mount -o \(opts),uring=on \(m)"
+        case "baseline", "baseline-uring":
+            guard let b = baseline else { throw ValidationError("'\(impl)' needs --baseline PATH") }
+            command = "\(b) mount -o \(opts),uring=\(impl == "baseline" ? "off" : "on") \(m)"
         case "fuse-overlayfs": command = "/usr/bin/fuse-overlayfs -o \(opts),allow_other \(m) 2>/dev/null"
         case "passthrough_hp-uring":
             // No union: a hard-linked copy of the flattened layers.
@@ -194,15 +201,16 @@ struct UnionSetup {
         for d in [u, w, m] { mkdir(d, 0o755) }
         defer { for d in [u, w, m] { _ = try? Spawn.run("/bin/rm", ["rm", "-rf", d]) } }
         let opts = "lowerdir=\(lowers.joined(separator: ":")),upperdir=\(u),workdir=\(w)"
-        let overlayProgram = String(strata[..<(strata.lastIndex(of: "/") ?? strata.startIndex)]) + "/strata-overlay"
+        let program = impl.hasPrefix("baseline") ? (baseline ?? strata) : strata
+        let overlayProgram = String(program[..<(program.lastIndex(of: "/") ?? program.startIndex)]) + "/strata-overlay"
         let t0 = now()
         switch impl {
         case "kernel":
             guard Glibc.mount("overlay", m, "overlay", 0, opts + ",redirect_dir=off,index=off,xino=off") == 0 else {
                 throw ValidationError("mount(2) of overlay failed: \(currentErrno())")
             }
-        case "strata", "strata-uring":
-            let o = opts + (impl == "strata" ? ",uring=off" : ",uring=on")
+        case "strata", "strata-uring", "baseline", "baseline-uring":
+            let o = opts + (impl.hasSuffix("-uring") ? ",uring=on" : ",uring=off")
             guard try Spawn.run(overlayProgram, ["strata-overlay", "-o", o, m]) == 0 else { throw ValidationError("strata-overlay failed") }
         case "fuse-overlayfs":
             guard try Spawn.run("/usr/bin/fuse-overlayfs", ["fuse-overlayfs", "-o", opts, m]) == 0 else { throw ValidationError("fuse-overlayfs failed") }
