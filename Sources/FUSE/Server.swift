@@ -47,7 +47,34 @@ public enum Server {
             throw error
         }
         defer { close(fd) }
-        let mountpoint = mount.mountpoint
+        guard let child else {
+            try serveMounted(fs, mountpoint: mount.mountpoint, method: method, fd: fd, signalSet: set, options: options,
+                             logger: logger, child: nil)
+            return
+        }
+        // The forked daemon serves from a thread of its own, never from its
+        // main thread: Swift's Mutex keeps each thread's id in a thread-local
+        // cache (a PI futex holds its owner's id), and the main thread's was
+        // filled before the fork, with the parent's id. A lock that thread
+        // took and another thread waited for would name a process that has
+        // exited: the kernel refuses the futex call and the daemon traps
+        // (seen at exit, in the statistics of STRATA_STATS_AT_EXIT).
+        let failure = Locked<SysError?>(nil)
+        let serving = try OSThread.start(name: "serve", stackSize: 8 << 20) { [options, logger, set] in
+            do throws(SysError) {
+                try serveMounted(fs, mountpoint: mount.mountpoint, method: method, fd: fd, signalSet: set, options: options,
+                                 logger: logger, child: child)
+            } catch {
+                failure.withLock { $0 = error }
+            }
+        }
+        serving.join()
+        if let error = failure.withLock({ $0 }) { throw error }
+    }
+
+    /// Serves a mounted file system until it is unmounted.
+    static func serveMounted<FS: FileSystem>(_ fs: FS, mountpoint: String, method: MountMethod, fd: Int32, signalSet set: sigset_t,
+                                             options: SessionOptions, logger: Logger, child: Background.Child?) throws(SysError) {
         let sigSet = set
         let signals = try? OSThread.start(name: "signals") {
             var s = sigSet

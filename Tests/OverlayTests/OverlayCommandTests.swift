@@ -100,6 +100,35 @@ struct OverlayCommandTests {
         #expect(!isMountPoint(m))
     }
 
+    /// A daemon gone to the background serves from threads started after
+    /// the fork and ends cleanly: under load from several processes, then
+    /// at unmount, where it writes its last statistics. Its main thread,
+    /// whose cached thread id was the parent's, once trapped there in
+    /// Swift's Mutex (a PI futex naming an exited process).
+    @Test func aBackgroundDaemonServesUnderLoadAndEndsCleanly() throws {
+        let t = TempDir()
+        let (l1, l2, u, w, m) = layers(t)
+        let statsFile = t.sub("stats") + "/last.json"
+        for i in 0..<200 { _ = FileOps(l2).write("d/f\(i)", "x") }
+        let r = runProgram(MountEnvironment.overlayBinary, ["-o", "lowerdir=\(l1):\(l2),upperdir=\(u),workdir=\(w),timeout=0", m],
+                           env: ["STRATA_STATS_AT_EXIT": statsFile])
+        #expect(r.status == 0, "\(r.stderr)")
+        defer { if isMountPoint(m) { umount2(m, Int32(MNT_DETACH)) } }
+        // Four readers at once (xargs waits for them itself: a shell's `wait`
+        // never wakes with SIGCHLD blocked, as the test runner's threads
+        // pass it on).
+        let reader = "for n in $(seq 1 40); do ls -l \(m)/d > /dev/null && cat \(m)/both > /dev/null || exit 1; done"
+        let load = runProgram("/bin/sh", ["-c", "seq 1 4 | xargs -P 4 -n 1 /bin/sh -c '\(reader)' reader"])
+        #expect(load.status == 0, "\(load.stderr)")
+        #expect(umount2(m, 0) == 0)
+        var written = ""
+        for _ in 0..<100 where written.isEmpty {
+            written = (try? String(contentsOfFile: statsFile, encoding: .utf8)) ?? ""
+            if written.isEmpty { usleep(20_000) }
+        }
+        #expect(written.contains("\"mountpoint\": \"\(m)\""), "the daemon did not end cleanly: no statistics at exit")
+    }
+
     /// The lean program's own command line: bad flags and options give one
     /// line and a non-zero exit, and nothing is mounted.
     @Test func leanProgramRefusesBadCommandLines() throws {
