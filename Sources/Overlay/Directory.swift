@@ -301,7 +301,13 @@ extension Overlay {
 
     private func remove(_ p: OverlayNode, _ name: FileName, _ f: Found, dir: Bool) throws(Errno) {
         try copyUp(p)
-        let below = try existsBelow(p, name)
+        // What resolving found already says whether a lower layer has the
+        // name: a name outside the upper is in one, and so is a merged
+        // directory's, unless its lower parts are elsewhere (a redirect:
+        // then the name itself may be free below). Probing every layer
+        // again is needed only for the upper entries left.
+        var below = !f.inUpper || (f.lower != nil && f.redirect == nil)
+        if !below { below = try existsBelow(p, name) }
         try withDirFD(p, 0) { (ufd: Int32) throws(Errno) in
             if f.inUpper {
                 noteRemoved(f, p, ufd, name)

@@ -63,10 +63,12 @@ public enum Sys {
 
 /// A value behind a lock, as a class so that it can sit in arrays (Mutex
 /// itself cannot be copied).
+/// Inlinable: callers in other modules get the lock and their closure
+/// specialised and inlined, not a generic call per request.
 public final class Locked<Value>: @unchecked Sendable {
-    private let mutex: Mutex<Value>
+    @usableFromInline let mutex: Mutex<Value>
     public init(_ v: sending Value) { mutex = Mutex(v) }
-    @inline(__always)
+    @inlinable @inline(__always)
     public func withLock<R>(_ body: (inout sending Value) throws -> sending R) rethrows -> sending R {
         try mutex.withLock(body)
     }

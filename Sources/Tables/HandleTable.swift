@@ -13,19 +13,28 @@ import SystemPackage
 /// Layout: tag (8 bits, never 0) | generation (24) | slot (28) | shard (4).
 /// A slot's generation wraps after 16 million reuses of that one slot.
 public final class HandleTable<Object: AnyObject & Sendable>: @unchecked Sendable {
-    private struct Slot {
-        var object: Object?
-        var generation: UInt32
+    // Inlinable (with what it touches), so that the callers in FUSE,
+    // Loopback and OverlayFS get code specialised for their object type: a
+    // generic call across modules would go through witness tables on every
+    // read and write.
+    @usableFromInline struct Slot {
+        @usableFromInline var object: Object?
+        @usableFromInline var generation: UInt32
+        @inlinable init(object: Object?, generation: UInt32) {
+            self.object = object
+            self.generation = generation
+        }
     }
-    private struct Shard {
-        var slots: [Slot] = []
-        var free: [Int] = []
+    @usableFromInline struct Shard {
+        @usableFromInline var slots: [Slot] = []
+        @usableFromInline var free: [Int] = []
+        @inlinable init() {}
     }
-    private static var shardBits: UInt64 { 4 }
-    private static var shardCount: Int { 1 << Int(shardBits) }
-    private let shards: [Locked<Shard>]
-    private let tag: UInt8
-    private let next = Atomic<UInt64>(0)
+    @usableFromInline static var shardBits: UInt64 { 4 }
+    @usableFromInline static var shardCount: Int { 1 << Int(shardBits) }
+    @usableFromInline let shards: [Locked<Shard>]
+    @usableFromInline let tag: UInt8
+    @usableFromInline let next = Atomic<UInt64>(0)
 
     /// `tag` tells this table's handles from another's (1-255).
     public init(tag: UInt8) {
@@ -35,6 +44,7 @@ public final class HandleTable<Object: AnyObject & Sendable>: @unchecked Sendabl
     }
 
     /// Files `object` and returns its handle; the table keeps it until `remove`.
+    @inlinable
     public func insert(_ object: Object) -> UInt64 {
         let shard = Int(next.add(1, ordering: .relaxed).oldValue % UInt64(Self.shardCount))
         let (slot, generation) = shards[shard].withLock { s -> (Int, UInt32) in
@@ -49,10 +59,17 @@ public final class HandleTable<Object: AnyObject & Sendable>: @unchecked Sendabl
             | UInt64(slot) << Self.shardBits | UInt64(shard)
     }
 
-    private struct Place { let shard: Int; let slot: Int; let generation: UInt32 }
+    @usableFromInline struct Place {
+        @usableFromInline let shard: Int, slot: Int, generation: UInt32
+        @inlinable init(shard: Int, slot: Int, generation: UInt32) {
+            self.shard = shard
+            self.slot = slot
+            self.generation = generation
+        }
+    }
 
-    @inline(__always)
-    private func place(_ handle: UInt64) -> Place? {
+    @inlinable @inline(__always)
+    func place(_ handle: UInt64) -> Place? {
         guard UInt8(truncatingIfNeeded: handle >> 56) == tag else { return nil }
         let low = handle & 0xFFFF_FFFF
         return Place(shard: Int(low & (UInt64(Self.shardCount) - 1)), slot: Int(low >> Self.shardBits),
@@ -61,7 +78,7 @@ public final class HandleTable<Object: AnyObject & Sendable>: @unchecked Sendabl
 
     /// The object filed under `handle`; EBADF when the handle is stale or
     /// not one of this table's.
-    @inline(__always)
+    @inlinable @inline(__always)
     public func get(_ handle: UInt64) throws(Errno) -> Object {
         guard let p = place(handle) else { throw .badFileDescriptor }
         let o = shards[p.shard].withLock { s -> Object? in
@@ -73,7 +90,7 @@ public final class HandleTable<Object: AnyObject & Sendable>: @unchecked Sendabl
     }
 
     /// Takes the object out: its handle becomes stale at once.
-    @discardableResult
+    @inlinable @discardableResult
     public func remove(_ handle: UInt64) -> Object? {
         guard let p = place(handle) else { return nil }
         return shards[p.shard].withLock { s -> Object? in

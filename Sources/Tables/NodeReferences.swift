@@ -8,11 +8,12 @@ import Synchronization
 /// would update it under two locks. `dead` once the count reached zero: the
 /// node is on its way out of the table and must not be referenced again.
 public final class NodeReferences: Sendable {
-    private let refs = Mutex<(count: UInt64, dead: Bool)>((0, false))
+    @usableFromInline let refs = Mutex<(count: UInt64, dead: Bool)>((0, false))
 
     public init() {}
 
     /// One more reference, unless the node already died.
+    @inlinable
     public func retain() -> Bool {
         refs.withLock { r in
             if r.dead { return false }
@@ -22,6 +23,7 @@ public final class NodeReferences: Sendable {
     }
 
     /// `n` references fewer; true when this was the last (the node died).
+    @inlinable
     public func release(_ n: UInt64) -> Bool {
         refs.withLock { r in
             if r.dead { return false }

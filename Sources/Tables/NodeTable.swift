@@ -10,10 +10,12 @@ import Sys
 /// never another node); id 1 is the root.
 public final class NodeTable<Node: TableNode>: @unchecked Sendable {
     public typealias Key = Node.Key
-    static var shards: Int { 64 }
-    private let byID: [Locked<[UInt64: Node]>]
-    private let byKey: [Locked<[Key: Node]>]
-    private let nextID = Atomic<UInt64>(2)
+    // Inlinable where requests pass (get, reference, forget), so that each
+    // file system gets code specialised for its node and key types.
+    @usableFromInline static var shards: Int { 64 }
+    @usableFromInline let byID: [Locked<[UInt64: Node]>]
+    @usableFromInline let byKey: [Locked<[Key: Node]>]
+    @usableFromInline let nextID = Atomic<UInt64>(2)
     public let root: Node
 
     public init(root: Node) {
@@ -25,23 +27,25 @@ public final class NodeTable<Node: TableNode>: @unchecked Sendable {
         root.references.setFirst()
     }
 
-    @inline(__always)
-    private func idShard(_ id: UInt64) -> Locked<[UInt64: Node]> { byID[Int(id % UInt64(Self.shards))] }
-    @inline(__always)
-    private func keyShard(_ k: Key) -> Locked<[Key: Node]> {
+    @inlinable @inline(__always)
+    func idShard(_ id: UInt64) -> Locked<[UInt64: Node]> { byID[Int(id % UInt64(Self.shards))] }
+    @inlinable @inline(__always)
+    func keyShard(_ k: Key) -> Locked<[Key: Node]> {
         byKey[Int(k.shard % UInt64(Self.shards))]
     }
 
-    @inline(__always)
+    @inlinable @inline(__always)
     public func get(_ id: UInt64) -> Node? {
         if id == 1 { return root }
         return idShard(id).withLock { $0[id] }
     }
 
     /// A fresh id for a node `make` builds.
-    private func newID() -> UInt64 { nextID.add(1, ordering: .relaxed).oldValue }
+    @inlinable
+    func newID() -> UInt64 { nextID.add(1, ordering: .relaxed).oldValue }
 
-    private func file(_ fresh: Node, _ key: Key, in m: inout [Key: Node]) -> Node {
+    @inlinable
+    func file(_ fresh: Node, _ key: Key, in m: inout [Key: Node]) -> Node {
         fresh.references.setFirst()
         m[key] = fresh
         idShard(fresh.id).withLock { $0[fresh.id] = fresh }
@@ -50,6 +54,7 @@ public final class NodeTable<Node: TableNode>: @unchecked Sendable {
 
     /// The live node for `key`, with one more reference; or a new one built
     /// by `make` (given its id), outside any lock.
+    @inlinable
     public func reference(_ key: Key, make: (UInt64) -> Node) -> Node {
         if key == root.tableKey { return root }
         let s = keyShard(key)
@@ -69,6 +74,7 @@ public final class NodeTable<Node: TableNode>: @unchecked Sendable {
         return keyShard(key).withLock { m in file(fresh, key, in: &m) }
     }
 
+    @inlinable
     public func find(_ key: Key) -> Node? { keyShard(key).withLock { $0[key] } }
 
     /// `stale` (just referenced for `key`) stands for an inode that is gone:
@@ -104,6 +110,7 @@ public final class NodeTable<Node: TableNode>: @unchecked Sendable {
     }
 
     /// The kernel forgot `count` references; the last one removes the node.
+    @inlinable
     public func forget(_ id: UInt64, count: UInt64) {
         guard id != 1, let n = get(id), n.references.release(count) else { return }
         // Dead: no reference can be taken any more, so the maps may drop it

@@ -31,6 +31,8 @@ struct RoundTripBench: ParsableCommand {
     @Option(help: "Rounds; medians are reported.") var rounds = 5
     @Option(help: "Where to put the data (disk-backed).") var dir = "/var/tmp"
     @Option(help: "The strata binary (default: next to this program).") var strata: String?
+    @Option(help: "A strata binary of another commit, measured beside this one (implementations baseline and baseline-uring).")
+    var baseline: String?
     @Option(help: "libfuse 3.18's example/passthrough_hp built with io_uring, for its null round trip (never committed).")
     var passthroughHp: String?
 
@@ -43,6 +45,7 @@ struct RoundTripBench: ParsableCommand {
         defer { _ = try? Spawn.run("/bin/rm", ["rm", "-rf", "--one-file-system", root]) }
         var setup = UnionSetup(root: root, strata: bin)
         setup.passthroughHP = passthroughHp
+        setup.baseline = baseline
         for l in setup.lowers { mkdir(l, 0o755) }
         mkdir("\(setup.lowers[0])/files", 0o755)
         mkdir("\(setup.lowers[2])/del", 0o755)
@@ -61,6 +64,7 @@ struct RoundTripBench: ParsableCommand {
             record("pipe, same vCPU", try pingPong(self_, sameCPU: true), per: calls * 5)
             record("pipe, two vCPUs", try pingPong(self_, sameCPU: false), per: calls * 5)
             let impls = ["kernel", "strata", "strata-uring"] + (passthroughHp != nil ? ["passthrough_hp-uring"] : [])
+                + (baseline != nil ? ["baseline", "baseline-uring"] : [])
             for k in 0..<impls.count {
                 let impl = impls[(k + round) % impls.count]
                 let m = try setup.mount(impl)
@@ -115,6 +119,14 @@ struct RoundTripBench: ParsableCommand {
                          ut, ut / kt, pt, floor(free), floor(same), target))
         }
         print("\nfloor = (kernel µs + round trips × round trip µs) / kernel µs: the ratio of a daemon that costs nothing.")
+        if baseline != nil {
+            print("\n| per call, this build against --baseline | strata µs | baseline µs | ratio | strata-uring µs | baseline-uring µs | ratio |")
+            print("|---|---|---|---|---|---|---|")
+            for k in ["null", "open", "create", "unlink"] {
+                let a = m("\(k) strata"), b = m("\(k) baseline"), c = m("\(k) strata-uring"), d = m("\(k) baseline-uring")
+                print(String(format: "| %@ | %.1f | %.1f | %.2f | %.1f | %.1f | %.2f |", k, a, b, a / b, c, d, c / d))
+            }
+        }
     }
 
     /// Times `calls * 5` one-byte exchanges with a child process.
