@@ -19,15 +19,15 @@ extension Overlay {
         }
         try check(rc)
         st.st_ino = ino_t(n.ino)
-        if n.isDirectory { mergedNlink(&st, n.snapshot) }
+        if n.isDirectory { mergedNlink(&st, n) }
         return st
     }
 
     /// A directory made of more than one layer reports one link, as the
     /// kernel's overlayfs does: its true count is not known without a
     /// merged listing.
-    func mergedNlink(_ st: inout stat, _ s: OverlayNode.State) {
-        if (s.inUpper ? 1 : 0) + s.lowerDirs.count > 1 { st.st_nlink = 1 }
+    func mergedNlink(_ st: inout stat, _ n: OverlayNode) {
+        if n.state.withLock({ ($0.inUpper ? 1 : 0) + $0.lowerDirs.count }) > 1 { st.st_nlink = 1 }
     }
 
     public struct AttrChange: Sendable {

@@ -97,8 +97,8 @@ extension Overlay {
 
     /// Calls `body(parentFD, name, layer)` at the node's top location.
     func atTop<R>(_ n: OverlayNode, _ body: (Int32, UnsafePointer<CChar>, Int) throws(Errno) -> R) throws(Errno) -> R {
-        let s = n.snapshot
-        let layer = s.topLayer
+        let s = n.state.withLock { (parent: $0.parent, name: $0.name, unlinked: $0.unlinked, orphan: $0.orphan, layer: $0.topLayer) }
+        let layer = s.layer
         guard let parent = s.parent else {
             // The root: its own descriptor, named through /proc.
             return try withDirFD(n, layer) { (fd: Int32) throws(Errno) -> R in
@@ -230,7 +230,7 @@ extension Overlay {
     func mayHold(_ p: OverlayNode, _ l: Int, _ name: FileName, _ hash: UInt64, _ whHash: UInt64) throws(Errno) -> Bool {
         if l == 0 && upper != nil { return true }
         if let set = p.state.withLock({ $0.lowerNames[l] }) { return set.contains(hash) || set.contains(whHash) }
-        guard p.snapshot.lowerDirs.count >= Self.nameCacheLayers else { return true }
+        guard p.state.withLock({ $0.lowerDirs.count }) >= Self.nameCacheLayers else { return true }
         let set = try withDirFD(p, l) { (fd: Int32) throws(Errno) -> Set<UInt64> in try namesIn(fd) }
         p.state.withLock { $0.lowerNames[l] = set }
         return set.contains(hash) || set.contains(whHash)
@@ -302,10 +302,13 @@ extension Overlay {
         if name.count >= 4 && name.pointer[0] == 0x2E && name.pointer[1] == 0x77 && name.pointer[2] == 0x68 && name.pointer[3] == 0x2E {
             throw .noSuchFileOrDirectory
         }
-        let s = p.snapshot
+        // Only what the search needs, not a copy of the whole state (each
+        // of its arrays and dictionaries would be retained and released).
+        let (searchUpper, lowerDirs) = p.state.withLock { ($0.inUpper && upper != nil, $0.lowerDirs) }
         var found: Found? = nil
         let hash = Self.nameHash(name), whHash = Self.nameHash(name, whiteoutPrefix: true)
-        layers: for l in searchLayers(s) {
+        layers: for i in (searchUpper ? -1 : 0)..<lowerDirs.count {
+            let l = i < 0 ? 0 : lowerDirs[i]
             if !(try mayHold(p, l, name, hash, whHash)) { continue }
             var st = stat()
             let probe = try withDirFD(p, l) { (pfd: Int32) -> LayerProbe in
@@ -387,7 +390,7 @@ extension Overlay {
         let n = register(parent, name, f, ino: ino)
         var out = f.stat
         out.st_ino = ino_t(n.ino)
-        if n.isDirectory { mergedNlink(&out, n.snapshot) }
+        if n.isDirectory { mergedNlink(&out, n) }
         return (n, out)
     }
 
