@@ -12,7 +12,7 @@ import Glibc
 extension Overlay {
     public func copyUp(_ n: OverlayNode) throws(Errno) {
         guard upper != nil, let work else { throw .readOnlyFileSystem }
-        if n.snapshot.inUpper { return }
+        if n.state.withLock({ $0.inUpper }) { return }
         // The kernel serves those opens from the lower file directly and
         // cannot be moved to another; refuse rather than split the file. The
         // kernel sends RELEASE after close() returns, so give a just-closed

@@ -19,7 +19,7 @@ extension Overlay {
     /// Whether a lower layer below `p` still has `name` (so removing it from
     /// the union needs a whiteout).
     func existsBelow(_ p: OverlayNode, _ name: FileName) throws(Errno) -> Bool {
-        for l in p.snapshot.lowerDirs {
+        for l in p.state.withLock({ $0.lowerDirs }) {
             var st = stat()
             let probe = try withDirFD(p, l) { (pfd: Int32) -> LayerProbe in
                 if fstatat(pfd, name.pointer, &st, Linux.AT_SYMLINK_NOFOLLOW) == 0 {
@@ -91,15 +91,20 @@ extension Overlay {
         if isReadOnly { throw .readOnlyFileSystem }
         if name.count > 255 { throw .fileNameTooLong }
         // A `.wh.` name in the upper layer would act as a whiteout.
-        if name.string.hasPrefix(OverlayFormat.whiteoutPrefix) { throw .invalidArgument }
-        var exists = true
+        if name.count >= 4 && name.pointer[0] == 0x2E && name.pointer[1] == 0x77 && name.pointer[2] == 0x68 && name.pointer[3] == 0x2E {
+            throw .invalidArgument
+        }
+        var exists = true, whiteout = false
         do throws(Errno) {
-            _ = try resolve(p, name)
+            _ = try resolve(p, name, upperWhiteout: &whiteout)
         } catch .noSuchFileOrDirectory {
             exists = false
         }
         if exists { throw .fileExists }
         try copyUp(p)
+        // Resolving probed the upper copy already: only a whiteout it met
+        // there needs clearing (a fresh copy-up holds none).
+        guard whiteout else { return false }
         return try withDirFD(p, 0) { (ufd: Int32) -> Bool in clearWhiteout(ufd, name) }
     }
 

@@ -296,6 +296,13 @@ extension Overlay {
     }
 
     func resolve(_ p: OverlayNode, _ name: FileName) throws(Errno) -> Found {
+        var ignored = false
+        return try resolve(p, name, upperWhiteout: &ignored)
+    }
+
+    /// `upperWhiteout` is set when the upper layer holds a whiteout for the
+    /// name (what a create must clear first).
+    func resolve(_ p: OverlayNode, _ name: FileName, upperWhiteout: inout Bool) throws(Errno) -> Found {
         if name.count > 255 { throw .fileNameTooLong }
         // `.wh.` names are whiteout metadata in the formats we read: never
         // visible by name, as they are hidden in listings.
@@ -310,10 +317,14 @@ extension Overlay {
         layers: for i in (searchUpper ? -1 : 0)..<lowerDirs.count {
             let l = i < 0 ? 0 : lowerDirs[i]
             if !(try mayHold(p, l, name, hash, whHash)) { continue }
+            // In the last layer searched, a `.wh.` file hides nothing that
+            // is not already absent: the second probe is skipped there (a
+            // directory made through the union searches its upper alone).
+            let last = i == lowerDirs.count - 1
             var st = stat()
             let probe = try withDirFD(p, l) { (pfd: Int32) -> LayerProbe in
                 if fstatat(pfd, name.pointer, &st, Linux.AT_SYMLINK_NOFOLLOW) != 0 {
-                    return hasWhiteoutFile(pfd, name) ? .whiteout : .absent
+                    return !last && hasWhiteoutFile(pfd, name) ? .whiteout : .absent
                 }
                 if isWhiteout(st, pfd, name.pointer, marked: true) { return .whiteout }
                 guard st.st_mode & Linux.S_IFMT == Linux.S_IFDIR else { return .entry(opaque: false, xwhiteouts: false) }
@@ -326,7 +337,9 @@ extension Overlay {
             let opaque: Bool, markedX: Bool
             switch probe {
             case .absent: continue layers
-            case .whiteout: break layers                          // nothing below counts
+            case .whiteout:                                       // nothing below counts
+                if l == 0 && upper != nil { upperWhiteout = true }
+                break layers
             case .entry(let o, let x): opaque = o; markedX = x
             }
             let isDir = st.st_mode & Linux.S_IFMT == Linux.S_IFDIR
