@@ -411,6 +411,8 @@ extension Overlay {
     func register(_ parent: OverlayNode, _ name: FileName, _ f: Found, ino: UInt64) -> OverlayNode {
         let isDir = f.stat.st_mode & Linux.S_IFMT == Linux.S_IFDIR
         var key = InodeKey(dev: UInt64(f.stat.st_dev), ino: UInt64(f.stat.st_ino))
+        // A lower file's key holds its name; that one copy then serves a
+        // new node too (arrays share their storage until written).
         if !isDir && !f.inUpper {
             key.parent = parent.id
             key.name = name.bytesWithNUL
@@ -419,7 +421,7 @@ extension Overlay {
         func make(_ id: UInt64) -> OverlayNode {
             made = true
             return OverlayNode(id: id, isDirectory: isDir, ino: ino, state: .init(
-                parent: parent, name: name.bytesWithNUL, inUpper: f.inUpper, lower: f.lower,
+                parent: parent, name: key.name.isEmpty ? name.bytesWithNUL : key.name, inUpper: f.inUpper, lower: f.lower,
                 lowerDirs: f.lowerDirs, key: key, redirect: f.redirect))
         }
         var n = table.reference(key, make: make)
