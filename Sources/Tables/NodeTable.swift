@@ -17,6 +17,10 @@ public final class NodeTable<Node: TableNode>: @unchecked Sendable {
     @usableFromInline let byKey: [Locked<[Key: Node]>]
     @usableFromInline let nextID = Atomic<UInt64>(2)
     public let root: Node
+    /// The root's key, read once: the root never moves (it is the top of
+    /// every layer), and reading it from the node would take the root's own
+    /// lock on every lookup, one lock all lookups share.
+    @usableFromInline let rootKey: Key
 
     public init(root: Node) {
         // Room for a few thousand nodes before any shard grows (a first
@@ -24,6 +28,7 @@ public final class NodeTable<Node: TableNode>: @unchecked Sendable {
         byID = (0..<Self.shards).map { _ in Locked(Dictionary(minimumCapacity: 128)) }
         byKey = (0..<Self.shards).map { _ in Locked(Dictionary(minimumCapacity: 128)) }
         self.root = root
+        rootKey = root.tableKey
         root.references.setFirst()
     }
 
@@ -56,7 +61,7 @@ public final class NodeTable<Node: TableNode>: @unchecked Sendable {
     /// by `make` (given its id), outside any lock.
     @inlinable
     public func reference(_ key: Key, make: (UInt64) -> Node) -> Node {
-        if key == root.tableKey { return root }
+        if key == rootKey { return root }
         let s = keyShard(key)
         if let n = s.withLock({ $0[key] }), n.references.retain() { return n }
         let fresh = make(newID())
