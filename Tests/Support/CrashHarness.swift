@@ -18,18 +18,24 @@ public struct CrashCase: Sendable {
     /// root): each must be all or nothing. Later steps fail once the
     /// daemon is dead, which is the point.
     public let steps: [@Sendable (FileOps) -> Void]
+    /// What a step may leave done when killed half-way, as the kernel
+    /// would too: the copy-up it makes first (a link copies its source up,
+    /// then links). Each is run on the kernel's mount to give a tree that
+    /// is also accepted.
+    public let partial: [@Sendable (FileOps) -> Void]
 
     public init(_ name: String, options: [String] = [], build: @escaping @Sendable (String) -> Void,
-                steps: [@Sendable (FileOps) -> Void]) {
+                steps: [@Sendable (FileOps) -> Void], partial: [@Sendable (FileOps) -> Void] = []) {
         self.name = name
         self.options = options
         self.build = build
         self.steps = steps
+        self.partial = partial
     }
 
     public init(_ name: String, options: [String] = [], build: @escaping @Sendable (String) -> Void,
-                op: @escaping @Sendable (FileOps) -> Void) {
-        self.init(name, options: options, build: build, steps: [op])
+                partial: [@Sendable (FileOps) -> Void] = [], op: @escaping @Sendable (FileOps) -> Void) {
+        self.init(name, options: options, build: build, steps: [op], partial: partial)
     }
 
     func run(_ o: FileOps) { for s in steps { s(o) } }
@@ -157,6 +163,16 @@ public final class CrashHarness: @unchecked Sendable {
             states.append(TreeSnapshot.take(m, times: false))
         }
         umount2(m, Int32(MNT_DETACH))
+        var partialStates: [[String: EntryState]] = []
+        for (i, p) in c.partial.enumerated() {
+            (u, w, m) = fresh("\(root)/partial\(i)")
+            guard runProgram("/bin/mount", ["-t", "overlay", "overlay", "-o", kernelOptions(c, base, u, w), m]).status == 0 else {
+                throw SysError(.ioError, "kernel overlay mount", m)
+            }
+            p(FileOps(m))
+            partialStates.append(TreeSnapshot.take(m, times: false))
+            umount2(m, Int32(MNT_DETACH))
+        }
         let before = states[0], after = states[states.count - 1]
         if before == after { throw SysError(.invalidArgument, "the operation changes nothing", c.name) }
 
@@ -223,7 +239,8 @@ public final class CrashHarness: @unchecked Sendable {
                 t.mapValues { e in var x = e; if x.type == Linux.S_IFDIR { x.nlink = 0 }; return x }
             }
             let matched = states.map(plain).firstIndex(of: plain(seen))
-            if matched == nil {
+            let partly = matched == nil && partialStates.map(plain).contains(plain(seen))
+            if matched == nil && !partly {
                 let nearest = states.min { TreeSnapshot.diff($0, seen).count < TreeSnapshot.diff($1, seen).count } ?? before
                 problems.append("a tree that is neither before nor after any step; against the nearest: "
                     + TreeSnapshot.diff(nearest, seen, labels: ("expected", "strata")).prefix(5).joined(separator: "; ")
@@ -235,7 +252,7 @@ public final class CrashHarness: @unchecked Sendable {
                 problems.append("the kernel's overlayfs refused the upper Strata left")
             }
             let state = matched.map { $0 == 0 ? "before" : $0 == states.count - 1 ? "after" : "after step \($0) of \(states.count - 1)" }
-                ?? "inconsistent"
+                ?? (partly ? "after the step's copy-up" : "inconsistent")
             log("\(c.name) #\(point): kill at \(delay) µs of \(window): \(state)\(problems.isEmpty ? "" : ": " + problems.joined(separator: "; "))")
             out.append(CrashOutcome(point: point, delayMicros: delay, state: state, problems: problems))
         }
