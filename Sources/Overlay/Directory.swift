@@ -91,7 +91,7 @@ extension Overlay {
         if isReadOnly { throw .readOnlyFileSystem }
         if name.count > 255 { throw .fileNameTooLong }
         // A `.wh.` name in the upper layer would act as a whiteout.
-        if name.count >= 4 && name.pointer[0] == 0x2E && name.pointer[1] == 0x77 && name.pointer[2] == 0x68 && name.pointer[3] == 0x2E {
+        if OverlayFormat.isWhiteoutName(name) {
             throw .invalidArgument
         }
         var exists = true, whiteout = false

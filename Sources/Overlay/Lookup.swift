@@ -306,7 +306,7 @@ extension Overlay {
         if name.count > 255 { throw .fileNameTooLong }
         // `.wh.` names are whiteout metadata in the formats we read: never
         // visible by name, as they are hidden in listings.
-        if name.count >= 4 && name.pointer[0] == 0x2E && name.pointer[1] == 0x77 && name.pointer[2] == 0x68 && name.pointer[3] == 0x2E {
+        if OverlayFormat.isWhiteoutName(name) {
             throw .noSuchFileOrDirectory
         }
         // Only what the search needs, not a copy of the whole state (each

@@ -10,6 +10,13 @@ public enum OverlayFormat {
     public static let opaqueName = ".wh..wh..opq"
     public static let opaqueNameBytes: [UInt8] = Array(opaqueName.utf8)
 
+    /// Whether a name starts with `.wh.`: compared in place, for the lookup
+    /// and create paths.
+    @inline(__always)
+    public static func isWhiteoutName(_ n: FileName) -> Bool {
+        n.count >= 4 && n.pointer[0] == 0x2E && n.pointer[1] == 0x77 && n.pointer[2] == 0x68 && n.pointer[3] == 0x2E
+    }
+
     public static let trustedPrefix = "trusted.overlay."
     public static let userPrefix = "user.overlay."
 
