@@ -259,26 +259,58 @@ extension Overlay {
     }
 
     /// Below an upper directory with a redirect: the lower layers that hold
-    /// a directory at that path (stopping at an opaque one, a non-directory
-    /// or a whiteout), as the kernel continues its lookup there.
+    /// a directory at that path, as the kernel's ovl_lookup_layer finds them.
+    /// Each layer is walked from its root, component by component; a
+    /// whiteout or a non-directory anywhere on the way ends the search (no
+    /// layer below counts), and an opaque directory on the way, or at the
+    /// end, makes its layer the last one searched.
     func redirectedLowers(_ path: [String]) -> [Int] {
-        guard let last = path.last else { return [] }
+        guard !path.isEmpty else { return [] }
         var out: [Int] = []
         for l in firstLower..<layers.count {
-            let pfd = openPath(layers[l].root.raw, Array(path.dropLast()))
-            if pfd < 0 { continue }
-            defer { close(pfd) }
-            var st = stat()
-            if fstatat(pfd, last, &st, Linux.AT_SYMLINK_NOFOLLOW) != 0 {
-                let hidden = FileName.with(last) { hasWhiteoutFile(pfd, $0) }
-                if hidden { break }
-                continue
+            switch walkRedirect(layers[l].root.raw, path) {
+            case .absent(let last):
+                if last { return out }
+            case .stop:
+                return out
+            case .directory(let last):
+                out.append(l)
+                if last { return out }
             }
-            if isWhiteout(st, pfd, last, marked: true) || st.st_mode & Linux.S_IFMT != Linux.S_IFDIR { break }
-            out.append(l)
-            if isOpaque(pfd, last) { break }
         }
         return out
+    }
+
+    enum RedirectWalk {
+        /// Not in this layer; `last`: an opaque directory on the way.
+        case absent(last: Bool)
+        /// A whiteout or a non-directory: no layer below counts.
+        case stop
+        /// A directory; `last`: it, or one on the way, is opaque.
+        case directory(last: Bool)
+    }
+
+    /// One layer's part of `redirectedLowers`, never following a symlink.
+    func walkRedirect(_ root: Int32, _ path: [String]) -> RedirectWalk {
+        var cur = dup(root)
+        guard cur >= 0 else { return .absent(last: false) }
+        defer { close(cur) }
+        var opaqueOnTheWay = false
+        for (i, c) in path.enumerated() {
+            var st = stat()
+            if fstatat(cur, c, &st, Linux.AT_SYMLINK_NOFOLLOW) != 0 {
+                let hidden = FileName.with(c) { hasWhiteoutFile(cur, $0) }
+                return hidden ? .stop : .absent(last: opaqueOnTheWay)
+            }
+            if isWhiteout(st, cur, c, marked: true) || st.st_mode & Linux.S_IFMT != Linux.S_IFDIR { return .stop }
+            if isOpaque(cur, c) { opaqueOnTheWay = true }
+            if i == path.count - 1 { return .directory(last: opaqueOnTheWay) }
+            let next = openat(cur, c, Linux.O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            guard next >= 0 else { return .absent(last: opaqueOnTheWay) }
+            close(cur)
+            cur = next
+        }
+        return .absent(last: opaqueOnTheWay)
     }
 
     /// Resolves `name` in directory `p` across layers. ENOENT when absent or

@@ -36,21 +36,36 @@ public final class UnionPair: @unchecked Sendable {
         strataMount = "\(dir.path)/s/m"
         kernelUpper = "\(dir.path)/k/u"
         strataUpper = "\(dir.path)/s/u"
-        func lowers(_ side: String) -> String { (1...layers).map { "\(dir.path)/\(side)/base/l\($0)" }.joined(separator: ":") }
-        // The layers were copied as base/*: fix the paths.
+        // The layers were copied as base/*: each side's own paths.
+        let root = dir.path
         func opts(_ side: String) -> String {
-            "lowerdir=\((1...layers).map { "\(dir.path)/\(side)/l\($0)" }.joined(separator: ":")),upperdir=\(dir.path)/\(side)/u,workdir=\(dir.path)/\(side)/w"
+            "lowerdir=\((1...layers).map { "\(root)/\(side)/l\($0)" }.joined(separator: ":")),upperdir=\(root)/\(side)/u,workdir=\(root)/\(side)/w"
         }
-        _ = lowers
-        let k = runProgram("/bin/mount", ["-t", "overlay", "overlay", "-o", opts("k") + ",redirect_dir=\(redirectDir ? "on" : "off"),index=off,xino=off,metacopy=off", kernelMount])
-        guard k.status == 0 else { throw SysError(.ioError, "kernel overlay mount: \(k.stderr)", kernelMount) }
+        kernelArgs = ["-t", "overlay", "overlay", "-o", opts("k") + ",redirect_dir=\(redirectDir ? "on" : "off"),index=off,xino=off,metacopy=off", kernelMount]
         var args = ["strata", "mount", "-f", "-o", opts("s") + (redirectDir ? ",redirect_dir=on" : "")]
         if !strataOptions.isEmpty { args[4] += "," + strataOptions.joined(separator: ",") }
         args.append(strataMount)
-        strataPID = try Spawn.start(MountEnvironment.binary, args)
+        strataArgs = args
+        try mount()
+    }
+
+    private let kernelArgs: [String]
+    private let strataArgs: [String]
+
+    private func mount() throws {
+        let k = runProgram("/bin/mount", kernelArgs)
+        guard k.status == 0 else { throw SysError(.ioError, "kernel overlay mount: \(k.stderr)", kernelMount) }
+        strataPID = try Spawn.start(MountEnvironment.binary, strataArgs)
         guard waitFor(10, { isMountPoint(self.strataMount) }) else {
             throw SysError(.timedOut, "strata mount did not appear", strataMount)
         }
+    }
+
+    /// Both unmounted and mounted again over the same layers: what either
+    /// knew in memory is gone, and every name is looked up from disk anew.
+    public func remount() throws {
+        unmount()
+        try mount()
     }
 
     public func unmount() {
