@@ -65,6 +65,14 @@ struct RandomDifferentialTests {
         for (i, op) in ops.enumerated() {
             let a = apply(op, k), b = apply(op, s)
             if a != b { return "op \(i) \(op): kernel \(a), strata \(b)" }
+            // Now and then both are mounted anew: what was built in memory
+            // must also be what a fresh lookup finds on disk (redirects,
+            // opaque marks, whiteouts).
+            if i % 400 == 399 {
+                do { try pair.remount() } catch { return "remount after op \(i): \(error)" }
+                let m = pair.mergedDiff()
+                if !m.isEmpty { return "after op \(i), remounted: \(m.prefix(5))" }
+            }
         }
         let m = pair.mergedDiff()
         if !m.isEmpty { return "merged: \(m.prefix(5))" }
