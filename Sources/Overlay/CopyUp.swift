@@ -10,19 +10,23 @@ import Glibc
 /// owner, mode, nanosecond times, xattrs) and renamed into place, so a crash
 /// never shows a half-copied file. Two concurrent copy-ups become one.
 extension Overlay {
-    public func copyUp(_ n: OverlayNode) throws(Errno) {
+    /// `metadataOnly`: the change needs only the metadata up (chown, chmod,
+    /// utimes, xattrs, link, rename); with metacopy=on a regular file's data
+    /// then stays below. Without it, or for a write, the data comes too.
+    public func copyUp(_ n: OverlayNode, metadataOnly: Bool = false) throws(Errno) {
         guard upper != nil, let work else { throw .readOnlyFileSystem }
-        if n.state.withLock({ $0.inUpper }) { return }
+        let (inUpper, metacopy) = n.state.withLock { ($0.inUpper, $0.metacopy) }
+        if inUpper {
+            if metacopy && !metadataOnly { try copyUpData(n) }
+            return
+        }
+        let metaOnly = metadataOnly && config.metacopy && !n.isDirectory
         // The kernel serves those opens from the lower file directly and
         // cannot be moved to another; refuse rather than split the file. The
         // kernel sends RELEASE after close() returns, so give a just-closed
-        // reader up to a second first.
-        var waited = 0
-        while n.state.withLock({ $0.openFiles.passthroughLower }) > 0 {
-            if waited >= 1000 { throw .textFileBusy }
-            usleep(1000)
-            waited += 1
-        }
+        // reader up to a second first. (A metadata-only copy leaves the data
+        // where they read it.)
+        if !metaOnly { try waitForLowerPassthrough(n) }
         try n.copyUpLock.withLock { (_: inout Void) throws(Errno) in
             let s = n.snapshot
             if s.inUpper { return }
@@ -31,25 +35,45 @@ extension Overlay {
             try withDirFD(parent, s.topLayer) { (src: Int32) throws(Errno) in
                 try withDirFD(parent, 0) { (dst: Int32) throws(Errno) in
                     try withStoredName(s.name) { (name: UnsafePointer<CChar>) throws(Errno) in
-                        try copyObject(n, from: src, to: dst, name: name, work: work.raw)
+                        try copyObject(n, from: src, to: dst, name: name, work: work.raw, metadataOnly: metaOnly)
                     }
                 }
             }
         }
     }
 
-    private func copyObject(_ n: OverlayNode, from src: Int32, to dst: Int32, name: UnsafePointer<CChar>, work: Int32) throws(Errno) {
+    private func waitForLowerPassthrough(_ n: OverlayNode) throws(Errno) {
+        var waited = 0
+        while n.state.withLock({ $0.openFiles.passthroughLower }) > 0 {
+            if waited >= 1000 { throw .textFileBusy }
+            usleep(1000)
+            waited += 1
+        }
+    }
+
+    private func copyObject(_ n: OverlayNode, from src: Int32, to dst: Int32, name: UnsafePointer<CChar>, work: Int32,
+                            metadataOnly: Bool) throws(Errno) {
         var st = stat()
         try check(fstatat(src, name, &st, Linux.AT_SYMLINK_NOFOLLOW))
         let tmp = "#strata-\(n.id)-\(UInt32.random(in: 0...UInt32.max))"
         let type = st.st_mode & Linux.S_IFMT
+        let metaOnly = metadataOnly && type == Linux.S_IFREG
         var built = false
         defer { if !built { removeTree(work, tmp) } }
         switch type {
         case Linux.S_IFDIR:
             try check(mkdirat(work, tmp, 0o700))
+        case Linux.S_IFREG where metaOnly:
+            // The kernel's metadata-only copy: the size without the data (a
+            // sparse file), marked so that lookups find the data below.
+            let output = try UniqueFD(opened: openat(work, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600))
+            try check(ftruncate(output.raw, off_t(st.st_size)))
+            try check(fsetxattr(output.raw, metacopyXattr, nil, 0, 0))
         case Linux.S_IFREG:
-            try copyData(src, name, work, tmp, size: Int64(st.st_size))
+            // The data of a lower metadata-only copy is further down.
+            let input = try openData(n, flags: O_RDONLY)
+            let output = try UniqueFD(opened: openat(work, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600))
+            try copyData(from: input.raw, to: output.raw, size: Int64(st.st_size))
         case Linux.S_IFLNK:
             var buf = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
             let len = try check(readlinkat(src, name, &buf, buf.count - 1))
@@ -76,6 +100,14 @@ extension Overlay {
         n.state.withLock { s in
             s.inUpper = true
             s.key = new
+            if metaOnly {
+                // Readers keep reading the data where it is.
+                s.metacopy = true
+                if s.dataLayer == nil { s.dataLayer = s.lower }
+                return
+            }
+            s.metacopy = false
+            s.dataLayer = nil
             for fd in s.openFiles.following {
                 let u = openat(dst, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
                 if u >= 0 {
@@ -90,11 +122,7 @@ extension Overlay {
 
     /// Data: a reflink where the filesystem shares extents, else the data
     /// ranges only (holes stay holes), by copy_file_range.
-    private func copyData(_ src: Int32, _ name: UnsafePointer<CChar>, _ work: Int32, _ tmp: String, size: Int64) throws(Errno) {
-        let input = try UniqueFD(opened: openat(src, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC))
-        let i = input.raw
-        let output = try UniqueFD(opened: openat(work, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600))
-        let o = output.raw
+    func copyData(from i: Int32, to o: Int32, size: Int64) throws(Errno) {
         if strata_ficlone(o, i) != 0 {
             var pos: Int64 = 0
             while pos < size {

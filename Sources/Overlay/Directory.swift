@@ -28,7 +28,7 @@ extension Overlay {
                 return hasWhiteoutFile(pfd, name) ? .whiteout : .absent
             }
             switch probe {
-            case .entry: return true
+            case .entry, .metacopy: return true
             case .whiteout: return false
             case .absent: continue
             }
@@ -222,7 +222,14 @@ extension Overlay {
     public func link(_ n: OverlayNode, _ p: OverlayNode, _ name: FileName) throws(Errno) -> (OverlayNode, stat) {
         if n.isDirectory { throw .notPermitted }
         _ = try prepareCreate(p, name)
-        try copyUp(n)
+        try copyUp(n, metadataOnly: true)
+        // A metadata-only copy's new name must find its data too.
+        if n.state.withLock({ $0.metacopy && $0.redirect == nil }) {
+            let r = try atTop(n) { (d: Int32, old: UnsafePointer<CChar>, _: Int) -> [String]? in
+                d == AT_FDCWD ? nil : redirectData(n, d, String(cString: old))
+            }
+            if let r { n.state.withLock { $0.redirect = r } }
+        }
         try atTop(n) { (d: Int32, old: UnsafePointer<CChar>, _: Int) throws(Errno) in
             try withDirFD(p, 0) { (ufd: Int32) throws(Errno) in
                 // A nameless file is linked through its /proc link (O_TMPFILE).

@@ -20,6 +20,7 @@ extension Overlay {
         try check(rc)
         st.st_ino = ino_t(n.ino)
         if n.isDirectory { mergedNlink(&st, n) }
+        if !n.isDirectory && n.state.withLock({ $0.metacopy }), let b = dataBlocks(n) { st.st_blocks = b }
         return st
     }
 
@@ -44,7 +45,9 @@ extension Overlay {
     /// chmod, chown, truncate, utimes: copy up, then change the upper copy.
     /// `fd`, when given, is an open upper descriptor of the node.
     public func setattr(_ n: OverlayNode, _ c: AttrChange, fd: Int32? = nil) throws(Errno) -> stat {
-        try copyUp(n)
+        // A size change needs the data (the kernel copies it for any
+        // truncate); owner, mode and times need the metadata alone.
+        try copyUp(n, metadataOnly: c.size == nil)
         try atTop(n) { (d: Int32, name: UnsafePointer<CChar>, _: Int) throws(Errno) in
             let follow: Int32 = d == AT_FDCWD ? 0 : Linux.AT_SYMLINK_NOFOLLOW
             if c.uid != nil || c.gid != nil {
@@ -92,6 +95,8 @@ extension Overlay {
             try copyUp(n)
         }
         let fl = (flags & ~(O_CREAT | O_EXCL | O_NOCTTY)) | O_CLOEXEC
+        // A metadata-only copy is read from its data below.
+        if !writing && !n.isDirectory && n.state.withLock({ $0.metacopy && !$0.unlinked }) { return try openData(n, flags: fl) }
         let fd = try atTop(n) { (d: Int32, name: UnsafePointer<CChar>, _: Int) -> Int32 in
             openat(d, name, d == AT_FDCWD ? fl : fl | O_NOFOLLOW)
         }
@@ -211,7 +216,7 @@ extension Overlay {
     }
 
     public func setxattr(_ n: OverlayNode, _ name: String, _ value: UnsafeRawBufferPointer, flags: Int32) throws(Errno) {
-        try copyUp(n)
+        try copyUp(n, metadataOnly: true)
         let stored = storedXattrName(name)
         let r = try xattrPath(n) { p, follow in
             Int(follow ? CStrata.setxattr(p, stored, value.baseAddress, value.count, flags) : lsetxattr(p, stored, value.baseAddress, value.count, flags))
@@ -225,7 +230,7 @@ extension Overlay {
             // Removing what is not there fails without a copy-up, as in the kernel.
             if try xattrPath(n, { p, follow in follow ? CStrata.getxattr(p, stored, nil, 0) : lgetxattr(p, stored, nil, 0) }) < 0 { throw currentErrno() }
         }
-        try copyUp(n)
+        try copyUp(n, metadataOnly: true)
         let r = try xattrPath(n) { p, follow in Int(follow ? CStrata.removexattr(p, stored) : lremovexattr(p, stored)) }
         try check(r)
     }

@@ -250,6 +250,9 @@ extension Overlay {
         var lower: Int?         // top-most lower layer holding it
         var lowerDirs: [Int]    // directories: contributing lower layers
         var redirect: [String]? = nil
+        /// A metadata-only copy (metacopy=on) and the lower layer of its data.
+        var metacopy = false
+        var dataLayer: Int? = nil
         /// Directories: the layers (of those looked at) marked `overlay.opaque=x`.
         var xwhiteouts: [Int] = []
         var checkedMarks: [Int] = []
@@ -325,6 +328,9 @@ extension Overlay {
         /// An entry; a directory may be opaque (nothing below merges) or
         /// marked to hold xattr whiteouts.
         case entry(opaque: Bool, xwhiteouts: Bool)
+        /// A regular file holding metadata only (`overlay.metacopy`): its
+        /// data is further down, at the same path or at `redirect`.
+        case metacopy(redirect: [String]?)
     }
 
     func resolve(_ p: OverlayNode, _ name: FileName) throws(Errno) -> Found {
@@ -359,6 +365,10 @@ extension Overlay {
                     return !last && hasWhiteoutFile(pfd, name) ? .whiteout : .absent
                 }
                 if isWhiteout(st, pfd, name.pointer, marked: true) { return .whiteout }
+                if st.st_mode & Linux.S_IFMT == Linux.S_IFREG && mayBeMetacopy(l)
+                    && hasXattr(pfd, name.pointer, metacopyXattr) {
+                    return .metacopy(redirect: readRedirect(pfd, name.pointer) { lowerPath(p) })
+                }
                 guard st.st_mode & Linux.S_IFMT == Linux.S_IFDIR else { return .entry(opaque: false, xwhiteouts: false) }
                 switch opaqueMark(pfd, name.pointer) {
                 case .opaque: return .entry(opaque: true, xwhiteouts: false)
@@ -367,12 +377,38 @@ extension Overlay {
                 }
             }
             let opaque: Bool, markedX: Bool
+            var metacopy = false
             switch probe {
             case .absent: continue layers
             case .whiteout:                                       // nothing below counts
                 if l == 0 && upper != nil { upperWhiteout = true }
                 break layers
             case .entry(let o, let x): opaque = o; markedX = x
+            case .metacopy(let r):
+                // The kernel refuses to follow one it was not told to trust.
+                if !config.metacopy { throw .notPermitted }
+                opaque = false; markedX = false; metacopy = true
+                if var f = found {
+                    // A middle layer's metadata-only copy: the data is further down still.
+                    if f.metacopy && f.dataLayer == nil {
+                        if f.lower == nil { f.lower = l }
+                        found = f
+                        continue layers
+                    }
+                    break layers
+                }
+                var f = Found(stat: st, inUpper: l == 0 && upper != nil, lower: l == 0 && upper != nil ? nil : l, lowerDirs: [])
+                f.metacopy = true
+                if let r {
+                    // Moved or linked: its data is where the redirect says.
+                    guard let d = redirectedData(r, below: l) else { throw .ioError }
+                    f.redirect = r
+                    f.dataLayer = d
+                    if f.lower == nil { f.lower = d }
+                    return f
+                }
+                found = f
+                continue layers
             }
             let isDir = st.st_mode & Linux.S_IFMT == Linux.S_IFDIR
             if found == nil && isDir && l == 0 && upper != nil && !opaque, let r = try withDirFD(p, 0, { (pfd: Int32) -> [String]? in
@@ -381,6 +417,15 @@ extension Overlay {
                 // A renamed directory: its lower parts are at the redirect.
                 let lowers = redirectedLowers(r)
                 return Found(stat: st, inUpper: true, lower: lowers.first, lowerDirs: lowers, redirect: r)
+            }
+            if var f = found, f.metacopy, f.dataLayer == nil {
+                // A metadata-only copy's data: the first regular file below
+                // that is not one itself (anything else: the data is lost).
+                guard !metacopy, st.st_mode & Linux.S_IFMT == Linux.S_IFREG else { break }
+                f.dataLayer = l
+                if f.lower == nil { f.lower = l }
+                found = f
+                break
             }
             if var f = found {
                 // Below a directory only directories merge; anything else ends it.
@@ -402,7 +447,65 @@ extension Overlay {
             if opaque { break }                                   // opaque directory
         }
         guard let f = found else { throw .noSuchFileOrDirectory }
+        // Metadata whose data is not found: the kernel's EIO.
+        if f.metacopy && f.dataLayer == nil { throw .ioError }
         return f
+    }
+
+    /// Whether a regular file in layer `l` must be asked for the metacopy
+    /// mark: always in the upper layer (where a mount without metacopy=on
+    /// must refuse one, as the kernel does), in lower layers with it on.
+    @inline(__always)
+    func mayBeMetacopy(_ l: Int) -> Bool { config.metacopy || (l == 0 && upper != nil) }
+
+    /// The layer holding a metadata-only copy's data at `path` below layer
+    /// `above`, walked as `redirectedLowers` walks a directory's (the
+    /// kernel's ovl_lookup_layer): the first regular file that is not a
+    /// metadata-only copy itself; nil where a whiteout, a non-directory on
+    /// the way or anything but a regular file at the end stops the search.
+    func redirectedData(_ path: [String], below above: Int) -> Int? {
+        guard let last = path.last else { return nil }
+        for l in max(above + 1, firstLower)..<layers.count {
+            var stop = false
+            let pfd = walkToParent(layers[l].root.raw, Array(path.dropLast()), stop: &stop)
+            if stop { return nil }
+            guard pfd >= 0 else { continue }
+            defer { close(pfd) }
+            var st = stat()
+            if fstatat(pfd, last, &st, Linux.AT_SYMLINK_NOFOLLOW) != 0 {
+                if FileName.with(last, { hasWhiteoutFile(pfd, $0) }) { return nil }
+                continue
+            }
+            if isWhiteout(st, pfd, last, marked: true) || st.st_mode & Linux.S_IFMT != Linux.S_IFREG { return nil }
+            if hasXattr(pfd, last, metacopyXattr) { continue }
+            return l
+        }
+        return nil
+    }
+
+    /// Opens the directory `components` from `root` for a redirect's walk;
+    /// -1 when absent in this layer; `stop` when a whiteout or a
+    /// non-directory on the way ends the search in every layer below.
+    func walkToParent(_ root: Int32, _ components: [String], stop: inout Bool) -> Int32 {
+        var cur = dup(root)
+        for c in components {
+            guard cur >= 0 else { return -1 }
+            var st = stat()
+            if fstatat(cur, c, &st, Linux.AT_SYMLINK_NOFOLLOW) != 0 {
+                stop = FileName.with(c) { hasWhiteoutFile(cur, $0) }
+                close(cur)
+                return -1
+            }
+            if isWhiteout(st, cur, c, marked: true) || st.st_mode & Linux.S_IFMT != Linux.S_IFDIR {
+                stop = true
+                close(cur)
+                return -1
+            }
+            let next = openat(cur, c, Linux.O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            close(cur)
+            cur = next
+        }
+        return cur
     }
 
     /// The inode number to report for an entry at its top location: the
@@ -436,6 +539,7 @@ extension Overlay {
         var out = f.stat
         out.st_ino = ino_t(n.ino)
         if n.isDirectory { mergedNlink(&out, n) }
+        if f.metacopy, let b = dataBlocks(n) { out.st_blocks = b }
         return (n, out)
     }
 
@@ -454,7 +558,7 @@ extension Overlay {
             made = true
             return OverlayNode(id: id, isDirectory: isDir, ino: ino, state: .init(
                 parent: parent, name: key.name.isEmpty ? name.bytesWithNUL : key.name, inUpper: f.inUpper, lower: f.lower,
-                lowerDirs: f.lowerDirs, key: key, redirect: f.redirect))
+                lowerDirs: f.lowerDirs, key: key, redirect: f.redirect, metacopy: f.metacopy, dataLayer: f.dataLayer))
         }
         var n = table.reference(key, make: make)
         // A node found by the inode's number may be one whose removal we

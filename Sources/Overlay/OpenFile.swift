@@ -83,18 +83,20 @@ extension Overlay {
         // the number goes in, and ownership after the choice succeeded.
         let raw = fd.raw
         let (serving, follows) = try n.state.withLock { (s: inout OverlayNode.State) throws(Errno) -> (OpenFile.Serving, Bool) in
-            let c = OpenChoice(inUpper: s.inUpper, isRegular: regular, size: Int64(st.st_size), mode: UInt32(st.st_mode),
+            // A metadata-only copy's data is below: served as a lower file.
+            let dataUp = s.inUpper && !s.metacopy
+            let c = OpenChoice(inUpper: dataUp, isRegular: regular, size: Int64(st.st_size), mode: UInt32(st.st_mode),
                                daemon: s.openFiles.daemon, passthroughLower: s.openFiles.passthroughLower,
                                passthroughUpper: s.openFiles.passthroughUpper)
             let serving = try choose(c)
             switch serving {
             case .daemon:
                 s.openFiles.daemon += 1
-                if !s.inUpper && regular { s.openFiles.following.insert(raw) }
+                if !dataUp && regular { s.openFiles.following.insert(raw) }
             case .passthroughLower: s.openFiles.passthroughLower += 1
             case .passthroughUpper: s.openFiles.passthroughUpper += 1
             }
-            return (serving, serving == .daemon && regular && !s.inUpper)
+            return (serving, serving == .daemon && regular && !dataUp)
         }
         return OpenFile(node: n, fd: fd, writable: writable, serving: serving, followsCopyUp: follows)
     }

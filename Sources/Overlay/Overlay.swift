@@ -37,6 +37,7 @@ public final class Overlay: @unchecked Sendable {
     let originXattr: String
     let whiteoutXattr: String
     let redirectXattr: String
+    let metacopyXattr: String
     public var firstLower: Int { upper == nil ? 0 : 1 }
     /// Per layer, the index of its filesystem among the union's (0 for the
     /// top layer's). With more than one, inode numbers carry it in their top
@@ -130,6 +131,7 @@ public final class Overlay: @unchecked Sendable {
         originXattr = prefix + "strata.origin"
         whiteoutXattr = prefix + "whiteout"
         redirectXattr = prefix + "redirect"
+        metacopyXattr = prefix + "metacopy"
         deviceWhiteouts = geteuid() == 0 && !config.userXattr
 
         // The root: merged across every layer (an opaque root is not a thing).

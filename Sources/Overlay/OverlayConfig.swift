@@ -12,8 +12,18 @@ public struct OverlayConfig: Sendable {
     /// Overlay xattrs in the user. namespace (rootless), as the kernel's `userxattr`.
     public var userXattr = false
     /// Rename merged and lower directories, recording where their lower
-    /// parts are in a redirect xattr (the kernel's redirect_dir=on).
-    public var redirectDir = false
+    /// parts are in a redirect xattr (the kernel's redirect_dir=on). Unset,
+    /// it follows metacopy, as the kernel turns redirects on for it.
+    public var redirectDir: Bool {
+        get { redirectDirOption ?? (metacopy && !userXattr) }
+        set { redirectDirOption = newValue }
+    }
+    /// redirect_dir as given, nil when not given.
+    public var redirectDirOption: Bool?
+    /// Metadata-only copy-up (the kernel's metacopy=on): a change of owner,
+    /// mode, times or xattrs copies the file's metadata up and leaves its
+    /// data in the lower layer until it is opened for writing.
+    public var metacopy = false
     /// No fsync to layers (the kernel's `volatile`).
     public var volatile = false
     /// How long the kernel may cache names and attributes (layers do not

@@ -59,8 +59,14 @@ public final class OverlayNode: TableNode, @unchecked Sendable {
         /// Per layer, whether this directory is marked to hold xattr whiteouts.
         var xwhiteouts: [Int: Bool] = [:]
         /// A renamed directory (redirect_dir=on): where its lower parts are,
-        /// as path components from each lower layer's root.
+        /// as path components from each lower layer's root. For a
+        /// metadata-only copy (metacopy=on) moved or linked: where its data is.
         var redirect: [String]?
+        /// Metadata only (metacopy=on): its data is the regular file at the
+        /// same path (or at `redirect`) in lower layer `dataLayer`, until a
+        /// write copies it up.
+        var metacopy = false
+        var dataLayer: Int?
 
         /// The layer of its top location.
         var topLayer: Int { inUpper ? 0 : lower ?? 0 }

@@ -32,7 +32,13 @@ extension OverlayConfig {
             case "off": redirectDir = false
             default: throw UsageError("option 'redirect_dir=\(v ?? "")' is not supported (use on or off)")
             }
-        case "index", "metacopy", "xino":
+        case "metacopy":
+            switch v {
+            case "on": metacopy = true
+            case "off": metacopy = false
+            default: throw UsageError("option 'metacopy=\(v ?? "")' is not supported (use on or off)")
+            }
+        case "index", "xino":
             // xino: with layers on several filesystems, inode numbers always
             // carry the filesystem's index in their top bits (as xino=on and
             // xino=auto do; FUSE has one st_dev, so off cannot be honoured
@@ -72,6 +78,18 @@ extension OverlayConfig {
     public func validate() throws(UsageError) {
         if lowers.isEmpty {
             throw UsageError("lowerdir is required: -o lowerdir=DIR[:DIR...][,upperdir=DIR,workdir=DIR]")
+        }
+        // The kernel's rules (params.c): metacopy follows redirects, which
+        // it turns on unless told otherwise, and neither is trusted from
+        // user.* xattrs an unprivileged user could forge.
+        if metacopy && userXattr {
+            throw UsageError("conflicting options: userxattr,metacopy=on (metadata-only copy-up is refused with user xattrs, as the kernel refuses it)")
+        }
+        if metacopy && redirectDirOption == false {
+            throw UsageError("conflicting options: metacopy=on,redirect_dir=off (metacopy needs redirect_dir=on, or leave redirect_dir unset)")
+        }
+        if userXattr && redirectDirOption == true {
+            throw UsageError("conflicting options: userxattr,redirect_dir=on (redirects are refused with user xattrs, as the kernel refuses them)")
         }
     }
 }

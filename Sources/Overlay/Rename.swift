@@ -63,21 +63,25 @@ extension Overlay {
 
         let (sn, _) = try lookup(p, name)
         defer { forget(sn.id, count: 1) }
-        try copyUp(sn)
+        try copyUp(sn, metadataOnly: true)
         try copyUp(q)
         var xn: OverlayNode? = nil
         if exchange {
             let (n2, _) = try lookup(q, newName)
             xn = n2
-            try copyUp(n2)
+            try copyUp(n2, metadataOnly: true)
         }
         defer { if let x = xn { forget(x.id, count: 1) } }
         // A directory moved over a directory that has lower parts must hide them.
         // The kernel marks a directory opaque when it moves into a merged
         // directory, so that a lower directory of its new name never merges
         // in; it does so before the rename, which may still fail.
-        let srcRedirect: [String]? = srcDir && isMergedOrLower(src) ? lowerPath(sn) : nil
-        let dstRedirect: [String]? = exchange && dstDir && dst.map(isMergedOrLower) == true ? xn.map(lowerPath) : nil
+        // A metadata-only copy that moves records where its data is, as a
+        // moved directory records its lower parts.
+        func isMetacopy(_ n: OverlayNode?) -> Bool { n.map { !$0.isDirectory && $0.state.withLock { $0.metacopy } } ?? false }
+        let srcRedirect: [String]? = (srcDir && isMergedOrLower(src)) || isMetacopy(sn) ? lowerPath(sn) : nil
+        let dstRedirect: [String]? = (exchange && dstDir && dst.map(isMergedOrLower) == true) || (exchange && isMetacopy(xn))
+            ? xn.map(lowerPath) : nil
         let needOpaque = srcDir && srcRedirect == nil && !q.snapshot.lowerDirs.isEmpty
         let xOpaque = exchange && dstDir && dstRedirect == nil && !p.snapshot.lowerDirs.isEmpty
         let srcBelow = exchange ? false : try existsBelow(p, name)

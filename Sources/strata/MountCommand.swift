@@ -21,7 +21,8 @@ struct MountCommand: ParsableCommand {
         so kernel overlayfs can mount the same layers.
 
         Options: lowerdir, upperdir, workdir, userxattr, volatile, fsync=0, \
-        redirect_dir=on|off, index=off, xino=on|off|auto, metacopy=off, timeout=SECONDS, \
+        redirect_dir=on|off, metacopy=on|off (metadata-only copy-up; turns redirect_dir on), \
+        index=off, xino=on|off|auto, timeout=SECONDS, \
         passthrough=on|off, threads=N, uring=auto|on|off (FUSE over io_uring), uring_depth=N, \
         uring_sched=idle|normal, readdirplus=always|auto, noacl, and the generic rw, ro, dev, nodev, \
         suid, nosuid, exec, noexec, atime, noatime, allow_other, default_permissions. \
@@ -29,7 +30,7 @@ struct MountCommand: ParsableCommand {
         by that id) and static_nlink (directories report one link) as in \
         fuse-overlayfs, and its uidmapping=ON_DISK:SHOWN:COUNT, gidmapping=... and \
         noxattrs=1, xattr_permissions=0. Not supported yet, refused by name: index=on, \
-        metacopy=on, xattr_permissions=1|2.
+        xattr_permissions=1|2.
 
         Also installed as 'strata-overlay' for containers/storage's mount_program \
         (storage.conf: mount_program = "/usr/local/bin/strata-overlay").

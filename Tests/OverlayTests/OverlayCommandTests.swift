@@ -189,6 +189,11 @@ struct OverlayCommandTests {
             ("lowerdir=\(l1),redirect_dir=follow", "redirect_dir"),
             ("lowerdir=\(l1),xattr_permissions=1", "xattr_permissions"),
             ("lowerdir=\(l1),uidmapping=0:1000", "uidmapping"),
+            // The kernel's refusals, in its words.
+            ("lowerdir=\(l1),upperdir=\(u),workdir=\(w),metacopy=on,redirect_dir=off", "conflicting options: metacopy=on,redirect_dir=off"),
+            ("lowerdir=\(l1),upperdir=\(u),workdir=\(w),userxattr,metacopy=on", "conflicting options: userxattr,metacopy=on"),
+            ("lowerdir=\(l1),metacopy=maybe", "metacopy"),
+            ("lowerdir=\(l1),upperdir=\(u),workdir=\(w),index=on", "index"),
         ]
         _ = FileOps(l1).mkdir("sub")
         for (opts, word) in cases {

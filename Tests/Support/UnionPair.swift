@@ -18,8 +18,10 @@ public final class UnionPair: @unchecked Sendable {
 
     /// `build` fills `base/l1`, `base/l2`, ... (l1 top-most) once; each side
     /// gets its own `cp -a` copy of them plus an empty upper and work.
-    /// `redirectDir`: both mounted with redirect_dir=on (directory renames).
-    public init(layers: Int = 3, strataOptions: [String] = [], redirectDir: Bool = false, build: (String) -> Void) throws {
+    /// `redirectDir`: both mounted with redirect_dir=on (directory renames);
+    /// `metacopy`: both with metacopy=on (and so redirect_dir=on).
+    public init(layers: Int = 3, strataOptions: [String] = [], redirectDir: Bool = false, metacopy: Bool = false,
+                build: (String) -> Void) throws {
         dir = TempDir("strata-union")
         let base = dir.sub("base")
         for i in 1...layers { mkdir("\(base)/l\(i)", 0o755) }
@@ -36,29 +38,48 @@ public final class UnionPair: @unchecked Sendable {
         strataMount = "\(dir.path)/s/m"
         kernelUpper = "\(dir.path)/k/u"
         strataUpper = "\(dir.path)/s/u"
-        // The layers were copied as base/*: each side's own paths.
-        let root = dir.path
-        func opts(_ side: String) -> String {
-            "lowerdir=\((1...layers).map { "\(root)/\(side)/l\($0)" }.joined(separator: ":")),upperdir=\(root)/\(side)/u,workdir=\(root)/\(side)/w"
-        }
-        kernelArgs = ["-t", "overlay", "overlay", "-o", opts("k") + ",redirect_dir=\(redirectDir ? "on" : "off"),index=off,xino=off,metacopy=off", kernelMount]
-        var args = ["strata", "mount", "-f", "-o", opts("s") + (redirectDir ? ",redirect_dir=on" : "")]
-        if !strataOptions.isEmpty { args[4] += "," + strataOptions.joined(separator: ",") }
-        args.append(strataMount)
-        strataArgs = args
+        layerCount = layers
+        self.redirectDir = redirectDir || metacopy
+        self.metacopy = metacopy
+        self.strataOptions = strataOptions
         try mount()
     }
 
-    private let kernelArgs: [String]
-    private let strataArgs: [String]
+    private let layerCount: Int
+    private let redirectDir: Bool
+    private let metacopy: Bool
+    private let strataOptions: [String]
 
-    private func mount() throws {
+    /// The layers of one side (k or s): each was copied as base/*.
+    private func layerOptions(_ side: String) -> String {
+        let root = dir.path
+        return "lowerdir=\((1...layerCount).map { "\(root)/\(side)/l\($0)" }.joined(separator: ":")),upperdir=\(root)/\(side)/u,workdir=\(root)/\(side)/w"
+    }
+
+    /// `crossed`: the kernel mounts the layers Strata wrote and Strata the
+    /// kernel's, each at the other's usual mount point's place.
+    private func mount(crossed: Bool = false) throws {
+        let (kSide, sSide) = crossed ? ("s", "k") : ("k", "s")
+        let kernelArgs = ["-t", "overlay", "overlay", "-o", layerOptions(kSide)
+            + ",redirect_dir=\(redirectDir ? "on" : "off"),index=off,xino=off,metacopy=\(metacopy ? "on" : "off")", kernelMount]
+        var strataArgs = ["strata", "mount", "-f", "-o", layerOptions(sSide) + (redirectDir ? ",redirect_dir=on" : "")
+            + (metacopy ? ",metacopy=on" : "")]
+        if !strataOptions.isEmpty { strataArgs[4] += "," + strataOptions.joined(separator: ",") }
+        strataArgs.append(strataMount)
         let k = runProgram("/bin/mount", kernelArgs)
         guard k.status == 0 else { throw SysError(.ioError, "kernel overlay mount: \(k.stderr)", kernelMount) }
         strataPID = try Spawn.start(MountEnvironment.binary, strataArgs)
         guard waitFor(10, { isMountPoint(self.strataMount) }) else {
             throw SysError(.timedOut, "strata mount did not appear", strataMount)
         }
+    }
+
+    /// Both unmounted, then each side's layers mounted by the other: the
+    /// kernel reads what Strata wrote, Strata what the kernel wrote, and the
+    /// two views must still agree. `remount()` puts them back.
+    public func remountCrossed() throws {
+        unmount()
+        try mount(crossed: true)
     }
 
     /// Both unmounted and mounted again over the same layers: what either
@@ -93,7 +114,7 @@ public final class UnionPair: @unchecked Sendable {
     /// Differences between the two upper layers: whiteouts, opaque marks,
     /// copied-up files (the kernel's private origin/impure xattrs aside).
     public func upperDiff() -> [String] {
-        let p = ["trusted.overlay.opaque", "user."]
+        let p = ["trusted.overlay.opaque", "trusted.overlay.metacopy", "user."]
         return TreeSnapshot.diff(TreeSnapshot.take(kernelUpper, times: false, xattrPrefixes: p),
                                  TreeSnapshot.take(strataUpper, times: false, xattrPrefixes: p),
                                  labels: ("kernel upper", "strata upper"))

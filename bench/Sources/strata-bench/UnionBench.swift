@@ -168,6 +168,9 @@ struct UnionSetup {
         case "kernel": command = "mount -t overlay overlay -o \(opts),redirect_dir=off,index=off,xino=off \(m)"
         case "strata": command = "\(strata) mount -o \(opts),uring=off \(m)"
         case "strata-uring": command = "\(strata) mount -o \(opts),uring=on \(m)"
+        case "kernel-metacopy": command = "mount -t overlay overlay -o \(opts),metacopy=on,redirect_dir=on,index=off,xino=off \(m)"
+        case "strata-metacopy": command = "\(strata) mount -o \(opts),metacopy=on,uring=off \(m)"
+        case "strata-uring-metacopy": command = "\(strata) mount -o \(opts),metacopy=on,uring=on \(m)"
         case "baseline", "baseline-uring":
             guard let b = baseline else { throw ValidationError("'\(impl)' needs --baseline PATH") }
             command = "\(b) mount -o \(opts),uring=\(impl == "baseline" ? "off" : "on") \(m)"

@@ -1,0 +1,105 @@
+import CStrata
+import Sys
+import SystemPackage
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Metadata-only copy-up (the kernel's metacopy=on, its copy_up.c and
+/// ovl_lookup): a chown, chmod, utimes, xattr change, link or rename of a
+/// lower regular file copies up its metadata alone, as a sparse file of the
+/// right size marked `overlay.metacopy`; reads go on to the lower file
+/// until the first open for writing copies the data in. The format is the
+/// kernel's, so either mounts what the other wrote.
+extension Overlay {
+    /// Calls `body` with the directory and name of the node's data: the
+    /// lower file for a metadata-only copy, else its top location.
+    func withData<R>(_ n: OverlayNode, _ body: (Int32, UnsafePointer<CChar>) throws(Errno) -> R) throws(Errno) -> R {
+        let s = n.state.withLock { (metacopy: $0.metacopy, layer: $0.dataLayer, redirect: $0.redirect, parent: $0.parent, name: $0.name) }
+        guard s.metacopy, let layer = s.layer else {
+            return try atTop(n) { (d: Int32, name: UnsafePointer<CChar>, _: Int) throws(Errno) -> R in try body(d, name) }
+        }
+        if let r = s.redirect, let last = r.last {
+            // Moved or linked: the data is where the redirect says.
+            let pfd = openPath(layers[layer].root.raw, Array(r.dropLast()))
+            if pfd < 0 { throw .ioError }
+            defer { close(pfd) }
+            return try withCString(last) { (c: UnsafePointer<CChar>) throws(Errno) -> R in try body(pfd, c) }
+        }
+        guard let parent = s.parent else { throw .ioError }
+        return try withDirFD(parent, layer) { (pfd: Int32) throws(Errno) -> R in
+            try withStoredName(s.name) { (c: UnsafePointer<CChar>) throws(Errno) -> R in try body(pfd, c) }
+        }
+    }
+
+    /// Opens the node's data (see `withData`), never following a symlink.
+    func openData(_ n: OverlayNode, flags: Int32) throws(Errno) -> UniqueFD {
+        let fd = try withData(n) { (d: Int32, name: UnsafePointer<CChar>) -> Int32 in
+            openat(d, name, d == AT_FDCWD ? flags | O_CLOEXEC : flags | O_NOFOLLOW | O_CLOEXEC)
+        }
+        return try UniqueFD(opened: fd)
+    }
+
+    /// The data's block count, which a metadata-only copy reports as its
+    /// own (as the kernel's ovl_getattr does: `du` counts the data).
+    func dataBlocks(_ n: OverlayNode) -> blkcnt_t? {
+        var st = stat()
+        let rc = try? withData(n) { (d: Int32, name: UnsafePointer<CChar>) -> Int32 in
+            fstatat(d, name, &st, Linux.AT_SYMLINK_NOFOLLOW)
+        }
+        return rc == 0 ? st.st_blocks : nil
+    }
+
+    /// The data of a metadata-only copy brought up, as the kernel's
+    /// ovl_copy_up_meta_inode_data does it: into the upper file in place,
+    /// then the mark removed. Killed part-way, the mark is still there and
+    /// the data still read from below; the next write copies it again.
+    func copyUpData(_ n: OverlayNode) throws(Errno) {
+        var waited = 0
+        while n.state.withLock({ $0.openFiles.passthroughLower }) > 0 {
+            if waited >= 1000 { throw .textFileBusy }
+            usleep(1000)
+            waited += 1
+        }
+        try n.copyUpLock.withLock { (_: inout Void) throws(Errno) in
+            guard n.state.withLock({ $0.metacopy }) else { return }
+            let input = try openData(n, flags: O_RDONLY)
+            try atTop(n) { (d: Int32, name: UnsafePointer<CChar>, _: Int) throws(Errno) in
+                let output = try UniqueFD(opened: openat(d, name, d == AT_FDCWD ? O_WRONLY | O_CLOEXEC : O_WRONLY | O_NOFOLLOW | O_CLOEXEC))
+                var before = stat(), data = stat()
+                try check(fstat(output.raw, &before))
+                try check(fstat(input.raw, &data))
+                try copyData(from: input.raw, to: output.raw, size: Int64(data.st_size))
+                // The copy is not a change the user made: the times stay.
+                let times = [before.st_atim, before.st_mtim]
+                _ = futimens(output.raw, times)
+                if !config.volatile && fsync(output.raw) != 0 { throw currentErrno() }
+                if fremovexattr(output.raw, metacopyXattr) != 0 && strata_errno() != ENODATA { throw currentErrno() }
+                n.state.withLock { s in
+                    s.metacopy = false
+                    s.dataLayer = nil
+                    // Readers through the daemon move to the copy.
+                    for fd in s.openFiles.following {
+                        let u = openat(d, name, d == AT_FDCWD ? O_RDONLY | O_CLOEXEC : O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+                        if u >= 0 {
+                            dup2(u, fd)
+                            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+                            close(u)
+                        }
+                    }
+                }
+            }
+            copyUps.add(1, ordering: .relaxed)
+        }
+    }
+
+    /// A metadata-only copy that moves or gains a name records where its
+    /// data is, absolute from the lower roots (the kernel's ovl_set_redirect
+    /// on a metacopy file), so that every name finds it.
+    func redirectData(_ n: OverlayNode, _ dfd: Int32, _ name: String) -> [String]? {
+        guard !n.isDirectory, n.state.withLock({ $0.metacopy }) else { return nil }
+        let path = lowerPath(n)
+        setRedirect(dfd, name, path)
+        return path
+    }
+}
