@@ -60,20 +60,25 @@ extension Overlay {
         let metaOnly = metadataOnly && type == Linux.S_IFREG
         var built = false
         defer { if !built { removeTree(work, tmp) } }
+        // Files and directories are finished through a descriptor of the
+        // copy: no path (and no /proc path) is looked up again per call.
+        var ofd: Int32 = -1
+        defer { if ofd >= 0 { close(ofd) } }
         switch type {
         case Linux.S_IFDIR:
             try check(mkdirat(work, tmp, 0o700))
+            ofd = try check(openat(work, tmp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC))
         case Linux.S_IFREG where metaOnly:
             // The kernel's metadata-only copy: the size without the data (a
             // sparse file), marked so that lookups find the data below.
-            let output = try UniqueFD(opened: openat(work, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600))
-            try check(ftruncate(output.raw, off_t(st.st_size)))
-            try check(fsetxattr(output.raw, metacopyXattr, nil, 0, 0))
+            ofd = try check(openat(work, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600))
+            try check(ftruncate(ofd, off_t(st.st_size)))
+            try check(fsetxattr(ofd, metacopyXattr, nil, 0, 0))
         case Linux.S_IFREG:
             // The data of a lower metadata-only copy is further down.
             let input = try openData(n, flags: O_RDONLY)
-            let output = try UniqueFD(opened: openat(work, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600))
-            try copyData(from: input.raw, to: output.raw, size: Int64(st.st_size))
+            ofd = try check(openat(work, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600))
+            try copyData(from: input.raw, to: ofd, size: Int64(st.st_size))
         case Linux.S_IFLNK:
             var buf = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
             let len = try check(readlinkat(src, name, &buf, buf.count - 1))
@@ -82,19 +87,27 @@ extension Overlay {
         default:
             try check(mknodat(work, tmp, st.st_mode, st.st_rdev))
         }
-        if fchownat(work, tmp, st.st_uid, st.st_gid, Linux.AT_SYMLINK_NOFOLLOW) != 0 && geteuid() == 0 { throw currentErrno() }
-        if type != Linux.S_IFLNK && fchmodat(work, tmp, st.st_mode & 0o7777, 0) != 0 { throw currentErrno() }
-        try copyXattrs(from: "/proc/self/fd/\(src)/\(String(cString: name))", to: "/proc/self/fd/\(work)/\(tmp)")
         // Record the origin's inode number so st_ino survives the copy-up.
         let origin = String(n.ino)
-        _ = lsetxattr("/proc/self/fd/\(work)/\(tmp)", originXattr, origin, origin.utf8.count, 0)
         let times = [st.st_atim, st.st_mtim]
-        try check(utimensat(work, tmp, times, Linux.AT_SYMLINK_NOFOLLOW))
+        if ofd >= 0 {
+            if fchown(ofd, st.st_uid, st.st_gid) != 0 && geteuid() == 0 { throw currentErrno() }
+            if fchmod(ofd, st.st_mode & 0o7777) != 0 { throw currentErrno() }
+            try copyXattrs(from: src, name, to: ofd)
+            _ = fsetxattr(ofd, originXattr, origin, origin.utf8.count, 0)
+            try check(futimens(ofd, times))
+        } else {
+            if fchownat(work, tmp, st.st_uid, st.st_gid, Linux.AT_SYMLINK_NOFOLLOW) != 0 && geteuid() == 0 { throw currentErrno() }
+            if type != Linux.S_IFLNK && fchmodat(work, tmp, st.st_mode & 0o7777, 0) != 0 { throw currentErrno() }
+            try copyXattrs(from: "/proc/self/fd/\(src)/\(String(cString: name))", to: "/proc/self/fd/\(work)/\(tmp)")
+            _ = lsetxattr("/proc/self/fd/\(work)/\(tmp)", originXattr, origin, origin.utf8.count, 0)
+            try check(utimensat(work, tmp, times, Linux.AT_SYMLINK_NOFOLLOW))
+        }
         try check(strata_renameat2(work, tmp, dst, name, Linux.RENAME_NOREPLACE))
         built = true
         copyUps.add(1, ordering: .relaxed)
         var ust = stat()
-        fstatat(dst, name, &ust, Linux.AT_SYMLINK_NOFOLLOW)
+        if ofd >= 0 { fstat(ofd, &ust) } else { fstatat(dst, name, &ust, Linux.AT_SYMLINK_NOFOLLOW) }
         let old = n.snapshot.key
         let new = InodeKey(dev: UInt64(ust.st_dev), ino: UInt64(ust.st_ino))
         n.state.withLock { s in
@@ -165,6 +178,32 @@ extension Overlay {
                 done += w
             }
             pos += Int64(n)
+        }
+    }
+
+    /// Copies every xattr of `dir/name` but the overlay's own to the open
+    /// copy `to` (listxattrat and getxattrat: no path through /proc).
+    func copyXattrs(from dir: Int32, _ name: UnsafePointer<CChar>, to fd: Int32) throws(Errno) {
+        try withUnsafeTemporaryAllocation(of: CChar.self, capacity: 65536) { (names: UnsafeMutableBufferPointer<CChar>) throws(Errno) in
+            guard let base = names.baseAddress else { return }
+            let len = strata_llistxattr_at(dir, name, base, names.count)
+            if len <= 0 { return }
+            var value = [UInt8](repeating: 0, count: 65536)
+            var start = 0
+            while start < len {
+                let attr = base + start
+                let l = strlen(attr)
+                start += l + 1
+                let key = String(cString: attr)
+                if isPrivateXattr(key) { continue }
+                let n = strata_lgetxattr_at(dir, name, attr, &value, value.count)
+                if n < 0 { continue }
+                if fsetxattr(fd, attr, value, n, 0) != 0 {
+                    let e = currentErrno()
+                    // security.* may be refused by policy; anything else is real.
+                    if !key.hasPrefix("security.") && e != .notSupported { throw e }
+                }
+            }
         }
     }
 
