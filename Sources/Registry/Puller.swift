@@ -123,19 +123,31 @@ public struct Puller: Sendable {
         if FileManager.default.fileExists(atPath: final) { return (final, try Digest.ofFile(final)) }
         let partial = final + ".partial"
         var st = stat()
-        let have: Int64 = lstat(partial, &st) == 0 ? Int64(st.st_size) : 0
+        var have: Int64 = lstat(partial, &st) == 0 ? Int64(st.st_size) : 0
+        // A pull killed after the last byte and before the rename left it
+        // all: asking for more would be a Range past the end (416).
+        if size > 0 && have > Int64(size) { unlink(partial); have = 0 }
         let state = BlobState()
         if have > 0 { try state.absorb(file: partial, upTo: have) }
         let short = Digest.hex(digest).prefix(12)
         let whole = size > 0 ? " of \(size >> 20) MiB" : ""
-        let from = try await client.download("/v2/\(ref.repository)/blobs/\(digest)", to: partial, offset: have) { chunk in
-            // A line every 32 MiB, so a long download shows it is moving.
-            if let mib = state.add(chunk, reportEvery: 32 << 20) { progress("blob \(short): \(mib) MiB\(whole)") }
+        var from: Int64 = have
+        if !(size > 0 && have == Int64(size)) {
+            from = try await client.download("/v2/\(ref.repository)/blobs/\(digest)", to: partial, offset: have) { chunk in
+                // A line every 32 MiB, so a long download shows it is moving.
+                if let mib = state.add(chunk, reportEvery: 32 << 20) { progress("blob \(short): \(mib) MiB\(whole)") }
+            }
+            if from == 0 && have > 0 { state.reset(); try state.absorb(file: partial, upTo: Int64.max) }
         }
-        if from == 0 && have > 0 { state.reset(); try state.absorb(file: partial, upTo: Int64.max) }
         let (got, total) = state.finish()
         if got != digest {
             unlink(partial)        // never resume from bytes that do not add up
+            if have > 0 {
+                // What was kept did not add up (a resumed file is taken on
+                // trust until the end): once more, from the start.
+                progress("blob \(short): the resumed download did not match its digest; downloading it again")
+                return try await blob(ref, digest, size: size, dir: dir)
+            }
             throw RegistryError(.corrupt, "blob \(digest) of \(ref) does not match its digest (got \(got)); refused")
         }
         if size >= 0, total != Int64(size) {

@@ -201,13 +201,15 @@ public final class RegistryClient: @unchecked Sendable {
                 throw RegistryError(.network, "\(host): \(describe(error)) [\(path)]")
             }
             if resp.status.code == 401 && attempt == 0, let challenge = resp.headers["WWW-Authenticate"].first {
-                _ = try await resp.body.collect(upTo: 1 << 20)
+                _ = try? await resp.body.collect(upTo: 1 << 20)
                 try await answer(challenge)
                 attempt += 1
                 continue
             }
             guard resp.status.code == 200 || resp.status.code == 206 else {
-                var b = try await resp.body.collect(upTo: 1 << 20)
+                // The error's body is only a detail: a connection cut while
+                // it comes still leaves the status to report.
+                var b = (try? await resp.body.collect(upTo: 1 << 20)) ?? ByteBuffer()
                 throw Self.error(Int(resp.status.code), Data(b.readBytes(length: b.readableBytes) ?? []), path)
             }
             let from: Int64 = resp.status.code == 206 ? offset : 0
@@ -259,7 +261,10 @@ public final class RegistryClient: @unchecked Sendable {
         do { resp = try await http.execute(req, timeout: .seconds(60)) } catch {
             throw RegistryError(.network, "token service of \(host): \(describe(error))")
         }
-        var b = try await resp.body.collect(upTo: 1 << 20)
+        var b: ByteBuffer
+        do { b = try await resp.body.collect(upTo: 1 << 20) } catch {
+            throw RegistryError(.network, "token service of \(host): \(describe(error))")
+        }
         let data = Data(b.readBytes(length: b.readableBytes) ?? [])
         guard resp.status.code == 200, let j = try? JSONDecoder().decode(TokenAnswer.self, from: data),
               let token = j.token ?? j.access_token else {
