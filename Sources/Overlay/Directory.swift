@@ -228,7 +228,10 @@ extension Overlay {
             let r = try atTop(n) { (d: Int32, old: UnsafePointer<CChar>, _: Int) -> [String]? in
                 d == AT_FDCWD ? nil : redirectData(n, d, String(cString: old))
             }
-            if let r { n.state.withLock { $0.redirect = r } }
+            if let r {
+                pinLowerPaths(n)
+                n.state.withLock { $0.redirect = r }
+            }
         }
         try atTop(n) { (d: Int32, old: UnsafePointer<CChar>, _: Int) throws(Errno) in
             try withDirFD(p, 0) { (ufd: Int32) throws(Errno) in
@@ -318,7 +321,7 @@ extension Overlay {
         // directory's, unless its lower parts are elsewhere (a redirect:
         // then the name itself may be free below). Probing every layer
         // again is needed only for the upper entries left.
-        var below = !f.inUpper || (f.lower != nil && f.redirect == nil)
+        var below = !f.inUpper || (f.lower != nil && f.redirect == nil && f.lowerPaths.isEmpty)
         if !below { below = try existsBelow(p, name) }
         try withDirFD(p, 0) { (ufd: Int32) throws(Errno) in
             if f.inUpper {

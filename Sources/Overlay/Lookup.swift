@@ -18,9 +18,9 @@ extension Overlay {
         if fd < 0 {
             let s = n.snapshot
             guard let parent = s.parent else { throw .noSuchFileOrDirectory }
-            if let r = s.redirect, !(l == 0 && upper != nil) {
-                // A renamed directory's lower parts stay where they were.
-                fd = openPath(layers[l].root.raw, r)
+            if let path = s.lowerPaths[l] {
+                // Below a redirect: where the directory is in that layer.
+                fd = openPath(layers[l].root.raw, path)
             } else {
                 fd = try withDirFD(parent, l) { (pfd: Int32) throws(Errno) -> Int32 in
                     try withStoredName(s.name) { openat(pfd, $0, Linux.O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
@@ -78,6 +78,14 @@ extension Overlay {
         if let r = s.redirect { return r }
         guard let p = s.parent else { return [] }
         return lowerPath(p) + [String(decoding: s.name.dropLast(), as: UTF8.self)]
+    }
+
+    /// The node's path in lower layer `l`, as lookups found it there.
+    func layerPath(_ n: OverlayNode, _ l: Int) -> [String] {
+        let s = n.state.withLock { (path: $0.lowerPaths[l], parent: $0.parent, name: $0.name) }
+        if let p = s.path { return p }
+        guard let parent = s.parent else { return [] }
+        return layerPath(parent, l) + [String(decoding: s.name.dropLast(), as: UTF8.self)]
     }
 
     /// The redirect recorded on an upper directory, as components from the
@@ -253,6 +261,8 @@ extension Overlay {
         /// A metadata-only copy (metacopy=on) and the lower layer of its data.
         var metacopy = false
         var dataLayer: Int? = nil
+        /// Per lower layer, where it is there when a redirect led elsewhere.
+        var lowerPaths: [Int: [String]] = [:]
         /// Directories: the layers (of those looked at) marked `overlay.opaque=x`.
         var xwhiteouts: [Int] = []
         var checkedMarks: [Int] = []
@@ -261,59 +271,50 @@ extension Overlay {
         var topLayer: Int { inUpper ? 0 : lower ?? 0 }
     }
 
-    /// Below an upper directory with a redirect: the lower layers that hold
-    /// a directory at that path, as the kernel's ovl_lookup_layer finds them.
-    /// Each layer is walked from its root, component by component; a
-    /// whiteout or a non-directory anywhere on the way ends the search (no
-    /// layer below counts), and an opaque directory on the way, or at the
-    /// end, makes its layer the last one searched.
-    func redirectedLowers(_ path: [String]) -> [Int] {
-        guard !path.isEmpty else { return [] }
-        var out: [Int] = []
-        for l in firstLower..<layers.count {
-            switch walkRedirect(layers[l].root.raw, path) {
-            case .absent(let last):
-                if last { return out }
-            case .stop:
-                return out
-            case .directory(let last):
-                out.append(l)
-                if last { return out }
+    /// Where a redirect leads in the lower layers from layer `from` down:
+    /// each layer holding the entry and the path it has there. Walked as the
+    /// kernel's ovl_lookup_layer walks it: from each layer's root, component
+    /// by component; a whiteout or a non-directory on the way ends the
+    /// search (no layer below counts), an opaque directory on the way or at
+    /// the end makes its layer the last. A redirect met in a lower layer (an
+    /// upper that became a lower one) is followed for the layers below it,
+    /// as the kernel follows one anywhere. For a directory every layer that
+    /// merges is returned; for a metadata-only copy's data (`file`), the
+    /// first regular file that is not one itself, or nothing.
+    func redirectedLowers(_ start: [String], from: Int, file: Bool = false) -> [(layer: Int, path: [String])] {
+        var path = start
+        var out: [(layer: Int, path: [String])] = []
+        guard !path.isEmpty else { return out }
+        for l in max(from, firstLower)..<layers.count {
+            var stop = false, opaqueOnTheWay = false
+            let pfd = walkToParent(layers[l].root.raw, Array(path.dropLast()), stop: &stop, opaque: &opaqueOnTheWay)
+            if stop { return file ? [] : out }
+            guard pfd >= 0 else {
+                if opaqueOnTheWay { return file ? [] : out }
+                continue
             }
-        }
-        return out
-    }
-
-    enum RedirectWalk {
-        /// Not in this layer; `last`: an opaque directory on the way.
-        case absent(last: Bool)
-        /// A whiteout or a non-directory: no layer below counts.
-        case stop
-        /// A directory; `last`: it, or one on the way, is opaque.
-        case directory(last: Bool)
-    }
-
-    /// One layer's part of `redirectedLowers`, never following a symlink.
-    func walkRedirect(_ root: Int32, _ path: [String]) -> RedirectWalk {
-        var cur = dup(root)
-        guard cur >= 0 else { return .absent(last: false) }
-        defer { close(cur) }
-        var opaqueOnTheWay = false
-        for (i, c) in path.enumerated() {
+            defer { close(pfd) }
+            let last = path[path.count - 1]
             var st = stat()
-            if fstatat(cur, c, &st, Linux.AT_SYMLINK_NOFOLLOW) != 0 {
-                let hidden = FileName.with(c) { hasWhiteoutFile(cur, $0) }
-                return hidden ? .stop : .absent(last: opaqueOnTheWay)
+            if fstatat(pfd, last, &st, Linux.AT_SYMLINK_NOFOLLOW) != 0 {
+                if opaqueOnTheWay || FileName.with(last, { hasWhiteoutFile(pfd, $0) }) { return file ? [] : out }
+                continue
             }
-            if isWhiteout(st, cur, c, marked: true) || st.st_mode & Linux.S_IFMT != Linux.S_IFDIR { return .stop }
-            if isOpaque(cur, c) { opaqueOnTheWay = true }
-            if i == path.count - 1 { return .directory(last: opaqueOnTheWay) }
-            let next = openat(cur, c, Linux.O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-            guard next >= 0 else { return .absent(last: opaqueOnTheWay) }
-            close(cur)
-            cur = next
+            if isWhiteout(st, pfd, last, marked: true) { return file ? [] : out }
+            let type = st.st_mode & Linux.S_IFMT
+            if file {
+                guard type == Linux.S_IFREG else { return [] }
+                guard hasXattr(pfd, last, metacopyXattr) else { return [(l, path)] }
+            } else {
+                guard type == Linux.S_IFDIR else { return out }
+                out.append((l, path))
+                if opaqueOnTheWay || isOpaque(pfd, last) { return out }
+            }
+            if file && opaqueOnTheWay { return [] }
+            // A redirect here leads the layers below elsewhere.
+            if let r = readRedirect(pfd, last, parentPath: { Array(path.dropLast()) }) { path = r }
         }
-        return .absent(last: opaqueOnTheWay)
+        return file ? [] : out
     }
 
     /// Resolves `name` in directory `p` across layers. ENOENT when absent or
@@ -360,6 +361,7 @@ extension Overlay {
             // directory made through the union searches its upper alone).
             let last = i == lowerDirs.count - 1
             var st = stat()
+            var lowerRedirect: [String]? = nil
             let probe = try withDirFD(p, l) { (pfd: Int32) -> LayerProbe in
                 if fstatat(pfd, name.pointer, &st, Linux.AT_SYMLINK_NOFOLLOW) != 0 {
                     return !last && hasWhiteoutFile(pfd, name) ? .whiteout : .absent
@@ -367,10 +369,16 @@ extension Overlay {
                 if isWhiteout(st, pfd, name.pointer, marked: true) { return .whiteout }
                 if st.st_mode & Linux.S_IFMT == Linux.S_IFREG && mayBeMetacopy(l)
                     && hasXattr(pfd, name.pointer, metacopyXattr) {
-                    return .metacopy(redirect: readRedirect(pfd, name.pointer) { lowerPath(p) })
+                    return .metacopy(redirect: readRedirect(pfd, name.pointer) { l == 0 && upper != nil ? lowerPath(p) : layerPath(p, l) })
                 }
                 guard st.st_mode & Linux.S_IFMT == Linux.S_IFDIR else { return .entry(opaque: false, xwhiteouts: false) }
-                switch opaqueMark(pfd, name.pointer) {
+                let mark = opaqueMark(pfd, name.pointer)
+                // A lower directory that was moved in an upper since made
+                // a lower layer: the layers below continue at its redirect.
+                if mark != .opaque && !(l == 0 && upper != nil) {
+                    lowerRedirect = readRedirect(pfd, name.pointer) { layerPath(p, l) }
+                }
+                switch mark {
                 case .opaque: return .entry(opaque: true, xwhiteouts: false)
                 case .xwhiteouts: return .entry(opaque: false, xwhiteouts: true)
                 case .none: return .entry(opaque: false, xwhiteouts: false)
@@ -388,23 +396,25 @@ extension Overlay {
                 // The kernel refuses to follow one it was not told to trust.
                 if !config.metacopy { throw .notPermitted }
                 opaque = false; markedX = false; metacopy = true
-                if var f = found {
+                var f: Found
+                if let known = found {
                     // A middle layer's metadata-only copy: the data is further down still.
-                    if f.metacopy && f.dataLayer == nil {
-                        if f.lower == nil { f.lower = l }
-                        found = f
-                        continue layers
-                    }
-                    break layers
+                    guard known.metacopy && known.dataLayer == nil else { break layers }
+                    f = known
+                    if f.lower == nil { f.lower = l }
+                } else {
+                    f = Found(stat: st, inUpper: l == 0 && upper != nil, lower: l == 0 && upper != nil ? nil : l, lowerDirs: [])
+                    f.metacopy = true
+                    // Only the upper's own redirect is the node's (what a
+                    // later move records); one met below only leads there.
+                    if l == 0 && upper != nil { f.redirect = r }
                 }
-                var f = Found(stat: st, inUpper: l == 0 && upper != nil, lower: l == 0 && upper != nil ? nil : l, lowerDirs: [])
-                f.metacopy = true
                 if let r {
                     // Moved or linked: its data is where the redirect says.
-                    guard let d = redirectedData(r, below: l) else { throw .ioError }
-                    f.redirect = r
-                    f.dataLayer = d
-                    if f.lower == nil { f.lower = d }
+                    guard let d = redirectedLowers(r, from: l + 1, file: true).first else { throw .ioError }
+                    f.dataLayer = d.layer
+                    f.lowerPaths[d.layer] = d.path
+                    if f.lower == nil { f.lower = d.layer }
                     return f
                 }
                 found = f
@@ -415,8 +425,10 @@ extension Overlay {
                 readRedirect(pfd, name.pointer) { lowerPath(p) }
             }) {
                 // A renamed directory: its lower parts are at the redirect.
-                let lowers = redirectedLowers(r)
-                return Found(stat: st, inUpper: true, lower: lowers.first, lowerDirs: lowers, redirect: r)
+                let lowers = redirectedLowers(r, from: firstLower)
+                var f = Found(stat: st, inUpper: true, lower: lowers.first?.layer, lowerDirs: lowers.map(\.layer), redirect: r)
+                for x in lowers { f.lowerPaths[x.layer] = x.path }
+                return f
             }
             if var f = found, f.metacopy, f.dataLayer == nil {
                 // A metadata-only copy's data: the first regular file below
@@ -445,6 +457,15 @@ extension Overlay {
                 if !isDir { break }
             }
             if opaque { break }                                   // opaque directory
+            if let r = lowerRedirect, var f = found {
+                // The layers below continue where this layer's redirect says.
+                for x in redirectedLowers(r, from: l + 1) {
+                    f.lowerDirs.append(x.layer)
+                    f.lowerPaths[x.layer] = x.path
+                }
+                found = f
+                break
+            }
         }
         guard let f = found else { throw .noSuchFileOrDirectory }
         // Metadata whose data is not found: the kernel's EIO.
@@ -458,35 +479,10 @@ extension Overlay {
     @inline(__always)
     func mayBeMetacopy(_ l: Int) -> Bool { config.metacopy || (l == 0 && upper != nil) }
 
-    /// The layer holding a metadata-only copy's data at `path` below layer
-    /// `above`, walked as `redirectedLowers` walks a directory's (the
-    /// kernel's ovl_lookup_layer): the first regular file that is not a
-    /// metadata-only copy itself; nil where a whiteout, a non-directory on
-    /// the way or anything but a regular file at the end stops the search.
-    func redirectedData(_ path: [String], below above: Int) -> Int? {
-        guard let last = path.last else { return nil }
-        for l in max(above + 1, firstLower)..<layers.count {
-            var stop = false
-            let pfd = walkToParent(layers[l].root.raw, Array(path.dropLast()), stop: &stop)
-            if stop { return nil }
-            guard pfd >= 0 else { continue }
-            defer { close(pfd) }
-            var st = stat()
-            if fstatat(pfd, last, &st, Linux.AT_SYMLINK_NOFOLLOW) != 0 {
-                if FileName.with(last, { hasWhiteoutFile(pfd, $0) }) { return nil }
-                continue
-            }
-            if isWhiteout(st, pfd, last, marked: true) || st.st_mode & Linux.S_IFMT != Linux.S_IFREG { return nil }
-            if hasXattr(pfd, last, metacopyXattr) { continue }
-            return l
-        }
-        return nil
-    }
-
     /// Opens the directory `components` from `root` for a redirect's walk;
     /// -1 when absent in this layer; `stop` when a whiteout or a
     /// non-directory on the way ends the search in every layer below.
-    func walkToParent(_ root: Int32, _ components: [String], stop: inout Bool) -> Int32 {
+    func walkToParent(_ root: Int32, _ components: [String], stop: inout Bool, opaque: inout Bool) -> Int32 {
         var cur = dup(root)
         for c in components {
             guard cur >= 0 else { return -1 }
@@ -501,6 +497,8 @@ extension Overlay {
                 close(cur)
                 return -1
             }
+            // An opaque directory on the way: this layer is the last.
+            if isOpaque(cur, c) { opaque = true }
             let next = openat(cur, c, Linux.O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
             close(cur)
             cur = next
@@ -556,9 +554,11 @@ extension Overlay {
         var made = false
         func make(_ id: UInt64) -> OverlayNode {
             made = true
-            return OverlayNode(id: id, isDirectory: isDir, ino: ino, state: .init(
+            var state = OverlayNode.State(
                 parent: parent, name: key.name.isEmpty ? name.bytesWithNUL : key.name, inUpper: f.inUpper, lower: f.lower,
-                lowerDirs: f.lowerDirs, key: key, redirect: f.redirect, metacopy: f.metacopy, dataLayer: f.dataLayer))
+                lowerDirs: f.lowerDirs, key: key, redirect: f.redirect, metacopy: f.metacopy, dataLayer: f.dataLayer)
+            state.lowerPaths = f.lowerPaths
+            return OverlayNode(id: id, isDirectory: isDir, ino: ino, state: state)
         }
         var n = table.reference(key, make: make)
         // A node found by the inode's number may be one whose removal we
@@ -584,8 +584,11 @@ extension Overlay {
         }
         if isDir && recorded {
             n.state.withLock { st in
-                if st.redirect != f.redirect { st.fds = [:]; st.handles = [:]; st.lowerNames = [:]; st.listings.removeAll() }
+                if st.redirect != f.redirect || st.lowerPaths != f.lowerPaths {
+                    st.fds = [:]; st.handles = [:]; st.lowerNames = [:]; st.listings.removeAll()
+                }
                 st.lowerDirs = f.lowerDirs; st.inUpper = f.inUpper; st.lower = f.lower; st.redirect = f.redirect
+                st.lowerPaths = f.lowerPaths
                 // The marks read while resolving: listings need not read them again.
                 for l in f.checkedMarks { st.xwhiteouts[l] = f.xwhiteouts.contains(l) }
             }

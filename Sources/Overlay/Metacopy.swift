@@ -15,11 +15,12 @@ extension Overlay {
     /// Calls `body` with the directory and name of the node's data: the
     /// lower file for a metadata-only copy, else its top location.
     func withData<R>(_ n: OverlayNode, _ body: (Int32, UnsafePointer<CChar>) throws(Errno) -> R) throws(Errno) -> R {
-        let s = n.state.withLock { (metacopy: $0.metacopy, layer: $0.dataLayer, redirect: $0.redirect, parent: $0.parent, name: $0.name) }
+        let s = n.state.withLock { st in (metacopy: st.metacopy, layer: st.dataLayer, parent: st.parent, name: st.name,
+                                          path: st.dataLayer.flatMap { st.lowerPaths[$0] }) }
         guard s.metacopy, let layer = s.layer else {
             return try atTop(n) { (d: Int32, name: UnsafePointer<CChar>, _: Int) throws(Errno) -> R in try body(d, name) }
         }
-        if let r = s.redirect, let last = r.last {
+        if let r = s.path, let last = r.last {
             // Moved or linked: the data is where the redirect says.
             let pfd = openPath(layers[layer].root.raw, Array(r.dropLast()))
             if pfd < 0 { throw .ioError }
@@ -101,5 +102,16 @@ extension Overlay {
         let path = lowerPath(n)
         setRedirect(dfd, name, path)
         return path
+    }
+
+    /// Before a node moves: where its lower parts (a directory's layers, a
+    /// metadata-only copy's data) are, so that they stay found after.
+    func pinLowerPaths(_ n: OverlayNode) {
+        let (layers, known) = n.state.withLock { s -> ([Int], [Int: [String]]) in
+            (n.isDirectory ? s.lowerDirs : (s.metacopy ? s.dataLayer.map { [$0] } ?? [] : []), s.lowerPaths)
+        }
+        var paths = known
+        for l in layers where paths[l] == nil { paths[l] = layerPath(n, l) }
+        n.state.withLock { $0.lowerPaths = paths }
     }
 }

@@ -67,6 +67,11 @@ public final class OverlayNode: TableNode, @unchecked Sendable {
         /// write copies it up.
         var metacopy = false
         var dataLayer: Int?
+        /// Per lower layer, its path there when that is not the parent's
+        /// path there and its name: below a redirect (its own, one met in a
+        /// lower layer, or an ancestor's), for a directory's parts and a
+        /// metadata-only copy's data.
+        var lowerPaths: [Int: [String]] = [:]
 
         /// The layer of its top location.
         var topLayer: Int { inUpper ? 0 : lower ?? 0 }

@@ -85,6 +85,9 @@ extension Overlay {
         let needOpaque = srcDir && srcRedirect == nil && !q.snapshot.lowerDirs.isEmpty
         let xOpaque = exchange && dstDir && dstRedirect == nil && !p.snapshot.lowerDirs.isEmpty
         let srcBelow = exchange ? false : try existsBelow(p, name)
+        // Where their lower parts are, fixed before the names change.
+        if srcRedirect != nil { pinLowerPaths(sn) }
+        if dstRedirect != nil, let x = xn { pinLowerPaths(x) }
         try withDirFD(p, 0) { (sfd: Int32) throws(Errno) in
             try withDirFD(q, 0) { (dfd: Int32) throws(Errno) in
                 var replaced: Int32 = -1

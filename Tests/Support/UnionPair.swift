@@ -38,14 +38,15 @@ public final class UnionPair: @unchecked Sendable {
         strataMount = "\(dir.path)/s/m"
         kernelUpper = "\(dir.path)/k/u"
         strataUpper = "\(dir.path)/s/u"
-        layerCount = layers
+        lowerNames = (1...layers).map { "l\($0)" }
         self.redirectDir = redirectDir || metacopy
         self.metacopy = metacopy
         self.strataOptions = strataOptions
         try mount()
     }
 
-    private let layerCount: Int
+    /// The lower layers' directory names in each side, top first.
+    private var lowerNames: [String]
     private let redirectDir: Bool
     private let metacopy: Bool
     private let strataOptions: [String]
@@ -53,7 +54,7 @@ public final class UnionPair: @unchecked Sendable {
     /// The layers of one side (k or s): each was copied as base/*.
     private func layerOptions(_ side: String) -> String {
         let root = dir.path
-        return "lowerdir=\((1...layerCount).map { "\(root)/\(side)/l\($0)" }.joined(separator: ":")),upperdir=\(root)/\(side)/u,workdir=\(root)/\(side)/w"
+        return "lowerdir=\(lowerNames.map { "\(root)/\(side)/\($0)" }.joined(separator: ":")),upperdir=\(root)/\(side)/u,workdir=\(root)/\(side)/w"
     }
 
     /// `crossed`: the kernel mounts the layers Strata wrote and Strata the
@@ -72,6 +73,25 @@ public final class UnionPair: @unchecked Sendable {
         guard waitFor(10, { isMountPoint(self.strataMount) }) else {
             throw SysError(.timedOut, "strata mount did not appear", strataMount)
         }
+    }
+
+    /// Both unmounted; each side's upper becomes its top lower layer under
+    /// a fresh upper and work, and both are mounted again (as
+    /// unionmount-testsuite's --ov=N does, and as an image's layers are a
+    /// container's uppers committed): redirects, whiteouts and metadata-only
+    /// copies are then read from a middle layer.
+    public func rotate() throws {
+        unmount()
+        let name = "r\(lowerNames.count + 1)"
+        for side in ["k", "s"] {
+            let p = "\(dir.path)/\(side)"
+            guard rename("\(p)/u", "\(p)/\(name)") == 0 else { throw SysError(.ioError, "rotate", p) }
+            _ = runProgram("/bin/rm", ["-rf", "\(p)/w"])
+            mkdir("\(p)/u", 0o755)
+            mkdir("\(p)/w", 0o755)
+        }
+        lowerNames.insert(name, at: 0)
+        try mount()
     }
 
     /// Both unmounted, then each side's layers mounted by the other: the
