@@ -92,6 +92,15 @@ public enum CrashCases {
             CrashCase("hard-link a lower file", build: build,
                       partial: [{ _ = $0.write("b/linked", "", flags: O_WRONLY | O_APPEND) }]) { _ = $0.link("b/linked", "a/another-link") },
             CrashCase("set an xattr on a lower file", build: build) { _ = $0.setxattr("a/low", "user.note", "set") },
+            // metacopy=on: the metadata goes up alone, then a write brings
+            // the data in place (the mark removed last); a move records
+            // where the data is.
+            CrashCase("metadata-only copy-up, then its data", options: ["metacopy=on"], build: build, steps: [
+                { _ = $0.lchown("a/big", 1000, 1000) }, { append($0, "a/big") },
+            ]),
+            CrashCase("move a metadata-only copy", options: ["metacopy=on"], build: build, steps: [
+                { _ = $0.chmod("a/low", 0o600) }, { _ = $0.rename("a/low", "b/moved") },
+            ]),
         ]
     }
 }

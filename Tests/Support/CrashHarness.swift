@@ -91,9 +91,11 @@ public final class CrashHarness: @unchecked Sendable {
 
     func kernelOptions(_ c: CrashCase, _ base: String, _ u: String, _ w: String) -> String {
         // The kernel's defaults that Strata does not share are set to Strata's.
-        let redirect = c.options.contains("redirect_dir=on") ? "redirect_dir=on" : "redirect_dir=off"
-        let rest = c.options.filter { !$0.hasPrefix("redirect_dir") }
-        return (["lowerdir=\(base)/l1:\(base)/l2", "upperdir=\(u)", "workdir=\(w)", redirect, "index=off", "metacopy=off", "xino=off"] + rest)
+        let metacopy = c.options.contains("metacopy=on")
+        let redirect = c.options.contains("redirect_dir=on") || metacopy ? "redirect_dir=on" : "redirect_dir=off"
+        let rest = c.options.filter { !$0.hasPrefix("redirect_dir") && !$0.hasPrefix("metacopy") }
+        return (["lowerdir=\(base)/l1:\(base)/l2", "upperdir=\(u)", "workdir=\(w)", redirect, "index=off",
+                 metacopy ? "metacopy=on" : "metacopy=off", "xino=off"] + rest)
             .joined(separator: ",")
     }
 

@@ -23,6 +23,8 @@ struct BuildBench: ParsableCommand {
     @Option(help: "Tools to build with: podman, buildah, or both.") var tool = "both"
     @Option(help: "fuse-overlayfs binary.") var fuseOverlayfs = "/usr/bin/fuse-overlayfs"
     @Option(help: "The strata binary (default: next to this program).") var strata: String?
+    @Flag(help: "Mount the kernel's overlayfs and Strata with metacopy=on (storage.conf's overlay.mountopt); fuse-overlayfs has no metacopy and runs as before.")
+    var metacopy = false
 
     /// Each RUN wraps its command with a clock: `STEP-TIME <ms>`.
     static func run(_ command: String) -> String {
@@ -75,11 +77,12 @@ struct BuildBench: ParsableCommand {
         // is on for the run and put back after.
         let uringSwitch = try UringSwitch.turnOn()
         defer { uringSwitch.restore() }
+        let meta = metacopy ? ["--storage-opt", "overlay.mountopt=nodev,metacopy=on"] : []
         let impls: [(String, [String])] = [
-            ("kernel", []),
+            ("kernel", meta),
             ("fuse-overlayfs", ["--storage-opt", "overlay.mount_program=\(fuseOverlayfs)"]),
-            ("strata", ["--storage-opt", "overlay.mount_program=\(program)"]),
-            ("strata-uring", ["--storage-opt", "overlay.mount_program=\(program)"]),
+            ("strata", ["--storage-opt", "overlay.mount_program=\(program)"] + meta),
+            ("strata-uring", ["--storage-opt", "overlay.mount_program=\(program)"] + meta),
         ]
         func env(_ impl: String) -> [String: String] { ["STRATA_URING": impl == "strata-uring" ? "on" : "off"] }
         func storageArgs(_ impl: (String, [String])) -> [String] {
@@ -116,7 +119,7 @@ struct BuildBench: ParsableCommand {
             }
         }
 
-        print("strata-bench build: \(rounds) rounds, medians; storage on \(storage); rootfs \(rootfs)")
+        print("strata-bench build: \(rounds) rounds, medians; storage on \(storage); rootfs \(rootfs)\(metacopy ? "; kernel and Strata with metacopy=on" : "")")
         print("| tool | Dockerfile | kernel | fuse-overlayfs | strata | strata-uring | strata / kernel | strata / fuse-overlayfs | strata-uring / kernel | strata-uring / fuse-overlayfs |")
         print("|---|---|---|---|---|---|---|---|---|---|")
         func med(_ key: String, _ f: (Result) -> Double) -> Double { median((results[key] ?? []).map(f)) }

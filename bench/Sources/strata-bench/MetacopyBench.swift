@@ -15,18 +15,14 @@ struct MetacopyBench: ParsableCommand {
         abstract: "chmod and chown of lower files: kernel and Strata with metacopy=on, Strata without."
     )
 
-    @Option(help: "Entries in the tree (split over 3 layers).") var entries = 16_000
-    @Option(help: "Rounds; medians are reported.") var rounds = 3
-    @Option(help: "Where to put the data (disk-backed).") var dir = "/var/tmp"
-    @Option(help: "The strata binary (default: next to this program).") var strata: String?
+    @OptionGroup var layers: LayerBenchOptions
     @Option(help: "Comma-separated implementations: kernel-metacopy, strata-metacopy, strata-uring-metacopy, strata, strata-uring, kernel.")
     var impls = "kernel-metacopy,strata-uring-metacopy,strata-uring"
 
     func run() throws {
-        guard geteuid() == 0 else { throw ValidationError("run as root") }
-        let bin = strata ?? (URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path + "/strata")
-        let root = try makeTemp(dir)
+        let (bin, root) = try layers.prepare()
         defer { _ = try? Spawn.run("/bin/rm", ["rm", "-rf", "--one-file-system", root]) }
+        let (entries, rounds) = (layers.entries, layers.rounds)
         let names = impls.split(separator: ",").map(String.init)
         let uringSwitch = names.contains(where: { $0.contains("-uring") }) ? try UringSwitch.turnOn() : nil
         defer { uringSwitch?.restore() }

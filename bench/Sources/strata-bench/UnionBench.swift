@@ -15,11 +15,8 @@ struct UnionBench: ParsableCommand {
         abstract: "Strata's union mount against kernel overlayfs and fuse-overlayfs."
     )
 
-    @Option(help: "Entries in the tree (split over 3 layers).") var entries = 16_000
+    @OptionGroup var layers: LayerBenchOptions
     @Option(help: "Size of the big file in MiB.") var sizeMib = 1024
-    @Option(help: "Rounds; medians are reported.") var rounds = 3
-    @Option(help: "Where to put the data (disk-backed).") var dir = "/var/tmp"
-    @Option(help: "The strata binary (default: next to this program).") var strata: String?
     @Option(help: "Comma-separated implementations: kernel, strata (/dev/fuse), strata-uring (FUSE over io_uring), fuse-overlayfs, passthrough_hp-uring (libfuse's example server on io_uring over a flattened copy: no union work; needs --passthrough-hp).")
     var impls = "kernel,strata,strata-uring,fuse-overlayfs"
     @Option(help: "A strata binary built from another commit, run as implementations 'baseline' and 'baseline-uring': before and after a change in one run, paired by round.")
@@ -28,10 +25,9 @@ struct UnionBench: ParsableCommand {
     @Flag(help: "Skip the 128-layer lookup workload.") var noLayers = false
 
     func run() throws {
-        guard geteuid() == 0 else { throw ValidationError("run as root") }
-        let bin = strata ?? (URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path + "/strata")
-        let root = try makeTemp(dir)
+        let (bin, root) = try layers.prepare()
         defer { _ = try? Spawn.run("/bin/rm", ["rm", "-rf", "--one-file-system", root]) }
+        let (entries, rounds, dir) = (layers.entries, layers.rounds, layers.dir)
         let names = impls.split(separator: ",").map(String.init)
         if names.contains("passthrough_hp-uring") && passthroughHp == nil {
             throw ValidationError("passthrough_hp-uring needs --passthrough-hp PATH (libfuse 3.18's example, built with io_uring)")
@@ -367,4 +363,19 @@ func walk(_ dir: String) {
     }
     closedir(d)
     for s in subdirs { walk("\(dir)/\(s)") }
+}
+
+/// What the benchmarks on the union benchmark's layers share.
+struct LayerBenchOptions: ParsableArguments {
+    @Option(help: "Entries in the tree (split over 3 layers).") var entries = 16_000
+    @Option(help: "Rounds; medians are reported.") var rounds = 3
+    @Option(help: "Where to put the data (disk-backed).") var dir = "/var/tmp"
+    @Option(help: "The strata binary (default: next to this program).") var strata: String?
+
+    /// Checks for root; the strata binary and a fresh data directory.
+    func prepare() throws -> (binary: String, root: String) {
+        guard geteuid() == 0 else { throw ValidationError("run as root") }
+        let bin = strata ?? (URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path + "/strata")
+        return (bin, try makeTemp(dir))
+    }
 }
