@@ -30,7 +30,8 @@ struct MetacopyBench: ParsableCommand {
         progress("building \(entries) entries in 3 layers under \(root)")
         let files = setup.buildLayers(entries: entries, bigMiB: 64)
         let chmodSet = Array(files.small.prefix(500))
-        let order = ["chmod of 500 lower files", "chown of every file (\(files.all.count))", "upper layer after the chown (MiB)"]
+        let order = ["chmod of 500 lower files", "chown of every file (\(files.all.count))"]
+        var sizes: [String: [Double]] = [:]
         var results: [String: Workload] = [:]
         for o in order { results[o] = Workload(name: o, bytes: nil) }
         for round in 0..<rounds {
@@ -48,12 +49,12 @@ struct MetacopyBench: ParsableCommand {
                 // The upper is the mount's u- sibling (see UnionSetup.mount).
                 let upper = m.replacingOccurrences(of: "/m-", with: "/u-")
                 sync()
-                results[order[2]]?.seconds[impl, default: []].append(Double(diskUsage(upper)) / 1_048_576)
+                sizes[impl, default: []].append(Double(diskUsage(upper)) / 1_048_576)
             }
         }
         print("strata-bench metacopy: \(files.all.count) files in 3 lower layers (\(entries) entries, a 64 MiB file); \(rounds) rounds; medians; ratio = value / \(names[0])'s, paired by round")
-        print("(the last row is a size in MiB, reported in the time columns)")
         print(report(order.compactMap { results[$0] }, impls: names, base: names[0]))
+        print("| upper layer after the chown (du) | " + names.map { String(format: "%.1f MiB", median(sizes[$0] ?? [])) }.joined(separator: " | ") + " |")
     }
 
     /// Bytes allocated under `path` (du), not following symlinks.
