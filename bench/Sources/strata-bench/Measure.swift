@@ -60,3 +60,13 @@ func report(_ workloads: [Workload], impls: [String], base: String) -> String {
     return out
 }
 func progress(_ s: String) { printError("strata-bench: \(s)") }
+
+/// Rounds over every implementation, the order rotated each round, so that
+/// the machine's drift (a noisy neighbour, ext4 after a large deletion)
+/// falls on each alike.
+func rotatedRounds(_ rounds: Int, _ names: [String], _ body: (String) throws -> Void) rethrows {
+    for round in 0..<rounds {
+        progress("round \(round + 1)/\(rounds)")
+        for k in 0..<names.count { try body(names[(k + round) % names.count]) }
+    }
+}

@@ -34,23 +34,19 @@ struct MetacopyBench: ParsableCommand {
         var sizes: [String: [Double]] = [:]
         var results: [String: Workload] = [:]
         for o in order { results[o] = Workload(name: o, bytes: nil) }
-        for round in 0..<rounds {
-            progress("round \(round + 1)/\(rounds)")
-            for k in 0..<names.count {
-                let impl = names[(k + round) % names.count]
-                let m = try setup.mount(impl)
-                defer { setup.unmount(m) }
-                results[order[0]]?.seconds[impl, default: []].append(time {
-                    for f in chmodSet { _ = chmod("\(m)/\(f)", 0o640) }
-                })
-                results[order[1]]?.seconds[impl, default: []].append(time {
-                    for f in files.all { _ = lchown("\(m)/\(f)", 1000, 1000) }
-                })
-                // The upper is the mount's u- sibling (see UnionSetup.mount).
-                let upper = m.replacingOccurrences(of: "/m-", with: "/u-")
-                sync()
-                sizes[impl, default: []].append(Double(diskUsage(upper)) / 1_048_576)
-            }
+        try rotatedRounds(rounds, names) { impl in
+            let m = try setup.mount(impl)
+            defer { setup.unmount(m) }
+            results[order[0]]?.seconds[impl, default: []].append(time {
+                for f in chmodSet { _ = chmod("\(m)/\(f)", 0o640) }
+            })
+            results[order[1]]?.seconds[impl, default: []].append(time {
+                for f in files.all { _ = lchown("\(m)/\(f)", 1000, 1000) }
+            })
+            // The upper is the mount's u- sibling (see UnionSetup.mount).
+            let upper = m.replacingOccurrences(of: "/m-", with: "/u-")
+            sync()
+            sizes[impl, default: []].append(Double(diskUsage(upper)) / 1_048_576)
         }
         print("strata-bench metacopy: \(files.all.count) files in 3 lower layers (\(entries) entries, a 64 MiB file); \(rounds) rounds; medians; ratio = value / \(names[0])'s, paired by round")
         print(report(order.compactMap { results[$0] }, impls: names, base: names[0]))

@@ -52,38 +52,34 @@ struct UnionBench: ParsableCommand {
                      "first listing + stat of the 10,000-entry merged dir, fresh mount"]
         for o in order { results[o] = Workload(name: o, bytes: nil) }
         func record(_ w: String, _ impl: String, _ t: Double) { results[w]?.seconds[impl, default: []].append(t) }
-        for round in 0..<rounds {
-            progress("round \(round + 1)/\(rounds)")
-            for k in 0..<names.count {
-                let impl = names[(k + round) % names.count]
-                let m = try setup.mount(impl)
-                defer { setup.unmount(m) }
-                // Cold: the first walk of a fresh mount.
-                record(order[1], impl, time { walk(m) })
-                record(order[0], impl, median((0..<3).map { _ in time { walk(m) } }))
-                _ = listDir("\(m)/wide")
-                record(order[2], impl, median((0..<3).map { _ in time { _ = listDir("\(m)/wide") } }))
-                record(order[3], impl, median((0..<3).map { _ in time { statDir("\(m)/wide") } }))
-                readAll(m, files.small)
-                record(order[4], impl, median((0..<3).map { _ in time { readAll(m, files.small) } }))
-                _ = readFile("\(m)/big")
-                record(order[8], impl, median((0..<3).map { _ in time { _ = readFile("\(m)/big") } }))
-                record(order[10], impl, time { randomDirect("\(m)/big", count: 4000, mib: sizeMib) })
-                record(order[5], impl, time { createMany("\(m)/created", 10_000) })
-                record(order[6], impl, time { _ = try? Spawn.run("/bin/rm", ["rm", "-rf", "\(m)/tree"]) })
-                record(order[7], impl, time { appendByte("\(m)/big") })
-                sync()
-                record(order[9], impl, time { writeFile("\(m)/written", mib: sizeMib); fsyncPath("\(m)/written") })
-                if impl != "passthrough_hp-uring" {
-                    record(order[11], impl, median(try (0..<10).map { _ in try setup.mountUnmountTime(impl) }))
-                }
-                let fresh = try setup.mount(impl)
-                defer { setup.unmount(fresh) }
-                record(order[12], impl, time { walkWithCapability(fresh) })
-                let fresh2 = try setup.mount(impl)
-                defer { setup.unmount(fresh2) }
-                record(order[13], impl, time { statDir("\(fresh2)/wide") })
+        try rotatedRounds(rounds, names) { impl in
+            let m = try setup.mount(impl)
+            defer { setup.unmount(m) }
+            // Cold: the first walk of a fresh mount.
+            record(order[1], impl, time { walk(m) })
+            record(order[0], impl, median((0..<3).map { _ in time { walk(m) } }))
+            _ = listDir("\(m)/wide")
+            record(order[2], impl, median((0..<3).map { _ in time { _ = listDir("\(m)/wide") } }))
+            record(order[3], impl, median((0..<3).map { _ in time { statDir("\(m)/wide") } }))
+            readAll(m, files.small)
+            record(order[4], impl, median((0..<3).map { _ in time { readAll(m, files.small) } }))
+            _ = readFile("\(m)/big")
+            record(order[8], impl, median((0..<3).map { _ in time { _ = readFile("\(m)/big") } }))
+            record(order[10], impl, time { randomDirect("\(m)/big", count: 4000, mib: sizeMib) })
+            record(order[5], impl, time { createMany("\(m)/created", 10_000) })
+            record(order[6], impl, time { _ = try? Spawn.run("/bin/rm", ["rm", "-rf", "\(m)/tree"]) })
+            record(order[7], impl, time { appendByte("\(m)/big") })
+            sync()
+            record(order[9], impl, time { writeFile("\(m)/written", mib: sizeMib); fsyncPath("\(m)/written") })
+            if impl != "passthrough_hp-uring" {
+                record(order[11], impl, median(try (0..<10).map { _ in try setup.mountUnmountTime(impl) }))
             }
+            let fresh = try setup.mount(impl)
+            defer { setup.unmount(fresh) }
+            record(order[12], impl, time { walkWithCapability(fresh) })
+            let fresh2 = try setup.mount(impl)
+            defer { setup.unmount(fresh2) }
+            record(order[13], impl, time { statDir("\(fresh2)/wide") })
         }
         var growth: String = ""
         if !noLayers {
