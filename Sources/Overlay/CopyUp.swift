@@ -42,7 +42,7 @@ extension Overlay {
         }
     }
 
-    private func waitForLowerPassthrough(_ n: OverlayNode) throws(Errno) {
+    func waitForLowerPassthrough(_ n: OverlayNode) throws(Errno) {
         var waited = 0
         while n.state.withLock({ $0.openFiles.passthroughLower }) > 0 {
             if waited >= 1000 { throw .textFileBusy }
@@ -121,16 +121,23 @@ extension Overlay {
             }
             s.metacopy = false
             s.dataLayer = nil
-            for fd in s.openFiles.following {
-                let u = openat(dst, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
-                if u >= 0 {
-                    dup2(u, fd)
-                    _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
-                    close(u)
-                }
-            }
+            moveFollowers(&s, to: dst, name)
         }
         table.rekey(n, from: old, to: new)
+    }
+
+    /// Points the descriptors of readers served by the daemon at the upper
+    /// copy `dir/name` (dup2), as the kernel switches its real file after a
+    /// copy-up; called under the node's lock, once the data is there.
+    func moveFollowers(_ s: inout OverlayNode.State, to dir: Int32, _ name: UnsafePointer<CChar>) {
+        for fd in s.openFiles.following {
+            let u = openat(dir, name, dir == AT_FDCWD ? O_RDONLY | O_CLOEXEC : O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+            if u >= 0 {
+                dup2(u, fd)
+                _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+                close(u)
+            }
+        }
     }
 
     /// Data: a reflink where the filesystem shares extents, else the data

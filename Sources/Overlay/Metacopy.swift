@@ -56,12 +56,7 @@ extension Overlay {
     /// then the mark removed. Killed part-way, the mark is still there and
     /// the data still read from below; the next write copies it again.
     func copyUpData(_ n: OverlayNode) throws(Errno) {
-        var waited = 0
-        while n.state.withLock({ $0.openFiles.passthroughLower }) > 0 {
-            if waited >= 1000 { throw .textFileBusy }
-            usleep(1000)
-            waited += 1
-        }
+        try waitForLowerPassthrough(n)
         try n.copyUpLock.withLock { (_: inout Void) throws(Errno) in
             guard n.state.withLock({ $0.metacopy }) else { return }
             let input = try openData(n, flags: O_RDONLY)
@@ -80,14 +75,7 @@ extension Overlay {
                     s.metacopy = false
                     s.dataLayer = nil
                     // Readers through the daemon move to the copy.
-                    for fd in s.openFiles.following {
-                        let u = openat(d, name, d == AT_FDCWD ? O_RDONLY | O_CLOEXEC : O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
-                        if u >= 0 {
-                            dup2(u, fd)
-                            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
-                            close(u)
-                        }
-                    }
+                    moveFollowers(&s, to: d, name)
                 }
             }
             copyUps.add(1, ordering: .relaxed)
