@@ -59,6 +59,31 @@ int strata_fd_to_handle(int fd, unsigned char *buf, unsigned *len, int *type) {
     return 0;
 }
 
+int strata_name_to_handle(int dir, const char *name, unsigned char *buf, unsigned *len, int *type) {
+    struct { struct file_handle fh; unsigned char bytes[MAX_HANDLE_SZ]; } h;
+    int mount_id;
+    h.fh.handle_bytes = MAX_HANDLE_SZ;
+    if (name_to_handle_at(dir, name, &h.fh, &mount_id, 0) != 0) return -1;
+    if (h.fh.handle_bytes > *len) { errno = EOVERFLOW; return -1; }
+    memcpy(buf, h.fh.f_handle, h.fh.handle_bytes);
+    *len = h.fh.handle_bytes;
+    *type = h.fh.handle_type;
+    return 0;
+}
+
+/* Linux 6.7's FS_IOC_GETFSUUID; Debian 12's headers predate it. */
+struct strata_fsuuid2 { unsigned char len; unsigned char uuid[16]; };
+#define STRATA_FS_IOC_GETFSUUID _IOR(0x15, 0, struct strata_fsuuid2)
+
+int strata_fs_uuid(int fd, unsigned char out[16]) {
+    struct strata_fsuuid2 u;
+    memset(&u, 0, sizeof u);
+    memset(out, 0, 16);
+    if (ioctl(fd, STRATA_FS_IOC_GETFSUUID, &u) != 0) return -1;
+    memcpy(out, u.uuid, u.len > 16 ? 16 : u.len);
+    return 0;
+}
+
 int strata_open_by_handle(int mount_fd, const unsigned char *buf, unsigned len, int type, int flags) {
     struct { struct file_handle fh; unsigned char bytes[MAX_HANDLE_SZ]; } h;
     if (len > MAX_HANDLE_SZ) { errno = EINVAL; return -1; }
@@ -153,6 +178,25 @@ ssize_t strata_lgetxattr_at(int dirfd, const char *name, const char *attr, void 
     int n = snprintf(path, sizeof path, "/proc/self/fd/%d/%s", dirfd, name);
     if (n < 0 || (size_t)n >= sizeof path) { errno = ENAMETOOLONG; return -1; }
     return lgetxattr(path, attr, value, size);
+}
+
+/* setxattrat(2), Linux 6.13, as strata_lgetxattr_at. */
+#ifndef __NR_setxattrat
+#define __NR_setxattrat 463
+#endif
+static int strata_no_setxattrat;
+
+int strata_lsetxattr_at(int dirfd, const char *name, const char *attr, const void *value, size_t size, int flags) {
+    if (!strata_no_setxattrat) {
+        struct strata_xattr_args a = { (uint64_t)(uintptr_t)value, (uint32_t)size, (uint32_t)flags };
+        long r = syscall(__NR_setxattrat, dirfd, name, AT_SYMLINK_NOFOLLOW, attr, &a, sizeof a);
+        if (r >= 0 || errno != ENOSYS) return (int)r;
+        strata_no_setxattrat = 1;
+    }
+    char path[64 + 256];
+    int n = snprintf(path, sizeof path, "/proc/self/fd/%d/%s", dirfd, name);
+    if (n < 0 || (size_t)n >= sizeof path) { errno = ENAMETOOLONG; return -1; }
+    return lsetxattr(path, attr, value, size, flags);
 }
 
 /* listxattrat(2), Linux 6.13, as strata_lgetxattr_at: the names of

@@ -15,12 +15,16 @@ extension Overlay {
     /// then stays below. Without it, or for a write, the data comes too.
     public func copyUp(_ n: OverlayNode, metadataOnly: Bool = false) throws(Errno) {
         guard upper != nil, let work else { throw .readOnlyFileSystem }
-        let (inUpper, metacopy) = n.state.withLock { ($0.inUpper, $0.metacopy) }
+        let (inUpper, metacopy, indexed, lowerNlink) = n.state.withLock { ($0.inUpper, $0.metacopy, $0.indexName != nil, $0.lowerNlink) }
         if inUpper {
             if metacopy && !metadataOnly { try copyUpData(n) }
             return
         }
-        let metaOnly = metadataOnly && config.metacopy && !n.isDirectory
+        // An indexed inode is up already, in the index; a lower hard link
+        // goes there (whole: a metadata-only index entry is not made).
+        if indexed { return }
+        let indexing = index != nil && !n.isDirectory && lowerNlink > 1
+        let metaOnly = metadataOnly && config.metacopy && !n.isDirectory && !indexing
         // The kernel serves those opens from the lower file directly and
         // cannot be moved to another; refuse rather than split the file. The
         // kernel sends RELEASE after close() returns, so give a just-closed
@@ -29,13 +33,18 @@ extension Overlay {
         if !metaOnly { try waitForLowerPassthrough(n) }
         try n.copyUpLock.withLock { (_: inout Void) throws(Errno) in
             let s = n.snapshot
-            if s.inUpper { return }
+            if s.inUpper || s.indexName != nil { return }
             guard let parent = s.parent else { return }
             try copyUp(parent)
             try withDirFD(parent, s.topLayer) { (src: Int32) throws(Errno) in
                 try withDirFD(parent, 0) { (dst: Int32) throws(Errno) in
                     try withStoredName(s.name) { (name: UnsafePointer<CChar>) throws(Errno) in
-                        try copyObject(n, from: src, to: dst, name: name, work: work.raw, metadataOnly: metaOnly)
+                        var into: [UInt8]? = nil
+                        if indexing, let index {
+                            guard let fh = Self.handle(src, name, uuid: index.uuids[s.topLayer], upper: false) else { throw .notSupported }
+                            into = fh
+                        }
+                        try copyObject(n, from: src, to: dst, name: name, work: work.raw, metadataOnly: metaOnly, indexing: into)
                     }
                 }
             }
@@ -51,8 +60,10 @@ extension Overlay {
         }
     }
 
+    /// `indexing`: the lower file's overlay handle; the copy is then built
+    /// as its index entry and `dst/name` linked to it (index=on).
     private func copyObject(_ n: OverlayNode, from src: Int32, to dst: Int32, name: UnsafePointer<CChar>, work: Int32,
-                            metadataOnly: Bool) throws(Errno) {
+                            metadataOnly: Bool, indexing: [UInt8]? = nil) throws(Errno) {
         var st = stat()
         try check(fstatat(src, name, &st, Linux.AT_SYMLINK_NOFOLLOW))
         let tmp = "#strata-\(n.id)-\(UInt32.random(in: 0...UInt32.max))"
@@ -103,7 +114,12 @@ extension Overlay {
             _ = lsetxattr("/proc/self/fd/\(work)/\(tmp)", originXattr, origin, origin.utf8.count, 0)
             try check(utimensat(work, tmp, times, Linux.AT_SYMLINK_NOFOLLOW))
         }
-        try check(strata_renameat2(work, tmp, dst, name, Linux.RENAME_NOREPLACE))
+        if let fh = indexing, let index {
+            try placeInIndex(index, fh, st, tmp: tmp, ofd: ofd, work: work, dst: dst, name: name)
+            n.state.withLock { $0.indexName = Self.indexName(fh) }
+        } else {
+            try check(strata_renameat2(work, tmp, dst, name, Linux.RENAME_NOREPLACE))
+        }
         built = true
         copyUps.add(1, ordering: .relaxed)
         var ust = stat()
@@ -124,6 +140,27 @@ extension Overlay {
             moveFollowers(&s, to: dst, name)
         }
         table.rekey(n, from: old, to: new)
+    }
+
+    /// The kernel's indexed copy-up: the copy, marked with its origin and a
+    /// link count relative to the lower file's ("L+0", true whatever links
+    /// the copy has), becomes the index entry, then the upper name is
+    /// linked to it and the count recorded relative to the copy's own.
+    private func placeInIndex(_ index: UnionIndex, _ fh: [UInt8], _ st: stat, tmp: String, ofd: Int32, work: Int32,
+                              dst: Int32, name: UnsafePointer<CChar>) throws(Errno) {
+        try withStoredName(Self.indexName(fh)) { (hex: UnsafePointer<CChar>) throws(Errno) in
+            let l0 = "L+0"
+            try check(strata_lsetxattr_at(work, tmp, kernelOriginXattr, fh, fh.count, 0))
+            try check(strata_lsetxattr_at(work, tmp, nlinkXattr, l0, l0.utf8.count, 0))
+            if !config.volatile && ofd >= 0 { _ = fsync(ofd) }
+            try check(strata_renameat2(work, tmp, index.dir.raw, hex, Linux.RENAME_NOREPLACE))
+            if linkat(index.dir.raw, hex, dst, name, 0) != 0 {
+                let e = currentErrno()
+                unlinkat(index.dir.raw, hex, 0)
+                throw e
+            }
+            writeNlink(index.dir.raw, hex, nlink: Int(st.st_nlink), upperNlink: 2)
+        }
     }
 
     /// Points the descriptors of readers served by the daemon at the upper

@@ -245,12 +245,7 @@ extension Overlay {
     /// Marks the live node behind a name as gone, keeping a way to reach it
     /// for open descriptors.
     func noteRemoved(_ f: Found, _ p: OverlayNode, _ pfd: Int32, _ name: FileName) {
-        var key = InodeKey(dev: UInt64(f.stat.st_dev), ino: UInt64(f.stat.st_ino))
-        if !f.inUpper && f.stat.st_mode & Linux.S_IFMT != Linux.S_IFDIR {
-            key.parent = p.id
-            key.name = name.bytesWithNUL
-        }
-        guard let n = table.find(key) else { return }
+        guard let n = table.find(nodeKey(f, p, name)) else { return }
         if n.removeName(p, name) {
             if n.state.withLock({ $0.openFiles.all }) > 0 {
                 let o = openat(pfd, name.pointer, Linux.O_PATH | O_NOFOLLOW | O_CLOEXEC)
@@ -277,9 +272,12 @@ extension Overlay {
 
     public func unlink(_ p: OverlayNode, _ name: FileName) throws(Errno) {
         if isReadOnly { throw .readOnlyFileSystem }
-        let f = try resolve(p, name)
+        var f = try resolve(p, name)
         if f.stat.st_mode & Linux.S_IFMT == Linux.S_IFDIR { throw .isDirectory }
+        f = try indexBeforeChange(p, name, f)
+        let change = beginNlinkChange(f)
         try remove(p, name, f, dir: false)
+        endNlinkChange(change, by: -1)
     }
 
     public func rmdir(_ p: OverlayNode, _ name: FileName) throws(Errno) {

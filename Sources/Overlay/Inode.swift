@@ -21,6 +21,7 @@ extension Overlay {
         st.st_ino = ino_t(n.ino)
         if n.isDirectory { mergedNlink(&st, n) }
         if !n.isDirectory && n.state.withLock({ $0.metacopy }), let b = dataBlocks(n) { st.st_blocks = b }
+        if !n.isDirectory && index != nil { indexedNlink(n, &st) }
         return st
     }
 

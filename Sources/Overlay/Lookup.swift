@@ -105,8 +105,14 @@ extension Overlay {
 
     /// Calls `body(parentFD, name, layer)` at the node's top location.
     func atTop<R>(_ n: OverlayNode, _ body: (Int32, UnsafePointer<CChar>, Int) throws(Errno) -> R) throws(Errno) -> R {
-        let s = n.state.withLock { (parent: $0.parent, name: $0.name, unlinked: $0.unlinked, orphan: $0.orphan, layer: $0.topLayer) }
+        let s = n.state.withLock { (parent: $0.parent, name: $0.name, unlinked: $0.unlinked, orphan: $0.orphan, layer: $0.topLayer,
+                                    indexName: $0.indexName) }
         let layer = s.layer
+        if !s.unlinked, let hex = s.indexName, let index {
+            // An indexed inode: its index entry is one of its links whatever
+            // names it has in the upper layer now.
+            return try withStoredName(hex) { (c: UnsafePointer<CChar>) throws(Errno) -> R in try body(index.dir.raw, c, 0) }
+        }
         guard let parent = s.parent else {
             // The root: its own descriptor, named through /proc.
             return try withDirFD(n, layer) { (fd: Int32) throws(Errno) -> R in
@@ -266,6 +272,14 @@ extension Overlay {
         /// Directories: the layers (of those looked at) marked `overlay.opaque=x`.
         var xwhiteouts: [Int] = []
         var checkedMarks: [Int] = []
+        /// index=on: the inode is indexed, under this entry name (hex,
+        /// NUL-terminated) in `workdir/index`; `stat` is then that inode's,
+        /// with the origin's inode number and the union's link count.
+        var indexName: [UInt8]? = nil
+        /// The real inode of an indexed lower name: the table's key.
+        var indexKey: InodeKey? = nil
+        /// A lower non-directory's link count in its layer (index=on).
+        var lowerNlink: UInt64 = 0
         /// The layer of its top location (a name outside the upper layer is
         /// in a lower one).
         var topLayer: Int { inUpper ? 0 : lower ?? 0 }
@@ -467,9 +481,10 @@ extension Overlay {
                 break
             }
         }
-        guard let f = found else { throw .noSuchFileOrDirectory }
+        guard var f = found else { throw .noSuchFileOrDirectory }
         // Metadata whose data is not found: the kernel's EIO.
         if f.metacopy && f.dataLayer == nil { throw .ioError }
+        if index != nil && f.stat.st_mode & Linux.S_IFMT != Linux.S_IFDIR { try findIndexed(p, name, &f) }
         return f
     }
 
@@ -541,16 +556,26 @@ extension Overlay {
         return (n, out)
     }
 
-    /// Takes a reference on the node for a resolved name, making it if new.
-    func register(_ parent: OverlayNode, _ name: FileName, _ f: Found, ino: UInt64) -> OverlayNode {
-        let isDir = f.stat.st_mode & Linux.S_IFMT == Linux.S_IFDIR
+    /// The node table's key for a resolved name. A lower file's key holds
+    /// its name (each name its own inode, as in the kernel without
+    /// index=on), except a lower hard link with index=on, which is one inode
+    /// under all its names, as in the kernel with it.
+    func nodeKey(_ f: Found, _ parent: OverlayNode, _ name: FileName) -> InodeKey {
+        if let k = f.indexKey { return k }
         var key = InodeKey(dev: UInt64(f.stat.st_dev), ino: UInt64(f.stat.st_ino))
-        // A lower file's key holds its name; that one copy then serves a
-        // new node too (arrays share their storage until written).
-        if !isDir && !f.inUpper {
+        // That one copy of the name then serves a new node too (arrays
+        // share their storage until written).
+        if f.stat.st_mode & Linux.S_IFMT != Linux.S_IFDIR && !f.inUpper && !(index != nil && f.lowerNlink > 1) {
             key.parent = parent.id
             key.name = name.bytesWithNUL
         }
+        return key
+    }
+
+    /// Takes a reference on the node for a resolved name, making it if new.
+    func register(_ parent: OverlayNode, _ name: FileName, _ f: Found, ino: UInt64) -> OverlayNode {
+        let isDir = f.stat.st_mode & Linux.S_IFMT == Linux.S_IFDIR
+        let key = nodeKey(f, parent, name)
         var made = false
         func make(_ id: UInt64) -> OverlayNode {
             made = true
@@ -558,6 +583,8 @@ extension Overlay {
                 parent: parent, name: key.name.isEmpty ? name.bytesWithNUL : key.name, inUpper: f.inUpper, lower: f.lower,
                 lowerDirs: f.lowerDirs, key: key, redirect: f.redirect, metacopy: f.metacopy, dataLayer: f.dataLayer)
             state.lowerPaths = f.lowerPaths
+            state.indexName = f.indexName
+            state.lowerNlink = f.lowerNlink
             return OverlayNode(id: id, isDirectory: isDir, ino: ino, state: state)
         }
         var n = table.reference(key, make: make)
@@ -582,6 +609,7 @@ extension Overlay {
             guard let now = try? resolve(parent, name) else { return false }
             return now.stat.st_dev == f.stat.st_dev && now.stat.st_ino == f.stat.st_ino
         }
+        if let h = f.indexName, !made { n.state.withLock { $0.indexName = h } }
         if isDir && recorded {
             n.state.withLock { st in
                 if st.redirect != f.redirect || st.lowerPaths != f.lowerPaths {

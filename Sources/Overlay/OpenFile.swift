@@ -84,7 +84,7 @@ extension Overlay {
         let raw = fd.raw
         let (serving, follows) = try n.state.withLock { (s: inout OverlayNode.State) throws(Errno) -> (OpenFile.Serving, Bool) in
             // A metadata-only copy's data is below: served as a lower file.
-            let dataUp = s.inUpper && !s.metacopy
+            let dataUp = (s.inUpper || s.indexName != nil) && !s.metacopy
             let c = OpenChoice(inUpper: dataUp, isRegular: regular, size: Int64(st.st_size), mode: UInt32(st.st_mode),
                                daemon: s.openFiles.daemon, passthroughLower: s.openFiles.passthroughLower,
                                passthroughUpper: s.openFiles.passthroughUpper)

@@ -38,6 +38,9 @@ public final class Overlay: @unchecked Sendable {
     let whiteoutXattr: String
     let redirectXattr: String
     let metacopyXattr: String
+    /// `workdir/index` with index=on (nil without, or where the kernel
+    /// would fall back to index=off).
+    let index: UnionIndex?
     public var firstLower: Int { upper == nil ? 0 : 1 }
     /// Per layer, the index of its filesystem among the union's (0 for the
     /// top layer's). With more than one, inode numbers carry it in their top
@@ -88,6 +91,7 @@ public final class Overlay: @unchecked Sendable {
             realPaths.append(("lowerdir", r))
         }
         var workFD: OwnedFD? = nil, lockFD: OwnedFD? = nil
+        var indexOpt: UnionIndex? = nil
         if let w = config.work, let upperLayer = ls.first {
             let r = try real(w, "workdir")
             func inside(_ a: String, _ b: String) -> Bool { a == b || a.hasPrefix(b + "/") }
@@ -115,7 +119,14 @@ public final class Overlay: @unchecked Sendable {
             let wk = openat(wfd, "work", Linux.O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
             if wk < 0 { throw OverlaySetupError.last("workdir \(r)/work") }
             workFD = OwnedFD(wk)
+            if config.index, ls.count > 1 {
+                indexOpt = try Self.openIndex(layers: ls, upper: upperLayer, workdir: wfd, workdirPath: r, prefix: config.xattrPrefix) {
+                    let line = "strata: \($0)\n"
+                    _ = line.withCString { write(2, $0, strlen($0)) }
+                }
+            }
         }
+        index = indexOpt
         layers = ls
         var devs: [UInt64] = []
         fsIndex = ls.map { l in

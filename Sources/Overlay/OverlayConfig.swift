@@ -24,6 +24,9 @@ public struct OverlayConfig: Sendable {
     /// mode, times or xattrs copies the file's metadata up and leaves its
     /// data in the lower layer until it is opened for writing.
     public var metacopy = false
+    /// The kernel's inodes index (index=on): lower hard links stay linked
+    /// across copy-up (see `UnionIndex`).
+    public var index = false
     /// No fsync to layers (the kernel's `volatile`).
     public var volatile = false
     /// How long the kernel may cache names and attributes (layers do not

@@ -72,9 +72,14 @@ public final class OverlayNode: TableNode, @unchecked Sendable {
         /// lower layer, or an ancestor's), for a directory's parts and a
         /// metadata-only copy's data.
         var lowerPaths: [Int: [String]] = [:]
+        /// index=on: an indexed inode's entry in `workdir/index` (hex,
+        /// NUL-terminated), its top location from then on.
+        var indexName: [UInt8]?
+        /// A lower non-directory's link count in its layer (index=on).
+        var lowerNlink: UInt64 = 0
 
         /// The layer of its top location.
-        var topLayer: Int { inUpper ? 0 : lower ?? 0 }
+        var topLayer: Int { inUpper || indexName != nil ? 0 : lower ?? 0 }
 
         func isPrimary(_ p: OverlayNode, _ n: FileName) -> Bool {
             parent === p && name.count == n.count + 1 && n.equals(prefixOf: name)

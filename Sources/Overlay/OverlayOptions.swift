@@ -38,14 +38,24 @@ extension OverlayConfig {
             case "off": metacopy = false
             default: throw UsageError("option 'metacopy=\(v ?? "")' is not supported (use on or off)")
             }
-        case "index", "xino":
+        case "index":
+            switch v {
+            case "on": index = true
+            case "off": index = false
+            default: throw UsageError("option 'index=\(v ?? "")' is not supported (use on or off)")
+            }
+        case "nfs_export", "verity":
+            // Off is the kernel's default and ours; the features themselves are not built.
+            guard v == "off" else {
+                throw UsageError("option '\(k)=\(v ?? "")' is not supported yet (use \(k)=off)")
+            }
+        case "xino":
             // xino: with layers on several filesystems, inode numbers always
             // carry the filesystem's index in their top bits (as xino=on and
             // xino=auto do; FUSE has one st_dev, so off cannot be honoured
             // differently and behaves the same).
-            let allowed = k == "xino" ? ["off", "auto", "on"] : ["off"]
-            guard let v, allowed.contains(v) else {
-                throw UsageError("option '\(k)=\(v ?? "")' is not supported yet (use \(k)=off)")
+            guard let v, ["off", "auto", "on"].contains(v) else {
+                throw UsageError("option 'xino=\(v ?? "")' is not supported (use off, auto or on)")
             }
         case "squash_to_root":
             squashUID = 0
@@ -84,6 +94,9 @@ extension OverlayConfig {
         // user.* xattrs an unprivileged user could forge.
         if metacopy && userXattr {
             throw UsageError("conflicting options: userxattr,metacopy=on (metadata-only copy-up is refused with user xattrs, as the kernel refuses it)")
+        }
+        if index && userXattr {
+            throw UsageError("conflicting options: userxattr,index=on (the index is refused with user xattrs, as the kernel refuses it)")
         }
         if metacopy && redirectDirOption == false {
             throw UsageError("conflicting options: metacopy=on,redirect_dir=off (metacopy needs redirect_dir=on, or leave redirect_dir unset)")

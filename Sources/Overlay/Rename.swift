@@ -30,7 +30,7 @@ extension Overlay {
         if flags & ~known != 0 || flags & Linux.RENAME_WHITEOUT != 0 { throw .invalidArgument }
         let exchange = flags & Linux.RENAME_EXCHANGE != 0
         if exchange && flags & Linux.RENAME_NOREPLACE != 0 { throw .invalidArgument }
-        let src = try resolve(p, name)
+        var src = try resolve(p, name)
         var dst: Found? = nil
         do throws(Errno) { dst = try resolve(q, newName) } catch .noSuchFileOrDirectory {}
         if flags & Linux.RENAME_NOREPLACE != 0 && dst != nil { throw .fileExists }
@@ -65,11 +65,21 @@ extension Overlay {
         defer { forget(sn.id, count: 1) }
         try copyUp(sn, metadataOnly: true)
         try copyUp(q)
+        // index=on: a name of an indexed inode moves as an upper link of it
+        // (the kernel's ovl_link_up); an indexed inode that loses a name
+        // to the rename counts one link less.
+        if index != nil && !srcDir { src = try linkUpName(p, name, try resolve(p, name)) }
+        var dstChange: NlinkChange? = nil
+        if index != nil && !exchange && !dstDir, let d = dst {
+            dst = try indexBeforeChange(q, newName, d)
+            dstChange = dst.flatMap(beginNlinkChange)
+        }
         var xn: OverlayNode? = nil
         if exchange {
             let (n2, _) = try lookup(q, newName)
             xn = n2
             try copyUp(n2, metadataOnly: true)
+            if index != nil && !dstDir { dst = try linkUpName(q, newName, try resolve(q, newName)) }
         }
         defer { if let x = xn { forget(x.id, count: 1) } }
         // A directory moved over a directory that has lower parts must hide them.
@@ -123,6 +133,10 @@ extension Overlay {
                 }
                 if srcBelow && !deviceWhiteouts { try makeWhiteout(sfd, name) }
             }
+        }
+        if let c = dstChange {
+            endNlinkChange(c, by: -1)
+            if let d = dst, !d.inUpper { table.find(nodeKey(d, q, newName))?.removeName(q, newName) }
         }
         sn.removeName(p, name)
         sn.addName(q, newName)

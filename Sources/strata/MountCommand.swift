@@ -22,15 +22,15 @@ struct MountCommand: ParsableCommand {
 
         Options: lowerdir, upperdir, workdir, userxattr, volatile, fsync=0, \
         redirect_dir=on|off, metacopy=on|off (metadata-only copy-up; turns redirect_dir on), \
-        index=off, xino=on|off|auto, timeout=SECONDS, \
+        index=on|off (lower hard links stay linked across copy-up), xino=on|off|auto, timeout=SECONDS, \
         passthrough=on|off, threads=N, uring=auto|on|off (FUSE over io_uring), uring_depth=N, \
         uring_sched=idle|normal, readdirplus=always|auto, noacl, and the generic rw, ro, dev, nodev, \
         suid, nosuid, exec, noexec, atime, noatime, allow_other, default_permissions. \
         squash_to_root, squash_to_uid=N, squash_to_gid=N (show every file as owned \
         by that id) and static_nlink (directories report one link) as in \
         fuse-overlayfs, and its uidmapping=ON_DISK:SHOWN:COUNT, gidmapping=... and \
-        noxattrs=1, xattr_permissions=0. Not supported yet, refused by name: index=on, \
-        xattr_permissions=1|2.
+        noxattrs=1, xattr_permissions=0. Not supported yet, refused by name: nfs_export, \
+        verity, xattr_permissions=1|2.
 
         Also installed as 'strata-overlay' for containers/storage's mount_program \
         (storage.conf: mount_program = "/usr/local/bin/strata-overlay").

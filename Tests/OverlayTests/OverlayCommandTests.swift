@@ -193,7 +193,9 @@ struct OverlayCommandTests {
             ("lowerdir=\(l1),upperdir=\(u),workdir=\(w),metacopy=on,redirect_dir=off", "conflicting options: metacopy=on,redirect_dir=off"),
             ("lowerdir=\(l1),upperdir=\(u),workdir=\(w),userxattr,metacopy=on", "conflicting options: userxattr,metacopy=on"),
             ("lowerdir=\(l1),metacopy=maybe", "metacopy"),
-            ("lowerdir=\(l1),upperdir=\(u),workdir=\(w),index=on", "index"),
+            ("lowerdir=\(l1),upperdir=\(u),workdir=\(w),userxattr,index=on", "conflicting options: userxattr,index=on"),
+            ("lowerdir=\(l1),upperdir=\(u),workdir=\(w),index=maybe", "index"),
+            ("lowerdir=\(l1),upperdir=\(u),workdir=\(w),nfs_export=on", "nfs_export"),
         ]
         _ = FileOps(l1).mkdir("sub")
         for (opts, word) in cases {

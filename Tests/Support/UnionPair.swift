@@ -20,8 +20,9 @@ public final class UnionPair: @unchecked Sendable {
     /// gets its own `cp -a` copy of them plus an empty upper and work.
     /// `redirectDir`: both mounted with redirect_dir=on (directory renames);
     /// `metacopy`: both with metacopy=on (and so redirect_dir=on).
+    /// `index`: both with index=on.
     public init(layers: Int = 3, strataOptions: [String] = [], redirectDir: Bool = false, metacopy: Bool = false,
-                build: (String) -> Void) throws {
+                index: Bool = false, build: (String) -> Void) throws {
         dir = TempDir("strata-union")
         let base = dir.sub("base")
         for i in 1...layers { mkdir("\(base)/l\(i)", 0o755) }
@@ -41,6 +42,7 @@ public final class UnionPair: @unchecked Sendable {
         lowerNames = (1...layers).map { "l\($0)" }
         self.redirectDir = redirectDir || metacopy
         self.metacopy = metacopy
+        self.index = index
         self.strataOptions = strataOptions
         try mount()
     }
@@ -49,6 +51,7 @@ public final class UnionPair: @unchecked Sendable {
     private var lowerNames: [String]
     private let redirectDir: Bool
     private let metacopy: Bool
+    private let index: Bool
     private let strataOptions: [String]
 
     /// The layers of one side (k or s): each was copied as base/*.
@@ -62,9 +65,9 @@ public final class UnionPair: @unchecked Sendable {
     private func mount(crossed: Bool = false) throws {
         let (kSide, sSide) = crossed ? ("s", "k") : ("k", "s")
         let kernelArgs = ["-t", "overlay", "overlay", "-o", layerOptions(kSide)
-            + ",redirect_dir=\(redirectDir ? "on" : "off"),index=off,xino=off,metacopy=\(metacopy ? "on" : "off")", kernelMount]
+            + ",redirect_dir=\(redirectDir ? "on" : "off"),index=\(index ? "on" : "off"),xino=off,metacopy=\(metacopy ? "on" : "off")", kernelMount]
         var strataArgs = ["strata", "mount", "-f", "-o", layerOptions(sSide) + (redirectDir ? ",redirect_dir=on" : "")
-            + (metacopy ? ",metacopy=on" : "")]
+            + (metacopy ? ",metacopy=on" : "") + (index ? ",index=on" : "")]
         if !strataOptions.isEmpty { strataArgs[4] += "," + strataOptions.joined(separator: ",") }
         strataArgs.append(strataMount)
         let k = runProgram("/bin/mount", kernelArgs)

@@ -22,10 +22,18 @@ int strata_set_topdir(int fd);
 /* The file handle of `fd` itself (name_to_handle_at with AT_EMPTY_PATH):
    `buf` receives `*len` bytes of handle, `*type` its type. 0 or -1/errno. */
 int strata_fd_to_handle(int fd, unsigned char *buf, unsigned *len, int *type);
+/* The handle of `name` in `dir` (name_to_handle_at, flags 0: what the
+   kernel's overlayfs encodes for an origin). Same results as above. */
+int strata_name_to_handle(int dir, const char *name, unsigned char *buf, unsigned *len, int *type);
+/* The UUID of the filesystem holding `fd` (FS_IOC_GETFSUUID, the
+   superblock's s_uuid that overlayfs writes into its file handles):
+   16 bytes, zero when the filesystem has none. 0 or -1/errno. */
+int strata_fs_uuid(int fd, unsigned char out[16]);
 /* open_by_handle_at with a handle from strata_fd_to_handle (needs CAP_DAC_READ_SEARCH). */
 int strata_open_by_handle(int mount_fd, const unsigned char *buf, unsigned len, int type, int flags);
 /* lgetxattr of dirfd/name, by getxattrat(2) where the kernel has it. */
 ssize_t strata_lgetxattr_at(int dirfd, const char *name, const char *attr, void *value, size_t size);
+int strata_lsetxattr_at(int dirfd, const char *name, const char *attr, const void *value, size_t size, int flags);
 /// llistxattr of dirfd/name (listxattrat(2) on 6.13+, else through /proc).
 ssize_t strata_llistxattr_at(int dirfd, const char *name, char *list, size_t size);
 int strata_renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *newpath, unsigned int flags);

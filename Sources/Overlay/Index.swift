@@ -1,0 +1,358 @@
+import CStrata
+import Sys
+import SystemPackage
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The kernel's inodes index (index=on; overlayfs.rst, "Inodes index"), in
+/// its on-disk format so that either mounts what the other wrote:
+///
+/// - copying up one name of a lower hard link builds the copy as
+///   `workdir/index/<hex of the lower file's handle>` and links the upper
+///   name to it; every other name then shows that inode (its data, its
+///   metadata), before and after its own copy-up;
+/// - `overlay.origin` on the copy holds the lower file's handle (the
+///   kernel's `struct ovl_fb`), `overlay.nlink` the union's link count
+///   relative to the upper inode's ("U+N") or the lower one's ("L+N");
+/// - the upper root's `overlay.origin` names the first lower layer's root and
+///   the index directory's `overlay.upper` the upper root: a mount with other
+///   layers than the index was made with is refused, as the kernel refuses it.
+///
+/// Only lower hard links are indexed (the kernel indexes every copy-up only
+/// for nfs_export, which stays refused).
+struct UnionIndex: @unchecked Sendable {
+    let dir: OwnedFD
+    /// Per layer, its filesystem's UUID (the kernel's s_uuid), as handles carry it.
+    let uuids: [[UInt8]]
+}
+
+extension Overlay {
+    /// Version 0 of the kernel's `struct ovl_fb`: version, magic, length,
+    /// flags, handle type, the filesystem's UUID, then the handle itself.
+    static let handleMagic: UInt8 = 0xfb
+    static let handleFlagUpper: UInt8 = 1 << 2
+
+    static func encodeHandle(_ raw: [UInt8], type: Int32, uuid: [UInt8], upper: Bool) -> [UInt8] {
+        var fb: [UInt8] = [0, handleMagic, UInt8(5 + 16 + raw.count), upper ? handleFlagUpper : 0, UInt8(truncatingIfNeeded: type)]
+        fb += uuid.count == 16 ? uuid : [UInt8](repeating: 0, count: 16)
+        return fb + raw
+    }
+
+    /// The overlay handle of `dir/name` (of `dir` itself when `name` is nil).
+    static func handle(_ dir: Int32, _ name: UnsafePointer<CChar>?, uuid: [UInt8], upper: Bool) -> [UInt8]? {
+        var buf = [UInt8](repeating: 0, count: 128)
+        var len: UInt32 = 128
+        var type: Int32 = 0
+        let r = name.map { strata_name_to_handle(dir, $0, &buf, &len, &type) } ?? strata_fd_to_handle(dir, &buf, &len, &type)
+        guard r == 0, len + 21 <= 255 else { return nil }
+        return encodeHandle(Array(buf[0..<Int(len)]), type: type, uuid: uuid, upper: upper)
+    }
+
+    /// The index entry's name: the handle in lower-case hex, NUL-terminated.
+    static func indexName(_ fh: [UInt8]) -> [UInt8] {
+        let digits = Array("0123456789abcdef".utf8)
+        var out: [UInt8] = []
+        out.reserveCapacity(fh.count * 2 + 1)
+        for b in fh { out.append(digits[Int(b >> 4)]); out.append(digits[Int(b & 15)]) }
+        out.append(0)
+        return out
+    }
+
+    /// `fd` may be an O_PATH descriptor (a layer's root), on which ioctls fail.
+    static func fsUUID(_ fd: Int32) -> [UInt8] {
+        var u = [UInt8](repeating: 0, count: 16)
+        let d = openat(fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard d >= 0 else { return u }
+        defer { close(d) }
+        _ = strata_fs_uuid(d, &u)
+        return u
+    }
+
+    /// Sets the index up at mount (the kernel's ovl_get_indexdir): checks
+    /// or records which layers the upper belongs to, creates `index/`, and
+    /// removes what an interrupted copy-up or removal left there. Returns
+    /// nil, with a warning, where the kernel falls back to index=off.
+    static func openIndex(layers: [Layer], upper: Layer, workdir wfd: Int32, workdirPath: String, prefix: String,
+                          warn: (String) -> Void) throws(OverlaySetupError) -> UnionIndex? {
+        let uuids = layers.map { fsUUID($0.root.raw) }
+        let zero = [UInt8](repeating: 0, count: 16)
+        for l in layers.dropFirst() {
+            // The kernel's ovl_lower_uuid_ok: a lower filesystem other than
+            // the upper's must have a UUID of its own for its handles to mean
+            // anything after a remount.
+            if l.dev != upper.dev && uuids[l.index] == zero {
+                warn("index=on: lowerdir \(l.path) is on a filesystem without a UUID; falling back to index=off")
+                return nil
+            }
+            guard handle(l.root.raw, nil, uuid: uuids[l.index], upper: false) != nil else {
+                warn("index=on: lowerdir \(l.path) cannot give file handles; falling back to index=off")
+                return nil
+            }
+        }
+        guard let lowerRoot = handle(layers[1].root.raw, nil, uuid: uuids[1], upper: false),
+              let upperRoot = handle(upper.root.raw, nil, uuid: uuids[0], upper: true) else {
+            warn("index=on: upperdir \(upper.path) cannot give file handles; falling back to index=off")
+            return nil
+        }
+        if !verifyOrSet(upper.root.raw, prefix + "origin", lowerRoot) {
+            throw OverlaySetupError(.layer(.staleNFSFileHandle),
+                "index=on: upperdir \(upper.path) was made over other lower layers (its origin is not the first lowerdir \(layers[1].path)); mount it with its own layers, or with index=off")
+        }
+        if mkdirat(wfd, "index", 0) != 0 && strata_errno() != EEXIST {
+            throw OverlaySetupError.last("workdir \(workdirPath)/index")
+        }
+        let fd = openat(wfd, "index", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        if fd < 0 { throw OverlaySetupError.last("workdir \(workdirPath)/index") }
+        let dir = OwnedFD(fd)
+        if !verifyOrSet(fd, prefix + "upper", upperRoot) {
+            throw OverlaySetupError(.layer(.staleNFSFileHandle),
+                "index=on: workdir \(workdirPath)/index belongs to another upperdir than \(upper.path); use this upper's own workdir, or an empty one")
+        }
+        cleanIndex(fd, nlinkXattr: prefix + "nlink")
+        return UnionIndex(dir: dir, uuids: uuids)
+    }
+
+    /// Whether directory `dir`'s xattr `name` holds `value`; records it
+    /// when absent. (`dir` may be O_PATH: the calls go through a real open.)
+    static func verifyOrSet(_ dir: Int32, _ name: String, _ value: [UInt8]) -> Bool {
+        let fd = openat(dir, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var buf = [UInt8](repeating: 0, count: 256)
+        let n = fgetxattr(fd, name, &buf, buf.count)
+        if n < 0 {
+            guard strata_errno() == ENODATA else { return false }
+            return fsetxattr(fd, name, value, value.count, 0) == 0
+        }
+        return Array(buf[0..<n]) == value
+    }
+
+    /// Removes leftovers (`#` names) and orphans: an entry that is its
+    /// inode's only link and whose union link count is zero (every name
+    /// removed while the removal of the entry itself was cut short).
+    static func cleanIndex(_ fd: Int32, nlinkXattr: String) {
+        let d = openat(fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard d >= 0, let dir = fdopendir(d) else { return }
+        defer { closedir(dir) }
+        var doomed: [String] = []
+        while let e = readdir(dir) {
+            let name = withUnsafePointer(to: e.pointee.d_name) { $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) } }
+            if name == "." || name == ".." { continue }
+            if name.hasPrefix("#") { doomed.append(name); continue }
+            var st = stat()
+            guard fstatat(fd, name, &st, Linux.AT_SYMLINK_NOFOLLOW) == 0, st.st_mode & Linux.S_IFMT != Linux.S_IFDIR, st.st_nlink == 1 else { continue }
+            switch readNlink(fd, name, nlinkXattr) {
+            case nil: doomed.append(name)
+            case .upper(let diff)?: if 1 + diff <= 0 { doomed.append(name) }
+            case .lower?: break
+            }
+        }
+        for n in doomed { removeTree(fd, n) }
+    }
+
+    /// `overlay.nlink`: the union's link count relative to the upper or the lower inode's.
+    enum NlinkDiff: Equatable {
+        case upper(Int)
+        case lower(Int)
+    }
+
+    static func readNlink(_ dfd: Int32, _ name: UnsafePointer<CChar>, _ attr: String) -> NlinkDiff? {
+        var buf = [UInt8](repeating: 0, count: 13)
+        let n = strata_lgetxattr_at(dfd, name, attr, &buf, 12)
+        guard n >= 3, buf[0] == UInt8(ascii: "U") || buf[0] == UInt8(ascii: "L"),
+              buf[1] == UInt8(ascii: "+") || buf[1] == UInt8(ascii: "-"),
+              let v = Int(String(decoding: buf[1..<n], as: UTF8.self)) else { return nil }
+        return buf[0] == UInt8(ascii: "U") ? .upper(v) : .lower(v)
+    }
+
+    static func readNlink(_ dfd: Int32, _ name: String, _ attr: String) -> NlinkDiff? {
+        name.withCString { readNlink(dfd, $0, attr) }
+    }
+
+    var nlinkXattr: String { config.xattrPrefix + "nlink" }
+    var kernelOriginXattr: String { config.xattrPrefix + "origin" }
+
+    /// The union's link count of an indexed inode at `dfd/name` whose real
+    /// link count is `upperNlink` (the kernel's ovl_get_nlink); nil when it
+    /// is not indexed or the count cannot be known.
+    func indexedNlink(_ dfd: Int32, _ name: UnsafePointer<CChar>, upperNlink: UInt64, lowerNlink: UInt64?) -> UInt64? {
+        switch Self.readNlink(dfd, name, nlinkXattr) {
+        case .upper(let d)?:
+            let v = Int(upperNlink) + d
+            return v > 0 ? UInt64(v) : nil
+        case .lower(let d)?:
+            guard let l = lowerNlink else { return nil }
+            let v = Int(l) + d
+            return v > 0 ? UInt64(v) : nil
+        case nil: return nil
+        }
+    }
+
+    /// Records the union's link count `nlink` relative to the real count
+    /// `upperNlink`, as the kernel does before each change ("U+N").
+    func writeNlink(_ dfd: Int32, _ name: UnsafePointer<CChar>, nlink: Int, upperNlink: Int) {
+        let diff = nlink - upperNlink
+        let v = "U" + (diff >= 0 ? "+" : "") + String(diff)
+        _ = strata_lsetxattr_at(dfd, name, nlinkXattr, v, v.utf8.count, 0)
+    }
+
+    /// Whether a lower entry is one the index keeps: a non-directory with
+    /// more than one link in its layer.
+    @inline(__always)
+    func isIndexable(_ st: stat) -> Bool {
+        index != nil && upper != nil && st.st_mode & Linux.S_IFMT != Linux.S_IFDIR && st.st_nlink > 1
+    }
+
+    /// The index entry of the lower file `pfd/name` in layer `layer`: its
+    /// name, and its stat when it exists.
+    func indexEntry(_ pfd: Int32, _ name: UnsafePointer<CChar>, layer: Int) -> (name: [UInt8], stat: stat?)? {
+        guard let index, let fh = Self.handle(pfd, name, uuid: index.uuids[layer], upper: false) else { return nil }
+        let hex = Self.indexName(fh)
+        var st = stat()
+        let found = hex.withUnsafeBytes { b -> Bool in
+            guard let c = b.baseAddress?.assumingMemoryBound(to: CChar.self) else { return false }
+            return fstatat(index.dir.raw, c, &st, Linux.AT_SYMLINK_NOFOLLOW) == 0
+        }
+        return (hex, found ? st : nil)
+    }
+}
+
+extension Overlay {
+    func readXattr(_ dfd: Int32, _ name: UnsafePointer<CChar>, _ attr: String) -> [UInt8]? {
+        var buf = [UInt8](repeating: 0, count: 256)
+        let n = strata_lgetxattr_at(dfd, name, attr, &buf, buf.count)
+        return n > 0 ? Array(buf[0..<n]) : nil
+    }
+
+    /// The link count of `p/name` in the top-most lower layer that has it.
+    func lowerNlink(_ p: OverlayNode, _ name: FileName) -> UInt64? {
+        for l in p.state.withLock({ $0.lowerDirs }) {
+            var st = stat()
+            let found = (try? withDirFD(p, l) { (pfd: Int32) -> Bool in fstatat(pfd, name.pointer, &st, Linux.AT_SYMLINK_NOFOLLOW) == 0 }) ?? false
+            if found { return UInt64(st.st_nlink) }
+        }
+        return nil
+    }
+
+    /// The union's link count from `overlay.nlink` on `dfd/name`.
+    func unionNlink(_ dfd: Int32, _ name: UnsafePointer<CChar>, upperNlink: UInt64, lowerNlink: () -> UInt64?) -> UInt64? {
+        switch Self.readNlink(dfd, name, nlinkXattr) {
+        case .upper(let d)?:
+            let v = Int(upperNlink) + d
+            return v > 0 ? UInt64(v) : nil
+        case .lower(let d)?:
+            guard let l = lowerNlink() else { return nil }
+            let v = Int(l) + d
+            return v > 0 ? UInt64(v) : nil
+        case nil: return nil
+        }
+    }
+
+    /// index=on: whether the non-directory found at `p/name` is indexed
+    /// (the kernel's ovl_lookup_index), and then its index entry and the
+    /// union's link count. A lower name whose inode was copied up through
+    /// another name shows the copy (its data and metadata) with the lower
+    /// file's inode number, as the kernel shows it.
+    func findIndexed(_ p: OverlayNode, _ name: FileName, _ f: inout Found) throws(Errno) {
+        guard let index else { return }
+        if f.inUpper {
+            guard f.stat.st_nlink > 1 else { return }
+            let upperNlink = UInt64(f.stat.st_nlink)
+            let r = try withDirFD(p, 0) { (pfd: Int32) -> (hex: [UInt8], nlink: UInt64?)? in
+                guard Self.readNlink(pfd, name.pointer, nlinkXattr) != nil,
+                      let fh = readXattr(pfd, name.pointer, kernelOriginXattr) else { return nil }
+                return (Self.indexName(fh), unionNlink(pfd, name.pointer, upperNlink: upperNlink) { lowerNlink(p, name) })
+            }
+            guard let r else { return }
+            f.indexName = r.hex
+            if let n = r.nlink { f.stat.st_nlink = nlink_t(n) }
+            return
+        }
+        guard f.stat.st_nlink > 1, let l = f.lower, upper != nil else { return }
+        f.lowerNlink = UInt64(f.stat.st_nlink)
+        guard let e = try withDirFD(p, l, { (pfd: Int32) in indexEntry(pfd, name.pointer, layer: l) }), let ist = e.stat,
+              ist.st_mode & Linux.S_IFMT == f.stat.st_mode & Linux.S_IFMT else { return }
+        let lowerIno = f.stat.st_ino, lowerCount = f.lowerNlink
+        f.indexName = e.name
+        f.indexKey = InodeKey(dev: UInt64(ist.st_dev), ino: UInt64(ist.st_ino))
+        f.stat = ist
+        f.stat.st_ino = lowerIno
+        let n = try withStoredName(e.name) { (c: UnsafePointer<CChar>) -> UInt64? in
+            unionNlink(index.dir.raw, c, upperNlink: UInt64(ist.st_nlink)) { lowerCount }
+        }
+        f.stat.st_nlink = nlink_t(n ?? lowerCount)
+    }
+
+    /// The union's link count of an indexed node whose top location shows
+    /// `st` (getattr).
+    func indexedNlink(_ n: OverlayNode, _ st: inout stat) {
+        guard let index, let (hex, lower) = n.state.withLock({ s in s.indexName.map { ($0, s.lowerNlink) } }) else { return }
+        let real = UInt64(st.st_nlink)
+        let v = (try? withStoredName(hex) { (c: UnsafePointer<CChar>) -> UInt64? in
+            unionNlink(index.dir.raw, c, upperNlink: real) { lower > 0 ? lower : nil }
+        }) ?? nil
+        if let v { st.st_nlink = nlink_t(v) }
+    }
+
+    /// A change of the union's link count of the indexed inode behind a
+    /// name (the kernel's ovl_nlink_start and ovl_nlink_end): the count is
+    /// read before the change; after it, it is recorded relative to the
+    /// inode's new real count, and when no name is left the index entry goes.
+    struct NlinkChange {
+        let hex: [UInt8]
+        let nlink: Int
+    }
+
+    func beginNlinkChange(_ f: Found) -> NlinkChange? {
+        guard let index, let hex = f.indexName else { return nil }
+        return try? withStoredName(hex) { (c: UnsafePointer<CChar>) -> NlinkChange? in
+            var st = stat()
+            guard fstatat(index.dir.raw, c, &st, Linux.AT_SYMLINK_NOFOLLOW) == 0 else { return nil }
+            let lower = f.lowerNlink
+            let n = unionNlink(index.dir.raw, c, upperNlink: UInt64(st.st_nlink)) { lower > 0 ? lower : nil } ?? UInt64(st.st_nlink - 1)
+            return NlinkChange(hex: hex, nlink: Int(n))
+        }
+    }
+
+    func endNlinkChange(_ c: NlinkChange?, by delta: Int) {
+        guard let c, let index else { return }
+        _ = try? withStoredName(c.hex) { (name: UnsafePointer<CChar>) in
+            var st = stat()
+            guard fstatat(index.dir.raw, name, &st, Linux.AT_SYMLINK_NOFOLLOW) == 0 else { return }
+            let n = c.nlink + delta
+            if n <= 0 {
+                unlinkat(index.dir.raw, name, 0)
+            } else {
+                writeNlink(index.dir.raw, name, nlink: n, upperNlink: Int(st.st_nlink))
+            }
+        }
+    }
+
+    /// Before one name of a lower hard link is removed or replaced, its
+    /// inode goes into the index (the kernel's ovl_nlink_start copies it
+    /// up), so that its other names keep one count. Returns the name
+    /// resolved again.
+    func indexBeforeChange(_ p: OverlayNode, _ name: FileName, _ f: Found) throws(Errno) -> Found {
+        guard index != nil, !f.inUpper, f.indexName == nil, f.lowerNlink > 1 else { return f }
+        let (n, _) = try lookup(p, name)
+        defer { forget(n.id, count: 1) }
+        try copyUp(n)
+        return try resolve(p, name)
+    }
+
+    /// Gives a lower name of an indexed inode its own upper link (the
+    /// kernel's ovl_link_up), for a change that moves the name itself.
+    func linkUpName(_ p: OverlayNode, _ name: FileName, _ f: Found) throws(Errno) -> Found {
+        guard let index, !f.inUpper, let hex = f.indexName else { return f }
+        try copyUp(p)
+        let c = beginNlinkChange(f)
+        try withDirFD(p, 0) { (ufd: Int32) throws(Errno) in
+            try withStoredName(hex) { (h: UnsafePointer<CChar>) throws(Errno) in
+                try check(linkat(index.dir.raw, h, ufd, name.pointer, 0))
+            }
+        }
+        endNlinkChange(c, by: 0)
+        return try resolve(p, name)
+    }
+}

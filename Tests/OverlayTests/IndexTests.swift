@@ -1,0 +1,156 @@
+import CStrata
+import Foundation
+import Sys
+import Testing
+import TestSupport
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// index=on against the kernel's overlayfs with index=on: lower hard links
+/// stay one inode across copy-up, link counts follow every link, unlink and
+/// rename, each view compared after the change and after a remount; at the
+/// end each side's layers mounted by the other (the kernel's index format).
+extension KernelDifferentialTests {
+    static func indexBuild(_ base: String) {
+        Fixture.build(base)
+        // Three names of one file, one of them in another directory, in the
+        // middle layer; two names of another in the bottom layer.
+        for d in ["l2/hl", "l2/other", "l3/pair"] { mkdir("\(base)/\(d)", 0o755) }
+        FileManager.default.createFile(atPath: "\(base)/l2/hl/a", contents: Data("shared data\n".utf8))
+        link("\(base)/l2/hl/a", "\(base)/l2/hl/b")
+        link("\(base)/l2/hl/a", "\(base)/l2/other/c")
+        FileManager.default.createFile(atPath: "\(base)/l3/pair/p", contents: Data("pair\n".utf8))
+        link("\(base)/l3/pair/p", "\(base)/l3/pair/q")
+        FileManager.default.createFile(atPath: "\(base)/l3/pair/r", contents: Data("third\n".utf8))
+        link("\(base)/l3/pair/r", "\(base)/l3/pair/s")
+    }
+
+    /// Which of `names` are one inode, as a user tells it: st_ino equal.
+    static func sameInode(_ o: FileOps, _ names: [String]) -> String {
+        let inos = names.map { o.stat($0).map { UInt64($0.st_ino) } }
+        return names.indices.map { i in
+            guard let x = inos[i] else { return "-" }
+            return String(inos.firstIndex { $0 == x } ?? i)
+        }.joined(separator: ",")
+    }
+
+    /// The one difference FUSE leaves: a change (chmod, open for writing)
+    /// through one name of an indexed hard link copies up that name's
+    /// directory in the kernel (ovl_link_up), whose link count then shows 1
+    /// as a merged directory's does. FUSE tells the daemon the inode, not the
+    /// name it was reached by, so Strata leaves the directories as they are
+    /// (2 links, as a lower directory's). Only that difference is let
+    /// through: the same directory, with nothing else unlike.
+    static func mergedDiffBeyondLinkUp(_ pair: UnionPair) -> [String] {
+        pair.mergedDiff().filter { line in
+            let sides = line.components(separatedBy: " != ")
+            guard sides.count == 2, sides[0].contains("type=40000"),
+                  let k = sides[0].components(separatedBy: ": kernel ").last,
+                  let s = sides[1].components(separatedBy: "strata ").last else { return true }
+            let links = [k, s].map { $0.contains("nlink=1") ? 1 : ($0.contains("nlink=2") ? 2 : 0) }
+            let rest = [k, s].map { $0.replacingOccurrences(of: "nlink=1", with: "").replacingOccurrences(of: "nlink=2", with: "") }
+            return !(Set(links) == [1, 2] && rest[0] == rest[1])
+        }
+    }
+
+    @Test func indexMatchesTheKernel() throws {
+        try indexScenario(metacopy: false)
+    }
+
+    /// Both options together (the kernel allows it): the index then also
+    /// holds what metadata-only copy-up leaves.
+    @Test func indexWithMetacopyMatchesTheKernel() throws {
+        try indexScenario(metacopy: true)
+    }
+
+    func indexScenario(metacopy: Bool) throws {
+        let pair = try UnionPair(metacopy: metacopy, index: true, build: Self.indexBuild)
+        defer { pair.unmount() }
+        let names = ["hl/a", "hl/b", "other/c", "pair/p", "pair/q", "pair/r", "pair/s", "hl/new", "hl/moved", "pair/p2"]
+        let changes: [(String, @Sendable (FileOps) -> String)] = [
+            ("chmod one name", { $0.chmod("hl/b", 0o600) }),
+            ("write through another", { $0.write("other/c", "rewritten\n", flags: O_WRONLY | O_TRUNC) }),
+            ("link a new name", { $0.link("hl/a", "hl/new") }),
+            ("unlink a lower name", { $0.unlink("hl/b") }),
+            ("rename a lower name", { $0.rename("other/c", "hl/moved") }),
+            ("unlink an upper name", { $0.unlink("hl/new") }),
+            ("unlink a name never copied up", { $0.unlink("pair/p") }),
+            ("rename over a lower hard link", { $0.rename("pair/r", "pair/q") }),
+            ("link the last name of one", { $0.link("pair/q", "pair/p2") }),
+            ("unlink every name of one", { $0.unlink("hl/a") + $0.unlink("hl/moved") }),
+            ("unlink the rest", { $0.unlink("pair/q") + $0.unlink("pair/s") + $0.unlink("pair/p2") }),
+        ]
+        // Blocks are left out: with metacopy=on the kernel keeps an indexed
+        // copy metadata-only where Strata copies the data (same content).
+        var views: [(String, @Sendable (FileOps) -> String)] = names.map { n -> (String, @Sendable (FileOps) -> String) in
+            (n, { @Sendable o in metacopy ? (Self.seen(o, n).split(separator: "|").dropLast().joined(separator: "|")) : Self.seen(o, n) })
+        }
+        views.append(("one inode", { @Sendable o in Self.sameInode(o, names) }))
+        views.append(("hl", { @Sendable o in o.ls("hl") }))
+        views.append(("pair", { @Sendable o in o.ls("pair") }))
+        compare(pair, views.map { v in ("\(v.0) at first", { v.1($0) }) }, trees: false)
+        for change in changes {
+            compare(pair, [(change.0, { change.1($0) })], trees: false)
+            compare(pair, views.map { v in ("\(v.0) after '\(change.0)'", { v.1($0) }) }, trees: false)
+            try pair.remount()
+            compare(pair, views.map { v in ("\(v.0) after '\(change.0)', remounted", { v.1($0) }) }, trees: false)
+            #expect(Self.mergedDiffBeyondLinkUp(pair) == [], "merged views differ after '\(change.0)'")
+        }
+        // Every name of both files is gone: so are their index entries.
+        #expect(FileOps("\(pair.strataUpper)/../w/index").ls("") == "")
+        #expect(FileOps("\(pair.kernelUpper)/../w/index").ls("") == "")
+        try pair.remountCrossed()
+        compare(pair, views.map { v in ("\(v.0), layers crossed", { v.1($0) }) }, trees: false)
+        #expect(Self.mergedDiffBeyondLinkUp(pair) == [], "merged views differ, layers crossed")
+    }
+
+    /// The index of each side, mounted by the other while some names are
+    /// still indexed: the kernel finds Strata's entries (origin handles,
+    /// link counts) and Strata the kernel's.
+    @Test func indexEntriesAreReadByTheOther() throws {
+        let pair = try UnionPair(index: true, build: Self.indexBuild)
+        defer { pair.unmount() }
+        let names = ["hl/a", "hl/b", "other/c", "pair/p", "pair/q", "hl/n2"]
+        compare(pair, [("chmod", { $0.chmod("hl/a", 0o640) }), ("write", { $0.write("pair/q", "new\n", flags: O_WRONLY | O_TRUNC) }),
+                       ("unlink", { $0.unlink("hl/b") }), ("link", { $0.link("other/c", "hl/n2") })], trees: false)
+        var views: [(String, @Sendable (FileOps) -> String)] = names.map { n -> (String, @Sendable (FileOps) -> String) in (n, { @Sendable o in Self.seen(o, n) }) }
+        views.append(("one inode", { @Sendable o in Self.sameInode(o, names) }))
+        try pair.remountCrossed()
+        compare(pair, views.map { v in ("\(v.0), layers crossed", { v.1($0) }) }, trees: false)
+        #expect(Self.mergedDiffBeyondLinkUp(pair) == [])
+        compare(pair, [("unlink after crossing", { $0.unlink("hl/a") + $0.unlink("pair/p") })], trees: false)
+        compare(pair, views.map { v in ("\(v.0), crossed, after unlink", { v.1($0) }) }, trees: false)
+        try pair.remount()
+        compare(pair, views.map { v in ("\(v.0), back", { v.1($0) }) }, trees: false)
+    }
+
+    /// An upper made with index=on over other lower layers is refused, as
+    /// the kernel refuses it (ESTALE), in one line; an index=off mount of it
+    /// is not.
+    @Test func anIndexOverOtherLayersIsRefused() throws {
+        let t = TempDir("strata-index")
+        for d in ["l", "l2", "u", "w", "m", "ku", "kw"] { mkdir("\(t.path)/\(d)", 0o755) }
+        _ = FileOps("\(t.path)/l").write("f", "x")
+        let first = runProgram(MountEnvironment.binary, ["mount", "-o", "lowerdir=\(t.path)/l,upperdir=\(t.path)/u,workdir=\(t.path)/w,index=on", "\(t.path)/m"])
+        #expect(first.status == 0, "\(first.stderr)")
+        umount2("\(t.path)/m", Int32(MNT_DETACH))
+        #expect(waitFor(5) { !isMountPoint("\(t.path)/m") })
+        let other = "lowerdir=\(t.path)/l2,upperdir=\(t.path)/u,workdir=\(t.path)/w"
+        let k = runProgram("/bin/mount", ["-t", "overlay", "overlay", "-o", other + ",index=on", "\(t.path)/m"])
+        #expect(k.status != 0, "the kernel mounted it")
+        if k.status == 0 { umount2("\(t.path)/m", Int32(MNT_DETACH)) }
+        var r: (status: Int32, stdout: String, stderr: String) = (0, "", "")
+        for _ in 0..<50 {
+            r = runProgram(MountEnvironment.binary, ["mount", "-o", other + ",index=on", "\(t.path)/m"])
+            if !r.stderr.contains("in use") { break }
+            usleep(100_000)
+        }
+        #expect(r.status != 0)
+        #expect(r.stderr.split(separator: "\n").count == 1 && r.stderr.contains("other lower layers"), "\(r.stderr)")
+        #expect(!isMountPoint("\(t.path)/m"))
+        let off = runProgram(MountEnvironment.binary, ["mount", "-o", other + ",index=off", "\(t.path)/m"])
+        #expect(off.status == 0, "\(off.stderr)")
+        umount2("\(t.path)/m", Int32(MNT_DETACH))
+    }
+}
