@@ -51,4 +51,15 @@ enum Fixture {
         dir("\(l1)/a/sub"); write("\(l1)/a/sub/h", "h")
         write("\(l1)/many", String(repeating: "m", count: 100_000))
     }
+
+    /// The same, with more of its names hard links of one another (in each
+    /// layer, and across directories): what index=on keeps together.
+    static func buildWithLinks(_ base: String) {
+        build(base)
+        let l1 = "\(base)/l1", l2 = "\(base)/l2", l3 = "\(base)/l3"
+        for (a, b) in [("\(l3)/a/sub/g", "\(l3)/d3only/n"), ("\(l2)/m2/f", "\(l2)/b/keep"), ("\(l1)/a/sub/h", "\(l1)/a/top")] {
+            unlink(b)
+            link(a, b)
+        }
+    }
 }

@@ -58,8 +58,12 @@ struct RandomDifferentialTests {
     }
 
     /// Runs `ops` on a fresh pair; returns the first difference, if any.
-    static func firstDifference(_ ops: [Op], redirectDir: Bool = false, metacopy: Bool = false) -> String? {
-        guard let pair = try? UnionPair(redirectDir: redirectDir, metacopy: metacopy, build: Fixture.build) else { return "mount failed" }
+    /// With `index`, the upper layers are not compared (the kernel links up
+    /// the name a change came through, Strata the inode's first name) and
+    /// the merged views allow the one difference that follows from it.
+    static func firstDifference(_ ops: [Op], redirectDir: Bool = false, metacopy: Bool = false, index: Bool = false) -> String? {
+        guard let pair = try? UnionPair(redirectDir: redirectDir, metacopy: metacopy, index: index,
+                                            build: index ? Fixture.buildWithLinks : Fixture.build) else { return "mount failed" }
         defer { pair.unmount() }
         let k = FileOps(pair.kernelMount), s = FileOps(pair.strataMount)
         for (i, op) in ops.enumerated() {
@@ -70,19 +74,20 @@ struct RandomDifferentialTests {
             // opaque marks, whiteouts).
             if i % 400 == 399 {
                 do { try pair.remount() } catch { return "remount after op \(i): \(error)" }
-                let m = pair.mergedDiff()
+                let m = index ? pair.mergedDiffBeyondLinkUp() : pair.mergedDiff()
                 if !m.isEmpty { return "after op \(i), remounted: \(m.prefix(5))" }
             }
         }
-        let m = pair.mergedDiff()
+        let m = index ? pair.mergedDiffBeyondLinkUp() : pair.mergedDiff()
         if !m.isEmpty { return "merged: \(m.prefix(5))" }
+        if index { return nil }
         let u = pair.upperDiff()
         if !u.isEmpty { return "upper: \(u.prefix(5))" }
         return nil
     }
 
     /// Delta debugging: drop chunks while a difference remains.
-    static func minimize(_ ops: [Op], redirectDir: Bool = false, metacopy: Bool = false) -> [Op] {
+    static func minimize(_ ops: [Op], redirectDir: Bool = false, metacopy: Bool = false, index: Bool = false) -> [Op] {
         var cur = ops
         var chunk = max(1, cur.count / 2)
         var trials = 0
@@ -93,7 +98,7 @@ struct RandomDifferentialTests {
                 var t = cur
                 t.removeSubrange(i..<min(cur.count, i + chunk))
                 trials += 1
-                if firstDifference(t, redirectDir: redirectDir, metacopy: metacopy) != nil { cur = t; removed = true } else { i += chunk }
+                if firstDifference(t, redirectDir: redirectDir, metacopy: metacopy, index: index) != nil { cur = t; removed = true } else { i += chunk }
             }
             if !removed { chunk /= 2 }
         }
@@ -127,14 +132,26 @@ struct RandomDifferentialTests {
         check(seed, redirectDir: true, metacopy: true)
     }
 
-    func check(_ seed: UInt64, redirectDir: Bool, metacopy: Bool = false) {
+    /// The same with index=on on both: lower hard links stay one inode.
+    @Test(arguments: seeds)
+    func randomSequenceWithIndexMatchesTheKernel(_ seed: UInt64) throws {
+        check(seed, redirectDir: false, index: true)
+    }
+
+    /// index=on with redirect_dir=on: hard links in directories that move.
+    @Test(arguments: seeds)
+    func randomSequenceWithIndexAndRedirectDirMatchesTheKernel(_ seed: UInt64) throws {
+        check(seed, redirectDir: true, index: true)
+    }
+
+    func check(_ seed: UInt64, redirectDir: Bool, metacopy: Bool = false, index: Bool = false) {
         let ops = Self.generate(seed: seed, count: 2000)
-        guard let diff = Self.firstDifference(ops, redirectDir: redirectDir, metacopy: metacopy) else { return }
-        let small = Self.minimize(ops, redirectDir: redirectDir, metacopy: metacopy)
+        guard let diff = Self.firstDifference(ops, redirectDir: redirectDir, metacopy: metacopy, index: index) else { return }
+        let small = Self.minimize(ops, redirectDir: redirectDir, metacopy: metacopy, index: index)
         Issue.record("""
-            seed \(seed)\(redirectDir ? " (redirect_dir=on)" : "")\(metacopy ? " (metacopy=on)" : ""): \(diff)
+            seed \(seed)\(redirectDir ? " (redirect_dir=on)" : "")\(metacopy ? " (metacopy=on)" : "")\(index ? " (index=on)" : ""): \(diff)
             shortest sequence found (\(small.count) ops): \(small.map(\.description).joined(separator: "; "))
-            then: \(Self.firstDifference(small, redirectDir: redirectDir, metacopy: metacopy) ?? "no difference")
+            then: \(Self.firstDifference(small, redirectDir: redirectDir, metacopy: metacopy, index: index) ?? "no difference")
             """)
     }
 }

@@ -134,6 +134,26 @@ public final class UnionPair: @unchecked Sendable {
                           labels: ("kernel", "strata"))
     }
 
+    /// The merged views' differences but one that FUSE leaves with
+    /// index=on: a change (chmod, open for writing) through one name of an
+    /// indexed hard link copies up that name's directory in the kernel
+    /// (ovl_link_up), whose link count then shows 1 as a merged directory's
+    /// does. FUSE tells the daemon the inode, not the name it was reached
+    /// by, so Strata leaves the directories as they are (2 links, as a lower
+    /// directory's). Only that difference is let through: a directory, with
+    /// nothing else unlike.
+    public func mergedDiffBeyondLinkUp() -> [String] {
+        mergedDiff().filter { line in
+            let sides = line.components(separatedBy: " != ")
+            guard sides.count == 2, sides[0].contains("type=40000"),
+                  let k = sides[0].components(separatedBy: ": kernel ").last,
+                  let s = sides[1].components(separatedBy: "strata ").last else { return true }
+            let links = [k, s].map { $0.contains("nlink=1") ? 1 : ($0.contains("nlink=2") ? 2 : 0) }
+            let rest = [k, s].map { $0.replacingOccurrences(of: "nlink=1", with: "").replacingOccurrences(of: "nlink=2", with: "") }
+            return !(Set(links) == [1, 2] && rest[0] == rest[1])
+        }
+    }
+
     /// Differences between the two upper layers: whiteouts, opaque marks,
     /// copied-up files (the kernel's private origin/impure xattrs aside).
     public func upperDiff() -> [String] {
