@@ -20,11 +20,14 @@ extension Overlay {
             if metacopy && !metadataOnly { try copyUpData(n) }
             return
         }
-        // An indexed inode is up already, in the index; a lower hard link
-        // goes there (whole: a metadata-only index entry is not made).
-        if indexed { return }
+        // An indexed inode is up already, in the index (its data too, or
+        // metadata only); a lower hard link goes there.
+        if indexed {
+            if metacopy && !metadataOnly { try copyUpData(n) }
+            return
+        }
         let indexing = index != nil && !n.isDirectory && lowerNlink > 1
-        let metaOnly = metadataOnly && config.metacopy && !n.isDirectory && !indexing
+        let metaOnly = metadataOnly && config.metacopy && !n.isDirectory
         // The kernel serves those opens from the lower file directly and
         // cannot be moved to another; refuse rather than split the file. The
         // kernel sends RELEASE after close() returns, so give a just-closed

@@ -274,7 +274,7 @@ extension Overlay {
         if isReadOnly { throw .readOnlyFileSystem }
         var f = try resolve(p, name)
         if f.stat.st_mode & Linux.S_IFMT == Linux.S_IFDIR { throw .isDirectory }
-        f = try indexBeforeChange(p, name, f)
+        if index != nil { f = try linkUpName(p, name, try indexBeforeChange(p, name, f)) }
         let change = beginNlinkChange(f)
         try remove(p, name, f, dir: false)
         endNlinkChange(change, by: -1)

@@ -276,6 +276,12 @@ extension Overlay {
         let lowerIno = f.stat.st_ino, lowerCount = f.lowerNlink
         f.indexName = e.name
         f.indexKey = InodeKey(dev: UInt64(ist.st_dev), ino: UInt64(ist.st_ino))
+        // A metadata-only entry (metacopy=on): the data is this lower file,
+        // a link of the entry's origin.
+        if config.metacopy, try withStoredName(e.name, { (c: UnsafePointer<CChar>) -> Bool in hasXattr(index.dir.raw, c, metacopyXattr) }) {
+            f.metacopy = true
+            f.dataLayer = l
+        }
         f.stat = ist
         f.stat.st_ino = lowerIno
         let n = try withStoredName(e.name) { (c: UnsafePointer<CChar>) -> UInt64? in
@@ -295,38 +301,41 @@ extension Overlay {
         if let v { st.st_nlink = nlink_t(v) }
     }
 
-    /// A change of the union's link count of the indexed inode behind a
-    /// name (the kernel's ovl_nlink_start and ovl_nlink_end): the count is
-    /// read before the change; after it, it is recorded relative to the
-    /// inode's new real count, and when no name is left the index entry goes.
+    /// The kernel keeps the union's link count N of an indexed inode
+    /// relative to one real count, and every change here is made so that
+    /// the relation holds after each single system call, whenever the daemon
+    /// is killed: a name is removed or replaced only as an upper link of the
+    /// inode (removing it changes N and the real count U together, so
+    /// "U+d" stays true), and an upper link is added to an existing name
+    /// (ovl_link_up: U changes alone) under "L+d", relative to the lower
+    /// file's count, which nothing changes.
     struct NlinkChange {
         let hex: [UInt8]
         let nlink: Int
     }
 
+    /// The union's count of the indexed inode behind `f` now, recorded
+    /// relative to its real count, before a change of both.
     func beginNlinkChange(_ f: Found) -> NlinkChange? {
         guard let index, let hex = f.indexName else { return nil }
         return try? withStoredName(hex) { (c: UnsafePointer<CChar>) -> NlinkChange? in
             var st = stat()
             guard fstatat(index.dir.raw, c, &st, Linux.AT_SYMLINK_NOFOLLOW) == 0 else { return nil }
             let lower = f.lowerNlink
-            let n = unionNlink(index.dir.raw, c, upperNlink: UInt64(st.st_nlink)) { lower > 0 ? lower : nil } ?? UInt64(st.st_nlink - 1)
+            guard let n = unionNlink(index.dir.raw, c, upperNlink: UInt64(st.st_nlink), lowerNlink: { lower > 0 ? lower : nil }) else { return nil }
+            if case .lower? = Self.readNlink(index.dir.raw, c, nlinkXattr) {
+                writeNlink(index.dir.raw, c, nlink: Int(n), upperNlink: Int(st.st_nlink))
+            }
             return NlinkChange(hex: hex, nlink: Int(n))
         }
     }
 
+    /// After a change that took `-delta` names: with none left, the index
+    /// entry goes (killed before, the mount's clean-up removes it: an
+    /// orphan, as the kernel's ovl_indexdir_cleanup finds it).
     func endNlinkChange(_ c: NlinkChange?, by delta: Int) {
-        guard let c, let index else { return }
-        _ = try? withStoredName(c.hex) { (name: UnsafePointer<CChar>) in
-            var st = stat()
-            guard fstatat(index.dir.raw, name, &st, Linux.AT_SYMLINK_NOFOLLOW) == 0 else { return }
-            let n = c.nlink + delta
-            if n <= 0 {
-                unlinkat(index.dir.raw, name, 0)
-            } else {
-                writeNlink(index.dir.raw, name, nlink: n, upperNlink: Int(st.st_nlink))
-            }
-        }
+        guard let c, let index, c.nlink + delta <= 0 else { return }
+        _ = try? withStoredName(c.hex) { (name: UnsafePointer<CChar>) in unlinkat(index.dir.raw, name, 0) }
     }
 
     /// Before one name of a lower hard link is removed or replaced, its
@@ -342,17 +351,27 @@ extension Overlay {
     }
 
     /// Gives a lower name of an indexed inode its own upper link (the
-    /// kernel's ovl_link_up), for a change that moves the name itself.
+    /// kernel's ovl_link_up), before a change that removes or moves the
+    /// name itself. The count is held relative to the lower file's across
+    /// the link, then relative to the inode's own again.
     func linkUpName(_ p: OverlayNode, _ name: FileName, _ f: Found) throws(Errno) -> Found {
         guard let index, !f.inUpper, let hex = f.indexName else { return f }
         try copyUp(p)
-        let c = beginNlinkChange(f)
+        let lower = Int(f.lowerNlink)
         try withDirFD(p, 0) { (ufd: Int32) throws(Errno) in
             try withStoredName(hex) { (h: UnsafePointer<CChar>) throws(Errno) in
+                var st = stat()
+                try check(fstatat(index.dir.raw, h, &st, Linux.AT_SYMLINK_NOFOLLOW))
+                let n = unionNlink(index.dir.raw, h, upperNlink: UInt64(st.st_nlink)) { lower > 0 ? UInt64(lower) : nil }
+                if let n, lower > 0 {
+                    let d = Int(n) - lower
+                    let v = "L" + (d >= 0 ? "+" : "") + String(d)
+                    _ = strata_lsetxattr_at(index.dir.raw, h, nlinkXattr, v, v.utf8.count, 0)
+                }
                 try check(linkat(index.dir.raw, h, ufd, name.pointer, 0))
+                if let n { writeNlink(index.dir.raw, h, nlink: Int(n), upperNlink: Int(st.st_nlink) + 1) }
             }
         }
-        endNlinkChange(c, by: 0)
         return try resolve(p, name)
     }
 }

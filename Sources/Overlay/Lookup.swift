@@ -356,6 +356,12 @@ extension Overlay {
     /// `upperWhiteout` is set when the upper layer holds a whiteout for the
     /// name (what a create must clear first).
     func resolve(_ p: OverlayNode, _ name: FileName, upperWhiteout: inout Bool) throws(Errno) -> Found {
+        var f = try resolveInLayers(p, name, upperWhiteout: &upperWhiteout)
+        if index != nil && f.stat.st_mode & Linux.S_IFMT != Linux.S_IFDIR { try findIndexed(p, name, &f) }
+        return f
+    }
+
+    private func resolveInLayers(_ p: OverlayNode, _ name: FileName, upperWhiteout: inout Bool) throws(Errno) -> Found {
         if name.count > 255 { throw .fileNameTooLong }
         // `.wh.` names are whiteout metadata in the formats we read: never
         // visible by name, as they are hidden in listings.
@@ -481,10 +487,9 @@ extension Overlay {
                 break
             }
         }
-        guard var f = found else { throw .noSuchFileOrDirectory }
+        guard let f = found else { throw .noSuchFileOrDirectory }
         // Metadata whose data is not found: the kernel's EIO.
         if f.metacopy && f.dataLayer == nil { throw .ioError }
-        if index != nil && f.stat.st_mode & Linux.S_IFMT != Linux.S_IFDIR { try findIndexed(p, name, &f) }
         return f
     }
 

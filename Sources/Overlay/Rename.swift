@@ -71,7 +71,7 @@ extension Overlay {
         if index != nil && !srcDir { src = try linkUpName(p, name, try resolve(p, name)) }
         var dstChange: NlinkChange? = nil
         if index != nil && !exchange && !dstDir, let d = dst {
-            dst = try indexBeforeChange(q, newName, d)
+            dst = try linkUpName(q, newName, try indexBeforeChange(q, newName, d))
             dstChange = dst.flatMap(beginNlinkChange)
         }
         var xn: OverlayNode? = nil
@@ -134,10 +134,7 @@ extension Overlay {
                 if srcBelow && !deviceWhiteouts { try makeWhiteout(sfd, name) }
             }
         }
-        if let c = dstChange {
-            endNlinkChange(c, by: -1)
-            if let d = dst, !d.inUpper { table.find(nodeKey(d, q, newName))?.removeName(q, newName) }
-        }
+        endNlinkChange(dstChange, by: -1)
         sn.removeName(p, name)
         sn.addName(q, newName)
         if let r = srcRedirect { sn.state.withLock { $0.redirect = r } }

@@ -144,6 +144,12 @@ struct RandomDifferentialTests {
         check(seed, redirectDir: true, index: true)
     }
 
+    /// index=on with metacopy=on: indexed copies metadata only, then their data.
+    @Test(arguments: seeds)
+    func randomSequenceWithIndexAndMetacopyMatchesTheKernel(_ seed: UInt64) throws {
+        check(seed, redirectDir: true, metacopy: true, index: true)
+    }
+
     func check(_ seed: UInt64, redirectDir: Bool, metacopy: Bool = false, index: Bool = false) {
         let ops = Self.generate(seed: seed, count: 2000)
         guard let diff = Self.firstDifference(ops, redirectDir: redirectDir, metacopy: metacopy, index: index) else { return }

@@ -101,6 +101,16 @@ public enum CrashCases {
             CrashCase("move a metadata-only copy", options: ["metacopy=on"], build: build, steps: [
                 { _ = $0.chmod("a/low", 0o600) }, { _ = $0.rename("a/low", "b/moved") },
             ]),
+            // index=on: one name of a lower hard link copied up into the
+            // index, the other linked up and removed, moved, linked again;
+            // the union's link count must hold after every system call.
+            CrashCase("index: copy up one name of a hard link, remove the other", options: ["index=on"], build: build, steps: [
+                { _ = $0.chmod("b/linked", 0o600) }, { _ = $0.unlink("b/linked2") },
+            ]),
+            CrashCase("index: move a name of a hard link, link it, remove both", options: ["index=on"], build: build, steps: [
+                { _ = $0.rename("b/linked2", "a/moved") }, { _ = $0.link("a/moved", "a/third") },
+                { _ = $0.unlink("b/linked") }, { _ = $0.unlink("a/moved") },
+            ]),
         ]
     }
 }

@@ -93,8 +93,9 @@ public final class CrashHarness: @unchecked Sendable {
         // The kernel's defaults that Strata does not share are set to Strata's.
         let metacopy = c.options.contains("metacopy=on")
         let redirect = c.options.contains("redirect_dir=on") || metacopy ? "redirect_dir=on" : "redirect_dir=off"
-        let rest = c.options.filter { !$0.hasPrefix("redirect_dir") && !$0.hasPrefix("metacopy") }
-        return (["lowerdir=\(base)/l1:\(base)/l2", "upperdir=\(u)", "workdir=\(w)", redirect, "index=off",
+        let index = c.options.contains("index=on") ? "index=on" : "index=off"
+        let rest = c.options.filter { !$0.hasPrefix("redirect_dir") && !$0.hasPrefix("metacopy") && !$0.hasPrefix("index") }
+        return (["lowerdir=\(base)/l1:\(base)/l2", "upperdir=\(u)", "workdir=\(w)", redirect, index,
                  metacopy ? "metacopy=on" : "metacopy=off", "xino=off"] + rest)
             .joined(separator: ",")
     }
