@@ -76,14 +76,17 @@ extension Overlay {
     static func openIndex(layers: [Layer], upper: Layer, workdir wfd: Int32, workdirPath: String, prefix: String,
                           warn: (String) -> Void) throws(OverlaySetupError) -> UnionIndex? {
         let uuids = layers.map { fsUUID($0.root.raw) }
-        let zero = [UInt8](repeating: 0, count: 16)
+        var seen: [UInt64: [UInt8]] = [:]
         for l in layers.dropFirst() {
-            // The kernel's ovl_lower_uuid_ok: a lower filesystem other than
-            // the upper's must have a UUID of its own for its handles to mean
-            // anything after a remount.
-            if l.dev != upper.dev && uuids[l.index] == zero {
-                warn("index=on: lowerdir \(l.path) is on a filesystem without a UUID; falling back to index=off")
-                return nil
+            // The kernel's ovl_lower_uuid_ok: a handle names its filesystem
+            // by UUID, so two lower filesystems (other than the upper's) with
+            // one UUID, two without one among them, cannot both be used.
+            if l.dev != upper.dev && seen[l.dev] == nil {
+                if seen.values.contains(uuids[l.index]) {
+                    warn("index=on: lowerdir \(l.path) is on a filesystem with the same UUID as another lower layer's; falling back to index=off")
+                    return nil
+                }
+                seen[l.dev] = uuids[l.index]
             }
             guard handle(l.root.raw, nil, uuid: uuids[l.index], upper: false) != nil else {
                 warn("index=on: lowerdir \(l.path) cannot give file handles; falling back to index=off")

@@ -136,3 +136,53 @@ extension KernelDifferentialTests {
         umount2("\(t.path)/m", Int32(MNT_DETACH))
     }
 }
+
+extension KernelDifferentialTests {
+    /// Upper on a tmpfs (a UUID of its own), lower on the disk's
+    /// filesystem: handles carry each filesystem's UUID, and the kernel
+    /// keeps the index on over them (one lower filesystem, even without a
+    /// UUID, is allowed), as Strata does; each mounts what the other wrote.
+    @Test func anIndexAcrossFilesystems() throws {
+        let t = TempDir("strata-index-fs")
+        for d in ["l", "fs", "km", "sm"] { mkdir("\(t.path)/\(d)", 0o755) }
+        #expect(runProgram("/bin/mount", ["-t", "tmpfs", "tmpfs", "\(t.path)/fs"]).status == 0)
+        defer { umount2("\(t.path)/fs", Int32(MNT_DETACH)) }
+        for d in ["ku", "kw", "su", "sw"] { mkdir("\(t.path)/fs/\(d)", 0o755) }
+        _ = FileOps("\(t.path)/l").write("a", "linked\n")
+        link("\(t.path)/l/a", "\(t.path)/l/b")
+        func kernel(_ u: String, _ w: String) -> Bool {
+            runProgram("/bin/mount", ["-t", "overlay", "overlay", "-o",
+                                      "lowerdir=\(t.path)/l,upperdir=\(t.path)/fs/\(u),workdir=\(t.path)/fs/\(w),index=on", "\(t.path)/km"]).status == 0
+        }
+        func strata(_ u: String, _ w: String) -> (status: Int32, stdout: String, stderr: String) {
+            runProgram(MountEnvironment.binary, ["mount", "-o", "lowerdir=\(t.path)/l,upperdir=\(t.path)/fs/\(u),workdir=\(t.path)/fs/\(w),index=on", "\(t.path)/sm"])
+        }
+        func unmountBoth() {
+            umount2("\(t.path)/km", Int32(MNT_DETACH))
+            umount2("\(t.path)/sm", Int32(MNT_DETACH))
+            usleep(200_000)
+        }
+        defer { unmountBoth() }
+        #expect(kernel("ku", "kw"))
+        let s = strata("su", "sw")
+        #expect(s.status == 0 && s.stderr.isEmpty, "\(s.stderr)")
+        for m in ["km", "sm"] {
+            let o = FileOps("\(t.path)/\(m)")
+            #expect(o.chmod("a", 0o600) == "ok")
+            #expect(o.write("b", "more\n", flags: O_WRONLY | O_APPEND) == "ok")
+        }
+        func view(_ m: String) -> String {
+            let o = FileOps("\(t.path)/\(m)")
+            return ["a", "b"].map { KernelDifferentialTests.seen(o, $0) }.joined(separator: " ") + " " + KernelDifferentialTests.sameInode(o, ["a", "b"])
+        }
+        #expect(view("km") == view("sm"))
+        #expect(FileOps("\(t.path)/fs/sw/index").ls("").count > 20, "no index entry")
+        unmountBoth()
+        // Crossed: the kernel over Strata's upper, Strata over the kernel's.
+        #expect(kernel("su", "sw"))
+        let c = strata("ku", "kw")
+        #expect(c.status == 0, "\(c.stderr)")
+        #expect(view("km") == view("sm"))
+        #expect(FileOps("\(t.path)/km").read("a") == "linked\nmore\n")
+    }
+}
