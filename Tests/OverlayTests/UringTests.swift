@@ -12,6 +12,9 @@ import Glibc
 /// second time on the rings (scripts/test.sh: STRATA_URING=on with the
 /// kernel switch on), which covers the semantics; these cover what only the
 /// rings have: negotiation, fallback, a killed daemon, teardown.
+/// The switch's path as a C string made before any signal handler needs it.
+nonisolated(unsafe) let uringSwitchPathC: UnsafeMutablePointer<CChar> = strdup(UringSupport.switchPath)!
+
 @Suite(.enabled(if: MountEnvironment.available), .serialized)
 struct UringTests {
     /// Turns the kernel's opt-in switch on for the test process (mounts
@@ -22,6 +25,16 @@ struct UringTests {
         if v.hasPrefix("Y") { return true }
         guard FileOps("/").write(String(UringSupport.switchPath.dropFirst()), "Y", flags: O_WRONLY) == "ok" else { return false }
         atexit { _ = FileOps("/").write(String(UringSupport.switchPath.dropFirst()), "N", flags: O_WRONLY) }
+        // A run ended by a signal (a reader of its output that went away,
+        // ^C, a timeout) skips atexit: put the switch back there too.
+        for sig in [SIGINT, SIGTERM, SIGPIPE, SIGHUP] {
+            signal(sig) { sig in
+                let fd = open(uringSwitchPathC, O_WRONLY | O_CLOEXEC)
+                if fd >= 0 { _ = write(fd, "N", 1); close(fd) }
+                signal(sig, SIG_DFL)
+                raise(sig)
+            }
+        }
         return readSmallFile(UringSupport.switchPath)?.hasPrefix("Y") == true
     }()
 
