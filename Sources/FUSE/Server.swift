@@ -36,6 +36,9 @@ public enum Server {
         // The kernel already applied the caller's umask (or, with ACLs, the
         // file system does); ours must not mask the modes a second time.
         umask(0)
+        // Directory descriptors are cached by the thousand: the table is
+        // sized now, before any thread shares it (see the function).
+        reserveDescriptorTable(8192)
 
         let (fd, method) = try Mounter.mount(mount)
         let child: Background.Child?

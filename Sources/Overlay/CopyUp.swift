@@ -69,15 +69,29 @@ extension Overlay {
                             metadataOnly: Bool, indexing: [UInt8]? = nil) throws(Errno) {
         var st = stat()
         try check(fstatat(src, name, &st, Linux.AT_SYMLINK_NOFOLLOW))
-        let tmp = "#strata-\(n.id)-\(UInt32.random(in: 0...UInt32.max))"
         let type = st.st_mode & Linux.S_IFMT
         let metaOnly = metadataOnly && type == Linux.S_IFREG
-        var built = false
-        defer { if !built { removeTree(work, tmp) } }
         // Files and directories are finished through a descriptor of the
         // copy: no path (and no /proc path) is looked up again per call.
         var ofd: Int32 = -1
         defer { if ofd >= 0 { close(ofd) } }
+        // A regular file is built nameless (O_TMPFILE, as the kernel's
+        // ovl_copy_up_tmpfile does) and linked into place whole: no entry in
+        // work/ to make, rename away or clean up after a crash. Where the
+        // upper filesystem has no O_TMPFILE, a named file in work/.
+        if type == Linux.S_IFREG {
+            // Made with its permissions (the daemon's umask is 0), so that
+            // most copies need no fchmod.
+            ofd = openat(work, ".", Linux.O_TMPFILE | O_WRONLY | O_CLOEXEC, st.st_mode & 0o777)
+            if ofd < 0 {
+                let e = strata_errno()
+                guard e == EOPNOTSUPP || e == EISDIR || e == EINVAL else { throw currentErrno() }
+            }
+        }
+        let anon = ofd >= 0
+        let tmp = anon ? "" : "#strata-\(n.id)-\(UInt32.random(in: 0...UInt32.max))"
+        var built = false
+        defer { if !built && !anon { removeTree(work, tmp) } }
         switch type {
         case Linux.S_IFDIR:
             try check(mkdirat(work, tmp, 0o700))
@@ -85,13 +99,13 @@ extension Overlay {
         case Linux.S_IFREG where metaOnly:
             // The kernel's metadata-only copy: the size without the data (a
             // sparse file), marked so that lookups find the data below.
-            ofd = try check(openat(work, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600))
+            if !anon { ofd = try check(openat(work, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)) }
             try check(ftruncate(ofd, off_t(st.st_size)))
             try check(fsetxattr(ofd, metacopyXattr, nil, 0, 0))
         case Linux.S_IFREG:
             // The data of a lower metadata-only copy is further down.
             let input = try openData(n, flags: O_RDONLY)
-            ofd = try check(openat(work, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600))
+            if !anon { ofd = try check(openat(work, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)) }
             try copyData(from: input.raw, to: ofd, size: Int64(st.st_size))
         case Linux.S_IFLNK:
             var buf = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
@@ -105,8 +119,12 @@ extension Overlay {
         let origin = String(n.ino)
         let times = [st.st_atim, st.st_mtim]
         if ofd >= 0 {
-            if fchown(ofd, st.st_uid, st.st_gid) != 0 && geteuid() == 0 { throw currentErrno() }
-            if fchmod(ofd, st.st_mode & 0o7777) != 0 { throw currentErrno() }
+            // A new file is the daemon's and its group's (work/ is ours,
+            // not setgid); chown clears set-id bits, so the mode comes after.
+            let owned = st.st_uid == geteuid() && st.st_gid == getegid() && !workIsSetgid
+            if !owned && fchown(ofd, st.st_uid, st.st_gid) != 0 && geteuid() == 0 { throw currentErrno() }
+            let made = anon ? st.st_mode & 0o777 & ~processUmask : 0o600
+            if st.st_mode & 0o7777 != made && fchmod(ofd, st.st_mode & 0o7777) != 0 { throw currentErrno() }
             try copyXattrs(from: src, name, to: ofd)
             _ = fsetxattr(ofd, originXattr, origin, origin.utf8.count, 0)
             try check(futimens(ofd, times))
@@ -118,8 +136,10 @@ extension Overlay {
             try check(utimensat(work, tmp, times, Linux.AT_SYMLINK_NOFOLLOW))
         }
         if let fh = indexing, let index {
-            try placeInIndex(index, fh, st, tmp: tmp, ofd: ofd, work: work, dst: dst, name: name)
+            try placeInIndex(index, fh, st, tmp: tmp, anon: anon, ofd: ofd, work: work, dst: dst, name: name)
             n.state.withLock { $0.indexName = Self.indexName(fh) }
+        } else if anon {
+            try linkNameless(ofd, dst, name)
         } else {
             try check(strata_renameat2(work, tmp, dst, name, Linux.RENAME_NOREPLACE))
         }
@@ -135,7 +155,10 @@ extension Overlay {
             if metaOnly {
                 // Readers keep reading the data where it is.
                 s.metacopy = true
-                if s.dataLayer == nil { s.dataLayer = s.lower }
+                if s.dataLayer == nil {
+                    s.dataLayer = s.lower
+                    s.dataBlocks = st.st_blocks          // the file just copied from
+                }
                 return
             }
             s.metacopy = false
@@ -149,14 +172,23 @@ extension Overlay {
     /// link count relative to the lower file's ("L+0", true whatever links
     /// the copy has), becomes the index entry, then the upper name is
     /// linked to it and the count recorded relative to the copy's own.
-    private func placeInIndex(_ index: UnionIndex, _ fh: [UInt8], _ st: stat, tmp: String, ofd: Int32, work: Int32,
+    private func placeInIndex(_ index: UnionIndex, _ fh: [UInt8], _ st: stat, tmp: String, anon: Bool, ofd: Int32, work: Int32,
                               dst: Int32, name: UnsafePointer<CChar>) throws(Errno) {
         try withStoredName(Self.indexName(fh)) { (hex: UnsafePointer<CChar>) throws(Errno) in
             let l0 = "L+0"
-            try check(strata_lsetxattr_at(work, tmp, kernelOriginXattr, fh, fh.count, 0))
-            try check(strata_lsetxattr_at(work, tmp, nlinkXattr, l0, l0.utf8.count, 0))
+            if ofd >= 0 {
+                try check(fsetxattr(ofd, kernelOriginXattr, fh, fh.count, 0))
+                try check(fsetxattr(ofd, nlinkXattr, l0, l0.utf8.count, 0))
+            } else {
+                try check(strata_lsetxattr_at(work, tmp, kernelOriginXattr, fh, fh.count, 0))
+                try check(strata_lsetxattr_at(work, tmp, nlinkXattr, l0, l0.utf8.count, 0))
+            }
             if !config.volatile && ofd >= 0 { _ = fsync(ofd) }
-            try check(strata_renameat2(work, tmp, index.dir.raw, hex, Linux.RENAME_NOREPLACE))
+            if anon {
+                try linkNameless(ofd, index.dir.raw, hex)
+            } else {
+                try check(strata_renameat2(work, tmp, index.dir.raw, hex, Linux.RENAME_NOREPLACE))
+            }
             if linkat(index.dir.raw, hex, dst, name, 0) != 0 {
                 let e = currentErrno()
                 unlinkat(index.dir.raw, hex, 0)
@@ -164,6 +196,16 @@ extension Overlay {
             }
             writeNlink(index.dir.raw, hex, nlink: Int(st.st_nlink), upperNlink: 2)
         }
+    }
+
+    /// Gives the nameless file `fd` (O_TMPFILE) the name `dir/name`, never
+    /// replacing one: by its descriptor where the process may (root), else
+    /// through its /proc link.
+    func linkNameless(_ fd: Int32, _ dir: Int32, _ name: UnsafePointer<CChar>) throws(Errno) {
+        if linkat(fd, "", dir, name, Linux.AT_EMPTY_PATH) == 0 { return }
+        let e = strata_errno()
+        guard e == ENOENT || e == EPERM else { throw currentErrno() }
+        try check(linkat(AT_FDCWD, "/proc/self/fd/\(fd)", dir, name, Linux.AT_SYMLINK_FOLLOW))
     }
 
     /// Points the descriptors of readers served by the daemon at the upper

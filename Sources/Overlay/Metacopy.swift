@@ -43,12 +43,16 @@ extension Overlay {
 
     /// The data's block count, which a metadata-only copy reports as its
     /// own (as the kernel's ovl_getattr does: `du` counts the data).
+    /// Lower layers do not change under a mount, so the count is asked once.
     func dataBlocks(_ n: OverlayNode) -> blkcnt_t? {
+        if let b = n.state.withLock({ $0.metacopy ? $0.dataBlocks : nil }) { return b }
         var st = stat()
         let rc = try? withData(n) { (d: Int32, name: UnsafePointer<CChar>) -> Int32 in
             fstatat(d, name, &st, Linux.AT_SYMLINK_NOFOLLOW)
         }
-        return rc == 0 ? st.st_blocks : nil
+        guard rc == 0 else { return nil }
+        n.state.withLock { if $0.metacopy { $0.dataBlocks = st.st_blocks } }
+        return st.st_blocks
     }
 
     /// The data of a metadata-only copy brought up, as the kernel's
@@ -74,6 +78,7 @@ extension Overlay {
                 n.state.withLock { s in
                     s.metacopy = false
                     s.dataLayer = nil
+                    s.dataBlocks = nil
                     // Readers through the daemon move to the copy.
                     moveFollowers(&s, to: d, name)
                 }

@@ -41,6 +41,11 @@ public final class Overlay: @unchecked Sendable {
     /// `workdir/index` with index=on (nil without, or where the kernel
     /// would fall back to index=off).
     let index: UnionIndex?
+    /// Copy-up's shortcut: whether files made in work/ take its group (setgid).
+    let workIsSetgid: Bool
+    /// The process's umask, read once at the first copy-up (the FUSE server
+    /// sets it to 0 after the union is made); -1 until then.
+    let umaskSeen = Atomic<Int32>(-1)
     public var firstLower: Int { upper == nil ? 0 : 1 }
     /// Per layer, the index of its filesystem among the union's (0 for the
     /// top layer's). With more than one, inode numbers carry it in their top
@@ -127,6 +132,8 @@ public final class Overlay: @unchecked Sendable {
             }
         }
         index = indexOpt
+        var wst = stat()
+        workIsSetgid = workFD.map { fstat($0.raw, &wst) == 0 && wst.st_mode & 0o2000 != 0 } ?? false
         layers = ls
         var devs: [UInt64] = []
         fsIndex = ls.map { l in
@@ -199,6 +206,27 @@ public final class Overlay: @unchecked Sendable {
     }
 
     var isReadOnly: Bool { upper == nil }
+
+    /// The umask, from /proc/self/status (umask(2) cannot be read without
+    /// setting it, which would race other threads' creates).
+    var processUmask: mode_t {
+        let seen = umaskSeen.load(ordering: .relaxed)
+        if seen >= 0 { return mode_t(seen) }
+        var mask: Int32 = 0o022
+        let fd = Glibc.open("/proc/self/status", O_RDONLY | O_CLOEXEC)
+        if fd >= 0 {
+            var buf = [UInt8](repeating: 0, count: 4096)
+            let n = read(fd, &buf, buf.count)
+            close(fd)
+            if n > 0, let text = String(validating: buf[0..<n], as: UTF8.self),
+               let line = text.split(separator: "\n").first(where: { $0.hasPrefix("Umask:") }),
+               let v = Int32(String(line.dropFirst(6).filter { $0 != " " && $0 != "\t" }), radix: 8) {
+                mask = v
+            }
+        }
+        umaskSeen.store(mask, ordering: .relaxed)
+        return mode_t(mask)
+    }
 
     /// What the union holds in memory, for `strata stats`: nodes the kernel
     /// references (each released by its FORGET), directory descriptors

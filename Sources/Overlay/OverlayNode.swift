@@ -67,6 +67,8 @@ public final class OverlayNode: TableNode, @unchecked Sendable {
         /// write copies it up.
         var metacopy = false
         var dataLayer: Int?
+        /// The data's block count, once asked (the data is in a lower layer).
+        var dataBlocks: blkcnt_t?
         /// Per lower layer, its path there when that is not the parent's
         /// path there and its name: below a redirect (its own, one met in a
         /// lower layer, or an ancestor's), for a directory's parts and a

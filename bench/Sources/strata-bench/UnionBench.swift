@@ -141,6 +141,9 @@ struct UnionSetup {
         }
         writeFile("\(lowers[2])/big", mib: bigMiB)
         fsyncPath("\(lowers[2])/big")
+        // The tree just written is flushed before anything is timed: its
+        // writeback would otherwise land in whichever rounds it meets.
+        sync()
         return files
     }
 
