@@ -152,6 +152,7 @@ extension Overlay {
         n.state.withLock { s in
             s.inUpper = true
             s.key = new
+            if type == Linux.S_IFDIR && deviceWhiteouts { s.upperHoldsNoWhFiles = true }
             if metaOnly {
                 // Readers keep reading the data where it is.
                 s.metacopy = true

@@ -216,7 +216,9 @@ extension Overlay {
             try check(strata_renameat2(work.raw, tmp, ufd, name.pointer, Linux.RENAME_NOREPLACE))
             done = true
         }
-        return try lookup(p, name)
+        let made = try lookup(p, name)
+        if deviceWhiteouts { made.0.state.withLock { $0.upperHoldsNoWhFiles = true } }
+        return made
     }
 
     public func link(_ n: OverlayNode, _ p: OverlayNode, _ name: FileName) throws(Errno) -> (OverlayNode, stat) {

@@ -370,7 +370,7 @@ extension Overlay {
         }
         // Only what the search needs, not a copy of the whole state (each
         // of its arrays and dictionaries would be retained and released).
-        let (searchUpper, lowerDirs) = p.state.withLock { ($0.inUpper && upper != nil, $0.lowerDirs) }
+        let (searchUpper, lowerDirs, upperClean) = p.state.withLock { ($0.inUpper && upper != nil, $0.lowerDirs, $0.upperHoldsNoWhFiles) }
         var found: Found? = nil
         let hash = Self.nameHash(name), whHash = Self.nameHash(name, whiteoutPrefix: true)
         layers: for i in (searchUpper ? -1 : 0)..<lowerDirs.count {
@@ -384,7 +384,9 @@ extension Overlay {
             var lowerRedirect: [String]? = nil
             let probe = try withDirFD(p, l) { (pfd: Int32) -> LayerProbe in
                 if fstatat(pfd, name.pointer, &st, Linux.AT_SYMLINK_NOFOLLOW) != 0 {
-                    return !last && hasWhiteoutFile(pfd, name) ? .whiteout : .absent
+                    // An upper copy this mount made holds no `.wh.` files.
+                    let clean = i < 0 && upperClean
+                    return !last && !clean && hasWhiteoutFile(pfd, name) ? .whiteout : .absent
                 }
                 if isWhiteout(st, pfd, name.pointer, marked: true) { return .whiteout }
                 if st.st_mode & Linux.S_IFMT == Linux.S_IFREG && mayBeMetacopy(l)

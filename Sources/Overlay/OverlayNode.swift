@@ -56,6 +56,11 @@ public final class OverlayNode: TableNode, @unchecked Sendable {
         /// absent is absent, and its lookup in that layer is skipped (a
         /// collision only costs the real lookup).
         var lowerNames: [Int: Set<UInt64>] = [:]
+        /// A directory whose upper copy this mount made (copy-up or mkdir)
+        /// with device whiteouts: nothing in it is a `.wh.` file (names of
+        /// that form are refused through the union, and the layers do not
+        /// change under a mount), so lookups skip that probe there.
+        var upperHoldsNoWhFiles = false
         /// Per layer, whether this directory is marked to hold xattr whiteouts.
         var xwhiteouts: [Int: Bool] = [:]
         /// A renamed directory (redirect_dir=on): where its lower parts are,

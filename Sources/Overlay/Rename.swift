@@ -30,6 +30,8 @@ extension Overlay {
         if flags & ~known != 0 || flags & Linux.RENAME_WHITEOUT != 0 { throw .invalidArgument }
         let exchange = flags & Linux.RENAME_EXCHANGE != 0
         if exchange && flags & Linux.RENAME_NOREPLACE != 0 { throw .invalidArgument }
+        // A `.wh.` name in the upper layer would act as a whiteout (as create refuses it).
+        if OverlayFormat.isWhiteoutName(newName) { throw .invalidArgument }
         var src = try resolve(p, name)
         var dst: Found? = nil
         do throws(Errno) { dst = try resolve(q, newName) } catch .noSuchFileOrDirectory {}
