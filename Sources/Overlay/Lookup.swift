@@ -193,10 +193,16 @@ extension Overlay {
         let second = mark(opaqueXattrs.1)
         if second == UInt8(ascii: "y") { return .opaque }
         let x = first == UInt8(ascii: "x") || second == UInt8(ascii: "x")
+        return hasOpaqueMarker(pfd, name) ? .opaque : (x ? .xwhiteouts : .none)
+    }
+
+    /// Whether the directory holds a `.wh..wh..opq` marker (the OCI and
+    /// fuse-overlayfs rootless format of an opaque directory).
+    func hasOpaqueMarker(_ pfd: Int32, _ name: UnsafePointer<CChar>) -> Bool {
         // NAME/.wh..wh..opq, built on the stack; NAME was just seen to be a directory.
         let len = strlen(name)
-        guard len + 13 < 256 else { return x ? .xwhiteouts : .none }
-        let marker = withUnsafeTemporaryAllocation(of: CChar.self, capacity: len + 14) { buf -> Bool in
+        guard len + 13 < 256 else { return false }
+        return withUnsafeTemporaryAllocation(of: CChar.self, capacity: len + 14) { buf -> Bool in
             guard let b = buf.baseAddress else { return false }
             b.update(from: name, count: len)
             let tail: StaticString = "/.wh..wh..opq"
@@ -205,7 +211,6 @@ extension Overlay {
             var st = stat()
             return fstatat(pfd, b, &st, Linux.AT_SYMLINK_NOFOLLOW) == 0
         }
-        return marker ? .opaque : (x ? .xwhiteouts : .none)
     }
 
     /// Both namespaces are read, the mount's own first.
@@ -394,10 +399,16 @@ extension Overlay {
                     return .metacopy(redirect: readRedirect(pfd, name.pointer) { l == 0 && upper != nil ? lowerPath(p) : layerPath(p, l) })
                 }
                 guard st.st_mode & Linux.S_IFMT == Linux.S_IFDIR else { return .entry(opaque: false, xwhiteouts: false) }
-                let mark = opaqueMark(pfd, name.pointer)
+                // Most lower directories carry no xattrs at all: one
+                // listxattr that says so answers both opaque reads and the
+                // redirect read at once. (Upper copies made here carry
+                // Strata's origin record, so the upper layer reads them.)
+                let inLower = !(l == 0 && upper != nil)
+                let bare = inLower && strata_llistxattr_at(pfd, name.pointer, nil, 0) == 0
+                let mark = bare ? (hasOpaqueMarker(pfd, name.pointer) ? .opaque : .none) : opaqueMark(pfd, name.pointer)
                 // A lower directory that was moved in an upper since made
                 // a lower layer: the layers below continue at its redirect.
-                if mark != .opaque && !(l == 0 && upper != nil) {
+                if mark != .opaque && inLower && !bare {
                     lowerRedirect = readRedirect(pfd, name.pointer) { layerPath(p, l) }
                 }
                 switch mark {
