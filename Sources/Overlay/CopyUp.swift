@@ -16,13 +16,9 @@ extension Overlay {
     public func copyUp(_ n: OverlayNode, metadataOnly: Bool = false) throws(Errno) {
         guard upper != nil, let work else { throw .readOnlyFileSystem }
         let (inUpper, metacopy, indexed, lowerNlink) = n.state.withLock { ($0.inUpper, $0.metacopy, $0.indexName != nil, $0.lowerNlink) }
-        if inUpper {
-            if metacopy && !metadataOnly { try copyUpData(n) }
-            return
-        }
-        // An indexed inode is up already, in the index (its data too, or
-        // metadata only); a lower hard link goes there.
-        if indexed {
+        // An indexed inode is up already too, in the index (its data, or
+        // metadata only); a lower hard link goes there below.
+        if inUpper || indexed {
             if metacopy && !metadataOnly { try copyUpData(n) }
             return
         }

@@ -176,35 +176,16 @@ extension Overlay {
     var nlinkXattr: String { config.xattrPrefix + "nlink" }
     var kernelOriginXattr: String { config.xattrPrefix + "origin" }
 
-    /// The union's link count of an indexed inode at `dfd/name` whose real
-    /// link count is `upperNlink` (the kernel's ovl_get_nlink); nil when it
-    /// is not indexed or the count cannot be known.
-    func indexedNlink(_ dfd: Int32, _ name: UnsafePointer<CChar>, upperNlink: UInt64, lowerNlink: UInt64?) -> UInt64? {
-        switch Self.readNlink(dfd, name, nlinkXattr) {
-        case .upper(let d)?:
-            let v = Int(upperNlink) + d
-            return v > 0 ? UInt64(v) : nil
-        case .lower(let d)?:
-            guard let l = lowerNlink else { return nil }
-            let v = Int(l) + d
-            return v > 0 ? UInt64(v) : nil
-        case nil: return nil
-        }
-    }
-
     /// Records the union's link count `nlink` relative to the real count
     /// `upperNlink`, as the kernel does before each change ("U+N").
     func writeNlink(_ dfd: Int32, _ name: UnsafePointer<CChar>, nlink: Int, upperNlink: Int) {
-        let diff = nlink - upperNlink
-        let v = "U" + (diff >= 0 ? "+" : "") + String(diff)
-        _ = strata_lsetxattr_at(dfd, name, nlinkXattr, v, v.utf8.count, 0)
+        writeNlinkDiff(dfd, name, "U", nlink - upperNlink)
     }
 
-    /// Whether a lower entry is one the index keeps: a non-directory with
-    /// more than one link in its layer.
-    @inline(__always)
-    func isIndexable(_ st: stat) -> Bool {
-        index != nil && upper != nil && st.st_mode & Linux.S_IFMT != Linux.S_IFDIR && st.st_nlink > 1
+    /// `overlay.nlink` as the kernel writes it: "U" or "L", then a signed number.
+    func writeNlinkDiff(_ dfd: Int32, _ name: UnsafePointer<CChar>, _ base: String, _ diff: Int) {
+        let v = base + (diff >= 0 ? "+" : "") + String(diff)
+        _ = strata_lsetxattr_at(dfd, name, nlinkXattr, v, v.utf8.count, 0)
     }
 
     /// The index entry of the lower file `pfd/name` in layer `layer`: its
@@ -366,11 +347,7 @@ extension Overlay {
                 var st = stat()
                 try check(fstatat(index.dir.raw, h, &st, Linux.AT_SYMLINK_NOFOLLOW))
                 let n = unionNlink(index.dir.raw, h, upperNlink: UInt64(st.st_nlink)) { lower > 0 ? UInt64(lower) : nil }
-                if let n, lower > 0 {
-                    let d = Int(n) - lower
-                    let v = "L" + (d >= 0 ? "+" : "") + String(d)
-                    _ = strata_lsetxattr_at(index.dir.raw, h, nlinkXattr, v, v.utf8.count, 0)
-                }
+                if let n, lower > 0 { writeNlinkDiff(index.dir.raw, h, "L", Int(n) - lower) }
                 try check(linkat(index.dir.raw, h, ufd, name.pointer, 0))
                 if let n { writeNlink(index.dir.raw, h, nlink: Int(n), upperNlink: Int(st.st_nlink) + 1) }
             }

@@ -213,16 +213,10 @@ public final class Overlay: @unchecked Sendable {
         let seen = umaskSeen.load(ordering: .relaxed)
         if seen >= 0 { return mode_t(seen) }
         var mask: Int32 = 0o022
-        let fd = Glibc.open("/proc/self/status", O_RDONLY | O_CLOEXEC)
-        if fd >= 0 {
-            var buf = [UInt8](repeating: 0, count: 4096)
-            let n = read(fd, &buf, buf.count)
-            close(fd)
-            if n > 0, let text = String(validating: buf[0..<n], as: UTF8.self),
-               let line = text.split(separator: "\n").first(where: { $0.hasPrefix("Umask:") }),
-               let v = Int32(String(line.dropFirst(6).filter { $0 != " " && $0 != "\t" }), radix: 8) {
-                mask = v
-            }
+        if let text = readSmallFile("/proc/self/status"),
+           let line = text.split(separator: "\n").first(where: { $0.hasPrefix("Umask:") }),
+           let v = Int32(String(line.dropFirst(6).filter { $0 != " " && $0 != "\t" }), radix: 8) {
+            mask = v
         }
         umaskSeen.store(mask, ordering: .relaxed)
         return mode_t(mask)
