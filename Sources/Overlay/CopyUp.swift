@@ -69,8 +69,7 @@ extension Overlay {
         let metaOnly = metadataOnly && type == Linux.S_IFREG
         // Files and directories are finished through a descriptor of the
         // copy: no path (and no /proc path) is looked up again per call.
-        var ofd: Int32 = -1
-        defer { if ofd >= 0 { close(ofd) } }
+        var copy = UniqueFD()
         // A regular file is built nameless (O_TMPFILE, as the kernel's
         // ovl_copy_up_tmpfile does) and linked into place whole: no entry in
         // work/ to make, rename away or clean up after a crash. Where the
@@ -78,31 +77,31 @@ extension Overlay {
         if type == Linux.S_IFREG {
             // Made with its permissions (the daemon's umask is 0), so that
             // most copies need no fchmod.
-            ofd = openat(work, ".", Linux.O_TMPFILE | O_WRONLY | O_CLOEXEC, st.st_mode & 0o777)
-            if ofd < 0 {
+            copy = UniqueFD(taking: openat(work, ".", Linux.O_TMPFILE | O_WRONLY | O_CLOEXEC, st.st_mode & 0o777))
+            if !copy.isOpen {
                 let e = strata_errno()
                 guard e == EOPNOTSUPP || e == EISDIR || e == EINVAL else { throw currentErrno() }
             }
         }
-        let anon = ofd >= 0
+        let anon = copy.isOpen
         let tmp = anon ? "" : "#strata-\(n.id)-\(UInt32.random(in: 0...UInt32.max))"
         var built = false
         defer { if !built && !anon { removeTree(work, tmp) } }
         switch type {
         case Linux.S_IFDIR:
             try check(mkdirat(work, tmp, 0o700))
-            ofd = try check(openat(work, tmp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC))
+            copy = try UniqueFD(opened: openat(work, tmp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC))
         case Linux.S_IFREG where metaOnly:
             // The kernel's metadata-only copy: the size without the data (a
             // sparse file), marked so that lookups find the data below.
-            if !anon { ofd = try check(openat(work, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)) }
-            try check(ftruncate(ofd, off_t(st.st_size)))
-            try check(fsetxattr(ofd, metacopyXattr, nil, 0, 0))
+            if !anon { copy = try UniqueFD(opened: openat(work, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)) }
+            try check(ftruncate(copy.raw, off_t(st.st_size)))
+            try check(fsetxattr(copy.raw, metacopyXattr, nil, 0, 0))
         case Linux.S_IFREG:
             // The data of a lower metadata-only copy is further down.
             let input = try openData(n, flags: O_RDONLY)
-            if !anon { ofd = try check(openat(work, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)) }
-            try copyData(from: input.raw, to: ofd, size: Int64(st.st_size))
+            if !anon { copy = try UniqueFD(opened: openat(work, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)) }
+            try copyData(from: input.raw, to: copy.raw, size: Int64(st.st_size))
         case Linux.S_IFLNK:
             var buf = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
             let len = try check(readlinkat(src, name, &buf, buf.count - 1))
@@ -114,19 +113,20 @@ extension Overlay {
         // Record the origin's inode number so st_ino survives the copy-up.
         let origin = String(n.ino)
         let times = [st.st_atim, st.st_mtim]
-        if ofd >= 0 {
+        let ofd = copy.raw
+        if copy.isOpen {
             // A new file is the daemon's and its group's (work/ is ours,
             // not setgid); chown clears set-id bits, so the mode comes after.
             let owned = st.st_uid == geteuid() && st.st_gid == getegid() && !workIsSetgid
             if !owned && fchown(ofd, st.st_uid, st.st_gid) != 0 && geteuid() == 0 { throw currentErrno() }
             let made = anon ? st.st_mode & 0o777 & ~processUmask : 0o600
-            if st.st_mode & 0o7777 != made && fchmod(ofd, st.st_mode & 0o7777) != 0 { throw currentErrno() }
+            if st.st_mode & 0o7777 != made { try check(fchmod(ofd, st.st_mode & 0o7777)) }
             try copyXattrs(from: src, name, to: ofd)
             _ = fsetxattr(ofd, originXattr, origin, origin.utf8.count, 0)
             try check(futimens(ofd, times))
         } else {
             if fchownat(work, tmp, st.st_uid, st.st_gid, Linux.AT_SYMLINK_NOFOLLOW) != 0 && geteuid() == 0 { throw currentErrno() }
-            if type != Linux.S_IFLNK && fchmodat(work, tmp, st.st_mode & 0o7777, 0) != 0 { throw currentErrno() }
+            if type != Linux.S_IFLNK { try check(fchmodat(work, tmp, st.st_mode & 0o7777, 0)) }
             try copyXattrs(from: "/proc/self/fd/\(src)/\(String(cString: name))", to: "/proc/self/fd/\(work)/\(tmp)")
             _ = lsetxattr("/proc/self/fd/\(work)/\(tmp)", originXattr, origin, origin.utf8.count, 0)
             try check(utimensat(work, tmp, times, Linux.AT_SYMLINK_NOFOLLOW))
@@ -142,7 +142,7 @@ extension Overlay {
         built = true
         copyUps.add(1, ordering: .relaxed)
         var ust = stat()
-        if ofd >= 0 { fstat(ofd, &ust) } else { fstatat(dst, name, &ust, Linux.AT_SYMLINK_NOFOLLOW) }
+        if copy.isOpen { fstat(ofd, &ust) } else { fstatat(dst, name, &ust, Linux.AT_SYMLINK_NOFOLLOW) }
         let old = n.snapshot.key
         let new = InodeKey(dev: UInt64(ust.st_dev), ino: UInt64(ust.st_ino))
         n.state.withLock { s in
@@ -245,7 +245,7 @@ extension Overlay {
             }
             try check(ftruncate(o, off_t(size)))
         }
-        if !config.volatile && fsync(o) != 0 { throw currentErrno() }
+        if !config.volatile { try check(fsync(o)) }
     }
 
     private func copyRange(_ i: Int32, _ o: Int32, from start: Int64, to end: Int64) throws(Errno) {

@@ -14,6 +14,12 @@ public struct UniqueFD: ~Copyable, Sendable {
 
     public init(taking raw: Int32) { self.raw = raw }
 
+    /// An owner that holds nothing yet (for a descriptor opened on one of
+    /// several paths, such as copy-up's nameless or named copy).
+    public init() { raw = -1 }
+
+    public var isOpen: Bool { raw >= 0 }
+
     /// Wraps the result of an opening call: -1 becomes the thrown errno.
     public init(opened raw: Int32) throws(Errno) {
         if raw < 0 { throw currentErrno() }
@@ -27,7 +33,7 @@ public struct UniqueFD: ~Copyable, Sendable {
         return r
     }
 
-    deinit { close(raw) }
+    deinit { if raw >= 0 { close(raw) } }
 }
 
 /// A system call's -1 turned into the thrown errno (what ninety
