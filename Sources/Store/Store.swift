@@ -247,20 +247,26 @@ public final class Store: @unchecked Sendable {
         progress("layer \(Digest.hex(u.diffID).prefix(12)): \(u.stats.entries) entries, \(u.stats.bytes) bytes")
     }
 
-    /// Notes that `registry/repository` holds the blob `digest`.
-    public func recordBlobSource(_ digest: String, registry: String, repository: String) {
-        _ = try? db.queue.write { db in
-            try db.execute(sql: "INSERT OR IGNORE INTO blob_source (digest, registry, repository) VALUES (?, ?, ?)",
-                           arguments: [digest, registry, repository])
-        }
+    /// Notes that `registry/repository` holds the blob `digest`. A failure
+    /// is thrown, not swallowed: the caller says it (the pull or push itself
+    /// has succeeded; only a later push's cross-repository mount is lost).
+    public func recordBlobSource(_ digest: String, registry: String, repository: String) throws(StoreError) {
+        do {
+            try db.queue.write { db in
+                try db.execute(sql: "INSERT OR IGNORE INTO blob_source (digest, registry, repository) VALUES (?, ?, ?)",
+                               arguments: [digest, registry, repository])
+            }
+        } catch { throw StoreError(wrapping: error) }
     }
 
     /// Repositories of `registry` known to hold `digest`.
-    public func blobSources(_ digest: String, registry: String) -> [String] {
-        (try? db.queue.read { db in
-            try String.fetchAll(db, sql: "SELECT repository FROM blob_source WHERE digest = ? AND registry = ? ORDER BY repository",
-                                arguments: [digest, registry])
-        }) ?? []
+    public func blobSources(_ digest: String, registry: String) throws(StoreError) -> [String] {
+        do {
+            return try db.queue.read { db in
+                try String.fetchAll(db, sql: "SELECT repository FROM blob_source WHERE digest = ? AND registry = ? ORDER BY repository",
+                                    arguments: [digest, registry])
+            }
+        } catch { throw StoreError(wrapping: error) }
     }
 
     public struct ImageRecord: Codable, FetchableRecord, PersistableRecord, Sendable {
