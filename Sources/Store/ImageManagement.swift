@@ -112,9 +112,19 @@ extension Store {
         let wasMounted = strata_is_mount_root_path(merged)
         _ = try mount(c, driver: geteuid() == 0 ? .overlay : .fuse, strataBinary: strataBinary)
         defer { if !wasMounted { try? unmount(c) } }
-        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-        if fd < 0 { throw StoreError.last("\(path)") }
-        defer { close(fd) }
-        do { try LayerWriter().write(directory: merged, to: fd) } catch { throw StoreError(.archive, "export \(c.name): \(error)") }
+        // Written beside the target and renamed over it when whole: a failed
+        // export leaves neither a half archive nor a clobbered old one.
+        let partial = "\(path).partial-\(getpid())"
+        let fd = open(partial, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
+        if fd < 0 { throw StoreError.last("\(partial)") }
+        var whole = false
+        defer { if !whole { unlink(partial) } }
+        do {
+            defer { close(fd) }
+            try LayerWriter().write(directory: merged, to: fd)
+            if fsync(fd) != 0 { throw StoreError.last("\(partial)") }
+        } catch let e as StoreError { throw e } catch { throw StoreError(.archive, "export \(c.name): \(error)") }
+        if rename(partial, path) != 0 { throw StoreError.last("\(path)") }
+        whole = true
     }
 }
