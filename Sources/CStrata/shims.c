@@ -238,6 +238,13 @@ int strata_pin_to_cpu(int cpu) {
     return sched_setaffinity(0, sizeof set, &set);
 }
 
+int strata_unpin(void) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    for (int i = 0; i < CPU_SETSIZE; i++) CPU_SET(i, &set);
+    return sched_setaffinity(0, sizeof set, &set);
+}
+
 int strata_sched_idle(void) {
     struct sched_param p = { .sched_priority = 0 };
     return sched_setscheduler(0, SCHED_IDLE, &p);

@@ -40,6 +40,7 @@ public struct Listings: Sendable {
     public mutating func removeAll() { held.removeAll() }
 
     public var count: Int { held.count }
+    public var isEmpty: Bool { held.isEmpty }
     public var entryCount: Int { held.reduce(0) { $0 + $1.entries.count } }
 
     /// The offset of position `index` in listing `id`.

@@ -563,7 +563,11 @@ extension Overlay {
     /// Looks `name` up in `parent` and takes a reference on the node.
     public func lookup(_ parent: OverlayNode, _ name: FileName) throws(Errno) -> (OverlayNode, stat) {
         guard parent.isDirectory else { throw .notDirectory }
-        let f = try resolve(parent, name)
+        return try lookup(parent, name, resolved: try resolve(parent, name))
+    }
+
+    /// Registers a name already resolved (now, or ahead by `ReadAhead`).
+    func lookup(_ parent: OverlayNode, _ name: FileName, resolved f: Found) throws(Errno) -> (OverlayNode, stat) {
         let topLayer = f.topLayer
         let ino = try withDirFD(parent, topLayer) { (pfd: Int32) -> UInt64 in reportedIno(f, pfd, name.pointer) }
         let n = register(parent, name, f, ino: ino)
@@ -631,7 +635,7 @@ extension Overlay {
         if isDir && recorded {
             n.state.withLock { st in
                 if st.redirect != f.redirect || st.lowerPaths != f.lowerPaths {
-                    st.fds = [:]; st.handles = [:]; st.lowerNames = [:]; st.listings.removeAll()
+                    st.fds = [:]; st.handles = [:]; st.lowerNames = [:]; st.listings.removeAll(); st.prepared = nil
                 }
                 st.lowerDirs = f.lowerDirs; st.inUpper = f.inUpper; st.lower = f.lower; st.redirect = f.redirect
                 st.lowerPaths = f.lowerPaths

@@ -41,6 +41,8 @@ public final class Overlay: @unchecked Sendable {
     /// `workdir/index` with index=on (nil without, or where the kernel
     /// would fall back to index=off).
     let index: UnionIndex?
+    /// Listings prepared ahead of walkers (nil with readdir_ahead=off).
+    let readAhead: ReadAhead?
     /// Copy-up's shortcut: whether files made in work/ take its group (setgid).
     let workIsSetgid: Bool
     /// The process's umask, read once at the first copy-up (the FUSE server
@@ -132,6 +134,7 @@ public final class Overlay: @unchecked Sendable {
             }
         }
         index = indexOpt
+        readAhead = config.readdirAhead && indexOpt == nil ? ReadAhead() : nil
         var wst = stat()
         workIsSetgid = workFD.map { fstat($0.raw, &wst) == 0 && wst.st_mode & 0o2000 != 0 } ?? false
         layers = ls
@@ -239,7 +242,9 @@ public final class Overlay: @unchecked Sendable {
         return [("nodes", nodes), ("directory nodes", directories),
                 ("cached directory descriptors", fdBudget.inUse), ("descriptor budget", fdBudget.limit),
                 ("directories reopened by handle", handles), ("listings held", listings), ("entries in listings held", listed),
-                ("copy-ups", copyUps.load(ordering: .relaxed))]
+                ("copy-ups", copyUps.load(ordering: .relaxed)),
+                ("listings read ahead", readAhead?.prepared.load(ordering: .relaxed) ?? 0),
+                ("listings read ahead and used", readAhead?.used.load(ordering: .relaxed) ?? 0)]
     }
 
     @inline(__always)

@@ -29,6 +29,9 @@ public struct OverlayConfig: Sendable {
     public var index = false
     /// No fsync to layers (the kernel's `volatile`).
     public var volatile = false
+    /// Directories listed ahead of a walker on an idle CPU (`ReadAhead`);
+    /// readdir_ahead=off turns it off.
+    public var readdirAhead = true
     /// How long the kernel may cache names and attributes (layers do not
     /// change under a mount, so long by default).
     public var timeout: Double = 86400

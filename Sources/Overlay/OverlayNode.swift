@@ -51,6 +51,9 @@ public final class OverlayNode: TableNode, @unchecked Sendable {
         var openFiles = OpenCounts()
         /// Merged listings its readers are part-way through.
         public var listings = Listings()
+        /// Its listing, its entries resolved, made ahead of a walker that
+        /// has not asked for it yet (see `ReadAhead`).
+        var prepared: PreparedListing?
         /// Per lower layer, hashes of the names this directory holds there.
         /// Lower layers never change under a mount, so a name whose hash is
         /// absent is absent, and its lookup in that layer is skipped (a

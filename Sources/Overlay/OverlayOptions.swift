@@ -38,6 +38,12 @@ extension OverlayConfig {
             case "off": metacopy = false
             default: throw UsageError("option 'metacopy=\(v ?? "")' is not supported (use on or off)")
             }
+        case "readdir_ahead":
+            switch v {
+            case "on": readdirAhead = true
+            case "off": readdirAhead = false
+            default: throw UsageError("option 'readdir_ahead=\(v ?? "")' is not supported (use on or off)")
+            }
         case "index":
             switch v {
             case "on": index = true

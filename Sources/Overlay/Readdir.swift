@@ -13,6 +13,8 @@ extension Overlay {
         public var name: [UInt8]     // no NUL
         public var type: UInt8       // DT_*
         public var ino: UInt64
+        /// The entry resolved ahead of its READDIRPLUS (see `ReadAhead`).
+        var found: Found? = nil
     }
 
     public func readDirectory(_ n: OverlayNode) throws(Errno) -> [DirEntry] {

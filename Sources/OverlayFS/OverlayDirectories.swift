@@ -28,7 +28,7 @@ extension OverlayFS {
         var (listing, position) = Listings.split(offset)
         let entries: [Overlay.DirEntry]
         if offset == 0 || listing == 0 {
-            entries = try overlay.readDirectory(dir)
+            if let prepared = overlay.takePreparedListing(dir) { entries = prepared } else { entries = try overlay.readDirectory(dir) }
             listing = dir.state.withLock { $0.listings.start(entries) }
         } else if let l = dir.state.withLock({ $0.listings.find(listing) }) {
             entries = l
@@ -54,14 +54,19 @@ extension OverlayFS {
             if !fits { return }
             off += 1
         }
+        // The directories this answer registers are listed next, ahead of
+        // the walker that will ask (see Overlay's ReadAhead).
+        var subdirectories: [OverlayNode] = []
+        defer { if !subdirectories.isEmpty { overlay.readAhead(subdirectories) } }
         while Int(off - 2) < entries.count {
             let e = entries[Int(off - 2)]
             if !out.fits(nameLength: e.name.count) { return }
             var ent: Entry? = nil
             if out.plus {
-                let looked: Entry? = FileName.with(unterminated: e.name) { fn in
-                    guard let (n, st) = try? overlay.lookup(dir, fn) else { return nil }
-                    return entry(n, st)
+                var looked: Entry? = nil
+                if let (n, st) = try? overlay.lookup(dir, entry: e) {
+                    looked = entry(n, st)
+                    if n.isDirectory { subdirectories.append(n) }
                 }
                 // No entry (gone since the listing, or an xattr whiteout the
                 // listing keeps, as the kernel's does): the name alone, which

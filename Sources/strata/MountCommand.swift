@@ -24,7 +24,8 @@ struct MountCommand: ParsableCommand {
         redirect_dir=on|off, metacopy=on|off (metadata-only copy-up; turns redirect_dir on), \
         index=on|off (lower hard links stay linked across copy-up), xino=on|off|auto, timeout=SECONDS, \
         passthrough=on|off, threads=N, uring=auto|on|off (FUSE over io_uring), uring_depth=N, \
-        uring_sched=idle|normal, readdirplus=always|auto, noacl, and the generic rw, ro, dev, nodev, \
+        uring_sched=idle|normal, readdirplus=always|auto, readdir_ahead=on|off (list the directories of a \
+        listing ahead of a walker, on an idle CPU), noacl, and the generic rw, ro, dev, nodev, \
         suid, nosuid, exec, noexec, atime, noatime, allow_other, default_permissions. \
         squash_to_root, squash_to_uid=N, squash_to_gid=N (show every file as owned \
         by that id) and static_nlink (directories report one link) as in \

@@ -96,6 +96,9 @@ int strata_ring_next(struct strata_ring *r, uint64_t *user_data, int32_t *res);
 int strata_pin_to_cpu(int cpu);
 /// Puts the calling thread under SCHED_IDLE (see RingQueue for why).
 int strata_sched_idle(void);
+/// Lets the calling thread run on any CPU (a thread started from a pinned
+/// ring thread inherits its pin).
+int strata_unpin(void);
 void strata_set_errno(int e);
 /* posix_spawn_file_actions_addclosefrom_np (glibc 2.34+), which Swift's Glibc module does not export. */
 #include <spawn.h>
