@@ -30,7 +30,7 @@ final class ReadAhead: @unchecked Sendable {
     /// Entries held in prepared listings, against `maxEntries`.
     let heldEntries = Atomic<Int>(0)
     static let maxPending = 512
-    static let maxEntries = 65_536
+    static let maxEntries = 16_384
     /// Listings prepared, and of those used (statistics and tests).
     let prepared = Atomic<Int>(0)
     let used = Atomic<Int>(0)
@@ -46,7 +46,8 @@ final class ReadAhead: @unchecked Sendable {
     }
 
     /// Queues directories to prepare; the thread starts with the first
-    /// (never before the daemon has forked).
+    /// (never before the daemon has forked) and lives as long as the
+    /// daemon.
     func enqueue(_ dirs: [OverlayNode], _ work: @escaping @Sendable (OverlayNode) -> Void) {
         if dirs.isEmpty || heldEntries.load(ordering: .relaxed) >= Self.maxEntries { return }
         pending.withLock { q in
@@ -69,6 +70,12 @@ final class ReadAhead: @unchecked Sendable {
             t?.detach()
         }
     }
+}
+
+/// One entry's resolution made ahead (a class: see `DirEntry.found`).
+final class ResolvedAhead: @unchecked Sendable {
+    let found: Overlay.Found
+    init(_ found: Overlay.Found) { self.found = found }
 }
 
 /// A listing prepared ahead, counted against `ReadAhead.maxEntries` for as
@@ -103,7 +110,7 @@ extension Overlay {
         guard var entries = try? readDirectory(n) else { return }
         for i in entries.indices {
             FileName.with(unterminated: entries[i].name) { fn in
-                entries[i].found = try? resolve(n, fn)
+                entries[i].found = (try? resolve(n, fn)).map(ResolvedAhead.init)
             }
         }
         let listing = PreparedListing(entries, readAhead)
@@ -133,7 +140,7 @@ extension Overlay {
     /// directory is still not in the upper layer, else by name.
     public func lookup(_ parent: OverlayNode, entry e: DirEntry) throws(Errno) -> (OverlayNode, stat) {
         let r = FileName.with(unterminated: e.name) { (fn: FileName) -> Result<(OverlayNode, stat), Errno> in
-            if let f = e.found, !parent.state.withLock({ $0.inUpper && upper != nil }) {
+            if let f = e.found?.found, !parent.state.withLock({ $0.inUpper && upper != nil }) {
                 return Result { () throws(Errno) in try lookup(parent, fn, resolved: f) }
             }
             return Result { () throws(Errno) in try lookup(parent, fn) }

@@ -13,8 +13,10 @@ extension Overlay {
         public var name: [UInt8]     // no NUL
         public var type: UInt8       // DT_*
         public var ino: UInt64
-        /// The entry resolved ahead of its READDIRPLUS (see `ReadAhead`).
-        var found: Found? = nil
+        /// The entry resolved ahead of its READDIRPLUS (see `ReadAhead`),
+        /// boxed: every listing carries the field, and a `Found` inline
+        /// would make each entry ten times larger.
+        var found: ResolvedAhead? = nil
     }
 
     public func readDirectory(_ n: OverlayNode) throws(Errno) -> [DirEntry] {
