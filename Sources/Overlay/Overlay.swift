@@ -167,6 +167,7 @@ public final class Overlay: @unchecked Sendable {
             key: InodeKey(dev: UInt64(st.st_dev), ino: UInt64(st.st_ino)))
         root = OverlayNode(id: 1, isDirectory: true, ino: UInt64(st.st_ino), state: rootState)
         table = NodeTable(root: root)
+        readAhead?.overlay = self
         try checkVolatile(workdir: config.work ?? "")
         try cleanWork()
         if config.volatile, let w = work {

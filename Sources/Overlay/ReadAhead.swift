@@ -45,10 +45,13 @@ final class ReadAhead: @unchecked Sendable {
         signal.deallocate()
     }
 
+    /// The union whose directories are prepared (set once it is whole).
+    weak var overlay: Overlay?
+
     /// Queues directories to prepare; the thread starts with the first
     /// (never before the daemon has forked) and lives as long as the
     /// daemon.
-    func enqueue(_ dirs: [OverlayNode], _ work: @escaping @Sendable (OverlayNode) -> Void) {
+    func enqueue(_ dirs: [OverlayNode]) {
         if dirs.isEmpty || heldEntries.load(ordering: .relaxed) >= Self.maxEntries { return }
         pending.withLock { q in
             q.append(contentsOf: dirs.reversed())
@@ -64,7 +67,7 @@ final class ReadAhead: @unchecked Sendable {
                 while true {
                     while sem_wait(signal) != 0 {}
                     guard let n = pending.withLock({ $0.popLast() }) else { continue }
-                    work(n)
+                    overlay?.prepare(n)
                 }
             }
             t?.detach()
@@ -96,10 +99,10 @@ final class PreparedListing: @unchecked Sendable {
 extension Overlay {
     /// What READDIRPLUS calls once it has answered: the directories among
     /// the nodes it registered are prepared next.
-    public func readAhead(_ dirs: [OverlayNode]) {
-        guard let readAhead, index == nil else { return }
-        readAhead.enqueue(dirs) { [self] n in prepare(n) }
-    }
+    public func readAhead(_ dirs: [OverlayNode]) { readAhead?.enqueue(dirs) }
+
+    /// Whether listings are read ahead (readdir_ahead=on and index=off).
+    public var readsAhead: Bool { readAhead != nil }
 
     /// Lists `n` and resolves each entry, keeping the results on the node
     /// for its next listing from offset 0.

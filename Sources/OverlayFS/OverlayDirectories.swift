@@ -56,6 +56,7 @@ extension OverlayFS {
         }
         // The directories this answer registers are listed next, ahead of
         // the walker that will ask (see Overlay's ReadAhead).
+        let ahead = overlay.readsAhead
         var subdirectories: [OverlayNode] = []
         defer { if !subdirectories.isEmpty { overlay.readAhead(subdirectories) } }
         while Int(off - 2) < entries.count {
@@ -66,7 +67,7 @@ extension OverlayFS {
                 var looked: Entry? = nil
                 if let (n, st) = try? overlay.lookup(dir, entry: e) {
                     looked = entry(n, st)
-                    if n.isDirectory { subdirectories.append(n) }
+                    if ahead && n.isDirectory { subdirectories.append(n) }
                 }
                 // No entry (gone since the listing, or an xattr whiteout the
                 // listing keeps, as the kernel's does): the name alone, which
