@@ -117,15 +117,15 @@ extension Overlay {
         if copy.isOpen {
             // A new file is the daemon's and its group's (work/ is ours,
             // not setgid); chown clears set-id bits, so the mode comes after.
-            let owned = st.st_uid == geteuid() && st.st_gid == getegid() && !workIsSetgid
-            if !owned && fchown(ofd, st.st_uid, st.st_gid) != 0 && geteuid() == 0 { throw currentErrno() }
+            let owned = st.st_uid == euid && st.st_gid == egid && !workIsSetgid
+            if !owned && fchown(ofd, st.st_uid, st.st_gid) != 0 && euid == 0 { throw currentErrno() }
             let made = anon ? st.st_mode & 0o777 & ~processUmask : 0o600
             if st.st_mode & 0o7777 != made { try check(fchmod(ofd, st.st_mode & 0o7777)) }
             try copyXattrs(from: src, name, to: ofd)
             _ = fsetxattr(ofd, originXattr, origin, origin.utf8.count, 0)
             try check(futimens(ofd, times))
         } else {
-            if fchownat(work, tmp, st.st_uid, st.st_gid, Linux.AT_SYMLINK_NOFOLLOW) != 0 && geteuid() == 0 { throw currentErrno() }
+            if fchownat(work, tmp, st.st_uid, st.st_gid, Linux.AT_SYMLINK_NOFOLLOW) != 0 && euid == 0 { throw currentErrno() }
             if type != Linux.S_IFLNK { try check(fchmodat(work, tmp, st.st_mode & 0o7777, 0)) }
             try copyXattrs(from: "/proc/self/fd/\(src)/\(String(cString: name))", to: "/proc/self/fd/\(work)/\(tmp)")
             _ = lsetxattr("/proc/self/fd/\(work)/\(tmp)", originXattr, origin, origin.utf8.count, 0)

@@ -75,7 +75,7 @@ extension Overlay {
     }
 
     func setOwner(_ d: Int32, _ name: UnsafePointer<CChar>, _ who: Creator, isDirectory: Bool, mode: UInt32) {
-        guard geteuid() == 0, who.uid != 0 || who.gid != 0 else { return }
+        guard euid == 0, who.uid != 0 || who.gid != 0 else { return }
         var pst = stat()
         let setgidParent = fstat(d, &pst) == 0 && pst.st_mode & 0o2000 != 0
         _ = fchownat(d, name, who.uid, setgidParent ? UInt32.max : who.gid, Linux.AT_SYMLINK_NOFOLLOW)
@@ -158,7 +158,7 @@ extension Overlay {
         let fd = try withDirFD(p, 0) { (ufd: Int32) throws(Errno) -> UniqueFD in
             let fl = (openFlags & ~(O_CREAT | O_EXCL | O_NOCTTY | O_DIRECTORY)) | Linux.O_TMPFILE | O_CLOEXEC
             let fd = try UniqueFD(opened: openat(ufd, ".", fl, mode & 0o7777))
-            if geteuid() == 0 && (who.uid != 0 || who.gid != 0) {
+            if euid == 0 && (who.uid != 0 || who.gid != 0) {
                 var pst = stat()
                 let setgid = fstat(ufd, &pst) == 0 && pst.st_mode & 0o2000 != 0
                 _ = fchown(fd.raw, who.uid, setgid ? UInt32.max : who.gid)
@@ -200,7 +200,7 @@ extension Overlay {
                 _ = fchownat(work.raw, tmp, UInt32.max, pst.st_gid, 0)
                 _ = fchmodat(work.raw, tmp, (mode & 0o7777) | 0o2000, 0)
             }
-            if geteuid() == 0 && (who.uid != 0 || who.gid != 0) {
+            if euid == 0 && (who.uid != 0 || who.gid != 0) {
                 _ = fchownat(work.raw, tmp, who.uid, pst.st_mode & 0o2000 != 0 ? UInt32.max : who.gid, 0)
             }
             // With redirect_dir the kernel marks every new directory of a

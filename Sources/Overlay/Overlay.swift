@@ -43,6 +43,9 @@ public final class Overlay: @unchecked Sendable {
     let index: UnionIndex?
     /// Listings prepared ahead of walkers (nil with readdir_ahead=off).
     let readAhead: ReadAhead?
+    /// The daemon's own ids, asked once (never changed while it serves):
+    /// copy-up and create ask them on every call otherwise.
+    let euid = geteuid(), egid = getegid()
     /// Copy-up's shortcut: whether files made in work/ take its group (setgid).
     let workIsSetgid: Bool
     /// The process's umask, read once at the first copy-up (the FUSE server
@@ -153,7 +156,7 @@ public final class Overlay: @unchecked Sendable {
         whiteoutXattr = prefix + "whiteout"
         redirectXattr = prefix + "redirect"
         metacopyXattr = prefix + "metacopy"
-        deviceWhiteouts = geteuid() == 0 && !config.userXattr
+        deviceWhiteouts = euid == 0 && !config.userXattr
 
         // The root: merged across every layer (an opaque root is not a thing).
         var st = stat()
