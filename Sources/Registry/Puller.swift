@@ -109,11 +109,7 @@ public struct Puller: Sendable {
         do { loaded = try loader.load(directory: dir, source: "\(ref)") } catch { throw RegistryError(wrapping: error) }
         try? FileManager.default.removeItem(atPath: dir)
         for d in [cfgDigest] + layers.map(\.digest) {
-            // The image is in the store: a failure here costs only a later
-            // push's cross-repository mount, so it is said and not thrown.
-            do { try store.recordBlobSource(d, registry: ref.host, repository: ref.repository) } catch {
-                progress("warning: \(error.message); a later push will upload blob \(Digest.hex(d).prefix(12)) rather than mount it")
-            }
+            store.noteBlobSource(d, ref, progress: progress)
         }
         return loaded.first?.id ?? ""
     }

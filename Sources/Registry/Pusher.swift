@@ -55,7 +55,7 @@ public struct Pusher: Sendable {
         let head = try await client.request(.HEAD, "/v2/\(ref.repository)/blobs/\(digest)")
         if head.status == 200 {
             progress("blob \(short): already there")
-            noteSource(digest, ref)
+            store.noteBlobSource(digest, ref, progress: progress)
             return
         }
         var location: String?
@@ -68,7 +68,7 @@ public struct Pusher: Sendable {
             let m = try await client.request(.POST, "/v2/\(ref.repository)/blobs/uploads/?mount=\(digest)&from=\(from)")
             if m.status == 201 {
                 progress("blob \(short): mounted from \(from)")
-                noteSource(digest, ref)
+                store.noteBlobSource(digest, ref, progress: progress)
                 return
             }
             // 202: the registry would not mount, and opened an upload instead.
@@ -85,15 +85,7 @@ public struct Pusher: Sendable {
         let sep = loc2.contains("?") ? "&" : "?"
         let put = try await client.request(.PUT, "\(loc2)\(sep)digest=\(digest)")
         guard put.status == 201 else { throw RegistryClient.error(put.status, put.body, "upload of \(digest)") }
-        noteSource(digest, ref)
+        store.noteBlobSource(digest, ref, progress: progress)
         progress("blob \(short): \(size) bytes pushed")
-    }
-
-    /// Records where the blob now is, for later pushes' cross-repository
-    /// mounts; a store that cannot note it is said, and the push goes on.
-    private func noteSource(_ digest: String, _ ref: Reference) {
-        do { try store.recordBlobSource(digest, registry: ref.host, repository: ref.repository) } catch {
-            progress("warning: \(error.message); a later push of blob \(Digest.hex(digest).prefix(12)) will upload it again")
-        }
     }
 }
