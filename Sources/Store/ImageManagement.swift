@@ -116,15 +116,16 @@ extension Store {
         // export leaves neither a half archive nor a clobbered old one.
         let partial = "\(path).partial-\(getpid())"
         let fd = open(partial, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
-        if fd < 0 { throw StoreError.last("\(partial)") }
+        // Errors name the path the user gave, not the temporary beside it.
+        if fd < 0 { throw StoreError.last("export to \(path)") }
         var whole = false
         defer { if !whole { unlink(partial) } }
         do {
             defer { close(fd) }
             try LayerWriter().write(directory: merged, to: fd)
-            if fsync(fd) != 0 { throw StoreError.last("\(partial)") }
+            if fsync(fd) != 0 { throw StoreError.last("export to \(path)") }
         } catch let e as StoreError { throw e } catch { throw StoreError(.archive, "export \(c.name): \(error)") }
-        if rename(partial, path) != 0 { throw StoreError.last("\(path)") }
+        if rename(partial, path) != 0 { throw StoreError.last("export to \(path)") }
         whole = true
     }
 }
