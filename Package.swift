@@ -4,7 +4,7 @@ import PackageDescription
 // Module graph (one way, see docs/ARCHITECTURE.md):
 //   CStrata <- Sys <- Tables <- FUSE <- Loopback <- strata
 //                  Tables <- Overlay <- OverlayFS (also <- FUSE) <- strata
-//                  Sys <- Archive (libarchive) <- Store (SQLite via GRDB) <- Registry (AsyncHTTPClient) <- strata
+//                  Sys <- Archive (libarchive, zlib) <- Store (SQLite via GRDB) <- Registry (AsyncHTTPClient) <- strata
 // Every target names each module it imports (swift-system's SystemPackage
 // included); libarchive is reached only through Archive.
 let package = Package(
@@ -49,7 +49,14 @@ let package = Package(
         // libarchive (Debian libarchive-dev) reads and writes tar and its
         // compressions; Archive adds the layer rules on top.
         .systemLibrary(name: "CArchive", pkgConfig: "libarchive", providers: [.apt(["libarchive-dev"])]),
-        .target(name: "Archive", dependencies: ["Sys", "CStrata", "CArchive", .product(name: "SystemPackage", package: "swift-system")]),
+        // zlib (Debian zlib1g-dev) writes and reads eStargz's gzip members,
+        // which must start exactly where a file's data does.
+        .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
+        .target(name: "Archive", dependencies: [
+            "Sys", "CStrata", "CArchive", "CZlib",
+            .product(name: "SystemPackage", package: "swift-system"),
+            .product(name: "Crypto", package: "swift-crypto"),
+        ]),
         .target(name: "Store", dependencies: [
             "Archive", "Sys", "CStrata",
             .product(name: "SystemPackage", package: "swift-system"),

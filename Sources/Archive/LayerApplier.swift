@@ -67,6 +67,26 @@ public struct LayerApplier: Sendable {
         return stats
     }
 
+    /// What applying keeps between entries.
+    struct ApplyState {
+        var stats = Stats()
+        var dirTimes: [(ArraySlice<String>, String, timespec)] = []
+        // The previous entry's parent, kept open: archives list a
+        // directory's entries together, and resolving the parent from the
+        // layer root costs an openat per component. It can never name a
+        // replaced directory: replacing one needs an entry whose parent is
+        // that directory's parent, which then becomes the kept one.
+        var kept: (path: ArraySlice<String>, fd: Int32)? = nil
+    }
+
+    /// Where a regular file's data comes from: the archive being read, or
+    /// nowhere yet (a lazily pulled layer: the file gets its size as a
+    /// hole and `mark`, naming its data, until the data is fetched).
+    enum FileData {
+        case archive(OpaquePointer)
+        case later(xattr: String, mark: (OpaquePointer) -> String?)
+    }
+
     private func extract(fd: Int32, root: Int32, rootPath: String, label: String) throws(ArchiveError) -> Stats {
         guard let a = archive_read_new() else { throw ArchiveError(label, "libarchive: out of memory") }
         defer { archive_read_free(a) }
@@ -75,18 +95,11 @@ public struct LayerApplier: Sendable {
         if archive_read_open_fd(a, fd, 1 << 16) != ARCHIVE_OK {
             throw ArchiveError(label, "not a readable archive: \(errorString(a))")
         }
-        var stats = Stats()
-        var dirTimes: [(ArraySlice<String>, String, timespec)] = []
+        var state = ApplyState()
+        defer { if let k = state.kept { close(k.fd) } }
         var entry: OpaquePointer? = nil
         var lastName = ""
-        // The previous entry's parent, kept open: archives list a
-        // directory's entries together, and resolving the parent from the
-        // layer root costs an openat per component. It can never name a
-        // replaced directory: replacing one needs an entry whose parent is
-        // that directory's parent, which then becomes the kept one.
-        var kept: (path: ArraySlice<String>, fd: Int32)? = nil
-        defer { if let k = kept { close(k.fd) } }
-        entries: while true {
+        while true {
             let r = archive_read_next_header(a, &entry)
             if r == ARCHIVE_EOF { break }
             if r < ARCHIVE_WARN || entry == nil {
@@ -95,104 +108,155 @@ public struct LayerApplier: Sendable {
                                    kind: .truncated)
             }
             guard let e = entry, let cpath = archive_entry_pathname(e) else { throw ArchiveError(label, "entry without a name") }
-            let raw = String(cString: cpath)
-            lastName = raw
-            let p = try LayerPath(raw)
-            stats.entries += 1
-            if p.isRoot { continue }
-            let name = p.name
-            let isWhiteout = name.hasPrefix(OverlayFormat.whiteoutPrefix)
-            let parent: Int32
-            if let k = kept, k.path == p.parent {
-                parent = k.fd
-            } else {
-                do throws(ArchiveError) {
-                    parent = try openParent(root, p.parent, entry: raw, create: true)
-                } catch where isWhiteout && error.kind == .throughNonDirectory {
-                    // Nothing below a non-directory is looked up in a layer:
-                    // the whiteout hides nothing and nothing is written for it.
-                    stats.droppedWhiteouts += 1
-                    if stats.firstDroppedWhiteout == nil { stats.firstDroppedWhiteout = raw }
-                    continue
-                }
-                if let k = kept { close(k.fd) }
-                kept = (p.parent, parent)
-            }
-            if isWhiteout {
-                try whiteout(parent, name, entry: raw, stats: &stats)
-                // The whiteout keeps the entry's time, so a layer applies
-                // to the same tree every time.
-                let target: String? = if case .target(let t) = OverlayFormat.whiteout(name) { t } else { nil }
-                if let target {
-                    let ts = [timespec(tv_sec: Int(archive_entry_mtime(e)), tv_nsec: Int(archive_entry_mtime_nsec(e))),
-                              timespec(tv_sec: Int(archive_entry_mtime(e)), tv_nsec: Int(archive_entry_mtime_nsec(e)))]
-                    utimensat(parent, deviceWhiteouts ? target : name, ts, Linux.AT_SYMLINK_NOFOLLOW)
-                }
-                continue
-            }
-            if let hl = archive_entry_hardlink(e) {
-                let target = try LayerPath(String(cString: hl))
-                if target.isRoot { throw ArchiveError(raw, "hard link to the layer root") }
-                let tparent = try openParent(root, target.parent, entry: raw, create: false)
-                defer { close(tparent) }
-                removeExisting(parent, name)
-                if linkat(tparent, target.name, parent, name, 0) != 0 {
-                    throw ArchiveError(raw, "hard link to \(target.original): \(currentErrno())")
-                }
-                continue
-            }
-            let type = UInt32(archive_entry_filetype(e))
-            let mode = UInt32(archive_entry_perm(e))
-            switch type {
-            case Linux.S_IFREG:
-                removeExisting(parent, name)
-                let out = openat(parent, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
-                if out < 0 { throw ArchiveError(raw, "create: \(currentErrno())") }
-                defer { close(out) }
-                let size = Int64(archive_entry_size(e))
-                let (copied, ended) = try copyData(a, e, to: out, size: size, entry: raw)
-                stats.bytes += copied
-                if ftruncate(out, off_t(size)) != 0 { throw ArchiveError(raw, "truncate: \(currentErrno())") }
-                if ended {
-                    // The last file's data is whole; only its padding and the
-                    // end-of-archive blocks are missing (umoci writes such
-                    // layers, podman loads them).
-                    try metadata(e, parent, name, type: type, mode: mode, entry: raw, stats: &stats)
-                    break entries
-                }
-            case Linux.S_IFDIR:
-                var st = stat()
-                if fstatat(parent, name, &st, Linux.AT_SYMLINK_NOFOLLOW) == 0 && st.st_mode & Linux.S_IFMT != Linux.S_IFDIR {
-                    unlinkat(parent, name, 0)
-                }
-                if mkdirat(parent, name, 0o700) != 0 && strata_errno() != EEXIST { throw ArchiveError(raw, "mkdir: \(currentErrno())") }
-            case Linux.S_IFLNK:
-                guard let t = archive_entry_symlink(e) else { throw ArchiveError(raw, "symlink without a target") }
-                removeExisting(parent, name)
-                if symlinkat(t, parent, name) != 0 { throw ArchiveError(raw, "symlink: \(currentErrno())") }
-            case Linux.S_IFCHR, Linux.S_IFBLK, Linux.S_IFIFO:
-                if type != Linux.S_IFIFO && !privileged { stats.skipped += 1; continue }
-                removeExisting(parent, name)
-                let dev = strata_makedev(UInt32(archive_entry_rdevmajor(e)), UInt32(archive_entry_rdevminor(e)))
-                if mknodat(parent, name, type | mode, dev_t(dev)) != 0 { throw ArchiveError(raw, "mknod: \(currentErrno())") }
-            default:
-                stats.skipped += 1      // sockets have no place in a layer
-                continue
-            }
-            try metadata(e, parent, name, type: type, mode: mode, entry: raw, stats: &stats)
-            if type == Linux.S_IFDIR {
-                dirTimes.append((p.parent, name, timespec(tv_sec: Int(archive_entry_mtime(e)), tv_nsec: Int(archive_entry_mtime_nsec(e)))))
+            lastName = String(cString: cpath)
+            if try place(e, raw: lastName, root: root, state: &state, data: .archive(a)) { break }
+        }
+        finishDirectoryTimes(root: root, state)
+        return state.stats
+    }
+
+    /// Applies entries that are described, not read (a TOC), as libarchive
+    /// entries. Regular files are
+    /// made as holes of their size, marked for their data (see `FileData`).
+    public func apply(entries: [OpaquePointer], to dest: String,
+                      markXattr: String, mark: @escaping (OpaquePointer) -> String?) throws(ArchiveError) -> Stats {
+        var st = stat()
+        if lstat(dest, &st) == 0 { throw ArchiveError(dest, "destination already exists") }
+        let staging = dest + ".partial-\(UInt32.random(in: 0...UInt32.max))"
+        if mkdir(staging, 0o755) != 0 { throw ArchiveError(staging, "mkdir: \(currentErrno())") }
+        var ok = false
+        defer { if !ok { removeTree(path: staging) } }
+        let root = open(staging, Linux.O_PATH | O_DIRECTORY | O_CLOEXEC)
+        if root < 0 { throw ArchiveError(staging, "open: \(currentErrno())") }
+        defer { close(root) }
+        var state = ApplyState()
+        do {
+            defer { if let k = state.kept { close(k.fd) }; state.kept = nil }
+            for e in entries {
+                guard let cpath = archive_entry_pathname(e) else { throw ArchiveError(dest, "entry without a name") }
+                _ = try place(e, raw: String(cString: cpath), root: root, state: &state, data: .later(xattr: markXattr, mark: mark))
             }
         }
-        // Directory times last: creating their entries changed them.
-        for (parentComponents, name, mtime) in dirTimes.reversed() {
+        finishDirectoryTimes(root: root, state)
+        if strata_renameat2(AT_FDCWD, staging, AT_FDCWD, dest, Linux.RENAME_NOREPLACE) != 0 {
+            throw ArchiveError(dest, "rename into place: \(currentErrno())")
+        }
+        ok = true
+        return state.stats
+    }
+
+    /// Directory times last: creating their entries changed them.
+    private func finishDirectoryTimes(root: Int32, _ state: ApplyState) {
+        for (parentComponents, name, mtime) in state.dirTimes.reversed() {
             if let pfd = try? openParent(root, parentComponents, entry: name, create: false) {
                 let ts = [timespec(tv_sec: 0, tv_nsec: Linux.UTIME_OMIT), mtime]
                 utimensat(pfd, name, ts, Linux.AT_SYMLINK_NOFOLLOW)
                 close(pfd)
             }
         }
-        return stats
+    }
+
+    /// One entry into the layer. Returns true when the archive ended inside
+    /// this entry's padding (accepted: see `copyData`) and nothing follows.
+    private func place(_ e: OpaquePointer, raw: String, root: Int32, state: inout ApplyState,
+                       data: FileData) throws(ArchiveError) -> Bool {
+        let p = try LayerPath(raw)
+        state.stats.entries += 1
+        if p.isRoot { return false }
+        let name = p.name
+        let isWhiteout = name.hasPrefix(OverlayFormat.whiteoutPrefix)
+        let parent: Int32
+        if let k = state.kept, k.path == p.parent {
+            parent = k.fd
+        } else {
+            do throws(ArchiveError) {
+                parent = try openParent(root, p.parent, entry: raw, create: true)
+            } catch where isWhiteout && error.kind == .throughNonDirectory {
+                // Nothing below a non-directory is looked up in a layer:
+                // the whiteout hides nothing and nothing is written for it.
+                state.stats.droppedWhiteouts += 1
+                if state.stats.firstDroppedWhiteout == nil { state.stats.firstDroppedWhiteout = raw }
+                return false
+            }
+            if let k = state.kept { close(k.fd) }
+            state.kept = (p.parent, parent)
+        }
+        if isWhiteout {
+            try whiteout(parent, name, entry: raw, stats: &state.stats)
+            // The whiteout keeps the entry's time, so a layer applies
+            // to the same tree every time.
+            let target: String? = if case .target(let t) = OverlayFormat.whiteout(name) { t } else { nil }
+            if let target {
+                let ts = [timespec(tv_sec: Int(archive_entry_mtime(e)), tv_nsec: Int(archive_entry_mtime_nsec(e))),
+                          timespec(tv_sec: Int(archive_entry_mtime(e)), tv_nsec: Int(archive_entry_mtime_nsec(e)))]
+                utimensat(parent, deviceWhiteouts ? target : name, ts, Linux.AT_SYMLINK_NOFOLLOW)
+            }
+            return false
+        }
+        if let hl = archive_entry_hardlink(e) {
+            let target = try LayerPath(String(cString: hl))
+            if target.isRoot { throw ArchiveError(raw, "hard link to the layer root") }
+            let tparent = try openParent(root, target.parent, entry: raw, create: false)
+            defer { close(tparent) }
+            removeExisting(parent, name)
+            if linkat(tparent, target.name, parent, name, 0) != 0 {
+                throw ArchiveError(raw, "hard link to \(target.original): \(currentErrno())")
+            }
+            return false
+        }
+        let type = UInt32(archive_entry_filetype(e))
+        let mode = UInt32(archive_entry_perm(e))
+        switch type {
+        case Linux.S_IFREG:
+            removeExisting(parent, name)
+            let out = openat(parent, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+            if out < 0 { throw ArchiveError(raw, "create: \(currentErrno())") }
+            defer { close(out) }
+            let size = Int64(archive_entry_size(e))
+            var ended = false
+            switch data {
+            case .archive(let a):
+                let (copied, end) = try copyData(a, e, to: out, size: size, entry: raw)
+                state.stats.bytes += copied
+                ended = end
+            case .later(let xattr, let mark):
+                if size > 0, let m = mark(e), fsetxattr(out, xattr, m, m.utf8.count, 0) != 0 {
+                    throw ArchiveError(raw, "marking its data as not yet fetched: \(currentErrno())")
+                }
+                state.stats.bytes += size
+            }
+            if ftruncate(out, off_t(size)) != 0 { throw ArchiveError(raw, "truncate: \(currentErrno())") }
+            if ended {
+                // The last file's data is whole; only its padding and the
+                // end-of-archive blocks are missing (umoci writes such
+                // layers, podman loads them).
+                try metadata(e, parent, name, type: type, mode: mode, entry: raw, stats: &state.stats)
+                return true
+            }
+        case Linux.S_IFDIR:
+            var st = stat()
+            if fstatat(parent, name, &st, Linux.AT_SYMLINK_NOFOLLOW) == 0 && st.st_mode & Linux.S_IFMT != Linux.S_IFDIR {
+                unlinkat(parent, name, 0)
+            }
+            if mkdirat(parent, name, 0o700) != 0 && strata_errno() != EEXIST { throw ArchiveError(raw, "mkdir: \(currentErrno())") }
+        case Linux.S_IFLNK:
+            guard let t = archive_entry_symlink(e) else { throw ArchiveError(raw, "symlink without a target") }
+            removeExisting(parent, name)
+            if symlinkat(t, parent, name) != 0 { throw ArchiveError(raw, "symlink: \(currentErrno())") }
+        case Linux.S_IFCHR, Linux.S_IFBLK, Linux.S_IFIFO:
+            if type != Linux.S_IFIFO && !privileged { state.stats.skipped += 1; return false }
+            removeExisting(parent, name)
+            let dev = strata_makedev(UInt32(archive_entry_rdevmajor(e)), UInt32(archive_entry_rdevminor(e)))
+            if mknodat(parent, name, type | mode, dev_t(dev)) != 0 { throw ArchiveError(raw, "mknod: \(currentErrno())") }
+        default:
+            state.stats.skipped += 1      // sockets have no place in a layer
+            return false
+        }
+        try metadata(e, parent, name, type: type, mode: mode, entry: raw, stats: &state.stats)
+        if type == Linux.S_IFDIR {
+            state.dirTimes.append((p.parent, name, timespec(tv_sec: Int(archive_entry_mtime(e)), tv_nsec: Int(archive_entry_mtime_nsec(e)))))
+        }
+        return false
     }
 
     private func whiteout(_ parent: Int32, _ name: String, entry: String, stats: inout Stats) throws(ArchiveError) {

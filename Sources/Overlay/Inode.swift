@@ -98,10 +98,14 @@ extension Overlay {
         let fl = (flags & ~(O_CREAT | O_EXCL | O_NOCTTY)) | O_CLOEXEC
         // A metadata-only copy is read from its data below.
         if !writing && !n.isDirectory && n.state.withLock({ $0.metacopy && !$0.unlinked }) { return try openData(n, flags: fl) }
-        let fd = try atTop(n) { (d: Int32, name: UnsafePointer<CChar>, _: Int) -> Int32 in
-            openat(d, name, d == AT_FDCWD ? fl : fl | O_NOFOLLOW)
+        var layer = 0
+        let fd = try atTop(n) { (d: Int32, name: UnsafePointer<CChar>, l: Int) -> Int32 in
+            layer = l
+            return openat(d, name, d == AT_FDCWD ? fl : fl | O_NOFOLLOW)
         }
-        return try UniqueFD(opened: fd)
+        let u = try UniqueFD(opened: fd)
+        if hasLazyLayers && layer > 0 && !n.isDirectory { try fetchIfLazy(u.raw, layer: layer) }
+        return u
     }
 
     /// Calls `body` with a path naming the node and whether the call must

@@ -38,7 +38,12 @@ extension Overlay {
         let fd = try withData(n) { (d: Int32, name: UnsafePointer<CChar>) -> Int32 in
             openat(d, name, d == AT_FDCWD ? flags | O_CLOEXEC : flags | O_NOFOLLOW | O_CLOEXEC)
         }
-        return try UniqueFD(opened: fd)
+        let u = try UniqueFD(opened: fd)
+        if hasLazyLayers {
+            let layer = n.state.withLock { $0.metacopy ? ($0.dataLayer ?? 0) : $0.topLayer }
+            if layer > 0 { try fetchIfLazy(u.raw, layer: layer) }
+        }
+        return u
     }
 
     /// The data's block count, which a metadata-only copy reports as its

@@ -38,6 +38,14 @@ public final class Overlay: @unchecked Sendable {
     let whiteoutXattr: String
     let redirectXattr: String
     let metacopyXattr: String
+    /// Marks a partly pulled layer's root (naming its pull state) and each
+    /// of its files whose data is not here yet (see `LazyData`).
+    let lazyXattr: String
+    /// Per layer, the pull state of a partly pulled one (nil: all here).
+    let lazyStates: [String?]
+    let hasLazyLayers: Bool
+    /// Files of partly pulled layers filled since the mount.
+    let lazyFills = Atomic<Int>(0)
     /// `workdir/index` with index=on (nil without, or where the kernel
     /// would fall back to index=off).
     let index: UnionIndex?
@@ -156,6 +164,14 @@ public final class Overlay: @unchecked Sendable {
         whiteoutXattr = prefix + "whiteout"
         redirectXattr = prefix + "redirect"
         metacopyXattr = prefix + "metacopy"
+        lazyXattr = prefix + OverlayFormat.lazyName
+        let lazyXattrName = lazyXattr
+        lazyStates = ls.map { $0.writable ? nil : Self.lazyState(of: $0.path, xattr: lazyXattrName) }
+        hasLazyLayers = lazyStates.contains { $0 != nil }
+        if hasLazyLayers && config.lazyData == nil, let i = lazyStates.firstIndex(where: { $0 != nil }) {
+            throw OverlaySetupError(.invalidOptions, "lowerdir \(ls[i].path) is a partly pulled layer (strata pull --lazy): "
+                + "mount it with 'strata mount CONTAINER --driver fuse', or complete it first with 'strata pull IMAGE'")
+        }
         deviceWhiteouts = euid == 0 && !config.userXattr
 
         // The root: merged across every layer (an opaque root is not a thing).
@@ -248,7 +264,9 @@ public final class Overlay: @unchecked Sendable {
                 ("directories reopened by handle", handles), ("listings held", listings), ("entries in listings held", listed),
                 ("copy-ups", copyUps.load(ordering: .relaxed)),
                 ("listings read ahead", readAhead?.prepared.load(ordering: .relaxed) ?? 0),
-                ("listings read ahead and used", readAhead?.used.load(ordering: .relaxed) ?? 0)]
+                ("listings read ahead and used", readAhead?.used.load(ordering: .relaxed) ?? 0),
+                ("lazy files fetched on read", lazyFills.load(ordering: .relaxed)),
+                ("lazy bytes fetched", config.lazyData?.bytesFetched() ?? 0)]
     }
 
     @inline(__always)

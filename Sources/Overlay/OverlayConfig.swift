@@ -32,6 +32,13 @@ public struct OverlayConfig: Sendable {
     /// Directories listed ahead of a walker on an idle CPU (`ReadAhead`);
     /// readdir_ahead=off turns it off.
     public var readdirAhead = true
+    /// Where the data of partly pulled layers comes from (`strata mount`
+    /// gives it; without it such a layer is refused at mount).
+    public var lazyData: (any LazyData)?
+    /// Whether a mount of partly pulled layers completes them in the
+    /// background (`lazy_fetch=background`, the default) or fetches only
+    /// what is read (`lazy_fetch=on_read`).
+    public var lazyBackground = true
     /// How long the kernel may cache names and attributes (layers do not
     /// change under a mount, so long by default).
     public var timeout: Double = 86400

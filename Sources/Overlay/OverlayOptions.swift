@@ -44,6 +44,12 @@ extension OverlayConfig {
             case "off": readdirAhead = false
             default: throw UsageError("option 'readdir_ahead=\(v ?? "")' is not supported (use on or off)")
             }
+        case "lazy_fetch":
+            switch v {
+            case "background": lazyBackground = true
+            case "on_read": lazyBackground = false
+            default: throw UsageError("option 'lazy_fetch=\(v ?? "")' is not supported (use background or on_read)")
+            }
         case "index":
             switch v {
             case "on": index = true

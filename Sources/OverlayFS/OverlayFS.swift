@@ -32,6 +32,7 @@ public final class OverlayFS: FDBackedFileSystem, @unchecked Sendable {
     public func initialize(_ connection: inout Connection) {
         if !passthrough { connection.wanted &= ~InitFlag.passthrough }
         passthroughMode.store(connection.passthrough, ordering: .relaxed)
+        overlay.started()
     }
 
     @inline(__always)

@@ -35,7 +35,7 @@ public struct Puller: Sendable {
         throw RegistryError(.protocol, "\(what): the registry answered with content type \(type.isEmpty ? "(none)" : type), not an image manifest or index")
     }
 
-    public func pull(_ ref: Reference) async throws -> String {
+    public func pull(_ ref: Reference, lazy: Bool = false) async throws -> String {
         let accept = RegistryClient.manifestTypes.joined(separator: ", ")
         var r = try await client.request(.GET, "/v2/\(ref.repository)/manifests/\(ref.reference)", headers: [("Accept", accept)],
                                          maxBody: Self.manifestLimit)
@@ -73,6 +73,23 @@ public struct Puller: Sendable {
         let config = try await blob(ref, cfgDigest, size: Int(manifest.config.size), dir: dir).path
         let diffIDs = try decode(OCI.ImageConfig.self, try Data(contentsOf: URL(fileURLWithPath: config)), "config of \(ref)").diffIDs
         let chain = Digest.chainIDs(diffIDs)
+        if layers.count != diffIDs.count {
+            throw RegistryError(.corrupt, "\(ref): the config lists \(diffIDs.count) layers, the manifest \(layers.count)")
+        }
+        // What an earlier lazy pull left partial is completed here: the
+        // rest of each blob, checked, fills the files still not fetched.
+        if !lazy {
+            for id in chain where store.isLazy(id) {
+                let f = try LazyFetcher(store: store, layerID: id, options: client.options)
+                progress("layer \(Digest.hex(f.source.diffID).prefix(12)): completing a lazy pull")
+                do { try await f.complete(puller: self, ref: ref, progress: progress) } catch { await f.shutdown(); throw error }
+                await f.shutdown()
+            }
+        }
+        if lazy {
+            let config = try Data(contentsOf: URL(fileURLWithPath: config))
+            return try await pullLazily(ref, layers: layers, diffIDs: diffIDs, chain: chain, config: config, configDigest: cfgDigest, dir: dir)
+        }
         // Layers already in the store are not downloaded again.
         var wanted: [(String, Int)] = []
         for (i, l) in layers.enumerated() {

@@ -1,3 +1,4 @@
+import Archive
 import Foundation
 import Store
 import Sys
@@ -17,21 +18,64 @@ public struct Pusher: Sendable {
         self.client = client
     }
 
-    public func push(local: String, to ref: Reference) async throws {
+    /// How layers go to the registry.
+    public enum Compression: String, Sendable, CaseIterable {
+        /// The stored tar as it is (its digest is its diff ID).
+        case none
+        /// eStargz: gzip with a table of contents, so `pull --lazy` can
+        /// fetch one file at a time; an ordinary tar+gzip for anyone else.
+        case estargz
+    }
+
+    public func push(local: String, to ref: Reference, compression: Compression = .none) async throws {
         let img: Store.ImageRecord
         do { img = try store.image(local) } catch { throw RegistryError(wrapping: error) }
         let diffIDs: [String]
         do { diffIDs = try store.config(of: img).diffIDs } catch { throw RegistryError(wrapping: error) }
+        if let lazy = store.lazyLayers(of: img).first {
+            throw RegistryError(.store(.invalidInput), "\(local) has layers not yet pulled in full (\(Digest.hex(lazy).prefix(12))); run 'strata pull' on it first")
+        }
         var layers: [OCI.Descriptor] = []
+        var newDiffIDs: [String] = []
         for (l, d) in zip(img.layerIDs, diffIDs) {
             let file = store.layerArchivePath(l)
             var st = stat()
             if stat(file, &st) != 0 { throw RegistryError(.store(.notFound), "layer \(d) of \(local) has no stored archive (\(currentErrno()))") }
-            try await upload(ref, digest: d, file: file, size: Int64(st.st_size))
-            layers.append(OCI.Descriptor(mediaType: OCI.layerType, digest: d, size: Int64(st.st_size)))
+            switch compression {
+            case .none:
+                try await upload(ref, digest: d, file: file, size: Int64(st.st_size))
+                layers.append(OCI.Descriptor(mediaType: OCI.layerType, digest: d, size: Int64(st.st_size)))
+                newDiffIDs.append(d)
+            case .estargz:
+                let out = store.scratch("estargz")
+                defer { unlink(out) }
+                let r: EstargzWriter.Result
+                do { r = try EstargzWriter.convert(tar: file, to: out) } catch { throw RegistryError(.store(.archive), "layer \(d): \(error)") }
+                progress("layer \(Digest.hex(d).prefix(12)): eStargz \(Digest.hex(r.blobDigest).prefix(12)), \(r.blobSize) bytes")
+                try await upload(ref, digest: r.blobDigest, file: out, size: r.blobSize)
+                layers.append(OCI.Descriptor(mediaType: OCI.layerType + "+gzip", digest: r.blobDigest, size: r.blobSize,
+                                             annotations: [StargzTOC.tocDigestAnnotation: r.tocDigest,
+                                                           StargzTOC.uncompressedSizeAnnotation: String(r.tarSize)]))
+                newDiffIDs.append(r.diffID)
+            }
         }
-        try await upload(ref, digest: img.id, data: img.config)
-        let body = OCI.encode(OCI.Manifest(config: OCI.Descriptor(mediaType: OCI.configType, digest: img.id, size: Int64(img.config.count)),
+        // The TOC is an entry of the tar: an eStargz layer has its own diff
+        // ID, and so the image its own config.
+        var config = img.config, configDigest = img.id
+        if newDiffIDs != diffIDs {
+            guard var obj = (try? JSONSerialization.jsonObject(with: img.config)) as? [String: Any],
+                  var rootfs = obj["rootfs"] as? [String: Any] else {
+                throw RegistryError(.store(.corrupt), "the config of \(local) has no rootfs")
+            }
+            rootfs["diff_ids"] = newDiffIDs
+            obj["rootfs"] = rootfs
+            do { config = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys, .withoutEscapingSlashes]) } catch {
+                throw RegistryError(.store(.corrupt), "the config of \(local): \(error)")
+            }
+            configDigest = Digest.of(config)
+        }
+        try await upload(ref, digest: configDigest, data: config)
+        let body = OCI.encode(OCI.Manifest(config: OCI.Descriptor(mediaType: OCI.configType, digest: configDigest, size: Int64(config.count)),
                                            layers: layers))
         let r = try await client.request(.PUT, "/v2/\(ref.repository)/manifests/\(ref.tag ?? "latest")",
                                          headers: [("Content-Type", OCI.manifestType)], body: body)

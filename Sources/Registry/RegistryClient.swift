@@ -50,7 +50,7 @@ public final class RegistryClient: @unchecked Sendable {
             tls.additionalTrustRoots = [.certificates(certs)]
         }
         var config = HTTPClient.Configuration(tlsConfiguration: tls, redirectConfiguration: .follow(max: 5, allowCycles: false),
-                                              timeout: .init(connect: .seconds(10), read: .seconds(options.readTimeout)))
+                                              timeout: .init(connect: .seconds(options.connectTimeout), read: .seconds(options.readTimeout)))
         // Redirects to other hosts (blob storage) are followed; the client
         // drops Authorization when the origin changes, so the registry's
         // credentials never reach another host.
@@ -133,15 +133,27 @@ public final class RegistryClient: @unchecked Sendable {
 
     /// One request; a 401 is answered once through the challenge it carries.
     public func request(_ method: HTTPMethod, _ path: String, headers: [(String, String)] = [], body: Data? = nil,
-                        maxBody: Int = 64 << 20) async throws -> Response {
+                        maxBody: Int = 64 << 20, timeout: Int64 = 300) async throws -> Response {
         let u = try await url(path)
-        return try await send(timeout: .seconds(300), maxBody: maxBody, what: path) {
+        return try await send(timeout: .seconds(timeout), maxBody: maxBody, what: path) {
             var req = HTTPClientRequest(url: u)
             req.method = method
             for (k, v) in headers { req.headers.add(name: k, value: v) }
             if let body { req.body = .bytes(ByteBuffer(bytes: body)) }
             return req
         }
+    }
+
+    /// Bytes `from..<to` of a blob, by a Range request: a registry that
+    /// sends anything but exactly those (206) is refused, not read whole.
+    public func range(_ path: String, from: Int64, to: Int64, timeout: Int64 = 30) async throws -> Data {
+        let r = try await request(.GET, path, headers: [("Range", "bytes=\(from)-\(to - 1)")], maxBody: Int(to - from) + 1, timeout: timeout)
+        if r.status == 200 { throw RegistryError(.protocol, "\(host) does not serve Range requests [\(path)]; pull without --lazy") }
+        guard r.status == 206 else { throw Self.error(r.status, r.body, "\(path) bytes \(from)-\(to - 1)") }
+        guard r.body.count == Int(to - from) else {
+            throw RegistryError(.protocol, "\(host) sent \(r.body.count) bytes for a Range of \(to - from) [\(path)]")
+        }
+        return r.body
     }
 
     /// PATCHes a file's bytes to an upload location, read from disk as the
@@ -363,6 +375,9 @@ public struct RegistryOptions: Sendable {
     public var certDir: String?
     /// Seconds without a byte from the registry before giving up.
     public var readTimeout: Int64 = 30
+    /// Seconds to keep trying to connect (the client retries a refused
+    /// connection until then).
+    public var connectTimeout: Int64 = 10
 
     public init() {}
 

@@ -110,15 +110,29 @@ extension Store {
     }
 
     /// Mounts the container's root and returns the merged path.
-    public func mount(_ c: ContainerRecord, driver: Driver, strataBinary: String) throws(StoreError) -> String {
+    /// `explicitDriver`: the user named the driver. A container of a partly
+    /// pulled image (`pull --lazy`) mounts through Strata's union whatever the
+    /// default, since the kernel's cannot fetch files; naming the kernel's
+    /// driver for one is refused.
+    /// `fuseOptions`: more options for Strata's union (`lazy_fetch=on_read`).
+    public func mount(_ c: ContainerRecord, driver: Driver, strataBinary: String, explicitDriver: Bool = false,
+                      fuseOptions: [String] = []) throws(StoreError) -> String {
         try exclusively { () throws(StoreError) -> String in
             // Removed while this command waited for the lock?
             guard try findContainer(c.id) != nil else { throw StoreError(.notFound, "no container '\(c.name)' (see 'strata ls')") }
-            return try mountLocked(c, driver: driver, strataBinary: strataBinary)
+            var driver = driver
+            if driver == .overlay, let img = try? image(c.image), !lazyLayers(of: img).isEmpty {
+                if explicitDriver {
+                    throw StoreError(.invalidInput, "the image of \(c.name) is partly pulled (strata pull --lazy), which the kernel's overlayfs cannot serve: "
+                        + "mount it with --driver fuse, or complete it first with 'strata pull'")
+                }
+                driver = .fuse
+            }
+            return try mountLocked(c, driver: driver, strataBinary: strataBinary, fuseOptions: fuseOptions)
         }
     }
 
-    private func mountLocked(_ c: ContainerRecord, driver: Driver, strataBinary: String) throws(StoreError) -> String {
+    private func mountLocked(_ c: ContainerRecord, driver: Driver, strataBinary: String, fuseOptions: [String] = []) throws(StoreError) -> String {
         let merged = mergedPath(c)
         if strata_is_mount_root_path(merged) { return merged }
         let m = try mountDescription(c, driver: driver)
@@ -128,7 +142,8 @@ extension Store {
             case .overlay:
                 status = try Spawn.run("/bin/mount", ["mount", "-t", m.type, "overlay", "-o", m.options, m.target], cwd: m.workingDirectory)
             case .fuse:
-                status = try Spawn.run(strataBinary, ["strata", "mount", "-o", m.options, m.target], cwd: m.workingDirectory)
+                status = try Spawn.run(strataBinary, ["strata", "mount", "-o", ([m.options] + fuseOptions).joined(separator: ","), m.target],
+                                       cwd: m.workingDirectory)
             }
         } catch { throw StoreError(.mount, "mount: \(error)") }
         if status != 0 { throw StoreError(.mount, "mounting container \(c.name) with the \(driver.rawValue) driver failed (exit \(status))") }

@@ -33,7 +33,7 @@ extension Store {
         let run = cfg.config.flatMap { try? JSONDecoder().decode(JSONValue.self, from: OCI.encode($0)) } ?? .object([:])
         let dirs = img.layerIDs.reversed().map { "\(overlayDir)/\(Digest.hex($0))/diff" }
         let tags = (try images()).first { $0.0.id == img.id }?.1 ?? []
-        return .object([
+        var out: [String: JSONValue] = [
             "Id": .string(img.id),
             "RepoTags": .array(tags.map { .string($0) }),
             "Config": run,
@@ -42,7 +42,19 @@ extension Store {
             "Created": .string(cfg.created ?? ""),
             "RootFS": .object(["Type": .string("layers"), "Layers": .array(cfg.diffIDs.map { .string($0) })]),
             "GraphDriver": graphDriver(layerDirs: dirs, upper: nil),
-        ])
+        ]
+        // Strata's own: how much of each lazily pulled layer is here.
+        let lazy = lazyLayers(of: img)
+        if !lazy.isEmpty {
+            out["Lazy"] = .array(try lazy.map { (id) throws(StoreError) -> JSONValue in
+                let p = try lazyProgress(id)
+                let s = try lazySource(id)
+                return .object(["DiffID": .string(s.diffID), "Blob": .string(s.blob), "Format": .string(s.format),
+                                "LocalBytes": .integer(p.local), "TotalBytes": .integer(p.total),
+                                "LocalFiles": .integer(Int64(p.localFiles)), "TotalFiles": .integer(Int64(p.files))])
+            })
+        }
+        return .object(out)
     }
 
     public func inspect(container c: ContainerRecord) throws(StoreError) -> JSONValue {

@@ -17,6 +17,11 @@ public enum OverlayFormat {
         n.count >= 4 && n.pointer[0] == 0x2E && n.pointer[1] == 0x77 && n.pointer[2] == 0x68 && n.pointer[3] == 0x2E
     }
 
+    /// Strata's own mark (after the overlay prefix, so the union hides it
+    /// and copy-up leaves it) on a partly pulled layer's root and on each of
+    /// its files whose data is still in the registry.
+    public static let lazyName = "strata.lazy"
+
     public static let trustedPrefix = "trusted.overlay."
     public static let userPrefix = "user.overlay."
 

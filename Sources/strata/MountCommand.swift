@@ -23,7 +23,7 @@ struct MountCommand: ParsableCommand {
         Options: lowerdir, upperdir, workdir, userxattr, volatile, fsync=0, \
         redirect_dir=on|off, metacopy=on|off (metadata-only copy-up; turns redirect_dir on), \
         index=on|off (lower hard links stay linked across copy-up), xino=on|off|auto, timeout=SECONDS, \
-        passthrough=on|off, threads=N, uring=auto|on|off (FUSE over io_uring), uring_depth=N, \
+        passthrough=on|off, threads=N, lazy_fetch=background|on_read (layers pulled with --lazy), uring=auto|on|off (FUSE over io_uring), uring_depth=N, \
         uring_sched=idle|normal, readdirplus=always|auto, readdir_ahead=on|off (list the directories of a \
         listing ahead of a walker, on an idle CPU), noacl, and the generic rw, ro, dev, nodev, \
         suid, nosuid, exec, noexec, atime, noatime, allow_other, default_permissions. \
@@ -53,18 +53,23 @@ struct MountCommand: ParsableCommand {
     @Option(help: "For a container: the store's root directory.")
     var root: String?
 
+    @Option(help: "For a container of an image pulled with --lazy: background (complete its layers while mounted, the default) or on-read (fetch only the files read).")
+    var lazyFetch: LazyFetchMode = .background
+
     func run() throws {
         // Without -o the argument names a container of the store.
         if o.isEmpty {
-            try mountContainer(mountpoint, driver: driver, root: root)
+            try mountContainer(mountpoint, driver: driver, root: root, fuseOptions: lazyFetch.fuseOptions)
             return
         }
-        let union: UnionMount
+        var union: UnionMount
         do throws(UsageError) {
             union = try UnionMount(options: o, mountpoint: mountpoint)
         } catch {
             throw fail("\(error)")
         }
+        // Layers pulled lazily fetch their files from the registry.
+        union.config.lazyData = RegistryLazyData()
         do throws(SysError) {
             try union.serve(foreground: f)
         } catch {

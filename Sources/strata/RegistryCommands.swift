@@ -49,6 +49,9 @@ struct PullCommand: ParsableCommand {
     @OptionGroup var store: StoreOptions
     @OptionGroup var registry: RegistryFlags
     @Option(help: "Platform to pick from an index, as os/arch[/variant]; the default is this machine's.") var platform = Puller.runningPlatform
+    @Flag(help: ArgumentHelp("Fetch only the manifest, config and each layer's table of contents (eStargz); files come from the registry when first read.",
+                             discussion: "Containers of such an image mount through Strata's FUSE union. 'strata pull REF' without --lazy completes the layers."))
+    var lazy = false
     @Argument(help: "The image reference.") var reference: String
 
     func run() throws {
@@ -61,7 +64,7 @@ struct PullCommand: ParsableCommand {
         let p = puller
         try runBlocking {
             let id: String
-            do { id = try await p.pull(ref) } catch { await client.shutdown(); throw error }
+            do { id = try await p.pull(ref, lazy: lazy) } catch { await client.shutdown(); throw error }
             await client.shutdown()
             print("Pulled \(ref.storeName) \(id)")
         }
@@ -73,6 +76,8 @@ struct PushCommand: ParsableCommand {
     @OptionGroup var store: StoreOptions
     @OptionGroup var registry: RegistryFlags
     @Argument(help: "The destination reference (host:port/name:tag).") var reference: String
+    @Option(help: "Layer format: none (the stored tar) or estargz (gzip with a table of contents, for 'pull --lazy').")
+    var compression: String = "none"
     @Argument(help: "The local image (default: the reference itself).") var local: String?
 
     func run() throws {
@@ -83,8 +88,11 @@ struct PushCommand: ParsableCommand {
         pusher.progress = { printError("strata: \($0)") }
         let p = pusher
         let src = local ?? reference
+        guard let c = Pusher.Compression(rawValue: compression) else {
+            throw fail("--compression \(compression): not a layer format; use none or estargz (zstd:chunked is not supported yet)")
+        }
         try runBlocking {
-            do { try await p.push(local: src, to: ref) } catch { await client.shutdown(); throw error }
+            do { try await p.push(local: src, to: ref, compression: c) } catch { await client.shutdown(); throw error }
             await client.shutdown()
         }
     }

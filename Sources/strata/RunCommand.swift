@@ -26,6 +26,8 @@ struct RunCommand: ParsableCommand {
     @Option(help: "Container name, also its hostname (default strata-<id>).") var name: String?
     @Option(help: "Mount driver: overlay (kernel, default as root) or fuse.") var driver: String?
     @Flag(help: "Keep the container (and its changes) afterwards.") var keep = false
+    @Option(help: "For an image pulled with --lazy: background (complete its layers while it runs, the default) or on-read (fetch only the files read).")
+    var lazyFetch: LazyFetchMode = .background
     @Option(name: [.short, .customLong("env")], help: "Set KEY=VALUE in the environment (KEY alone: its value here).")
     var env: [String] = []
     @Option(name: [.short, .customLong("workdir")], help: "Working directory inside the container.") var workdir: String?
@@ -70,7 +72,8 @@ struct RunCommand: ParsableCommand {
         defer {
             if !keep { try? storeCall { () throws(StoreError) in try s.remove(c) } }
         }
-        let merged = try storeCall { () throws(StoreError) in try s.mount(c, driver: d, strataBinary: bin) }
+        let merged = try storeCall { () throws(StoreError) in try s.mount(c, driver: d, strataBinary: bin, explicitDriver: driverIsExplicit(driver),
+                                                                            fuseOptions: lazyFetch.fuseOptions) }
         let bundle = "\(s.root)/tmp/bundle-\(c.id)"
         defer { removeTree(path: bundle) }
         try FileManager.default.createDirectory(atPath: bundle, withIntermediateDirectories: true)

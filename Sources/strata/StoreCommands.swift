@@ -62,7 +62,15 @@ struct ImageList: ParsableCommand {
         let s = try store.open()
         print("IMAGE ID       LAYERS  TAGS")
         for (img, tags) in try storeCall({ () throws(StoreError) in try s.images() }) {
-            print("\(Digest.hex(img.id).prefix(12))   \(String(img.layerIDs.count).padding(toLength: 6, withPad: " ", startingAt: 0))  \(tags.joined(separator: ", "))")
+            // A lazily pulled image says how much of it is here.
+            var local = ""
+            let lazy = s.lazyLayers(of: img)
+            if !lazy.isEmpty {
+                var have: Int64 = 0, all: Int64 = 0
+                for id in lazy { if let p = try? s.lazyProgress(id) { have += p.local; all += p.total } }
+                local = "  (partial: \(lazy.count) layer\(lazy.count == 1 ? "" : "s"), \(have >> 10) of \(all >> 10) KiB of file data local)"
+            }
+            print("\(Digest.hex(img.id).prefix(12))   \(String(img.layerIDs.count).padding(toLength: 6, withPad: " ", startingAt: 0))  \(tags.joined(separator: ", "))\(local)")
         }
     }
 }
@@ -136,14 +144,26 @@ func chooseDriver(_ given: String?) throws -> Store.Driver {
     return d
 }
 
+/// How a mount of a lazily pulled image fetches (`--lazy-fetch`).
+enum LazyFetchMode: String, ExpressibleByArgument, CaseIterable {
+    case background
+    case onRead = "on-read"
+    var fuseOptions: [String] { self == .onRead ? ["lazy_fetch=on_read"] : [] }
+}
+
+/// Whether the user named the driver (flag or environment).
+func driverIsExplicit(_ given: String?) -> Bool {
+    given != nil || !(ProcessInfo.processInfo.environment["STRATA_STORAGE_DRIVER"] ?? "").isEmpty
+}
+
 /// `strata mount CONTAINER`: mounts a container's root and prints it.
-func mountContainer(_ ref: String, driver: String?, root: String?) throws {
+func mountContainer(_ ref: String, driver: String?, root: String?, fuseOptions: [String] = []) throws {
     let s = try StoreOptions.open(root: root)
     let d = try chooseDriver(driver)
     let path = try storeCall { () throws(StoreError) -> String in
         let c = try s.container(ref)
         let bin = (try? Sys.realPath("/proc/self/exe")) ?? "strata"
-        return try s.mount(c, driver: d, strataBinary: bin)
+        return try s.mount(c, driver: d, strataBinary: bin, explicitDriver: driverIsExplicit(driver), fuseOptions: fuseOptions)
     }
     print(path)
 }

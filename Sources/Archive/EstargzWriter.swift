@@ -1,0 +1,210 @@
+import CArchive
+import Crypto
+import Foundation
+import Sys
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Turns a layer's tar into an eStargz blob: still an ordinary gzip'd tar
+/// (any client pulls it in full), but with a gzip member starting at every
+/// file's data and every 4 MiB within it, `stargz.index.json` as the last
+/// entry, and the footer that locates it. The tar is rewritten through
+/// libarchive's pax writer, entry by entry, and cut into members here.
+public enum EstargzWriter {
+    public static let chunkSize: Int64 = 4 << 20
+
+    public struct Result: Sendable {
+        /// The digest of the compressed blob, as the manifest names it.
+        public var blobDigest: String
+        public var blobSize: Int64
+        /// The digest of the tar inside (the new diff ID: the TOC is an entry).
+        public var diffID: String
+        public var tarSize: Int64
+        public var tocDigest: String
+    }
+
+    /// Receives what the tar writer produces: hashed as the diff ID and
+    /// compressed into the current member.
+    final class Sink {
+        let gz: GzipMemberWriter
+        var tarHash = SHA256()
+        var tarSize: Int64 = 0
+        var failure: ArchiveError?
+        init(_ gz: GzipMemberWriter) { self.gz = gz }
+    }
+
+    public static func convert(tar input: String, to output: String) throws(ArchiveError) -> Result {
+        let ofd = open(output, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        if ofd < 0 { throw ArchiveError(output, "create: \(currentErrno())") }
+        defer { close(ofd) }
+        guard let r = archive_read_new() else { throw ArchiveError(input, "libarchive: out of memory") }
+        defer { archive_read_free(r) }
+        archive_read_support_filter_all(r)
+        archive_read_support_format_tar(r)
+        if archive_read_open_filename(r, input, 1 << 16) != ARCHIVE_OK { throw ArchiveError(input, "not a readable archive: \(errorString(r))") }
+        guard let w = archive_write_new() else { throw ArchiveError(output, "libarchive: out of memory") }
+        defer { archive_write_free(w) }
+        archive_write_set_format_pax_restricted(w)
+        // No blocking: every header and data write reaches the sink at once,
+        // so a member can be cut exactly where a file's data begins.
+        archive_write_set_bytes_per_block(w, 0)
+        archive_write_set_bytes_in_last_block(w, 1)
+        let sink = Sink(GzipMemberWriter(fd: ofd, path: output))
+        let ctx = Unmanaged.passRetained(sink)
+        defer { ctx.release() }
+        if archive_write_open(w, ctx.toOpaque(), nil, estargzSinkWrite, nil) != ARCHIVE_OK { throw ArchiveError(output, errorString(w)) }
+        func check(_ rc: Int32, _ what: String) throws(ArchiveError) {
+            if let f = sink.failure { throw f }
+            if rc < ARCHIVE_WARN { throw ArchiveError(what, errorString(w)) }
+        }
+        var toc = StargzTOC(version: 1, entries: [])
+        let gz = sink.gz
+        try gz.startMember()
+
+        // No prioritised files: the landmark says so, first.
+        let landmark = archive_entry_new()
+        defer { archive_entry_free(landmark) }
+        archive_entry_set_pathname(landmark, StargzTOC.noPrefetchLandmark)
+        archive_entry_set_filetype(landmark, UInt32(Linux.S_IFREG))
+        archive_entry_set_perm(landmark, 0o644)
+        archive_entry_set_size(landmark, 1)
+        try check(archive_write_header(w, landmark), StargzTOC.noPrefetchLandmark)
+        var lm = StargzTOC.Entry(name: StargzTOC.noPrefetchLandmark, type: "reg", mode: Int64(Linux.S_IFREG | 0o644))
+        lm.size = 1; lm.uid = 0; lm.gid = 0
+        try gz.startMember()
+        lm.offset = gz.blobOffset
+        let f: [UInt8] = [0x0f]
+        let d = f.withUnsafeBytes { sha256Digest($0) }
+        lm.digest = d; lm.chunkDigest = d
+        _ = f.withUnsafeBytes { archive_write_data(w, $0.baseAddress, 1) }
+        try check(archive_write_finish_entry(w), StargzTOC.noPrefetchLandmark)
+        toc.entries.append(lm)
+
+        var buf = [UInt8](repeating: 0, count: 1 << 20)
+        var entry: OpaquePointer? = nil
+        while true {
+            let rc = archive_read_next_header(r, &entry)
+            if rc == ARCHIVE_EOF { break }
+            guard rc >= ARCHIVE_WARN, let e = entry else { throw ArchiveError(input, "corrupt archive: \(errorString(r))", kind: .truncated) }
+            let name = archive_entry_pathname(e).map { String(cString: $0) } ?? ""
+            var te = tocEntry(e, name: name)
+            let base = te.path
+            if base == StargzTOC.fileName || base == StargzTOC.noPrefetchLandmark || base == StargzTOC.prefetchLandmark { continue }
+            archive_entry_sparse_clear(e)
+            try check(archive_write_header(w, e), name)
+            let size = archive_entry_size(e)
+            guard te.type == "reg", size > 0 else {
+                toc.entries.append(te)
+                try check(archive_write_finish_entry(w), name)
+                continue
+            }
+            var fileHash = SHA256()
+            var chunkHash = SHA256()
+            var chunks: [StargzTOC.Entry] = []
+            var written: Int64 = 0
+            while written < size {
+                if written % chunkSize == 0 {
+                    if written > 0 { chunks[chunks.count - 1].chunkDigest = digestString(chunkHash); chunkHash = SHA256() }
+                    try gz.startMember()
+                    var c = written == 0 ? te : StargzTOC.Entry(name: te.name, type: "chunk", mode: te.mode)
+                    c.offset = gz.blobOffset
+                    c.chunkOffset = written == 0 ? nil : written
+                    c.chunkSize = min(chunkSize, size - written)
+                    chunks.append(c)
+                }
+                let want = Int(min(Int64(buf.count), chunkSize - written % chunkSize, size - written))
+                let n = buf.withUnsafeMutableBytes { archive_read_data(r, $0.baseAddress, want) }
+                if n < 0 { throw ArchiveError(name, "corrupt data: \(errorString(r))", kind: .truncated) }
+                if n == 0 { throw ArchiveError(name, "truncated data: \(written) of \(size) bytes", kind: .truncated) }
+                let wrote = buf.withUnsafeBytes { b in
+                    let part = UnsafeRawBufferPointer(rebasing: b[0..<n])
+                    fileHash.update(bufferPointer: part)
+                    chunkHash.update(bufferPointer: part)
+                    return archive_write_data(w, part.baseAddress, n)
+                }
+                if wrote != n { try check(ARCHIVE_FATAL, name) }
+                written += Int64(n)
+            }
+            chunks[chunks.count - 1].chunkDigest = digestString(chunkHash)
+            // The spec's rule: the last chunk (or an unchunked file) says 0.
+            chunks[chunks.count - 1].chunkSize = 0
+            chunks[0].digest = digestString(fileHash)
+            toc.entries += chunks
+            try check(archive_write_finish_entry(w), name)
+        }
+
+        // The TOC: its own member, then the end-of-archive blocks, the footer.
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        let json: Data
+        do { json = try encoder.encode(toc) } catch { throw ArchiveError(output, "encoding the TOC: \(error)") }
+        try gz.startMember()
+        let tocOffset = gz.blobOffset
+        let te = archive_entry_new()
+        defer { archive_entry_free(te) }
+        archive_entry_set_pathname(te, StargzTOC.fileName)
+        archive_entry_set_filetype(te, UInt32(Linux.S_IFREG))
+        archive_entry_set_perm(te, 0o644)
+        archive_entry_set_size(te, la_int64_t(json.count))
+        try check(archive_write_header(w, te), StargzTOC.fileName)
+        _ = json.withUnsafeBytes { archive_write_data(w, $0.baseAddress, json.count) }
+        try check(archive_write_close(w), output)
+        try gz.finishMember()
+        try gz.writeRaw(StargzTOC.footer(tocOffset: tocOffset))
+        return Result(blobDigest: gz.blobDigest, blobSize: gz.blobOffset, diffID: digestString(sink.tarHash),
+                      tarSize: sink.tarSize, tocDigest: json.withUnsafeBytes { sha256Digest($0) })
+    }
+
+    static func digestString(_ h: SHA256) -> String { "sha256:" + h.finalize().map { hex2($0) }.joined() }
+
+    static func tocEntry(_ e: OpaquePointer, name: String) -> StargzTOC.Entry {
+        let type = UInt32(archive_entry_filetype(e))
+        var kind: String
+        switch type {
+        case Linux.S_IFDIR: kind = "dir"
+        case Linux.S_IFLNK: kind = "symlink"
+        case Linux.S_IFCHR: kind = "char"
+        case Linux.S_IFBLK: kind = "block"
+        case Linux.S_IFIFO: kind = "fifo"
+        default: kind = "reg"
+        }
+        var t = StargzTOC.Entry(name: name, type: kind, mode: Int64(archive_entry_mode(e)))
+        if let hl = archive_entry_hardlink(e) { t.type = "hardlink"; t.linkName = String(cString: hl) }
+        if type == Linux.S_IFLNK, let s = archive_entry_symlink(e) { t.linkName = String(cString: s) }
+        t.uid = Int(archive_entry_uid(e))
+        t.gid = Int(archive_entry_gid(e))
+        if let u = archive_entry_uname(e) { let s = String(cString: u); if !s.isEmpty { t.userName = s } }
+        if let g = archive_entry_gname(e) { let s = String(cString: g); if !s.isEmpty { t.groupName = s } }
+        if t.type == "reg" { t.size = Int64(archive_entry_size(e)) }
+        if type == Linux.S_IFCHR || type == Linux.S_IFBLK {
+            t.devMajor = Int(archive_entry_rdevmajor(e))
+            t.devMinor = Int(archive_entry_rdevminor(e))
+        }
+        t.modtime = StargzTOC.formatTime(Int(archive_entry_mtime(e)), Int(archive_entry_mtime_nsec(e)))
+        var xn: UnsafePointer<CChar>? = nil
+        var xv: UnsafeRawPointer? = nil
+        var xs = 0
+        if archive_entry_xattr_reset(e) > 0 {
+            var x: [String: Data] = [:]
+            while archive_entry_xattr_next(e, &xn, &xv, &xs) == ARCHIVE_OK {
+                guard let xn else { continue }
+                x[String(cString: xn)] = xv.map { Data(bytes: $0, count: xs) } ?? Data()
+            }
+            if !x.isEmpty { t.xattrs = x }
+        }
+        return t
+    }
+}
+
+/// libarchive's write callback (a C function: no captures; the sink comes
+/// as the client pointer).
+private func estargzSinkWrite(_ a: OpaquePointer?, _ client: UnsafeMutableRawPointer?, _ buf: UnsafeRawPointer?, _ len: Int) -> la_ssize_t {
+    guard let client, let buf else { return 0 }
+    let s = Unmanaged<EstargzWriter.Sink>.fromOpaque(client).takeUnretainedValue()
+    let b = UnsafeRawBufferPointer(start: buf, count: len)
+    s.tarHash.update(bufferPointer: b)
+    s.tarSize += Int64(len)
+    do { try s.gz.write(b) } catch { s.failure = error; return -1 }
+    return la_ssize_t(len)
+}

@@ -1,0 +1,177 @@
+import Archive
+import CStrata
+import Foundation
+import Store
+import Sys
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Fetches the data of a lazily pulled layer's files: one file at a time by
+/// Range requests (each chunk checked against the TOC's digest before a
+/// byte of it is written), or the whole blob to complete the layer.
+public final class LazyFetcher: @unchecked Sendable {
+    public let store: Store
+    public let layerID: String
+    public let source: Store.LazySource
+    let chunks: [String: [StargzTOC.Chunk]]
+    /// The file names in the blob's order, landmark-prioritised files first.
+    let order: [String]
+    let client: RegistryClient
+    let blobPath: String
+    /// Compressed bytes fetched by Range requests, for `strata stats` and tests.
+    public let bytesFetched = Locked<Int64>(0)
+
+    public init(store: Store, layerID: String, options: RegistryOptions) throws {
+        self.store = store
+        self.layerID = layerID
+        source = try store.lazySource(layerID)
+        let toc = try store.lazyTOC(layerID)
+        chunks = toc.chunks(tocOffset: source.tocOffset)
+        var names: [String] = []
+        for e in toc.entries where e.type == "reg" && (e.size ?? 0) > 0 { names.append(e.path) }
+        order = names
+        client = try RegistryClient(host: source.registry, options: options, credentials: nil)
+        blobPath = "/v2/\(source.repository)/blobs/\(source.blob)"
+    }
+
+    public func shutdown() async { await client.shutdown() }
+
+    /// The chunks of `name`, each checked to lie inside the blob's data.
+    func plan(_ name: String) throws -> [StargzTOC.Chunk] {
+        guard let cs = chunks[name], !cs.isEmpty else {
+            throw RegistryError(.corrupt, "layer \(Digest.hex(source.diffID).prefix(12)): \(name) has no data in its TOC")
+        }
+        for c in cs where c.offset < 0 || c.end > source.tocOffset || c.end <= c.offset || c.size < 0 || c.size > 64 << 20 {
+            throw RegistryError(.corrupt, "layer \(Digest.hex(source.diffID).prefix(12)): the TOC places \(name) outside the blob")
+        }
+        return cs
+    }
+
+    /// One chunk's bytes, decompressed and checked.
+    func decode(_ c: StargzTOC.Chunk, _ compressed: Data, _ name: String) throws -> [UInt8] {
+        let plain = try compressed.withUnsafeBytes { (b) throws -> [UInt8] in
+            do { return try Gunzip.prefix(b, want: Int(c.size), what: name) } catch { throw RegistryError(.corrupt, "\(name): \(error)") }
+        }
+        let got = plain.withUnsafeBytes { sha256Digest($0) }
+        if got != c.digest {
+            throw RegistryError(.corrupt, "\(name): a chunk at \(c.offset) of blob \(source.blob) does not match its digest in the TOC (got \(got)); refused")
+        }
+        return plain
+    }
+
+    /// Fills the file open as `fd` (the union's descriptor of it), named
+    /// `name` in the TOC, from the registry. Two readers of one file wait
+    /// for each other (a lock on the file); the mark goes only after the
+    /// data is written and synced.
+    public func fill(fd: Int32, name: String) async throws {
+        let w = open("/proc/self/fd/\(fd)", O_WRONLY | O_CLOEXEC)
+        if w < 0 { throw RegistryError.last("\(name): opening it to fill") }
+        defer { close(w) }
+        if retryEINTR({ flock(w, LOCK_EX) }) != 0 { throw RegistryError.last("\(name): lock") }
+        if !Self.marked(w) { return }
+        var st = stat()
+        if fstat(w, &st) != 0 { throw RegistryError.last(name) }
+        for c in try plan(name) {
+            let data = try await client.range(blobPath, from: c.offset, to: c.end, timeout: 20)
+            bytesFetched.withLock { $0 += Int64(data.count) }
+            try write(try decode(c, data, name), to: w, at: c.fileOffset, name)
+        }
+        try seal(w, name, times: st)
+    }
+
+    static func marked(_ fd: Int32) -> Bool {
+        var b: UInt8 = 0
+        return fgetxattr(fd, Store.lazyXattr, &b, 0) >= 0
+    }
+
+    func write(_ bytes: [UInt8], to fd: Int32, at offset: Int64, _ name: String) throws {
+        var done = 0
+        while done < bytes.count {
+            let n = bytes.withUnsafeBytes { pwrite(fd, $0.baseAddress! + done, $0.count - done, off_t(offset) + off_t(done)) }
+            if n < 0 { if errno == EINTR { continue }; throw RegistryError.last("\(name): write") }
+            done += n
+        }
+    }
+
+    /// The data is down: its times put back (the writes moved them; the
+    /// layer's are the archive's), synced, and only then the mark removed.
+    func seal(_ fd: Int32, _ name: String, times st: stat) throws {
+        let ts = [st.st_atim, st.st_mtim]
+        if futimens(fd, ts) != 0 { throw RegistryError.last("\(name): times") }
+        if fdatasync(fd) != 0 { throw RegistryError.last("\(name): sync") }
+        if fremovexattr(fd, Store.lazyXattr) != 0 && errno != ENODATA { throw RegistryError.last("\(name): removing its mark") }
+    }
+
+    /// Opens a file of the layer's tree by its TOC name, never following a
+    /// symlink (a hostile TOC may put one where a directory was).
+    func openInLayer(_ name: String) -> Int32 {
+        let root = open(store.layerDiffPath(layerID), O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if root < 0 { return -1 }
+        defer { close(root) }
+        return strata_openat2_beneath(root, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC, 0, 1)
+    }
+
+    /// Files before the prefetch landmark (those the image's builder marked
+    /// as read first), fetched one by one by Range before anything else.
+    public var prioritised: [String] {
+        guard let i = order.firstIndex(of: StargzTOC.prefetchLandmark) else { return [] }
+        return Array(order[..<i])
+    }
+
+    /// The whole layer, as a mount's background fetch does it: the
+    /// prioritised files first, then the rest of the blob.
+    public func completeLayer(progress: @escaping @Sendable (String) -> Void) async throws {
+        for name in prioritised {
+            let fd = openInLayer(name)
+            if fd < 0 { continue }
+            defer { close(fd) }
+            try await fill(fd: fd, name: name)
+        }
+        let ref = try Reference("\(source.registry)/\(source.repository)@\(source.blob)")
+        try await complete(puller: Puller(store: store, client: client), ref: ref, progress: progress)
+    }
+
+    /// The rest of the layer: the whole blob downloaded (resumably, its
+    /// digest checked), its tar checked against the diff ID, every file
+    /// still a hole filled from it, and the layer made ordinary.
+    public func complete(puller: Puller, ref: Reference, progress: @escaping @Sendable (String) -> Void) async throws {
+        let short = Digest.hex(source.diffID).prefix(12)
+        let dir = store.pullDirectory("lazy-" + String(Digest.hex(source.blob).prefix(16)))
+        try FileManager.default.createDirectory(atPath: "\(dir)/blobs/sha256", withIntermediateDirectories: true)
+        let (blob, _) = try await puller.blob(ref, source.blob, size: Int(source.blobSize), dir: dir)
+        let plain = "\(dir)/layer.tar"
+        let diff: String
+        do { diff = try Digest.ofUncompressed(blob, copy: plain) } catch { throw RegistryError(wrapping: error) }
+        if diff != source.diffID {
+            throw RegistryError(.corrupt, "layer \(source.diffID): its blob decompresses to \(diff); refused")
+        }
+        let bfd = open(blob, O_RDONLY | O_CLOEXEC)
+        if bfd < 0 { throw RegistryError.last(blob) }
+        defer { close(bfd) }
+        var filled = 0
+        for name in order {
+            let fd = openInLayer(name)
+            if fd < 0 { throw RegistryError.last("layer \(short): \(name)") }
+            defer { close(fd) }
+            let w = open("/proc/self/fd/\(fd)", O_WRONLY | O_CLOEXEC)
+            if w < 0 { throw RegistryError.last("\(name): opening it to fill") }
+            defer { close(w) }
+            if retryEINTR({ flock(w, LOCK_EX) }) != 0 { throw RegistryError.last("\(name): lock") }
+            if !Self.marked(w) { continue }
+            var st = stat()
+            if fstat(w, &st) != 0 { throw RegistryError.last(name) }
+            for c in try plan(name) {
+                var data = Data(count: Int(c.end - c.offset))
+                let n = data.withUnsafeMutableBytes { pread(bfd, $0.baseAddress, $0.count, off_t(c.offset)) }
+                if n != data.count { throw RegistryError(.corrupt, "\(blob): short read at \(c.offset)") }
+                try write(try decode(c, data, name), to: w, at: c.fileOffset, name)
+            }
+            try seal(w, name, times: st)
+            filled += 1
+        }
+        do { try store.finishLazyLayer(layerID, plainTar: plain) } catch { throw RegistryError(wrapping: error) }
+        _ = removeTree(path: dir)
+        progress("layer \(short): complete (\(filled) files filled from the blob)")
+    }
+}

@@ -1,0 +1,106 @@
+import Foundation
+import Overlay
+import Registry
+import Store
+import Sys
+import SystemPackage
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The union's source of lazily pulled files (`LazyData`), in the mount's
+/// daemon: one fetcher per layer, made at its first read. The FUSE thread
+/// that asked waits while the fetch runs on the concurrency pool; a failure
+/// is one line on the daemon's standard error and EIO to the reader, and
+/// the next read tries again (a registry that comes back serves it).
+final class RegistryLazyData: LazyData, @unchecked Sendable {
+    private let fetchers = Locked<[String: LazyFetcher]>([:])
+
+    func fetcher(_ state: String) throws -> LazyFetcher {
+        if let f = fetchers.withLock({ $0[state] }) { return f }
+        // state is <root>/overlay/<hex>/lazy
+        let layerDir = (state as NSString).deletingLastPathComponent
+        let root = ((layerDir as NSString).deletingLastPathComponent as NSString).deletingLastPathComponent
+        let store = try Store(root: root, recovering: false)
+        // A reader waits while its file is fetched: a registry that is not
+        // there is given 3 s, not the 10 a pull waits.
+        var o = RegistryOptions()
+        o.connectTimeout = 3
+        o.readTimeout = 20
+        let f = try LazyFetcher(store: store, layerID: "sha256:" + (layerDir as NSString).lastPathComponent, options: o)
+        return fetchers.withLock { d in
+            if let g = d[state] { return g }
+            d[state] = f
+            return f
+        }
+    }
+
+    func fill(state: String, fd: Int32, mark: String) throws(Errno) {
+        let failure = Locked<String?>(nil)
+        do {
+            let f = try fetcher(state)
+            let done = DispatchSemaphore(value: 0)
+            Task {
+                do { try await f.fill(fd: fd, name: mark) } catch { failure.withLock { $0 = "\(error)" } }
+                done.signal()
+            }
+            done.wait()
+        } catch {
+            failure.withLock { $0 = "\(error)" }
+        }
+        if let why = failure.withLock({ $0 }) {
+            log(state, "\(mark): \(why); the read gets EIO")
+            throw .ioError
+        }
+    }
+
+    /// The daemon's output goes nowhere once it serves: a line goes to the
+    /// layer's `lazy/errors.log` (and standard error, for -f).
+    func log(_ state: String, _ line: String) {
+        printError("strata: lazy layer: \(line)")
+        let f = open("\(state)/errors.log", O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)
+        guard f >= 0 else { return }
+        defer { close(f) }
+        let text = "\(Date()) \(line)\n"
+        _ = text.withCString { Glibc.write(f, $0, strlen($0)) }
+    }
+
+    func bytesFetched() -> Int {
+        Int(fetchers.withLock { $0.values.reduce(Int64(0)) { $0 + $1.bytesFetched.withLock { $0 } } })
+    }
+
+    /// One thread per mount completes its layers one after another; a
+    /// failure (the registry away) is said once and retried every 5 s, and
+    /// a download resumes where it stopped. The daemon's exit ends it.
+    func completeInBackground(states: [String]) {
+        let t = Thread { [self] in
+            for state in states {
+                var said = false
+                while true {
+                    let failure = Locked<(String, Bool)?>(nil)
+                    let done = DispatchSemaphore(value: 0)
+                    Task {
+                        do {
+                            let f = try self.fetcher(state)
+                            if f.store.isLazy(f.layerID) { try await f.completeLayer(progress: { _ in }) }
+                        } catch {
+                            failure.withLock { $0 = ("\(error)", (error as? RegistryError)?.kind == .corrupt) }
+                        }
+                        done.signal()
+                    }
+                    done.wait()
+                    guard let (why, corrupt) = failure.withLock({ $0 }) else { break }
+                    if corrupt {
+                        // Content that does not add up will not by waiting:
+                        // files already read stay served, the rest give EIO.
+                        self.log(state, "\(why); not completing it")
+                        break
+                    }
+                    if !said { self.log(state, "completing in the background: \(why); retrying every 5 s"); said = true }
+                    sleep(5)
+                }
+            }
+        }
+        t.start()
+    }
+}
