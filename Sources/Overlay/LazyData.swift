@@ -12,10 +12,11 @@ import Glibc
 /// no network code.
 public protocol LazyData: Sendable {
     /// Fills the file open as `fd` (readable) whose mark is `mark`, in the
-    /// layer whose pull state is the directory `state`; on return the data
-    /// is there and the mark gone. Throws the errno the reader gets (EIO
+    /// layer whose pull state is the directory `state` (and up to
+    /// `readahead` bytes of the files after it); on return the data is
+    /// there and the mark gone. Throws the errno the reader gets (EIO
     /// when the registry cannot be reached).
-    func fill(state: String, fd: Int32, mark: String) throws(Errno)
+    func fill(state: String, fd: Int32, mark: String, readahead: Int64) throws(Errno)
     /// Starts completing these layers (pull states) in the background;
     /// called once the mount serves, in the daemon.
     func completeInBackground(states: [String])
@@ -53,7 +54,7 @@ extension Overlay {
         let n = fgetxattr(fd, lazyXattr, &buf, buf.count)
         if n < 0 { return }        // no mark: the data is here
         guard let source = config.lazyData else { throw .ioError }
-        try source.fill(state: state, fd: fd, mark: String(decoding: buf[0..<n], as: UTF8.self))
+        try source.fill(state: state, fd: fd, mark: String(decoding: buf[0..<n], as: UTF8.self), readahead: config.lazyReadahead)
         lazyFills.add(1, ordering: .relaxed)
     }
 }

@@ -39,6 +39,10 @@ public struct OverlayConfig: Sendable {
     /// background (`lazy_fetch=background`, the default) or fetches only
     /// what is read (`lazy_fetch=on_read`).
     public var lazyBackground = true
+    /// Bytes of the files after a lazily fetched one (in the blob's order)
+    /// that come in the same request (`lazy_readahead=BYTES`; 0: only the
+    /// file read).
+    public var lazyReadahead: Int64 = 1 << 20
     /// How long the kernel may cache names and attributes (layers do not
     /// change under a mount, so long by default).
     public var timeout: Double = 86400

@@ -44,6 +44,11 @@ extension OverlayConfig {
             case "off": readdirAhead = false
             default: throw UsageError("option 'readdir_ahead=\(v ?? "")' is not supported (use on or off)")
             }
+        case "lazy_readahead":
+            guard let v, let n = Int64(v), n >= 0, n <= 64 << 20 else {
+                throw UsageError("option 'lazy_readahead' takes a number of bytes from 0 to 67108864, got '\(v ?? "")'")
+            }
+            lazyReadahead = n
         case "lazy_fetch":
             switch v {
             case "background": lazyBackground = true

@@ -17,6 +17,7 @@ public final class LazyFetcher: @unchecked Sendable {
     let chunks: [String: [StargzTOC.Chunk]]
     /// The file names in the blob's order, landmark-prioritised files first.
     let order: [String]
+    let index: [String: Int]
     let client: RegistryClient
     let blobPath: String
     /// Compressed bytes fetched by Range requests, for `strata stats` and tests.
@@ -31,6 +32,7 @@ public final class LazyFetcher: @unchecked Sendable {
         var names: [String] = []
         for e in toc.entries where e.type == "reg" && (e.size ?? 0) > 0 { names.append(e.path) }
         order = names
+        index = Dictionary(names.enumerated().map { ($1, $0) }, uniquingKeysWith: { a, _ in a })
         client = try RegistryClient(host: source.registry, options: options, credentials: nil)
         blobPath = "/v2/\(source.repository)/blobs/\(source.blob)"
     }
@@ -61,21 +63,57 @@ public final class LazyFetcher: @unchecked Sendable {
     }
 
     /// Fills the file open as `fd` (the union's descriptor of it), named
-    /// `name` in the TOC, from the registry. Two readers of one file wait
-    /// for each other (a lock on the file); the mark goes only after the
-    /// data is written and synced.
-    public func fill(fd: Int32, name: String) async throws {
+    /// `name` in the TOC, from the registry, with the files after it in the
+    /// blob's order up to `readahead` bytes in all: a walk reads files in
+    /// about that order (the tar's), so one request serves many reads, and
+    /// a lone read costs at most that much more. Two readers of one file wait for each other (a lock
+    /// on the file); a mark goes only after the data is written and synced.
+    public func fill(fd: Int32, name: String, readahead: Int64 = 0) async throws {
         let w = open("/proc/self/fd/\(fd)", O_WRONLY | O_CLOEXEC)
         if w < 0 { throw RegistryError.last("\(name): opening it to fill") }
         defer { close(w) }
         if retryEINTR({ flock(w, LOCK_EX) }) != 0 { throw RegistryError.last("\(name): lock") }
         if !Self.marked(w) { return }
+        let own = try plan(name)
+        guard let first = own.first, let last = own.last else { return }
+        var end = last.end
+        var neighbours: [(String, [StargzTOC.Chunk])] = []
+        if let i = index[name] {
+            var j = i + 1
+            while end - first.offset < readahead, j < order.count {
+                let n = order[j]
+                j += 1
+                guard let cs = try? plan(n), let f = cs.first, let l = cs.last, f.offset == end,
+                      l.end - first.offset <= 4 * readahead else { break }
+                neighbours.append((n, cs))
+                end = l.end
+            }
+        }
+        let data = try await client.range(blobPath, from: first.offset, to: end, timeout: 20)
+        bytesFetched.withLock { $0 += Int64(data.count) }
+        try fillFrom(data, base: first.offset, w, name, own)
+        // Neighbours are a bonus: one that is busy or fails is left for its
+        // own read.
+        for (n, cs) in neighbours {
+            let nfd = openInLayer(n)
+            if nfd < 0 { continue }
+            defer { close(nfd) }
+            let nw = open("/proc/self/fd/\(nfd)", O_WRONLY | O_CLOEXEC)
+            if nw < 0 { continue }
+            defer { close(nw) }
+            if flock(nw, LOCK_EX | LOCK_NB) != 0 || !Self.marked(nw) { continue }
+            try? fillFrom(data, base: first.offset, nw, n, cs)
+        }
+    }
+
+    /// Writes a file's chunks from fetched bytes that start at blob offset
+    /// `base`, each checked, then seals it (times, sync, mark).
+    func fillFrom(_ data: Data, base: Int64, _ w: Int32, _ name: String, _ cs: [StargzTOC.Chunk]) throws {
         var st = stat()
         if fstat(w, &st) != 0 { throw RegistryError.last(name) }
-        for c in try plan(name) {
-            let data = try await client.range(blobPath, from: c.offset, to: c.end, timeout: 20)
-            bytesFetched.withLock { $0 += Int64(data.count) }
-            try write(try decode(c, data, name), to: w, at: c.fileOffset, name)
+        for c in cs {
+            let slice = data.subdata(in: Int(c.offset - base)..<Int(c.end - base))
+            try write(try decode(c, slice, name), to: w, at: c.fileOffset, name)
         }
         try seal(w, name, times: st)
     }
@@ -139,39 +177,71 @@ public final class LazyFetcher: @unchecked Sendable {
         let short = Digest.hex(source.diffID).prefix(12)
         let dir = store.pullDirectory("lazy-" + String(Digest.hex(source.blob).prefix(16)))
         try FileManager.default.createDirectory(atPath: "\(dir)/blobs/sha256", withIntermediateDirectories: true)
-        let (blob, _) = try await puller.blob(ref, source.blob, size: Int(source.blobSize), dir: dir)
+        let final = "\(dir)/blobs/sha256/\(Digest.hex(source.blob))", partial = final + ".partial"
+        // Files are filled while the blob arrives, each as soon as its data
+        // is down (every chunk is checked against the TOC, so nothing waits
+        // for the blob's own digest): a reader of the mount finds it here
+        // instead of asking for it again.
+        let finished = Locked(false)
+        let download = Task { () throws -> String in
+            defer { finished.withLock { $0 = true } }
+            return try await puller.blob(ref, source.blob, size: Int(source.blobSize), dir: dir).path
+        }
+        var filled = 0
+        var next = 0
+        do {
+            while next < order.count {
+                guard let end = try plan(order[next]).last?.end else { next += 1; continue }
+                var st = stat()
+                let have: Int64 = stat(final, &st) == 0 || stat(partial, &st) == 0 ? Int64(st.st_size) : 0
+                if have < end {
+                    if finished.withLock({ $0 }) { break }
+                    try await Task.sleep(nanoseconds: 20_000_000)
+                    continue
+                }
+                // The final name once renamed, else the partial file.
+                if try fillFromBlobFile(access(final, F_OK) == 0 ? final : partial, order[next]) { filled += 1 }
+                if filled == 2 { killPoint("lazy-filled") }
+                next += 1
+            }
+        } catch {
+            download.cancel()
+            throw error
+        }
+        let blob = try await download.value
         let plain = "\(dir)/layer.tar"
         let diff: String
         do { diff = try Digest.ofUncompressed(blob, copy: plain) } catch { throw RegistryError(wrapping: error) }
         if diff != source.diffID {
             throw RegistryError(.corrupt, "layer \(source.diffID): its blob decompresses to \(diff); refused")
         }
-        let bfd = open(blob, O_RDONLY | O_CLOEXEC)
-        if bfd < 0 { throw RegistryError.last(blob) }
-        defer { close(bfd) }
-        var filled = 0
-        for name in order {
-            let fd = openInLayer(name)
-            if fd < 0 { throw RegistryError.last("layer \(short): \(name)") }
-            defer { close(fd) }
-            let w = open("/proc/self/fd/\(fd)", O_WRONLY | O_CLOEXEC)
-            if w < 0 { throw RegistryError.last("\(name): opening it to fill") }
-            defer { close(w) }
-            if retryEINTR({ flock(w, LOCK_EX) }) != 0 { throw RegistryError.last("\(name): lock") }
-            if !Self.marked(w) { continue }
-            var st = stat()
-            if fstat(w, &st) != 0 { throw RegistryError.last(name) }
-            for c in try plan(name) {
-                var data = Data(count: Int(c.end - c.offset))
-                let n = data.withUnsafeMutableBytes { pread(bfd, $0.baseAddress, $0.count, off_t(c.offset)) }
-                if n != data.count { throw RegistryError(.corrupt, "\(blob): short read at \(c.offset)") }
-                try write(try decode(c, data, name), to: w, at: c.fileOffset, name)
-            }
-            try seal(w, name, times: st)
-            filled += 1
-        }
+        // What the loop left (it stops when the download fails or ends).
+        for name in order where try fillFromBlobFile(blob, name) { filled += 1 }
         do { try store.finishLazyLayer(layerID, plainTar: plain) } catch { throw RegistryError(wrapping: error) }
         _ = removeTree(path: dir)
         progress("layer \(short): complete (\(filled) files filled from the blob)")
+    }
+
+    /// Fills one file of the layer from the blob (or the part of it down so
+    /// far) on disk; false when it was here already.
+    func fillFromBlobFile(_ path: String, _ name: String) throws -> Bool {
+        let fd = openInLayer(name)
+        if fd < 0 { throw RegistryError.last("layer \(Digest.hex(source.diffID).prefix(12)): \(name)") }
+        defer { close(fd) }
+        let w = open("/proc/self/fd/\(fd)", O_WRONLY | O_CLOEXEC)
+        if w < 0 { throw RegistryError.last("\(name): opening it to fill") }
+        defer { close(w) }
+        if retryEINTR({ flock(w, LOCK_EX) }) != 0 { throw RegistryError.last("\(name): lock") }
+        if !Self.marked(w) { return false }
+        let bfd = open(path, O_RDONLY | O_CLOEXEC)
+        if bfd < 0 { throw RegistryError.last(path) }
+        defer { close(bfd) }
+        let cs = try plan(name)
+        guard let first = cs.first, let last = cs.last else { return false }
+        var data = Data(count: Int(last.end - first.offset))
+        let n = data.withUnsafeMutableBytes { pread(bfd, $0.baseAddress, $0.count, off_t(first.offset)) }
+        if n != data.count { throw RegistryError(.corrupt, "\(path): short read at \(first.offset)") }
+        try fillFrom(data, base: first.offset, w, name, cs)
+        return true
     }
 }

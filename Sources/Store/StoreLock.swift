@@ -106,7 +106,7 @@ final class StoreLock: @unchecked Sendable {
 /// that a command killed exactly there leaves nothing half-registered.
 /// Random SIGKILLs from outside seldom land inside these windows, which
 /// last a millisecond or less. Costs one environment lookup per point.
-func killPoint(_ name: StaticString) {
+public func killPoint(_ name: StaticString) {
     guard let v = getenv("STRATA_KILL_AT") else { return }
     if String(cString: v) == name.description { kill(getpid(), SIGKILL) }
 }

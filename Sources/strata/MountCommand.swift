@@ -23,7 +23,7 @@ struct MountCommand: ParsableCommand {
         Options: lowerdir, upperdir, workdir, userxattr, volatile, fsync=0, \
         redirect_dir=on|off, metacopy=on|off (metadata-only copy-up; turns redirect_dir on), \
         index=on|off (lower hard links stay linked across copy-up), xino=on|off|auto, timeout=SECONDS, \
-        passthrough=on|off, threads=N, lazy_fetch=background|on_read (layers pulled with --lazy), uring=auto|on|off (FUSE over io_uring), uring_depth=N, \
+        passthrough=on|off, threads=N, lazy_fetch=background|on_read and lazy_readahead=BYTES (layers pulled with --lazy), uring=auto|on|off (FUSE over io_uring), uring_depth=N, \
         uring_sched=idle|normal, readdirplus=always|auto, readdir_ahead=on|off (list the directories of a \
         listing ahead of a walker, on an idle CPU), noacl, and the generic rw, ro, dev, nodev, \
         suid, nosuid, exec, noexec, atime, noatime, allow_other, default_permissions. \
@@ -56,10 +56,13 @@ struct MountCommand: ParsableCommand {
     @Option(help: "For a container of an image pulled with --lazy: background (complete its layers while mounted, the default) or on-read (fetch only the files read).")
     var lazyFetch: LazyFetchMode = .background
 
+    @Option(help: "For a container of an image pulled with --lazy: bytes of the following files fetched with each file read (default 1048576; 0: only the file).")
+    var lazyReadahead: Int64?
+
     func run() throws {
         // Without -o the argument names a container of the store.
         if o.isEmpty {
-            try mountContainer(mountpoint, driver: driver, root: root, fuseOptions: lazyFetch.fuseOptions)
+            try mountContainer(mountpoint, driver: driver, root: root, fuseOptions: try lazyOptions(lazyFetch, lazyReadahead))
             return
         }
         var union: UnionMount

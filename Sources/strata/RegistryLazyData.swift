@@ -35,13 +35,13 @@ final class RegistryLazyData: LazyData, @unchecked Sendable {
         }
     }
 
-    func fill(state: String, fd: Int32, mark: String) throws(Errno) {
+    func fill(state: String, fd: Int32, mark: String, readahead: Int64) throws(Errno) {
         let failure = Locked<String?>(nil)
         do {
             let f = try fetcher(state)
             let done = DispatchSemaphore(value: 0)
             Task {
-                do { try await f.fill(fd: fd, name: mark) } catch { failure.withLock { $0 = "\(error)" } }
+                do { try await f.fill(fd: fd, name: mark, readahead: readahead) } catch { failure.withLock { $0 = "\(error)" } }
                 done.signal()
             }
             done.wait()

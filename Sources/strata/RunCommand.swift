@@ -28,6 +28,8 @@ struct RunCommand: ParsableCommand {
     @Flag(help: "Keep the container (and its changes) afterwards.") var keep = false
     @Option(help: "For an image pulled with --lazy: background (complete its layers while it runs, the default) or on-read (fetch only the files read).")
     var lazyFetch: LazyFetchMode = .background
+    @Option(help: "For an image pulled with --lazy: bytes of the following files fetched with each file read (default 1048576; 0: only the file).")
+    var lazyReadahead: Int64?
     @Option(name: [.short, .customLong("env")], help: "Set KEY=VALUE in the environment (KEY alone: its value here).")
     var env: [String] = []
     @Option(name: [.short, .customLong("workdir")], help: "Working directory inside the container.") var workdir: String?
@@ -67,13 +69,14 @@ struct RunCommand: ParsableCommand {
         guard !args.isEmpty else { throw fail("image \(image) has no Entrypoint or Cmd: give the command, strata run IMAGE CMD [ARGS...]") }
         let bin = (try? Sys.realPath("/proc/self/exe")) ?? "strata"
         let d = try chooseDriver(driver)
+        let lazyOpts = try lazyOptions(lazyFetch, lazyReadahead)
         let c = try storeCall { () throws(StoreError) in try s.create(image: image, name: name) }
         var status: Int32 = 1
         defer {
             if !keep { try? storeCall { () throws(StoreError) in try s.remove(c) } }
         }
         let merged = try storeCall { () throws(StoreError) in try s.mount(c, driver: d, strataBinary: bin, explicitDriver: driverIsExplicit(driver),
-                                                                            fuseOptions: lazyFetch.fuseOptions) }
+                                                                            fuseOptions: lazyOpts) }
         let bundle = "\(s.root)/tmp/bundle-\(c.id)"
         defer { removeTree(path: bundle) }
         try FileManager.default.createDirectory(atPath: bundle, withIntermediateDirectories: true)

@@ -151,6 +151,13 @@ enum LazyFetchMode: String, ExpressibleByArgument, CaseIterable {
     var fuseOptions: [String] { self == .onRead ? ["lazy_fetch=on_read"] : [] }
 }
 
+/// `--lazy-fetch` and `--lazy-readahead`, as Strata union options.
+func lazyOptions(_ mode: LazyFetchMode, _ readahead: Int64?) throws -> [String] {
+    guard let r = readahead else { return mode.fuseOptions }
+    guard r >= 0, r <= 64 << 20 else { throw fail("--lazy-readahead takes a number of bytes from 0 to 67108864") }
+    return mode.fuseOptions + ["lazy_readahead=\(r)"]
+}
+
 /// Whether the user named the driver (flag or environment).
 func driverIsExplicit(_ given: String?) -> Bool {
     given != nil || !(ProcessInfo.processInfo.environment["STRATA_STORAGE_DRIVER"] ?? "").isEmpty

@@ -13,14 +13,18 @@ import Glibc
 final class LocalRegistry: @unchecked Sendable {
     let dir: TempDir
     let port: Int
-    let pid: pid_t
+    private(set) var pid: pid_t
     var host: String { "127.0.0.1:\(port)" }
+    /// With `accessLog`, every response is logged with its size (what
+    /// `bytesServed` adds up).
+    let accessLog: Bool
 
     /// `htpasswd`: user and password of a basic-auth registry.
     /// `token`: a token service the registry sends clients to (bearer auth).
     /// `tls`: certificate and key files: the registry speaks only HTTPS.
-    init(htpasswd: (String, String)? = nil, token: TokenServer? = nil, tls: (String, String)? = nil) throws {
+    init(htpasswd: (String, String)? = nil, token: TokenServer? = nil, tls: (String, String)? = nil, accessLog: Bool = false) throws {
         dir = TempDir("strata-registry")
+        self.accessLog = accessLog
         port = Int.random(in: 20000...40000)
         var auth = ""
         var tlsConfig = ""
@@ -45,14 +49,22 @@ final class LocalRegistry: @unchecked Sendable {
 
         """ + tlsConfig + """
         log:
-          level: error
+          level: \(accessLog ? "info" : "error")
 
         """ + auth
         try config.write(toFile: "\(dir.path)/config.yml", atomically: true, encoding: .utf8)
+        pid = 0
+        try start()
+    }
+
+    /// Starts the registry (again, after `stop`: same port, same storage).
+    func start() throws {
         guard let bin = Spawn.which("docker-registry") else { throw RegistryError(.network, "docker-registry missing: apt-get install docker-registry") }
         let null = open("/dev/null", O_RDWR | O_CLOEXEC)
         defer { close(null) }
-        pid = try Spawn.start(bin, [bin, "serve", "\(dir.path)/config.yml"], stdio: (null, null, null))
+        let log = accessLog ? open("\(dir.path)/access.log", O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o600) : -1
+        defer { if log >= 0 { close(log) } }
+        pid = try Spawn.start(bin, [bin, "serve", "\(dir.path)/config.yml"], stdio: (null, log >= 0 ? log : null, log >= 0 ? log : null))
         // 30 s: on a loaded shared machine a cold start has taken over 10.
         let up = waitFor(30) {
             let r = runProgram("/usr/bin/env", ["python3", "-c", "import socket; socket.create_connection(('127.0.0.1', \(self.port)), 1)"])
@@ -61,10 +73,25 @@ final class LocalRegistry: @unchecked Sendable {
         if !up { kill(pid, SIGKILL); _ = Spawn.wait(pid); throw RegistryError(.network, "docker-registry did not start on \(host) in 30 s") }
     }
 
-    deinit {
+    func stop() {
+        guard pid > 0 else { return }
         kill(pid, SIGTERM)
         _ = Spawn.wait(pid)
+        pid = 0
     }
+
+    /// Bytes of every response body so far (needs `accessLog`).
+    func bytesServed() -> Int64 {
+        guard let d = FileManager.default.contents(atPath: "\(dir.path)/access.log") else { return 0 }
+        var total: Int64 = 0
+        for line in String(decoding: d, as: UTF8.self).split(separator: "\n") {
+            guard let r = line.range(of: "http.response.written=") else { continue }
+            total += Int64(line[r.upperBound...].prefix { $0.isNumber }) ?? 0
+        }
+        return total
+    }
+
+    deinit { stop() }
 }
 
 @Suite(.serialized)

@@ -1,0 +1,255 @@
+import Foundation
+import Registry
+import Store
+import Sys
+import Testing
+import TestSupport
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `strata push --compression estargz` and `strata pull --lazy` against
+/// Debian's docker-registry on 127.0.0.1, whose access log counts the
+/// bytes it served.
+extension RegistryTests {
+    /// An image with files worth fetching one at a time: 40 of 200 kB and
+    /// one of 9 MB (three chunks) of random bytes, a hard link, a symlink,
+    /// an xattr, an owner, and a whiteout of a busybox file. Returns the
+    /// upper directory the files came from.
+    func makeLazyImage(_ root: String, _ tag: String, files: Int = 40) throws -> String {
+        #expect(strata(["image", "load", "--root", root, "-i", "\(Self.fixtures)/busybox-l3.docker.tar"]).status == 0)
+        let name = "src-\(UInt32.random(in: 0...UInt32.max))"
+        #expect(strata(["create", "--root", root, "--name", name, "localhost/eco/busybox:l3"]).status == 0)
+        let upper = try containerUpper(root, name)
+        mkdir("\(upper)/data", 0o755)
+        for i in 1...files {
+            #expect(runProgram("/bin/dd", ["if=/dev/urandom", "of=\(upper)/data/f\(i)", "bs=200000", "count=1", "status=none"]).status == 0)
+        }
+        #expect(runProgram("/bin/dd", ["if=/dev/urandom", "of=\(upper)/data/big", "bs=1M", "count=9", "status=none"]).status == 0)
+        link("\(upper)/data/f1", "\(upper)/data/f1-link")
+        symlink("f2", "\(upper)/data/f2-link")
+        #expect(runProgram("/usr/bin/setfattr", ["-n", "user.origin", "-v", "lazy", "\(upper)/data/f3"]).status == 0)
+        chown("\(upper)/data/f4", 1000, 1000)
+        mkdir("\(upper)/bin", 0o755)
+        mknod("\(upper)/bin/cat", S_IFCHR, 0)      // a whiteout: cat is gone
+        #expect(strata(["commit", "--root", root, name, tag]).status == 0)
+        return upper
+    }
+
+    func inspectLazy(_ root: String, _ image: String) -> [[String: Any]] {
+        let out = strata(["image", "inspect", "--root", root, image]).stdout
+        let o = (try? JSONSerialization.jsonObject(with: Data(out.utf8)) as? [[String: Any]])?.first
+        return (o?["Lazy"] as? [[String: Any]]) ?? []
+    }
+
+    /// The regular files of the layer whose TOC lists data/, in the blob's order.
+    func topLayerOrder(_ root: String) throws -> [String] {
+        let states = runProgram("/usr/bin/find", ["\(root)/overlay", "-maxdepth", "3", "-name", "toc.json", "-path", "*/lazy/*"])
+        for p in states.stdout.split(separator: "\n").map(String.init) {
+            let toc = try JSONDecoder().decode(TOCProbe.self, from: Data(contentsOf: URL(fileURLWithPath: p)))
+            let names = toc.entries.filter { $0.type == "reg" }.map(\.name)
+            if names.contains("data/f1") { return names }
+        }
+        throw TestFailure("no layer lists data/f1")
+    }
+
+    func localFiles(_ root: String, _ image: String) -> Int {
+        inspectLazy(root, image).reduce(0) { $0 + (($1["LocalFiles"] as? Int) ?? 0) }
+    }
+
+    /// Mounts a container of `image` (Strata's union: the only one that can
+    /// serve a partly pulled image) and returns its merged path.
+    func mountLazy(_ root: String, _ image: String, _ name: String, fetch: String = "on-read", readahead: Int? = nil) throws -> String {
+        guard strata(["create", "--root", root, "--name", name, image]).status == 0 else { throw TestFailure("create \(name)") }
+        let m = strata(["mount", "--root", root, "--lazy-fetch", fetch, name] + (readahead.map { ["--lazy-readahead", "\($0)"] } ?? []))
+        guard m.status == 0 else { throw TestFailure("mount \(name): \(m.stderr)") }
+        return m.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    func unmountLazy(_ root: String, _ name: String, _ merged: String) {
+        _ = strata(["umount", "--root", root, name])
+        umount2(merged, Int32(MNT_DETACH))
+    }
+
+    @Test func aLazyPullServesTheImageFetchingOnlyWhatIsRead() throws {
+        let reg = try LocalRegistry(accessLog: true)
+        let t = TempDir()
+        let a = "\(t.path)/a", full = "\(t.path)/full", lazy = "\(t.path)/lazy"
+        let upper = try makeLazyImage(a, "localhost/eco/lazy:1")
+        let push = strata(["push", "--root", a, "--compression", "estargz", "\(reg.host)/eco/lazy:e", "localhost/eco/lazy:1"])
+        #expect(push.status == 0, "\(push.stderr)")
+        let image = "\(reg.host)/eco/lazy:e"
+        // skopeo, which knows nothing of eStargz, takes it as ordinary tar+gzip
+        // layers and checks every digest and diff ID.
+        if let skopeo = Spawn.which("skopeo") {
+            let sk = runProgram(skopeo, ["copy", "--src-tls-verify=false", "docker://\(image)", "oci:\(t.path)/oci:1"])
+            #expect(sk.status == 0, "\(sk.stderr)")
+        }
+        #expect(strata(["pull", "--root", full, image]).status == 0)
+        let reference = try mergedTree(full, image)
+
+        let before = reg.bytesServed()
+        let pull = strata(["pull", "--root", lazy, "--lazy", image])
+        #expect(pull.status == 0, "\(pull.stderr)")
+        let pulled = reg.bytesServed() - before
+        // Manifest, config, and each layer's footer and TOC: kilobytes of
+        // the 17 MB the layers hold.
+        #expect(pulled < 96 << 10, "a lazy pull fetched \(pulled) bytes")
+        #expect(strata(["image", "ls", "--root", lazy]).stdout.contains("partial"))
+        #expect(inspectLazy(lazy, image).count == 4 && localFiles(lazy, image) == 0)
+        // The kernel's overlayfs cannot serve it: asking for it is refused.
+        #expect(strata(["create", "--root", lazy, "--name", "k", image]).status == 0)
+        let k = strata(["mount", "--root", lazy, "--driver", "overlay", "k"])
+        #expect(k.status != 0 && k.stderr.contains("partly pulled"), "\(k.stderr)")
+
+        var m = try mountLazy(lazy, image, "c", readahead: 0)
+        defer { unmountLazy(lazy, "c", m) }
+        // One file read: that file's bytes, and nothing of the others.
+        var b0 = reg.bytesServed()
+        #expect(FileManager.default.contents(atPath: "\(m)/data/f7") == FileManager.default.contents(atPath: "\(upper)/data/f7"))
+        let one = reg.bytesServed() - b0
+        #expect(one >= 200_000 && one < 200_000 + (16 << 10), "reading one 200 kB file fetched \(one) bytes")
+        #expect(localFiles(lazy, image) == 1)
+        // Listing, stat and readlink of every entry need nothing from the registry.
+        b0 = reg.bytesServed()
+        #expect(runProgram("/usr/bin/find", [m, "-ls"]).status == 0)
+        #expect(reg.bytesServed() == b0)
+        // The 9 MB file comes in its three chunks, each checked.
+        #expect(FileManager.default.contents(atPath: "\(m)/data/big") == FileManager.default.contents(atPath: "\(upper)/data/big"))
+
+        // With read-ahead (the default), a read brings the files after it in
+        // the blob, up to 1 MiB in the same request.
+        unmountLazy(lazy, "c", m)
+        m = try mountLazy(lazy, image, "c2")
+        defer { unmountLazy(lazy, "c2", m) }
+        // A file followed in the blob by three others of 200 kB not yet read.
+        let order = try topLayerOrder(lazy)
+        let pick = try #require(order.indices.first { i in
+            i + 3 < order.count && order[i...(i + 3)].allSatisfy { $0.hasPrefix("data/f") && !$0.hasSuffix("-link") && $0 != "data/f7" }
+        }.map { order[$0] })
+        let had = localFiles(lazy, image)
+        b0 = reg.bytesServed()
+        #expect(FileManager.default.contents(atPath: "\(m)/\(pick)") == FileManager.default.contents(atPath: "\(upper)/\(pick)"))
+        let ahead = reg.bytesServed() - b0
+        #expect(localFiles(lazy, image) >= had + 3 && ahead < 200_000 + (1 << 20) + (64 << 10),
+                "read-ahead: \(localFiles(lazy, image) - had) files for \(ahead) bytes")
+
+        // Every file read through the union: the same tree as the full pull.
+        var tree = TreeSnapshot.take(m, times: false)
+        for k in ["etc/hostname", "etc/hosts", "etc/resolv.conf"] { tree[k] = nil }
+        #expect(TreeSnapshot.diff(reference, tree, labels: ("full pull", "lazy pull")) == [])
+
+        // A pull without --lazy completes the layers: ordinary ones, served
+        // by the kernel's overlayfs too, identical to the full pull's.
+        unmountLazy(lazy, "c2", m)
+        let complete = strata(["pull", "--root", lazy, image])
+        #expect(complete.status == 0 && complete.stderr.contains("complete"), "\(complete.stderr)")
+        #expect(inspectLazy(lazy, image).isEmpty)
+        #expect(!strata(["image", "ls", "--root", lazy]).stdout.contains("partial"))
+        #expect(TreeSnapshot.diff(reference, try mergedTree(lazy, image), labels: ("full pull", "completed")) == [])
+        #expect(strata(["check", "--root", lazy]).status == 0)
+        // And it pushes like any other (every layer kept as its tar).
+        #expect(strata(["push", "--root", lazy, "\(reg.host)/eco/again:1", image]).status == 0)
+    }
+
+    /// A mount left running completes the layers by itself; a registry that
+    /// goes away and comes back is waited for.
+    @Test func aMountedLazyImageCompletesInTheBackground() throws {
+        let reg = try LocalRegistry(accessLog: true)
+        let t = TempDir()
+        let a = "\(t.path)/a", lazy = "\(t.path)/lazy"
+        let upper = try makeLazyImage(a, "localhost/eco/lazy:2", files: 8)
+        #expect(strata(["push", "--root", a, "--compression", "estargz", "\(reg.host)/eco/bg:e", "localhost/eco/lazy:2"]).status == 0)
+        let image = "\(reg.host)/eco/bg:e"
+        #expect(strata(["pull", "--root", lazy, "--lazy", image]).status == 0)
+        let m = try mountLazy(lazy, image, "c", fetch: "background")
+        defer { unmountLazy(lazy, "c", m) }
+        let done = waitFor(60) { inspectLazy(lazy, image).isEmpty }
+        #expect(done, "the layers were not completed: \(inspectLazy(lazy, image))")
+        for i in 1...8 {
+            #expect(FileManager.default.contents(atPath: "\(m)/data/f\(i)") == FileManager.default.contents(atPath: "\(upper)/data/f\(i)"))
+        }
+        #expect(strata(["check", "--root", lazy]).status == 0)
+    }
+
+    @Test func aCorruptChunkIsNeverServedAndARegistryThatGoesAwayGivesEIO() throws {
+        let reg = try LocalRegistry(accessLog: true)
+        let t = TempDir()
+        let a = "\(t.path)/a", lazy = "\(t.path)/lazy"
+        let upper = try makeLazyImage(a, "localhost/eco/lazy:3", files: 4)
+        #expect(strata(["push", "--root", a, "--compression", "estargz", "\(reg.host)/eco/bad:e", "localhost/eco/lazy:3"]).status == 0)
+        let image = "\(reg.host)/eco/bad:e"
+        #expect(strata(["pull", "--root", lazy, "--lazy", image]).status == 0)
+        // Where data/f2 lies in the blob, from the layer's TOC; one byte of
+        // its compressed data flipped in the registry's own storage.
+        let states = runProgram("/usr/bin/find", ["\(lazy)/overlay", "-maxdepth", "3", "-name", "toc.json", "-path", "*/lazy/*"])
+        var offset: Int64? = nil, blobDigest: String? = nil
+        for p in states.stdout.split(separator: "\n").map(String.init) {
+            let toc = try JSONDecoder().decode(TOCProbe.self, from: Data(contentsOf: URL(fileURLWithPath: p)))
+            if let e = toc.entries.first(where: { $0.name == "data/f2" }), let o = e.offset {
+                offset = o
+                let src = try JSONDecoder().decode(Store.LazySource.self,
+                                                   from: Data(contentsOf: URL(fileURLWithPath: p.replacingOccurrences(of: "toc.json", with: "source.json"))))
+                blobDigest = src.blob
+            }
+        }
+        let off = try #require(offset), digest = try #require(blobDigest)
+        let hex = String(digest.dropFirst(7))
+        let blob = "\(reg.dir.path)/data/docker/registry/v2/blobs/sha256/\(hex.prefix(2))/\(hex)/data"
+        var bytes = try Data(contentsOf: URL(fileURLWithPath: blob))
+        bytes[Int(off) + 5000] ^= 0xff
+        try bytes.write(to: URL(fileURLWithPath: blob))
+
+        let m = try mountLazy(lazy, image, "c", readahead: 0)
+        defer { unmountLazy(lazy, "c", m) }
+        let bad = runProgram("/bin/cat", ["\(m)/data/f2"])
+        #expect(bad.status != 0 && bad.stderr.contains("Input/output error"), "\(bad.stderr)")
+        let log = runProgram("/bin/sh", ["-c", "cat \(lazy)/overlay/*/lazy/errors.log"]).stdout
+        #expect(log.contains("data/f2") && (log.contains("does not match") || log.contains("corrupt")), "\(log)")
+        // Refused, not served: asked again, it is refused again.
+        #expect(runProgram("/bin/cat", ["\(m)/data/f2"]).status != 0)
+        #expect(FileManager.default.contents(atPath: "\(m)/data/f1") == FileManager.default.contents(atPath: "\(upper)/data/f1"))
+
+        // The registry goes away: a file not yet here gives EIO, not a hang.
+        reg.stop()
+        let away = runProgram("/usr/bin/timeout", ["60", "/bin/cat", "\(m)/data/f3"])
+        #expect(away.status == 1 && away.stderr.contains("Input/output error"), "status \(away.status): \(away.stderr)")
+        // It comes back: the same read succeeds.
+        try reg.start()
+        #expect(FileManager.default.contents(atPath: "\(m)/data/f3") == FileManager.default.contents(atPath: "\(upper)/data/f3"))
+        unmountLazy(lazy, "c", m)
+        // Completing checks each whole blob: the three intact layers become
+        // ordinary, the corrupt one is refused and stays as it was.
+        let complete = strata(["pull", "--root", lazy, image])
+        #expect(complete.status != 0 && complete.stderr.contains("does not match"), "\(complete.stderr)")
+        #expect(inspectLazy(lazy, image).count == 1)
+        #expect(strata(["image", "ls", "--root", lazy]).stdout.contains(image))
+    }
+
+    /// `strata pull` killed while it completes a lazy layer: run again, it
+    /// finishes, and the tree is the full pull's.
+    @Test func aCompletionKilledHalfWayFinishesWhenRunAgain() throws {
+        let reg = try LocalRegistry()
+        let t = TempDir()
+        let a = "\(t.path)/a", lazy = "\(t.path)/lazy", full = "\(t.path)/full"
+        _ = try makeLazyImage(a, "localhost/eco/lazy:4", files: 6)
+        #expect(strata(["push", "--root", a, "--compression", "estargz", "\(reg.host)/eco/kill:e", "localhost/eco/lazy:4"]).status == 0)
+        let image = "\(reg.host)/eco/kill:e"
+        #expect(strata(["pull", "--root", full, image]).status == 0)
+        #expect(strata(["pull", "--root", lazy, "--lazy", image]).status == 0)
+        let killed = runProgram(MountEnvironment.binary, ["pull", "--root", lazy, image], env: ["STRATA_KILL_AT": "lazy-filled"])
+        #expect(killed.status != 0)
+        #expect(!inspectLazy(lazy, image).isEmpty)
+        let again = strata(["pull", "--root", lazy, image])
+        #expect(again.status == 0, "\(again.stderr)")
+        #expect(inspectLazy(lazy, image).isEmpty)
+        #expect(TreeSnapshot.diff(try mergedTree(full, image), try mergedTree(lazy, image)) == [])
+        #expect(strata(["check", "--root", lazy]).status == 0)
+    }
+}
+
+/// The part of a TOC a test reads.
+struct TOCProbe: Decodable {
+    struct Entry: Decodable { var name: String; var type: String; var offset: Int64? }
+    var entries: [Entry]
+}

@@ -1,0 +1,127 @@
+import ArgumentParser
+import Foundation
+import Store
+import Sys
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Time from the command to a container's first output, over a registry
+/// link of fixed bandwidth (a throttling proxy in front of Debian's
+/// docker-registry on 127.0.0.1): a full pull then the run, against a lazy
+/// pull then the run, for a command that reads little of the image and
+/// one that reads all of it. Fresh stores every round; bytes fetched are
+/// counted at the proxy.
+struct LazyBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "lazy",
+        abstract: "Full pull + run against lazy pull + run, to the container's first output, over a throttled registry."
+    )
+    @Option(help: "A root filesystem for the image (e.g. made by 'debootstrap --variant=minbase bookworm DIR'); split into 3 layers.")
+    var rootfs: String
+    @Option(help: "The link's bandwidth, in Mbit/s.") var mbit: Double = 200
+    @Option(help: "Rounds; medians are reported.") var rounds = 3
+    @Option(help: "Where to put the data.") var dir = "/var/tmp"
+    @Option(help: "The strata binary (default: next to this program).") var strata: String?
+
+    func run() throws {
+        guard geteuid() == 0 else { throw ValidationError("run as root") }
+        guard let registry = Spawn.which("docker-registry"), let python = Spawn.which("python3") else {
+            throw ValidationError("needs docker-registry and python3 (apt-get install docker-registry python3)")
+        }
+        let here = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path
+        let bin = strata ?? here + "/strata"
+        let proxyScript = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("throttle_proxy.py").path
+        guard access(proxyScript, R_OK) == 0 else { throw ValidationError("\(proxyScript) is missing") }
+        let root = try makeTemp(dir)
+        defer { _ = try? Spawn.run("/bin/rm", ["rm", "-rf", "--one-file-system", root]) }
+        let archive = try buildImageArchive(root, mib: 0, rootfs: rootfs)
+        let port = Int.random(in: 20000...30000), proxyPort = port + 10000
+        try "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: \(root)/registry\nhttp:\n  addr: 127.0.0.1:\(port)\nlog:\n  level: error\n"
+            .write(toFile: "\(root)/registry.yml", atomically: true, encoding: .utf8)
+        let null = open("/dev/null", O_RDWR | O_CLOEXEC)
+        defer { close(null) }
+        let reg = try Spawn.start(registry, [registry, "serve", "\(root)/registry.yml"], stdio: (null, null, null))
+        defer { kill(reg, SIGTERM); _ = Spawn.wait(reg) }
+        let counter = "\(root)/proxy.count"
+        let proxy = try Spawn.start(python, [python, proxyScript, "--listen", "\(proxyPort)", "--target", "\(port)",
+                                             "--mbit", "\(mbit)", "--count-file", counter], stdio: (null, null, null))
+        defer { kill(proxy, SIGTERM); _ = Spawn.wait(proxy) }
+        usleep(800_000)
+        // Pushed straight to the registry; pulled through the proxy.
+        _ = quiet(bin, [bin, "image", "load", "--root", "\(root)/src", "-i", archive])
+        guard quiet(bin, [bin, "push", "--root", "\(root)/src", "--compression", "estargz", "127.0.0.1:\(port)/bench/lazy:1", "localhost/bench:1"]) == 0 else {
+            throw ValidationError("push to the registry failed")
+        }
+        let ref = "127.0.0.1:\(proxyPort)/bench/lazy:1"
+        func fetched() -> Int64 { Int64((try? String(contentsOfFile: counter, encoding: .utf8)) ?? "0") ?? 0 }
+
+        let commands: [(String, [String])] = [
+            ("echo (reads /bin/echo and libc)", ["/bin/echo", "ready"]),
+            ("read every file, then echo", ["/bin/sh", "-c", "find / -xdev -type f -print0 | xargs -0 cat > /dev/null; echo ready"]),
+        ]
+        let impls = ["full pull + run", "lazy pull + run", "lazy pull + run (on-read)"]
+        var workloads: [Workload] = []
+        var bytes: [String: [String: [Int64]]] = [:]
+        for (label, argv) in commands {
+            var w = Workload(name: label, bytes: nil)
+            var n = 0
+            try rotatedRounds(rounds, impls) { impl in
+                n += 1
+                let store = "\(root)/store-\(workloads.count)-\(n)"
+                let before = fetched()
+                let script: String
+                let q = argv.map { "'\($0.replacingOccurrences(of: "'", with: "'\\''"))'" }.joined(separator: " ")
+                switch impl {
+                case "full pull + run":
+                    script = "'\(bin)' pull --root '\(store)' \(ref) >/dev/null 2>&1 && exec '\(bin)' run --root '\(store)' \(ref) -- \(q)"
+                case "lazy pull + run":
+                    script = "'\(bin)' pull --lazy --root '\(store)' \(ref) >/dev/null 2>&1 && exec '\(bin)' run --root '\(store)' \(ref) -- \(q)"
+                default:
+                    script = "'\(bin)' pull --lazy --root '\(store)' \(ref) >/dev/null 2>&1 && exec '\(bin)' run --lazy-fetch on-read --root '\(store)' \(ref) -- \(q)"
+                }
+                sync()
+                let t = try firstOutput("/bin/sh", ["sh", "-c", script])
+                w.seconds[impl, default: []].append(t)
+                bytes[label, default: [:]][impl, default: []].append(fetched() - before)
+                // Stores stay until the end (see PullBench on journal-less ext4).
+            }
+            workloads.append(w)
+        }
+        print("strata-bench lazy: \(rounds) rounds, \(mbit) Mbit/s link; seconds to the container's first output, medians; ratios paired by round")
+        print(report(workloads, impls: impls, base: "full pull + run"))
+        print("| bytes fetched (median) | " + impls.joined(separator: " | ") + " |")
+        print("|---|---|---|---|")
+        for (label, _) in commands {
+            let row = impls.map { impl -> String in
+                let xs = (bytes[label]?[impl] ?? []).map(Double.init)
+                return String(format: "%.1f MB", median(xs) / 1e6)
+            }
+            print("| \(label) | " + row.joined(separator: " | ") + " |")
+        }
+    }
+
+    /// Seconds until the command's first byte of output (then it is let
+    /// finish, its output discarded).
+    func firstOutput(_ path: String, _ args: [String]) throws -> Double {
+        var p: [Int32] = [-1, -1]
+        guard pipe(&p) == 0 else { throw ValidationError("pipe") }
+        _ = fcntl(p[0], F_SETFD, FD_CLOEXEC)
+        _ = fcntl(p[1], F_SETFD, FD_CLOEXEC)
+        let null = open("/dev/null", O_RDWR | O_CLOEXEC)
+        defer { close(null) }
+        let t0 = now()
+        let pid = try Spawn.start(path, args, stdio: (null, p[1], null))
+        close(p[1])
+        var b: UInt8 = 0
+        let n = read(p[0], &b, 1)
+        let t = now() - t0
+        var sink = [UInt8](repeating: 0, count: 4096)
+        while read(p[0], &sink, sink.count) > 0 {}
+        close(p[0])
+        let status = Spawn.wait(pid)
+        guard n == 1, status == 0 else { throw ValidationError("\(args.joined(separator: " ")) gave no output (exit \(status))") }
+        return t
+    }
+}
