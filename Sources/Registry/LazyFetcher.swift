@@ -83,8 +83,11 @@ public final class LazyFetcher: @unchecked Sendable {
             while end - first.offset < readahead, j < order.count {
                 let n = order[j]
                 j += 1
+                // Only files not here yet, and only while the request stays
+                // within the read-ahead: a walk in another order than the
+                // blob's must not fetch the same bytes twice.
                 guard let cs = try? plan(n), let f = cs.first, let l = cs.last, f.offset == end,
-                      l.end - first.offset <= 4 * readahead else { break }
+                      l.end - first.offset <= readahead, isMarked(n) else { break }
                 neighbours.append((n, cs))
                 end = l.end
             }
@@ -116,6 +119,14 @@ public final class LazyFetcher: @unchecked Sendable {
             try write(try decode(c, slice, name), to: w, at: c.fileOffset, name)
         }
         try seal(w, name, times: st)
+    }
+
+    /// Whether a file of the layer is still a hole (by name).
+    func isMarked(_ name: String) -> Bool {
+        let fd = openInLayer(name)
+        if fd < 0 { return false }
+        defer { close(fd) }
+        return Self.marked(fd)
     }
 
     static func marked(_ fd: Int32) -> Bool {
@@ -159,7 +170,7 @@ public final class LazyFetcher: @unchecked Sendable {
 
     /// The whole layer, as a mount's background fetch does it: the
     /// prioritised files first, then the rest of the blob.
-    public func completeLayer(progress: @escaping @Sendable (String) -> Void) async throws {
+    public func completeLayer(yield: (@Sendable () async -> Void)? = nil, progress: @escaping @Sendable (String) -> Void) async throws {
         for name in prioritised {
             let fd = openInLayer(name)
             if fd < 0 { continue }
@@ -167,13 +178,14 @@ public final class LazyFetcher: @unchecked Sendable {
             try await fill(fd: fd, name: name)
         }
         let ref = try Reference("\(source.registry)/\(source.repository)@\(source.blob)")
-        try await complete(puller: Puller(store: store, client: client), ref: ref, progress: progress)
+        try await complete(puller: Puller(store: store, client: client), ref: ref, yield: yield, progress: progress)
     }
 
     /// The rest of the layer: the whole blob downloaded (resumably, its
     /// digest checked), its tar checked against the diff ID, every file
     /// still a hole filled from it, and the layer made ordinary.
-    public func complete(puller: Puller, ref: Reference, progress: @escaping @Sendable (String) -> Void) async throws {
+    public func complete(puller: Puller, ref: Reference, yield: (@Sendable () async -> Void)? = nil,
+                         progress: @escaping @Sendable (String) -> Void) async throws {
         let short = Digest.hex(source.diffID).prefix(12)
         let dir = store.pullDirectory("lazy-" + String(Digest.hex(source.blob).prefix(16)))
         try FileManager.default.createDirectory(atPath: "\(dir)/blobs/sha256", withIntermediateDirectories: true)
@@ -185,7 +197,7 @@ public final class LazyFetcher: @unchecked Sendable {
         let finished = Locked(false)
         let download = Task { () throws -> String in
             defer { finished.withLock { $0 = true } }
-            return try await puller.blob(ref, source.blob, size: Int(source.blobSize), dir: dir).path
+            return try await puller.blob(ref, source.blob, size: Int(source.blobSize), dir: dir, yield: yield).path
         }
         var filled = 0
         var next = 0
@@ -233,7 +245,9 @@ public final class LazyFetcher: @unchecked Sendable {
         defer { close(w) }
         if retryEINTR({ flock(w, LOCK_EX) }) != 0 { throw RegistryError.last("\(name): lock") }
         if !Self.marked(w) { return false }
-        let bfd = open(path, O_RDONLY | O_CLOEXEC)
+        var bfd = open(path, O_RDONLY | O_CLOEXEC)
+        // Renamed to its final name since the caller looked.
+        if bfd < 0 && path.hasSuffix(".partial") { bfd = open(String(path.dropLast(8)), O_RDONLY | O_CLOEXEC) }
         if bfd < 0 { throw RegistryError.last(path) }
         defer { close(bfd) }
         let cs = try plan(name)

@@ -134,7 +134,8 @@ public struct Puller: Sendable {
     /// One blob, verified; resumed from a `.partial` file when one is left.
     /// The digest is taken as the bytes arrive (after rehashing what a
     /// resumed file already holds), so a blob is never read back.
-    func blob(_ ref: Reference, _ digest: String, size: Int, dir: String) async throws -> (path: String, digest: String) {
+    func blob(_ ref: Reference, _ digest: String, size: Int, dir: String,
+              yield: (@Sendable () async -> Void)? = nil) async throws -> (path: String, digest: String) {
         guard Digest.isValid(digest) else { throw RegistryError(.invalidReference, "\(ref): bad digest \(digest)") }
         let final = "\(dir)/blobs/sha256/\(Digest.hex(digest))"
         if FileManager.default.fileExists(atPath: final) { return (final, try Digest.ofFile(final)) }
@@ -150,7 +151,7 @@ public struct Puller: Sendable {
         let whole = size > 0 ? " of \(size >> 20) MiB" : ""
         var from: Int64 = have
         if !(size > 0 && have == Int64(size)) {
-            from = try await client.download("/v2/\(ref.repository)/blobs/\(digest)", to: partial, offset: have) { chunk in
+            from = try await client.download("/v2/\(ref.repository)/blobs/\(digest)", to: partial, offset: have, yield: yield) { chunk in
                 // A line every 32 MiB, so a long download shows it is moving.
                 if let mib = state.add(chunk, reportEvery: 32 << 20) { progress("blob \(short): \(mib) MiB\(whole)") }
             }

@@ -200,7 +200,9 @@ public final class RegistryClient: @unchecked Sendable {
     /// honours the Range), handing every chunk to `onChunk` as it is
     /// written: the caller hashes while the bytes are in memory. Returns the
     /// offset the body was written from (0 when the registry sent it all).
-    public func download(_ path: String, to file: String, offset: Int64,
+    /// `yield`: awaited between chunks; a background download waits there
+    /// while reads that someone waits for use the link.
+    public func download(_ path: String, to file: String, offset: Int64, yield: (@Sendable () async -> Void)? = nil,
                          onChunk: (UnsafeRawBufferPointer) -> Void) async throws -> Int64 {
         var attempt = 0
         let u = try await url(path)
@@ -234,6 +236,7 @@ public final class RegistryClient: @unchecked Sendable {
             var received = from
             do {
                 for try await chunk in resp.body {
+                    if let yield { await yield() }
                     try chunk.withUnsafeReadableBytes { (bytes) throws(SysError) in
                         try Sys.writeAll(fd, bytes, path: file)
                         onChunk(bytes)

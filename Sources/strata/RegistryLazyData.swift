@@ -15,6 +15,20 @@ import Glibc
 /// the next read tries again (a registry that comes back serves it).
 final class RegistryLazyData: LazyData, @unchecked Sendable {
     private let fetchers = Locked<[String: LazyFetcher]>([:])
+    /// Reads being fetched now, and when the last one started: the
+    /// background completion keeps off the link while a reader waits.
+    private let reads = Locked<(inFlight: Int, last: Double)>((0, 0))
+
+    static func now() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+    }
+
+    /// Whether a reader used the link in the last `quiet` seconds.
+    func readersBusy(quiet: Double) -> Bool {
+        reads.withLock { $0.inFlight > 0 || Self.now() - $0.last < quiet }
+    }
 
     func fetcher(_ state: String) throws -> LazyFetcher {
         if let f = fetchers.withLock({ $0[state] }) { return f }
@@ -39,6 +53,8 @@ final class RegistryLazyData: LazyData, @unchecked Sendable {
         let failure = Locked<String?>(nil)
         do {
             let f = try fetcher(state)
+            reads.withLock { $0.inFlight += 1; $0.last = Self.now() }
+            defer { reads.withLock { $0.inFlight -= 1; $0.last = Self.now() } }
             let done = DispatchSemaphore(value: 0)
             Task {
                 do { try await f.fill(fd: fd, name: mark, readahead: readahead) } catch { failure.withLock { $0 = "\(error)" } }
@@ -72,8 +88,16 @@ final class RegistryLazyData: LazyData, @unchecked Sendable {
     /// One thread per mount completes its layers one after another; a
     /// failure (the registry away) is said once and retried every 5 s, and
     /// a download resumes where it stopped. The daemon's exit ends it.
+    /// It gives way to readers: it starts once no file was fetched for a
+    /// second (a container's start-up reads go first), and its download
+    /// pauses while a read is being fetched.
     func completeInBackground(states: [String]) {
+        let yield: @Sendable () async -> Void = { [self] in
+            while readersBusy(quiet: 0.2) { try? await Task.sleep(nanoseconds: 50_000_000) }
+        }
         let t = Thread { [self] in
+            usleep(200_000)
+            while readersBusy(quiet: 1.0) { usleep(100_000) }
             for state in states {
                 var said = false
                 while true {
@@ -82,7 +106,7 @@ final class RegistryLazyData: LazyData, @unchecked Sendable {
                     Task {
                         do {
                             let f = try self.fetcher(state)
-                            if f.store.isLazy(f.layerID) { try await f.completeLayer(progress: { _ in }) }
+                            if f.store.isLazy(f.layerID) { try await f.completeLayer(yield: yield, progress: { _ in }) }
                         } catch {
                             failure.withLock { $0 = ("\(error)", (error as? RegistryError)?.kind == .corrupt) }
                         }
