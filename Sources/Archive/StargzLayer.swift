@@ -53,7 +53,9 @@ extension LayerApplier {
     /// code), regular files as holes of their size marked with their
     /// name, and `stargz.index.json` itself written out, as a full pull
     /// of the blob leaves it.
-    public func apply(toc: StargzTOC, tocFile: StargzTOCFile, to dest: String, markXattr: String) throws(ArchiveError) -> Stats {
+    /// `tocFile`: eStargz's TOC entry, written out; zstd:chunked has none
+    /// (its TOC is in a skippable frame, outside the tar).
+    public func apply(toc: StargzTOC, tocFile: StargzTOCFile?, to dest: String, markXattr: String) throws(ArchiveError) -> Stats {
         var made: [OpaquePointer] = []
         defer { for e in made { archive_entry_free(e) } }
         for t in toc.entries where t.type != "chunk" {
@@ -66,6 +68,7 @@ extension LayerApplier {
         })
         // The TOC's own entry, with its bytes (the only file whose data is
         // here from the start).
+        guard let tocFile else { return stats }
         let fd = open("\(dest)/\(StargzTOC.fileName)", O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
         if fd < 0 { throw ArchiveError(StargzTOC.fileName, "create: \(currentErrno())") }
         defer { close(fd) }
@@ -82,7 +85,7 @@ extension LayerApplier {
 
     static func describe(_ e: OpaquePointer, _ t: StargzTOC.Entry) throws(ArchiveError) {
         archive_entry_set_pathname(e, t.name)
-        let perm = UInt32(t.mode & 0o7777)
+        let perm = UInt32((t.mode ?? 0) & 0o7777)
         switch t.type {
         case "dir": archive_entry_set_filetype(e, UInt32(Linux.S_IFDIR))
         case "reg": archive_entry_set_filetype(e, UInt32(Linux.S_IFREG)); archive_entry_set_size(e, la_int64_t(t.size ?? 0))

@@ -16,6 +16,11 @@ public struct StargzTOC: Codable, Sendable {
     public static let tocDigestAnnotation = "containerd.io/snapshot/stargz/toc.digest"
     public static let uncompressedSizeAnnotation = "io.containers.estargz.uncompressed-size"
     public static let footerSize = 51
+    /// zstd:chunked (containers/storage): where the TOC is and its digest.
+    public static let zstdPositionAnnotations = ["io.github.containers.zstd-chunked.manifest-position",
+                                                 "io.containers.zstd-chunked.manifest-position"]
+    public static let zstdChecksumAnnotations = ["io.github.containers.zstd-chunked.manifest-checksum",
+                                                 "io.containers.zstd-chunked.manifest-checksum"]
 
     public struct Entry: Codable, Sendable {
         public var name: String
@@ -23,7 +28,9 @@ public struct StargzTOC: Codable, Sendable {
         public var size: Int64?
         public var modtime: String?
         public var linkName: String?
-        public var mode: Int64
+        /// Permission bits (eStargz adds the type's bits; a zstd:chunked
+        /// chunk entry has none).
+        public var mode: Int64?
         public var uid: Int?
         public var gid: Int?
         public var userName: String?
@@ -36,8 +43,10 @@ public struct StargzTOC: Codable, Sendable {
         public var chunkOffset: Int64?
         public var chunkSize: Int64?
         public var chunkDigest: String?
+        /// zstd:chunked: where the file's last frame ends.
+        public var endOffset: Int64?
 
-        public init(name: String, type: String, mode: Int64) {
+        public init(name: String, type: String, mode: Int64?) {
             self.name = name
             self.type = type
             self.mode = mode
@@ -82,11 +91,21 @@ public struct StargzTOC: Codable, Sendable {
             return lo < offsets.count ? offsets[lo] : tocOffset
         }
         var out: [String: [Chunk]] = [:]
-        var current = "", fileSize: Int64 = 0
+        var current = "", fileSize: Int64 = 0, fileEnd: Int64? = nil
+        func close() {
+            // zstd:chunked says where the file's last frame ends (tar headers
+            // are frames of their own between files).
+            if let end = fileEnd, var cs = out[current], let last = cs.indices.last, end > cs[last].offset {
+                cs[last].end = end
+                out[current] = cs
+            }
+        }
         for e in entries {
             if e.type == "reg" {
+                close()
                 current = e.path
                 fileSize = e.size ?? 0
+                fileEnd = e.endOffset
                 guard fileSize > 0, let o = e.offset else { continue }
                 let size = (e.chunkSize ?? 0) > 0 ? e.chunkSize! : fileSize
                 out[current, default: []].append(Chunk(offset: o, end: next(after: o), fileOffset: 0, size: size,
@@ -98,6 +117,7 @@ public struct StargzTOC: Codable, Sendable {
                                                        digest: e.chunkDigest ?? ""))
             }
         }
+        close()
         return out
     }
 

@@ -52,8 +52,11 @@ public final class LazyFetcher: @unchecked Sendable {
 
     /// One chunk's bytes, decompressed and checked.
     func decode(_ c: StargzTOC.Chunk, _ compressed: Data, _ name: String) throws -> [UInt8] {
+        let zstd = source.format == "zstd:chunked"
         let plain = try compressed.withUnsafeBytes { (b) throws -> [UInt8] in
-            do { return try Gunzip.prefix(b, want: Int(c.size), what: name) } catch { throw RegistryError(.corrupt, "\(name): \(error)") }
+            do {
+                return zstd ? try Unzstd.decode(b, want: Int(c.size), what: name) : try Gunzip.prefix(b, want: Int(c.size), what: name)
+            } catch { throw RegistryError(.corrupt, "\(name): \(error)") }
         }
         let got = plain.withUnsafeBytes { sha256Digest($0) }
         if got != c.digest {

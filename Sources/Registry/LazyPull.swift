@@ -23,6 +23,12 @@ extension Puller {
                 partial += 1
                 continue
             }
+            if let position = StargzTOC.zstdPositionAnnotations.lazy.compactMap({ l.annotations?[$0] }).first,
+               let checksum = StargzTOC.zstdChecksumAnnotations.lazy.compactMap({ l.annotations?[$0] }).first {
+                try await zstdChunkedLayer(ref, l, position: position, checksum: checksum, diffID: diffIDs[i], chainID: chain[i], parent: parent)
+                partial += 1
+                continue
+            }
             progress("layer \(short): no table of contents (\(l.mediaType ?? "no media type")); pulled in full")
             let (path, _) = try await blob(ref, l.digest, size: Int(l.size), dir: dir)
             do {
@@ -76,7 +82,40 @@ extension Puller {
         let source = Store.LazySource(registry: ref.apiHost, repository: ref.repository, blob: l.digest, blobSize: l.size,
                                       tocOffset: tocOffset, diffID: diffID, format: "estargz")
         progress("layer \(short): table of contents, \(toc.entries.count) entries (\(footer.count + member.count) bytes)")
-        do { try store.addLazyLayer(toc: toc, tocFile: tocFile, source: source, chainID: chainID, parent: parent, progress: progress) } catch {
+        do { try store.addLazyLayer(toc: toc, tocJSON: tocFile.json, tocFile: tocFile, source: source, chainID: chainID, parent: parent, progress: progress) } catch {
+            throw RegistryError(wrapping: error)
+        }
+    }
+
+    /// A zstd:chunked layer (containers/storage, as podman pushes it): the
+    /// TOC is a zstd frame inside a skippable frame, located by the
+    /// manifest's position annotation (offset:length:uncompressed:type) and
+    /// checked against its checksum annotation; one Range request.
+    func zstdChunkedLayer(_ ref: Reference, _ l: OCI.Descriptor, position: String, checksum: String,
+                          diffID: String, chainID: String, parent: String?) async throws {
+        let short = Digest.hex(diffID).prefix(12)
+        let parts = position.split(separator: ":").compactMap { Int64($0) }
+        guard parts.count >= 3, parts[0] >= 8, parts[1] > 0, parts[0] + parts[1] <= l.size, parts[2] <= 256 << 20 else {
+            throw RegistryError(.corrupt, "\(ref): layer \(l.digest) has a bad zstd:chunked manifest position '\(position)'")
+        }
+        let path = "/v2/\(ref.repository)/blobs/\(l.digest)"
+        let compressed = try await client.range(path, from: parts[0], to: parts[0] + parts[1])
+        let got = compressed.withUnsafeBytes { sha256Digest($0) }
+        if got != checksum { throw RegistryError(.corrupt, "\(ref): the TOC of layer \(l.digest) does not match its checksum (got \(got)); refused") }
+        let json: [UInt8]
+        do { json = try compressed.withUnsafeBytes { (b) throws(ArchiveError) in try Unzstd.decode(b, want: nil, what: "TOC of \(l.digest)") } } catch {
+            throw RegistryError(.corrupt, "\(ref): \(error)")
+        }
+        let toc: StargzTOC
+        do { toc = try JSONDecoder().decode(StargzTOC.self, from: Data(json)) } catch {
+            throw RegistryError(.corrupt, "\(ref): the TOC of layer \(l.digest) is not valid JSON (\(error))")
+        }
+        guard toc.version == 1 else { throw RegistryError(.corrupt, "\(ref): TOC version \(toc.version) of layer \(l.digest) is not 1") }
+        // Data lies before the skippable frame that holds the TOC.
+        let source = Store.LazySource(registry: ref.apiHost, repository: ref.repository, blob: l.digest, blobSize: l.size,
+                                      tocOffset: parts[0] - 8, diffID: diffID, format: "zstd:chunked")
+        progress("layer \(short): zstd:chunked table of contents, \(toc.entries.count) entries (\(compressed.count) bytes)")
+        do { try store.addLazyLayer(toc: toc, tocJSON: json, tocFile: nil, source: source, chainID: chainID, parent: parent, progress: progress) } catch {
             throw RegistryError(wrapping: error)
         }
     }

@@ -58,7 +58,7 @@ extension Store {
     }
 
     /// Makes a layer from its TOC and records it (its files still holes).
-    public func addLazyLayer(toc: StargzTOC, tocFile: StargzTOCFile, source: LazySource, chainID: String, parent: String?,
+    public func addLazyLayer(toc: StargzTOC, tocJSON: [UInt8], tocFile: StargzTOCFile?, source: LazySource, chainID: String, parent: String?,
                              progress: (String) -> Void = { _ in }) throws(StoreError) {
         try exclusively { () throws(StoreError) in
             if try layer(chainID) != nil { return }
@@ -71,7 +71,7 @@ extension Store {
             let state = lazyStateDir(chainID)
             do {
                 try FileManager.default.createDirectory(atPath: state, withIntermediateDirectories: false)
-                try Data(tocFile.json).write(to: URL(fileURLWithPath: "\(state)/toc.json"))
+                try Data(tocJSON).write(to: URL(fileURLWithPath: "\(state)/toc.json"))
                 try JSONEncoder().encode(source).write(to: URL(fileURLWithPath: "\(state)/source.json"))
             } catch {
                 discardUnpacked(chainID)

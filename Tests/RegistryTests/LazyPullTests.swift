@@ -253,3 +253,43 @@ struct TOCProbe: Decodable {
     struct Entry: Decodable { var name: String; var type: String; var offset: Int64? }
     var entries: [Entry]
 }
+
+extension RegistryTests {
+    /// podman pushes zstd:chunked (containers/storage's format: a zstd frame
+    /// per file, the TOC in a skippable frame); Strata pulls it lazily and
+    /// serves the tree a full pull gives.
+    @Test func podmansZstdChunkedImagesPullLazily() throws {
+        guard let podman = Spawn.which("podman") else { Issue.record("podman missing: apt-get install podman"); return }
+        let reg = try LocalRegistry(accessLog: true)
+        let t = TempDir()
+        let p = [podman, "--root", "\(t.path)/podman/root", "--runroot", "\(t.path)/podman/run", "--storage-driver", "vfs"]
+        #expect(runProgram(p[0], Array(p.dropFirst()) + ["load", "-i", "\(Self.fixtures)/busybox-l3.docker.tar"]).status == 0)
+        let image = "\(reg.host)/eco/zstd:1"
+        let push = runProgram(p[0], Array(p.dropFirst()) + ["push", "--tls-verify=false", "--compression-format", "zstd:chunked",
+                                                            "localhost/eco/busybox:l3", "docker://\(image)"])
+        #expect(push.status == 0, "\(push.stderr)")
+        let full = "\(t.path)/full", lazy = "\(t.path)/lazy"
+        #expect(strata(["pull", "--root", full, image]).status == 0)
+        let reference = try mergedTree(full, image)
+        let before = reg.bytesServed()
+        let pull = strata(["pull", "--root", lazy, "--lazy", image])
+        #expect(pull.status == 0 && pull.stderr.contains("zstd:chunked"), "\(pull.stderr)")
+        #expect(reg.bytesServed() - before < 64 << 10)
+        #expect(inspectLazy(lazy, image).count == 3)
+        let m = try mountLazy(lazy, image, "c", readahead: 0)
+        defer { unmountLazy(lazy, "c", m) }
+        // busybox alone: its chunks, not the rest.
+        let b0 = reg.bytesServed()
+        #expect(runProgram("/usr/sbin/chroot", [m, "/bin/busybox", "true"]).status == 0)
+        let got = reg.bytesServed() - b0
+        #expect(got > 500_000 && got < 1_200_000, "busybox fetched \(got) bytes")
+        var tree = TreeSnapshot.take(m, times: false)
+        for k in ["etc/hostname", "etc/hosts", "etc/resolv.conf"] { tree[k] = nil }
+        #expect(TreeSnapshot.diff(reference, tree, labels: ("full pull", "lazy pull")) == [])
+        unmountLazy(lazy, "c", m)
+        let complete = strata(["pull", "--root", lazy, image])
+        #expect(complete.status == 0, "\(complete.stderr)")
+        #expect(inspectLazy(lazy, image).isEmpty)
+        #expect(TreeSnapshot.diff(reference, try mergedTree(lazy, image)) == [])
+    }
+}
