@@ -14,6 +14,14 @@ import Glibc
 public enum EstargzWriter {
     public static let chunkSize: Int64 = 4 << 20
 
+    /// The two seekable formats registries carry.
+    public enum Format: Sendable {
+        /// gzip members, the TOC as the tar's last entry, a 51-byte footer.
+        case estargz
+        /// zstd frames (containers/storage): the TOC in a skippable frame.
+        case zstdChunked
+    }
+
     public struct Result: Sendable {
         /// The digest of the compressed blob, as the manifest names it.
         public var blobDigest: String
@@ -21,20 +29,24 @@ public enum EstargzWriter {
         /// The digest of the tar inside (the new diff ID: the TOC is an entry).
         public var diffID: String
         public var tarSize: Int64
+        /// eStargz: the TOC's digest. zstd:chunked: the compressed TOC's.
         public var tocDigest: String
+        /// zstd:chunked: offset:length:uncompressed:1, for the annotation.
+        public var tocPosition: String?
     }
 
     /// Receives what the tar writer produces: hashed as the diff ID and
     /// compressed into the current member.
     final class Sink {
-        let gz: GzipMemberWriter
+        let gz: any MemberSink
         var tarHash = SHA256()
         var tarSize: Int64 = 0
         var failure: ArchiveError?
-        init(_ gz: GzipMemberWriter) { self.gz = gz }
+        init(_ gz: any MemberSink) { self.gz = gz }
     }
 
-    public static func convert(tar input: String, to output: String) throws(ArchiveError) -> Result {
+    public static func convert(tar input: String, to output: String, format: Format = .estargz) throws(ArchiveError) -> Result {
+        let zstd = format == .zstdChunked
         let ofd = open(output, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         if ofd < 0 { throw ArchiveError(output, "create: \(currentErrno())") }
         defer { close(ofd) }
@@ -50,7 +62,7 @@ public enum EstargzWriter {
         // so a member can be cut exactly where a file's data begins.
         archive_write_set_bytes_per_block(w, 0)
         archive_write_set_bytes_in_last_block(w, 1)
-        let sink = Sink(GzipMemberWriter(fd: ofd, path: output))
+        let sink = Sink(zstd ? ZstdFrameWriter(fd: ofd, path: output) : GzipMemberWriter(fd: ofd, path: output))
         let ctx = Unmanaged.passRetained(sink)
         defer { ctx.release() }
         if archive_write_open(w, ctx.toOpaque(), nil, estargzSinkWrite, nil) != ARCHIVE_OK { throw ArchiveError(output, errorString(w)) }
@@ -62,24 +74,26 @@ public enum EstargzWriter {
         let gz = sink.gz
         try gz.startMember()
 
-        // No prioritised files: the landmark says so, first.
-        let landmark = archive_entry_new()
-        defer { archive_entry_free(landmark) }
-        archive_entry_set_pathname(landmark, StargzTOC.noPrefetchLandmark)
-        archive_entry_set_filetype(landmark, UInt32(Linux.S_IFREG))
-        archive_entry_set_perm(landmark, 0o644)
-        archive_entry_set_size(landmark, 1)
-        try check(archive_write_header(w, landmark), StargzTOC.noPrefetchLandmark)
-        var lm = StargzTOC.Entry(name: StargzTOC.noPrefetchLandmark, type: "reg", mode: Int64(Linux.S_IFREG | 0o644))
-        lm.size = 1; lm.uid = 0; lm.gid = 0
-        try gz.startMember()
-        lm.offset = gz.blobOffset
-        let f: [UInt8] = [0x0f]
-        let d = f.withUnsafeBytes { sha256Digest($0) }
-        lm.digest = d; lm.chunkDigest = d
-        _ = f.withUnsafeBytes { archive_write_data(w, $0.baseAddress, 1) }
-        try check(archive_write_finish_entry(w), StargzTOC.noPrefetchLandmark)
-        toc.entries.append(lm)
+        // No prioritised files: the landmark says so, first (eStargz).
+        if !zstd {
+            let landmark = archive_entry_new()
+            defer { archive_entry_free(landmark) }
+            archive_entry_set_pathname(landmark, StargzTOC.noPrefetchLandmark)
+            archive_entry_set_filetype(landmark, UInt32(Linux.S_IFREG))
+            archive_entry_set_perm(landmark, 0o644)
+            archive_entry_set_size(landmark, 1)
+            try check(archive_write_header(w, landmark), StargzTOC.noPrefetchLandmark)
+            var lm = StargzTOC.Entry(name: StargzTOC.noPrefetchLandmark, type: "reg", mode: Int64(Linux.S_IFREG | 0o644))
+            lm.size = 1; lm.uid = 0; lm.gid = 0
+            try gz.startMember()
+            lm.offset = gz.blobOffset
+            let f: [UInt8] = [0x0f]
+            let d = f.withUnsafeBytes { sha256Digest($0) }
+            lm.digest = d; lm.chunkDigest = d
+            _ = f.withUnsafeBytes { archive_write_data(w, $0.baseAddress, 1) }
+            try check(archive_write_finish_entry(w), StargzTOC.noPrefetchLandmark)
+            toc.entries.append(lm)
+        }
 
         var buf = [UInt8](repeating: 0, count: 1 << 20)
         var entry: OpaquePointer? = nil
@@ -88,10 +102,18 @@ public enum EstargzWriter {
             if rc == ARCHIVE_EOF { break }
             guard rc >= ARCHIVE_WARN, let e = entry else { throw ArchiveError(input, "corrupt archive: \(errorString(r))", kind: .truncated) }
             let name = archive_entry_pathname(e).map { String(cString: $0) } ?? ""
+            archive_entry_sparse_clear(e)
+            // Whole seconds, in the tar and the TOC alike: the pax writer
+            // keeps a fraction only where it must write a pax header anyway,
+            // and a lazily made tree must equal the archive's.
+            archive_entry_set_mtime(e, archive_entry_mtime(e), 0)
+            archive_entry_unset_atime(e)
+            archive_entry_unset_ctime(e)
             var te = tocEntry(e, name: name)
+            // zstd:chunked keeps the permission bits alone.
+            if zstd { te.mode = (te.mode ?? 0) & 0o7777 }
             let base = te.path
             if base == StargzTOC.fileName || base == StargzTOC.noPrefetchLandmark || base == StargzTOC.prefetchLandmark { continue }
-            archive_entry_sparse_clear(e)
             try check(archive_write_header(w, e), name)
             let size = archive_entry_size(e)
             guard te.type == "reg", size > 0 else {
@@ -107,7 +129,7 @@ public enum EstargzWriter {
                 if written % chunkSize == 0 {
                     if written > 0 { chunks[chunks.count - 1].chunkDigest = digestString(chunkHash); chunkHash = SHA256() }
                     try gz.startMember()
-                    var c = written == 0 ? te : StargzTOC.Entry(name: te.name, type: "chunk", mode: te.mode)
+                    var c = written == 0 ? te : StargzTOC.Entry(name: te.name, type: "chunk", mode: zstd ? nil : te.mode)
                     c.offset = gz.blobOffset
                     c.chunkOffset = written == 0 ? nil : written
                     c.chunkSize = min(chunkSize, size - written)
@@ -127,8 +149,15 @@ public enum EstargzWriter {
                 written += Int64(n)
             }
             chunks[chunks.count - 1].chunkDigest = digestString(chunkHash)
-            // The spec's rule: the last chunk (or an unchunked file) says 0.
-            chunks[chunks.count - 1].chunkSize = 0
+            if zstd {
+                // The data's last frame ends here: the padding and the next
+                // header go in a frame of their own.
+                try gz.startMember()
+                chunks[0].endOffset = gz.blobOffset
+            } else {
+                // The spec's rule: the last chunk (or an unchunked file) says 0.
+                chunks[chunks.count - 1].chunkSize = 0
+            }
             chunks[0].digest = digestString(fileHash)
             toc.entries += chunks
             try check(archive_write_finish_entry(w), name)
@@ -139,6 +168,19 @@ public enum EstargzWriter {
         encoder.outputFormatting = [.sortedKeys]
         let json: Data
         do { json = try encoder.encode(toc) } catch { throw ArchiveError(output, "encoding the TOC: \(error)") }
+        if zstd {
+            // The end-of-archive blocks close the tar; the TOC follows in a
+            // skippable frame (decompressors pass over it), then the footer.
+            try check(archive_write_close(w), output)
+            try gz.finishMember()
+            let compressed = try ZstdFrameWriter.compress([UInt8](json), what: "\(output): TOC")
+            let tocOffset = gz.blobOffset + 8
+            try gz.writeRaw(ZstdChunkedTrailer.tocFrame(compressed))
+            try gz.writeRaw(ZstdChunkedTrailer.footer(offset: tocOffset, length: Int64(compressed.count), uncompressed: Int64(json.count)))
+            return Result(blobDigest: gz.blobDigest, blobSize: gz.blobOffset, diffID: digestString(sink.tarHash), tarSize: sink.tarSize,
+                          tocDigest: compressed.withUnsafeBytes { sha256Digest($0) },
+                          tocPosition: "\(tocOffset):\(compressed.count):\(json.count):1")
+        }
         try gz.startMember()
         let tocOffset = gz.blobOffset
         let te = archive_entry_new()
@@ -153,7 +195,7 @@ public enum EstargzWriter {
         try gz.finishMember()
         try gz.writeRaw(StargzTOC.footer(tocOffset: tocOffset))
         return Result(blobDigest: gz.blobDigest, blobSize: gz.blobOffset, diffID: digestString(sink.tarHash),
-                      tarSize: sink.tarSize, tocDigest: json.withUnsafeBytes { sha256Digest($0) })
+                      tarSize: sink.tarSize, tocDigest: json.withUnsafeBytes { sha256Digest($0) }, tocPosition: nil)
     }
 
     static func digestString(_ h: SHA256) -> String { "sha256:" + h.finalize().map { hex2($0) }.joined() }

@@ -25,6 +25,9 @@ public struct Pusher: Sendable {
         /// eStargz: gzip with a table of contents, so `pull --lazy` can
         /// fetch one file at a time; an ordinary tar+gzip for anyone else.
         case estargz
+        /// zstd:chunked (containers/storage's): a zstd frame per file, the
+        /// table of contents in a skippable frame; an ordinary tar+zstd.
+        case zstdChunked = "zstd:chunked"
     }
 
     public func push(local: String, to ref: Reference, compression: Compression = .none) async throws {
@@ -46,16 +49,27 @@ public struct Pusher: Sendable {
                 try await upload(ref, digest: d, file: file, size: Int64(st.st_size))
                 layers.append(OCI.Descriptor(mediaType: OCI.layerType, digest: d, size: Int64(st.st_size)))
                 newDiffIDs.append(d)
-            case .estargz:
-                let out = store.scratch("estargz")
+            case .estargz, .zstdChunked:
+                let zstd = compression == .zstdChunked
+                let out = store.scratch("seekable")
                 defer { unlink(out) }
                 let r: EstargzWriter.Result
-                do { r = try EstargzWriter.convert(tar: file, to: out) } catch { throw RegistryError(.store(.archive), "layer \(d): \(error)") }
-                progress("layer \(Digest.hex(d).prefix(12)): eStargz \(Digest.hex(r.blobDigest).prefix(12)), \(r.blobSize) bytes")
+                do { r = try EstargzWriter.convert(tar: file, to: out, format: zstd ? .zstdChunked : .estargz) } catch {
+                    throw RegistryError(.store(.archive), "layer \(d): \(error)")
+                }
+                progress("layer \(Digest.hex(d).prefix(12)): \(compression.rawValue) \(Digest.hex(r.blobDigest).prefix(12)), \(r.blobSize) bytes")
                 try await upload(ref, digest: r.blobDigest, file: out, size: r.blobSize)
-                layers.append(OCI.Descriptor(mediaType: OCI.layerType + "+gzip", digest: r.blobDigest, size: r.blobSize,
-                                             annotations: [StargzTOC.tocDigestAnnotation: r.tocDigest,
-                                                           StargzTOC.uncompressedSizeAnnotation: String(r.tarSize)]))
+                var notes: [String: String]
+                if zstd, let position = r.tocPosition {
+                    // Both names: containers/storage reads the newer, podman 4 the older.
+                    notes = [:]
+                    for k in StargzTOC.zstdPositionAnnotations { notes[k] = position }
+                    for k in StargzTOC.zstdChecksumAnnotations { notes[k] = r.tocDigest }
+                } else {
+                    notes = [StargzTOC.tocDigestAnnotation: r.tocDigest, StargzTOC.uncompressedSizeAnnotation: String(r.tarSize)]
+                }
+                layers.append(OCI.Descriptor(mediaType: OCI.layerType + (zstd ? "+zstd" : "+gzip"), digest: r.blobDigest, size: r.blobSize,
+                                             annotations: notes))
                 newDiffIDs.append(r.diffID)
             }
         }

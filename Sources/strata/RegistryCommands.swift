@@ -76,7 +76,7 @@ struct PushCommand: ParsableCommand {
     @OptionGroup var store: StoreOptions
     @OptionGroup var registry: RegistryFlags
     @Argument(help: "The destination reference (host:port/name:tag).") var reference: String
-    @Option(help: "Layer format: none (the stored tar) or estargz (gzip with a table of contents, for 'pull --lazy').")
+    @Option(help: "Layer format: none (the stored tar), estargz or zstd:chunked (compressed with a table of contents, for 'pull --lazy').")
     var compression: String = "none"
     @Argument(help: "The local image (default: the reference itself).") var local: String?
 
@@ -89,7 +89,7 @@ struct PushCommand: ParsableCommand {
         let p = pusher
         let src = local ?? reference
         guard let c = Pusher.Compression(rawValue: compression) else {
-            throw fail("--compression \(compression): not a layer format; use none or estargz (zstd:chunked is not supported yet)")
+            throw fail("--compression \(compression): not a layer format; use none, estargz or zstd:chunked")
         }
         try runBlocking {
             do { try await p.push(local: src, to: ref, compression: c) } catch { await client.shutdown(); throw error }

@@ -169,7 +169,7 @@ struct RegistryTests {
 
     /// The merged tree of `image` in store `root`: a container mounted with
     /// the kernel driver, read, unmounted and removed.
-    func mergedTree(_ root: String, _ image: String) throws -> [String: EntryState] {
+    func mergedTree(_ root: String, _ image: String, times: Bool = false) throws -> [String: EntryState] {
         let name = "tree-\(UInt32.random(in: 0...UInt32.max))"
         guard strata(["create", "--root", root, "--name", name, image]).status == 0 else { throw TestFailure("create from \(image) failed") }
         defer { _ = strata(["rm", "--root", root, name]) }
@@ -177,7 +177,7 @@ struct RegistryTests {
         guard m.status == 0 else { throw TestFailure("mount of \(image): \(m.stderr)") }
         let merged = m.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
         defer { _ = strata(["umount", "--root", root, name]); umount2(merged, Int32(MNT_DETACH)) }
-        var tree = TreeSnapshot.take(merged, times: false)
+        var tree = TreeSnapshot.take(merged, times: times)
         for k in ["etc/hostname", "etc/hosts", "etc/resolv.conf"] { tree[k] = nil }   // the container's own
         return tree
     }
