@@ -23,6 +23,7 @@ struct LazyBench: ParsableCommand {
     @Option(help: "Rounds; medians are reported.") var rounds = 3
     @Option(help: "Where to put the data.") var dir = "/var/tmp"
     @Option(help: "The strata binary (default: next to this program).") var strata: String?
+    @Option(help: "Layer format pushed and pulled: estargz or zstd:chunked.") var format = "estargz"
 
     func run() throws {
         guard geteuid() == 0 else { throw ValidationError("run as root") }
@@ -51,7 +52,7 @@ struct LazyBench: ParsableCommand {
         usleep(800_000)
         // Pushed straight to the registry; pulled through the proxy.
         _ = quiet(bin, [bin, "image", "load", "--root", "\(root)/src", "-i", archive])
-        guard quiet(bin, [bin, "push", "--root", "\(root)/src", "--compression", "estargz", "127.0.0.1:\(port)/bench/lazy:1", "localhost/bench:1"]) == 0 else {
+        guard quiet(bin, [bin, "push", "--root", "\(root)/src", "--compression", format, "127.0.0.1:\(port)/bench/lazy:1", "localhost/bench:1"]) == 0 else {
             throw ValidationError("push to the registry failed")
         }
         let ref = "127.0.0.1:\(proxyPort)/bench/lazy:1"
@@ -88,7 +89,7 @@ struct LazyBench: ParsableCommand {
             }
             workloads.append(w)
         }
-        print("strata-bench lazy: \(rounds) rounds, \(mbit) Mbit/s link; seconds to the container's first output, medians; ratios paired by round")
+        print("strata-bench lazy: \(format) layers, \(rounds) rounds, \(mbit) Mbit/s link; seconds to the container's first output, medians; ratios paired by round")
         print(report(workloads, impls: impls, base: "full pull + run"))
         print("| bytes fetched (median) | " + impls.joined(separator: " | ") + " |")
         print("|---|---|---|---|")
