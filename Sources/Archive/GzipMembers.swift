@@ -39,9 +39,9 @@ final class GzipMemberWriter {
     }
 
     func write(_ bytes: UnsafeRawBufferPointer) throws(ArchiveError) {
-        guard bytes.count > 0 else { return }
+        guard let base = bytes.baseAddress, bytes.count > 0 else { return }
         if !open { try startMember() }
-        z.next_in = UnsafeMutablePointer(mutating: bytes.baseAddress!.assumingMemoryBound(to: Bytef.self))
+        z.next_in = UnsafeMutablePointer(mutating: base.assumingMemoryBound(to: Bytef.self))
         z.avail_in = uInt(bytes.count)
         while z.avail_in > 0 { try pump(Z_NO_FLUSH) }
     }
@@ -66,7 +66,9 @@ final class GzipMemberWriter {
     @discardableResult
     private func pump(_ flush: Int32) throws(ArchiveError) -> Int32 {
         let produced: (Int32, Int) = out.withUnsafeMutableBytes { o in
-            z.next_out = o.baseAddress!.assumingMemoryBound(to: Bytef.self)
+            // A non-empty array's storage always has an address.
+            guard let ob = o.baseAddress else { return (Z_STREAM_ERROR, 0) }
+            z.next_out = ob.assumingMemoryBound(to: Bytef.self)
             z.avail_out = uInt(o.count)
             let r = deflate(&z, flush)
             return (r, o.count - Int(z.avail_out))
@@ -106,6 +108,7 @@ public enum Gunzip {
     public static func prefix(_ data: UnsafeRawBufferPointer, want: Int, what: String) throws(ArchiveError) -> [UInt8] {
         var result = [UInt8](repeating: 0, count: want)
         if want == 0 { return result }
+        guard let input = data.baseAddress, data.count > 0 else { throw ArchiveError(what, "no gzip data", kind: .truncated) }
         var z = z_stream()
         if inflateInit2_(&z, 15 + 16, ZLIB_VERSION, Int32(MemoryLayout<z_stream>.size)) != Z_OK {
             throw ArchiveError(what, "zlib: cannot start inflating")
@@ -114,9 +117,10 @@ public enum Gunzip {
         var consumed = 0, produced = 0
         while produced < want {
             let r: Int32 = result.withUnsafeMutableBytes { o in
-                z.next_in = UnsafeMutablePointer(mutating: (data.baseAddress! + consumed).assumingMemoryBound(to: Bytef.self))
+                guard let ob = o.baseAddress else { return Z_STREAM_ERROR }
+                z.next_in = UnsafeMutablePointer(mutating: (input + consumed).assumingMemoryBound(to: Bytef.self))
                 z.avail_in = uInt(data.count - consumed)
-                z.next_out = (o.baseAddress! + produced).assumingMemoryBound(to: Bytef.self)
+                z.next_out = (ob + produced).assumingMemoryBound(to: Bytef.self)
                 z.avail_out = uInt(want - produced)
                 let before = z.avail_in, outBefore = z.avail_out
                 let r = inflate(&z, Z_NO_FLUSH)
@@ -154,9 +158,10 @@ extension Gunzip {
         var consumed = 0
         while consumed < data.count {
             let (r, n): (Int32, Int) = chunk.withUnsafeMutableBytes { o in
+                guard let ob = o.baseAddress else { return (Z_STREAM_ERROR, 0) }
                 z.next_in = UnsafeMutablePointer(mutating: (base + consumed).assumingMemoryBound(to: Bytef.self))
                 z.avail_in = uInt(data.count - consumed)
-                z.next_out = o.baseAddress!.assumingMemoryBound(to: Bytef.self)
+                z.next_out = ob.assumingMemoryBound(to: Bytef.self)
                 z.avail_out = uInt(o.count)
                 let before = z.avail_in
                 let r = inflate(&z, Z_NO_FLUSH)

@@ -107,12 +107,12 @@ public struct StargzTOC: Codable, Sendable {
                 fileSize = e.size ?? 0
                 fileEnd = e.endOffset
                 guard fileSize > 0, let o = e.offset else { continue }
-                let size = (e.chunkSize ?? 0) > 0 ? e.chunkSize! : fileSize
+                let size = e.chunkSize.flatMap { $0 > 0 ? $0 : nil } ?? fileSize
                 out[current, default: []].append(Chunk(offset: o, end: next(after: o), fileOffset: 0, size: size,
                                                        digest: e.chunkDigest ?? e.digest ?? ""))
             } else if e.type == "chunk", let o = e.offset {
                 let start = e.chunkOffset ?? 0
-                let size = (e.chunkSize ?? 0) > 0 ? e.chunkSize! : fileSize - start
+                let size = e.chunkSize.flatMap { $0 > 0 ? $0 : nil } ?? (fileSize - start)
                 out[current, default: []].append(Chunk(offset: o, end: next(after: o), fileOffset: start, size: size,
                                                        digest: e.chunkDigest ?? ""))
             }

@@ -54,9 +54,10 @@ final class ZstdFrameWriter: MemberSink {
 
     private func emit(_ b: [UInt8]) throws(ArchiveError) {
         let n = b.withUnsafeBytes { p -> Int in
+            guard let base = p.baseAddress else { return 0 }
             var done = 0
             while done < p.count {
-                let w = Glibc.write(fd, p.baseAddress! + done, p.count - done)
+                let w = Glibc.write(fd, base + done, p.count - done)
                 if w < 0 { if errno == EINTR { continue }; return -1 }
                 done += w
             }

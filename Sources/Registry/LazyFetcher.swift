@@ -142,7 +142,10 @@ public final class LazyFetcher: @unchecked Sendable {
     func write(_ bytes: [UInt8], to fd: Int32, at offset: Int64, _ name: String) throws {
         var done = 0
         while done < bytes.count {
-            let n = bytes.withUnsafeBytes { pwrite(fd, $0.baseAddress! + done, $0.count - done, off_t(offset) + off_t(done)) }
+            let n = bytes.withUnsafeBytes { p -> Int in
+                guard let base = p.baseAddress else { return 0 }
+                return pwrite(fd, base + done, p.count - done, off_t(offset) + off_t(done))
+            }
             if n < 0 { if errno == EINTR { continue }; throw RegistryError.last("\(name): write") }
             done += n
         }
