@@ -9,6 +9,11 @@ public struct StargzTOC: Codable, Sendable {
     public var version: Int
     public var entries: [Entry]
 
+    public init(version: Int, entries: [Entry]) {
+        self.version = version
+        self.entries = entries
+    }
+
     public static let fileName = "stargz.index.json"
     public static let prefetchLandmark = ".prefetch.landmark"
     public static let noPrefetchLandmark = ".no.prefetch.landmark"
