@@ -294,3 +294,19 @@ extension RegistryTests {
         #expect(TreeSnapshot.diff(reference, try mergedTree(lazy, image, times: true)) == [])
     }
 }
+
+extension RegistryTests {
+    /// Layers without a table of contents (here uncompressed, as a plain
+    /// push sends them) are pulled in full by `pull --lazy`.
+    @Test func layersWithoutATOCArePulledInFullByALazyPull() throws {
+        let reg = try LocalRegistry()
+        let t = TempDir()
+        #expect(strata(["image", "load", "--root", "\(t.path)/a", "-i", "\(Self.fixtures)/busybox-l3.docker.tar"]).status == 0)
+        #expect(strata(["push", "--root", "\(t.path)/a", "\(reg.host)/eco/plain:1", "localhost/eco/busybox:l3"]).status == 0)
+        let pull = strata(["pull", "--root", "\(t.path)/b", "--lazy", "\(reg.host)/eco/plain:1"])
+        #expect(pull.status == 0 && pull.stderr.contains("no table of contents"), "\(pull.stderr)")
+        #expect(inspectLazy("\(t.path)/b", "\(reg.host)/eco/plain:1").isEmpty)
+        #expect(TreeSnapshot.diff(try mergedTree("\(t.path)/a", "localhost/eco/busybox:l3", times: true),
+                                  try mergedTree("\(t.path)/b", "\(reg.host)/eco/plain:1", times: true)) == [])
+    }
+}
