@@ -227,8 +227,9 @@ extension RegistryTests {
         #expect(strata(["image", "ls", "--root", lazy]).stdout.contains(image))
     }
 
-    /// `strata pull` killed while it completes a lazy layer: run again, it
-    /// finishes, and the tree is the full pull's.
+    /// `strata pull` killed while it completes a lazy layer, and a mount's
+    /// daemon killed while its background fetch fills files: either way the
+    /// next pull finishes, and the tree is the full pull's.
     @Test func aCompletionKilledHalfWayFinishesWhenRunAgain() throws {
         let reg = try LocalRegistry()
         let t = TempDir()
@@ -246,6 +247,32 @@ extension RegistryTests {
         #expect(inspectLazy(lazy, image).isEmpty)
         #expect(TreeSnapshot.diff(try mergedTree(full, image, times: true), try mergedTree(lazy, image, times: true)) == [])
         #expect(strata(["check", "--root", lazy]).status == 0)
+
+        // The mount's daemon killed while its background fetch fills files:
+        // the mount is gone, the store is whole, and a pull completes it.
+        let lazy2 = "\(t.path)/lazy2"
+        #expect(strata(["pull", "--root", lazy2, "--lazy", image]).status == 0)
+        #expect(strata(["create", "--root", lazy2, "--name", "d", image]).status == 0)
+        let m = runProgram(MountEnvironment.binary, ["mount", "--root", lazy2, "d"], env: ["STRATA_KILL_AT": "lazy-filled"])
+        #expect(m.status == 0, "\(m.stderr)")
+        let merged = m.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        defer { _ = strata(["umount", "--root", lazy2, "d"]); umount2(merged, Int32(MNT_DETACH)) }
+        // stat can be answered from the kernel's cache; an open must reach
+        // the daemon, and a dead one gives ENOTCONN.
+        var seen: Int32 = 0
+        let died = waitFor(30) {
+            let fd = open("\(merged)/etc/passwd", O_RDONLY | O_CLOEXEC)
+            if fd >= 0 { close(fd); return false }
+            seen = errno
+            return seen == ENOTCONN
+        }
+        #expect(died, "the daemon was not killed at its kill point (\(merged): errno \(seen))")
+        _ = strata(["umount", "--root", lazy2, "d"])
+        #expect(!inspectLazy(lazy2, image).isEmpty)
+        #expect(strata(["pull", "--root", lazy2, image]).status == 0)
+        #expect(inspectLazy(lazy2, image).isEmpty)
+        #expect(TreeSnapshot.diff(try mergedTree(full, image, times: true), try mergedTree(lazy2, image, times: true)) == [])
+        #expect(strata(["check", "--root", lazy2]).status == 0)
     }
 }
 
