@@ -50,6 +50,14 @@ public struct LayerApplier: Sendable {
     }
 
     public func apply(fd: Int32, to dest: String, label: String = "layer") throws(ArchiveError) -> Stats {
+        try intoStaging(dest) { (root: Int32, staging: String) throws(ArchiveError) -> Stats in
+            try extract(fd: fd, root: root, rootPath: staging, label: label)
+        }
+    }
+
+    /// Builds a layer in a sibling `.partial` directory (its root given to
+    /// `body` as a descriptor) and renames it into place once whole.
+    private func intoStaging(_ dest: String, _ body: (Int32, String) throws(ArchiveError) -> Stats) throws(ArchiveError) -> Stats {
         var st = stat()
         if lstat(dest, &st) == 0 { throw ArchiveError(dest, "destination already exists") }
         let staging = dest + ".partial-\(UInt32.random(in: 0...UInt32.max))"
@@ -59,7 +67,7 @@ public struct LayerApplier: Sendable {
         let root = open(staging, Linux.O_PATH | O_DIRECTORY | O_CLOEXEC)
         if root < 0 { throw ArchiveError(staging, "open: \(currentErrno())") }
         defer { close(root) }
-        let stats = try extract(fd: fd, root: root, rootPath: staging, label: label)
+        let stats = try body(root, staging)
         if strata_renameat2(AT_FDCWD, staging, AT_FDCWD, dest, Linux.RENAME_NOREPLACE) != 0 {
             throw ArchiveError(dest, "rename into place: \(currentErrno())")
         }
@@ -120,29 +128,16 @@ public struct LayerApplier: Sendable {
     /// made as holes of their size, marked for their data (see `FileData`).
     public func apply(entries: [OpaquePointer], to dest: String,
                       markXattr: String, mark: @escaping (OpaquePointer) -> String?) throws(ArchiveError) -> Stats {
-        var st = stat()
-        if lstat(dest, &st) == 0 { throw ArchiveError(dest, "destination already exists") }
-        let staging = dest + ".partial-\(UInt32.random(in: 0...UInt32.max))"
-        if mkdir(staging, 0o755) != 0 { throw ArchiveError(staging, "mkdir: \(currentErrno())") }
-        var ok = false
-        defer { if !ok { removeTree(path: staging) } }
-        let root = open(staging, Linux.O_PATH | O_DIRECTORY | O_CLOEXEC)
-        if root < 0 { throw ArchiveError(staging, "open: \(currentErrno())") }
-        defer { close(root) }
-        var state = ApplyState()
-        do {
-            defer { if let k = state.kept { close(k.fd) }; state.kept = nil }
+        try intoStaging(dest) { (root: Int32, _: String) throws(ArchiveError) -> Stats in
+            var state = ApplyState()
+            defer { if let k = state.kept { close(k.fd) } }
             for e in entries {
                 guard let cpath = archive_entry_pathname(e) else { throw ArchiveError(dest, "entry without a name") }
                 _ = try place(e, raw: String(cString: cpath), root: root, state: &state, data: .later(xattr: markXattr, mark: mark))
             }
+            finishDirectoryTimes(root: root, state)
+            return state.stats
         }
-        finishDirectoryTimes(root: root, state)
-        if strata_renameat2(AT_FDCWD, staging, AT_FDCWD, dest, Linux.RENAME_NOREPLACE) != 0 {
-            throw ArchiveError(dest, "rename into place: \(currentErrno())")
-        }
-        ok = true
-        return state.stats
     }
 
     /// Directory times last: creating their entries changed them.

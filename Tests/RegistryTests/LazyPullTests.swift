@@ -36,6 +36,18 @@ extension RegistryTests {
         return upper
     }
 
+    /// An image made by `makeLazyImage`, pushed as eStargz to `reg` as
+    /// eco/NAME:e and pulled lazily into a store of its own. Returns the
+    /// files' source directory, the reference and the store.
+    func lazilyPulled(_ reg: LocalRegistry, _ t: TempDir, _ name: String, files: Int) throws -> (String, String, String) {
+        let a = "\(t.path)/a", lazy = "\(t.path)/lazy"
+        let upper = try makeLazyImage(a, "localhost/eco/\(name):1", files: files)
+        let image = "\(reg.host)/eco/\(name):e"
+        #expect(strata(["push", "--root", a, "--compression", "estargz", image, "localhost/eco/\(name):1"]).status == 0)
+        #expect(strata(["pull", "--root", lazy, "--lazy", image]).status == 0)
+        return (upper, image, lazy)
+    }
+
     func inspectLazy(_ root: String, _ image: String) -> [[String: Any]] {
         let out = strata(["image", "inspect", "--root", root, image]).stdout
         let o = (try? JSONSerialization.jsonObject(with: Data(out.utf8)) as? [[String: Any]])?.first
@@ -158,11 +170,7 @@ extension RegistryTests {
     @Test func aMountedLazyImageCompletesInTheBackground() throws {
         let reg = try LocalRegistry(accessLog: true)
         let t = TempDir()
-        let a = "\(t.path)/a", lazy = "\(t.path)/lazy"
-        let upper = try makeLazyImage(a, "localhost/eco/lazy:2", files: 8)
-        #expect(strata(["push", "--root", a, "--compression", "estargz", "\(reg.host)/eco/bg:e", "localhost/eco/lazy:2"]).status == 0)
-        let image = "\(reg.host)/eco/bg:e"
-        #expect(strata(["pull", "--root", lazy, "--lazy", image]).status == 0)
+        let (upper, image, lazy) = try lazilyPulled(reg, t, "bg", files: 8)
         let m = try mountLazy(lazy, image, "c", fetch: "background")
         defer { unmountLazy(lazy, "c", m) }
         let done = waitFor(60) { inspectLazy(lazy, image).isEmpty }
@@ -176,11 +184,7 @@ extension RegistryTests {
     @Test func aCorruptChunkIsNeverServedAndARegistryThatGoesAwayGivesEIO() throws {
         let reg = try LocalRegistry(accessLog: true)
         let t = TempDir()
-        let a = "\(t.path)/a", lazy = "\(t.path)/lazy"
-        let upper = try makeLazyImage(a, "localhost/eco/lazy:3", files: 4)
-        #expect(strata(["push", "--root", a, "--compression", "estargz", "\(reg.host)/eco/bad:e", "localhost/eco/lazy:3"]).status == 0)
-        let image = "\(reg.host)/eco/bad:e"
-        #expect(strata(["pull", "--root", lazy, "--lazy", image]).status == 0)
+        let (upper, image, lazy) = try lazilyPulled(reg, t, "bad", files: 4)
         // Where data/f2 lies in the blob, from the layer's TOC; one byte of
         // its compressed data flipped in the registry's own storage.
         let states = runProgram("/usr/bin/find", ["\(lazy)/overlay", "-maxdepth", "3", "-name", "toc.json", "-path", "*/lazy/*"])
