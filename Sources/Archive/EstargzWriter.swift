@@ -33,6 +33,8 @@ public enum EstargzWriter {
         public var tocDigest: String
         /// zstd:chunked: offset:length:uncompressed:1, for the annotation.
         public var tocPosition: String?
+        /// The prioritised files found in this layer.
+        public var prioritised: Set<String> = []
     }
 
     /// Receives what the tar writer produces: hashed as the diff ID and
@@ -45,16 +47,16 @@ public enum EstargzWriter {
         init(_ gz: any MemberSink) { self.gz = gz }
     }
 
-    public static func convert(tar input: String, to output: String, format: Format = .estargz) throws(ArchiveError) -> Result {
+    /// `prioritised`: paths of regular files that go first, before the
+    /// `.prefetch.landmark` (eStargz only): what a lazy pull fetches before
+    /// anything else.
+    public static func convert(tar input: String, to output: String, format: Format = .estargz,
+                               prioritised: [String] = []) throws(ArchiveError) -> Result {
         let zstd = format == .zstdChunked
+        if zstd && !prioritised.isEmpty { throw ArchiveError(output, "prioritised files are an eStargz feature (a prefetch landmark); zstd:chunked has none") }
         let ofd = open(output, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         if ofd < 0 { throw ArchiveError(output, "create: \(currentErrno())") }
         defer { close(ofd) }
-        guard let r = archive_read_new() else { throw ArchiveError(input, "libarchive: out of memory") }
-        defer { archive_read_free(r) }
-        archive_read_support_filter_all(r)
-        archive_read_support_format_tar(r)
-        if archive_read_open_filename(r, input, 1 << 16) != ARCHIVE_OK { throw ArchiveError(input, "not a readable archive: \(errorString(r))") }
         guard let w = archive_write_new() else { throw ArchiveError(output, "libarchive: out of memory") }
         defer { archive_write_free(w) }
         archive_write_set_format_pax_restricted(w)
@@ -74,16 +76,16 @@ public enum EstargzWriter {
         let gz = sink.gz
         try gz.startMember()
 
-        // No prioritised files: the landmark says so, first (eStargz).
-        if !zstd {
-            let landmark = archive_entry_new()
-            defer { archive_entry_free(landmark) }
-            archive_entry_set_pathname(landmark, StargzTOC.noPrefetchLandmark)
-            archive_entry_set_filetype(landmark, UInt32(Linux.S_IFREG))
-            archive_entry_set_perm(landmark, 0o644)
-            archive_entry_set_size(landmark, 1)
-            try check(archive_write_header(w, landmark), StargzTOC.noPrefetchLandmark)
-            var lm = StargzTOC.Entry(name: StargzTOC.noPrefetchLandmark, type: "reg", mode: Int64(Linux.S_IFREG | 0o644))
+        /// A landmark entry: 1 byte, 0xf, in a member of its own.
+        func landmark(_ name: String) throws(ArchiveError) {
+            guard let e = archive_entry_new() else { throw ArchiveError(name, "libarchive: out of memory") }
+            defer { archive_entry_free(e) }
+            archive_entry_set_pathname(e, name)
+            archive_entry_set_filetype(e, UInt32(Linux.S_IFREG))
+            archive_entry_set_perm(e, 0o644)
+            archive_entry_set_size(e, 1)
+            try check(archive_write_header(w, e), name)
+            var lm = StargzTOC.Entry(name: name, type: "reg", mode: Int64(Linux.S_IFREG | 0o644))
             lm.size = 1; lm.uid = 0; lm.gid = 0
             try gz.startMember()
             lm.offset = gz.blobOffset
@@ -91,76 +93,104 @@ public enum EstargzWriter {
             let d = f.withUnsafeBytes { sha256Digest($0) }
             lm.digest = d; lm.chunkDigest = d
             _ = f.withUnsafeBytes { archive_write_data(w, $0.baseAddress, 1) }
-            try check(archive_write_finish_entry(w), StargzTOC.noPrefetchLandmark)
+            try check(archive_write_finish_entry(w), name)
             toc.entries.append(lm)
         }
 
         var buf = [UInt8](repeating: 0, count: 1 << 20)
-        var entry: OpaquePointer? = nil
-        while true {
-            let rc = archive_read_next_header(r, &entry)
-            if rc == ARCHIVE_EOF { break }
-            guard rc >= ARCHIVE_WARN, let e = entry else { throw ArchiveError(input, "corrupt archive: \(errorString(r))", kind: .truncated) }
-            let name = archive_entry_pathname(e).map { String(cString: $0) } ?? ""
-            archive_entry_sparse_clear(e)
-            // Whole seconds, in the tar and the TOC alike: the pax writer
-            // keeps a fraction only where it must write a pax header anyway,
-            // and a lazily made tree must equal the archive's.
-            archive_entry_set_mtime(e, archive_entry_mtime(e), 0)
-            archive_entry_unset_atime(e)
-            archive_entry_unset_ctime(e)
-            var te = tocEntry(e, name: name)
-            // zstd:chunked keeps the permission bits alone.
-            if zstd { te.mode = (te.mode ?? 0) & 0o7777 }
-            let base = te.path
-            if base == StargzTOC.fileName || base == StargzTOC.noPrefetchLandmark || base == StargzTOC.prefetchLandmark { continue }
-            try check(archive_write_header(w, e), name)
-            let size = archive_entry_size(e)
-            guard te.type == "reg", size > 0 else {
-                toc.entries.append(te)
-                try check(archive_write_finish_entry(w), name)
-                continue
-            }
-            var fileHash = SHA256()
-            var chunkHash = SHA256()
-            var chunks: [StargzTOC.Entry] = []
-            var written: Int64 = 0
-            while written < size {
-                if written % chunkSize == 0 {
-                    if written > 0 { chunks[chunks.count - 1].chunkDigest = digestString(chunkHash); chunkHash = SHA256() }
+        /// One pass over the input: with `only`, just those regular files
+        /// (the prioritised ones); else everything but `skip`. Returns the
+        /// names written.
+        func copy(only: Set<String>?, skip: Set<String>) throws(ArchiveError) -> Set<String> {
+            guard let r = archive_read_new() else { throw ArchiveError(input, "libarchive: out of memory") }
+            defer { archive_read_free(r) }
+            archive_read_support_filter_all(r)
+            archive_read_support_format_tar(r)
+            if archive_read_open_filename(r, input, 1 << 16) != ARCHIVE_OK { throw ArchiveError(input, "not a readable archive: \(errorString(r))") }
+            var written: Set<String> = []
+            var entry: OpaquePointer? = nil
+            while true {
+                let rc = archive_read_next_header(r, &entry)
+                if rc == ARCHIVE_EOF { break }
+                guard rc >= ARCHIVE_WARN, let e = entry else { throw ArchiveError(input, "corrupt archive: \(errorString(r))", kind: .truncated) }
+                let name = archive_entry_pathname(e).map { String(cString: $0) } ?? ""
+                archive_entry_sparse_clear(e)
+                // Whole seconds, in the tar and the TOC alike: the pax writer
+                // keeps a fraction only where it must write a pax header anyway,
+                // and a lazily made tree must equal the archive's.
+                archive_entry_set_mtime(e, archive_entry_mtime(e), 0)
+                archive_entry_unset_atime(e)
+                archive_entry_unset_ctime(e)
+                var te = tocEntry(e, name: name)
+                // zstd:chunked keeps the permission bits alone.
+                if zstd { te.mode = (te.mode ?? 0) & 0o7777 }
+                let base = te.path
+                if base == StargzTOC.fileName || base == StargzTOC.noPrefetchLandmark || base == StargzTOC.prefetchLandmark { continue }
+                if skip.contains(base) { continue }
+                if let only, !(only.contains(base) && te.type == "reg") { continue }
+                written.insert(base)
+                try check(archive_write_header(w, e), name)
+                let size = archive_entry_size(e)
+                guard te.type == "reg", size > 0 else {
+                    toc.entries.append(te)
+                    try check(archive_write_finish_entry(w), name)
+                    continue
+                }
+                var fileHash = SHA256()
+                var chunkHash = SHA256()
+                var chunks: [StargzTOC.Entry] = []
+                var written: Int64 = 0
+                while written < size {
+                    if written % chunkSize == 0 {
+                        if written > 0 { chunks[chunks.count - 1].chunkDigest = digestString(chunkHash); chunkHash = SHA256() }
+                        try gz.startMember()
+                        var c = written == 0 ? te : StargzTOC.Entry(name: te.name, type: "chunk", mode: zstd ? nil : te.mode)
+                        c.offset = gz.blobOffset
+                        c.chunkOffset = written == 0 ? nil : written
+                        c.chunkSize = min(chunkSize, size - written)
+                        chunks.append(c)
+                    }
+                    let want = Int(min(Int64(buf.count), chunkSize - written % chunkSize, size - written))
+                    let n = buf.withUnsafeMutableBytes { archive_read_data(r, $0.baseAddress, want) }
+                    if n < 0 { throw ArchiveError(name, "corrupt data: \(errorString(r))", kind: .truncated) }
+                    if n == 0 { throw ArchiveError(name, "truncated data: \(written) of \(size) bytes", kind: .truncated) }
+                    let wrote = buf.withUnsafeBytes { b in
+                        let part = UnsafeRawBufferPointer(rebasing: b[0..<n])
+                        fileHash.update(bufferPointer: part)
+                        chunkHash.update(bufferPointer: part)
+                        return archive_write_data(w, part.baseAddress, n)
+                    }
+                    if wrote != n { try check(ARCHIVE_FATAL, name) }
+                    written += Int64(n)
+                }
+                chunks[chunks.count - 1].chunkDigest = digestString(chunkHash)
+                if zstd {
+                    // The data's last frame ends here: the padding and the next
+                    // header go in a frame of their own.
                     try gz.startMember()
-                    var c = written == 0 ? te : StargzTOC.Entry(name: te.name, type: "chunk", mode: zstd ? nil : te.mode)
-                    c.offset = gz.blobOffset
-                    c.chunkOffset = written == 0 ? nil : written
-                    c.chunkSize = min(chunkSize, size - written)
-                    chunks.append(c)
+                    chunks[0].endOffset = gz.blobOffset
+                } else {
+                    // The spec's rule: the last chunk (or an unchunked file) says 0.
+                    chunks[chunks.count - 1].chunkSize = 0
                 }
-                let want = Int(min(Int64(buf.count), chunkSize - written % chunkSize, size - written))
-                let n = buf.withUnsafeMutableBytes { archive_read_data(r, $0.baseAddress, want) }
-                if n < 0 { throw ArchiveError(name, "corrupt data: \(errorString(r))", kind: .truncated) }
-                if n == 0 { throw ArchiveError(name, "truncated data: \(written) of \(size) bytes", kind: .truncated) }
-                let wrote = buf.withUnsafeBytes { b in
-                    let part = UnsafeRawBufferPointer(rebasing: b[0..<n])
-                    fileHash.update(bufferPointer: part)
-                    chunkHash.update(bufferPointer: part)
-                    return archive_write_data(w, part.baseAddress, n)
-                }
-                if wrote != n { try check(ARCHIVE_FATAL, name) }
-                written += Int64(n)
+                chunks[0].digest = digestString(fileHash)
+                toc.entries += chunks
+                try check(archive_write_finish_entry(w), name)
             }
-            chunks[chunks.count - 1].chunkDigest = digestString(chunkHash)
-            if zstd {
-                // The data's last frame ends here: the padding and the next
-                // header go in a frame of their own.
-                try gz.startMember()
-                chunks[0].endOffset = gz.blobOffset
-            } else {
-                // The spec's rule: the last chunk (or an unchunked file) says 0.
-                chunks[chunks.count - 1].chunkSize = 0
-            }
-            chunks[0].digest = digestString(fileHash)
-            toc.entries += chunks
-            try check(archive_write_finish_entry(w), name)
+            return written
+        }
+        var found: Set<String> = []
+        let wanted = Set(prioritised.map { StargzTOC.Entry(name: $0, type: "reg", mode: nil).path })
+        if wanted.isEmpty {
+            // No prioritised files: the landmark says so, first (eStargz).
+            if !zstd { try landmark(StargzTOC.noPrefetchLandmark) }
+            _ = try copy(only: nil, skip: [])
+        } else {
+            // The prioritised files this layer has (the others are in other
+            // layers), then the landmark after them.
+            found = try copy(only: wanted, skip: [])
+            try landmark(found.isEmpty ? StargzTOC.noPrefetchLandmark : StargzTOC.prefetchLandmark)
+            _ = try copy(only: nil, skip: found)
         }
 
         // The TOC: its own member, then the end-of-archive blocks, the footer.
@@ -179,7 +209,7 @@ public enum EstargzWriter {
             try gz.writeRaw(ZstdChunkedTrailer.footer(offset: tocOffset, length: Int64(compressed.count), uncompressed: Int64(json.count)))
             return Result(blobDigest: gz.blobDigest, blobSize: gz.blobOffset, diffID: digestString(sink.tarHash), tarSize: sink.tarSize,
                           tocDigest: compressed.withUnsafeBytes { sha256Digest($0) },
-                          tocPosition: "\(tocOffset):\(compressed.count):\(json.count):1")
+                          tocPosition: "\(tocOffset):\(compressed.count):\(json.count):1", prioritised: found)
         }
         try gz.startMember()
         let tocOffset = gz.blobOffset
@@ -195,7 +225,7 @@ public enum EstargzWriter {
         try gz.finishMember()
         try gz.writeRaw(StargzTOC.footer(tocOffset: tocOffset))
         return Result(blobDigest: gz.blobDigest, blobSize: gz.blobOffset, diffID: digestString(sink.tarHash),
-                      tarSize: sink.tarSize, tocDigest: json.withUnsafeBytes { sha256Digest($0) }, tocPosition: nil)
+                      tarSize: sink.tarSize, tocDigest: json.withUnsafeBytes { sha256Digest($0) }, tocPosition: nil, prioritised: found)
     }
 
     static func digestString(_ h: SHA256) -> String { "sha256:" + h.finalize().map { hex2($0) }.joined() }

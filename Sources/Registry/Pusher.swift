@@ -30,7 +30,13 @@ public struct Pusher: Sendable {
         case zstdChunked = "zstd:chunked"
     }
 
-    public func push(local: String, to ref: Reference, compression: Compression = .none) async throws {
+    /// `prefetch`: paths in the image whose files an eStargz layer puts
+    /// first, before its prefetch landmark (what a lazy pull fetches first).
+    public func push(local: String, to ref: Reference, compression: Compression = .none, prefetch: [String] = []) async throws {
+        if !prefetch.isEmpty && compression != .estargz {
+            throw RegistryError(.store(.invalidInput), "--prefetch needs --compression estargz (a prefetch landmark is eStargz's)")
+        }
+        var prioritised: Set<String> = []
         let img: Store.ImageRecord
         do { img = try store.image(local) } catch { throw RegistryError(wrapping: error) }
         let diffIDs: [String]
@@ -54,7 +60,7 @@ public struct Pusher: Sendable {
                 let out = store.scratch("seekable")
                 defer { unlink(out) }
                 let r: EstargzWriter.Result
-                do { r = try EstargzWriter.convert(tar: file, to: out, format: zstd ? .zstdChunked : .estargz) } catch {
+                do { r = try EstargzWriter.convert(tar: file, to: out, format: zstd ? .zstdChunked : .estargz, prioritised: prefetch) } catch {
                     throw RegistryError(.store(.archive), "layer \(d): \(error)")
                 }
                 progress("layer \(Digest.hex(d).prefix(12)): \(compression.rawValue) \(Digest.hex(r.blobDigest).prefix(12)), \(r.blobSize) bytes")
@@ -71,7 +77,12 @@ public struct Pusher: Sendable {
                 layers.append(OCI.Descriptor(mediaType: OCI.layerType + (zstd ? "+zstd" : "+gzip"), digest: r.blobDigest, size: r.blobSize,
                                              annotations: notes))
                 newDiffIDs.append(r.diffID)
+                prioritised.formUnion(r.prioritised)
             }
+        }
+        let wanted = Set(prefetch.map { StargzTOC.Entry(name: $0, type: "reg", mode: nil).path })
+        if let missing = wanted.subtracting(prioritised).sorted().first {
+            throw RegistryError(.store(.invalidInput), "--prefetch \(missing): no regular file of that name in \(local)'s layers; the manifest was not pushed")
         }
         // The TOC is an entry of the tar: an eStargz layer has its own diff
         // ID, and so the image its own config.

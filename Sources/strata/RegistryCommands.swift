@@ -78,6 +78,9 @@ struct PushCommand: ParsableCommand {
     @Argument(help: "The destination reference (host:port/name:tag).") var reference: String
     @Option(help: "Layer format: none (the stored tar), estargz or zstd:chunked (compressed with a table of contents, for 'pull --lazy').")
     var compression: String = "none"
+    @Option(help: ArgumentHelp("With --compression estargz: a file (path in the image) that a lazy pull fetches first; repeatable.",
+                               discussion: "The files go first in their layers, before eStargz's .prefetch.landmark."))
+    var prefetch: [String] = []
     @Argument(help: "The local image (default: the reference itself).") var local: String?
 
     func run() throws {
@@ -92,7 +95,7 @@ struct PushCommand: ParsableCommand {
             throw fail("--compression \(compression): not a layer format; use none, estargz or zstd:chunked")
         }
         try runBlocking {
-            do { try await p.push(local: src, to: ref, compression: c) } catch { await client.shutdown(); throw error }
+            do { try await p.push(local: src, to: ref, compression: c, prefetch: prefetch) } catch { await client.shutdown(); throw error }
             await client.shutdown()
         }
     }

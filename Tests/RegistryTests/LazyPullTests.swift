@@ -39,11 +39,12 @@ extension RegistryTests {
     /// An image made by `makeLazyImage`, pushed as eStargz to `reg` as
     /// eco/NAME:e and pulled lazily into a store of its own. Returns the
     /// files' source directory, the reference and the store.
-    func lazilyPulled(_ reg: LocalRegistry, _ t: TempDir, _ name: String, files: Int) throws -> (String, String, String) {
+    func lazilyPulled(_ reg: LocalRegistry, _ t: TempDir, _ name: String, files: Int, prefetch: [String] = []) throws -> (String, String, String) {
         let a = "\(t.path)/a", lazy = "\(t.path)/lazy"
         let upper = try makeLazyImage(a, "localhost/eco/\(name):1", files: files)
         let image = "\(reg.host)/eco/\(name):e"
-        #expect(strata(["push", "--root", a, "--compression", "estargz", image, "localhost/eco/\(name):1"]).status == 0)
+        let push = strata(["push", "--root", a, "--compression", "estargz"] + prefetch.flatMap { ["--prefetch", $0] } + [image, "localhost/eco/\(name):1"])
+        #expect(push.status == 0, "\(push.stderr)")
         #expect(strata(["pull", "--root", lazy, "--lazy", image]).status == 0)
         return (upper, image, lazy)
     }
@@ -55,12 +56,17 @@ extension RegistryTests {
     }
 
     /// The regular files of the layer whose TOC lists data/, in the blob's order.
-    func topLayerOrder(_ root: String) throws -> [String] {
+    func topLayerOrder(_ root: String) throws -> [String] { try topLayer(root).names }
+
+    /// That layer's ID and its regular files in the blob's order.
+    func topLayer(_ root: String) throws -> (id: String, names: [String]) {
         let states = runProgram("/usr/bin/find", ["\(root)/overlay", "-maxdepth", "3", "-name", "toc.json", "-path", "*/lazy/*"])
         for p in states.stdout.split(separator: "\n").map(String.init) {
             let toc = try JSONDecoder().decode(TOCProbe.self, from: Data(contentsOf: URL(fileURLWithPath: p)))
             let names = toc.entries.filter { $0.type == "reg" }.map(\.name)
-            if names.contains("data/f1") { return names }
+            // overlay/<hex>/lazy/toc.json
+            let hex = URL(fileURLWithPath: p).deletingLastPathComponent().deletingLastPathComponent().lastPathComponent
+            if names.contains("data/f1") { return ("sha256:" + hex, names) }
         }
         throw TestFailure("no layer lists data/f1")
     }
@@ -165,12 +171,26 @@ extension RegistryTests {
         #expect(strata(["push", "--root", lazy, "\(reg.host)/eco/again:1", image]).status == 0)
     }
 
-    /// A mount left running completes the layers by itself; a registry that
-    /// goes away and comes back is waited for.
-    @Test func aMountedLazyImageCompletesInTheBackground() throws {
+    /// A mount left running completes the layers by itself, the files the
+    /// image marks as prioritised (`push --prefetch`) first.
+    @Test func aMountedLazyImageCompletesInTheBackground() async throws {
         let reg = try LocalRegistry(accessLog: true)
         let t = TempDir()
-        let (upper, image, lazy) = try lazilyPulled(reg, t, "bg", files: 8)
+        let (upper, image, lazy) = try lazilyPulled(reg, t, "bg", files: 8, prefetch: ["data/f6", "/data/f3"])
+        // The prioritised files lead their layer, then the prefetch landmark.
+        let (layer, order) = try topLayer(lazy)
+        #expect(Set(order.prefix(2)) == ["data/f6", "data/f3"] && order.dropFirst(2).first == ".prefetch.landmark", "\(order.prefix(4))")
+        let fetcher = try LazyFetcher(store: try Store(root: lazy), layerID: layer, options: RegistryOptions())
+        #expect(Set(fetcher.prioritised) == ["data/f6", "data/f3"])
+        await fetcher.shutdown()
+        // A file the image does not have, or a format without landmarks:
+        // one line each, and no manifest.
+        let missing = strata(["push", "--root", "\(t.path)/a", "--compression", "estargz", "--prefetch", "no/such",
+                              "\(reg.host)/eco/bad2:e", "localhost/eco/bg:1"])
+        #expect(missing.status != 0 && missing.stderr.contains("--prefetch no/such"), "\(missing.stderr)")
+        let zstd = strata(["push", "--root", "\(t.path)/a", "--compression", "zstd:chunked", "--prefetch", "data/f1",
+                           "\(reg.host)/eco/bad3:e", "localhost/eco/bg:1"])
+        #expect(zstd.status != 0 && zstd.stderr.contains("needs --compression estargz"), "\(zstd.stderr)")
         let m = try mountLazy(lazy, image, "c", fetch: "background")
         defer { unmountLazy(lazy, "c", m) }
         let done = waitFor(60) { inspectLazy(lazy, image).isEmpty }
