@@ -27,8 +27,8 @@ struct BadRegistryTests {
     /// under several repositories that each misbehave one way.
     final class FakeRegistry: @unchecked Sendable {
         let dir = TempDir("strata-fake-registry")
-        let port = Int.random(in: 20000...40000)
-        let blobPort = Int.random(in: 40001...50000)
+        let port = freeLoopbackPort()
+        let blobPort = freeLoopbackPort()
         var pid: pid_t = 0
         var host: String { "127.0.0.1:\(port)" }
         var log: String { (try? String(contentsOfFile: "\(dir.path)/requests.log", encoding: .utf8)) ?? "" }

@@ -25,7 +25,7 @@ final class LocalRegistry: @unchecked Sendable {
     init(htpasswd: (String, String)? = nil, token: TokenServer? = nil, tls: (String, String)? = nil, accessLog: Bool = false) throws {
         dir = TempDir("strata-registry")
         self.accessLog = accessLog
-        port = Int.random(in: 20000...40000)
+        port = freeLoopbackPort()
         var auth = ""
         var tlsConfig = ""
         if let (cert, key) = tls { tlsConfig = "  tls:\n    certificate: \(cert)\n    key: \(key)\n" }
@@ -66,9 +66,18 @@ final class LocalRegistry: @unchecked Sendable {
         defer { if log >= 0 { close(log) } }
         pid = try Spawn.start(bin, [bin, "serve", "\(dir.path)/config.yml"], stdio: (null, log >= 0 ? log : null, log >= 0 ? log : null))
         // 30 s: on a loaded shared machine a cold start has taken over 10.
+        // A registry that exits (its port taken after all) is said at once.
+        var exited: Int32? = nil
+        let pid = self.pid
         let up = waitFor(30) {
+            var status: Int32 = 0
+            if waitpid(pid, &status, WNOHANG) == pid { exited = status; return true }
             let r = runProgram("/usr/bin/env", ["python3", "-c", "import socket; socket.create_connection(('127.0.0.1', \(self.port)), 1)"])
             return r.status == 0
+        }
+        if let exited {
+            self.pid = 0
+            throw RegistryError(.network, "docker-registry exited (status \(exited)) instead of serving \(host)")
         }
         if !up { kill(pid, SIGKILL); _ = Spawn.wait(pid); throw RegistryError(.network, "docker-registry did not start on \(host) in 30 s") }
     }

@@ -38,7 +38,8 @@ struct LazyBench: ParsableCommand {
         let root = try makeTemp(dir)
         defer { _ = try? Spawn.run("/bin/rm", ["rm", "-rf", "--one-file-system", root]) }
         let archive = try buildImageArchive(root, mib: 0, rootfs: rootfs)
-        let port = Int.random(in: 20000...30000), proxyPort = port + 10000
+        // Below the ephemeral range (32768 and up), which outgoing connections use.
+        let port = Int.random(in: 20000...26000), proxyPort = port + 6000
         try "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: \(root)/registry\nhttp:\n  addr: 127.0.0.1:\(port)\nlog:\n  level: error\n"
             .write(toFile: "\(root)/registry.yml", atomically: true, encoding: .utf8)
         let null = open("/dev/null", O_RDWR | O_CLOEXEC)

@@ -30,7 +30,7 @@ struct PullBench: ParsableCommand {
         let root = try makeTemp(dir)
         defer { _ = try? Spawn.run("/bin/rm", ["rm", "-rf", "--one-file-system", root]) }
         let archive = try buildImageArchive(root, mib: sizeMib, rootfs: rootfs)
-        let port = Int.random(in: 20000...40000)
+        let port = Int.random(in: 20000...32000)   // below the ephemeral range
         try "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: \(root)/registry\nhttp:\n  addr: 127.0.0.1:\(port)\nlog:\n  level: error\n"
             .write(toFile: "\(root)/registry.yml", atomically: true, encoding: .utf8)
         let null = open("/dev/null", O_RDWR | O_CLOEXEC)
