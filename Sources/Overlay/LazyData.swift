@@ -50,9 +50,13 @@ extension Overlay {
     }
 
     private func fetchLazy(_ fd: Int32, state: String) throws(Errno) {
-        var buf = [UInt8](repeating: 0, count: 4096)
+        // Asked by size first: a file already fetched (the common case once
+        // a container runs) costs one syscall and no buffer.
+        let size = fgetxattr(fd, lazyXattr, nil, 0)
+        if size < 0 { return }     // no mark: the data is here
+        var buf = [UInt8](repeating: 0, count: max(size, 1))
         let n = fgetxattr(fd, lazyXattr, &buf, buf.count)
-        if n < 0 { return }        // no mark: the data is here
+        if n < 0 { return }        // filled in the meantime
         guard let source = config.lazyData else { throw .ioError }
         try source.fill(state: state, fd: fd, mark: String(decoding: buf[0..<n], as: UTF8.self), readahead: config.lazyReadahead)
         lazyFills.add(1, ordering: .relaxed)

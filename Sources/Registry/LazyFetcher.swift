@@ -20,6 +20,8 @@ public final class LazyFetcher: @unchecked Sendable {
     let index: [String: Int]
     let client: RegistryClient
     let blobPath: String
+    /// The layer's tree, opened once: files are opened beneath it by name.
+    let rootFD: Int32
     /// Compressed bytes fetched by Range requests, for `strata stats` and tests.
     public let bytesFetched = Locked<Int64>(0)
 
@@ -35,7 +37,12 @@ public final class LazyFetcher: @unchecked Sendable {
         index = Dictionary(names.enumerated().map { ($1, $0) }, uniquingKeysWith: { a, _ in a })
         client = try RegistryClient(host: source.registry, options: options, credentials: nil)
         blobPath = "/v2/\(source.repository)/blobs/\(source.blob)"
+        let diff = store.layerDiffPath(layerID)
+        rootFD = open(diff, Linux.O_PATH | O_DIRECTORY | O_CLOEXEC)
+        if rootFD < 0 { throw RegistryError.last(diff) }
     }
+
+    deinit { close(rootFD) }
 
     public func shutdown() async { await client.shutdown() }
 
@@ -163,10 +170,7 @@ public final class LazyFetcher: @unchecked Sendable {
     /// Opens a file of the layer's tree by its TOC name, never following a
     /// symlink (a hostile TOC may put one where a directory was).
     func openInLayer(_ name: String) -> Int32 {
-        let root = open(store.layerDiffPath(layerID), O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if root < 0 { return -1 }
-        defer { close(root) }
-        return strata_openat2_beneath(root, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC, 0, 1)
+        strata_openat2_beneath(rootFD, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC, 0, 1)
     }
 
     /// Files before the prefetch landmark (those the image's builder marked

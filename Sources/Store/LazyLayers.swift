@@ -92,16 +92,23 @@ extension Store {
     public func lazyProgress(_ id: String) throws(StoreError) -> (local: Int64, total: Int64, files: Int, localFiles: Int) {
         let toc = try lazyTOC(id)
         let diff = layerDiffPath(id)
+        let root = open(diff, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if root < 0 { throw StoreError.last(diff) }
+        defer { close(root) }
         var local: Int64 = 0, total: Int64 = 0, files = 0, localFiles = 0
-        var buf = [UInt8](repeating: 0, count: 8)
         for e in toc.entries where e.type == "reg" && (e.size ?? 0) > 0 {
             let size = e.size ?? 0
             total += size
             files += 1
-            if lgetxattr("\(diff)/\(e.path)", Self.lazyXattr, &buf, 0) < 0 && errno == ENODATA {
+            // Opened beneath the layer, no symlink followed: a TOC's names
+            // are the registry's, and must not lead out of the layer.
+            let fd = strata_openat2_beneath(root, e.path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC, 0, 1)
+            if fd < 0 { continue }
+            if fgetxattr(fd, Self.lazyXattr, nil, 0) < 0 && errno == ENODATA {
                 local += size
                 localFiles += 1
             }
+            close(fd)
         }
         return (local, total, files, localFiles)
     }
