@@ -14,12 +14,16 @@ public struct Connection: Sendable {
     public var maxBackground: UInt16 = 64
     public var congestionThreshold: UInt16 = 48
     public var timeGranularity: UInt32 = 1
+    /// Cache invalidations to the kernel, for a file system that changes
+    /// what it showed (see `Notifier`).
+    public let notifier: Notifier
 
     public var negotiated: UInt64 { wanted & kernelFlags }
     public func has(_ flag: UInt64) -> Bool { negotiated & flag != 0 }
     public var passthrough: Bool { has(UInt64(SF_PASSTHROUGH)) }
 
-    init(major: UInt32, minor: UInt32, flags: UInt64, wanted: UInt64, maxWrite: UInt32, maxReadahead: UInt32) {
+    init(major: UInt32, minor: UInt32, flags: UInt64, wanted: UInt64, maxWrite: UInt32, maxReadahead: UInt32, notifier: Notifier) {
+        self.notifier = notifier
         kernelMajor = major
         kernelMinor = minor
         kernelFlags = flags

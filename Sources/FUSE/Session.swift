@@ -157,7 +157,7 @@ public final class Session<FS: FileSystem>: @unchecked Sendable {
             }
         }
         var conn = Connection(major: inp.major, minor: inp.minor, flags: kernelFlags, wanted: wanted,
-                              maxWrite: options.maxWrite, maxReadahead: inp.max_readahead)
+                              maxWrite: options.maxWrite, maxReadahead: inp.max_readahead, notifier: notifier)
         fs.initialize(&conn)
         if conn.has(InitFlag.overIOURing) && initFailure == nil {
             // Every queue is made before INIT is answered: once the answer

@@ -110,7 +110,14 @@ extension Overlay {
         default:
             try check(mknodat(work, tmp, st.st_mode, st.st_rdev))
         }
-        // Record the origin's inode number so st_ino survives the copy-up.
+        // One name of a lower hard link, copied up without index=on, is a
+        // file of its own from now on, as in the kernel (ovl_getattr keeps
+        // the lower st_ino only for directories, single links and indexed
+        // inodes): its own st_ino and link count, and no origin, so a
+        // remount agrees. Keeping the twin's number would make `tar` and
+        // naive diffs archive the changed name as a link to the other one.
+        let breaksLink = type != Linux.S_IFDIR && st.st_nlink > 1 && indexing == nil
+        // Otherwise record the origin's inode number so st_ino survives the copy-up.
         let origin = String(n.ino)
         let times = [st.st_atim, st.st_mtim]
         let ofd = copy.raw
@@ -122,13 +129,13 @@ extension Overlay {
             let made = anon ? st.st_mode & 0o777 & ~processUmask : 0o600
             if st.st_mode & 0o7777 != made { try check(fchmod(ofd, st.st_mode & 0o7777)) }
             try copyXattrs(from: src, name, to: ofd)
-            _ = fsetxattr(ofd, originXattr, origin, origin.utf8.count, 0)
+            if !breaksLink { _ = fsetxattr(ofd, originXattr, origin, origin.utf8.count, 0) }
             try check(futimens(ofd, times))
         } else {
             if fchownat(work, tmp, st.st_uid, st.st_gid, Linux.AT_SYMLINK_NOFOLLOW) != 0 && euid == 0 { throw currentErrno() }
             if type != Linux.S_IFLNK { try check(fchmodat(work, tmp, st.st_mode & 0o7777, 0)) }
             try copyXattrs(from: "/proc/self/fd/\(src)/\(String(cString: name))", to: "/proc/self/fd/\(work)/\(tmp)")
-            _ = lsetxattr("/proc/self/fd/\(work)/\(tmp)", originXattr, origin, origin.utf8.count, 0)
+            if !breaksLink { _ = lsetxattr("/proc/self/fd/\(work)/\(tmp)", originXattr, origin, origin.utf8.count, 0) }
             try check(utimensat(work, tmp, times, Linux.AT_SYMLINK_NOFOLLOW))
         }
         if let fh = indexing, let index {
@@ -163,6 +170,10 @@ extension Overlay {
             moveFollowers(&s, to: dst, name)
         }
         table.rekey(n, from: old, to: new)
+        if breaksLink {
+            n.inoValue.store(inoFor(UInt64(ust.st_ino), layer: 0), ordering: .relaxed)
+            identityChanged(n)
+        }
     }
 
     /// The kernel's indexed copy-up: the copy, marked with its origin and a

@@ -104,9 +104,11 @@ extension Overlay {
             return openat(d, name, d == AT_FDCWD ? fl : fl | O_NOFOLLOW)
         }
         let u = try UniqueFD(opened: fd)
-        if hasLazyLayers && layer > 0 && !n.isDirectory { try fetchIfLazy(u.raw, layer: layer) }
+        if hasLazyLayers && !n.isDirectory { try fetchIfLazy(u.raw, layer: layer) }
         return u
     }
+
+    static let trustedBytes = Array("trusted.".utf8)
 
     /// Calls `body` with a path naming the node and whether the call must
     /// follow it: the root and nameless files are reached through their
@@ -171,7 +173,10 @@ extension Overlay {
     /// of every file it diffs, so this runs once per entry of a build's
     /// walk: the names are filtered in place, in an unzeroed buffer, with no
     /// string made (most files have none at all).
-    public func listxattr(_ n: OverlayNode, _ buf: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
+    /// `hideTrusted`: the caller is not root, and `trusted.*` names are
+    /// not listed to it, as the kernel (and ext4 beneath it) lists them
+    /// only to CAP_SYS_ADMIN: the daemon, root, sees them all.
+    public func listxattr(_ n: OverlayNode, _ buf: UnsafeMutableRawBufferPointer, hideTrusted: Bool = false) throws(Errno) -> Int {
         try withUnsafeTemporaryAllocation(of: CChar.self, capacity: 65536) { (all: UnsafeMutableBufferPointer<CChar>) throws(Errno) -> Int in
             guard let base = all.baseAddress else { throw .noMemory }
             let len = try atTop(n) { (d: Int32, path: UnsafePointer<CChar>, _: Int) -> Int in
@@ -192,7 +197,9 @@ extension Overlay {
                 // the escape; ours: hidden; anything else as it is.
                 var shown = name
                 var drop = 0
-                if name.starts(with: escaped) {
+                if hideTrusted && name.starts(with: Self.trustedBytes) {
+                    shown = UnsafeRawBufferPointer(start: nil, count: 0)
+                } else if name.starts(with: escaped) {
                     drop = escaped.count - prefix.count
                 } else if name.starts(with: prefix) || name.starts(with: Self.fuseOverlayfsPrefixes.0)
                             || name.starts(with: Self.fuseOverlayfsPrefixes.1) {

@@ -24,41 +24,65 @@ public protocol LazyData: Sendable {
     func bytesFetched() -> Int
 }
 
+/// A partly pulled lower layer: where its pull state is, and the xattr
+/// that marks its files still to fetch.
+struct LazyLayer: Sendable {
+    let state: String
+    let xattr: String
+}
+
 extension Overlay {
-    /// The pull state named on a lower layer's root, nil for an ordinary
-    /// layer (one getxattr per layer, at mount).
-    static func lazyState(of path: String, xattr: String) -> String? {
+    /// Whether a lower layer is partly pulled, and how its files are
+    /// marked. The namespace was decided once, when the layer was pulled
+    /// (`trusted.` by root, `user.` otherwise), and is read from the
+    /// layer's root, not from this mount's `userxattr`: a mount that looked
+    /// in the other namespace would serve the holes as zeros. The root is
+    /// asked through its descriptor, so a layer named through a symlink
+    /// (the store's `l/` short names) is still seen. A layer whose pull
+    /// state is beside it but whose marks this caller cannot read (root's
+    /// `trusted.` marks, asked by a user) is refused: it cannot be served.
+    static func lazyLayer(_ l: Layer) throws(OverlaySetupError) -> LazyLayer? {
+        let root = "/proc/self/fd/\(l.root.raw)"
         var buf = [UInt8](repeating: 0, count: 4096)
-        let n = lgetxattr(path, xattr, &buf, buf.count)
-        guard n > 0 else { return nil }
-        return String(decoding: buf[0..<n], as: UTF8.self)
+        for user in [false, true] {
+            let name = OverlayFormat.xattr(OverlayFormat.lazyName, user: user)
+            let n = CStrata.getxattr(root, name, &buf, buf.count)
+            if n > 0 { return LazyLayer(state: String(decoding: buf[0..<n], as: UTF8.self), xattr: name) }
+        }
+        // The store's layout: overlay/<id>/{diff,link,lazy}; a user may be
+        // let through diff and link but not into lazy.
+        if faccessat(l.root.raw, "../lazy", F_OK, 0) == 0 && faccessat(l.root.raw, "../link", F_OK, 0) == 0 {
+            throw OverlaySetupError(.invalidOptions, "lowerdir \(l.path) is a partly pulled layer (strata pull --lazy) whose marks "
+                + "this user cannot read (they are trusted.* xattrs): mount it as root, or complete it first with 'strata pull IMAGE'")
+        }
+        return nil
     }
 
     /// The mount serves (FUSE INIT, in the daemon): start completing the
     /// partly pulled layers unless told to fetch only what is read.
     public func started() {
         guard hasLazyLayers, config.lazyBackground, let source = config.lazyData else { return }
-        source.completeInBackground(states: lazyStates.compactMap { $0 })
+        source.completeInBackground(states: lazyStates.compactMap { $0?.state })
     }
 
     /// Before a lower file's data is used (an open for reading, a copy-up):
     /// fetched if its layer is partly pulled and it is still a hole.
     @inline(__always)
     func fetchIfLazy(_ fd: Int32, layer: Int) throws(Errno) {
-        guard hasLazyLayers, layer < lazyStates.count, let state = lazyStates[layer] else { return }
-        try fetchLazy(fd, state: state)
+        guard hasLazyLayers, layer < lazyStates.count, let lazy = lazyStates[layer] else { return }
+        try fetchLazy(fd, lazy)
     }
 
-    private func fetchLazy(_ fd: Int32, state: String) throws(Errno) {
+    private func fetchLazy(_ fd: Int32, _ lazy: LazyLayer) throws(Errno) {
         // Asked by size first: a file already fetched (the common case once
         // a container runs) costs one syscall and no buffer.
-        let size = fgetxattr(fd, lazyXattr, nil, 0)
+        let size = fgetxattr(fd, lazy.xattr, nil, 0)
         if size < 0 { return }     // no mark: the data is here
         var buf = [UInt8](repeating: 0, count: max(size, 1))
-        let n = fgetxattr(fd, lazyXattr, &buf, buf.count)
+        let n = fgetxattr(fd, lazy.xattr, &buf, buf.count)
         if n < 0 { return }        // filled in the meantime
         guard let source = config.lazyData else { throw .ioError }
-        try source.fill(state: state, fd: fd, mark: String(decoding: buf[0..<n], as: UTF8.self), readahead: config.lazyReadahead)
+        try source.fill(state: lazy.state, fd: fd, mark: String(decoding: buf[0..<n], as: UTF8.self), readahead: config.lazyReadahead)
         lazyFills.add(1, ordering: .relaxed)
     }
 }

@@ -41,7 +41,7 @@ extension Overlay {
         let u = try UniqueFD(opened: fd)
         if hasLazyLayers {
             let layer = n.state.withLock { $0.metacopy ? ($0.dataLayer ?? 0) : $0.topLayer }
-            if layer > 0 { try fetchIfLazy(u.raw, layer: layer) }
+            try fetchIfLazy(u.raw, layer: layer)
         }
         return u
     }

@@ -38,12 +38,20 @@ public final class Overlay: @unchecked Sendable {
     let whiteoutXattr: String
     let redirectXattr: String
     let metacopyXattr: String
-    /// Marks a partly pulled layer's root (naming its pull state) and each
-    /// of its files whose data is not here yet (see `LazyData`).
-    let lazyXattr: String
-    /// Per layer, the pull state of a partly pulled one (nil: all here).
-    let lazyStates: [String?]
+    /// Per layer, the pull state of a partly pulled one (nil: all here),
+    /// with the xattr that marks its files.
+    let lazyStates: [LazyLayer?]
     let hasLazyLayers: Bool
+    /// Told when a node's attributes changed under the kernel's cached ones
+    /// outside a request that answers with them (a lower hard link broken
+    /// by copy-up, set-id bits dropped at an open): the FUSE bridge drops
+    /// them. Rare, so a lock is cheap enough.
+    public let identityObserver = Mutex<(@Sendable (UInt64) -> Void)?>(nil)
+
+    public func identityChanged(_ n: OverlayNode) {
+        if let observe = identityObserver.withLock({ $0 }) { observe(n.id) }
+    }
+
     /// Files of partly pulled layers filled since the mount.
     let lazyFills = Atomic<Int>(0)
     /// `workdir/index` with index=on (nil without, or where the kernel
@@ -164,9 +172,7 @@ public final class Overlay: @unchecked Sendable {
         whiteoutXattr = prefix + "whiteout"
         redirectXattr = prefix + "redirect"
         metacopyXattr = prefix + "metacopy"
-        lazyXattr = prefix + OverlayFormat.lazyName
-        let lazyXattrName = lazyXattr
-        lazyStates = ls.map { $0.writable ? nil : Self.lazyState(of: $0.path, xattr: lazyXattrName) }
+        lazyStates = try ls.map { (l: Layer) throws(OverlaySetupError) -> LazyLayer? in l.writable ? nil : try Self.lazyLayer(l) }
         hasLazyLayers = lazyStates.contains { $0 != nil }
         if hasLazyLayers && config.lazyData == nil, let i = lazyStates.firstIndex(where: { $0 != nil }) {
             throw OverlaySetupError(.invalidOptions, "lowerdir \(ls[i].path) is a partly pulled layer (strata pull --lazy): "

@@ -10,8 +10,11 @@ import Glibc
 public final class OverlayNode: TableNode, @unchecked Sendable {
     public let id: UInt64
     public let isDirectory: Bool
-    /// The inode number reported: the origin's, so that copy-up keeps it.
-    public let ino: UInt64
+    /// The inode number reported: the origin's, so that copy-up keeps it,
+    /// except for one name of a lower hard link copied up without
+    /// index=on, which becomes its own inode (see `copyObject`).
+    public var ino: UInt64 { inoValue.load(ordering: .relaxed) }
+    let inoValue: Atomic<UInt64>
     public let state: Mutex<State>
     /// Serializes copy-up of this node: two concurrent copy-ups become one.
     let copyUpLock = Mutex<Void>(())
@@ -141,7 +144,7 @@ public final class OverlayNode: TableNode, @unchecked Sendable {
     init(id: UInt64, isDirectory: Bool, ino: UInt64, state: State) {
         self.id = id
         self.isDirectory = isDirectory
-        self.ino = ino
+        self.inoValue = Atomic(ino)
         self.state = Mutex(state)
     }
 

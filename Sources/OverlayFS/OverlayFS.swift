@@ -32,6 +32,9 @@ public final class OverlayFS: FDBackedFileSystem, @unchecked Sendable {
     public func initialize(_ connection: inout Connection) {
         if !passthrough { connection.wanted &= ~InitFlag.passthrough }
         passthroughMode.store(connection.passthrough, ordering: .relaxed)
+        // Attributes only (a negative offset): the data is the same.
+        let notifier = connection.notifier
+        overlay.identityObserver.withLock { $0 = { id in _ = notifier.invalidateInode(id, offset: -1) } }
         overlay.started()
     }
 
@@ -181,17 +184,31 @@ public final class OverlayFS: FDBackedFileSystem, @unchecked Sendable {
     public func open(_ r: Request, node id: NodeID, flags: Int32) throws(Errno) -> OpenReply {
         let writable = flags & O_ACCMODE != O_RDONLY
         var keep = true
-        let f = try overlay.open(try node(id), flags: flags) { (c: OpenChoice) throws(Errno) -> OpenFile.Serving in
+        var dropSetID = false
+        let n = try node(id)
+        let f = try overlay.open(n, flags: flags) { (c: OpenChoice) throws(Errno) -> OpenFile.Serving in
             guard c.isRegular else { return .daemon }
-            // Writes by users to setuid files must go through us (see Loopback).
+            // Writes by users to setuid files go through us (see Loopback):
+            // passthrough writes run as the daemon, which keeps the bits.
+            // But an inode another open has bound to passthrough cannot be
+            // served otherwise (the kernel refuses the mix): the writer gets
+            // passthrough too, and the bits are dropped now, at the open,
+            // where the kernel drops them at the first write.
             let suid = writable && r.uid != 0 && c.mode & 0o6000 != 0
-            let want = !suid && (c.inUpper || flags & Linux.O_DIRECT != 0 || c.size >= Int64(Self.lowerPassthroughSize))
+            let bound = c.passthroughUpper > 0 || c.passthroughLower > 0
+            let want = (!suid || bound) && (c.inUpper || flags & Linux.O_DIRECT != 0 || c.size >= Int64(Self.lowerPassthroughSize))
             let mode = try serving(c, wantPassthrough: want)
-            if suid && mode != .daemon { throw .textFileBusy }
+            dropSetID = suid && mode != .daemon
             // A lower file never changes; an upper one may have been
             // written by passthrough behind the page cache.
             keep = !c.inUpper || c.daemon > 0
             return mode
+        }
+        if dropSetID {
+            var change = Overlay.AttrChange()
+            change.killSUIDGID = true
+            _ = try overlay.setattr(n, change, fd: f.fd)
+            overlay.identityChanged(n)
         }
         return reply(f, keepCache: keep)
     }
@@ -246,7 +263,7 @@ public final class OverlayFS: FDBackedFileSystem, @unchecked Sendable {
 
     public func listxattr(_ r: Request, node id: NodeID, buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> XattrReply {
         if overlay.config.noXattrs { return buffer.count == 0 ? .size(0) : .data(0) }
-        let n = try overlay.listxattr(try node(id), buffer)
+        let n = try overlay.listxattr(try node(id), buffer, hideTrusted: r.uid != 0)
         return buffer.count == 0 ? .size(n) : .data(n)
     }
 

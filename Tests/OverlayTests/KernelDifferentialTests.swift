@@ -153,3 +153,45 @@ struct KernelDifferentialTests {
         #expect(answers["lower-only dir gives EXDEV"] == (redirectDir ? "ok" : "EXDEV"))
     }
 }
+
+extension KernelDifferentialTests {
+    /// One name of a lower hard link written through the union becomes an
+    /// inode of its own, as in the kernel without index=on: its own st_ino
+    /// and a link count of 1, while the other name keeps the lower file's
+    /// number and content, before a remount and after. `tar` of the merged
+    /// view then archives the changed name with its new content; were the
+    /// numbers the same it would write a link to the other name instead,
+    /// losing the change.
+    @Test func aCopiedUpHardLinkIsAnInodeOfItsOwn() throws {
+        let pair = try UnionPair(build: Fixture.build)
+        defer { pair.unmount() }
+        func same(_ o: FileOps) -> String {
+            guard let a = o.stat("a/h1"), let b = o.stat("a/h2") else { return "missing" }
+            return a.st_ino == b.st_ino ? "one inode" : "two inodes"
+        }
+        func nlinks(_ o: FileOps) -> String { "\(o.stat("a/h1")?.st_nlink ?? 0)/\(o.stat("a/h2")?.st_nlink ?? 0)" }
+        /// Which names `tar` stores as hard links.
+        func tarLinks(_ o: FileOps) -> String {
+            let r = runProgram("/bin/sh", ["-c", "tar -cf - -C '\(o.root)' a | tar -tvf - | grep ' link to ' | sed 's/.* a\\//a\\//'"])
+            return r.stdout.isEmpty ? "no links" : r.stdout
+        }
+        /// The content `tar` stored under each name, extracted elsewhere.
+        func tarContent(_ o: FileOps) -> String {
+            let out = TempDir()
+            _ = runProgram("/bin/sh", ["-c", "tar -cf - -C '\(o.root)' a | tar -xf - -C '\(out.path)'"])
+            return FileOps(out.path).read("a/h1") + "|" + FileOps(out.path).read("a/h2")
+        }
+        let steps: [(String, (FileOps) -> String)] = [
+            ("the names", same), ("link counts", nlinks), ("tar links", tarLinks),
+            ("write one name", { $0.write("a/h1", "changed", flags: O_WRONLY | O_TRUNC) }),
+            ("the names after", same), ("link counts after", nlinks),
+            ("the other name's content", { $0.read("a/h2") }),
+            ("tar links after", tarLinks), ("tar content after", tarContent),
+        ]
+        compare(pair, steps)
+        // Remounted, the numbers come from the layers alone (no origin is
+        // recorded for a broken link).
+        try pair.remount()
+        compare(pair, [("the names remounted", same), ("link counts remounted", nlinks), ("tar content remounted", tarContent)])
+    }
+}

@@ -220,6 +220,54 @@ struct OverlaySemanticsTests {
         #expect(asBin(pair.kernelMount) == asBin(pair.strataMount))
     }
 
+    /// A setuid file written by its unprivileged owner while another
+    /// process holds it open: the write succeeds and S_ISUID goes, as in
+    /// the kernel, whether the held file is in the upper layer (served by
+    /// passthrough) or still below.
+    @Test func aSetuidFileWrittenByItsOwnerWhileHeldOpenLosesTheBit() throws {
+        let pair = try UnionPair(build: Fixture.build)
+        defer { pair.unmount() }
+        for m in [pair.kernelMount, pair.strataMount] {
+            let o = FileOps(m)
+            #expect(o.write("upper-suid", "u") == "ok")                        // made in the upper
+            for f in ["upper-suid", "x"] {                                   // x: a lower file
+                #expect(o.lchown(f, 1, 1) == "ok" && o.chmod(f, 0o4755) == "ok")
+            }
+        }
+        func asOwner(_ m: String, _ f: String) -> String {
+            let held = open("\(m)/\(f)", O_RDONLY)
+            defer { if held >= 0 { close(held) } }
+            let r = runProgram("/usr/bin/setpriv", ["--reuid=1", "--regid=1", "--clear-groups", "--", "/bin/sh", "-c",
+                                                    "echo more >> \(m)/\(f); echo rc=$?; stat -c %a \(m)/\(f); cat \(m)/\(f)"])
+            return r.stdout + r.stderr.replacingOccurrences(of: m, with: "M")
+        }
+        for f in ["upper-suid", "x"] {
+            let k = asOwner(pair.kernelMount, f), s = asOwner(pair.strataMount, f)
+            #expect(k == s, "\(f): kernel \(k), strata \(s)")
+            #expect(s.hasPrefix("rc=0\n755\n"), "\(f): \(s)")
+        }
+    }
+
+    /// A user's listxattr lists no `trusted.*` names (they are root's; the
+    /// kernel, like ext4, lists them only to CAP_SYS_ADMIN), of a lower
+    /// file and of a copied-up one, where root still sees them all.
+    @Test func usersAreNotListedTrustedXattrs() throws {
+        let pair = try UnionPair(build: Fixture.build)
+        defer { pair.unmount() }
+        for m in [pair.kernelMount, pair.strataMount] {
+            #expect(setxattr("\(m)/a/top", "trusted.secret", "s", 1, 0) == 0)    // copied up
+        }
+        func asBin(_ m: String) -> String {
+            let py = "import os; print(sorted(os.listxattr('\(m)/a/top')), sorted(os.listxattr('\(m)/a/f1')))"
+            let r = runProgram("/usr/bin/setpriv", ["--reuid=1", "--regid=1", "--clear-groups", "--", "/usr/bin/python3", "-c", py])
+            return r.stdout + r.stderr.replacingOccurrences(of: m, with: "M")
+        }
+        let k = asBin(pair.kernelMount), s = asBin(pair.strataMount)
+        #expect(k == s, "kernel \(k), strata \(s)")
+        #expect(!s.contains("trusted."), "\(s)")
+        #expect(FileOps(pair.strataMount).listxattr("a/top").contains("trusted.secret"), "root no longer sees its xattr")
+    }
+
     /// The upper on its own small tmpfs, the lower on the disk: statfs of
     /// the union must be the upper's (as the kernel's), which the two
     /// filesystems' sizes tell apart.
