@@ -22,6 +22,7 @@ extension Store {
         var layerFiles: [String] = []
         for l in img.layerIDs {
             let f = layerArchivePath(l)
+            if isLazy(l) { throw StoreError(.invalidInput, "image \(ref): layer \(l) is partly pulled (pull --lazy); complete it with 'strata pull \(ref)' to save it") }
             guard access(f, R_OK) == 0 else { throw StoreError(.notFound, "layer \(l) has no kept archive; load the image again to save it") }
             layerFiles.append(f)
         }

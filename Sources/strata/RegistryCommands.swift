@@ -72,25 +72,33 @@ struct PullCommand: ParsableCommand {
 }
 
 struct PushCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "push", abstract: "Push an image of the store to an OCI registry.")
+    static let configuration = CommandConfiguration(
+        commandName: "push", abstract: "Push an image of the store to an OCI registry.",
+        discussion: """
+            strata push [OPTIONS] IMAGE [DESTINATION]
+
+            As podman push: IMAGE is the store's, DESTINATION the registry reference \
+            (host:port/name:tag); without DESTINATION the image's own name is the destination.
+            """)
     @OptionGroup var store: StoreOptions
     @OptionGroup var registry: RegistryFlags
-    @Argument(help: "The destination reference (host:port/name:tag).") var reference: String
+    @Argument(help: "The local image (tag or ID).") var local: String
     @Option(help: "Layer format: none (the stored tar), estargz or zstd:chunked (compressed with a table of contents, for 'pull --lazy').")
     var compression: String = "none"
     @Option(help: ArgumentHelp("With --compression estargz: a file (path in the image) that a lazy pull fetches first; repeatable.",
                                discussion: "The files go first in their layers, before eStargz's .prefetch.landmark."))
     var prefetch: [String] = []
-    @Argument(help: "The local image (default: the reference itself).") var local: String?
+    @Argument(help: "The destination reference (default: the image's own name).") var destination: String?
 
     func run() throws {
+        let reference = destination ?? local
         let ref: Reference
         do { ref = try Reference(reference) } catch { throw fail("\(error)") }
         let client = try registry.client(for: ref)
         var pusher = Pusher(store: try store.open(), client: client)
         pusher.progress = { printError("strata: \($0)") }
         let p = pusher
-        let src = local ?? reference
+        let src = local
         guard let c = Pusher.Compression(rawValue: compression) else {
             throw fail("--compression \(compression): not a layer format; use none, estargz or zstd:chunked")
         }

@@ -26,6 +26,7 @@ struct RunCommand: ParsableCommand {
     @Option(help: "Container name, also its hostname (default strata-<id>).") var name: String?
     @Option(help: "Mount driver: overlay (kernel, default as root) or fuse.") var driver: String?
     @Flag(help: "Keep the container (and its changes) afterwards.") var keep = false
+    @Flag(help: "Remove the container afterwards (the default; accepted as docker and podman spell it).") var rm = false
     @Option(help: "For an image pulled with --lazy: background (complete its layers while it runs, the default) or on-read (fetch only the files read).")
     var lazyFetch: LazyFetchMode = .background
     @Option(help: "For an image pulled with --lazy: bytes of the following files fetched with each file read (default 1048576; 0: only the file).")
@@ -43,6 +44,7 @@ struct RunCommand: ParsableCommand {
     @Argument(parsing: .captureForPassthrough, help: "The command and its arguments (default: the image's).") var command: [String] = []
 
     func validate() throws {
+        if rm && keep { throw ValidationError("--rm and --keep contradict each other: give one") }
         guard network == "none" || network == "host" else { throw ValidationError("--network takes none or host, got '\(network)'") }
         for v in volume {
             let parts = v.split(separator: ":", omittingEmptySubsequences: false)
@@ -115,6 +117,9 @@ struct RunCommand: ParsableCommand {
         if status != 0 { throw ExitCode(status) }
     }
 
+    /// docker's and podman's PATH for a container whose image sets none.
+    static let defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
     /// docker's rule: Entrypoint, then the given command or else Cmd.
     static func commandLine(entrypoint: [String], cmd: [String], given: [String]) -> [String] {
         entrypoint + (given.isEmpty ? cmd : given)
@@ -137,6 +142,9 @@ struct RunCommand: ParsableCommand {
             let kv = e.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
             if kv.count > 1 { set(String(kv[0]), String(kv[1])) } else if let v = getenv(e) { set(e, String(cString: v)) }
         }
+        // An image without PATH (podman import, FROM scratch) gets the one
+        // docker and podman give it.
+        if values["PATH"] == nil { set("PATH", defaultPath) }
         return order.map { "\($0)=\(values[$0] ?? "")" }
     }
 

@@ -1,6 +1,7 @@
 import ArgumentParser
 import FUSE
 import Foundation
+import Registry
 import Store
 import Sys
 #if canImport(Glibc)
@@ -231,7 +232,37 @@ struct ImageSave: ParsableCommand {
     func run() throws {
         guard let f = Store.ArchiveFormat(rawValue: format) else { throw fail("--format takes docker-archive or oci-archive, got '\(format)'") }
         let s = try store.open()
+        try completeLazyLayers(s, image, before: "saving it")
         try storeCall { () throws(StoreError) in try s.save(image, to: output, format: f) }
+    }
+}
+
+/// A partly pulled image (`pull --lazy`) has no layer archives yet: its
+/// layers are completed from the registry first, as `strata pull` would,
+/// with progress; a registry that cannot be reached says what to do.
+func completeLazyLayers(_ s: Store, _ image: String, before what: String) throws {
+    let img = try storeCall { () throws(StoreError) in try s.image(image) }
+    let lazy = s.lazyLayers(of: img)
+    guard !lazy.isEmpty else { return }
+    printError("strata: \(image) is partly pulled (pull --lazy): completing its \(lazy.count) layer\(lazy.count == 1 ? "" : "s") from the registry before \(what)")
+    let done = DispatchSemaphore(value: 0)
+    let failure = Locked<String?>(nil)
+    Task {
+        for id in lazy {
+            do {
+                let f = try LazyFetcher(store: s, layerID: id, options: RegistryOptions())
+                do { try await f.completeLayer(progress: { printError("strata: \($0)") }) } catch { await f.shutdown(); throw error }
+                await f.shutdown()
+            } catch {
+                failure.withLock { $0 = "\(error)" }
+                break
+            }
+        }
+        done.signal()
+    }
+    done.wait()
+    if let why = failure.withLock({ $0 }) {
+        throw fail("\(image) is partly pulled and its layers could not be completed (\(why)); run 'strata pull \(image)' once the registry is reachable, then \(what.replacingOccurrences(of: " it", with: "")) again")
     }
 }
 

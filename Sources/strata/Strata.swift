@@ -28,6 +28,17 @@ func fail(_ message: String, code: Int32 = 1) -> ExitCode {
     return ExitCode(code)
 }
 
+/// How many leading arguments name a subcommand (`image ls` is two).
+func subcommandPathLength(_ args: [String]) -> Int {
+    var command: ParsableCommand.Type = Strata.self
+    var n = 0
+    while n < args.count, let next = command.configuration.subcommands.first(where: { $0._commandName == args[n] }) {
+        command = next
+        n += 1
+    }
+    return n
+}
+
 /// How we were called decides the command line: as `strata-overlay` (a
 /// containers/storage mount_program: `PROGRAM -o OPTS MOUNTPOINT`) or by
 /// mount.fuse3 for `mount -t fuse.strata` (`strata SOURCE MOUNTPOINT -o OPTS`)
@@ -53,8 +64,13 @@ enum Entry {
             guard name == "--root" || name == "--storage-driver", let value else { break }
             args.removeFirst(used)
             if name == "--root" {
+                // Right after the subcommand's name: after the arguments, it
+                // would become part of a command to run (`strata --root D
+                // run IMAGE sh -c ...`) and the default store would be used.
+                let at = subcommandPathLength(args)
                 let moved = ["--root", value]
-                if let dashes = args.firstIndex(of: "--") { args.insert(contentsOf: moved, at: dashes) } else { args += moved }
+                if at > 0 { args.insert(contentsOf: moved, at: at) }
+                else if let dashes = args.firstIndex(of: "--") { args.insert(contentsOf: moved, at: dashes) } else { args += moved }
             } else {
                 guard Store.Driver(rawValue: value) != nil else {
                     printError("strata: --storage-driver takes overlay (the kernel's overlayfs) or fuse (Strata's own union), got '\(value)'")

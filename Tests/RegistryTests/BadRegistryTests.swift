@@ -177,11 +177,11 @@ struct BadRegistryTests {
         try #require(mk.status == 0, "openssl: \(mk.stderr)")
         let reg = try LocalRegistry(tls: ("\(c)/server.crt", "\(c)/server.key"))
         #expect(strata(["image", "load", "--root", "\(t.path)/a", "-i", "\(MountEnvironment.fixtures)/busybox-l3.docker.tar"]).status == 0)
-        let refused = strata(["push", "--root", "\(t.path)/a", "\(reg.host)/tls/busybox:1", "localhost/eco/busybox:l3"])
+        let refused = strata(["push", "--root", "\(t.path)/a", "localhost/eco/busybox:l3", "\(reg.host)/tls/busybox:1"])
         #expect(refused.status != 0)
         #expect(refused.stderr.split(separator: "\n").count == 1 && refused.stderr.contains("certificate") && refused.stderr.contains("--cert-dir"),
                 "\(refused.stderr)")
-        let push = strata(["push", "--root", "\(t.path)/a", "--cert-dir", "\(c)/trust", "\(reg.host)/tls/busybox:1", "localhost/eco/busybox:l3"])
+        let push = strata(["push", "--root", "\(t.path)/a", "--cert-dir", "\(c)/trust", "localhost/eco/busybox:l3", "\(reg.host)/tls/busybox:1"])
         #expect(push.status == 0, "\(push.stderr)")
         let pull = strata(["pull", "--root", "\(t.path)/b", "--cert-dir", "\(c)/trust", "\(reg.host)/tls/busybox:1"])
         #expect(pull.status == 0, "\(pull.stderr)")
@@ -199,7 +199,7 @@ struct RegistryFaultTests {
     func pushed(_ reg: LocalRegistry, _ t: TempDir) -> String {
         let src = "\(t.path)/src"
         _ = strata(["image", "load", "--root", src, "-i", Self.fixture])
-        _ = strata(["push", "--root", src, "\(reg.host)/eco/busybox:l3", "localhost/eco/busybox:l3"])
+        _ = strata(["push", "--root", src, "localhost/eco/busybox:l3", "\(reg.host)/eco/busybox:l3"])
         return src
     }
 
@@ -274,13 +274,13 @@ struct RegistryFaultTests {
         for round in 0..<4 {
             let null = open("/dev/null", O_RDWR | O_CLOEXEC)
             let dest = "\(reg.host)/killed/push\(round):1"
-            let pid = try Spawn.start(MountEnvironment.binary, ["strata", "push", "--root", src, dest, "localhost/eco/busybox:l3"], stdio: (null, null, null))
+            let pid = try Spawn.start(MountEnvironment.binary, ["strata", "push", "--root", src, "localhost/eco/busybox:l3", dest], stdio: (null, null, null))
             usleep(UInt32.random(in: 0...250_000))
             kill(pid, SIGKILL)
             _ = Spawn.wait(pid)
             close(null)
             #expect(strata(["check", "--root", src]).stdout.split(separator: "\n").allSatisfy { $0.hasPrefix("leftover:") || $0.hasPrefix("store ") })
-            let again = strata(["push", "--root", src, dest, "localhost/eco/busybox:l3"])
+            let again = strata(["push", "--root", src, "localhost/eco/busybox:l3", dest])
             #expect(again.status == 0, "push after a kill: \(again.stderr)")
             let pull = strata(["pull", "--root", "\(t.path)/check\(round)", dest])
             #expect(pull.status == 0 && pull.stdout.contains("sha256:cc890ba32e80"), "\(pull.stderr)")

@@ -43,7 +43,7 @@ extension RegistryTests {
         let a = "\(t.path)/a", lazy = "\(t.path)/lazy"
         let upper = try makeLazyImage(a, "localhost/eco/\(name):1", files: files)
         let image = "\(reg.host)/eco/\(name):e"
-        let push = strata(["push", "--root", a, "--compression", "estargz"] + prefetch.flatMap { ["--prefetch", $0] } + [image, "localhost/eco/\(name):1"])
+        let push = strata(["push", "--root", a, "--compression", "estargz"] + prefetch.flatMap { ["--prefetch", $0] } + ["localhost/eco/\(name):1", image])
         #expect(push.status == 0, "\(push.stderr)")
         #expect(strata(["pull", "--root", lazy, "--lazy", image]).status == 0)
         return (upper, image, lazy)
@@ -95,7 +95,7 @@ extension RegistryTests {
         let t = TempDir()
         let a = "\(t.path)/a", full = "\(t.path)/full", lazy = "\(t.path)/lazy"
         let upper = try makeLazyImage(a, "localhost/eco/lazy:1")
-        let push = strata(["push", "--root", a, "--compression", format, "\(reg.host)/eco/lazy:e", "localhost/eco/lazy:1"])
+        let push = strata(["push", "--root", a, "--compression", format, "localhost/eco/lazy:1", "\(reg.host)/eco/lazy:e"])
         #expect(push.status == 0, "\(push.stderr)")
         let image = "\(reg.host)/eco/lazy:e"
         // skopeo, which knows nothing of eStargz, takes it as ordinary tar+gzip
@@ -168,7 +168,7 @@ extension RegistryTests {
         #expect(TreeSnapshot.diff(reference, try mergedTree(lazy, image, times: true), labels: ("full pull", "completed")) == [])
         #expect(strata(["check", "--root", lazy]).status == 0)
         // And it pushes like any other (every layer kept as its tar).
-        #expect(strata(["push", "--root", lazy, "\(reg.host)/eco/again:1", image]).status == 0)
+        #expect(strata(["push", "--root", lazy, image, "\(reg.host)/eco/again:1"]).status == 0)
     }
 
     /// A mount left running completes the layers by itself, the files the
@@ -186,10 +186,10 @@ extension RegistryTests {
         // A file the image does not have, or a format without landmarks:
         // one line each, and no manifest.
         let missing = strata(["push", "--root", "\(t.path)/a", "--compression", "estargz", "--prefetch", "no/such",
-                              "\(reg.host)/eco/bad2:e", "localhost/eco/bg:1"])
+                              "localhost/eco/bg:1", "\(reg.host)/eco/bad2:e"])
         #expect(missing.status != 0 && missing.stderr.contains("--prefetch no/such"), "\(missing.stderr)")
         let zstd = strata(["push", "--root", "\(t.path)/a", "--compression", "zstd:chunked", "--prefetch", "data/f1",
-                           "\(reg.host)/eco/bad3:e", "localhost/eco/bg:1"])
+                           "localhost/eco/bg:1", "\(reg.host)/eco/bad3:e"])
         #expect(zstd.status != 0 && zstd.stderr.contains("needs --compression estargz"), "\(zstd.stderr)")
         let m = try mountLazy(lazy, image, "c", fetch: "background")
         defer { unmountLazy(lazy, "c", m) }
@@ -259,7 +259,7 @@ extension RegistryTests {
         let t = TempDir()
         let a = "\(t.path)/a", lazy = "\(t.path)/lazy", full = "\(t.path)/full"
         _ = try makeLazyImage(a, "localhost/eco/lazy:4", files: 6)
-        #expect(strata(["push", "--root", a, "--compression", "estargz", "\(reg.host)/eco/kill:e", "localhost/eco/lazy:4"]).status == 0)
+        #expect(strata(["push", "--root", a, "--compression", "estargz", "localhost/eco/lazy:4", "\(reg.host)/eco/kill:e"]).status == 0)
         let image = "\(reg.host)/eco/kill:e"
         #expect(strata(["pull", "--root", full, image]).status == 0)
         #expect(strata(["pull", "--root", lazy, "--lazy", image]).status == 0)
@@ -353,7 +353,7 @@ extension RegistryTests {
         let reg = try LocalRegistry()
         let t = TempDir()
         #expect(strata(["image", "load", "--root", "\(t.path)/a", "-i", "\(Self.fixtures)/busybox-l3.docker.tar"]).status == 0)
-        #expect(strata(["push", "--root", "\(t.path)/a", "\(reg.host)/eco/plain:1", "localhost/eco/busybox:l3"]).status == 0)
+        #expect(strata(["push", "--root", "\(t.path)/a", "localhost/eco/busybox:l3", "\(reg.host)/eco/plain:1"]).status == 0)
         let pull = strata(["pull", "--root", "\(t.path)/b", "--lazy", "\(reg.host)/eco/plain:1"])
         #expect(pull.status == 0 && pull.stderr.contains("no table of contents"), "\(pull.stderr)")
         #expect(inspectLazy("\(t.path)/b", "\(reg.host)/eco/plain:1").isEmpty)

@@ -130,13 +130,13 @@ struct RegistryTests {
         let reg = try LocalRegistry()
         let t = TempDir()
         #expect(strata(["image", "load", "--root", "\(t.path)/a", "-i", "\(Self.fixtures)/busybox-l3.docker.tar"]).status == 0)
-        let push = strata(["push", "--root", "\(t.path)/a", "\(reg.host)/eco/busybox:l3", "localhost/eco/busybox:l3"])
+        let push = strata(["push", "--root", "\(t.path)/a", "localhost/eco/busybox:l3", "\(reg.host)/eco/busybox:l3"])
         #expect(push.status == 0, "\(push.stderr)")
         let pull = strata(["pull", "--root", "\(t.path)/b", "\(reg.host)/eco/busybox:l3"])
         #expect(pull.status == 0, "\(pull.stderr)")
         #expect(pull.stdout.contains("sha256:cc890ba32e80"))
         // Pushing again skips every blob the registry has.
-        let again = strata(["push", "--root", "\(t.path)/a", "\(reg.host)/eco/busybox:l3", "localhost/eco/busybox:l3"])
+        let again = strata(["push", "--root", "\(t.path)/a", "localhost/eco/busybox:l3", "\(reg.host)/eco/busybox:l3"])
         #expect(again.stderr.components(separatedBy: "already there").count == 5, "\(again.stderr)")
         // Pulling into a store that has the layers downloads none of them.
         let repull = strata(["pull", "--root", "\(t.path)/a", "\(reg.host)/eco/busybox:l3"])
@@ -163,7 +163,7 @@ struct RegistryTests {
         let want = diffIDs("\(t.path)/ref", "localhost/eco/busybox:l3")
         #expect(want.count == 3 && diffIDs("\(t.path)/s", "\(reg.host)/from/skopeo:1") == want)
         // Strata pushes, skopeo pulls and checks every digest on the way.
-        #expect(strata(["push", "--root", "\(t.path)/ref", "\(reg.host)/from/strata:1", "localhost/eco/busybox:l3"]).status == 0)
+        #expect(strata(["push", "--root", "\(t.path)/ref", "localhost/eco/busybox:l3", "\(reg.host)/from/strata:1"]).status == 0)
         let back = runProgram(skopeo, ["copy", "--src-tls-verify=false", "docker://\(reg.host)/from/strata:1", "oci:\(t.path)/oci:1"])
         #expect(back.status == 0, "\(back.stderr)")
         #expect(strata(["image", "load", "--root", "\(t.path)/o", "--oci", "\(t.path)/oci"]).status == 0)
@@ -195,7 +195,7 @@ struct RegistryTests {
         let reg = try LocalRegistry()
         let t = TempDir()
         #expect(strata(["image", "load", "--root", "\(t.path)/a", "-i", "\(Self.fixtures)/busybox-l3.docker.tar"]).status == 0)
-        #expect(strata(["push", "--root", "\(t.path)/a", "\(reg.host)/eco/bad:1", "localhost/eco/busybox:l3"]).status == 0)
+        #expect(strata(["push", "--root", "\(t.path)/a", "localhost/eco/busybox:l3", "\(reg.host)/eco/bad:1"]).status == 0)
         // Flip a byte of the biggest blob in the registry's own storage.
         let find = runProgram("/usr/bin/find", ["\(reg.dir.path)/data", "-name", "data", "-type", "f", "-size", "+1M"])
         let blob = try #require(find.stdout.split(separator: "\n").first.map(String.init))
@@ -215,12 +215,12 @@ struct RegistryTests {
         let t = TempDir()
         #expect(strata(["image", "load", "--root", "\(t.path)/a", "-i", "\(Self.fixtures)/busybox-l3.docker.tar"]).status == 0)
         let home = t.sub("home")
-        let anon = runProgram(MountEnvironment.binary, ["push", "--root", "\(t.path)/a", "\(reg.host)/eco/auth:1", "localhost/eco/busybox:l3"], env: ["HOME": home])
+        let anon = runProgram(MountEnvironment.binary, ["push", "--root", "\(t.path)/a", "localhost/eco/busybox:l3", "\(reg.host)/eco/auth:1"], env: ["HOME": home])
         #expect(anon.status != 0 && anon.stderr.contains("--username"), "\(anon.stderr)")
         mkdir("\(home)/.docker", 0o700)
         let auth = Data("strata:s3cret".utf8).base64EncodedString()
         try "{\"auths\": {\"\(reg.host)\": {\"auth\": \"\(auth)\"}}}".write(toFile: "\(home)/.docker/config.json", atomically: true, encoding: .utf8)
-        let push = runProgram(MountEnvironment.binary, ["push", "--root", "\(t.path)/a", "\(reg.host)/eco/auth:1", "localhost/eco/busybox:l3"], env: ["HOME": home])
+        let push = runProgram(MountEnvironment.binary, ["push", "--root", "\(t.path)/a", "localhost/eco/busybox:l3", "\(reg.host)/eco/auth:1"], env: ["HOME": home])
         #expect(push.status == 0, "\(push.stderr)")
         let pull = runProgram(MountEnvironment.binary, ["pull", "--root", "\(t.path)/b", "\(reg.host)/eco/auth:1"], env: ["HOME": home])
         #expect(pull.status == 0, "\(pull.stderr)")
@@ -232,7 +232,7 @@ struct RegistryTests {
         let reg = try LocalRegistry()
         let t = TempDir()
         #expect(strata(["image", "load", "--root", "\(t.path)/a", "-i", "\(Self.fixtures)/busybox-l3.docker.tar"]).status == 0)
-        #expect(strata(["push", "--root", "\(t.path)/a", "\(reg.host)/eco/resume:1", "localhost/eco/busybox:l3"]).status == 0)
+        #expect(strata(["push", "--root", "\(t.path)/a", "localhost/eco/busybox:l3", "\(reg.host)/eco/resume:1"]).status == 0)
         // The pull's work folder is named by the manifest; find it with a first, failing pull.
         let store = "\(t.path)/b"
         let big = "588a2830fefd271ef4563235164e7b4e2837d8678592347e22a4191f83d63eda"
@@ -268,7 +268,7 @@ struct RegistryTests {
         let tokens = try TokenServer(dir: t.path, user: "strata", password: "t0ken")
         let reg = try LocalRegistry(token: tokens)
         #expect(strata(["image", "load", "--root", "\(t.path)/a", "-i", "\(Self.fixtures)/busybox-l3.docker.tar"]).status == 0)
-        let anon = runProgram(MountEnvironment.binary, ["push", "--root", "\(t.path)/a", "\(reg.host)/eco/tok:1", "localhost/eco/busybox:l3"],
+        let anon = runProgram(MountEnvironment.binary, ["push", "--root", "\(t.path)/a", "localhost/eco/busybox:l3", "\(reg.host)/eco/tok:1"],
                               env: ["HOME": t.sub("home")])
         #expect(anon.status != 0 && anon.stderr.contains("--username"), "\(anon.stderr)")
         #expect(anon.stderr.split(separator: "\n").count == 1, "\(anon.stderr)")
@@ -292,15 +292,15 @@ struct RegistryTests {
         let reg = try LocalRegistry()
         let t = TempDir()
         #expect(strata(["image", "load", "--root", "\(t.path)/a", "-i", "\(Self.fixtures)/busybox-l3.docker.tar"]).status == 0)
-        let first = strata(["push", "--root", "\(t.path)/a", "\(reg.host)/eco/one:1", "localhost/eco/busybox:l3"])
+        let first = strata(["push", "--root", "\(t.path)/a", "localhost/eco/busybox:l3", "\(reg.host)/eco/one:1"])
         #expect(first.status == 0 && first.stderr.contains("bytes pushed"), "\(first.stderr)")
-        let second = strata(["push", "--root", "\(t.path)/a", "\(reg.host)/eco/two:1", "localhost/eco/busybox:l3"])
+        let second = strata(["push", "--root", "\(t.path)/a", "localhost/eco/busybox:l3", "\(reg.host)/eco/two:1"])
         #expect(second.status == 0, "\(second.stderr)")
         #expect(second.stderr.contains("mounted from eco/one") && !second.stderr.contains("bytes pushed"), "\(second.stderr)")
         let pull = strata(["pull", "--root", "\(t.path)/b", "\(reg.host)/eco/two:1"])
         #expect(pull.status == 0, "\(pull.stderr)")
         // A store that pulled from eco/two mounts from there when pushing elsewhere.
-        let third = strata(["push", "--root", "\(t.path)/b", "\(reg.host)/eco/three:1", "\(reg.host)/eco/two:1"])
+        let third = strata(["push", "--root", "\(t.path)/b", "\(reg.host)/eco/two:1", "\(reg.host)/eco/three:1"])
         #expect(third.status == 0 && third.stderr.contains("mounted from eco/two"), "\(third.stderr)")
     }
 
@@ -324,7 +324,7 @@ struct RegistryTests {
         try "arm\n".write(toFile: "\(upper)/arm-only", atomically: true, encoding: .utf8)
         #expect(strata(["commit", "--root", a, "c", "localhost/eco/other:1"]).status == 0)
         func pushed(_ local: String, _ tag: String) -> String {
-            let r = strata(["push", "--root", a, "\(reg.host)/eco/multi:\(tag)", local])
+            let r = strata(["push", "--root", a, local, "\(reg.host)/eco/multi:\(tag)"])
             return r.stderr.split(separator: " ").last.map { $0.trimmingCharacters(in: .whitespacesAndNewlines) } ?? ""
         }
         let amd = pushed("localhost/eco/busybox:l3", "amd"), arm = pushed("localhost/eco/other:1", "arm")
@@ -375,7 +375,7 @@ struct RegistryTests {
         let upper = try containerUpper(a, "big")
         #expect(runProgram("/bin/dd", ["if=/dev/urandom", "of=\(upper)/big.bin", "bs=1M", "count=384", "status=none"]).status == 0)
         #expect(strata(["commit", "--root", a, "big", "localhost/eco/big:1"]).status == 0)
-        #expect(strata(["push", "--root", a, "\(reg.host)/eco/big:1", "localhost/eco/big:1"]).status == 0)
+        #expect(strata(["push", "--root", a, "localhost/eco/big:1", "\(reg.host)/eco/big:1"]).status == 0)
 
         let null = open("/dev/null", O_RDWR | O_CLOEXEC)
         defer { close(null) }

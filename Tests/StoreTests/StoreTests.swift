@@ -406,6 +406,78 @@ struct RunTests {
     }
 }
 
+/// The global options reach every subcommand: `strata --root DIR SUB ...`
+/// works on DIR, never on the default store (a decoy here, through
+/// STRATA_ROOT), with or without a command after the image.
+@Suite(.enabled(if: MountEnvironment.available), .serialized)
+struct GlobalOptionTests {
+    @Test func theGlobalRootReachesEverySubcommand() throws {
+        guard Spawn.which("runc") != nil else { Issue.record("runc missing: apt-get install runc"); return }
+        let t = TempDir()
+        let r = t.sub("store"), decoy = t.sub("decoy")
+        let img = "localhost/eco/busybox:l3"
+        func g(_ args: [String]) -> (status: Int32, stdout: String, stderr: String) {
+            runProgram(MountEnvironment.binary, ["--root", r] + args, env: ["STRATA_ROOT": decoy])
+        }
+        func ok(_ args: [String]) {
+            let x = g(args)
+            #expect(x.status == 0, "strata --root DIR \(args.joined(separator: " ")): \(x.stderr)")
+        }
+        ok(["image", "load", "-i", "\(StoreTests.fixtures)/busybox-l3.docker.tar"])
+        #expect(g(["image", "ls"]).stdout.contains("localhost/eco/busybox"))
+        ok(["image", "tag", img, "localhost/eco/again:1"])
+        ok(["image", "history", img])
+        let run = g(["run", img, "sh", "-c", "echo in-\"$0\"", "box"])
+        #expect(run.status == 0 && run.stdout == "in-box\n", "run with a command: \(run.stderr)")
+        let dashed = g(["run", "--rm", img, "--", "echo", "dashed"])
+        #expect(dashed.status == 0 && dashed.stdout == "dashed\n", "run with --: \(dashed.stderr)")
+        ok(["create", "--name", "c1", img])
+        #expect(g(["ls"]).stdout.contains("c1"))
+        let m = g(["mount", "c1"])
+        #expect(m.status == 0, "\(m.stderr)")
+        let merged = m.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(FileOps(merged).write("new", "x") == "ok")
+        ok(["umount", "c1"])
+        umount2(merged, Int32(MNT_DETACH))
+        #expect(g(["diff", "c1"]).stdout.contains("/new"))
+        ok(["commit", "c1", "localhost/eco/committed:1"])
+        ok(["inspect", "c1"])
+        ok(["export", "-o", "\(t.path)/c1.tar", "c1"])
+        ok(["image", "save", "-o", "\(t.path)/img.tar", img])
+        ok(["df"])
+        ok(["check"])
+        ok(["rm", "c1"])
+        ok(["image", "rm", "localhost/eco/again:1"])
+        ok(["system", "prune"])
+        // Nothing reached the decoy.
+        #expect(FileOps(decoy).ls("") == "", "the default store was used: \(FileOps(decoy).ls(""))")
+    }
+
+    /// An image whose config sets no PATH (podman import) runs a bare
+    /// command with docker's default PATH; --rm is taken, --rm with
+    /// --keep refused.
+    @Test func anImageWithoutAPathGetsTheDefaultOne() throws {
+        guard Spawn.which("runc") != nil, let podman = Spawn.which("podman") else { Issue.record("runc or podman missing"); return }
+        let t = TempDir()
+        let p = [podman, "--root", "\(t.path)/podman/root", "--runroot", "\(t.path)/podman/run", "--storage-driver", "vfs"]
+        func pod(_ a: [String]) -> (status: Int32, stdout: String, stderr: String) { runProgram(p[0], Array(p.dropFirst()) + a) }
+        #expect(pod(["load", "-i", "\(StoreTests.fixtures)/busybox-l3.docker.tar"]).status == 0)
+        let c = pod(["create", "localhost/eco/busybox:l3", "true"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(pod(["export", "-o", "\(t.path)/rootfs.tar", c]).status == 0)
+        #expect(pod(["import", "\(t.path)/rootfs.tar", "localhost/nopath:1"]).status == 0)
+        #expect(pod(["save", "-o", "\(t.path)/nopath.tar", "localhost/nopath:1"]).status == 0)
+        let r = t.sub("store")
+        #expect(runProgram(MountEnvironment.binary, ["image", "load", "--root", r, "-i", "\(t.path)/nopath.tar"]).status == 0)
+        let cfg = runProgram(MountEnvironment.binary, ["image", "inspect", "--root", r, "localhost/nopath:1"]).stdout
+        #expect(!cfg.contains("PATH="), "the imported image has a PATH after all")
+        let out = runProgram(MountEnvironment.binary, ["run", "--root", r, "--rm", "localhost/nopath:1", "sh", "-c", "echo $PATH"])
+        #expect(out.status == 0 && out.stdout == "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n", "\(out.stderr)")
+        let both = runProgram(MountEnvironment.binary, ["run", "--root", r, "--rm", "--keep", "localhost/nopath:1", "true"])
+        #expect(both.status != 0 && both.stderr.contains("--rm"), "\(both.stderr)")
+        #expect(runProgram(MountEnvironment.binary, ["ls", "--root", r]).stdout.split(separator: "\n").count == 1)
+    }
+}
+
 @Suite(.enabled(if: MountEnvironment.available), .serialized)
 struct CommitRoundTripTests {
     func run(_ args: [String]) -> (status: Int32, stdout: String, stderr: String) {

@@ -53,7 +53,7 @@ struct LazyBench: ParsableCommand {
         usleep(800_000)
         // Pushed straight to the registry; pulled through the proxy.
         _ = quiet(bin, [bin, "image", "load", "--root", "\(root)/src", "-i", archive])
-        guard quiet(bin, [bin, "push", "--root", "\(root)/src", "--compression", format, "127.0.0.1:\(port)/bench/lazy:1", "localhost/bench:1"]) == 0 else {
+        guard quiet(bin, [bin, "push", "--root", "\(root)/src", "--compression", format, "localhost/bench:1", "127.0.0.1:\(port)/bench/lazy:1"]) == 0 else {
             throw ValidationError("push to the registry failed")
         }
         let ref = "127.0.0.1:\(proxyPort)/bench/lazy:1"

@@ -42,7 +42,7 @@ struct PullBench: ParsableCommand {
         let pushed = gzip
             ? quiet(skopeo, [skopeo, "copy", "--dest-tls-verify=false", "--dest-compress", "--dest-compress-format", "gzip",
                              "docker-archive:\(archive)", "docker://\(ref)"])
-            : quiet(bin, [bin, "push", "--root", "\(root)/src", ref, "localhost/bench:1"])
+            : quiet(bin, [bin, "push", "--root", "\(root)/src", "localhost/bench:1", ref])
         guard pushed == 0 else { throw ValidationError("push to the registry failed") }
         var pull = Workload(name: "pull a 3-layer image (\(rootfs == nil ? "\(sizeMib) MiB synthetic" : "rootfs"), \(gzip ? "gzip" : "uncompressed") layers)", bytes: nil)
         for round in 0..<rounds {
