@@ -5,16 +5,17 @@ import SystemPackage
 import Glibc
 #endif
 
-/// A path inside a layer archive, checked: relative, no `..`, and resolved
-/// from the layer's directory descriptor one component at a time without
-/// following any symlink, so no entry can reach outside the layer.
+/// A path inside a layer archive, checked: no `..`, and resolved from the
+/// layer's directory descriptor one component at a time without following
+/// any symlink, so no entry can reach outside the layer. A leading `/` or
+/// `./` names the same path as none (as tar, Docker and containerd read
+/// them): `/etc/x` is the layer's `etc/x`, never the host's.
 struct LayerPath {
     let original: String
     let components: [String]
 
     init(_ raw: String) throws(ArchiveError) {
         original = raw
-        if raw.hasPrefix("/") { throw ArchiveError(raw, "absolute path in a layer archive") }
         var parts: [String] = []
         for c in raw.split(separator: "/", omittingEmptySubsequences: true) {
             if c == "." { continue }

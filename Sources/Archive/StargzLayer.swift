@@ -64,7 +64,7 @@ extension LayerApplier {
             try Self.describe(e, t)
         }
         var stats = try apply(entries: made, to: dest, markXattr: markXattr, mark: { e in
-            archive_entry_pathname(e).map { String(cString: $0) }
+            archive_entry_pathname(e).map { StargzTOC.layerPath(String(cString: $0)) }
         })
         // The TOC's own entry, with its bytes (the only file whose data is
         // here from the start).

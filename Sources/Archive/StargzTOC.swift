@@ -57,20 +57,27 @@ public struct StargzTOC: Codable, Sendable {
             self.mode = mode
         }
 
-        /// The name as a layer path: no leading `./`, no trailing `/`.
-        public var path: String {
-            var n = Substring(name)
-            while n.hasPrefix("./") { n = n.dropFirst(2) }
-            while n.hasPrefix("/") { n = n.dropFirst() }
-            while n.hasSuffix("/") { n = n.dropLast() }
-            return String(n)
-        }
+        /// The name as a layer path (see `StargzTOC.layerPath`).
+        public var path: String { StargzTOC.layerPath(name) }
 
         /// Seconds and nanoseconds of `modtime` (RFC 3339, UTC as written).
         public var mtime: (Int, Int) {
             guard let m = modtime, !m.isEmpty else { return (0, 0) }
             return StargzTOC.parseTime(m)
         }
+    }
+
+    /// A TOC or tar name as the layer path it means: tar and both TOC
+    /// formats treat `./bin/sh`, `/bin/sh` and `bin/sh` as one path
+    /// (`podman import`, `tar -C dir .` and many build tools write the
+    /// first), so every name is matched in this form, marks included.
+    public static func layerPath(_ name: String) -> String {
+        var n = Substring(name)
+        while true {
+            if n.hasPrefix("./") { n = n.dropFirst(2) } else if n.hasPrefix("/") { n = n.dropFirst() } else { break }
+        }
+        while n.hasSuffix("/") { n = n.dropLast() }
+        return n == "." ? "" : String(n)
     }
 
     /// One piece of a regular file's data: where its gzip member starts,

@@ -78,7 +78,10 @@ public final class LazyFetcher: @unchecked Sendable {
     /// about that order (the tar's), so one request serves many reads, and
     /// a lone read costs at most that much more. Two readers of one file wait for each other (a lock
     /// on the file); a mark goes only after the data is written and synced.
-    public func fill(fd: Int32, name: String, readahead: Int64 = 0) async throws {
+    public func fill(fd: Int32, name raw: String, readahead: Int64 = 0) async throws {
+        // Layers pulled before marks were written as layer paths carry the
+        // TOC's own spelling (`./bin/sh`).
+        let name = StargzTOC.layerPath(raw)
         let w = open("/proc/self/fd/\(fd)", O_WRONLY | O_CLOEXEC)
         if w < 0 { throw RegistryError.last("\(name): opening it to fill") }
         defer { close(w) }
