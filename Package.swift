@@ -65,7 +65,7 @@ let package = Package(
         ]),
         .target(name: "OverlayFS", dependencies: ["Overlay", "FUSE", "Sys", "Tables", "CStrata", .product(name: "SystemPackage", package: "swift-system")]),
         .target(name: "Registry", dependencies: [
-            "Store", "Sys",
+            "Store", "Archive", "Sys", "CStrata",
             .product(name: "SystemPackage", package: "swift-system"),
             .product(name: "AsyncHTTPClient", package: "async-http-client"),
             .product(name: "NIOCore", package: "swift-nio"),
@@ -74,6 +74,7 @@ let package = Package(
         ]),
         .executableTarget(name: "strata", dependencies: [
             "FUSE", "Loopback", "Overlay", "OverlayFS", "Store", "Registry", "Sys",
+            .product(name: "SystemPackage", package: "swift-system"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),

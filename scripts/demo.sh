@@ -4,6 +4,8 @@
 # listed to show what happened. Cleans up after itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Only the binary the demo runs (the tests and benchmarks build the rest).
+export STRATA_BUILD_FLAGS=${STRATA_BUILD_FLAGS:---product strata}
 source scripts/setup.sh
 STRATA=$PWD/.build/debug/strata
 work=$(mktemp -d /tmp/strata-demo.XXXXXX)

@@ -40,6 +40,7 @@ trap restore EXIT
 # One pass of the whole suite; fails on a failure, a skip, or a short run.
 run_pass() {
   local name=$1; shift
+  local started=$SECONDS
   echo "test: pass '$name'" >&2
   set +e
   env "$@" STRATA_REQUIRE_MOUNT=1 swift test ${pass_flags:-} 2>&1 | tee "$log"
@@ -56,6 +57,7 @@ run_pass() {
     echo "test: only ${ran:-0} tests ran in pass '$name'; expected the whole suite" >&2
     exit 1
   fi
+  echo "test: pass '$name' took $((SECONDS - started)) s" >&2
   [ "$status" = 0 ] || { echo "test: pass '$name' failed" >&2; exit "$status"; }
 }
 
