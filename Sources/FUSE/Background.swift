@@ -30,7 +30,7 @@ enum Background {
     /// Forks. The parent waits for the child's word and exits: 0 when the
     /// mount serves; otherwise it undoes the mount and exits with the
     /// child's status (the child has printed why). Returns in the child.
-    static func split(mountpoint: String, method: MountMethod, deviceFD: Int32) throws(SysError) -> Child {
+    static func split(mountpoint: String, method: MountMethod, deviceFD: Int32, readyNote: String? = nil) throws(SysError) -> Child {
         let threads = OSThread.count()
         guard threads == 1 else {
             throw SysError(.invalidArgument, "cannot go to the background with \(threads) threads running (use -f):", mountpoint)
@@ -57,7 +57,10 @@ enum Background {
         close(deviceFD)
         var b: UInt8 = 0
         let n = retryEINTR { read(p[0], &b, 1) }
-        if n == 1 { exit(0) }
+        if n == 1 {
+            if let readyNote { printError(readyNote) }
+            exit(0)
+        }
         let status = Spawn.wait(pid)
         // Not probed first: a stat of a mount whose daemon died could block.
         try? Mounter.unmount(mountpoint, method: method, lazy: true)

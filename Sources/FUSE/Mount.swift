@@ -13,6 +13,9 @@ public struct MountConfig: Sendable {
     public var fsname: String
     /// Shown as the type: `fuse.<subtype>`.
     public var subtype = "strata"
+    /// A line for the user once the mount serves (from the process that
+    /// returns to the shell), such as the io_uring hint.
+    public var readyNote: String?
     public var allowOther = false
     public var defaultPermissions = true
     public var readOnly = false

@@ -43,7 +43,7 @@ public enum Server {
         let (fd, method) = try Mounter.mount(mount)
         let child: Background.Child?
         do {
-            child = background ? try Background.split(mountpoint: mount.mountpoint, method: method, deviceFD: fd) : nil
+            child = background ? try Background.split(mountpoint: mount.mountpoint, method: method, deviceFD: fd, readyNote: mount.readyNote) : nil
         } catch {
             close(fd)
             try? Mounter.unmount(mount.mountpoint, method: method, lazy: true)

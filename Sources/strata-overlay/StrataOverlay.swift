@@ -1,3 +1,4 @@
+import FUSE
 import OverlayFS
 import Sys
 #if canImport(Glibc)
@@ -79,7 +80,12 @@ enum StrataOverlay {
         } catch {
             bad("\(error)")
         }
-        if debug { union.session.debug = true }
+        if debug {
+            union.session.debug = true
+            // Only with -d: containers/storage starts this program for every
+            // mount, and its standard error is podman's.
+            if let hint = UringSupport.offHint(union.session.uring) { printError("strata-overlay: \(hint)") }
+        }
         do throws(SysError) {
             try union.serve(foreground: foreground || debug)
         } catch {

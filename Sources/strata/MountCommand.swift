@@ -73,6 +73,8 @@ struct MountCommand: ParsableCommand {
         }
         // Layers pulled lazily fetch their files from the registry.
         union.config.lazyData = RegistryLazyData()
+        // Said once the mount serves, by the process that returns.
+        union.mount.readyNote = UringSupport.offHint(union.session.uring).map { "strata: \($0)" }
         do throws(SysError) {
             try union.serve(foreground: f)
         } catch {

@@ -56,6 +56,9 @@ struct StatsCommand: ParsableCommand {
         print("mount       \(mountpoint)")
         print("daemon      pid \(num(obj["pid"])), up \(num(obj["uptime_seconds"])) s, \(num(obj["rss_kib"]) / 1024) MiB resident, \(num(obj["open_descriptors"])) descriptors open")
         print("transport   \(obj["transport"] as? String ?? "?"), \(num(obj["threads"])) threads, protocol \(obj["protocol"] as? String ?? "?"), passthrough \((obj["passthrough"] as? Bool) == true ? "on" : "off")")
+        if (obj["transport"] as? String)?.hasPrefix("/dev/fuse") == true, let hint = UringSupport.offHint(.auto) {
+            print("note        \(hint)")
+        }
         if let fs = obj["filesystem"] as? [String: Any], !fs.isEmpty {
             print("union")
             for (k, v) in fs.sorted(by: { $0.key < $1.key }) { print("  \(k.padding(toLength: 32, withPad: " ", startingAt: 0)) \(num(v))") }
