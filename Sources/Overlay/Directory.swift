@@ -249,7 +249,11 @@ extension Overlay {
     func noteRemoved(_ f: Found, _ p: OverlayNode, _ pfd: Int32, _ name: FileName) {
         guard let n = table.find(nodeKey(f, p, name)) else { return }
         if n.removeName(p, name) {
-            if n.state.withLock({ $0.openFiles.all }) > 0 {
+            // Open files keep their inode; so does a directory, which the
+            // kernel still answers for through descriptors held on it
+            // (fstat, xattrs; O_PATH ones too, which open nothing here), as
+            // the kernel's overlayfs serves them from the removed real one.
+            if n.isDirectory || n.state.withLock({ $0.openFiles.all }) > 0 {
                 let o = openat(pfd, name.pointer, Linux.O_PATH | O_NOFOLLOW | O_CLOEXEC)
                 if o >= 0 { n.state.withLock { $0.orphan = OwnedFD(o) } }
             }

@@ -12,6 +12,7 @@ extension Overlay {
         if let o = n.state.withLock({ $0.unlinked ? $0.orphan : nil }) {
             try check(fstat(o.raw, &st))
             st.st_ino = ino_t(n.ino)
+            if n.isDirectory { mergedNlink(&st, n) }
             return st
         }
         let rc = try atTop(n) { (d: Int32, name: UnsafePointer<CChar>, _: Int) -> Int32 in

@@ -288,3 +288,41 @@ struct OverlaySemanticsTests {
                 "union \(union.f_blocks) blocks, upper \(upper.f_blocks), lower \(lower.f_blocks)")
     }
 }
+
+extension OverlaySemanticsTests {
+    /// A descriptor held on a directory that is then removed (O_RDONLY or
+    /// O_PATH; a directory of the upper layer, and one only below, which
+    /// leaves a whiteout): what the kernel still serves through it, Strata
+    /// serves too, and what it refuses, Strata refuses the same way.
+    @Test func aDescriptorHeldOnARemovedDirectoryKeepsServing() throws {
+        let pair = try UnionPair(build: Fixture.build)
+        defer { pair.unmount() }
+        func run(_ m: String) -> [String] {
+            let o = FileOps(m)
+            var out: [String] = []
+            _ = o.unlink("d3only/n")
+            _ = o.mkdir("fresh")
+            for dir in ["fresh", "d3only"] {
+                for (label, flags) in [("rdonly", O_RDONLY | O_DIRECTORY), ("path", Linux.O_PATH | O_DIRECTORY)] {
+                    if label == "path" { _ = o.mkdir(dir) }
+                    let fd = open("\(m)/\(dir)", flags | O_CLOEXEC)
+                    guard fd >= 0 else { out.append("\(dir) \(label): open \(FileOps.errnoName(errno))"); continue }
+                    defer { close(fd) }
+                    let removed = o.rmdir(dir)
+                    var st = stat()
+                    let f = fstat(fd, &st) == 0 ? "ok type=\(st.st_mode & Linux.S_IFMT == Linux.S_IFDIR ? "dir" : "?") nlink=\(st.st_nlink)"
+                        : FileOps.errnoName(errno)
+                    var buf = [UInt8](repeating: 0, count: 4096)
+                    let n = strata_getdents64(fd, &buf, buf.count)
+                    let g = n >= 0 ? "ok \(n > 0 ? "entries" : "empty")" : FileOps.errnoName(errno)
+                    let x = fsetxattr(fd, "user.held", "v", 1, 0) == 0 ? "ok" : FileOps.errnoName(errno)
+                    let gx = fgetxattr(fd, "user.held", &buf, buf.count) >= 0 ? "ok" : FileOps.errnoName(errno)
+                    out.append("\(dir) \(label): rmdir \(removed), fstat \(f), getdents \(g), fsetxattr \(x), fgetxattr \(gx)")
+                }
+            }
+            return out
+        }
+        let k = run(pair.kernelMount), s = run(pair.strataMount)
+        for (a, b) in zip(k, s) { #expect(a == b, "kernel: \(a)\nstrata: \(b)") }
+    }
+}
