@@ -117,8 +117,11 @@ extension Overlay {
         // remount agrees. Keeping the twin's number would make `tar` and
         // naive diffs archive the changed name as a link to the other one.
         let breaksLink = type != Linux.S_IFDIR && st.st_nlink > 1 && indexing == nil
-        // Otherwise record the origin's inode number so st_ino survives the copy-up.
+        // Otherwise record the origin's inode number so st_ino survives the
+        // copy-up, and the kernel's handle of it (see KernelMarks), which an
+        // indexed copy records on its index entry instead.
         let origin = String(n.ino)
+        let kernelOrigin = breaksLink || indexing != nil ? nil : originHandle(src, name, layer: n.snapshot.topLayer)
         let times = [st.st_atim, st.st_mtim]
         let ofd = copy.raw
         if copy.isOpen {
@@ -130,14 +133,18 @@ extension Overlay {
             if st.st_mode & 0o7777 != made { try check(fchmod(ofd, st.st_mode & 0o7777)) }
             try copyXattrs(from: src, name, to: ofd)
             if !breaksLink { _ = fsetxattr(ofd, originXattr, origin, origin.utf8.count, 0) }
+            if let fh = kernelOrigin { _ = fsetxattr(ofd, kernelOriginXattr, fh, fh.count, 0) }
             try check(futimens(ofd, times))
         } else {
             if fchownat(work, tmp, st.st_uid, st.st_gid, Linux.AT_SYMLINK_NOFOLLOW) != 0 && euid == 0 { throw currentErrno() }
             if type != Linux.S_IFLNK { try check(fchmodat(work, tmp, st.st_mode & 0o7777, 0)) }
             try copyXattrs(from: "/proc/self/fd/\(src)/\(String(cString: name))", to: "/proc/self/fd/\(work)/\(tmp)")
             if !breaksLink { _ = lsetxattr("/proc/self/fd/\(work)/\(tmp)", originXattr, origin, origin.utf8.count, 0) }
+            if let fh = kernelOrigin { _ = strata_lsetxattr_at(work, tmp, kernelOriginXattr, fh, fh.count, 0) }
             try check(utimensat(work, tmp, times, Linux.AT_SYMLINK_NOFOLLOW))
         }
+        // As the kernel: the directory now holds an entry with an origin.
+        if kernelOrigin != nil || indexing != nil { markImpure(dst) }
         if let fh = indexing, let index {
             try placeInIndex(index, fh, st, tmp: tmp, anon: anon, ofd: ofd, work: work, dst: dst, name: name)
             n.state.withLock { $0.indexName = Self.indexName(fh) }

@@ -38,6 +38,9 @@ public final class Overlay: @unchecked Sendable {
     let whiteoutXattr: String
     let redirectXattr: String
     let metacopyXattr: String
+    /// Per layer, its filesystem's UUID, for the handles of `overlay.origin`
+    /// (empty for a read-only mount, which copies nothing up).
+    let lowerUUIDs: [[UInt8]]
     /// Per layer, the pull state of a partly pulled one (nil: all here),
     /// with the xattr that marks its files.
     let lazyStates: [LazyLayer?]
@@ -179,6 +182,7 @@ public final class Overlay: @unchecked Sendable {
                 + "mount it with 'strata mount CONTAINER --driver fuse', or complete it first with 'strata pull IMAGE'")
         }
         deviceWhiteouts = euid == 0 && !config.userXattr
+        lowerUUIDs = config.upper == nil ? [] : ls.map { $0.writable ? [] : Self.fsUUID($0.root.raw) }
 
         // The root: merged across every layer (an opaque root is not a thing).
         var st = stat()
@@ -195,6 +199,7 @@ public final class Overlay: @unchecked Sendable {
         readAhead?.overlay = self
         try checkVolatile(workdir: config.work ?? "")
         try cleanWork()
+        if let u = upper { markUpperUUID(u) }
         if config.volatile, let w = work {
             // As the kernel does: an upper that a volatile mount wrote is
             // marked until someone decides it is intact.

@@ -195,3 +195,42 @@ extension KernelDifferentialTests {
         compare(pair, [("the names remounted", same), ("link counts remounted", nlinks), ("tar content remounted", tarContent)])
     }
 }
+
+extension KernelDifferentialTests {
+    /// After copy-ups without index=on, Strata's upper carries the marks
+    /// the kernel's does: `overlay.origin` on each copied-up object (not on
+    /// a new one, nor on one name of a broken hard link), `overlay.impure`
+    /// on the directories holding them, `overlay.uuid` on the upper root.
+    /// The kernel, mounting Strata's layers, then reports the st_ino Strata
+    /// reported: a layer moves between the two without changing it.
+    @Test func theUpperCarriesTheKernelsMarks() throws {
+        let pair = try UnionPair(build: Fixture.build)
+        defer { pair.unmount() }
+        compare(pair, [
+            ("copy up a file", { $0.write("a/f1", "+", flags: O_WRONLY | O_APPEND) }),
+            ("copy up a directory", { $0.chmod("a/sub", 0o750) }),
+            ("copy up a symlink", { $0.lchown("a/s", 7, 7) }),
+            ("break a hard link", { $0.write("a/h1", "x", flags: O_WRONLY | O_TRUNC) }),
+            ("a new file", { $0.write("a/new", "n") }),
+            ("a new directory", { $0.mkdir("fresh") }),
+        ])
+        let paths = ["", "a", "a/f1", "a/sub", "a/s", "a/h1", "a/new", "fresh"]
+        func marks(_ upper: String) -> [String] {
+            paths.map { p in
+                let names = ["origin", "impure", "uuid"].filter { x in
+                    lgetxattr(p.isEmpty ? upper : "\(upper)/\(p)", "trusted.overlay.\(x)", nil, 0) >= 0
+                }
+                return "\(p.isEmpty ? "/" : p): \(names.joined(separator: ","))"
+            }
+        }
+        let k = marks(pair.kernelUpper), s = marks(pair.strataUpper)
+        for (a, b) in zip(k, s) { #expect(a == b, "kernel \(a), strata \(b)") }
+        // What Strata showed, then what the kernel shows over Strata's layers.
+        let inos = ["a/f1", "a/sub", "a/s", "a/h1", "a/new"]
+        let shown = inos.map { FileOps(pair.strataMount).stat($0)?.st_ino ?? 0 }
+        try pair.remountCrossed()
+        let kernelSees = inos.map { FileOps(pair.kernelMount).stat($0)?.st_ino ?? 0 }
+        #expect(shown == kernelSees, "st_ino \(inos): strata \(shown), the kernel over strata's layers \(kernelSees)")
+        try pair.remount()
+    }
+}
