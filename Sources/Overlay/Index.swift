@@ -330,7 +330,10 @@ extension Overlay {
         guard index != nil, !f.inUpper, f.indexName == nil, f.lowerNlink > 1 else { return f }
         let (n, _) = try lookup(p, name)
         defer { forget(n.id, count: 1) }
-        try copyUp(n)
+        // Only the count changes: with metacopy=on the kernel indexes the
+        // metadata alone (its ovl_nlink_start), and so do we: removing one
+        // name of a large lower hard link copies no data.
+        try copyUp(n, metadataOnly: config.metacopy)
         return try resolve(p, name)
     }
 

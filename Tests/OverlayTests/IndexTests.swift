@@ -188,3 +188,36 @@ extension KernelDifferentialTests {
         #expect(FileOps("\(t.path)/km").read("a") == "linked\nmore\n")
     }
 }
+
+extension KernelDifferentialTests {
+    /// index=on with metacopy=on: removing one name of a lower hard link
+    /// (`rm -rf` of its directory) indexes its metadata alone, as the
+    /// kernel does: an index entry marked `overlay.metacopy` holding no
+    /// data, the other names still reading the data from below, before and
+    /// after a remount.
+    @Test func removingOneNameOfALowerHardLinkIndexesItsMetadataOnly() throws {
+        let pair = try UnionPair(metacopy: true, index: true, build: Self.indexBuild)
+        defer { pair.unmount() }
+        compare(pair, [
+            ("rm -rf one name's directory", { o in
+                runProgram("/bin/rm", ["-rf", "\(o.root)/hl"]).status == 0 ? "ok" : "failed" }),
+            ("the other name", { $0.read("other/c") }),
+            ("its link count", { "\($0.stat("other/c")?.st_nlink ?? 0)" }),
+        ])
+        func indexEntries(_ upper: String) -> String {
+            let dir = "\(upper)/../w/index"
+            let names = ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).filter { !$0.hasPrefix("#") }.sorted()
+            return names.map { n -> String in
+                var st = stat()
+                lstat("\(dir)/\(n)", &st)
+                let meta = lgetxattr("\(dir)/\(n)", "trusted.overlay.metacopy", nil, 0) >= 0
+                // A metadata-only entry is a hole of the data's size: no data blocks.
+                return "\(st.st_size) bytes, \(meta ? "metadata only" : "data"), \(st.st_blocks <= 8 ? "no data blocks" : "\(st.st_blocks) blocks")"
+            }.joined(separator: "; ")
+        }
+        #expect(indexEntries(pair.kernelUpper) == indexEntries(pair.strataUpper),
+                "kernel: \(indexEntries(pair.kernelUpper)); strata: \(indexEntries(pair.strataUpper))")
+        try pair.remount()
+        compare(pair, [("the other name remounted", { $0.read("other/c") }), ("remounted count", { "\($0.stat("other/c")?.st_nlink ?? 0)" })])
+    }
+}
