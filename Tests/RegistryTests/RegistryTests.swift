@@ -276,7 +276,7 @@ struct RegistryTests {
             runProgram("/bin/sh", ["-c", "printf t0ken | \(MountEnvironment.binary) \(args) --username strata --password-stdin"],
                        env: ["HOME": t.sub("home")])
         }
-        let push = withPassword("push --root \(t.path)/a \(reg.host)/eco/tok:1 localhost/eco/busybox:l3")
+        let push = withPassword("push --root \(t.path)/a localhost/eco/busybox:l3 \(reg.host)/eco/tok:1")
         #expect(push.status == 0, "\(push.stderr)")
         let pull = withPassword("pull --root \(t.path)/b \(reg.host)/eco/tok:1")
         #expect(pull.status == 0, "\(pull.stderr)")
