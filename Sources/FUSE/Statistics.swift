@@ -34,9 +34,15 @@ public struct Statistics: Sendable {
     public func json() -> String {
         func q(_ s: String) -> String {
             var out = "\""
-            for c in s {
-                if c == "\\" || c == "\"" { out.append("\\") }
-                out.append(c)
+            for u in s.unicodeScalars {
+                switch u {
+                case "\\", "\"": out.append("\\"); out.unicodeScalars.append(u)
+                case _ where u.value < 0x20:
+                    // Control characters as \u00XX: JSON allows none raw.
+                    let hex = String(u.value, radix: 16)
+                    out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+                default: out.unicodeScalars.append(u)
+                }
             }
             return out + "\""
         }

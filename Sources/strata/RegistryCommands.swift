@@ -11,13 +11,13 @@ import Glibc
 /// thread waits, the work runs on the concurrency pool.
 func runBlocking(_ body: @escaping @Sendable () async throws -> Void) throws {
     let done = DispatchSemaphore(value: 0)
-    let result = Locked<String?>(nil)
+    let result = Locked<(any Error)?>(nil)
     Task {
-        do { try await body() } catch { result.withLock { $0 = "\(error)" } }
+        do { try await body() } catch { result.withLock { $0 = error } }
         done.signal()
     }
     done.wait()
-    if let e = result.withLock({ $0 }) { throw fail(e) }
+    if let e = result.withLock({ $0 }) { throw e is ExitCode ? e : fail(e) }
 }
 
 struct RegistryFlags: ParsableArguments {
@@ -40,7 +40,7 @@ struct RegistryFlags: ParsableArguments {
         o.insecure = insecure
         o.certDir = certDir
         o.readTimeout = timeout
-        do { return try RegistryClient(host: ref.apiHost, options: o, credentials: creds) } catch { throw fail("\(error)") }
+        do { return try RegistryClient(host: ref.apiHost, options: o, credentials: creds) } catch { throw fail(error) }
     }
 }
 
@@ -56,7 +56,7 @@ struct PullCommand: ParsableCommand {
 
     func run() throws {
         let ref: Reference
-        do { ref = try Reference(reference) } catch { throw fail("\(error)") }
+        do { ref = try Reference(reference) } catch { throw fail(error) }
         let client = try registry.client(for: ref)
         var puller = Puller(store: try store.open(), client: client)
         puller.platform = platform
@@ -93,7 +93,7 @@ struct PushCommand: ParsableCommand {
     func run() throws {
         let reference = destination ?? local
         let ref: Reference
-        do { ref = try Reference(reference) } catch { throw fail("\(error)") }
+        do { ref = try Reference(reference) } catch { throw fail(error) }
         let client = try registry.client(for: ref)
         var pusher = Pusher(store: try store.open(), client: client)
         pusher.progress = { printError("strata: \($0)") }

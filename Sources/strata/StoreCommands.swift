@@ -21,7 +21,7 @@ struct StoreOptions: ParsableArguments {
 }
 
 func storeCall<T>(_ body: () throws(StoreError) -> T) throws -> T {
-    do { return try body() } catch { throw fail("\(error)") }
+    do { return try body() } catch { throw fail(error) }
 }
 
 struct ImageCommand: ParsableCommand {
@@ -246,7 +246,7 @@ func completeLazyLayers(_ s: Store, _ image: String, before what: String) throws
     guard !lazy.isEmpty else { return }
     printError("strata: \(image) is partly pulled (pull --lazy): completing its \(lazy.count) layer\(lazy.count == 1 ? "" : "s") from the registry before \(what)")
     let done = DispatchSemaphore(value: 0)
-    let failure = Locked<String?>(nil)
+    let failure = Locked<(any Error)?>(nil)
     Task {
         for id in lazy {
             do {
@@ -254,7 +254,7 @@ func completeLazyLayers(_ s: Store, _ image: String, before what: String) throws
                 do { try await f.completeLayer(progress: { printError("strata: \($0)") }) } catch { await f.shutdown(); throw error }
                 await f.shutdown()
             } catch {
-                failure.withLock { $0 = "\(error)" }
+                failure.withLock { $0 = error }
                 break
             }
         }
@@ -262,7 +262,8 @@ func completeLazyLayers(_ s: Store, _ image: String, before what: String) throws
     }
     done.wait()
     if let why = failure.withLock({ $0 }) {
-        throw fail("\(image) is partly pulled and its layers could not be completed (\(why)); run 'strata pull \(image)' once the registry is reachable, then \(what.replacingOccurrences(of: " it", with: "")) again")
+        throw fail("\(image) is partly pulled and its layers could not be completed (\(why)); run 'strata pull \(image)' once the registry is reachable, then \(what.replacingOccurrences(of: " it", with: "")) again",
+                   code: Exit.code(why))
     }
 }
 

@@ -74,7 +74,7 @@ enum Entry {
             } else {
                 guard Store.Driver(rawValue: value) != nil else {
                     printError("strata: --storage-driver takes overlay (the kernel's overlayfs) or fuse (Strata's own union), got '\(value)'")
-                    exit(125)
+                    exit(Exit.globalOption)
                 }
                 setenv("STRATA_STORAGE_DRIVER", value, 1)
             }

@@ -20,3 +20,17 @@ import TestSupport
         #expect(UringSupport.offHint(.auto, switchPath: "\(t.path)/missing") == nil)
     }
 }
+
+/// The statistics a daemon answers `strata stats` with are JSON whatever
+/// the names in them hold (quotes, backslashes, control characters).
+@Suite struct StatisticsJSONTests {
+    @Test func namesWithQuotesAndControlCharactersStayValidJSON() throws {
+        let odd = "a \"quoted\" \\ name\nwith\ta tab"
+        let s = Statistics(transport: "/dev/fuse", threads: 2, protocol: "7.41", passthrough: true, uptime: .seconds(3),
+                           requests: [.init(name: odd, count: 1, meanMicroseconds: 2.5, p99Microseconds: 4)],
+                           bytesRead: 0, bytesWritten: 0, ringRequests: 0, filesystem: [(odd, 7)])
+        let obj = try #require(try JSONSerialization.jsonObject(with: Data(s.json().utf8)) as? [String: Any])
+        #expect((obj["filesystem"] as? [String: Int])?[odd] == 7)
+        #expect((obj["requests"] as? [String: Any])?[odd] != nil)
+    }
+}
