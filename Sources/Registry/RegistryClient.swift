@@ -55,6 +55,12 @@ public final class RegistryClient: @unchecked Sendable {
         // drops Authorization when the origin changes, so the registry's
         // credentials never reach another host.
         config.decompression = .disabled
+        // A refused connection is an answer: said at once, as docker and
+        // podman say it, instead of retried until the connect timeout
+        // (10 s per scheme tried). A registry that goes away during a pull
+        // is resumed by the next pull, and a lazy read gets EIO and tries
+        // again at the next read.
+        config.connectionPool.retryConnectionEstablishment = false
         http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: config)
         self.credentials = credentials ?? Self.dockerConfigCredentials(host)
     }

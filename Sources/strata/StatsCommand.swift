@@ -49,27 +49,53 @@ struct StatsCommand: ParsableCommand {
             data.append(contentsOf: buf[0..<n])
         }
         if json { print(String(decoding: data, as: UTF8.self), terminator: ""); return }
-        guard let obj = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
+        // (No key strategy: it would rename the opcode and figure names too.)
+        guard let r = try? JSONDecoder().decode(StatsReport.self, from: data) else {
             throw fail("the daemon of \(mountpoint) answered something that is not its statistics")
         }
-        func num(_ v: Any?) -> Int { (v as? NSNumber)?.intValue ?? 0 }
         print("mount       \(mountpoint)")
-        print("daemon      pid \(num(obj["pid"])), up \(num(obj["uptime_seconds"])) s, \(num(obj["rss_kib"]) / 1024) MiB resident, \(num(obj["open_descriptors"])) descriptors open")
-        print("transport   \(obj["transport"] as? String ?? "?"), \(num(obj["threads"])) threads, protocol \(obj["protocol"] as? String ?? "?"), passthrough \((obj["passthrough"] as? Bool) == true ? "on" : "off")")
-        if (obj["transport"] as? String)?.hasPrefix("/dev/fuse") == true, let hint = UringSupport.offHint(.auto) {
+        print("daemon      pid \(r.pid), up \(r.uptimeSeconds) s, \(r.rssKib / 1024) MiB resident, \(r.openDescriptors) descriptors open")
+        print("transport   \(r.transport), \(r.threads) threads, protocol \(r.protocol), passthrough \(r.passthrough ? "on" : "off")")
+        if r.transport.hasPrefix("/dev/fuse"), let hint = UringSupport.offHint(.auto) {
             print("note        \(hint)")
         }
-        if let fs = obj["filesystem"] as? [String: Any], !fs.isEmpty {
+        if !r.filesystem.isEmpty {
             print("union")
-            for (k, v) in fs.sorted(by: { $0.key < $1.key }) { print("  \(k.padding(toLength: 32, withPad: " ", startingAt: 0)) \(num(v))") }
+            for (k, v) in r.filesystem.sorted(by: { $0.key < $1.key }) { print("  \(k.padding(toLength: 32, withPad: " ", startingAt: 0)) \(v)") }
         }
-        print("data        \(num(obj["bytes_read"])) bytes read and \(num(obj["bytes_written"])) written by the daemon (passthrough not counted)")
-        if let r = obj["requests"] as? [String: [String: Any]] {
-            print("requests                           count    mean µs   p99 µs (at most)")
-            for (k, v) in r.sorted(by: { num($0.value["count"]) > num($1.value["count"]) }) {
-                let mean = (v["mean_us"] as? NSNumber)?.doubleValue ?? 0
-                print("  \(k.padding(toLength: 28, withPad: " ", startingAt: 0)) \(String(format: "%9d %10.1f %8d", num(v["count"]), mean, num(v["p99_us"])))")
-            }
+        print("data        \(r.bytesRead) bytes read and \(r.bytesWritten) written by the daemon (passthrough not counted)")
+        print("requests                           count    mean µs   p99 µs (at most)")
+        for (k, v) in r.requests.sorted(by: { $0.value.count > $1.value.count }) {
+            print("  \(k.padding(toLength: 28, withPad: " ", startingAt: 0)) \(String(format: "%9d %10.1f %8d", v.count, v.meanUs, v.p99Us))")
         }
+    }
+}
+
+/// What a daemon answers `strata stats` with (FUSE's `Statistics.json`,
+/// written without Foundation in the daemon), read back typed.
+struct StatsReport: Decodable {
+    struct Requests: Decodable {
+        var count: Int
+        var meanUs: Double
+        var p99Us: Int
+        enum CodingKeys: String, CodingKey { case count, meanUs = "mean_us", p99Us = "p99_us" }
+    }
+    var pid: Int
+    var transport: String
+    var threads: Int
+    var `protocol`: String
+    var passthrough: Bool
+    var uptimeSeconds: Int
+    var rssKib: Int
+    var openDescriptors: Int
+    var bytesRead: Int
+    var bytesWritten: Int
+    var ringRequests: Int
+    var requests: [String: Requests]
+    var filesystem: [String: Int]
+    enum CodingKeys: String, CodingKey {
+        case pid, transport, threads, `protocol`, passthrough, requests, filesystem
+        case uptimeSeconds = "uptime_seconds", rssKib = "rss_kib", openDescriptors = "open_descriptors"
+        case bytesRead = "bytes_read", bytesWritten = "bytes_written", ringRequests = "ring_requests"
     }
 }
