@@ -88,15 +88,13 @@ public struct Pusher: Sendable {
         // ID, and so the image its own config.
         var config = img.config, configDigest = img.id
         if newDiffIDs != diffIDs {
-            guard var obj = (try? JSONSerialization.jsonObject(with: img.config)) as? [String: Any],
-                  var rootfs = obj["rootfs"] as? [String: Any] else {
-                throw RegistryError(.store(.corrupt), "the config of \(local) has no rootfs")
+            // The config's own type keeps every field it does not know.
+            var typed: OCI.ImageConfig
+            do { typed = try OCI.decode(OCI.ImageConfig.self, img.config, "the config of \(local)") } catch {
+                throw RegistryError(.store(error.kind), error.message)
             }
-            rootfs["diff_ids"] = newDiffIDs
-            obj["rootfs"] = rootfs
-            do { config = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys, .withoutEscapingSlashes]) } catch {
-                throw RegistryError(.store(.corrupt), "the config of \(local): \(error)")
-            }
+            typed.rootfs.diff_ids = newDiffIDs
+            config = OCI.encode(typed)
             configDigest = Digest.of(config)
         }
         try await upload(ref, digest: configDigest, data: config)

@@ -82,36 +82,40 @@ struct RunCommand: ParsableCommand {
         let bundle = "\(s.root)/tmp/bundle-\(c.id)"
         defer { removeTree(path: bundle) }
         try FileManager.default.createDirectory(atPath: bundle, withIntermediateDirectories: true)
+        // runc's default spec, changed where docker's run changes it; every
+        // field we do not touch is kept as runc wrote it.
         guard try Spawn.run(runtime, [runtime, "spec", "--bundle", bundle]) == 0,
               let raw = FileManager.default.contents(atPath: "\(bundle)/config.json"),
-              var spec = try JSONSerialization.jsonObject(with: raw) as? [String: Any],
-              var process = spec["process"] as? [String: Any] else {
+              case .object(var spec)? = try? JSONDecoder().decode(JSONValue.self, from: raw),
+              case .object(var process)? = spec["process"] else {
             throw fail("\(runtime) spec did not give a usable config.json")
         }
-        process["args"] = args
-        process["terminal"] = tty
-        process["cwd"] = workdir ?? imageConfig?.WorkingDir.flatMap { $0.isEmpty ? nil : $0 } ?? "/"
-        process["env"] = Self.environment(image: imageConfig?.Env ?? [], given: env)
+        func strings(_ a: [String]) -> JSONValue { .array(a.map { .string($0) }) }
+        process["args"] = strings(args)
+        process["terminal"] = .bool(tty)
+        process["cwd"] = .string(workdir ?? imageConfig?.WorkingDir.flatMap { $0.isEmpty ? nil : $0 } ?? "/")
+        process["env"] = strings(Self.environment(image: imageConfig?.Env ?? [], given: env))
         let who = user ?? imageConfig?.User.flatMap { $0.isEmpty ? nil : $0 }
         if let who {
             let (uid, gid) = try Self.resolveUser(who, root: merged)
-            process["user"] = ["uid": uid, "gid": gid]
+            process["user"] = .object(["uid": .integer(Int64(uid)), "gid": .integer(Int64(gid))])
         }
-        spec["process"] = process
-        spec["root"] = ["path": merged, "readonly": false]
-        spec["hostname"] = c.name
-        var mounts = spec["mounts"] as? [[String: Any]] ?? []
+        spec["process"] = .object(process)
+        spec["root"] = .object(["path": .string(merged), "readonly": .bool(false)])
+        spec["hostname"] = .string(c.name)
+        var mounts: [JSONValue] = []
+        if case .array(let a)? = spec["mounts"] { mounts = a }
         for v in volume {
             let p = v.split(separator: ":").map(String.init)
-            mounts.append(["destination": p[1], "type": "bind", "source": p[0],
-                           "options": ["rbind", p.count == 3 && p[2] == "ro" ? "ro" : "rw"]])
+            mounts.append(.object(["destination": .string(p[1]), "type": .string("bind"), "source": .string(p[0]),
+                                   "options": strings(["rbind", p.count == 3 && p[2] == "ro" ? "ro" : "rw"])]))
         }
-        spec["mounts"] = mounts
-        if network == "host", var linux = spec["linux"] as? [String: Any], let ns = linux["namespaces"] as? [[String: Any]] {
-            linux["namespaces"] = ns.filter { $0["type"] as? String != "network" }
-            spec["linux"] = linux
+        spec["mounts"] = .array(mounts)
+        if network == "host", case .object(var linux)? = spec["linux"], case .array(let ns)? = linux["namespaces"] {
+            linux["namespaces"] = .array(ns.filter { if case .object(let o) = $0 { return o["type"] != .string("network") }; return true })
+            spec["linux"] = .object(linux)
         }
-        try JSONSerialization.data(withJSONObject: spec).write(to: URL(fileURLWithPath: "\(bundle)/config.json"))
+        try JSONEncoder().encode(JSONValue.object(spec)).write(to: URL(fileURLWithPath: "\(bundle)/config.json"))
         status = try Spawn.run(runtime, [runtime, "run", "--bundle", bundle, "strata-\(c.id.prefix(16))"])
         if keep { print("kept container \(c.name)") }
         if status != 0 { throw ExitCode(status) }
