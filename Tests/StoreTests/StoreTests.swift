@@ -453,6 +453,26 @@ struct GlobalOptionTests {
         #expect(FileOps(decoy).ls("") == "", "the default store was used: \(FileOps(decoy).ls(""))")
     }
 
+    /// Each kind of failure ends in its own exit code (the README's table),
+    /// with one line naming the problem.
+    @Test func failuresEndInTheExitCodeOfTheirKind() throws {
+        let t = TempDir()
+        let r = t.sub("store")
+        func code(_ args: [String]) -> Int32 {
+            let x = runProgram(MountEnvironment.binary, args)
+            #expect(x.stderr.split(separator: "\n").count == 1, "\(args): \(x.stderr)")
+            return x.status
+        }
+        #expect(runProgram(MountEnvironment.binary, ["image", "load", "--root", r, "-i", "\(StoreTests.fixtures)/busybox-l3.docker.tar"]).status == 0)
+        #expect(code(["image", "inspect", "--root", r, "localhost/no/such:1"]) == 3)
+        #expect(runProgram(MountEnvironment.binary, ["create", "--root", r, "--name", "c1", "localhost/eco/busybox:l3"]).status == 0)
+        #expect(code(["create", "--root", r, "--name", "c1", "localhost/eco/busybox:l3"]) == 4)
+        #expect(code(["image", "load", "--root", r, "-i", "/etc/hostname"]) == 5)
+        #expect(code(["pull", "--root", r, "127.0.0.1:1/eco/nothing:1"]) == 7)
+        #expect(code(["--storage-driver", "vfs", "image", "ls"]) == 125)
+        #expect(runProgram(MountEnvironment.binary, ["create", "--root", r]).status == 64)
+    }
+
     /// An image whose config sets no PATH (podman import) runs a bare
     /// command with docker's default PATH; --rm is taken, --rm with
     /// --keep refused.
