@@ -243,13 +243,18 @@ extension Overlay {
         if f.inUpper {
             guard f.stat.st_nlink > 1 else { return }
             let upperNlink = UInt64(f.stat.st_nlink)
-            let r = try withDirFD(p, 0) { (pfd: Int32) -> (hex: [UInt8], nlink: UInt64?)? in
-                guard Self.readNlink(pfd, name.pointer, nlinkXattr) != nil,
+            let r = try withDirFD(p, 0) { (pfd: Int32) -> (hex: [UInt8], nlink: UInt64?, lower: UInt64)? in
+                guard let relative = Self.readNlink(pfd, name.pointer, nlinkXattr),
                       let fh = readXattr(pfd, name.pointer, kernelOriginXattr) else { return nil }
-                return (Self.indexName(fh), unionNlink(pfd, name.pointer, upperNlink: upperNlink) { lowerNlink(p, name) })
+                // A count relative to the lower file's (left so by a link-up
+                // killed half way) needs that count at every getattr too.
+                var lower: UInt64 = 0
+                if case .lower = relative { lower = lowerNlink(p, name) ?? 0 }
+                return (Self.indexName(fh), unionNlink(pfd, name.pointer, upperNlink: upperNlink) { lower > 0 ? lower : nil }, lower)
             }
             guard let r else { return }
             f.indexName = r.hex
+            f.lowerNlink = r.lower
             if let n = r.nlink { f.stat.st_nlink = nlink_t(n) }
             return
         }

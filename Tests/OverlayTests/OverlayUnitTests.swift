@@ -123,3 +123,37 @@ import Glibc
         #expect(OverlayConfig.splitLowerdir("a\\:b:c") == ["a:b", "c"])
     }
 }
+
+extension OverlayUnitTests {
+    /// index=on: a name linked up to an indexed inode and killed before its
+    /// count was made relative to the upper again ("L+0" left on the entry)
+    /// reports the union's count at every getattr, not the real one.
+    @Test func aLinkUpKilledHalfWayKeepsTheUnionsCount() throws {
+        let t = TempDir()
+        let base = t.sub("base")
+        for i in 1...3 { mkdir("\(base)/l\(i)", 0o755) }
+        Fixture.build(base)
+        var c = OverlayConfig()
+        c.lowers = (1...3).map { "\(base)/l\($0)" }
+        c.upper = t.sub("u")
+        c.work = t.sub("w")
+        c.index = true
+        do {
+            let o = try Overlay(c)
+            var change = Overlay.AttrChange()
+            change.mode = 0o600
+            _ = try o.setattr(try child(o, try child(o, o.root, "a"), "h1"), change)     // into the index
+        }
+        let entries = try FileManager.default.contentsOfDirectory(atPath: "\(t.path)/w/index").filter { !$0.hasPrefix("#") }
+        let entry = try #require(entries.count == 1 ? "\(t.path)/w/index/\(entries[0])" : nil, "index: \(entries)")
+        // ovl_link_up's state between its link and its last count.
+        #expect(lsetxattr(entry, "trusted.overlay.nlink", "L+0", 3, 0) == 0)
+        #expect(link(entry, "\(t.path)/u/a/h2") == 0)
+        let o = try Overlay(c)
+        let a = try child(o, o.root, "a")
+        for name in ["h1", "h2"] {
+            let n = try child(o, a, name)
+            #expect(try o.getattr(n).st_nlink == 2, "\(name)")
+        }
+    }
+}
