@@ -14,7 +14,7 @@ public enum UringSupport {
     public static func offHint(_ mode: SessionOptions.UringMode, switchPath: String = switchPath) -> String? {
         guard mode == .auto, let v = readSmallFile(switchPath), !(v.hasPrefix("Y") || v.hasPrefix("1")) else { return nil }
         return "FUSE over io_uring is in this kernel but switched off, so this mount serves on /dev/fuse; "
-            + "with it on, a podman build took 31% less time and a fresh-mount walk 27% less here (docs/BENCHMARKS.md). "
+            + "with it on, podman and buildah builds took 26 to 32% less time and a fresh-mount walk 27% less here (docs/BENCHMARKS.md). "
             + "An administrator turns it on with: echo Y > \(Self.switchPath) (or 'options fuse enable_uring=1' in /etc/modprobe.d)"
     }
 
