@@ -179,7 +179,7 @@ extension Overlay {
         table.rekey(n, from: old, to: new)
         if breaksLink {
             n.inoValue.store(inoFor(UInt64(ust.st_ino), layer: 0), ordering: .relaxed)
-            identityChanged(n)
+            attributesChanged(n)
         }
     }
 

@@ -49,10 +49,10 @@ public final class Overlay: @unchecked Sendable {
     /// outside a request that answers with them (a lower hard link broken
     /// by copy-up, set-id bits dropped at an open): the FUSE bridge drops
     /// them. Rare, so a lock is cheap enough.
-    public let identityObserver = Mutex<(@Sendable (UInt64) -> Void)?>(nil)
+    public let attributesObserver = Mutex<(@Sendable (UInt64) -> Void)?>(nil)
 
-    public func identityChanged(_ n: OverlayNode) {
-        if let observe = identityObserver.withLock({ $0 }) { observe(n.id) }
+    public func attributesChanged(_ n: OverlayNode) {
+        if let observe = attributesObserver.withLock({ $0 }) { observe(n.id) }
     }
 
     /// Files of partly pulled layers filled since the mount.

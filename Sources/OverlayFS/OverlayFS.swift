@@ -34,7 +34,7 @@ public final class OverlayFS: FDBackedFileSystem, @unchecked Sendable {
         passthroughMode.store(connection.passthrough, ordering: .relaxed)
         // Attributes only (a negative offset): the data is the same.
         let notifier = connection.notifier
-        overlay.identityObserver.withLock { $0 = { id in _ = notifier.invalidateInode(id, offset: -1) } }
+        overlay.attributesObserver.withLock { $0 = { id in _ = notifier.invalidateInode(id, offset: -1) } }
         overlay.started()
     }
 
@@ -207,8 +207,13 @@ public final class OverlayFS: FDBackedFileSystem, @unchecked Sendable {
         if dropSetID {
             var change = Overlay.AttrChange()
             change.killSUIDGID = true
-            _ = try overlay.setattr(n, change, fd: f.fd)
-            overlay.identityChanged(n)
+            do throws(Errno) {
+                _ = try overlay.setattr(n, change, fd: f.fd)
+            } catch {
+                overlay.released(f)      // the open is refused whole
+                throw error
+            }
+            overlay.attributesChanged(n)
         }
         return reply(f, keepCache: keep)
     }
