@@ -52,6 +52,7 @@ struct MountCommand: ParsableCommand {
 
     @Option(help: "For a container: the store's root directory.")
     var root: String?
+    @ParentCommand var strata: Strata
 
     @Option(help: "For a container of an image pulled with --lazy: background (complete its layers while mounted, the default) or on-read (fetch only the files read).")
     var lazyFetch: LazyFetchMode = .background
@@ -62,7 +63,7 @@ struct MountCommand: ParsableCommand {
     func run() throws {
         // Without -o the argument names a container of the store.
         if o.isEmpty {
-            try mountContainer(mountpoint, driver: driver, root: root, fuseOptions: try lazyOptions(lazyFetch, lazyReadahead))
+            try mountContainer(mountpoint, driver: driver, root: root, global: strata, fuseOptions: try lazyOptions(lazyFetch, lazyReadahead))
             return
         }
         var union: UnionMount

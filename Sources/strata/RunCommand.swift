@@ -70,14 +70,14 @@ struct RunCommand: ParsableCommand {
                                     cmd: imageConfig?.Cmd ?? [], given: command.first == "--" ? Array(command.dropFirst()) : command)
         guard !args.isEmpty else { throw fail("image \(image) has no Entrypoint or Cmd: give the command, strata run IMAGE CMD [ARGS...]") }
         let bin = (try? Sys.realPath("/proc/self/exe")) ?? "strata"
-        let d = try chooseDriver(driver)
+        let d = try chooseDriver(driver, global: store.strata.globalStorageDriver)
         let lazyOpts = try lazyOptions(lazyFetch, lazyReadahead)
         let c = try storeCall { () throws(StoreError) in try s.create(image: image, name: name) }
         var status: Int32 = 1
         defer {
             if !keep { try? storeCall { () throws(StoreError) in try s.remove(c) } }
         }
-        let merged = try storeCall { () throws(StoreError) in try s.mount(c, driver: d, strataBinary: bin, explicitDriver: driverIsExplicit(driver),
+        let merged = try storeCall { () throws(StoreError) in try s.mount(c, driver: d, strataBinary: bin, explicitDriver: driverIsExplicit(driver, global: store.strata.globalStorageDriver),
                                                                             fuseOptions: lazyOpts) }
         let bundle = "\(s.root)/tmp/bundle-\(c.id)"
         defer { removeTree(path: bundle) }

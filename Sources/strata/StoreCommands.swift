@@ -12,8 +12,9 @@ import Glibc
 struct StoreOptions: ParsableArguments {
     @Option(help: "The store's root directory (default /var/lib/strata as root, $XDG_DATA_HOME/strata otherwise; STRATA_ROOT overrides).")
     var root: String?
+    @ParentCommand var strata: Strata
 
-    func open(recovering: Bool = true) throws -> Store { try Self.open(root: root, recovering: recovering) }
+    func open(recovering: Bool = true) throws -> Store { try Self.open(root: root ?? strata.globalRoot, recovering: recovering) }
 
     static func open(root: String?, recovering: Bool = true) throws -> Store {
         do { return try Store(root: root ?? Store.defaultRoot, recovering: recovering) } catch { throw fail("\(error)") }
@@ -133,14 +134,14 @@ struct RemoveCommand: ParsableCommand {
     }
 }
 
-/// The mount driver: `--driver`, else the global `--storage-driver` (or
-/// STRATA_STORAGE_DRIVER), else the kernel's overlayfs as root and
-/// Strata's FUSE union otherwise.
-func chooseDriver(_ given: String?) throws -> Store.Driver {
+/// The mount driver: `--driver`, else the global `--storage-driver`, else
+/// STRATA_STORAGE_DRIVER, else the kernel's overlayfs as root and Strata's
+/// FUSE union otherwise.
+func chooseDriver(_ given: String?, global: String?) throws -> Store.Driver {
     let env = ProcessInfo.processInfo.environment["STRATA_STORAGE_DRIVER"].flatMap { $0.isEmpty ? nil : $0 }
-    guard let v = given ?? env else { return geteuid() == 0 ? .overlay : .fuse }
+    guard let v = given ?? global ?? env else { return geteuid() == 0 ? .overlay : .fuse }
     guard let d = Store.Driver(rawValue: v) else {
-        throw fail("\(given != nil ? "--driver" : "STRATA_STORAGE_DRIVER") takes overlay or fuse, got '\(v)'")
+        throw fail("\(given != nil ? "--driver" : global != nil ? "--storage-driver" : "STRATA_STORAGE_DRIVER") takes overlay or fuse, got '\(v)'")
     }
     return d
 }
@@ -159,19 +160,20 @@ func lazyOptions(_ mode: LazyFetchMode, _ readahead: Int64?) throws -> [String] 
     return mode.fuseOptions + ["lazy_readahead=\(r)"]
 }
 
-/// Whether the user named the driver (flag or environment).
-func driverIsExplicit(_ given: String?) -> Bool {
-    given != nil || !(ProcessInfo.processInfo.environment["STRATA_STORAGE_DRIVER"] ?? "").isEmpty
+/// Whether the user named the driver (flag, global option or environment).
+func driverIsExplicit(_ given: String?, global: String?) -> Bool {
+    given != nil || global != nil || !(ProcessInfo.processInfo.environment["STRATA_STORAGE_DRIVER"] ?? "").isEmpty
 }
 
 /// `strata mount CONTAINER`: mounts a container's root and prints it.
-func mountContainer(_ ref: String, driver: String?, root: String?, fuseOptions: [String] = []) throws {
-    let s = try StoreOptions.open(root: root)
-    let d = try chooseDriver(driver)
+func mountContainer(_ ref: String, driver: String?, root: String?, global: Strata, fuseOptions: [String] = []) throws {
+    let s = try StoreOptions.open(root: root ?? global.globalRoot)
+    let d = try chooseDriver(driver, global: global.globalStorageDriver)
     let path = try storeCall { () throws(StoreError) -> String in
         let c = try s.container(ref)
         let bin = (try? Sys.realPath("/proc/self/exe")) ?? "strata"
-        return try s.mount(c, driver: d, strataBinary: bin, explicitDriver: driverIsExplicit(driver), fuseOptions: fuseOptions)
+        return try s.mount(c, driver: d, strataBinary: bin,
+                           explicitDriver: driverIsExplicit(driver, global: global.globalStorageDriver), fuseOptions: fuseOptions)
     }
     print(path)
 }

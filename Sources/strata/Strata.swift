@@ -19,6 +19,22 @@ struct Strata: ParsableCommand {
         version: "strata version \(version)",
         subcommands: [MountCommand.self, UmountCommand.self, ImageCommand.self, CreateCommand.self, ListCommand.self, RemoveCommand.self, DiffCommand.self, CommitCommand.self, InspectCommand.self, ExportCommand.self, DfCommand.self, CheckCommand.self, SystemCommand.self, StatsCommand.self, RunCommand.self, PullCommand.self, PushCommand.self, LoopbackCommand.self]
     )
+
+    /// podman's global options, before the subcommand: parsed here, read
+    /// by the subcommands through `@ParentCommand` (see `StoreOptions`); a
+    /// subcommand's own `--root` or `--driver`, given after it, wins.
+    @Option(name: .customLong("root"), help: "The store's root directory, for the subcommand that follows.")
+    var globalRoot: String?
+    @Option(name: .customLong("storage-driver"),
+            help: "How containers mount: overlay (the kernel's overlayfs, default as root) or fuse (Strata's union).")
+    var globalStorageDriver: String?
+
+    func validate() throws {
+        // One line and podman's code for its own errors, not a usage screen.
+        if let d = globalStorageDriver, Store.Driver(rawValue: d) == nil {
+            throw fail("--storage-driver takes overlay (the kernel's overlayfs) or fuse (Strata's own union), got '\(d)'", code: Exit.globalOption)
+        }
+    }
 }
 
 /// Prints one line naming the problem and exits non-zero: how every command
@@ -26,17 +42,6 @@ struct Strata: ParsableCommand {
 func fail(_ message: String, code: Int32 = 1) -> ExitCode {
     printError("strata: \(message)")
     return ExitCode(code)
-}
-
-/// How many leading arguments name a subcommand (`image ls` is two).
-func subcommandPathLength(_ args: [String]) -> Int {
-    var command: ParsableCommand.Type = Strata.self
-    var n = 0
-    while n < args.count, let next = command.configuration.subcommands.first(where: { $0._commandName == args[n] }) {
-        command = next
-        n += 1
-    }
-    return n
 }
 
 /// How we were called decides the command line: as `strata-overlay` (a
@@ -50,35 +55,6 @@ enum Entry {
         let invoked = (CommandLine.arguments.first ?? "").split(separator: "/").last.map(String.init) ?? ""
         // The subcommands' names, from the one list above (and "help").
         let subcommands = Strata.configuration.subcommands.compactMap { $0.configuration.commandName } + ["help"]
-        // podman's and docker's global form, `strata --root DIR
-        // --storage-driver fuse image ls`: --root goes to the subcommand
-        // (before any `--` that starts a command to run); the storage
-        // driver becomes the default of the commands that mount.
-        while let first = args.first, first.hasPrefix("--root") || first.hasPrefix("--storage-driver") {
-            let (name, value, used): (String, String?, Int)
-            if let eq = first.firstIndex(of: "=") {
-                (name, value, used) = (String(first[..<eq]), String(first[first.index(after: eq)...]), 1)
-            } else {
-                (name, value, used) = (first, args.count > 1 ? args[1] : nil, 2)
-            }
-            guard name == "--root" || name == "--storage-driver", let value else { break }
-            args.removeFirst(used)
-            if name == "--root" {
-                // Right after the subcommand's name: after the arguments, it
-                // would become part of a command to run (`strata --root D
-                // run IMAGE sh -c ...`) and the default store would be used.
-                let at = subcommandPathLength(args)
-                let moved = ["--root", value]
-                if at > 0 { args.insert(contentsOf: moved, at: at) }
-                else if let dashes = args.firstIndex(of: "--") { args.insert(contentsOf: moved, at: dashes) } else { args += moved }
-            } else {
-                guard Store.Driver(rawValue: value) != nil else {
-                    printError("strata: --storage-driver takes overlay (the kernel's overlayfs) or fuse (Strata's own union), got '\(value)'")
-                    exit(Exit.globalOption)
-                }
-                setenv("STRATA_STORAGE_DRIVER", value, 1)
-            }
-        }
         if invoked == "strata-overlay" || invoked == "mount.fuse.strata" {
             if args != ["--version"] && args != ["--help"] && args != ["-h"] { args = ["mount"] + args }
         } else if let first = args.first, first == "-o" || first == "-f" {
