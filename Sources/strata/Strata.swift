@@ -10,12 +10,6 @@ struct Strata: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "strata",
         abstract: "A union filesystem for Linux and a Docker-style layer store.",
-        discussion: """
-            Global options, before the subcommand, as podman takes them:
-              --root DIR          the store (also taken after the subcommand)
-              --storage-driver D  how containers mount: overlay, the kernel's
-                                  (default as root), or fuse, Strata's union
-            """,
         version: "strata version \(version)",
         subcommands: [MountCommand.self, UmountCommand.self, ImageCommand.self, CreateCommand.self, ListCommand.self, RemoveCommand.self, DiffCommand.self, CommitCommand.self, InspectCommand.self, ExportCommand.self, DfCommand.self, CheckCommand.self, SystemCommand.self, StatsCommand.self, RunCommand.self, PullCommand.self, PushCommand.self, LoopbackCommand.self]
     )
