@@ -38,6 +38,45 @@ extension Overlay {
         return Self.handle(dir, name, uuid: lowerUUIDs[layer], upper: false)
     }
 
+    /// The st_ino the kernel reports for an upper entry it copied up: its
+    /// `overlay.origin` names the lower object by file handle. Asked only
+    /// for entries without Strata's own origin, in directories marked
+    /// impure (the kernel marks every directory that holds such an entry),
+    /// so an upper the kernel wrote shows the numbers it showed there.
+    func kernelOriginIno(_ dir: Int32, _ name: UnsafePointer<CChar>) -> UInt64? {
+        guard !lowerUUIDs.isEmpty else { return nil }
+        var buf = [UInt8](repeating: 0, count: 160)
+        let n = strata_lgetxattr_at(dir, name, kernelOriginXattr, &buf, buf.count)
+        guard n > 21, buf[0] == 0, buf[1] == Self.handleMagic else { return nil }
+        let end = min(n, Int(buf[2]))
+        guard end > 21 else { return nil }
+        let uuid = Array(buf[5..<21])
+        let handle = DirHandle(bytes: Array(buf[21..<end]), type: Int32(buf[4]))
+        for l in layers where !l.writable && l.index < lowerUUIDs.count && lowerUUIDs[l.index] == uuid {
+            let fd = l.open(handle: handle, flags: Linux.O_PATH | O_CLOEXEC)
+            if fd < 0 { continue }
+            defer { close(fd) }
+            var st = stat()
+            if fstat(fd, &st) == 0 { return inoFor(UInt64(st.st_ino), layer: l.index) }
+        }
+        return nil
+    }
+
+    /// Whether the upper directory `dir` is marked impure.
+    func isImpure(_ dir: Int32) -> Bool {
+        strata_lgetxattr_at(dir, ".", impureXattr, nil, 0) >= 0
+    }
+
+    /// Whether directory node `p`'s upper copy is marked impure, asked once
+    /// per node: what the kernel wrote was there at mount, and the copies
+    /// this mount makes carry Strata's own origin.
+    func upperImpure(_ p: OverlayNode, _ pfd: Int32) -> Bool {
+        if let known = p.state.withLock({ $0.upperImpure }) { return known }
+        let v = isImpure(pfd)
+        p.state.withLock { $0.upperImpure = v }
+        return v
+    }
+
     /// Marks the upper directory `dir` impure, once.
     func markImpure(_ dir: Int32) {
         if strata_lgetxattr_at(dir, ".", impureXattr, nil, 0) >= 0 { return }

@@ -34,14 +34,17 @@ public final class Layer: Sendable {
     deinit { handleMount.withLock { if $0 >= 0 { close($0) } } }
 
     /// Opens a directory of this layer by its file handle; -1 and errno on failure.
-    func open(handle h: DirHandle) -> Int32 {
+    func open(handle h: DirHandle) -> Int32 { open(handle: h, flags: Linux.O_PATH | O_DIRECTORY | O_CLOEXEC) }
+
+    /// Opens any object of this layer's filesystem by its file handle.
+    func open(handle h: DirHandle, flags: Int32) -> Int32 {
         let mfd = handleMount.withLock { fd -> Int32 in
             if fd < 0 { fd = openat(root.raw, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
             return fd
         }
         if mfd < 0 { return -1 }
         return h.bytes.withUnsafeBufferPointer {
-            strata_open_by_handle(mfd, $0.baseAddress, UInt32($0.count), h.type, Linux.O_PATH | O_DIRECTORY | O_CLOEXEC)
+            strata_open_by_handle(mfd, $0.baseAddress, UInt32($0.count), h.type, flags)
         }
     }
 }

@@ -541,9 +541,12 @@ extension Overlay {
 
     /// The inode number to report for an entry at its top location: the
     /// origin recorded at copy-up, else its own.
-    func reportedIno(_ f: Found, _ pfd: Int32, _ name: UnsafePointer<CChar>) -> UInt64 {
+    func reportedIno(_ f: Found, _ pfd: Int32, _ name: UnsafePointer<CChar>, parent: OverlayNode? = nil) -> UInt64 {
         guard f.inUpper else { return inoFor(UInt64(f.stat.st_ino), layer: f.topLayer) }
-        return originIno(pfd, name) ?? inoFor(UInt64(f.stat.st_ino), layer: 0)
+        if let o = originIno(pfd, name) { return o }
+        // An upper the kernel wrote: its origin is a handle.
+        if let p = parent, upperImpure(p, pfd), let k = kernelOriginIno(pfd, name) { return k }
+        return inoFor(UInt64(f.stat.st_ino), layer: 0)
     }
 
     func originIno(_ pfd: Int32, _ name: UnsafePointer<CChar>) -> UInt64? {
@@ -569,7 +572,7 @@ extension Overlay {
     /// Registers a name already resolved (now, or ahead by `ReadAhead`).
     func lookup(_ parent: OverlayNode, _ name: FileName, resolved f: Found) throws(Errno) -> (OverlayNode, stat) {
         let topLayer = f.topLayer
-        let ino = try withDirFD(parent, topLayer) { (pfd: Int32) -> UInt64 in reportedIno(f, pfd, name.pointer) }
+        let ino = try withDirFD(parent, topLayer) { (pfd: Int32) -> UInt64 in reportedIno(f, pfd, name.pointer, parent: parent) }
         let n = register(parent, name, f, ino: ino)
         var out = f.stat
         out.st_ino = ino_t(n.ino)

@@ -67,6 +67,9 @@ public final class OverlayNode: TableNode, @unchecked Sendable {
         /// that form are refused through the union, and the layers do not
         /// change under a mount), so lookups skip that probe there.
         var upperHoldsNoWhFiles = false
+        /// Whether this directory's upper copy is marked `overlay.impure`
+        /// (it may hold entries the kernel copied up), once asked.
+        var upperImpure: Bool?
         /// Per layer, whether this directory is marked to hold xattr whiteouts.
         var xwhiteouts: [Int: Bool] = [:]
         /// A renamed directory (redirect_dir=on): where its lower parts are,

@@ -33,6 +33,7 @@ extension Overlay {
             var names: Set<UInt64>? = l == 0 && upper != nil ? nil : Set<UInt64>()
             try withDirFD(n, l) { (dfd: Int32) throws(Errno) in
                 let marked = marksXWhiteouts(n, l)
+                let impure = l == 0 && upper != nil && merged && upperImpure(n, dfd)
                 try forEachDirent(dfd) { ino, _, type, name in
                     names?.insert(Self.nameHash(name))
                     if name.isDotOrDotDot { return }
@@ -53,7 +54,10 @@ extension Overlay {
                             && isWhiteout(st, dfd, name.pointer, marked: marked) { return }
                     }
                     var reported = inoFor(ino, layer: l)
-                    if l == 0 && upper != nil && merged, let o = originIno(dfd, name.pointer) { reported = o }
+                    if l == 0 && upper != nil && merged {
+                        if let o = originIno(dfd, name.pointer) { reported = o }
+                        else if impure, let k = kernelOriginIno(dfd, name.pointer) { reported = k }
+                    }
                     out.append(DirEntry(name: bytes, type: type, ino: reported))
                 }
             }

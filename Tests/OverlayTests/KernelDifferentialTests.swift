@@ -225,12 +225,28 @@ extension KernelDifferentialTests {
         }
         let k = marks(pair.kernelUpper), s = marks(pair.strataUpper)
         for (a, b) in zip(k, s) { #expect(a == b, "kernel \(a), strata \(b)") }
-        // What Strata showed, then what the kernel shows over Strata's layers.
+        // What each showed, then what the other shows over its layers: the
+        // kernel over Strata's upper, Strata over the kernel's (whose
+        // origins are handles), by stat and by readdir's d_ino.
         let inos = ["a/f1", "a/sub", "a/s", "a/h1", "a/new"]
-        let shown = inos.map { FileOps(pair.strataMount).stat($0)?.st_ino ?? 0 }
+        let strataShown = inos.map { FileOps(pair.strataMount).stat($0)?.st_ino ?? 0 }
+        let kernelShown = inos.map { FileOps(pair.kernelMount).stat($0)?.st_ino ?? 0 }
         try pair.remountCrossed()
         let kernelSees = inos.map { FileOps(pair.kernelMount).stat($0)?.st_ino ?? 0 }
-        #expect(shown == kernelSees, "st_ino \(inos): strata \(shown), the kernel over strata's layers \(kernelSees)")
+        #expect(strataShown == kernelSees, "st_ino \(inos): strata \(strataShown), the kernel over strata's layers \(kernelSees)")
+        let strataSees = inos.map { FileOps(pair.strataMount).stat($0)?.st_ino ?? 0 }
+        #expect(kernelShown == strataSees, "st_ino \(inos): kernel \(kernelShown), strata over the kernel's layers \(strataSees)")
+        func dIno(_ m: String, _ path: String) -> UInt64 {
+            let dir = (path as NSString).deletingLastPathComponent, base = (path as NSString).lastPathComponent
+            guard let d = opendir("\(m)/\(dir)") else { return 0 }
+            defer { closedir(d) }
+            while let e = readdir(d) {
+                let name = withUnsafePointer(to: e.pointee.d_name) { String(cString: UnsafeRawPointer($0).assumingMemoryBound(to: CChar.self)) }
+                if name == base { return UInt64(e.pointee.d_ino) }
+            }
+            return 0
+        }
+        #expect(inos.map { dIno(pair.strataMount, $0) } == strataSees.map { UInt64($0) }, "d_ino and st_ino under Strata over the kernel's layers")
         try pair.remount()
     }
 }
