@@ -45,13 +45,16 @@ extension Overlay {
     /// so an upper the kernel wrote shows the numbers it showed there.
     func kernelOriginIno(_ dir: Int32, _ name: UnsafePointer<CChar>) -> UInt64? {
         guard !lowerUUIDs.isEmpty else { return nil }
-        var buf = [UInt8](repeating: 0, count: 160)
-        let n = strata_lgetxattr_at(dir, name, kernelOriginXattr, &buf, buf.count)
-        guard n > 21, buf[0] == 0, buf[1] == Self.handleMagic else { return nil }
-        let end = min(n, Int(buf[2]))
-        guard end > 21 else { return nil }
-        let uuid = Array(buf[5..<21])
-        let handle = DirHandle(bytes: Array(buf[21..<end]), type: Int32(buf[4]))
+        // On the stack: most entries asked (new files in an impure
+        // directory) have no origin, and cost one getxattr, no allocation.
+        let found = withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 160) { buf -> (uuid: [UInt8], handle: DirHandle)? in
+            let n = strata_lgetxattr_at(dir, name, kernelOriginXattr, buf.baseAddress, buf.count)
+            guard n > 21, buf[0] == 0, buf[1] == Self.handleMagic else { return nil }
+            let end = min(n, Int(buf[2]))
+            guard end > 21 else { return nil }
+            return (Array(buf[5..<21]), DirHandle(bytes: Array(buf[21..<end]), type: Int32(buf[4])))
+        }
+        guard let (uuid, handle) = found else { return nil }
         for l in layers where !l.writable && l.index < lowerUUIDs.count && lowerUUIDs[l.index] == uuid {
             let fd = l.open(handle: handle, flags: Linux.O_PATH | O_CLOEXEC)
             if fd < 0 { continue }
