@@ -49,9 +49,10 @@ extension Overlay {
             let n = CStrata.getxattr(root, name, &buf, buf.count)
             if n > 0 { return LazyLayer(state: String(decoding: buf[0..<n], as: UTF8.self), xattr: name) }
         }
-        // The store's layout: overlay/<id>/{diff,link,lazy}; a user may be
-        // let through diff and link but not into lazy.
-        if faccessat(l.root.raw, "../lazy", F_OK, 0) == 0 && faccessat(l.root.raw, "../link", F_OK, 0) == 0 {
+        // Root reads every mark, so none found means none. A user may not:
+        // the store's layout (overlay/<id>/{diff,link,lazy}) tells, and is
+        // asked only then, not at every mount containers/storage makes.
+        if geteuid() != 0 && faccessat(l.root.raw, "../lazy", F_OK, 0) == 0 && faccessat(l.root.raw, "../link", F_OK, 0) == 0 {
             throw OverlaySetupError(.invalidOptions, "lowerdir \(l.path) is a partly pulled layer (strata pull --lazy) whose marks "
                 + "this user cannot read (they are trusted.* xattrs): mount it as root, or complete it first with 'strata pull IMAGE'")
         }
