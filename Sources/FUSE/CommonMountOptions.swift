@@ -33,6 +33,11 @@ public func applyCommonOption(_ key: String, _ value: String?, mount: inout Moun
             throw UsageError("option 'threads' needs a number from 1 to 64, got '\(value ?? "")'")
         }
         session.threads = n
+    case "max_threads":
+        guard let v = value, let n = Int(v), (1...256).contains(n) else {
+            throw UsageError("option 'max_threads' needs a number from 1 to 256, got '\(value ?? "")'")
+        }
+        session.maxThreads = n
     case "uring":
         guard let v = value, let mode = SessionOptions.UringMode(rawValue: v) else {
             throw UsageError("option 'uring' takes auto, on or off, got '\(value ?? "")'")

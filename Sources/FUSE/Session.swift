@@ -32,6 +32,11 @@ public final class Session<FS: FileSystem>: @unchecked Sendable {
 
     /// Each worker's request counters, for `statistics()`.
     private let workers = Mutex<[RequestCounters]>([])
+    /// The /dev/fuse readers: how many wait, when to start another.
+    let pool: ReaderPool
+    /// Readers started, and the cloned descriptors they read (closed once
+    /// every reader has ended).
+    private let readers = Mutex<(threads: [OSThread], fds: [Int32])>(([], []))
     private let started = ContinuousClock.now
 
     /// What the connection has done so far, for `strata stats`: the
@@ -76,6 +81,7 @@ public final class Session<FS: FileSystem>: @unchecked Sendable {
         self.devFD = deviceFD
         self.options = options
         self.logger = logger
+        self.pool = ReaderPool(limit: max(options.threads, options.maxThreads))
     }
 
     /// A handle to send cache invalidations on this connection.
@@ -104,32 +110,53 @@ public final class Session<FS: FileSystem>: @unchecked Sendable {
             }
         }
         ready()
-        var fds: [Int32] = [devFD]
-        for _ in 1..<max(1, options.threads) {
-            let fd = open("/dev/fuse", O_RDWR | O_CLOEXEC)
-            if fd < 0 { break }
-            if strata_fuse_clone(fd, devFD) != 0 {
-                close(fd)
-                break
-            }
-            fds.append(fd)
+        // The first reader serves on the original descriptor; the others
+        // each on a clone (so that their answers need no lock).
+        workers.withLock { $0 = [first.counters] + rings.map(\.worker.counters) }
+        // The kept readers count as waiting before the first starts: a
+        // request it takes meanwhile must not look like all being busy.
+        let kept = max(1, options.threads)
+        for _ in 0..<kept {
+            _ = pool.reserve()
+            pool.waiting()
         }
-        let all = fds.enumerated().map { i, fd in i == 0 ? first : Worker(session: self, fd: fd) }
-        workers.withLock { $0 = all.map(\.counters) + rings.map(\.worker.counters) }
-        var threads: [OSThread] = []
-        for (i, worker) in all.enumerated() {
-            do {
-                threads.append(try OSThread.start(name: "fuse-\(i)", stackSize: 1 << 22) { worker.serve() })
-            } catch {
-                // Fewer workers still serve; the first one must exist.
-                if threads.isEmpty { throw error }
-                logger.warning("\(error)")
-            }
-        }
-        for t in threads { t.join() }
+        let t = try OSThread.start(name: "fuse-0", stackSize: Self.readerStack) { first.serve() }
+        readers.withLock { $0.threads.append(t) }
+        for _ in 1..<kept { addReader(counted: true) }
+        // Readers may start readers while we wait: join until none is left.
+        while let t = readers.withLock({ $0.threads.isEmpty ? nil : $0.threads.removeFirst() }) { t.join() }
         for q in rings { q.join() }
-        for fd in fds.dropFirst() { close(fd) }
+        for fd in readers.withLock({ $0.fds }) { close(fd) }
         fs.destroy()
+    }
+
+    static var readerStack: Int { 1 << 22 }
+
+    /// Starts one more /dev/fuse reader, on a clone of the device
+    /// descriptor; its slot in `pool` is already reserved (and, when
+    /// `counted`, it already counts as waiting). A reader that cannot start
+    /// is logged and the mount serves with those it has.
+    func addReader(counted: Bool = false) {
+        let fd = open("/dev/fuse", O_RDWR | O_CLOEXEC)
+        guard fd >= 0, strata_fuse_clone(fd, devFD) == 0 else {
+            if fd >= 0 { close(fd) }
+            if counted { pool.left() }
+            pool.failed()
+            return
+        }
+        let w = Worker(session: self, fd: fd)
+        if !counted { pool.waiting() }
+        let n = pool.readers
+        do {
+            let t = try OSThread.start(name: "fuse-\(n - 1)", stackSize: Self.readerStack) { w.serve() }
+            readers.withLock { $0.threads.append(t); $0.fds.append(fd) }
+            workers.withLock { $0.append(w.counters) }
+        } catch {
+            pool.left()
+            pool.failed()
+            close(fd)
+            logger.warning("\(error)")
+        }
     }
 
     func negotiate(_ inp: sf_init_in, _ out: inout sf_init_out) {

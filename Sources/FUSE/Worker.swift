@@ -21,6 +21,8 @@ final class Worker<FS: FileSystem>: @unchecked Sendable {
     unowned(unsafe) var ring: RingReplies?
     /// Whether the current request has been answered (ring workers check).
     var replied = false
+    /// A /dev/fuse reader counted in the session's `ReaderPool`.
+    var pooled = false
     let session: Session<FS>
     let fs: FS
     let fd: Int32
@@ -72,11 +74,18 @@ final class Worker<FS: FileSystem>: @unchecked Sendable {
         }
     }
 
+    /// Serves /dev/fuse until unmount (see `ReaderPool` for when a reader
+    /// starts another).
     func serve() {
+        let pool = session.pool
+        pooled = true
         while true {
             let n = receive()
             if n == 0 { return }
+            if pool.took() { session.addReader() }
+            replied = false
             dispatch(inBuf, length: n)
+            if !replied { pool.waiting() }
         }
     }
 
@@ -93,6 +102,13 @@ final class Worker<FS: FileSystem>: @unchecked Sendable {
             ring.ringReply(unique: unique, error: 0, body: payload, length: payloadLength)
             return
         }
+        // Counted as waiting before the answer goes: the caller it wakes may
+        // send its next request before this thread is back in read(), and
+        // that must not look like every reader being busy.
+        if pooled {
+            replied = true
+            session.pool.waiting()
+        }
         let len = Self.headerSize + payloadLength
         outBuf.storeBytes(of: sf_out_header(len: UInt32(len), error: 0, unique: unique), as: sf_out_header.self)
         // ENOENT here means the request was interrupted meanwhile: nothing to do.
@@ -104,6 +120,10 @@ final class Worker<FS: FileSystem>: @unchecked Sendable {
         if let ring {
             ring.ringReply(unique: unique, error: -e.rawValue, body: payload, length: 0)
             return
+        }
+        if pooled {
+            replied = true
+            session.pool.waiting()
         }
         var h = sf_out_header(len: UInt32(Self.headerSize), error: -e.rawValue, unique: unique)
         _ = Glibc.write(fd, &h, Self.headerSize)
