@@ -15,7 +15,7 @@ extension Overlay {
     /// then stays below. Without it, or for a write, the data comes too.
     public func copyUp(_ n: OverlayNode, metadataOnly: Bool = false) throws(Errno) {
         guard upper != nil, let work else { throw .readOnlyFileSystem }
-        let (inUpper, metacopy, indexed, lowerNlink) = n.state.withLock { ($0.inUpper, $0.metacopy, $0.indexName != nil, $0.lowerNlink) }
+        let (inUpper, metacopy, indexed, lowerNlink) = n.state.withLock { ($0.place.inUpper, $0.place.metacopy, $0.place.indexName != nil, $0.place.lowerNlink) }
         // An indexed inode is up already too, in the index (its data, or
         // metadata only); a lower hard link goes there below.
         if inUpper || indexed {
@@ -32,15 +32,15 @@ extension Overlay {
         if !metaOnly { try waitForLowerPassthrough(n) }
         try n.copyUpLock.withLock { (_: inout Void) throws(Errno) in
             let s = n.snapshot
-            if s.inUpper || s.indexName != nil { return }
-            guard let parent = s.parent else { return }
+            if s.place.inUpper || s.place.indexName != nil { return }
+            guard let parent = s.place.parent else { return }
             try copyUp(parent)
-            try withDirFD(parent, s.topLayer) { (src: Int32) throws(Errno) in
+            try withDirFD(parent, s.place.topLayer) { (src: Int32) throws(Errno) in
                 try withDirFD(parent, 0) { (dst: Int32) throws(Errno) in
-                    try withStoredName(s.name) { (name: UnsafePointer<CChar>) throws(Errno) in
+                    try withStoredName(s.place.name) { (name: UnsafePointer<CChar>) throws(Errno) in
                         var into: [UInt8]? = nil
                         if indexing, let index {
-                            guard let fh = Self.handle(src, name, uuid: index.uuids[s.topLayer], upper: false) else { throw .notSupported }
+                            guard let fh = Self.handle(src, name, uuid: index.uuids[s.place.topLayer], upper: false) else { throw .notSupported }
                             into = fh
                         }
                         try copyObject(n, from: src, to: dst, name: name, work: work.raw, metadataOnly: metaOnly, indexing: into)
@@ -52,7 +52,7 @@ extension Overlay {
 
     func waitForLowerPassthrough(_ n: OverlayNode) throws(Errno) {
         var waited = 0
-        while n.state.withLock({ $0.openFiles.passthroughLower }) > 0 {
+        while n.state.withLock({ $0.opens.passthroughLower }) > 0 {
             if waited >= 1000 { throw .textFileBusy }
             usleep(1000)
             waited += 1
@@ -121,7 +121,7 @@ extension Overlay {
         // copy-up, and the kernel's handle of it (see KernelMarks), which an
         // indexed copy records on its index entry instead.
         let origin = String(n.ino)
-        let kernelOrigin = breaksLink || indexing != nil ? nil : originHandle(src, name, layer: n.snapshot.topLayer)
+        let kernelOrigin = breaksLink || indexing != nil ? nil : originHandle(src, name, layer: n.snapshot.place.topLayer)
         let times = [st.st_atim, st.st_mtim]
         let ofd = copy.raw
         if copy.isOpen {
@@ -147,7 +147,7 @@ extension Overlay {
         if kernelOrigin != nil || indexing != nil { markImpure(dst) }
         if let fh = indexing, let index {
             try placeInIndex(index, fh, st, tmp: tmp, anon: anon, ofd: ofd, work: work, dst: dst, name: name)
-            n.state.withLock { $0.indexName = Self.indexName(fh) }
+            n.state.withLock { $0.place.indexName = Self.indexName(fh) }
         } else if anon {
             try linkNameless(ofd, dst, name)
         } else {
@@ -157,23 +157,23 @@ extension Overlay {
         copyUps.add(1, ordering: .relaxed)
         var ust = stat()
         if copy.isOpen { fstat(ofd, &ust) } else { fstatat(dst, name, &ust, Linux.AT_SYMLINK_NOFOLLOW) }
-        let old = n.snapshot.key
+        let old = n.snapshot.place.key
         let new = InodeKey(dev: UInt64(ust.st_dev), ino: UInt64(ust.st_ino))
         n.state.withLock { s in
-            s.inUpper = true
-            s.key = new
-            if type == Linux.S_IFDIR && deviceWhiteouts { s.upperHoldsNoWhFiles = true }
+            s.place.inUpper = true
+            s.place.key = new
+            if type == Linux.S_IFDIR && deviceWhiteouts { s.caches.upperHoldsNoWhFiles = true }
             if metaOnly {
                 // Readers keep reading the data where it is.
-                s.metacopy = true
-                if s.dataLayer == nil {
-                    s.dataLayer = s.lower
-                    s.dataBlocks = st.st_blocks          // the file just copied from
+                s.place.metacopy = true
+                if s.place.dataLayer == nil {
+                    s.place.dataLayer = s.place.lower
+                    s.caches.dataBlocks = st.st_blocks          // the file just copied from
                 }
                 return
             }
-            s.metacopy = false
-            s.dataLayer = nil
+            s.place.metacopy = false
+            s.place.dataLayer = nil
             moveFollowers(&s, to: dst, name)
         }
         table.rekey(n, from: old, to: new)
@@ -227,7 +227,7 @@ extension Overlay {
     /// copy `dir/name` (dup2), as the kernel switches its real file after a
     /// copy-up; called under the node's lock, once the data is there.
     func moveFollowers(_ s: inout OverlayNode.State, to dir: Int32, _ name: UnsafePointer<CChar>) {
-        for fd in s.openFiles.following {
+        for fd in s.opens.following {
             let u = openat(dir, name, dir == AT_FDCWD ? O_RDONLY | O_CLOEXEC : O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
             if u >= 0 {
                 dup2(u, fd)

@@ -19,7 +19,7 @@ extension Overlay {
     /// Whether a lower layer below `p` still has `name` (so removing it from
     /// the union needs a whiteout).
     func existsBelow(_ p: OverlayNode, _ name: FileName) throws(Errno) -> Bool {
-        for l in p.state.withLock({ $0.lowerDirs }) {
+        for l in p.state.withLock({ $0.place.lowerDirs }) {
             var st = stat()
             let probe = try withDirFD(p, l) { (pfd: Int32) -> LayerProbe in
                 if fstatat(pfd, name.pointer, &st, Linux.AT_SYMLINK_NOFOLLOW) == 0 {
@@ -171,13 +171,13 @@ extension Overlay {
         let key = InodeKey(dev: UInt64(st.st_dev), ino: UInt64(st.st_ino))
         let ino = inoFor(UInt64(st.st_ino), layer: 0)
         let n = table.reference(key) { id in
-            OverlayNode(id: id, isDirectory: false, ino: ino, state: .init(
-                parent: p, name: Array("#tmpfile".utf8) + [0], inUpper: true, lower: nil, lowerDirs: [], key: key, redirect: nil))
+            OverlayNode(id: id, isDirectory: false, ino: ino, state: .init(place: .init(
+                parent: p, name: Array("#tmpfile".utf8) + [0], inUpper: true, lower: nil, lowerDirs: [], key: key, redirect: nil)))
         }
         let orphan = OwnedFD(pathFD.take())
         n.state.withLock { s in
-            s.unlinked = true
-            s.orphan = orphan
+            s.place.unlinked = true
+            s.place.orphan = orphan
         }
         st.st_ino = ino_t(n.ino)
         return Created(node: n, stat: st, fd: fd)
@@ -206,7 +206,7 @@ extension Overlay {
             // With redirect_dir the kernel marks every new directory of a
             // merged parent opaque: a directory moved there later must not
             // merge in what lies below the new one's name.
-            if replacedWhiteout || (config.redirectDir && !p.snapshot.lowerDirs.isEmpty) {
+            if replacedWhiteout || (config.redirectDir && !p.snapshot.place.lowerDirs.isEmpty) {
                 let path = "/proc/self/fd/\(work.raw)/\(tmp)"
                 if lsetxattr(path, opaqueXattr, "y", 1, 0) != 0 {
                     let fd = try check(openat(work.raw, "\(tmp)/\(OverlayFormat.opaqueName)", O_WRONLY | O_CREAT | O_CLOEXEC, 0o000))
@@ -217,7 +217,7 @@ extension Overlay {
             done = true
         }
         let made = try lookup(p, name)
-        if deviceWhiteouts { made.0.state.withLock { $0.upperHoldsNoWhFiles = true } }
+        if deviceWhiteouts { made.0.state.withLock { $0.caches.upperHoldsNoWhFiles = true } }
         return made
     }
 
@@ -226,13 +226,13 @@ extension Overlay {
         _ = try prepareCreate(p, name)
         try copyUp(n, metadataOnly: true)
         // A metadata-only copy's new name must find its data too.
-        if n.state.withLock({ $0.metacopy && $0.redirect == nil }) {
+        if n.state.withLock({ $0.place.metacopy && $0.place.redirect == nil }) {
             let r = try atTop(n) { (d: Int32, old: UnsafePointer<CChar>, _: Int) -> [String]? in
                 d == AT_FDCWD ? nil : redirectData(n, d, String(cString: old))
             }
             if let r {
                 pinLowerPaths(n)
-                n.state.withLock { $0.redirect = r }
+                n.state.withLock { $0.place.redirect = r }
             }
         }
         try atTop(n) { (d: Int32, old: UnsafePointer<CChar>, _: Int) throws(Errno) in
@@ -253,9 +253,9 @@ extension Overlay {
             // kernel still answers for through descriptors held on it
             // (fstat, xattrs; O_PATH ones too, which open nothing here), as
             // the kernel's overlayfs serves them from the removed real one.
-            if n.isDirectory || n.state.withLock({ $0.openFiles.all }) > 0 {
+            if n.isDirectory || n.state.withLock({ $0.opens.all }) > 0 {
                 let o = openat(pfd, name.pointer, Linux.O_PATH | O_NOFOLLOW | O_CLOEXEC)
-                if o >= 0 { n.state.withLock { $0.orphan = OwnedFD(o) } }
+                if o >= 0 { n.state.withLock { $0.place.orphan = OwnedFD(o) } }
             }
             if f.stat.st_nlink <= 1 || n.isDirectory { table.detach(n) }
         }
@@ -269,7 +269,7 @@ extension Overlay {
             return
         }
         if n.removeName(p, name) {
-            n.state.withLock { $0.orphan = OwnedFD(fd) }
+            n.state.withLock { $0.place.orphan = OwnedFD(fd) }
             if f.stat.st_nlink <= 1 || n.isDirectory { table.detach(n) }
         } else {
             close(fd)

@@ -211,7 +211,7 @@ extension Overlay {
 
     /// The link count of `p/name` in the top-most lower layer that has it.
     func lowerNlink(_ p: OverlayNode, _ name: FileName) -> UInt64? {
-        for l in p.state.withLock({ $0.lowerDirs }) {
+        for l in p.state.withLock({ $0.place.lowerDirs }) {
             var st = stat()
             let found = (try? withDirFD(p, l) { (pfd: Int32) -> Bool in fstatat(pfd, name.pointer, &st, Linux.AT_SYMLINK_NOFOLLOW) == 0 }) ?? false
             if found { return UInt64(st.st_nlink) }
@@ -282,7 +282,7 @@ extension Overlay {
     /// The union's link count of an indexed node whose top location shows
     /// `st` (getattr).
     func indexedNlink(_ n: OverlayNode, _ st: inout stat) {
-        guard let index, let (hex, lower) = n.state.withLock({ s in s.indexName.map { ($0, s.lowerNlink) } }) else { return }
+        guard let index, let (hex, lower) = n.state.withLock({ s in s.place.indexName.map { ($0, s.place.lowerNlink) } }) else { return }
         let real = UInt64(st.st_nlink)
         let v = (try? withStoredName(hex) { (c: UnsafePointer<CChar>) -> UInt64? in
             unionNlink(index.dir.raw, c, upperNlink: real) { lower > 0 ? lower : nil }

@@ -9,7 +9,7 @@ import Glibc
 extension Overlay {
     public func getattr(_ n: OverlayNode) throws(Errno) -> stat {
         var st = stat()
-        if let o = n.state.withLock({ $0.unlinked ? $0.orphan : nil }) {
+        if let o = n.state.withLock({ $0.place.unlinked ? $0.place.orphan : nil }) {
             try check(fstat(o.raw, &st))
             st.st_ino = ino_t(n.ino)
             if n.isDirectory { mergedNlink(&st, n) }
@@ -21,7 +21,7 @@ extension Overlay {
         try check(rc)
         st.st_ino = ino_t(n.ino)
         if n.isDirectory { mergedNlink(&st, n) }
-        if !n.isDirectory && n.state.withLock({ $0.metacopy }), let b = dataBlocks(n) { st.st_blocks = b }
+        if !n.isDirectory && n.state.withLock({ $0.place.metacopy }), let b = dataBlocks(n) { st.st_blocks = b }
         if !n.isDirectory && index != nil { indexedNlink(n, &st) }
         return st
     }
@@ -30,7 +30,7 @@ extension Overlay {
     /// kernel's overlayfs does: its true count is not known without a
     /// merged listing.
     func mergedNlink(_ st: inout stat, _ n: OverlayNode) {
-        if n.state.withLock({ ($0.inUpper ? 1 : 0) + $0.lowerDirs.count }) > 1 { st.st_nlink = 1 }
+        if n.state.withLock({ ($0.place.inUpper ? 1 : 0) + $0.place.lowerDirs.count }) > 1 { st.st_nlink = 1 }
     }
 
     public struct AttrChange: Sendable {
@@ -98,7 +98,7 @@ extension Overlay {
         }
         let fl = (flags & ~(O_CREAT | O_EXCL | O_NOCTTY)) | O_CLOEXEC
         // A metadata-only copy is read from its data below.
-        if !writing && !n.isDirectory && n.state.withLock({ $0.metacopy && !$0.unlinked }) { return try openData(n, flags: fl) }
+        if !writing && !n.isDirectory && n.state.withLock({ $0.place.metacopy && !$0.place.unlinked }) { return try openData(n, flags: fl) }
         var layer = 0
         let fd = try atTop(n) { (d: Int32, name: UnsafePointer<CChar>, l: Int) -> Int32 in
             layer = l
@@ -239,7 +239,7 @@ extension Overlay {
 
     public func removexattr(_ n: OverlayNode, _ name: String) throws(Errno) {
         let stored = storedXattrName(name)
-        if !n.snapshot.inUpper {
+        if !n.snapshot.place.inUpper {
             // Removing what is not there fails without a copy-up, as in the kernel.
             if try xattrPath(n, { p, follow in follow ? CStrata.getxattr(p, stored, nil, 0) : lgetxattr(p, stored, nil, 0) }) < 0 { throw currentErrno() }
         }

@@ -74,9 +74,9 @@ extension Overlay {
     /// per node: what the kernel wrote was there at mount, and the copies
     /// this mount makes carry Strata's own origin.
     func upperImpure(_ p: OverlayNode, _ pfd: Int32) -> Bool {
-        if let known = p.state.withLock({ $0.upperImpure }) { return known }
+        if let known = p.state.withLock({ $0.caches.upperImpure }) { return known }
         let v = isImpure(pfd)
-        p.state.withLock { $0.upperImpure = v }
+        p.state.withLock { $0.caches.upperImpure = v }
         return v
     }
 

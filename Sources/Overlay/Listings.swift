@@ -1,3 +1,5 @@
+import SystemPackage
+
 /// The merged listings of one directory that readers are part-way through.
 ///
 /// The kernel opens directories without asking us (opendir answers ENOSYS
@@ -48,5 +50,29 @@ public struct Listings: Sendable {
     /// The listing and position an offset names.
     public static func split(_ offset: UInt64) -> (id: UInt32, index: Int) {
         (UInt32(truncatingIfNeeded: offset >> 32) & 0x7FFF_FFFF, Int(offset & 0xFFFF_FFFF))
+    }
+}
+
+extension Overlay {
+    /// The listing a READDIR at `offset` continues (see `Listings`): a new
+    /// one at offset 0 (the one read ahead, if any), the reader's own
+    /// after, read again if it was dropped.
+    public func listing(_ dir: OverlayNode, offset: UInt64) throws(Errno) -> (id: UInt32, position: Int, entries: [DirEntry]) {
+        let (id, position) = Listings.split(offset)
+        if offset == 0 || id == 0 {
+            let entries: [DirEntry]
+            if let prepared = takePreparedListing(dir) { entries = prepared } else { entries = try readDirectory(dir) }
+            return (dir.state.withLock { $0.listings.start(entries) }, position, entries)
+        }
+        if let held = dir.state.withLock({ $0.listings.find(id) }) { return (id, position, held) }
+        let entries = try readDirectory(dir)
+        dir.state.withLock { $0.listings.keep(id, entries) }
+        return (id, position, entries)
+    }
+
+    /// The reader reached the end of listing `id`: the directory no longer
+    /// holds its entries for as long as the kernel holds the node.
+    public func endListing(_ dir: OverlayNode, _ id: UInt32) {
+        dir.state.withLock { $0.listings.end(id) }
     }
 }

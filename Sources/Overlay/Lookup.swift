@@ -11,25 +11,25 @@ import Glibc
 extension Overlay {
     /// Calls `body` with an O_PATH descriptor of directory `n` in layer `l`.
     func withDirFD<R: ~Copyable>(_ n: OverlayNode, _ l: Int, _ body: (Int32) throws(Errno) -> R) throws(Errno) -> R {
-        let (cached, handle) = n.state.withLock { ($0.fds[l], $0.handles[l]) }
+        let (cached, handle) = n.state.withLock { ($0.caches.fds[l], $0.caches.handles[l]) }
         if let fd = cached { return try body(fd.raw) }
         var fd: Int32 = -1
         if let h = handle { fd = layers[l].open(handle: h) }
         if fd < 0 {
             let s = n.snapshot
-            guard let parent = s.parent else { throw .noSuchFileOrDirectory }
-            if let path = s.lowerPaths[l] {
+            guard let parent = s.place.parent else { throw .noSuchFileOrDirectory }
+            if let path = s.place.lowerPaths[l] {
                 // Below a redirect: where the directory is in that layer.
                 fd = openPath(layers[l].root.raw, path)
             } else {
                 fd = try withDirFD(parent, l) { (pfd: Int32) throws(Errno) -> Int32 in
-                    try withStoredName(s.name) { openat(pfd, $0, Linux.O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
+                    try withStoredName(s.place.name) { openat(pfd, $0, Linux.O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
                 }
             }
             if fd < 0 { throw currentErrno() }
         }
         if let owned = fdBudget.cache(fd) {
-            n.state.withLock { $0.fds[l] = owned }
+            n.state.withLock { $0.caches.fds[l] = owned }
             return try body(fd)
         }
         defer { close(fd) }
@@ -48,7 +48,7 @@ extension Overlay {
                 let probe = layers[l].open(handle: h)
                 if probe >= 0 {
                     close(probe)
-                    n.state.withLock { $0.handles[l] = h }
+                    n.state.withLock { $0.caches.handles[l] = h }
                 } else if strata_errno() == EPERM {
                     handlesWork.store(false, ordering: .relaxed)
                 }
@@ -75,14 +75,14 @@ extension Overlay {
     /// lower path and its name.
     func lowerPath(_ n: OverlayNode) -> [String] {
         let s = n.snapshot
-        if let r = s.redirect { return r }
-        guard let p = s.parent else { return [] }
-        return lowerPath(p) + [String(decoding: s.name.dropLast(), as: UTF8.self)]
+        if let r = s.place.redirect { return r }
+        guard let p = s.place.parent else { return [] }
+        return lowerPath(p) + [String(decoding: s.place.name.dropLast(), as: UTF8.self)]
     }
 
     /// The node's path in lower layer `l`, as lookups found it there.
     func layerPath(_ n: OverlayNode, _ l: Int) -> [String] {
-        let s = n.state.withLock { (path: $0.lowerPaths[l], parent: $0.parent, name: $0.name) }
+        let s = n.state.withLock { (path: $0.place.lowerPaths[l], parent: $0.place.parent, name: $0.place.name) }
         if let p = s.path { return p }
         guard let parent = s.parent else { return [] }
         return layerPath(parent, l) + [String(decoding: s.name.dropLast(), as: UTF8.self)]
@@ -105,8 +105,8 @@ extension Overlay {
 
     /// Calls `body(parentFD, name, layer)` at the node's top location.
     func atTop<R>(_ n: OverlayNode, _ body: (Int32, UnsafePointer<CChar>, Int) throws(Errno) -> R) throws(Errno) -> R {
-        let s = n.state.withLock { (parent: $0.parent, name: $0.name, unlinked: $0.unlinked, orphan: $0.orphan, layer: $0.topLayer,
-                                    indexName: $0.indexName) }
+        let s = n.state.withLock { (parent: $0.place.parent, name: $0.place.name, unlinked: $0.place.unlinked, orphan: $0.place.orphan, layer: $0.place.topLayer,
+                                    indexName: $0.place.indexName) }
         let layer = s.layer
         if !s.unlinked, let hex = s.indexName, let index {
             // An indexed inode: its index entry is one of its links whatever
@@ -132,7 +132,7 @@ extension Overlay {
 
     /// Layers to search below directory `p`, top first.
     func searchLayers(_ s: OverlayNode.State) -> [Int] {
-        s.inUpper && upper != nil ? [0] + s.lowerDirs : s.lowerDirs
+        s.place.inUpper && upper != nil ? [0] + s.place.lowerDirs : s.place.lowerDirs
     }
 
     /// A whiteout: a 0/0 character device, or an empty regular file with the
@@ -163,9 +163,9 @@ extension Overlay {
 
     /// `marksXWhiteouts` for directory `n` in layer `l`, read once.
     func marksXWhiteouts(_ n: OverlayNode, _ l: Int) -> Bool {
-        if let known = n.state.withLock({ $0.xwhiteouts[l] }) { return known }
+        if let known = n.state.withLock({ $0.caches.xwhiteouts[l] }) { return known }
         let v = (try? withDirFD(n, l) { (fd: Int32) -> Bool in marksXWhiteouts(fd) }) ?? false
-        n.state.withLock { $0.xwhiteouts[l] = v }
+        n.state.withLock { $0.caches.xwhiteouts[l] = v }
         return v
     }
 
@@ -248,10 +248,10 @@ extension Overlay {
     /// `.wh.` whiteout); true when unknown.
     func mayHold(_ p: OverlayNode, _ l: Int, _ name: FileName, _ hash: UInt64, _ whHash: UInt64) throws(Errno) -> Bool {
         if l == 0 && upper != nil { return true }
-        if let set = p.state.withLock({ $0.lowerNames[l] }) { return set.contains(hash) || set.contains(whHash) }
-        guard p.state.withLock({ $0.lowerDirs.count }) >= Self.nameCacheLayers else { return true }
+        if let set = p.state.withLock({ $0.caches.lowerNames[l] }) { return set.contains(hash) || set.contains(whHash) }
+        guard p.state.withLock({ $0.place.lowerDirs.count }) >= Self.nameCacheLayers else { return true }
         let set = try withDirFD(p, l) { (fd: Int32) throws(Errno) -> Set<UInt64> in try namesIn(fd) }
-        p.state.withLock { $0.lowerNames[l] = set }
+        p.state.withLock { $0.caches.lowerNames[l] = set }
         return set.contains(hash) || set.contains(whHash)
     }
 
@@ -375,7 +375,7 @@ extension Overlay {
         }
         // Only what the search needs, not a copy of the whole state (each
         // of its arrays and dictionaries would be retained and released).
-        let (searchUpper, lowerDirs, upperClean) = p.state.withLock { ($0.inUpper && upper != nil, $0.lowerDirs, $0.upperHoldsNoWhFiles) }
+        let (searchUpper, lowerDirs, upperClean) = p.state.withLock { ($0.place.inUpper && upper != nil, $0.place.lowerDirs, $0.caches.upperHoldsNoWhFiles) }
         var found: Found? = nil
         let hash = Self.nameHash(name), whHash = Self.nameHash(name, whiteoutPrefix: true)
         layers: for i in (searchUpper ? -1 : 0)..<lowerDirs.count {
@@ -604,13 +604,13 @@ extension Overlay {
         var made = false
         func make(_ id: UInt64) -> OverlayNode {
             made = true
-            var state = OverlayNode.State(
+            var place = OverlayNode.Place(
                 parent: parent, name: key.name.isEmpty ? name.bytesWithNUL : key.name, inUpper: f.inUpper, lower: f.lower,
                 lowerDirs: f.lowerDirs, key: key, redirect: f.redirect, metacopy: f.metacopy, dataLayer: f.dataLayer)
-            state.lowerPaths = f.lowerPaths
-            state.indexName = f.indexName
-            state.lowerNlink = f.lowerNlink
-            return OverlayNode(id: id, isDirectory: isDir, ino: ino, state: state)
+            place.lowerPaths = f.lowerPaths
+            place.indexName = f.indexName
+            place.lowerNlink = f.lowerNlink
+            return OverlayNode(id: id, isDirectory: isDir, ino: ino, state: OverlayNode.State(place: place))
         }
         var n = table.reference(key, make: make)
         // A node found by the inode's number may be one whose removal we
@@ -634,16 +634,17 @@ extension Overlay {
             guard let now = try? resolve(parent, name) else { return false }
             return now.stat.st_dev == f.stat.st_dev && now.stat.st_ino == f.stat.st_ino
         }
-        if let h = f.indexName, !made { n.state.withLock { $0.indexName = h } }
+        if let h = f.indexName, !made { n.state.withLock { $0.place.indexName = h } }
         if isDir && recorded {
             n.state.withLock { st in
-                if st.redirect != f.redirect || st.lowerPaths != f.lowerPaths {
-                    st.fds = [:]; st.handles = [:]; st.lowerNames = [:]; st.listings.removeAll(); st.prepared = nil
+                if st.place.redirect != f.redirect || st.place.lowerPaths != f.lowerPaths {
+                    st.caches.placeMoved()
+                    st.listings.removeAll()
                 }
-                st.lowerDirs = f.lowerDirs; st.inUpper = f.inUpper; st.lower = f.lower; st.redirect = f.redirect
-                st.lowerPaths = f.lowerPaths
+                st.place.lowerDirs = f.lowerDirs; st.place.inUpper = f.inUpper; st.place.lower = f.lower; st.place.redirect = f.redirect
+                st.place.lowerPaths = f.lowerPaths
                 // The marks read while resolving: listings need not read them again.
-                for l in f.checkedMarks { st.xwhiteouts[l] = f.xwhiteouts.contains(l) }
+                for l in f.checkedMarks { st.caches.xwhiteouts[l] = f.xwhiteouts.contains(l) }
             }
         }
         return n
@@ -652,7 +653,7 @@ extension Overlay {
     /// Whether a directory node's cached upper descriptor is of a directory
     /// that has been removed (no links left).
     func isRemovedDirectory(_ n: OverlayNode) -> Bool {
-        guard let fd = n.state.withLock({ $0.fds[0] }) else { return false }
+        guard let fd = n.state.withLock({ $0.caches.fds[0] }) else { return false }
         var st = stat()
         return fstat(fd.raw, &st) == 0 && st.st_nlink == 0
     }

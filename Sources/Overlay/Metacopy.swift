@@ -15,8 +15,8 @@ extension Overlay {
     /// Calls `body` with the directory and name of the node's data: the
     /// lower file for a metadata-only copy, else its top location.
     func withData<R>(_ n: OverlayNode, _ body: (Int32, UnsafePointer<CChar>) throws(Errno) -> R) throws(Errno) -> R {
-        let s = n.state.withLock { st in (metacopy: st.metacopy, layer: st.dataLayer, parent: st.parent, name: st.name,
-                                          path: st.dataLayer.flatMap { st.lowerPaths[$0] }) }
+        let s = n.state.withLock { st in (metacopy: st.place.metacopy, layer: st.place.dataLayer, parent: st.place.parent, name: st.place.name,
+                                          path: st.place.dataLayer.flatMap { st.place.lowerPaths[$0] }) }
         guard s.metacopy, let layer = s.layer else {
             return try atTop(n) { (d: Int32, name: UnsafePointer<CChar>, _: Int) throws(Errno) -> R in try body(d, name) }
         }
@@ -40,7 +40,7 @@ extension Overlay {
         }
         let u = try UniqueFD(opened: fd)
         if hasLazyLayers {
-            let layer = n.state.withLock { $0.metacopy ? ($0.dataLayer ?? 0) : $0.topLayer }
+            let layer = n.state.withLock { $0.place.metacopy ? ($0.place.dataLayer ?? 0) : $0.place.topLayer }
             try fetchIfLazy(u.raw, layer: layer)
         }
         return u
@@ -50,13 +50,13 @@ extension Overlay {
     /// own (as the kernel's ovl_getattr does: `du` counts the data).
     /// Lower layers do not change under a mount, so the count is asked once.
     func dataBlocks(_ n: OverlayNode) -> blkcnt_t? {
-        if let b = n.state.withLock({ $0.metacopy ? $0.dataBlocks : nil }) { return b }
+        if let b = n.state.withLock({ $0.place.metacopy ? $0.caches.dataBlocks : nil }) { return b }
         var st = stat()
         let rc = try? withData(n) { (d: Int32, name: UnsafePointer<CChar>) -> Int32 in
             fstatat(d, name, &st, Linux.AT_SYMLINK_NOFOLLOW)
         }
         guard rc == 0 else { return nil }
-        n.state.withLock { if $0.metacopy { $0.dataBlocks = st.st_blocks } }
+        n.state.withLock { if $0.place.metacopy { $0.caches.dataBlocks = st.st_blocks } }
         return st.st_blocks
     }
 
@@ -67,7 +67,7 @@ extension Overlay {
     func copyUpData(_ n: OverlayNode) throws(Errno) {
         try waitForLowerPassthrough(n)
         try n.copyUpLock.withLock { (_: inout Void) throws(Errno) in
-            guard n.state.withLock({ $0.metacopy }) else { return }
+            guard n.state.withLock({ $0.place.metacopy }) else { return }
             let input = try openData(n, flags: O_RDONLY)
             try atTop(n) { (d: Int32, name: UnsafePointer<CChar>, _: Int) throws(Errno) in
                 let output = try UniqueFD(opened: openat(d, name, d == AT_FDCWD ? O_WRONLY | O_CLOEXEC : O_WRONLY | O_NOFOLLOW | O_CLOEXEC))
@@ -81,9 +81,9 @@ extension Overlay {
                 if !config.volatile && fsync(output.raw) != 0 { throw currentErrno() }
                 if fremovexattr(output.raw, metacopyXattr) != 0 && strata_errno() != ENODATA { throw currentErrno() }
                 n.state.withLock { s in
-                    s.metacopy = false
-                    s.dataLayer = nil
-                    s.dataBlocks = nil
+                    s.place.metacopy = false
+                    s.place.dataLayer = nil
+                    s.caches.dataBlocks = nil
                     // Readers through the daemon move to the copy.
                     moveFollowers(&s, to: d, name)
                 }
@@ -96,7 +96,7 @@ extension Overlay {
     /// data is, absolute from the lower roots (the kernel's ovl_set_redirect
     /// on a metacopy file), so that every name finds it.
     func redirectData(_ n: OverlayNode, _ dfd: Int32, _ name: String) -> [String]? {
-        guard !n.isDirectory, n.state.withLock({ $0.metacopy }) else { return nil }
+        guard !n.isDirectory, n.state.withLock({ $0.place.metacopy }) else { return nil }
         let path = lowerPath(n)
         setRedirect(dfd, name, path)
         return path
@@ -106,10 +106,10 @@ extension Overlay {
     /// metadata-only copy's data) are, so that they stay found after.
     func pinLowerPaths(_ n: OverlayNode) {
         let (layers, known) = n.state.withLock { s -> ([Int], [Int: [String]]) in
-            (n.isDirectory ? s.lowerDirs : (s.metacopy ? s.dataLayer.map { [$0] } ?? [] : []), s.lowerPaths)
+            (n.isDirectory ? s.place.lowerDirs : (s.place.metacopy ? s.place.dataLayer.map { [$0] } ?? [] : []), s.place.lowerPaths)
         }
         var paths = known
         for l in layers where paths[l] == nil { paths[l] = layerPath(n, l) }
-        n.state.withLock { $0.lowerPaths = paths }
+        n.state.withLock { $0.place.lowerPaths = paths }
     }
 }

@@ -84,17 +84,17 @@ extension Overlay {
         let raw = fd.raw
         let (serving, follows) = try n.state.withLock { (s: inout OverlayNode.State) throws(Errno) -> (OpenFile.Serving, Bool) in
             // A metadata-only copy's data is below: served as a lower file.
-            let dataUp = (s.inUpper || s.indexName != nil) && !s.metacopy
+            let dataUp = (s.place.inUpper || s.place.indexName != nil) && !s.place.metacopy
             let c = OpenChoice(inUpper: dataUp, isRegular: regular, size: Int64(st.st_size), mode: UInt32(st.st_mode),
-                               daemon: s.openFiles.daemon, passthroughLower: s.openFiles.passthroughLower,
-                               passthroughUpper: s.openFiles.passthroughUpper)
+                               daemon: s.opens.daemon, passthroughLower: s.opens.passthroughLower,
+                               passthroughUpper: s.opens.passthroughUpper)
             let serving = try choose(c)
             switch serving {
             case .daemon:
-                s.openFiles.daemon += 1
-                if !dataUp && regular { s.openFiles.following.insert(raw) }
-            case .passthroughLower: s.openFiles.passthroughLower += 1
-            case .passthroughUpper: s.openFiles.passthroughUpper += 1
+                s.opens.daemon += 1
+                if !dataUp && regular { s.opens.following.insert(raw) }
+            case .passthroughLower: s.opens.passthroughLower += 1
+            case .passthroughUpper: s.opens.passthroughUpper += 1
             }
             return (serving, serving == .daemon && regular && !dataUp)
         }
@@ -106,10 +106,10 @@ extension Overlay {
         f.node.state.withLock { s in
             switch f.serving {
             case .daemon:
-                s.openFiles.daemon -= 1
-                s.openFiles.following.remove(f.fd)
-            case .passthroughLower: s.openFiles.passthroughLower -= 1
-            case .passthroughUpper: s.openFiles.passthroughUpper -= 1
+                s.opens.daemon -= 1
+                s.opens.following.remove(f.fd)
+            case .passthroughLower: s.opens.passthroughLower -= 1
+            case .passthroughUpper: s.opens.passthroughUpper -= 1
             }
         }
     }

@@ -189,11 +189,12 @@ public final class Overlay: @unchecked Sendable {
         let top = ls[0]
         fstat(top.root.raw, &st)
         let rootState = OverlayNode.State(
-            parent: nil, name: [0], inUpper: upper != nil,
-            lower: upper == nil ? 0 : (ls.count > 1 ? 1 : nil),
-            lowerDirs: Array((upper == nil ? 0 : 1)..<ls.count),
-            fds: Dictionary(uniqueKeysWithValues: ls.map { ($0.index, $0.root) }),
-            key: InodeKey(dev: UInt64(st.st_dev), ino: UInt64(st.st_ino)))
+            place: OverlayNode.Place(
+                parent: nil, name: [0], inUpper: upper != nil,
+                lower: upper == nil ? 0 : (ls.count > 1 ? 1 : nil),
+                lowerDirs: Array((upper == nil ? 0 : 1)..<ls.count),
+                key: InodeKey(dev: UInt64(st.st_dev), ino: UInt64(st.st_ino))),
+            fds: Dictionary(uniqueKeysWithValues: ls.map { ($0.index, $0.root) }))
         root = OverlayNode(id: 1, isDirectory: true, ino: UInt64(st.st_ino), state: rootState)
         table = NodeTable(root: root)
         readAhead?.overlay = self
@@ -266,7 +267,7 @@ public final class Overlay: @unchecked Sendable {
             nodes += 1
             if n.isDirectory { directories += 1 }
             n.state.withLock { s in
-                handles += s.handles.count
+                handles += s.caches.handles.count
                 listings += s.listings.count; listed += s.listings.entryCount
             }
         }

@@ -25,9 +25,33 @@ public final class OverlayNode: TableNode, @unchecked Sendable {
     /// Kernel references now (statistics and tests).
     public var lookupCount: UInt64 { references.count }
     /// The key of the node table: the real inode of its top location.
-    public var tableKey: InodeKey { state.withLock { $0.key } }
+    public var tableKey: InodeKey { state.withLock { $0.place.key } }
 
+    /// Everything that changes, under the node's one lock, in three parts
+    /// with different lifetimes (the kernel's small `ovl_inode`, its
+    /// `ovl_entry` and its per-open readdir cache play these roles).
     public struct State: @unchecked Sendable {
+        /// Where it is: its names and its place in each layer. Changed by
+        /// lookups, copy-up, renames and removals.
+        public internal(set) var place: Place
+        /// What was read at that place, to spare system calls; every entry
+        /// can be read again, and `NodeCaches.placeMoved` drops what a move
+        /// makes stale.
+        var caches = NodeCaches()
+        /// Its open files, by how each is served (see `OpenFile`).
+        var opens = OpenCounts()
+        /// Merged listings its readers are part-way through (see
+        /// `Overlay.listing`).
+        var listings = Listings()
+
+        init(place: Place, fds: [Int: OwnedFD] = [:]) {
+            self.place = place
+            caches.fds = fds
+        }
+    }
+
+    /// Where a merged inode is.
+    public struct Place: @unchecked Sendable {
         public internal(set) var parent: OverlayNode?
         var name: [UInt8]            // NUL-terminated
         /// Exists in the upper layer.
@@ -37,12 +61,6 @@ public final class OverlayNode: TableNode, @unchecked Sendable {
         /// Directories: lower layers that contribute entries, top first
         /// (cut below an opaque directory or a non-directory).
         var lowerDirs: [Int]
-        /// Cached O_PATH descriptors of this directory, per layer.
-        var fds: [Int: OwnedFD] = [:]
-        /// Where the descriptor budget refused a cached descriptor: the
-        /// directory's file handle per layer, which reopens it in one call
-        /// however deep it is and whatever was renamed above it since.
-        var handles: [Int: DirHandle] = [:]
         /// Real (dev, ino) of the top location, the key of the inode map.
         var key: InodeKey
         var unlinked = false
@@ -50,28 +68,6 @@ public final class OverlayNode: TableNode, @unchecked Sendable {
         var orphan: OwnedFD?
         /// Further names of an upper hard link (the first is parent/name).
         var others: [(OverlayNode, [UInt8])] = []
-        /// Its open files (see `OpenFile`).
-        var openFiles = OpenCounts()
-        /// Merged listings its readers are part-way through.
-        public var listings = Listings()
-        /// Its listing, its entries resolved, made ahead of a walker that
-        /// has not asked for it yet (see `ReadAhead`).
-        var prepared: PreparedListing?
-        /// Per lower layer, hashes of the names this directory holds there.
-        /// Lower layers never change under a mount, so a name whose hash is
-        /// absent is absent, and its lookup in that layer is skipped (a
-        /// collision only costs the real lookup).
-        var lowerNames: [Int: Set<UInt64>] = [:]
-        /// A directory whose upper copy this mount made (copy-up or mkdir)
-        /// with device whiteouts: nothing in it is a `.wh.` file (names of
-        /// that form are refused through the union, and the layers do not
-        /// change under a mount), so lookups skip that probe there.
-        var upperHoldsNoWhFiles = false
-        /// Whether this directory's upper copy is marked `overlay.impure`
-        /// (it may hold entries the kernel copied up), once asked.
-        var upperImpure: Bool?
-        /// Per layer, whether this directory is marked to hold xattr whiteouts.
-        var xwhiteouts: [Int: Bool] = [:]
         /// A renamed directory (redirect_dir=on): where its lower parts are,
         /// as path components from each lower layer's root. For a
         /// metadata-only copy (metacopy=on) moved or linked: where its data is.
@@ -81,8 +77,6 @@ public final class OverlayNode: TableNode, @unchecked Sendable {
         /// write copies it up.
         var metacopy = false
         var dataLayer: Int?
-        /// The data's block count, once asked (the data is in a lower layer).
-        var dataBlocks: blkcnt_t?
         /// Per lower layer, its path there when that is not the parent's
         /// path there and its name: below a redirect (its own, one met in a
         /// lower layer, or an ancestor's), for a directory's parts and a
@@ -111,16 +105,16 @@ public final class OverlayNode: TableNode, @unchecked Sendable {
     @discardableResult
     func addName(_ p: OverlayNode, _ n: FileName, stillNamed: () -> Bool = { true }) -> Bool {
         state.withLock { s in
-            if s.isPrimary(p, n) && !s.unlinked { return true }
+            if s.place.isPrimary(p, n) && !s.place.unlinked { return true }
             if !stillNamed() { return false }
-            if isDirectory || s.unlinked {
-                s.parent = p
-                s.name = n.bytesWithNUL
-                s.unlinked = false
+            if isDirectory || s.place.unlinked {
+                s.place.parent = p
+                s.place.name = n.bytesWithNUL
+                s.place.unlinked = false
                 return true
             }
-            if s.others.contains(where: { $0.0 === p && $0.1.count == n.count + 1 && n.equals(prefixOf: $0.1) }) { return true }
-            s.others.append((p, n.bytesWithNUL))
+            if s.place.others.contains(where: { $0.0 === p && $0.1.count == n.count + 1 && n.equals(prefixOf: $0.1) }) { return true }
+            s.place.others.append((p, n.bytesWithNUL))
             return true
         }
     }
@@ -129,18 +123,18 @@ public final class OverlayNode: TableNode, @unchecked Sendable {
     @discardableResult
     func removeName(_ p: OverlayNode, _ n: FileName) -> Bool {
         state.withLock { s in
-            if s.isPrimary(p, n) {
-                if s.others.isEmpty {
-                    s.unlinked = true
+            if s.place.isPrimary(p, n) {
+                if s.place.others.isEmpty {
+                    s.place.unlinked = true
                 } else {
-                    let next = s.others.removeFirst()
-                    s.parent = next.0
-                    s.name = next.1
+                    let next = s.place.others.removeFirst()
+                    s.place.parent = next.0
+                    s.place.name = next.1
                 }
             } else {
-                s.others.removeAll { $0.0 === p && $0.1.count == n.count + 1 && n.equals(prefixOf: $0.1) }
+                s.place.others.removeAll { $0.0 === p && $0.1.count == n.count + 1 && n.equals(prefixOf: $0.1) }
             }
-            return s.unlinked
+            return s.place.unlinked
         }
     }
 

@@ -108,7 +108,7 @@ extension Overlay {
     /// for its next listing from offset 0.
     func prepare(_ n: OverlayNode) {
         guard let readAhead, !n.isDead else { return }
-        let skip = n.state.withLock { s in (s.inUpper && upper != nil) || s.prepared != nil || !s.listings.isEmpty }
+        let skip = n.state.withLock { s in (s.place.inUpper && upper != nil) || s.caches.prepared != nil || !s.listings.isEmpty }
         if skip { return }
         guard var entries = try? readDirectory(n) else { return }
         for i in entries.indices {
@@ -118,8 +118,8 @@ extension Overlay {
         }
         let listing = PreparedListing(entries, readAhead)
         let stored = n.state.withLock { s -> Bool in
-            guard !(s.inUpper && upper != nil) && s.prepared == nil && s.listings.isEmpty else { return false }
-            s.prepared = listing
+            guard !(s.place.inUpper && upper != nil) && s.caches.prepared == nil && s.listings.isEmpty else { return false }
+            s.caches.prepared = listing
             return true
         }
         if stored { readAhead.prepared.add(1, ordering: .relaxed) }
@@ -130,9 +130,9 @@ extension Overlay {
     public func takePreparedListing(_ n: OverlayNode) -> [DirEntry]? {
         guard let readAhead else { return nil }
         let p = n.state.withLock { s -> PreparedListing? in
-            let p = s.prepared
-            s.prepared = nil
-            return (s.inUpper && upper != nil) ? nil : p
+            let p = s.caches.prepared
+            s.caches.prepared = nil
+            return (s.place.inUpper && upper != nil) ? nil : p
         }
         guard let p else { return nil }
         readAhead.used.add(1, ordering: .relaxed)
@@ -143,7 +143,7 @@ extension Overlay {
     /// directory is still not in the upper layer, else by name.
     public func lookup(_ parent: OverlayNode, entry e: DirEntry) throws(Errno) -> (OverlayNode, stat) {
         let r = FileName.with(unterminated: e.name) { (fn: FileName) -> Result<(OverlayNode, stat), Errno> in
-            if let f = e.found?.found, !parent.state.withLock({ $0.inUpper && upper != nil }) {
+            if let f = e.found?.found, !parent.state.withLock({ $0.place.inUpper && upper != nil }) {
                 return Result { () throws(Errno) in try lookup(parent, fn, resolved: f) }
             }
             return Result { () throws(Errno) in try lookup(parent, fn) }

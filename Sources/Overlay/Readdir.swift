@@ -61,7 +61,7 @@ extension Overlay {
                     out.append(DirEntry(name: bytes, type: type, ino: reported))
                 }
             }
-            if let names { n.state.withLock { $0.lowerNames[l] = names } }
+            if let names { n.state.withLock { $0.caches.lowerNames[l] = names } }
         }
         return out
     }

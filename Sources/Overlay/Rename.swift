@@ -90,12 +90,12 @@ extension Overlay {
         // in; it does so before the rename, which may still fail.
         // A metadata-only copy that moves records where its data is, as a
         // moved directory records its lower parts.
-        func isMetacopy(_ n: OverlayNode?) -> Bool { n.map { !$0.isDirectory && $0.state.withLock { $0.metacopy } } ?? false }
+        func isMetacopy(_ n: OverlayNode?) -> Bool { n.map { !$0.isDirectory && $0.state.withLock { $0.place.metacopy } } ?? false }
         let srcRedirect: [String]? = (srcDir && isMergedOrLower(src)) || isMetacopy(sn) ? lowerPath(sn) : nil
         let dstRedirect: [String]? = (exchange && dstDir && dst.map(isMergedOrLower) == true) || (exchange && isMetacopy(xn))
             ? xn.map(lowerPath) : nil
-        let needOpaque = srcDir && srcRedirect == nil && !q.snapshot.lowerDirs.isEmpty
-        let xOpaque = exchange && dstDir && dstRedirect == nil && !p.snapshot.lowerDirs.isEmpty
+        let needOpaque = srcDir && srcRedirect == nil && !q.snapshot.place.lowerDirs.isEmpty
+        let xOpaque = exchange && dstDir && dstRedirect == nil && !p.snapshot.place.lowerDirs.isEmpty
         let srcBelow = exchange ? false : try existsBelow(p, name)
         // Where their lower parts are, fixed before the names change.
         if srcRedirect != nil { pinLowerPaths(sn) }
@@ -139,9 +139,9 @@ extension Overlay {
         endNlinkChange(dstChange, by: -1)
         sn.removeName(p, name)
         sn.addName(q, newName)
-        if let r = srcRedirect { sn.state.withLock { $0.redirect = r } }
-        if let r = dstRedirect, let x = xn { x.state.withLock { $0.redirect = r } }
-        if needOpaque { sn.state.withLock { $0.lowerDirs = [] } }
+        if let r = srcRedirect { sn.state.withLock { $0.place.redirect = r } }
+        if let r = dstRedirect, let x = xn { x.state.withLock { $0.place.redirect = r } }
+        if needOpaque { sn.state.withLock { $0.place.lowerDirs = [] } }
         if let x = xn {
             x.removeName(q, newName)
             x.addName(p, name)

@@ -24,23 +24,10 @@ extension OverlayFS {
     /// `Listings`): position 1 is after ".", 2 after "..", 2+i+1 after entry i.
     public func readdir(_ r: Request, node id: NodeID, handle: UInt64, offset: UInt64, into out: inout DirentWriter) throws(Errno) {
         let dir = try node(id)
-        // A listing starts at offset 0; later offsets continue the reader's own.
-        var (listing, position) = Listings.split(offset)
-        let entries: [Overlay.DirEntry]
-        if offset == 0 || listing == 0 {
-            if let prepared = overlay.takePreparedListing(dir) { entries = prepared } else { entries = try overlay.readDirectory(dir) }
-            listing = dir.state.withLock { $0.listings.start(entries) }
-        } else if let l = dir.state.withLock({ $0.listings.find(listing) }) {
-            entries = l
-        } else {
-            entries = try overlay.readDirectory(dir)
-            dir.state.withLock { $0.listings.keep(listing, entries) }
-        }
+        let (listing, position, entries) = try overlay.listing(dir, offset: offset)
         if position >= entries.count + 2 {
-            // The end, which the kernel asks for last: this reader's listing
-            // is done with, and a directory node no longer holds its entries
-            // for as long as the kernel holds the node.
-            dir.state.withLock { $0.listings.end(listing) }
+            // The end, which the kernel asks for last.
+            overlay.endListing(dir, listing)
             return
         }
         var off = UInt64(position)

@@ -10,8 +10,8 @@ import Glibc
 /// FORGETs) against the copy-up that moves a node to another key.
 @Suite struct NodeTableTests {
     func node(_ id: UInt64, _ key: InodeKey, parent: OverlayNode? = nil) -> OverlayNode {
-        OverlayNode(id: id, isDirectory: false, ino: key.ino, state: .init(
-            parent: parent, name: [0x66, 0], inUpper: false, lower: 1, lowerDirs: [], key: key))
+        OverlayNode(id: id, isDirectory: false, ino: key.ino, state: .init(place: .init(
+            parent: parent, name: [0x66, 0], inUpper: false, lower: 1, lowerDirs: [], key: key)))
     }
 
     /// A copy-up has given the node its upper key while a lookup that
@@ -28,7 +28,7 @@ import Glibc
         #expect(n.lookupCount == start)
         // The copy-up's first half: the node knows its new key, the table
         // still has it under the old one.
-        n.state.withLock { $0.key = new }
+        n.state.withLock { $0.place.key = new }
         let rounds = 200_000
         await withTaskGroup(of: Void.self) { g in
             g.addTask {
