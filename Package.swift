@@ -2,7 +2,8 @@
 import PackageDescription
 
 // Module graph (one way, see docs/ARCHITECTURE.md):
-//   CStrata <- Sys <- Tables <- FUSE <- Loopback <- strata
+//   CStrata (system-call shims) <- Sys only; CFuseProto (the FUSE ABI) <- FUSE
+//   Sys <- Tables <- FUSE <- Loopback <- strata
 //                  Tables <- Overlay <- OverlayFS (also <- FUSE) <- strata
 //                  Sys <- Archive (libarchive, zlib) <- Store (SQLite via GRDB) <- Registry (AsyncHTTPClient) <- strata
 // Every target names each module it imports (swift-system's SystemPackage
@@ -29,23 +30,26 @@ let package = Package(
         // liburing (Debian liburing-dev) drives the FUSE io_uring queues,
         // from CStrata's uring.c.
         .systemLibrary(name: "CURing", pkgConfig: "liburing", providers: [.apt(["liburing-dev"])]),
-        .target(name: "CStrata", dependencies: ["CURing"]),
+        // The FUSE kernel ABI's structures, for FUSE; the system-call shims
+        // (CStrata) are reached only through Sys.
+        .target(name: "CFuseProto"),
+        .target(name: "CStrata", dependencies: ["CURing", "CFuseProto"]),
         .target(name: "Sys", dependencies: [
             "CStrata",
             .product(name: "SystemPackage", package: "swift-system"),
         ]),
         // The node and open-file tables both file systems keep.
         .target(name: "Tables", dependencies: [
-            "CStrata", "Sys",
+            "Sys",
             .product(name: "SystemPackage", package: "swift-system"),
         ]),
         .target(name: "FUSE", dependencies: [
-            "CStrata", "Sys", "Tables",
+            "CFuseProto", "Sys", "Tables",
             .product(name: "SystemPackage", package: "swift-system"),
             .product(name: "Logging", package: "swift-log"),
         ]),
-        .target(name: "Loopback", dependencies: ["FUSE", "Sys", "Tables", "CStrata", .product(name: "SystemPackage", package: "swift-system")]),
-        .target(name: "Overlay", dependencies: ["Sys", "Tables", "CStrata", .product(name: "SystemPackage", package: "swift-system")]),
+        .target(name: "Loopback", dependencies: ["FUSE", "Sys", "Tables", .product(name: "SystemPackage", package: "swift-system")]),
+        .target(name: "Overlay", dependencies: ["Sys", "Tables", .product(name: "SystemPackage", package: "swift-system")]),
         // libarchive (Debian libarchive-dev) reads and writes tar and its
         // compressions; Archive adds the layer rules on top.
         .systemLibrary(name: "CArchive", pkgConfig: "libarchive", providers: [.apt(["libarchive-dev"])]),
@@ -53,19 +57,19 @@ let package = Package(
         // which must start exactly where a file's data does.
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
         .target(name: "Archive", dependencies: [
-            "Sys", "CStrata", "CArchive", "CZlib",
+            "Sys", "CArchive", "CZlib",
             .product(name: "SystemPackage", package: "swift-system"),
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
         .target(name: "Store", dependencies: [
-            "Archive", "Sys", "CStrata",
+            "Archive", "Sys",
             .product(name: "SystemPackage", package: "swift-system"),
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "GRDB", package: "GRDB.swift"),
         ]),
-        .target(name: "OverlayFS", dependencies: ["Overlay", "FUSE", "Sys", "Tables", "CStrata", .product(name: "SystemPackage", package: "swift-system")]),
+        .target(name: "OverlayFS", dependencies: ["Overlay", "FUSE", "Sys", "Tables", .product(name: "SystemPackage", package: "swift-system")]),
         .target(name: "Registry", dependencies: [
-            "Store", "Archive", "Sys", "CStrata",
+            "Store", "Archive", "Sys",
             .product(name: "SystemPackage", package: "swift-system"),
             .product(name: "AsyncHTTPClient", package: "async-http-client"),
             .product(name: "NIOCore", package: "swift-nio"),

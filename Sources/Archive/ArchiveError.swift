@@ -1,3 +1,9 @@
+import Sys
+import SystemPackage
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// Why a layer archive was refused: the entry and the rule it broke, one line.
 public struct ArchiveError: Error, CustomStringConvertible, Sendable {
     /// What went wrong, where a caller decides by it.
@@ -17,4 +23,14 @@ public struct ArchiveError: Error, CustomStringConvertible, Sendable {
         self.kind = kind
     }
     public var description: String { entry.isEmpty ? message : "\(entry): \(message)" }
+}
+
+/// Opens `path` for the archive code: a failure is one error naming it
+/// (`label`, else the path) and what was being done.
+func openOwned(_ path: String, _ flags: Int32, _ mode: mode_t = 0, doing what: String, label: String? = nil) throws(ArchiveError) -> UniqueFD {
+    do throws(Errno) {
+        return try Sys.open(path, flags, mode)
+    } catch {
+        throw ArchiveError(label ?? path, "\(what): \(error)")
+    }
 }

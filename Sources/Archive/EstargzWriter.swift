@@ -54,9 +54,8 @@ public enum EstargzWriter {
                                prioritised: [String] = []) throws(ArchiveError) -> Result {
         let zstd = format == .zstdChunked
         if zstd && !prioritised.isEmpty { throw ArchiveError(output, "prioritised files are an eStargz feature (a prefetch landmark); zstd:chunked has none") }
-        let ofd = open(output, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        if ofd < 0 { throw ArchiveError(output, "create: \(currentErrno())") }
-        defer { close(ofd) }
+        let outputFile = try openOwned(output, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600, doing: "create")
+        let ofd = outputFile.raw
         guard let w = archive_write_new() else { throw ArchiveError(output, "libarchive: out of memory") }
         defer { archive_write_free(w) }
         archive_write_set_format_pax_restricted(w)

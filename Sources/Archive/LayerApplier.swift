@@ -1,5 +1,4 @@
 import CArchive
-import CStrata
 import Sys
 import SystemPackage
 #if canImport(Glibc)
@@ -43,10 +42,9 @@ public struct LayerApplier: Sendable {
     public init() {}
 
     public func apply(file path: String, to dest: String) throws(ArchiveError) -> Stats {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        if fd < 0 { throw ArchiveError(path, "open: \(currentErrno())") }
-        defer { close(fd) }
-        return try apply(fd: fd, to: dest, label: path)
+        let file: UniqueFD
+        do throws(Errno) { file = try Sys.open(path, O_RDONLY | O_CLOEXEC) } catch { throw ArchiveError(path, "open: \(error)") }
+        return try apply(fd: file.raw, to: dest, label: path)
     }
 
     public func apply(fd: Int32, to dest: String, label: String = "layer") throws(ArchiveError) -> Stats {
@@ -64,12 +62,13 @@ public struct LayerApplier: Sendable {
         if mkdir(staging, 0o755) != 0 { throw ArchiveError(staging, "mkdir: \(currentErrno())") }
         var ok = false
         defer { if !ok { removeTree(path: staging) } }
-        let root = open(staging, Linux.O_PATH | O_DIRECTORY | O_CLOEXEC)
-        if root < 0 { throw ArchiveError(staging, "open: \(currentErrno())") }
-        defer { close(root) }
-        let stats = try body(root, staging)
-        if strata_renameat2(AT_FDCWD, staging, AT_FDCWD, dest, Linux.RENAME_NOREPLACE) != 0 {
-            throw ArchiveError(dest, "rename into place: \(currentErrno())")
+        let root: UniqueFD
+        do throws(Errno) { root = try Sys.open(staging, Linux.O_PATH | O_DIRECTORY | O_CLOEXEC) } catch { throw ArchiveError(staging, "open: \(error)") }
+        let stats = try body(root.raw, staging)
+        do throws(Errno) {
+            try Sys.renameat2(AT_FDCWD, staging, AT_FDCWD, dest, flags: Linux.RENAME_NOREPLACE)
+        } catch {
+            throw ArchiveError(dest, "rename into place: \(error)")
         }
         ok = true
         return stats
@@ -84,7 +83,7 @@ public struct LayerApplier: Sendable {
         // layer root costs an openat per component. It can never name a
         // replaced directory: replacing one needs an entry whose parent is
         // that directory's parent, which then becomes the kept one.
-        var kept: (path: ArraySlice<String>, fd: Int32)? = nil
+        var kept: (path: ArraySlice<String>, dir: OwnedFD)? = nil
     }
 
     /// Where a regular file's data comes from: the archive being read, or
@@ -104,7 +103,6 @@ public struct LayerApplier: Sendable {
             throw ArchiveError(label, "not a readable archive: \(errorString(a))")
         }
         var state = ApplyState()
-        defer { if let k = state.kept { close(k.fd) } }
         var entry: OpaquePointer? = nil
         var lastName = ""
         while true {
@@ -130,7 +128,6 @@ public struct LayerApplier: Sendable {
                       markXattr: String, mark: @escaping (OpaquePointer) -> String?) throws(ArchiveError) -> Stats {
         try intoStaging(dest) { (root: Int32, _: String) throws(ArchiveError) -> Stats in
             var state = ApplyState()
-            defer { if let k = state.kept { close(k.fd) } }
             for e in entries {
                 guard let cpath = archive_entry_pathname(e) else { throw ArchiveError(dest, "entry without a name") }
                 _ = try place(e, raw: String(cString: cpath), root: root, state: &state, data: .later(xattr: markXattr, mark: mark))
@@ -143,10 +140,9 @@ public struct LayerApplier: Sendable {
     /// Directory times last: creating their entries changed them.
     private func finishDirectoryTimes(root: Int32, _ state: ApplyState) {
         for (parentComponents, name, mtime) in state.dirTimes.reversed() {
-            if let pfd = try? openParent(root, parentComponents, entry: name, create: false) {
+            if let dir = try? openParent(root, parentComponents, entry: name, create: false) {
                 let ts = [timespec(tv_sec: 0, tv_nsec: Linux.UTIME_OMIT), mtime]
-                utimensat(pfd, name, ts, Linux.AT_SYMLINK_NOFOLLOW)
-                close(pfd)
+                utimensat(dir.raw, name, ts, Linux.AT_SYMLINK_NOFOLLOW)
             }
         }
     }
@@ -160,12 +156,12 @@ public struct LayerApplier: Sendable {
         if p.isRoot { return false }
         let name = p.name
         let isWhiteout = name.hasPrefix(OverlayFormat.whiteoutPrefix)
-        let parent: Int32
+        let parentDir: OwnedFD
         if let k = state.kept, k.path == p.parent {
-            parent = k.fd
+            parentDir = k.dir
         } else {
             do throws(ArchiveError) {
-                parent = try openParent(root, p.parent, entry: raw, create: true)
+                parentDir = try openParent(root, p.parent, entry: raw, create: true)
             } catch where isWhiteout && error.kind == .throughNonDirectory {
                 // Nothing below a non-directory is looked up in a layer:
                 // the whiteout hides nothing and nothing is written for it.
@@ -173,9 +169,9 @@ public struct LayerApplier: Sendable {
                 if state.stats.firstDroppedWhiteout == nil { state.stats.firstDroppedWhiteout = raw }
                 return false
             }
-            if let k = state.kept { close(k.fd) }
-            state.kept = (p.parent, parent)
+            state.kept = (p.parent, parentDir)
         }
+        let parent = parentDir.raw
         if isWhiteout {
             try whiteout(parent, name, entry: raw, stats: &state.stats)
             // The whiteout keeps the entry's time, so a layer applies
@@ -192,9 +188,8 @@ public struct LayerApplier: Sendable {
             let target = try LayerPath(String(cString: hl))
             if target.isRoot { throw ArchiveError(raw, "hard link to the layer root") }
             let tparent = try openParent(root, target.parent, entry: raw, create: false)
-            defer { close(tparent) }
             removeExisting(parent, name)
-            if linkat(tparent, target.name, parent, name, 0) != 0 {
+            if linkat(tparent.raw, target.name, parent, name, 0) != 0 {
                 throw ArchiveError(raw, "hard link to \(target.original): \(currentErrno())")
             }
             return false
@@ -204,9 +199,13 @@ public struct LayerApplier: Sendable {
         switch type {
         case Linux.S_IFREG:
             removeExisting(parent, name)
-            let out = openat(parent, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
-            if out < 0 { throw ArchiveError(raw, "create: \(currentErrno())") }
-            defer { close(out) }
+            let file: UniqueFD
+            do throws(Errno) {
+                file = try Sys.openat(parent, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+            } catch {
+                throw ArchiveError(raw, "create: \(error)")
+            }
+            let out = file.raw
             let size = Int64(archive_entry_size(e))
             var ended = false
             switch data {
@@ -215,8 +214,10 @@ public struct LayerApplier: Sendable {
                 state.stats.bytes += copied
                 ended = end
             case .later(let xattr, let mark):
-                if size > 0, let m = mark(e), fsetxattr(out, xattr, m, m.utf8.count, 0) != 0 {
-                    throw ArchiveError(raw, "marking its data as not yet fetched: \(currentErrno())")
+                if size > 0, let m = mark(e) {
+                    do throws(Errno) { try Sys.setxattr(fd: out, xattr, m) } catch {
+                        throw ArchiveError(raw, "marking its data as not yet fetched: \(error)")
+                    }
                 }
                 state.stats.bytes += size
             }
@@ -233,7 +234,7 @@ public struct LayerApplier: Sendable {
             if fstatat(parent, name, &st, Linux.AT_SYMLINK_NOFOLLOW) == 0 && st.st_mode & Linux.S_IFMT != Linux.S_IFDIR {
                 unlinkat(parent, name, 0)
             }
-            if mkdirat(parent, name, 0o700) != 0 && strata_errno() != EEXIST { throw ArchiveError(raw, "mkdir: \(currentErrno())") }
+            if mkdirat(parent, name, 0o700) != 0 && currentErrno() != .fileExists { throw ArchiveError(raw, "mkdir: \(currentErrno())") }
         case Linux.S_IFLNK:
             guard let t = archive_entry_symlink(e) else { throw ArchiveError(raw, "symlink without a target") }
             removeExisting(parent, name)
@@ -241,7 +242,7 @@ public struct LayerApplier: Sendable {
         case Linux.S_IFCHR, Linux.S_IFBLK, Linux.S_IFIFO:
             if type != Linux.S_IFIFO && !privileged { state.stats.skipped += 1; return false }
             removeExisting(parent, name)
-            let dev = strata_makedev(UInt32(archive_entry_rdevmajor(e)), UInt32(archive_entry_rdevminor(e)))
+            let dev = Sys.makedev(UInt32(archive_entry_rdevmajor(e)), UInt32(archive_entry_rdevminor(e)))
             if mknodat(parent, name, type | mode, dev_t(dev)) != 0 { throw ArchiveError(raw, "mknod: \(currentErrno())") }
         default:
             state.stats.skipped += 1      // sockets have no place in a layer
@@ -257,11 +258,13 @@ public struct LayerApplier: Sendable {
     private func whiteout(_ parent: Int32, _ name: String, entry: String, stats: inout Stats) throws(ArchiveError) {
         if name == OverlayFormat.opaqueName {
             let path = "/proc/self/fd/\(parent)/."
-            if lsetxattr(path, opaqueXattr, "y", 1, 0) != 0 {
+            if (try? PathXattr.set(path, opaqueXattr, "y")) == nil {
                 // Without xattrs, keep the OCI marker itself (Strata reads it).
-                let fd = openat(parent, name, O_WRONLY | O_CREAT | O_CLOEXEC, 0o000)
-                if fd < 0 { throw ArchiveError(entry, "opaque mark: \(currentErrno())") }
-                close(fd)
+                do throws(Errno) {
+                    _ = try Sys.openat(parent, name, O_WRONLY | O_CREAT | O_CLOEXEC, 0o000)
+                } catch {
+                    throw ArchiveError(entry, "opaque mark: \(error)")
+                }
             }
             stats.opaque += 1
             return
@@ -273,9 +276,11 @@ public struct LayerApplier: Sendable {
         if deviceWhiteouts {
             if mknodat(parent, target, Linux.S_IFCHR, 0) != 0 { throw ArchiveError(entry, "whiteout: \(currentErrno())") }
         } else {
-            let fd = openat(parent, name, O_WRONLY | O_CREAT | O_CLOEXEC, 0o000)
-            if fd < 0 { throw ArchiveError(entry, "whiteout: \(currentErrno())") }
-            close(fd)
+            do throws(Errno) {
+                _ = try Sys.openat(parent, name, O_WRONLY | O_CREAT | O_CLOEXEC, 0o000)
+            } catch {
+                throw ArchiveError(entry, "whiteout: \(error)")
+            }
         }
         stats.whiteouts += 1
     }
@@ -337,9 +342,11 @@ public struct LayerApplier: Sendable {
                 let n = String(cString: xn)
                 // Overlay metadata never comes from an archive.
                 if OverlayFormat.isOverlayXattr(n) { continue }
-                if lsetxattr(path, n, xvalue, xsize, 0) != 0 {
+                do throws(Errno) {
+                    try PathXattr.set(path, n, UnsafeRawBufferPointer(start: xvalue, count: xsize), flags: 0)
+                } catch {
                     if !privileged && n.hasPrefix("trusted.") { stats.skipped += 1; continue }
-                    throw ArchiveError(entry, "xattr \(n): \(currentErrno())")
+                    throw ArchiveError(entry, "xattr \(n): \(error)")
                 }
             }
         }

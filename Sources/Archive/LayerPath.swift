@@ -1,4 +1,3 @@
-import CStrata
 import Sys
 import SystemPackage
 #if canImport(Glibc)
@@ -33,29 +32,28 @@ struct LayerPath {
 
 /// Opens the directory `components` under `root` (O_PATH), creating missing
 /// directories when asked; a symlink or a non-directory on the way is refused.
-func openParent(_ root: Int32, _ components: ArraySlice<String>, entry: String, create: Bool) throws(ArchiveError) -> Int32 {
-    var cur = dup(root)
-    if cur < 0 { throw ArchiveError(entry, "dup: \(currentErrno())") }
+func openParent(_ root: Int32, _ components: ArraySlice<String>, entry: String, create: Bool) throws(ArchiveError) -> OwnedFD {
+    var cur: UniqueFD
+    do throws(Errno) { cur = try Sys.dup(root) } catch { throw ArchiveError(entry, "dup: \(error)") }
+    let flags = Linux.O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC
+    func refusal(_ c: String, _ e: Errno) -> ArchiveError {
+        if e == .notDirectory || e == .tooManySymbolicLinkLevels {
+            return ArchiveError(entry, "path goes through a symlink or a non-directory ('\(c)'); refused", kind: .throughNonDirectory)
+        }
+        return ArchiveError(entry, "parent \(c): \(e)")
+    }
     for c in components {
-        var next = openat(cur, c, Linux.O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-        if next < 0 && strata_errno() == ENOENT && create {
-            if mkdirat(cur, c, 0o755) != 0 && strata_errno() != EEXIST {
-                let e = currentErrno()
-                close(cur)
-                throw ArchiveError(entry, "creating parent \(c): \(e)")
+        var next: UniqueFD
+        do throws(Errno) {
+            next = try Sys.openat(cur.raw, c, flags)
+        } catch {
+            guard error == .noSuchFileOrDirectory && create else { throw refusal(c, error) }
+            if mkdirat(cur.raw, c, 0o755) != 0 && currentErrno() != .fileExists {
+                throw ArchiveError(entry, "creating parent \(c): \(currentErrno())")
             }
-            next = openat(cur, c, Linux.O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            do throws(Errno) { next = try Sys.openat(cur.raw, c, flags) } catch { throw refusal(c, error) }
         }
-        if next < 0 {
-            let e = strata_errno()
-            close(cur)
-            if e == ENOTDIR || e == ELOOP {
-                throw ArchiveError(entry, "path goes through a symlink or a non-directory ('\(c)'); refused", kind: .throughNonDirectory)
-            }
-            throw ArchiveError(entry, "parent \(c): \(Errno(rawValue: e))")
-        }
-        close(cur)
         cur = next
     }
-    return cur
+    return OwnedFD(cur)
 }

@@ -1,5 +1,4 @@
 import CArchive
-import CStrata
 import Sys
 import SystemPackage
 #if canImport(Glibc)
@@ -21,23 +20,16 @@ public struct LayerWriter: Sendable {
         archive_write_set_format_pax(a)
         archive_write_set_bytes_in_last_block(a, 1)
         if archive_write_open_fd(a, fd) != ARCHIVE_OK { throw ArchiveError(directory, errorString(a)) }
-        let root = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if root < 0 { throw ArchiveError(directory, "open: \(currentErrno())") }
-        defer { close(root) }
+        let root: UniqueFD
+        do throws(Errno) { root = try Sys.open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC) } catch { throw ArchiveError(directory, "open: \(error)") }
         var links: [String: String] = [:]      // "dev:ino" of a multiply linked file -> first path
-        try walk(a, root, prefix: "", links: &links)
+        try walk(a, root.raw, prefix: "", links: &links)
         if archive_write_close(a) != ARCHIVE_OK { throw ArchiveError(directory, errorString(a)) }
     }
 
     private func names(_ dfd: Int32) throws(ArchiveError) -> [String] {
-        let fd = openat(dfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard fd >= 0, let d = fdopendir(fd) else { throw ArchiveError("", "opendir: \(currentErrno())") }
-        defer { closedir(d) }
-        var out: [String] = []
-        while let e = readdir(d) {
-            let n = withUnsafePointer(to: e.pointee.d_name) { $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) } }
-            if n != "." && n != ".." { out.append(n) }
-        }
+        let out: [String]
+        do throws(Errno) { out = try Sys.directoryNames(dfd) } catch { throw ArchiveError("", "opendir: \(error)") }
         // Byte order, not locale order: the same on every machine.
         return out.sorted { Array($0.utf8).lexicographicallyPrecedes(Array($1.utf8)) }
     }
@@ -67,13 +59,12 @@ public struct LayerWriter: Sendable {
             }
             try emit(a, type == Linux.S_IFDIR ? path + "/" : path, type: type, mode: st.st_mode & 0o7777, st: st, dfd: dfd, name: name)
             if type == Linux.S_IFDIR {
-                let sub = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-                if sub < 0 { throw ArchiveError(path, "open: \(currentErrno())") }
-                defer { close(sub) }
+                let sub: UniqueFD
+                do throws(Errno) { sub = try Sys.openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) } catch { throw ArchiveError(path, "open: \(error)") }
                 if isOpaque(dfd, name) {
                     try emit(a, path + "/" + OverlayFormat.opaqueName, type: Linux.S_IFREG, mode: 0o644, st: nil, dfd: nil, name: nil)
                 }
-                try walk(a, sub, prefix: path + "/", links: &links)
+                try walk(a, sub.raw, prefix: path + "/", links: &links)
             }
         }
     }
@@ -81,8 +72,9 @@ public struct LayerWriter: Sendable {
     private func isOpaque(_ dfd: Int32, _ name: String) -> Bool {
         var v: UInt8 = 0
         let p = "/proc/self/fd/\(dfd)/\(name)"
-        for x in [OverlayFormat.xattr("opaque", user: false), OverlayFormat.xattr("opaque", user: true)] where lgetxattr(p, x, &v, 1) == 1 && v == UInt8(ascii: "y") {
-            return true
+        for x in [OverlayFormat.xattr("opaque", user: false), OverlayFormat.xattr("opaque", user: true)] {
+            let n = withUnsafeMutableBytes(of: &v) { b in (try? PathXattr.get(p, x, into: b)) ?? -1 }
+            if n == 1 && v == UInt8(ascii: "y") { return true }
         }
         return false
     }
@@ -100,8 +92,8 @@ public struct LayerWriter: Sendable {
             archive_entry_set_mtime(e, st.st_mtim.tv_sec, st.st_mtim.tv_nsec)
             if type == Linux.S_IFREG && hardlink == nil { archive_entry_set_size(e, la_int64_t(st.st_size)) }
             if type == Linux.S_IFCHR || type == Linux.S_IFBLK {
-                archive_entry_set_rdevmajor(e, dev_t(strata_major(UInt64(st.st_rdev))))
-                archive_entry_set_rdevminor(e, dev_t(strata_minor(UInt64(st.st_rdev))))
+                archive_entry_set_rdevmajor(e, dev_t(Sys.major(UInt64(st.st_rdev))))
+                archive_entry_set_rdevminor(e, dev_t(Sys.minor(UInt64(st.st_rdev))))
             }
         } else {
             archive_entry_set_size(e, 0)
@@ -117,23 +109,21 @@ public struct LayerWriter: Sendable {
         if let dfd, let name { addXattrs(e, "/proc/self/fd/\(dfd)/\(name)") }
         if archive_write_header(a, e) < ARCHIVE_WARN { throw ArchiveError(path, errorString(a)) }
         if type == Linux.S_IFREG && hardlink == nil, let dfd, let name, let st, st.st_size > 0 {
-            let fd = openat(dfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
-            if fd < 0 { throw ArchiveError(path, "open: \(currentErrno())") }
-            defer { close(fd) }
-            try writeData(a, from: fd, entry: path)
+            let file: UniqueFD
+            do throws(Errno) { file = try Sys.openat(dfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC) } catch { throw ArchiveError(path, "open: \(error)") }
+            try writeData(a, from: file.raw, entry: path)
         }
     }
 
     /// Every xattr but overlay metadata, sorted for stable output.
     private func addXattrs(_ e: OpaquePointer, _ path: String) {
         var list = [CChar](repeating: 0, count: 65536)
-        let n = llistxattr(path, &list, list.count)
+        let n = list.withUnsafeMutableBytes { b in (try? PathXattr.list(path, into: b)) ?? 0 }
         guard n > 0 else { return }
         let names = list[0..<n].split(separator: 0).map { String(decoding: $0.map { UInt8(bitPattern: $0) }, as: UTF8.self) }.sorted()
         var value = [UInt8](repeating: 0, count: 65536)
         for x in names where !OverlayFormat.isOverlayXattr(x) {
-            let m = lgetxattr(path, x, &value, value.count)
-            if m >= 0 { archive_entry_xattr_add_entry(e, x, value, m) }
+            if let m = value.withUnsafeMutableBytes({ b in try? PathXattr.get(path, x, into: b) }) { archive_entry_xattr_add_entry(e, x, value, m) }
         }
     }
 }

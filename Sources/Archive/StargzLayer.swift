@@ -69,9 +69,9 @@ extension LayerApplier {
         // The TOC's own entry, with its bytes (the only file whose data is
         // here from the start).
         guard let tocFile else { return stats }
-        let fd = open("\(dest)/\(StargzTOC.fileName)", O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
-        if fd < 0 { throw ArchiveError(StargzTOC.fileName, "create: \(currentErrno())") }
-        defer { close(fd) }
+        let tocOut = try openOwned("\(dest)/\(StargzTOC.fileName)", O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600,
+                                   doing: "create", label: StargzTOC.fileName)
+        let fd = tocOut.raw
         let wrote = tocFile.json.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
         if wrote != tocFile.json.count { throw ArchiveError(StargzTOC.fileName, "write: \(currentErrno())") }
         if privileged { fchown(fd, tocFile.uid, tocFile.gid) }

@@ -1,5 +1,4 @@
 import CArchive
-import CStrata
 import Foundation
 import Sys
 #if canImport(Glibc)
@@ -11,23 +10,19 @@ import Glibc
 /// image always gives the same archive.
 public final class TarBuilder {
     private let a: OpaquePointer
-    private let fd: Int32
+    private let file: UniqueFD
     private let path: String
 
     public init(path: String) throws(ArchiveError) {
         self.path = path
-        fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-        if fd < 0 { throw ArchiveError(path, "create: \(currentErrno())") }
-        guard let w = archive_write_new() else { close(fd); throw ArchiveError(path, "libarchive: out of memory") }
+        file = try openOwned(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644, doing: "create")
+        guard let w = archive_write_new() else { throw ArchiveError(path, "libarchive: out of memory") }
         a = w
         archive_write_set_format_pax_restricted(a)
-        if archive_write_open_fd(a, fd) != ARCHIVE_OK { throw ArchiveError(path, errorString(a)) }
+        if archive_write_open_fd(a, file.raw) != ARCHIVE_OK { throw ArchiveError(path, errorString(a)) }
     }
 
-    deinit {
-        archive_write_free(a)
-        close(fd)
-    }
+    deinit { archive_write_free(a) }
 
     private func header(_ name: String, size: Int64) throws(ArchiveError) {
         guard let e = archive_entry_new() else { throw ArchiveError(name, "libarchive: out of memory") }
@@ -47,13 +42,11 @@ public final class TarBuilder {
     }
 
     public func add(_ name: String, file: String) throws(ArchiveError) {
-        let src = open(file, O_RDONLY | O_CLOEXEC)
-        if src < 0 { throw ArchiveError(file, "open: \(currentErrno())") }
-        defer { close(src) }
+        let src = try openOwned(file, O_RDONLY | O_CLOEXEC, doing: "open")
         var st = stat()
-        fstat(src, &st)
+        fstat(src.raw, &st)
         try header(name, size: Int64(st.st_size))
-        try writeData(a, from: src, entry: name)
+        try writeData(a, from: src.raw, entry: name)
     }
 
     public func finish() throws(ArchiveError) {

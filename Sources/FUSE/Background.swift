@@ -1,4 +1,5 @@
 import Sys
+import SystemPackage
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -10,19 +11,20 @@ import Glibc
 /// once, not twice: containers/storage runs it for every layer it mounts.
 enum Background {
     /// In the child, the pipe end on which to say "ready".
-    struct Child {
-        let readyFD: Int32
+    final class Child: @unchecked Sendable {
+        private var ready: UniqueFD
+
+        init(ready: consuming UniqueFD) { self.ready = ready }
 
         /// Releases the parent and silences output (nobody reads it now).
         func signalReady() {
             var b: UInt8 = 1
-            _ = write(readyFD, &b, 1)
-            close(readyFD)
-            let devnull = open("/dev/null", O_RDWR | O_CLOEXEC)
-            if devnull >= 0 {
-                dup2(devnull, 1)
-                dup2(devnull, 2)
-                close(devnull)
+            let pipe = ready.release()
+            _ = write(pipe.raw, &b, 1)
+            _ = consume pipe
+            if let null = try? Sys.open("/dev/null", O_RDWR | O_CLOEXEC) {
+                dup2(null.raw, 1)
+                dup2(null.raw, 2)
             }
         }
     }
@@ -30,33 +32,28 @@ enum Background {
     /// Forks. The parent waits for the child's word and exits: 0 when the
     /// mount serves; otherwise it undoes the mount and exits with the
     /// child's status (the child has printed why). Returns in the child.
-    static func split(mountpoint: String, method: MountMethod, deviceFD: Int32, readyNote: String? = nil) throws(SysError) -> Child {
+    static func split(mountpoint: String, method: MountMethod, device: inout UniqueFD, readyNote: String? = nil) throws(SysError) -> Child {
         let threads = OSThread.count()
         guard threads == 1 else {
             throw SysError(.invalidArgument, "cannot go to the background with \(threads) threads running (use -f):", mountpoint)
         }
-        var p: [Int32] = [-1, -1]
-        if pipe(&p) != 0 { throw SysError.last("pipe", "") }
-        _ = fcntl(p[0], F_SETFD, FD_CLOEXEC)
-        _ = fcntl(p[1], F_SETFD, FD_CLOEXEC)
+        var p: DescriptorPair
+        do throws(Errno) { p = try Sys.pipe() } catch { throw SysError(error, "pipe", "") }
         let pid = fork()
-        if pid < 0 {
-            close(p[0]); close(p[1])
-            throw SysError.last("fork", "")
-        }
+        if pid < 0 { throw SysError.last("fork", "") }
         if pid == 0 {
-            close(p[0])
+            _ = p.read.release()
             setsid()
-            let devnull = open("/dev/null", O_RDONLY | O_CLOEXEC)
-            if devnull >= 0 { dup2(devnull, 0); close(devnull) }
-            return Child(readyFD: p[1])
+            if let null = try? Sys.open("/dev/null", O_RDONLY | O_CLOEXEC) { dup2(null.raw, 0) }
+            return Child(ready: p.write.release())
         }
-        close(p[1])
+        _ = p.write.release()
         // Only the child may hold the connection: if it dies, the kernel
         // must see the device closed, or the mount would hang instead.
-        close(deviceFD)
+        _ = device.release()
         var b: UInt8 = 0
-        let n = retryEINTR { read(p[0], &b, 1) }
+        let readEnd = p.read.raw
+        let n = retryEINTR { read(readEnd, &b, 1) }
         if n == 1 {
             if let readyNote { printError(readyNote) }
             exit(0)

@@ -1,4 +1,5 @@
-import CStrata
+import CFuseProto
+import Sys
 import Synchronization
 #if canImport(Glibc)
 import Glibc
@@ -31,8 +32,7 @@ final class BackingTable: Sendable {
                 slots[node] = s
                 return s.id
             }
-            let id = strata_fuse_backing_open(devFD, backingFD)
-            if id <= 0 { return nil }
+            guard let id = try? FuseBacking.open(device: devFD, backingFD), id > 0 else { return nil }
             slots[node] = Slot(id: id, opens: 1, dev: dev, ino: ino)
             return id
         }
@@ -47,7 +47,7 @@ final class BackingTable: Sendable {
             guard var s = slots[node] else { return }
             s.opens -= 1
             if s.opens == 0 {
-                _ = strata_fuse_backing_close(devFD, s.id)
+                FuseBacking.close(device: devFD, id: s.id)
                 slots[node] = nil
             } else {
                 slots[node] = s

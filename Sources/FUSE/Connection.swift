@@ -1,4 +1,4 @@
-import CStrata
+import CFuseProto
 
 /// What was negotiated on INIT. The file system sees the kernel's offer in
 /// `kernelFlags` and may clear bits in `wanted` before the reply goes out.

@@ -1,4 +1,4 @@
-import CStrata
+import CFuseProto
 #if canImport(Glibc)
 import Glibc
 #endif

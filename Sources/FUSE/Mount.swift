@@ -1,4 +1,4 @@
-import CStrata
+import CFuseProto
 import Sys
 import SystemPackage
 #if canImport(Glibc)
@@ -40,7 +40,7 @@ public enum MountMethod: Sendable {
 public enum Mounter {
     /// Checks the mount point and /dev/fuse, mounts, and returns the
     /// connected /dev/fuse descriptor.
-    public static func mount(_ c: MountConfig) throws(SysError) -> (fd: Int32, method: MountMethod) {
+    public static func mount(_ c: MountConfig) throws(SysError) -> MountedDevice {
         var st = stat()
         if stat(c.mountpoint, &st) != 0 { throw SysError.last("mount point", c.mountpoint) }
         if st.st_mode & Linux.S_IFMT != Linux.S_IFDIR { throw SysError(.notDirectory, "mount point", c.mountpoint) }
@@ -49,14 +49,15 @@ public enum Mounter {
             throw SysError.last("no FUSE device (load the fuse module or pass --device /dev/fuse into the container)", "/dev/fuse")
         }
         if geteuid() == 0 {
-            return (try kernelMount(c, rootMode: st.st_mode & Linux.S_IFMT), .kernel)
+            return MountedDevice(device: try kernelMount(c, rootMode: st.st_mode & Linux.S_IFMT), method: .kernel)
         }
-        return (try fusermount(c), .fusermount)
+        return MountedDevice(device: try fusermount(c), method: .fusermount)
     }
 
-    static func kernelMount(_ c: MountConfig, rootMode: UInt32) throws(SysError) -> Int32 {
-        let fd = open("/dev/fuse", O_RDWR | O_CLOEXEC)
-        if fd < 0 { throw SysError.last("open", "/dev/fuse") }
+    static func kernelMount(_ c: MountConfig, rootMode: UInt32) throws(SysError) -> UniqueFD {
+        let device: UniqueFD
+        do throws(Errno) { device = try Sys.open("/dev/fuse", O_RDWR | O_CLOEXEC) } catch { throw SysError(error, "open", "/dev/fuse") }
+        let fd = device.raw
         var data = "fd=\(fd),rootmode=\(String(rootMode, radix: 8)),user_id=\(getuid()),group_id=\(getgid())"
         if c.allowOther { data += ",allow_other" }
         if c.defaultPermissions { data += ",default_permissions" }
@@ -68,25 +69,19 @@ public enum Mounter {
         if c.noExec { flags |= UInt(MS_NOEXEC) }
         if c.noATime { flags |= UInt(MS_NOATIME) }
         let type = "fuse.\(c.subtype)"
-        if Glibc.mount(c.fsname, c.mountpoint, type, flags, data) != 0 {
-            let e = SysError.last("mount", c.mountpoint)
-            close(fd)
-            throw e
-        }
-        return fd
+        if Glibc.mount(c.fsname, c.mountpoint, type, flags, data) != 0 { throw SysError.last("mount", c.mountpoint) }
+        return device
     }
 
     /// Mounts through the setuid helper: it opens /dev/fuse, mounts, and
     /// hands the descriptor back over a socket named by _FUSE_COMMFD.
-    static func fusermount(_ c: MountConfig) throws(SysError) -> Int32 {
+    static func fusermount(_ c: MountConfig) throws(SysError) -> UniqueFD {
         guard let helper = Spawn.which("fusermount3") else {
             throw SysError(.noSuchFileOrDirectory, "mounting without privileges needs fusermount3 (apt-get install fuse3):", "fusermount3")
         }
-        var sv: [Int32] = [-1, -1]
-        if socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &sv) != 0 {
-            throw SysError.last("socketpair", "")
-        }
-        defer { close(sv[0]) }
+        var sv: DescriptorPair
+        do throws(Errno) { sv = try Sys.socketPair() } catch { throw SysError(error, "socketpair", "") }
+        let ours = sv.read.raw, theirs = sv.write.raw
         var opts = "rw,fsname=\(c.fsname),subtype=\(c.subtype)"
         if c.readOnly { opts = "ro" + opts.dropFirst(2) }
         if c.allowOther { opts += ",allow_other" }
@@ -97,19 +92,17 @@ public enum Mounter {
         let pid: pid_t
         do {
             pid = try Spawn.start(helper, ["fusermount3", "-o", opts, "--", c.mountpoint],
-                                  env: ["_FUSE_COMMFD": "\(sv[1])"], inherit: [sv[1]])
-        } catch {
-            close(sv[1])
-            throw error
+                                  env: ["_FUSE_COMMFD": "\(theirs)"], inherit: [theirs])
         }
-        close(sv[1])
-        var fd: Int32 = -1
-        let n = strata_recv_fd(sv[0], &fd)
+        // Ours to read from only once the helper holds its end.
+        _ = sv.write.release()
+        let received: UniqueFD?
+        do throws(Errno) { received = try Sys.receiveDescriptor(ours) } catch { received = nil }
         let status = Spawn.wait(pid)
-        if n <= 0 || fd < 0 {
+        guard let device = received else {
             throw SysError(.notPermitted, "fusermount3 failed (exit \(status)) to mount", c.mountpoint)
         }
-        return fd
+        return device
     }
 
     /// Unmounts; `lazy` detaches even while the mount is busy.
@@ -128,6 +121,13 @@ public enum Mounter {
 
     /// Whether `path` is the root of a mount (statx's STATX_ATTR_MOUNT_ROOT).
     public static func isMountPoint(_ path: String) -> Bool {
-        strata_is_mount_root(path) != 0
+        Sys.isMountRoot(path)
     }
+}
+
+/// A mounted FUSE file system's device descriptor (its only owner: the
+/// connection ends when it closes) and how it was mounted.
+public struct MountedDevice: ~Copyable {
+    public var device: UniqueFD
+    public let method: MountMethod
 }

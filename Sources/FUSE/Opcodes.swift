@@ -1,4 +1,4 @@
-import CStrata
+import CFuseProto
 
 /// Names of the kernel's request opcodes (fuse_kernel.h), for statistics
 /// and logs.

@@ -1,4 +1,4 @@
-import CStrata
+import CFuseProto
 import Synchronization
 #if canImport(Glibc)
 import Glibc

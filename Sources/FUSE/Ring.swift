@@ -1,4 +1,4 @@
-import CStrata
+import CFuseProto
 import Logging
 import Sys
 import Synchronization
@@ -30,7 +30,7 @@ final class RingQueue<FS: FileSystem>: RingReplies, @unchecked Sendable {
     var refusal: Errno? { state.load(ordering: .acquiring) == 2 ? refusalErrno : nil }
     let worker: Worker<FS>
     let devFD: Int32
-    private let ring: OpaquePointer
+    private let ring: FuseRing
     private var entries: [RingEntry] = []
     private let logger: Logger
     private var thread: OSThread?
@@ -42,19 +42,17 @@ final class RingQueue<FS: FileSystem>: RingReplies, @unchecked Sendable {
         self.worker = worker
         self.devFD = devFD
         self.logger = logger
-        var err: Int32 = 0
-        guard let r = strata_ring_new(UInt32(depth), &err) else {
-            throw SysError(Errno(rawValue: err), "io_uring setup for FUSE queue", "\(qid)")
+        do throws(Errno) {
+            ring = try FuseRing(depth: depth)
+        } catch {
+            throw SysError(error, "io_uring setup for FUSE queue", "\(qid)")
         }
-        ring = r
         defer { worker.ring = self }
         // STRATA_FAULT=uring-register: register payload buffers smaller than
         // the kernel's minimum, so that it refuses them (the fallback test).
         let size = getenv("STRATA_FAULT").map { String(cString: $0) } == "uring-register" ? 4096 : payloadSize
         entries = (0..<depth).map { _ in RingEntry(payloadSize: size) }
     }
-
-    deinit { strata_ring_free(ring) }
 
     /// Registers every entry and serves until the connection ends, on a
     /// thread pinned to the queue's CPU.
@@ -76,8 +74,8 @@ final class RingQueue<FS: FileSystem>: RingReplies, @unchecked Sendable {
     /// the pinning; its queue then gets no requests, or is served unpinned.
     func start(idle: Bool) throws(SysError) {
         thread = try OSThread.start(name: "fuse-ring-\(qid)", stackSize: 1 << 22) { [self] in
-            _ = strata_pin_to_cpu(Int32(qid))
-            if idle { _ = strata_sched_idle() }
+            OSThread.pinToCPU(qid)
+            if idle { OSThread.scheduleIdle() }
             serve()
         }
     }
@@ -85,8 +83,7 @@ final class RingQueue<FS: FileSystem>: RingReplies, @unchecked Sendable {
     func join() { thread?.join() }
 
     private func register(_ i: Int) -> Bool {
-        strata_ring_fuse_cmd(ring, devFD, UInt32(STRATA_FUSE_IO_URING_CMD_REGISTER), UInt16(qid), 0,
-                             entries[i].iov, UInt64(i)) == 0
+        ring.queue(.register, device: devFD, qid: qid, commitID: 0, iov: entries[i].iov, userData: UInt64(i))
     }
 
     private func serve() {
@@ -94,14 +91,12 @@ final class RingQueue<FS: FileSystem>: RingReplies, @unchecked Sendable {
         var active = entries.count
         var retries = 0
         while active > 0 {
-            let rc = strata_ring_submit_and_wait(ring, 1)
+            let rc = ring.submitAndWait(1)
             if rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY {
                 logger.warning("FUSE ring \(qid): \(Errno(rawValue: -rc)); its requests go to /dev/fuse")
                 return
             }
-            var data: UInt64 = 0
-            var res: Int32 = 0
-            while strata_ring_next(ring, &data, &res) == 1 {
+            while let (data, res) = ring.next() {
                 let i = Int(data)
                 guard i < entries.count else { continue }
                 if res < 0 {
@@ -173,8 +168,7 @@ final class RingQueue<FS: FileSystem>: RingReplies, @unchecked Sendable {
         let out = sf_out_header(len: UInt32(MemoryLayout<sf_out_header>.size + length), error: error, unique: unique)
         UnsafeMutableRawPointer(e.headers).storeBytes(of: out, as: sf_out_header.self)
         e.headers.pointee.ring_ent_in_out.payload_sz = UInt32(length)
-        if strata_ring_fuse_cmd(ring, devFD, UInt32(STRATA_FUSE_IO_URING_CMD_COMMIT_AND_FETCH), UInt16(qid), unique,
-                                nil, UInt64(index)) != 0 {
+        if !ring.queue(.commitAndFetch, device: devFD, qid: qid, commitID: unique, iov: nil, userData: UInt64(index)) {
             logger.error("FUSE ring \(qid): no room to answer request \(unique)")
         }
     }

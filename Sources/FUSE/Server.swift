@@ -1,4 +1,4 @@
-import CStrata
+import CFuseProto
 import Logging
 import Sys
 #if canImport(Glibc)
@@ -40,16 +40,18 @@ public enum Server {
         // sized now, before any thread shares it (see the function).
         reserveDescriptorTable(8192)
 
-        let (fd, method) = try Mounter.mount(mount)
+        var mounted = try Mounter.mount(mount)
+        let method = mounted.method
+        // The device stays open (in `mounted`) until serving ends.
+        let fd = mounted.device.raw
         let child: Background.Child?
         do {
-            child = background ? try Background.split(mountpoint: mount.mountpoint, method: method, deviceFD: fd, readyNote: mount.readyNote) : nil
+            child = background ? try Background.split(mountpoint: mount.mountpoint, method: method, device: &mounted.device, readyNote: mount.readyNote) : nil
         } catch {
-            close(fd)
+            _ = mounted.device.release()
             try? Mounter.unmount(mount.mountpoint, method: method, lazy: true)
             throw error
         }
-        defer { close(fd) }
         guard let child else {
             try serveMounted(fs, mountpoint: mount.mountpoint, method: method, fd: fd, signalSet: set, options: options,
                              logger: logger, child: nil)
@@ -99,10 +101,8 @@ public enum Server {
         defer {
             if let path = getenv("STRATA_STATS_AT_EXIT") {
                 let line = "{\"mountpoint\": \"\(mountpoint)\", \"statistics\": \(session.statistics().json())}\n"
-                let f = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)
-                if f >= 0 {
-                    _ = line.withCString { Glibc.write(f, $0, strlen($0)) }
-                    close(f)
+                if let f = try? Sys.open(String(cString: path), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o600) {
+                    _ = line.withCString { Glibc.write(f.raw, $0, strlen($0)) }
                 }
             }
         }

@@ -1,4 +1,4 @@
-import CStrata
+import CFuseProto
 import Logging
 import Sys
 import Synchronization
@@ -36,7 +36,7 @@ public final class Session<FS: FileSystem>: @unchecked Sendable {
     let pool: ReaderPool
     /// Readers started, and the cloned descriptors they read (closed once
     /// every reader has ended).
-    private let readers = Mutex<(threads: [OSThread], fds: [Int32])>(([], []))
+    private let readers = Mutex<(threads: [OSThread], fds: [OwnedFD])>(([], []))
     private let started = ContinuousClock.now
 
     /// What the connection has done so far, for `strata stats`: the
@@ -126,7 +126,7 @@ public final class Session<FS: FileSystem>: @unchecked Sendable {
         // Readers may start readers while we wait: join until none is left.
         while let t = readers.withLock({ $0.threads.isEmpty ? nil : $0.threads.removeFirst() }) { t.join() }
         for q in rings { q.join() }
-        for fd in readers.withLock({ $0.fds }) { close(fd) }
+        readers.withLock { $0.fds = [] }
         fs.destroy()
     }
 
@@ -137,24 +137,22 @@ public final class Session<FS: FileSystem>: @unchecked Sendable {
     /// `counted`, it already counts as waiting). A reader that cannot start
     /// is logged and the mount serves with those it has.
     func addReader(counted: Bool = false) {
-        let fd = open("/dev/fuse", O_RDWR | O_CLOEXEC)
-        guard fd >= 0, strata_fuse_clone(fd, devFD) == 0 else {
-            if fd >= 0 { close(fd) }
+        guard let clone = try? Sys.cloneFuseDevice(devFD) else {
             if counted { pool.left() }
             pool.failed()
             return
         }
-        let w = Worker(session: self, fd: fd)
+        let device = OwnedFD(clone)
+        let w = Worker(session: self, fd: device.raw)
         if !counted { pool.waiting() }
         let n = pool.readers
         do {
             let t = try OSThread.start(name: "fuse-\(n - 1)", stackSize: Self.readerStack) { w.serve() }
-            readers.withLock { $0.threads.append(t); $0.fds.append(fd) }
+            readers.withLock { $0.threads.append(t); $0.fds.append(device) }
             workers.withLock { $0.append(w.counters) }
         } catch {
             pool.left()
             pool.failed()
-            close(fd)
             logger.warning("\(error)")
         }
     }

@@ -1,5 +1,6 @@
-import CStrata
+import CFuseProto
 import Sys
+import SystemPackage
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -83,7 +84,7 @@ public struct Statistics: Sendable {
     public static func socketPath(dev: UInt64) -> String {
         let dir: String
         if geteuid() == 0 { dir = "/run/strata" } else if let x = getenv("XDG_RUNTIME_DIR") { dir = String(cString: x) + "/strata" } else { dir = "/tmp/strata-\(geteuid())" }
-        return "\(dir)/fuse-\(strata_major(dev))-\(strata_minor(dev)).sock"
+        return "\(dir)/fuse-\(Sys.major(dev))-\(Sys.minor(dev)).sock"
     }
 
     /// The device of the mount at `path`, from /proc/self/mountinfo (the
@@ -97,7 +98,7 @@ public struct Statistics: Sendable {
             let f = line.split(separator: " ", maxSplits: 5)
             guard f.count >= 5, unescapeMountinfo(f[4]) == path else { continue }
             let mm = f[2].split(separator: ":")
-            if mm.count == 2, let ma = UInt32(mm[0]), let mi = UInt32(mm[1]) { found = strata_makedev(ma, mi) }
+            if mm.count == 2, let ma = UInt32(mm[0]), let mi = UInt32(mm[1]) { found = Sys.makedev(ma, mi) }
         }
         return found
     }
@@ -124,7 +125,7 @@ public struct Statistics: Sendable {
 /// Answers `strata stats` on a unix socket named after the mount's device:
 /// each connection gets one JSON object and is closed.
 final class StatsServer: @unchecked Sendable {
-    private var listenFD: Int32 = -1
+    private let listening = Locked<OwnedFD?>(nil)
     private var path = ""
 
     /// Starts on its own thread, off the path of the first requests.
@@ -139,29 +140,29 @@ final class StatsServer: @unchecked Sendable {
             mkdir(String(dir[..<(dir.lastIndex(of: "/") ?? dir.endIndex)]), 0o755)
             mkdir(dir, 0o700)
             unlink(path)
-            let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-            guard fd >= 0 else { return }
+            guard let socket = try? Sys.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue)) else { return }
+            let fd = socket.raw
             var addr = sockaddr_un()
             addr.sun_family = sa_family_t(AF_UNIX)
             let bytes = Array(path.utf8)
-            guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else { close(fd); return }
+            guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else { return }
             withUnsafeMutableBytes(of: &addr.sun_path) { b in for (i, c) in bytes.enumerated() { b[i] = c } }
             let ok = withUnsafePointer(to: &addr) {
                 $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) == 0 }
             }
             guard ok, listen(fd, 8) == 0 else {
                 logger("stats socket \(path): \(currentErrno())")
-                close(fd)
                 return
             }
-            listenFD = fd
+            let listener = OwnedFD(socket)
+            listening.withLock { $0 = listener }
             while true {
-                let c = accept(fd, nil, nil)
-                if c < 0 {
-                    if errno == EINTR { continue }
+                let client: UniqueFD
+                do throws(Errno) { client = try Sys.accept(fd) } catch {
+                    if error == .interrupted { continue }
                     break
                 }
-                _ = fcntl(c, F_SETFD, FD_CLOEXEC)
+                let c = client.raw
                 let text = Array((snapshot() + "\n").utf8)
                 var done = 0
                 while done < text.count {
@@ -169,15 +170,14 @@ final class StatsServer: @unchecked Sendable {
                     if n <= 0 { break }
                     done += n
                 }
-                close(c)
             }
         }
         thread?.detach()
     }
 
     func stop() {
-        if listenFD >= 0 {
-            shutdown(listenFD, Int32(SHUT_RDWR))
+        if let l = listening.withLock({ $0 }) {
+            shutdown(l.raw, Int32(SHUT_RDWR))
             unlink(path)
         }
     }

@@ -1,4 +1,4 @@
-import CStrata
+import CFuseProto
 import SystemPackage
 import Sys
 #if canImport(Glibc)
@@ -54,7 +54,7 @@ public struct Attr: Sendable, Equatable {
         uid = st.st_uid
         gid = st.st_gid
         // The kernel's new_encode_dev: 12-bit major, 20-bit minor.
-        let maj = strata_major(UInt64(st.st_rdev)), mnr = strata_minor(UInt64(st.st_rdev))
+        let maj = Sys.major(UInt64(st.st_rdev)), mnr = Sys.minor(UInt64(st.st_rdev))
         rdev = (mnr & 0xff) | (maj << 8) | ((mnr & ~0xff) << 12)
         blksize = UInt32(truncatingIfNeeded: st.st_blksize)
     }

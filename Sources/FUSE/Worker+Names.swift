@@ -1,4 +1,4 @@
-import CStrata
+import CFuseProto
 import SystemPackage
 #if canImport(Glibc)
 import Glibc

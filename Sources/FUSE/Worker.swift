@@ -1,4 +1,4 @@
-import CStrata
+import CFuseProto
 import Logging
 import Sys
 import SystemPackage
@@ -54,7 +54,7 @@ final class Worker<FS: FileSystem>: @unchecked Sendable {
         while true {
             let n = Glibc.read(fd, inBuf, inSize)
             if n > 0 { return n }
-            let e = strata_errno()
+            let e = currentErrno().rawValue
             // ENOENT: the request was interrupted before we read it.
             if n < 0 && (e == EINTR || e == EAGAIN || e == ENOENT) { continue }
             return 0

@@ -8,6 +8,7 @@ import Glibc
 /// readdir calls on one handle, so no lock is needed.
 final class OpenDir: @unchecked Sendable {
     let fd: Int32
+    private let owner: UniqueFD
     let buffer: UnsafeMutableRawPointer
     static let bufferSize = 32 * 1024
     var start = 0
@@ -15,13 +16,13 @@ final class OpenDir: @unchecked Sendable {
     /// Directory offset (a getdents d_off cookie) that `start` corresponds to.
     var position: UInt64 = 0
 
-    init(fd: Int32) {
-        self.fd = fd
+    init(_ owner: consuming UniqueFD) {
+        self.fd = owner.raw
+        self.owner = owner
         buffer = UnsafeMutableRawPointer.allocate(byteCount: Self.bufferSize, alignment: 8)
     }
     deinit {
         buffer.deallocate()
-        close(fd)
     }
 
     /// Moves to a directory offset given by the kernel.
@@ -36,16 +37,11 @@ final class OpenDir: @unchecked Sendable {
     /// Refills the buffer; false at the end of the directory.
     func fill() throws(Errno) -> Bool {
         if start < end { return true }
-        let n = try check(strata_getdents64_checked())
+        let n = try Sys.getdents(fd, buffer, OpenDir.bufferSize)
         start = 0
         end = n
         return n > 0
     }
-
-    private func strata_getdents64_checked() -> Int {
-        Int(strata_getdents64(fd, buffer, OpenDir.bufferSize))
-    }
 }
 
-import CStrata
 import SystemPackage

@@ -1,4 +1,3 @@
-import CStrata
 import FUSE
 import Sys
 import Tables
@@ -26,7 +25,7 @@ extension LoopbackFS {
             if let f = file {
                 try check(ftruncate(f.fd, off_t(size)))
             } else {
-                let file = try UniqueFD(opened: try at(n) { d, name, _ in openat(d, name, O_WRONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK) })
+                let file = try UniqueFD(opened: at(n) { d, name, _ in openat(d, name, O_WRONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK) })
                 let fd = file.raw
                 try check(ftruncate(fd, off_t(size)))
             }

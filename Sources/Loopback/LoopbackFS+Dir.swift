@@ -1,4 +1,3 @@
-import CStrata
 import FUSE
 import Sys
 import SystemPackage
@@ -9,14 +8,13 @@ import Glibc
 extension LoopbackFS {
     public func opendir(_ r: Request, node id: NodeID, flags: Int32) throws(Errno) -> OpenReply {
         let n = try node(id)
-        let fd: Int32
+        let fd: UniqueFD
         if let d = n.dirFD {
-            fd = openat(d.raw, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            fd = try Sys.openat(d.raw, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         } else {
-            fd = try at(n) { d, name, _ in openat(d, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW) }
+            fd = try UniqueFD(opened: at(n) { d, name, _ in openat(d, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW) })
         }
-        if fd < 0 { throw currentErrno() }
-        var o = OpenReply(handle: directories.insert(OpenDir(fd: fd)))
+        var o = OpenReply(handle: directories.insert(OpenDir(fd)))
         o.cacheDir = options.keepCache
         o.keepCache = options.keepCache
         return o

@@ -1,4 +1,3 @@
-import CStrata
 import FUSE
 import Sys
 import Tables
@@ -28,14 +27,14 @@ extension LoopbackFS {
     public func open(_ r: Request, node id: NodeID, flags: Int32) throws(Errno) -> OpenReply {
         let n = try node(id)
         let fl = (flags & ~(O_CREAT | O_EXCL | O_NOCTTY)) | O_CLOEXEC
-        let fd: Int32
+        let file: UniqueFD
         if n.firstPlace == nil && n.id != NodeID.root, let o = n.orphan.withLock({ $0 }) {
-            fd = "/proc/self/fd/\(o.raw)".withCString { Glibc.open($0, fl) }
+            file = try Sys.open("/proc/self/fd/\(o.raw)", fl)
         } else {
-            fd = try at(n) { d, name, nofollow in openat(d, name, fl | (nofollow != 0 ? O_NOFOLLOW : 0)) }
+            file = try UniqueFD(opened: at(n) { d, name, nofollow in openat(d, name, fl | (nofollow != 0 ? O_NOFOLLOW : 0)) })
         }
-        if fd < 0 { throw currentErrno() }
-        var o = openReply(FDHandle(fd: fd), regular: !mustSeeWrites(r, flags: flags, fd: fd))
+        let fd = file.raw
+        var o = openReply(FDHandle(file), regular: !mustSeeWrites(r, flags: flags, fd: fd))
         o.noFlush = flags & O_ACCMODE == O_RDONLY
         return o
     }
@@ -43,10 +42,9 @@ extension LoopbackFS {
     public func create(_ r: Request, parent: NodeID, name: Name, mode: UInt32, umask: UInt32, flags: Int32) throws(Errno) -> (Entry, OpenReply) {
         let p = try node(parent)
         return try withDirFD(p) { (pfd: Int32) throws(Errno) -> (Entry, OpenReply) in
-            let fd = openat(pfd, name.pointer, (flags & ~O_NOCTTY) | O_CREAT | O_CLOEXEC | O_NOFOLLOW,
-                            creationMode(mode, umask: umask, parentFD: pfd))
-            if fd < 0 { throw currentErrno() }
-            let f = FDHandle(fd: fd)
+            let f = FDHandle(try Sys.openat(pfd, name.pointer, (flags & ~O_NOCTTY) | O_CREAT | O_CLOEXEC | O_NOFOLLOW,
+                                            creationMode(mode, umask: umask, parentFD: pfd)))
+            let fd = f.fd
             setOwner(r, parentFD: pfd, name: nil, fd: fd, mode: mode, isDirectory: false)
             let e = try lookupChild(p, name)
             return (e, openReply(f, regular: !mustSeeWrites(r, flags: flags, fd: fd, mode: mode)))
@@ -57,13 +55,11 @@ extension LoopbackFS {
         let p = try node(parent)
         return try withDirFD(p) { (pfd: Int32) throws(Errno) -> (Entry, OpenReply) in
             let fl = (flags & ~(O_CREAT | O_EXCL | O_NOCTTY | O_DIRECTORY)) | Linux.O_TMPFILE | O_CLOEXEC
-            let fd = try check(openat(pfd, ".", fl, creationMode(mode, umask: umask, parentFD: pfd)))
-            let f = FDHandle(fd: fd)
+            let f = FDHandle(try Sys.openat(pfd, ".", fl, creationMode(mode, umask: umask, parentFD: pfd)))
+            let fd = f.fd
             setOwner(r, parentFD: pfd, name: nil, fd: fd, mode: mode, isDirectory: false)
-            var st = Glibc.stat()
-            try check(fstat(fd, &st))
-            let pathFD = try check(Glibc.open("/proc/self/fd/\(fd)", Linux.O_PATH | O_CLOEXEC))
-            let n = table.referenceOrphan(st, fd: OwnedFD(pathFD))
+            let st = try Sys.fstat(fd)
+            let n = table.referenceOrphan(st, fd: OwnedFD(try Sys.open("/proc/self/fd/\(fd)", Linux.O_PATH | O_CLOEXEC)))
             return (entry(n, st), openReply(f, regular: true))
         }
     }

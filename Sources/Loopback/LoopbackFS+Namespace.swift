@@ -1,4 +1,3 @@
-import CStrata
 import FUSE
 import Sys
 import SystemPackage
@@ -22,7 +21,7 @@ extension LoopbackFS {
     public func mknod(_ r: Request, parent: NodeID, name: Name, mode: UInt32, rdev: UInt32, umask: UInt32) throws(Errno) -> Entry {
         // The kernel's new_encode_dev back to a dev_t.
         let maj = (rdev & 0xfff00) >> 8, mnr = (rdev & 0xff) | ((rdev >> 12) & 0xfff00)
-        let dev = strata_makedev(maj, mnr)
+        let dev = Sys.makedev(maj, mnr)
         return try made(r, parent: parent, name: name, mode: mode, umask: umask, isDirectory: false) { mknodat($0, name.pointer, $1, dev_t(dev)) }
     }
 
@@ -60,8 +59,10 @@ extension LoopbackFS {
         let isDir = st.st_mode & Linux.S_IFMT == Linux.S_IFDIR
         if isDir || st.st_nlink <= 1 || left == 0 {
             if !isDir && n.orphan.withLock({ $0 }) == nil {
-                let fd = openat(pfd, name.pointer, Linux.O_PATH | O_NOFOLLOW | O_CLOEXEC)
-                if fd >= 0 { n.orphan.withLock { $0 = OwnedFD(fd) } }
+                if let fd = try? Sys.openat(pfd, name.pointer, Linux.O_PATH | O_NOFOLLOW | O_CLOEXEC) {
+                    let orphan = OwnedFD(fd)
+                    n.orphan.withLock { $0 = orphan }
+                }
             }
             if isDir || st.st_nlink <= 1 { table.detach(n) }
         }
@@ -94,7 +95,7 @@ extension LoopbackFS {
                 if haveDst && !exchange && !sameInode {
                     willRemove(np, npfd, newName)
                 }
-                try check(strata_renameat2(pfd, name.pointer, npfd, newName.pointer, flags))
+                try Sys.renameat2(pfd, name.pointer, npfd, newName.pointer, flags: flags)
                 if sameInode { return }
                 let newPlace = Place(parent: np, name: newName.bytesWithNUL)
                 let oldPlace = Place(parent: p, name: name.bytesWithNUL)

@@ -1,4 +1,3 @@
-import CStrata
 import FUSE
 import Sys
 import SystemPackage
@@ -10,46 +9,40 @@ import Glibc
 /// names the inode as /proc/self/fd/<parent fd>/<name>, resolved by the
 /// kernel without following the final symlink (the l* calls).
 extension LoopbackFS {
-    private func withXattrPath<R>(_ id: NodeID, _ body: (UnsafePointer<CChar>, Bool) -> R) throws(Errno) -> R {
+    private func withXattrPath<R>(_ id: NodeID, _ body: (UnsafePointer<CChar>, Bool) throws(Errno) -> R) throws(Errno) -> R {
         let n = try node(id)
-        return try at(n) { d, name, nofollow in
-            if d == AT_FDCWD { return body(name, nofollow != 0) }
+        let result: Result<R, Errno> = try at(n) { d, name, nofollow in
+            if d == AT_FDCWD { return Result { () throws(Errno) -> R in try body(name, nofollow != 0) } }
             var path = "/proc/self/fd/\(d)/"
             path += String(cString: name)
-            return path.withCString { body($0, true) }
+            return path.withCString { p in Result { () throws(Errno) -> R in try body(p, true) } }
         }
+        return try result.get()
     }
 
     public func setxattr(_ r: Request, node: NodeID, name: Name, value: UnsafeRawBufferPointer, flags: Int32) throws(Errno) {
-        let rc = try withXattrPath(node) { p, nofollow in
-            nofollow ? lsetxattr(p, name.pointer, value.baseAddress, value.count, flags)
-                     : CStrata.setxattr(p, name.pointer, value.baseAddress, value.count, flags)
+        try withXattrPath(node) { (p, nofollow) throws(Errno) in
+            try PathXattr.set(p, name.pointer, value, flags: flags, follow: !nofollow)
         }
-        try check(rc)
     }
 
     public func getxattr(_ r: Request, node: NodeID, name: Name, buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> XattrReply {
-        let n = try withXattrPath(node) { p, nofollow in
-            nofollow ? lgetxattr(p, name.pointer, buffer.baseAddress, buffer.count)
-                     : CStrata.getxattr(p, name.pointer, buffer.baseAddress, buffer.count)
+        let n = try withXattrPath(node) { (p, nofollow) throws(Errno) in
+            try PathXattr.get(p, name.pointer, into: buffer, follow: !nofollow)
         }
-        if n < 0 { throw currentErrno() }
         return buffer.count == 0 ? .size(n) : .data(n)
     }
 
     public func listxattr(_ r: Request, node: NodeID, buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> XattrReply {
-        let n = try withXattrPath(node) { p, nofollow in
-            nofollow ? llistxattr(p, buffer.baseAddress?.assumingMemoryBound(to: CChar.self), buffer.count)
-                     : CStrata.listxattr(p, buffer.baseAddress?.assumingMemoryBound(to: CChar.self), buffer.count)
+        let n = try withXattrPath(node) { (p, nofollow) throws(Errno) in
+            try PathXattr.list(p, into: buffer, follow: !nofollow)
         }
-        if n < 0 { throw currentErrno() }
         return buffer.count == 0 ? .size(n) : .data(n)
     }
 
     public func removexattr(_ r: Request, node: NodeID, name: Name) throws(Errno) {
-        let rc = try withXattrPath(node) { p, nofollow in
-            nofollow ? lremovexattr(p, name.pointer) : CStrata.removexattr(p, name.pointer)
+        try withXattrPath(node) { (p, nofollow) throws(Errno) in
+            try PathXattr.remove(p, name.pointer, follow: !nofollow)
         }
-        try check(rc)
     }
 }

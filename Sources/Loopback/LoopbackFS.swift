@@ -1,4 +1,3 @@
-import CStrata
 import FUSE
 import Sys
 import Tables
@@ -28,8 +27,9 @@ public final class LoopbackFS: FDBackedFileSystem, @unchecked Sendable {
     public init(source: String, options: LoopbackOptions = LoopbackOptions()) throws(SysError) {
         self.source = source
         self.options = options
-        let fd = try Sys.openDirectory(source)
-        rootFD = OwnedFD(fd)
+        let owner = try Sys.openDirectory(source)
+        let fd = owner.raw
+        rootFD = OwnedFD(owner)
         let st = try Sys.fileStatus(fd: fd, path: source)
         let root = Node(id: NodeID.root, dev: UInt64(st.st_dev), ino: UInt64(st.st_ino), isDirectory: true,
                         dirFD: rootFD, place: nil)
@@ -49,7 +49,7 @@ public final class LoopbackFS: FDBackedFileSystem, @unchecked Sendable {
     func creationMode(_ mode: UInt32, umask: UInt32, parentFD: Int32) -> UInt32 {
         guard dontMask.withLock({ $0 }) else { return mode }
         let hasDefaultACL = "/proc/self/fd/\(parentFD)".withCString {
-            CStrata.getxattr($0, "system.posix_acl_default", nil, 0) > 0
+            ((try? PathXattr.get($0, "system.posix_acl_default", into: nil, follow: true)) ?? 0) > 0
         }
         return hasDefaultACL ? mode : mode & ~umask
     }
@@ -66,12 +66,10 @@ public final class LoopbackFS: FDBackedFileSystem, @unchecked Sendable {
     /// for the call from its parent).
     func withDirFD<R>(_ dir: Node, _ body: (Int32) throws(Errno) -> R) throws(Errno) -> R {
         if let fd = dir.dirFD { return try body(fd.raw) }
-        let fd = try at(dir) { (d: Int32, n: UnsafePointer<CChar>, _: Int32) -> Int32 in
+        let fd = try UniqueFD(opened: at(dir) { (d: Int32, n: UnsafePointer<CChar>, _: Int32) -> Int32 in
             openat(d, n, Linux.O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-        }
-        if fd < 0 { throw currentErrno() }
-        defer { close(fd) }
-        return try body(fd)
+        })
+        return try body(fd.raw)
     }
 
     /// Calls `body(dirfd, name, nofollow)` naming `node`: its parent's
@@ -129,8 +127,8 @@ public final class LoopbackFS: FDBackedFileSystem, @unchecked Sendable {
             let n = table.reference(st, parent: parent, name: name, budget: dirFDs, stillNamed: {
                 var now = Glibc.stat()
                 return fstatat(pfd, name.pointer, &now, Linux.AT_SYMLINK_NOFOLLOW) == 0 && now.st_dev == found.st_dev && now.st_ino == found.st_ino
-            }) {
-                openat(pfd, name.pointer, Linux.O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            }) { () throws(Errno) -> UniqueFD in
+                try Sys.openat(pfd, name.pointer, Linux.O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
             }
             return entry(n, st)
         }

@@ -1,6 +1,7 @@
 import FUSE
 import Synchronization
 import Sys
+import SystemPackage
 import Tables
 #if canImport(Glibc)
 import Glibc
@@ -95,7 +96,7 @@ extension NodeTable where Node == Loopback.Node {
     /// kernel lookup reference. (parent, name) is recorded as one of its
     /// names. A new directory gets a cached descriptor if `budget` allows.
     func reference(_ st: stat, parent: Node, name: Name, budget: FDBudget, stillNamed: () -> Bool,
-                   dirFDOpener: () -> Int32) -> Node {
+                   dirFDOpener: () throws(Errno) -> UniqueFD) -> Node {
         let key = InoKey(dev: UInt64(st.st_dev), ino: UInt64(st.st_ino))
         let isDir = st.st_mode & Linux.S_IFMT == Linux.S_IFDIR
         let n = reference(key) { id in

@@ -1,4 +1,3 @@
-import CStrata
 import Sys
 import SystemPackage
 #if canImport(Glibc)
@@ -77,10 +76,10 @@ extension Overlay {
         if type == Linux.S_IFREG {
             // Made with its permissions (the daemon's umask is 0), so that
             // most copies need no fchmod.
-            copy = UniqueFD(taking: openat(work, ".", Linux.O_TMPFILE | O_WRONLY | O_CLOEXEC, st.st_mode & 0o777))
-            if !copy.isOpen {
-                let e = strata_errno()
-                guard e == EOPNOTSUPP || e == EISDIR || e == EINVAL else { throw currentErrno() }
+            do throws(Errno) {
+                copy = try Sys.openat(work, ".", Linux.O_TMPFILE | O_WRONLY | O_CLOEXEC, st.st_mode & 0o777)
+            } catch {
+                guard error == .notSupported || error == .isDirectory || error == .invalidArgument else { throw error }
             }
         }
         let anon = copy.isOpen
@@ -90,17 +89,17 @@ extension Overlay {
         switch type {
         case Linux.S_IFDIR:
             try check(mkdirat(work, tmp, 0o700))
-            copy = try UniqueFD(opened: openat(work, tmp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC))
+            copy = try Sys.openat(work, tmp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
         case Linux.S_IFREG where metaOnly:
             // The kernel's metadata-only copy: the size without the data (a
             // sparse file), marked so that lookups find the data below.
-            if !anon { copy = try UniqueFD(opened: openat(work, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)) }
+            if !anon { copy = try Sys.openat(work, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600) }
             try check(ftruncate(copy.raw, off_t(st.st_size)))
-            try check(fsetxattr(copy.raw, metacopyXattr, nil, 0, 0))
+            try Sys.setxattr(fd: copy.raw, metacopyXattr, "")
         case Linux.S_IFREG:
             // The data of a lower metadata-only copy is further down.
             let input = try openData(n, flags: O_RDONLY)
-            if !anon { copy = try UniqueFD(opened: openat(work, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)) }
+            if !anon { copy = try Sys.openat(work, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600) }
             try copyData(from: input.raw, to: copy.raw, size: Int64(st.st_size))
         case Linux.S_IFLNK:
             var buf = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
@@ -132,15 +131,15 @@ extension Overlay {
             let made = anon ? st.st_mode & 0o777 & ~processUmask : 0o600
             if st.st_mode & 0o7777 != made { try check(fchmod(ofd, st.st_mode & 0o7777)) }
             try copyXattrs(from: src, name, to: ofd)
-            if !breaksLink { _ = fsetxattr(ofd, originXattr, origin, origin.utf8.count, 0) }
-            if let fh = kernelOrigin { _ = fsetxattr(ofd, kernelOriginXattr, fh, fh.count, 0) }
+            if !breaksLink { try? Sys.setxattr(fd: ofd, originXattr, origin) }
+            if let fh = kernelOrigin { try? Sys.setxattr(fd: ofd, kernelOriginXattr, bytes: fh) }
             try check(futimens(ofd, times))
         } else {
             if fchownat(work, tmp, st.st_uid, st.st_gid, Linux.AT_SYMLINK_NOFOLLOW) != 0 && euid == 0 { throw currentErrno() }
             if type != Linux.S_IFLNK { try check(fchmodat(work, tmp, st.st_mode & 0o7777, 0)) }
             try copyXattrs(from: "/proc/self/fd/\(src)/\(String(cString: name))", to: "/proc/self/fd/\(work)/\(tmp)")
-            if !breaksLink { _ = lsetxattr("/proc/self/fd/\(work)/\(tmp)", originXattr, origin, origin.utf8.count, 0) }
-            if let fh = kernelOrigin { _ = strata_lsetxattr_at(work, tmp, kernelOriginXattr, fh, fh.count, 0) }
+            if !breaksLink { try? PathXattr.set("/proc/self/fd/\(work)/\(tmp)", originXattr, origin) }
+            if let fh = kernelOrigin { try? Sys.setxattr(work, tmp, kernelOriginXattr, bytes: fh) }
             try check(utimensat(work, tmp, times, Linux.AT_SYMLINK_NOFOLLOW))
         }
         // As the kernel: the directory now holds an entry with an origin.
@@ -151,7 +150,7 @@ extension Overlay {
         } else if anon {
             try linkNameless(ofd, dst, name)
         } else {
-            try check(strata_renameat2(work, tmp, dst, name, Linux.RENAME_NOREPLACE))
+            try Sys.renameat2(work, tmp, dst, name, flags: Linux.RENAME_NOREPLACE)
         }
         built = true
         copyUps.add(1, ordering: .relaxed)
@@ -192,17 +191,17 @@ extension Overlay {
         try withStoredName(Self.indexName(fh)) { (hex: UnsafePointer<CChar>) throws(Errno) in
             let l0 = "L+0"
             if ofd >= 0 {
-                try check(fsetxattr(ofd, kernelOriginXattr, fh, fh.count, 0))
-                try check(fsetxattr(ofd, nlinkXattr, l0, l0.utf8.count, 0))
+                try Sys.setxattr(fd: ofd, kernelOriginXattr, bytes: fh)
+                try Sys.setxattr(fd: ofd, nlinkXattr, l0)
             } else {
-                try check(strata_lsetxattr_at(work, tmp, kernelOriginXattr, fh, fh.count, 0))
-                try check(strata_lsetxattr_at(work, tmp, nlinkXattr, l0, l0.utf8.count, 0))
+                try Sys.setxattr(work, tmp, kernelOriginXattr, bytes: fh)
+                try Sys.setxattr(work, tmp, nlinkXattr, l0)
             }
             if !config.volatile && ofd >= 0 { _ = fsync(ofd) }
             if anon {
                 try linkNameless(ofd, index.dir.raw, hex)
             } else {
-                try check(strata_renameat2(work, tmp, index.dir.raw, hex, Linux.RENAME_NOREPLACE))
+                try Sys.renameat2(work, tmp, index.dir.raw, hex, flags: Linux.RENAME_NOREPLACE)
             }
             if linkat(index.dir.raw, hex, dst, name, 0) != 0 {
                 let e = currentErrno()
@@ -218,8 +217,8 @@ extension Overlay {
     /// through its /proc link.
     func linkNameless(_ fd: Int32, _ dir: Int32, _ name: UnsafePointer<CChar>) throws(Errno) {
         if linkat(fd, "", dir, name, Linux.AT_EMPTY_PATH) == 0 { return }
-        let e = strata_errno()
-        guard e == ENOENT || e == EPERM else { throw currentErrno() }
+        let e = currentErrno()
+        guard e == .noSuchFileOrDirectory || e == .notPermitted else { throw e }
         try check(linkat(AT_FDCWD, "/proc/self/fd/\(fd)", dir, name, Linux.AT_SYMLINK_FOLLOW))
     }
 
@@ -228,11 +227,9 @@ extension Overlay {
     /// copy-up; called under the node's lock, once the data is there.
     func moveFollowers(_ s: inout OverlayNode.State, to dir: Int32, _ name: UnsafePointer<CChar>) {
         for fd in s.opens.following {
-            let u = openat(dir, name, dir == AT_FDCWD ? O_RDONLY | O_CLOEXEC : O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
-            if u >= 0 {
-                dup2(u, fd)
+            if let copy = try? Sys.openat(dir, name, dir == AT_FDCWD ? O_RDONLY | O_CLOEXEC : O_RDONLY | O_NOFOLLOW | O_CLOEXEC) {
+                dup2(copy.raw, fd)
                 _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
-                close(u)
             }
         }
     }
@@ -240,7 +237,7 @@ extension Overlay {
     /// Data: a reflink where the filesystem shares extents, else the data
     /// ranges only (holes stay holes), by copy_file_range.
     func copyData(from i: Int32, to o: Int32, size: Int64) throws(Errno) {
-        if strata_ficlone(o, i) != 0 {
+        if (try? Sys.cloneFile(o, from: i)) == nil {
             var pos: Int64 = 0
             while pos < size {
                 let data = lseek(i, off_t(pos), Linux.SEEK_DATA)
@@ -249,11 +246,12 @@ extension Overlay {
                 if hole < 0 { hole = off_t(size) }
                 var inOff = Int64(data), outOff = Int64(data)
                 while inOff < Int64(hole) {
-                    let n = strata_copy_file_range(i, &inOff, o, &outOff, Int(Int64(hole) - inOff), 0)
-                    if n < 0 {
-                        let e = currentErrno()
+                    let n: Int
+                    do throws(Errno) {
+                        n = try Sys.copyFileRange(i, &inOff, o, &outOff, Int(Int64(hole) - inOff))
+                    } catch {
                         // Across filesystems (or where unsupported): plain copies.
-                        guard e == .improperLink || e == .notSupported || e == .invalidArgument || e == .noFunction else { throw e }
+                        guard error == .improperLink || error == .notSupported || error == .invalidArgument || error == .noFunction else { throw error }
                         try copyRange(i, o, from: inOff, to: Int64(hole))
                         break
                     }
@@ -273,12 +271,12 @@ extension Overlay {
         var pos = start
         while pos < end {
             let n = pread(i, buf, min(size, Int(end - pos)), off_t(pos))
-            if n < 0 { if strata_errno() == EINTR { continue }; throw currentErrno() }
+            if n < 0 { if currentErrno() == .interrupted { continue }; throw currentErrno() }
             if n == 0 { break }
             var done = 0
             while done < n {
                 let w = pwrite(o, buf + done, n - done, off_t(pos) + off_t(done))
-                if w < 0 { if strata_errno() == EINTR { continue }; throw currentErrno() }
+                if w < 0 { if currentErrno() == .interrupted { continue }; throw currentErrno() }
                 done += w
             }
             pos += Int64(n)
@@ -290,7 +288,7 @@ extension Overlay {
     func copyXattrs(from dir: Int32, _ name: UnsafePointer<CChar>, to fd: Int32) throws(Errno) {
         try withUnsafeTemporaryAllocation(of: CChar.self, capacity: 65536) { (names: UnsafeMutableBufferPointer<CChar>) throws(Errno) in
             guard let base = names.baseAddress else { return }
-            let len = strata_llistxattr_at(dir, name, base, names.count)
+            let len = (try? Sys.listxattr(dir, name, into: UnsafeMutableRawBufferPointer(names))) ?? 0
             if len <= 0 { return }
             var value = [UInt8](repeating: 0, count: 65536)
             var start = 0
@@ -300,12 +298,12 @@ extension Overlay {
                 start += l + 1
                 let key = String(cString: attr)
                 if isPrivateXattr(key) { continue }
-                let n = strata_lgetxattr_at(dir, name, attr, &value, value.count)
-                if n < 0 { continue }
-                if fsetxattr(fd, attr, value, n, 0) != 0 {
-                    let e = currentErrno()
+                guard let n = value.withUnsafeMutableBytes({ try? Sys.getxattr(dir, name, attr, into: $0) }) else { continue }
+                do throws(Errno) {
+                    try Sys.setxattr(fd: fd, attr, bytes: value, count: n)
+                } catch {
                     // security.* may be refused by policy; anything else is real.
-                    if !key.hasPrefix("security.") && e != .notSupported { throw e }
+                    if !key.hasPrefix("security.") && error != .notSupported { throw error }
                 }
             }
         }
@@ -314,18 +312,18 @@ extension Overlay {
     /// Copies every xattr but the overlay's own.
     func copyXattrs(from: String, to: String) throws(Errno) {
         var names = [CChar](repeating: 0, count: 65536)
-        let len = llistxattr(from, &names, names.count)
+        let len = names.withUnsafeMutableBytes { b in (try? PathXattr.list(from, into: b)) ?? 0 }
         if len <= 0 { return }
         var value = [UInt8](repeating: 0, count: 65536)
         let list = names[0..<len].split(separator: 0).map { String(decoding: $0.map { UInt8(bitPattern: $0) }, as: UTF8.self) }
         for name in list {
             if isPrivateXattr(name) { continue }
-            let n = lgetxattr(from, name, &value, value.count)
-            if n < 0 { continue }
-            if lsetxattr(to, name, value, n, 0) != 0 {
-                let e = currentErrno()
+            guard let n = value.withUnsafeMutableBytes({ b in try? PathXattr.get(from, name, into: b) }) else { continue }
+            do throws(Errno) {
+                try PathXattr.set(to, name, bytes: value, count: n)
+            } catch {
                 // security.* may be refused by policy; anything else is real.
-                if !name.hasPrefix("security.") && e != .notSupported { throw e }
+                if !name.hasPrefix("security.") && error != .notSupported { throw error }
             }
         }
     }

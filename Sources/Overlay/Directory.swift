@@ -1,4 +1,3 @@
-import CStrata
 import Sys
 import SystemPackage
 #if canImport(Glibc)
@@ -46,15 +45,14 @@ extension Overlay {
                 // Missing, or at its link limit: make a fresh shared one.
                 let tmp = "#whiteout-\(UInt32.random(in: 0...UInt32.max))"
                 if mknodat(w.raw, tmp, Linux.S_IFCHR | 0o000, 0) == 0 {
-                    _ = strata_renameat2(w.raw, tmp, w.raw, sharedWhiteout, 0)
+                    try? Sys.renameat2(w.raw, tmp, w.raw, sharedWhiteout)
                     if linkat(w.raw, sharedWhiteout, ufd, name.pointer, 0) == 0 { return }
                 }
             }
             try check(mknodat(ufd, name.pointer, Linux.S_IFCHR | 0o000, 0))
         } else {
             let wh = OverlayFormat.whiteoutName(for: name.string)
-            let fd = try check(openat(ufd, wh, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o000))
-            close(fd)
+            _ = try Sys.openat(ufd, wh, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o000)
         }
     }
 
@@ -129,8 +127,7 @@ extension Overlay {
             if let t = symlinkTarget {
                 try check(symlinkat(t, ufd, name.pointer))
             } else if let fl = openFlags {
-                fd = try UniqueFD(opened: openat(ufd, name.pointer, (fl & ~O_NOCTTY) | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW,
-                                                 mode & 0o7777))
+                fd = try Sys.openat(ufd, name.pointer, (fl & ~O_NOCTTY) | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode & 0o7777)
             } else {
                 try check(mknodat(ufd, name.pointer, mode, rdev))
             }
@@ -157,7 +154,7 @@ extension Overlay {
         var st = stat()
         let fd = try withDirFD(p, 0) { (ufd: Int32) throws(Errno) -> UniqueFD in
             let fl = (openFlags & ~(O_CREAT | O_EXCL | O_NOCTTY | O_DIRECTORY)) | Linux.O_TMPFILE | O_CLOEXEC
-            let fd = try UniqueFD(opened: openat(ufd, ".", fl, mode & 0o7777))
+            let fd = try Sys.openat(ufd, ".", fl, mode & 0o7777)
             if euid == 0 && (who.uid != 0 || who.gid != 0) {
                 var pst = stat()
                 let setgid = fstat(ufd, &pst) == 0 && pst.st_mode & 0o2000 != 0
@@ -166,7 +163,7 @@ extension Overlay {
             }
             return fd
         }
-        let pathFD = try UniqueFD(opened: Glibc.open("/proc/self/fd/\(fd.raw)", Linux.O_PATH | O_CLOEXEC))
+        let pathFD = try Sys.open("/proc/self/fd/\(fd.raw)", Linux.O_PATH | O_CLOEXEC)
         try check(fstat(fd.raw, &st))
         let key = InodeKey(dev: UInt64(st.st_dev), ino: UInt64(st.st_ino))
         let ino = inoFor(UInt64(st.st_ino), layer: 0)
@@ -174,7 +171,7 @@ extension Overlay {
             OverlayNode(id: id, isDirectory: false, ino: ino, state: .init(place: .init(
                 parent: p, name: Array("#tmpfile".utf8) + [0], inUpper: true, lower: nil, lowerDirs: [], key: key, redirect: nil)))
         }
-        let orphan = OwnedFD(pathFD.take())
+        let orphan = OwnedFD(pathFD)
         n.state.withLock { s in
             s.place.unlinked = true
             s.place.orphan = orphan
@@ -208,12 +205,11 @@ extension Overlay {
             // merge in what lies below the new one's name.
             if replacedWhiteout || (config.redirectDir && !p.snapshot.place.lowerDirs.isEmpty) {
                 let path = "/proc/self/fd/\(work.raw)/\(tmp)"
-                if lsetxattr(path, opaqueXattr, "y", 1, 0) != 0 {
-                    let fd = try check(openat(work.raw, "\(tmp)/\(OverlayFormat.opaqueName)", O_WRONLY | O_CREAT | O_CLOEXEC, 0o000))
-                    close(fd)
+                if (try? PathXattr.set(path, opaqueXattr, "y")) == nil {
+                    _ = try Sys.openat(work.raw, "\(tmp)/\(OverlayFormat.opaqueName)", O_WRONLY | O_CREAT | O_CLOEXEC, 0o000)
                 }
             }
-            try check(strata_renameat2(work.raw, tmp, ufd, name.pointer, Linux.RENAME_NOREPLACE))
+            try Sys.renameat2(work.raw, tmp, ufd, name.pointer, flags: Linux.RENAME_NOREPLACE)
             done = true
         }
         let made = try lookup(p, name)
@@ -254,8 +250,10 @@ extension Overlay {
             // (fstat, xattrs; O_PATH ones too, which open nothing here), as
             // the kernel's overlayfs serves them from the removed real one.
             if n.isDirectory || n.state.withLock({ $0.opens.all }) > 0 {
-                let o = openat(pfd, name.pointer, Linux.O_PATH | O_NOFOLLOW | O_CLOEXEC)
-                if o >= 0 { n.state.withLock { $0.place.orphan = OwnedFD(o) } }
+                if let o = try? Sys.openat(pfd, name.pointer, Linux.O_PATH | O_NOFOLLOW | O_CLOEXEC) {
+                    let orphan = OwnedFD(o)
+                    n.state.withLock { $0.place.orphan = orphan }
+                }
             }
             if f.stat.st_nlink <= 1 || n.isDirectory { table.detach(n) }
         }
@@ -263,16 +261,12 @@ extension Overlay {
 
     /// After a rename replaced an upper entry: its inode loses that name;
     /// `fd` (O_PATH, taken before) keeps it reachable for open files.
-    func noteReplaced(_ f: Found, _ p: OverlayNode, _ name: FileName, fd: Int32) {
-        guard let n = table.find(InodeKey(dev: UInt64(f.stat.st_dev), ino: UInt64(f.stat.st_ino))) else {
-            close(fd)
-            return
-        }
+    func noteReplaced(_ f: Found, _ p: OverlayNode, _ name: FileName, fd: consuming UniqueFD) {
+        guard let n = table.find(InodeKey(dev: UInt64(f.stat.st_dev), ino: UInt64(f.stat.st_ino))) else { return }
         if n.removeName(p, name) {
-            n.state.withLock { $0.place.orphan = OwnedFD(fd) }
+            let orphan = OwnedFD(fd)
+            n.state.withLock { $0.place.orphan = orphan }
             if f.stat.st_nlink <= 1 || n.isDirectory { table.detach(n) }
-        } else {
-            close(fd)
         }
     }
 
@@ -304,7 +298,7 @@ extension Overlay {
             try withDirFD(p, 0) { (ufd: Int32) throws(Errno) in
                 noteRemoved(f, p, ufd, name)
                 let tmp = "#strata-rmdir-\(UInt32.random(in: 0...UInt32.max))"
-                try check(strata_renameat2(ufd, name.pointer, work.raw, tmp, Linux.RENAME_WHITEOUT))
+                try Sys.renameat2(ufd, name.pointer, work.raw, tmp, flags: Linux.RENAME_WHITEOUT)
                 removeTree(work.raw, tmp)
             }
             return
@@ -333,7 +327,7 @@ extension Overlay {
                 if below && deviceWhiteouts && !dir, let work {
                     // One step: the name becomes a whiteout as the file leaves.
                     let tmp = "#strata-rm-\(UInt32.random(in: 0...UInt32.max))"
-                    try check(strata_renameat2(ufd, name.pointer, work.raw, tmp, Linux.RENAME_WHITEOUT))
+                    try Sys.renameat2(ufd, name.pointer, work.raw, tmp, flags: Linux.RENAME_WHITEOUT)
                     unlinkat(work.raw, tmp, 0)
                     return
                 }
@@ -346,15 +340,5 @@ extension Overlay {
         }
     }
 
-    func listRaw(_ dfd: Int32) throws(Errno) -> [String] {
-        let fd = try check(openat(dfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC))
-        guard let d = fdopendir(fd) else { close(fd); throw currentErrno() }
-        defer { closedir(d) }
-        var out: [String] = []
-        while let e = readdir(d) {
-            let n = withUnsafePointer(to: e.pointee.d_name) { $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) } }
-            if n != "." && n != ".." { out.append(n) }
-        }
-        return out
-    }
+    func listRaw(_ dfd: Int32) throws(Errno) -> [String] { try Sys.directoryNames(dfd) }
 }

@@ -1,4 +1,3 @@
-import CStrata
 import Sys
 import SystemPackage
 #if canImport(Glibc)
@@ -41,12 +40,8 @@ extension Overlay {
 
     /// The overlay handle of `dir/name` (of `dir` itself when `name` is nil).
     static func handle(_ dir: Int32, _ name: UnsafePointer<CChar>?, uuid: [UInt8], upper: Bool) -> [UInt8]? {
-        var buf = [UInt8](repeating: 0, count: 128)
-        var len: UInt32 = 128
-        var type: Int32 = 0
-        let r = name.map { strata_name_to_handle(dir, $0, &buf, &len, &type) } ?? strata_fd_to_handle(dir, &buf, &len, &type)
-        guard r == 0, len + 21 <= 255 else { return nil }
-        return encodeHandle(Array(buf[0..<Int(len)]), type: type, uuid: uuid, upper: upper)
+        guard let h = try? Sys.fileHandle(dir, name: name), h.bytes.count + 21 <= 255 else { return nil }
+        return encodeHandle(h.bytes, type: h.type, uuid: uuid, upper: upper)
     }
 
     /// The index entry's name: the handle in lower-case hex, NUL-terminated.
@@ -61,12 +56,9 @@ extension Overlay {
 
     /// `fd` may be an O_PATH descriptor (a layer's root), on which ioctls fail.
     static func fsUUID(_ fd: Int32) -> [UInt8] {
-        var u = [UInt8](repeating: 0, count: 16)
-        let d = openat(fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard d >= 0 else { return u }
-        defer { close(d) }
-        _ = strata_fs_uuid(d, &u)
-        return u
+        let none = [UInt8](repeating: 0, count: 16)
+        guard let d = try? Sys.openat(fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC) else { return none }
+        return Sys.filesystemUUID(d.raw) ?? none
     }
 
     /// Sets the index up at mount (the kernel's ovl_get_indexdir): checks
@@ -102,12 +94,16 @@ extension Overlay {
             throw OverlaySetupError(.layer(.staleNFSFileHandle),
                 "index=on: upperdir \(upper.path) was made over other lower layers (its origin is not the first lowerdir \(layers[1].path)); mount it with its own layers, or with index=off")
         }
-        if mkdirat(wfd, "index", 0) != 0 && strata_errno() != EEXIST {
+        if mkdirat(wfd, "index", 0) != 0 && currentErrno() != .fileExists {
             throw OverlaySetupError.last("workdir \(workdirPath)/index")
         }
-        let fd = openat(wfd, "index", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-        if fd < 0 { throw OverlaySetupError.last("workdir \(workdirPath)/index") }
-        let dir = OwnedFD(fd)
+        let dir: OwnedFD
+        do throws(Errno) {
+            dir = OwnedFD(try Sys.openat(wfd, "index", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC))
+        } catch {
+            throw OverlaySetupError.failed("workdir \(workdirPath)/index", error)
+        }
+        let fd = dir.raw
         if !verifyOrSet(fd, prefix + "upper", upperRoot) {
             throw OverlaySetupError(.layer(.staleNFSFileHandle),
                 "index=on: workdir \(workdirPath)/index belongs to another upperdir than \(upper.path); use this upper's own workdir, or an empty one")
@@ -119,29 +115,25 @@ extension Overlay {
     /// Whether directory `dir`'s xattr `name` holds `value`; records it
     /// when absent. (`dir` may be O_PATH: the calls go through a real open.)
     static func verifyOrSet(_ dir: Int32, _ name: String, _ value: [UInt8]) -> Bool {
-        let fd = openat(dir, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard fd >= 0 else { return false }
-        defer { close(fd) }
+        guard let file = try? Sys.openat(dir, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC) else { return false }
+        let fd = file.raw
         var buf = [UInt8](repeating: 0, count: 256)
-        let n = fgetxattr(fd, name, &buf, buf.count)
-        if n < 0 {
-            guard strata_errno() == ENODATA else { return false }
-            return fsetxattr(fd, name, value, value.count, 0) == 0
+        do throws(Errno) {
+            let n = try Sys.getxattr(fd: fd, name, into: &buf)
+            return Array(buf[0..<n]) == value
+        } catch {
+            guard error == .noData else { return false }
+            return (try? Sys.setxattr(fd: fd, name, bytes: value)) != nil
         }
-        return Array(buf[0..<n]) == value
     }
 
     /// Removes leftovers (`#` names) and orphans: an entry that is its
     /// inode's only link and whose union link count is zero (every name
     /// removed while the removal of the entry itself was cut short).
     static func cleanIndex(_ fd: Int32, nlinkXattr: String) {
-        let d = openat(fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard d >= 0, let dir = fdopendir(d) else { return }
-        defer { closedir(dir) }
+        guard let names = try? Sys.directoryNames(fd) else { return }
         var doomed: [String] = []
-        while let e = readdir(dir) {
-            let name = withUnsafePointer(to: e.pointee.d_name) { $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) } }
-            if name == "." || name == ".." { continue }
+        for name in names {
             if name.hasPrefix("#") { doomed.append(name); continue }
             var st = stat()
             guard fstatat(fd, name, &st, Linux.AT_SYMLINK_NOFOLLOW) == 0, st.st_mode & Linux.S_IFMT != Linux.S_IFDIR, st.st_nlink == 1 else { continue }
@@ -162,7 +154,7 @@ extension Overlay {
 
     static func readNlink(_ dfd: Int32, _ name: UnsafePointer<CChar>, _ attr: String) -> NlinkDiff? {
         var buf = [UInt8](repeating: 0, count: 13)
-        let n = strata_lgetxattr_at(dfd, name, attr, &buf, 12)
+        let n = buf.withUnsafeMutableBytes { (try? Sys.getxattr(dfd, name, attr, into: UnsafeMutableRawBufferPointer(rebasing: $0[0..<12]))) ?? -1 }
         guard n >= 3, buf[0] == UInt8(ascii: "U") || buf[0] == UInt8(ascii: "L"),
               buf[1] == UInt8(ascii: "+") || buf[1] == UInt8(ascii: "-"),
               let v = Int(String(decoding: buf[1..<n], as: UTF8.self)) else { return nil }
@@ -185,7 +177,7 @@ extension Overlay {
     /// `overlay.nlink` as the kernel writes it: "U" or "L", then a signed number.
     func writeNlinkDiff(_ dfd: Int32, _ name: UnsafePointer<CChar>, _ base: String, _ diff: Int) {
         let v = base + (diff >= 0 ? "+" : "") + String(diff)
-        _ = strata_lsetxattr_at(dfd, name, nlinkXattr, v, v.utf8.count, 0)
+        try? Sys.setxattr(dfd, name, nlinkXattr, v)
     }
 
     /// The index entry of the lower file `pfd/name` in layer `layer`: its
@@ -205,7 +197,7 @@ extension Overlay {
 extension Overlay {
     func readXattr(_ dfd: Int32, _ name: UnsafePointer<CChar>, _ attr: String) -> [UInt8]? {
         var buf = [UInt8](repeating: 0, count: 256)
-        let n = strata_lgetxattr_at(dfd, name, attr, &buf, buf.count)
+        let n = buf.withUnsafeMutableBytes { (try? Sys.getxattr(dfd, name, attr, into: $0)) ?? -1 }
         return n > 0 ? Array(buf[0..<n]) : nil
     }
 

@@ -1,4 +1,3 @@
-import CStrata
 import Sys
 import SystemPackage
 #if canImport(Glibc)
@@ -60,7 +59,7 @@ extension Overlay {
                 if let fd {
                     try check(ftruncate(fd, off_t(size)))
                 } else {
-                    let file = try UniqueFD(opened: openat(d, name, O_WRONLY | O_CLOEXEC | O_NONBLOCK | (follow != 0 ? O_NOFOLLOW : 0)))
+                    let file = try Sys.openat(d, name, O_WRONLY | O_CLOEXEC | O_NONBLOCK | (follow != 0 ? O_NOFOLLOW : 0))
                     let f = file.raw
                     try check(ftruncate(f, off_t(size)))
                 }
@@ -100,11 +99,10 @@ extension Overlay {
         // A metadata-only copy is read from its data below.
         if !writing && !n.isDirectory && n.state.withLock({ $0.place.metacopy && !$0.place.unlinked }) { return try openData(n, flags: fl) }
         var layer = 0
-        let fd = try atTop(n) { (d: Int32, name: UnsafePointer<CChar>, l: Int) -> Int32 in
+        let u = try atTop(n) { (d: Int32, name: UnsafePointer<CChar>, l: Int) throws(Errno) -> UniqueFD in
             layer = l
-            return openat(d, name, d == AT_FDCWD ? fl : fl | O_NOFOLLOW)
+            return try Sys.openat(d, name, d == AT_FDCWD ? fl : fl | O_NOFOLLOW)
         }
-        let u = try UniqueFD(opened: fd)
         if hasLazyLayers && !n.isDirectory { try fetchIfLazy(u.raw, layer: layer) }
         return u
     }
@@ -136,12 +134,9 @@ extension Overlay {
         // ("security.", "system.", other "user." and "trusted." names) are
         // passed through as they are.
         if Self.inOverlayNamespace(name) { return try getxattr(n, name.string, buf) }
-        let r = try atTop(n) { (d: Int32, path: UnsafePointer<CChar>, _: Int) -> Int in
-            d == AT_FDCWD ? CStrata.getxattr(path, name.pointer, buf.baseAddress, buf.count)
-                : strata_lgetxattr_at(d, path, name.pointer, buf.baseAddress, buf.count)
+        return try atTop(n) { (d: Int32, path: UnsafePointer<CChar>, _: Int) throws(Errno) -> Int in
+            try d == AT_FDCWD ? PathXattr.get(path, name.pointer, into: buf, follow: true) : Sys.getxattr(d, path, name.pointer, into: buf)
         }
-        if r < 0 { throw currentErrno() }
-        return r
     }
 
     private static let fuseOverlayfsPrefixes = (Array("trusted.fuseoverlayfs.".utf8), Array("user.fuseoverlayfs.".utf8))
@@ -162,11 +157,7 @@ extension Overlay {
     public func getxattr(_ n: OverlayNode, _ name: String, _ buf: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
         if isPrivateXattr(name) && !name.hasPrefix(config.xattrPrefix) { throw .noData }
         let stored = storedXattrName(name)
-        let r = try xattrPath(n) { p, follow in
-            follow ? CStrata.getxattr(p, stored, buf.baseAddress, buf.count) : lgetxattr(p, stored, buf.baseAddress, buf.count)
-        }
-        if r < 0 { throw currentErrno() }
-        return r
+        return try xattrPath(n) { (p, follow) throws(Errno) in try PathXattr.get(p, stored, into: buf, follow: follow) }
     }
 
     /// The names as the union shows them: the overlay's own hidden, the
@@ -180,10 +171,10 @@ extension Overlay {
     public func listxattr(_ n: OverlayNode, _ buf: UnsafeMutableRawBufferPointer, hideTrusted: Bool = false) throws(Errno) -> Int {
         try withUnsafeTemporaryAllocation(of: CChar.self, capacity: 65536) { (all: UnsafeMutableBufferPointer<CChar>) throws(Errno) -> Int in
             guard let base = all.baseAddress else { throw .noMemory }
-            let len = try atTop(n) { (d: Int32, path: UnsafePointer<CChar>, _: Int) -> Int in
-                d == AT_FDCWD ? CStrata.listxattr(path, base, all.count) : strata_llistxattr_at(d, path, base, all.count)
+            let into = UnsafeMutableRawBufferPointer(all)
+            let len = try atTop(n) { (d: Int32, path: UnsafePointer<CChar>, _: Int) throws(Errno) -> Int in
+                try d == AT_FDCWD ? PathXattr.list(path, into: into, follow: true) : Sys.listxattr(d, path, into: into)
             }
-            if len < 0 { throw currentErrno() }
             if len == 0 { return 0 }
             let prefix = Array(config.xattrPrefix.utf8)
             let escaped = prefix + Array("overlay.".utf8)
@@ -231,21 +222,23 @@ extension Overlay {
     public func setxattr(_ n: OverlayNode, _ name: String, _ value: UnsafeRawBufferPointer, flags: Int32) throws(Errno) {
         try copyUp(n, metadataOnly: true)
         let stored = storedXattrName(name)
-        let r = try xattrPath(n) { p, follow in
-            Int(follow ? CStrata.setxattr(p, stored, value.baseAddress, value.count, flags) : lsetxattr(p, stored, value.baseAddress, value.count, flags))
+        _ = try xattrPath(n) { (p, follow) throws(Errno) in
+            try PathXattr.set(p, stored, value, flags: flags, follow: follow)
+            return 0
         }
-        try check(r)
     }
 
     public func removexattr(_ n: OverlayNode, _ name: String) throws(Errno) {
         let stored = storedXattrName(name)
         if !n.snapshot.place.inUpper {
             // Removing what is not there fails without a copy-up, as in the kernel.
-            if try xattrPath(n, { p, follow in follow ? CStrata.getxattr(p, stored, nil, 0) : lgetxattr(p, stored, nil, 0) }) < 0 { throw currentErrno() }
+            _ = try xattrPath(n) { (p, follow) throws(Errno) in try PathXattr.get(p, stored, into: nil, follow: follow) }
         }
         try copyUp(n, metadataOnly: true)
-        let r = try xattrPath(n) { p, follow in Int(follow ? CStrata.removexattr(p, stored) : lremovexattr(p, stored)) }
-        try check(r)
+        _ = try xattrPath(n) { (p, follow) throws(Errno) in
+            try PathXattr.remove(p, stored, follow: follow)
+            return 0
+        }
     }
 
     /// statfs reports the upper filesystem (the top lower without one).

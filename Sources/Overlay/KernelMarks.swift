@@ -1,5 +1,5 @@
-import CStrata
 import Sys
+import SystemPackage
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -22,13 +22,18 @@ extension Overlay {
     /// impure (an older overlay, which the kernel leaves with a null uuid).
     func markUpperUUID(_ upper: Layer) {
         let root = "/proc/self/fd/\(upper.root.raw)"
-        if CStrata.getxattr(root, uuidXattr, nil, 0) >= 0 || errno != ENODATA { return }
-        if CStrata.getxattr(root, impureXattr, nil, 0) >= 0 { return }
+        do throws(Errno) {
+            _ = try PathXattr.get(root, uuidXattr, into: nil, follow: true)
+            return
+        } catch {
+            if error != .noData { return }
+        }
+        if (try? PathXattr.get(root, impureXattr, into: nil, follow: true)) != nil { return }
         var uuid = [UInt8](repeating: 0, count: 16)
         for i in uuid.indices { uuid[i] = UInt8.random(in: 0...255) }
         uuid[6] = (uuid[6] & 0x0f) | 0x40       // a version 4 UUID, as uuid_gen makes
         uuid[8] = (uuid[8] & 0x3f) | 0x80
-        _ = CStrata.setxattr(root, uuidXattr, uuid, uuid.count, 0)
+        try? PathXattr.set(root, uuidXattr, bytes: uuid, follow: true)
     }
 
     /// The lower object's handle for `overlay.origin`, nil where its
@@ -48,7 +53,7 @@ extension Overlay {
         // On the stack: most entries asked (new files in an impure
         // directory) have no origin, and cost one getxattr, no allocation.
         let found = withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 160) { buf -> (uuid: [UInt8], handle: DirHandle)? in
-            let n = strata_lgetxattr_at(dir, name, kernelOriginXattr, buf.baseAddress, buf.count)
+            let n = (try? Sys.getxattr(dir, name, kernelOriginXattr, into: UnsafeMutableRawBufferPointer(buf))) ?? -1
             guard n > 21, buf[0] == 0, buf[1] == Self.handleMagic else { return nil }
             let end = min(n, Int(buf[2]))
             guard end > 21 else { return nil }
@@ -56,18 +61,15 @@ extension Overlay {
         }
         guard let (uuid, handle) = found else { return nil }
         for l in layers where !l.writable && l.index < lowerUUIDs.count && lowerUUIDs[l.index] == uuid {
-            let fd = l.open(handle: handle, flags: Linux.O_PATH | O_CLOEXEC)
-            if fd < 0 { continue }
-            defer { close(fd) }
-            var st = stat()
-            if fstat(fd, &st) == 0 { return inoFor(UInt64(st.st_ino), layer: l.index) }
+            guard let fd = try? l.open(handle: handle, flags: Linux.O_PATH | O_CLOEXEC) else { continue }
+            if let st = try? Sys.fstat(fd.raw) { return inoFor(UInt64(st.st_ino), layer: l.index) }
         }
         return nil
     }
 
     /// Whether the upper directory `dir` is marked impure.
     func isImpure(_ dir: Int32) -> Bool {
-        strata_lgetxattr_at(dir, ".", impureXattr, nil, 0) >= 0
+        Sys.hasXattr(dir, ".", impureXattr)
     }
 
     /// Whether directory node `p`'s upper copy is marked impure, asked once
@@ -82,7 +84,7 @@ extension Overlay {
 
     /// Marks the upper directory `dir` impure, once.
     func markImpure(_ dir: Int32) {
-        if strata_lgetxattr_at(dir, ".", impureXattr, nil, 0) >= 0 { return }
-        _ = strata_lsetxattr_at(dir, ".", impureXattr, "y", 1, 0)
+        if Sys.hasXattr(dir, ".", impureXattr) { return }
+        try? Sys.setxattr(dir, ".", impureXattr, "y")
     }
 }

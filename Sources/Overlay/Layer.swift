@@ -1,6 +1,6 @@
 import Synchronization
-import CStrata
 import Sys
+import SystemPackage
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -14,37 +14,33 @@ public final class Layer: Sendable {
     public let writable: Bool
     /// A readable descriptor of the root, opened on first use: the mount
     /// descriptor open_by_handle_at wants (it refuses an O_PATH one).
-    private let handleMount = Mutex<Int32>(-1)
+    private let handleMount = Mutex<OwnedFD?>(nil)
 
     init(index: Int, path: String, writable: Bool) throws(OverlaySetupError) {
         self.index = index
         self.path = path
         self.writable = writable
-        let fd = Glibc.open(path, Linux.O_PATH | O_DIRECTORY | O_CLOEXEC)
-        if fd < 0 {
-            let e = currentErrno()
-            throw OverlaySetupError(.layer(e), "\(writable ? "upperdir" : "lowerdir") \(path): \(e == .notDirectory ? "not a directory" : "\(e)")")
+        let fd: UniqueFD
+        do throws(Errno) {
+            fd = try Sys.open(path, Linux.O_PATH | O_DIRECTORY | O_CLOEXEC)
+        } catch {
+            throw OverlaySetupError(.layer(error), "\(writable ? "upperdir" : "lowerdir") \(path): \(error == .notDirectory ? "not a directory" : "\(error)")")
         }
+        dev = UInt64((try? Sys.fstat(fd.raw))?.st_dev ?? 0)
         root = OwnedFD(fd)
-        var st = stat()
-        fstat(fd, &st)
-        dev = UInt64(st.st_dev)
     }
 
-    deinit { handleMount.withLock { if $0 >= 0 { close($0) } } }
-
-    /// Opens a directory of this layer by its file handle; -1 and errno on failure.
-    func open(handle h: DirHandle) -> Int32 { open(handle: h, flags: Linux.O_PATH | O_DIRECTORY | O_CLOEXEC) }
+    /// Opens a directory of this layer by its file handle.
+    func open(handle h: DirHandle) throws(Errno) -> UniqueFD { try open(handle: h, flags: Linux.O_PATH | O_DIRECTORY | O_CLOEXEC) }
 
     /// Opens any object of this layer's filesystem by its file handle.
-    func open(handle h: DirHandle, flags: Int32) -> Int32 {
-        let mfd = handleMount.withLock { fd -> Int32 in
-            if fd < 0 { fd = openat(root.raw, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
-            return fd
+    func open(handle h: DirHandle, flags: Int32) throws(Errno) -> UniqueFD {
+        let mount = try handleMount.withLock { (m: inout OwnedFD?) throws(Errno) -> OwnedFD in
+            if let m { return m }
+            let opened = OwnedFD(try Sys.openat(root.raw, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC))
+            m = opened
+            return opened
         }
-        if mfd < 0 { return -1 }
-        return h.bytes.withUnsafeBufferPointer {
-            strata_open_by_handle(mfd, $0.baseAddress, UInt32($0.count), h.type, flags)
-        }
+        return try Sys.open(handle: h, mount: mount.raw, flags)
     }
 }

@@ -1,4 +1,3 @@
-import CStrata
 import Sys
 import SystemPackage
 #if canImport(Glibc)
@@ -46,7 +45,7 @@ extension Overlay {
         var buf = [UInt8](repeating: 0, count: 4096)
         for user in [false, true] {
             let name = OverlayFormat.xattr(OverlayFormat.lazyName, user: user)
-            let n = CStrata.getxattr(root, name, &buf, buf.count)
+            let n = buf.withUnsafeMutableBytes { (try? PathXattr.get(root, name, into: $0, follow: true)) ?? -1 }
             if n > 0 { return LazyLayer(state: String(decoding: buf[0..<n], as: UTF8.self), xattr: name) }
         }
         // Root reads every mark, so none found means none. A user may not:
@@ -77,11 +76,10 @@ extension Overlay {
     private func fetchLazy(_ fd: Int32, _ lazy: LazyLayer) throws(Errno) {
         // Asked by size first: a file already fetched (the common case once
         // a container runs) costs one syscall and no buffer.
-        let size = fgetxattr(fd, lazy.xattr, nil, 0)
-        if size < 0 { return }     // no mark: the data is here
+        guard let size = try? Sys.getxattr(fd: fd, lazy.xattr) else { return }     // no mark: the data is here
         var buf = [UInt8](repeating: 0, count: max(size, 1))
-        let n = fgetxattr(fd, lazy.xattr, &buf, buf.count)
-        if n < 0 { return }        // filled in the meantime
+        // None now: filled in the meantime.
+        guard let n = buf.withUnsafeMutableBytes({ b in try? Sys.getxattr(fd: fd, lazy.xattr, into: b) }) else { return }
         guard let source = config.lazyData else { throw .ioError }
         try source.fill(state: lazy.state, fd: fd, mark: String(decoding: buf[0..<n], as: UTF8.self), readahead: config.lazyReadahead)
         lazyFills.add(1, ordering: .relaxed)

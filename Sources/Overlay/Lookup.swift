@@ -1,4 +1,3 @@
-import CStrata
 import Sys
 import SystemPackage
 #if canImport(Glibc)
@@ -13,60 +12,48 @@ extension Overlay {
     func withDirFD<R: ~Copyable>(_ n: OverlayNode, _ l: Int, _ body: (Int32) throws(Errno) -> R) throws(Errno) -> R {
         let (cached, handle) = n.state.withLock { ($0.caches.fds[l], $0.caches.handles[l]) }
         if let fd = cached { return try body(fd.raw) }
-        var fd: Int32 = -1
-        if let h = handle { fd = layers[l].open(handle: h) }
-        if fd < 0 {
+        var fd: UniqueFD
+        if let h = handle, let byHandle = try? layers[l].open(handle: h) {
+            fd = byHandle
+        } else {
             let s = n.snapshot
             guard let parent = s.place.parent else { throw .noSuchFileOrDirectory }
             if let path = s.place.lowerPaths[l] {
                 // Below a redirect: where the directory is in that layer.
-                fd = openPath(layers[l].root.raw, path)
+                fd = try openPath(layers[l].root.raw, path)
             } else {
-                fd = try withDirFD(parent, l) { (pfd: Int32) throws(Errno) -> Int32 in
-                    try withStoredName(s.place.name) { openat(pfd, $0, Linux.O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
+                fd = try withDirFD(parent, l) { (pfd: Int32) throws(Errno) -> UniqueFD in
+                    try withStoredName(s.place.name) { (c) throws(Errno) -> UniqueFD in
+                        try Sys.openat(pfd, c, Linux.O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+                    }
                 }
             }
-            if fd < 0 { throw currentErrno() }
         }
-        if let owned = fdBudget.cache(fd) {
+        if let owned = fdBudget.cache(&fd) {
             n.state.withLock { $0.caches.fds[l] = owned }
-            return try body(fd)
+            return try body(owned.raw)
         }
-        defer { close(fd) }
         // Over the budget: keep the directory's handle instead, so the next
         // open is one call rather than a walk of names from the nearest
         // cached ancestor (each a chance to meet a rename in flight).
-        if handle == nil && handlesWork.load(ordering: .relaxed) {
-            var buf = (UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0))
-            var len: UInt32 = 64
-            var type: Int32 = 0
-            let rc = withUnsafeMutableBytes(of: &buf) { strata_fd_to_handle(fd, $0.baseAddress?.assumingMemoryBound(to: UInt8.self), &len, &type) }
-            if rc == 0 {
-                let h = DirHandle(bytes: withUnsafeBytes(of: &buf) { Array($0.prefix(Int(len))) }, type: type)
-                // Only a handle that opens is worth keeping (open_by_handle_at
-                // needs CAP_DAC_READ_SEARCH; rootless mounts walk names).
-                let probe = layers[l].open(handle: h)
-                if probe >= 0 {
-                    close(probe)
-                    n.state.withLock { $0.caches.handles[l] = h }
-                } else if strata_errno() == EPERM {
-                    handlesWork.store(false, ordering: .relaxed)
-                }
+        if handle == nil && handlesWork.load(ordering: .relaxed), let h = try? Sys.fileHandle(fd.raw) {
+            // Only a handle that opens is worth keeping (open_by_handle_at
+            // needs CAP_DAC_READ_SEARCH; rootless mounts walk names).
+            do throws(Errno) {
+                _ = try layers[l].open(handle: h)
+                n.state.withLock { $0.caches.handles[l] = h }
+            } catch {
+                if error == .notPermitted { handlesWork.store(false, ordering: .relaxed) }
             }
         }
-        return try body(fd)
+        return try body(fd.raw)
     }
 
     /// Opens a directory by components from `root`, never following a symlink.
-    func openPath(_ root: Int32, _ components: [String]) -> Int32 {
-        var cur = dup(root)
+    func openPath(_ root: Int32, _ components: [String]) throws(Errno) -> UniqueFD {
+        var cur = try Sys.dup(root)
         for c in components {
-            guard cur >= 0 else { return -1 }
-            let next = openat(cur, c, Linux.O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-            let e = strata_errno()
-            close(cur)
-            strata_set_errno(e)
-            cur = next
+            cur = try Sys.openat(cur.raw, c, Linux.O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
         }
         return cur
     }
@@ -94,7 +81,7 @@ extension Overlay {
         // Read into the stack: most upper directories have no redirect, and
         // this runs on every lookup of one.
         let value = withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 4096) { buf -> String? in
-            let n = strata_lgetxattr_at(pfd, name, redirectXattr, buf.baseAddress, buf.count)
+            let n = (try? Sys.getxattr(pfd, name, redirectXattr, into: UnsafeMutableRawBufferPointer(buf))) ?? -1
             return n > 0 ? String(decoding: UnsafeBufferPointer(rebasing: buf[0..<n]), as: UTF8.self) : nil
         }
         guard let v = value else { return nil }
@@ -104,7 +91,7 @@ extension Overlay {
     }
 
     /// Calls `body(parentFD, name, layer)` at the node's top location.
-    func atTop<R>(_ n: OverlayNode, _ body: (Int32, UnsafePointer<CChar>, Int) throws(Errno) -> R) throws(Errno) -> R {
+    func atTop<R: ~Copyable>(_ n: OverlayNode, _ body: (Int32, UnsafePointer<CChar>, Int) throws(Errno) -> R) throws(Errno) -> R {
         let s = n.state.withLock { (parent: $0.place.parent, name: $0.place.name, unlinked: $0.place.unlinked, orphan: $0.place.orphan, layer: $0.place.topLayer,
                                     indexName: $0.place.indexName) }
         let layer = s.layer
@@ -157,8 +144,10 @@ extension Overlay {
         // getxattr, not lgetxattr: the /proc link leads to the descriptor's own file.
         let path = "/proc/self/fd/\(dfd)"
         var v: UInt8 = 0
-        return (CStrata.getxattr(path, opaqueXattrs.0, &v, 1) == 1 && v == UInt8(ascii: "x"))
-            || (CStrata.getxattr(path, opaqueXattrs.1, &v, 1) == 1 && v == UInt8(ascii: "x"))
+        func marked(_ attr: String) -> Bool {
+            withUnsafeMutableBytes(of: &v) { b in (try? PathXattr.get(path, attr, into: b, follow: true)) == 1 } && v == UInt8(ascii: "x")
+        }
+        return marked(opaqueXattrs.0) || marked(opaqueXattrs.1)
     }
 
     /// `marksXWhiteouts` for directory `n` in layer `l`, read once.
@@ -170,7 +159,7 @@ extension Overlay {
     }
 
     func hasXattr(_ pfd: Int32, _ name: UnsafePointer<CChar>, _ attr: String) -> Bool {
-        strata_lgetxattr_at(pfd, name, attr, nil, 0) >= 0
+        Sys.hasXattr(pfd, name, attr)
     }
 
     /// An opaque directory hides everything below it: the opaque xattr
@@ -186,7 +175,8 @@ extension Overlay {
         // of a directory.
         func mark(_ attr: String) -> UInt8 {
             var v: UInt8 = 0
-            return strata_lgetxattr_at(pfd, name, attr, &v, 1) == 1 ? v : 0
+            let n = withUnsafeMutableBytes(of: &v) { (try? Sys.getxattr(pfd, name, attr, into: $0)) ?? -1 }
+            return n == 1 ? v : 0
         }
         let first = mark(opaqueXattrs.0)
         if first == UInt8(ascii: "y") { return .opaque }
@@ -306,13 +296,13 @@ extension Overlay {
         guard !path.isEmpty else { return out }
         for l in max(from, firstLower)..<layers.count {
             var stop = false, opaqueOnTheWay = false
-            let pfd = walkToParent(layers[l].root.raw, Array(path.dropLast()), stop: &stop, opaque: &opaqueOnTheWay)
+            let parentFD = walkToParent(layers[l].root.raw, Array(path.dropLast()), stop: &stop, opaque: &opaqueOnTheWay)
             if stop { return file ? [] : out }
-            guard pfd >= 0 else {
+            guard parentFD.isOpen else {
                 if opaqueOnTheWay { return file ? [] : out }
                 continue
             }
-            defer { close(pfd) }
+            let pfd = parentFD.raw
             let last = path[path.count - 1]
             var st = stat()
             if fstatat(pfd, last, &st, Linux.AT_SYMLINK_NOFOLLOW) != 0 {
@@ -404,7 +394,7 @@ extension Overlay {
                 // redirect read at once. (Upper copies made here carry
                 // Strata's origin record, so the upper layer reads them.)
                 let inLower = !(l == 0 && upper != nil)
-                let bare = inLower && strata_llistxattr_at(pfd, name.pointer, nil, 0) == 0
+                let bare = inLower && (try? Sys.listxattr(pfd, name.pointer)) == 0
                 let mark = bare ? (hasOpaqueMarker(pfd, name.pointer) ? .opaque : .none) : opaqueMark(pfd, name.pointer)
                 // A lower directory that was moved in an upper since made
                 // a lower layer: the layers below continue at its redirect.
@@ -513,27 +503,24 @@ extension Overlay {
     func mayBeMetacopy(_ l: Int) -> Bool { config.metacopy || (l == 0 && upper != nil) }
 
     /// Opens the directory `components` from `root` for a redirect's walk;
-    /// -1 when absent in this layer; `stop` when a whiteout or a
+    /// an empty owner when absent in this layer; `stop` when a whiteout or a
     /// non-directory on the way ends the search in every layer below.
-    func walkToParent(_ root: Int32, _ components: [String], stop: inout Bool, opaque: inout Bool) -> Int32 {
-        var cur = dup(root)
+    func walkToParent(_ root: Int32, _ components: [String], stop: inout Bool, opaque: inout Bool) -> UniqueFD {
+        guard var cur = try? Sys.dup(root) else { return UniqueFD() }
         for c in components {
-            guard cur >= 0 else { return -1 }
             var st = stat()
-            if fstatat(cur, c, &st, Linux.AT_SYMLINK_NOFOLLOW) != 0 {
-                stop = FileName.with(c) { hasWhiteoutFile(cur, $0) }
-                close(cur)
-                return -1
+            let fd = cur.raw
+            if fstatat(fd, c, &st, Linux.AT_SYMLINK_NOFOLLOW) != 0 {
+                stop = FileName.with(c) { hasWhiteoutFile(fd, $0) }
+                return UniqueFD()
             }
-            if isWhiteout(st, cur, c, marked: true) || st.st_mode & Linux.S_IFMT != Linux.S_IFDIR {
+            if isWhiteout(st, fd, c, marked: true) || st.st_mode & Linux.S_IFMT != Linux.S_IFDIR {
                 stop = true
-                close(cur)
-                return -1
+                return UniqueFD()
             }
             // An opaque directory on the way: this layer is the last.
-            if isOpaque(cur, c) { opaque = true }
-            let next = openat(cur, c, Linux.O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-            close(cur)
+            if isOpaque(fd, c) { opaque = true }
+            guard let next = try? Sys.openat(fd, c, Linux.O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) else { return UniqueFD() }
             cur = next
         }
         return cur
@@ -551,7 +538,7 @@ extension Overlay {
 
     func originIno(_ pfd: Int32, _ name: UnsafePointer<CChar>) -> UInt64? {
         withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 24) { buf -> UInt64? in
-            let n = strata_lgetxattr_at(pfd, name, originXattr, buf.baseAddress, 24)
+            let n = (try? Sys.getxattr(pfd, name, originXattr, into: UnsafeMutableRawBufferPointer(buf))) ?? -1
             guard n > 0 else { return nil }
             var v: UInt64 = 0
             for i in 0..<n {

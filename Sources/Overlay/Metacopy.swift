@@ -1,4 +1,3 @@
-import CStrata
 import Sys
 import SystemPackage
 #if canImport(Glibc)
@@ -14,7 +13,7 @@ import Glibc
 extension Overlay {
     /// Calls `body` with the directory and name of the node's data: the
     /// lower file for a metadata-only copy, else its top location.
-    func withData<R>(_ n: OverlayNode, _ body: (Int32, UnsafePointer<CChar>) throws(Errno) -> R) throws(Errno) -> R {
+    func withData<R: ~Copyable>(_ n: OverlayNode, _ body: (Int32, UnsafePointer<CChar>) throws(Errno) -> R) throws(Errno) -> R {
         let s = n.state.withLock { st in (metacopy: st.place.metacopy, layer: st.place.dataLayer, parent: st.place.parent, name: st.place.name,
                                           path: st.place.dataLayer.flatMap { st.place.lowerPaths[$0] }) }
         guard s.metacopy, let layer = s.layer else {
@@ -22,9 +21,8 @@ extension Overlay {
         }
         if let r = s.path, let last = r.last {
             // Moved or linked: the data is where the redirect says.
-            let pfd = openPath(layers[layer].root.raw, Array(r.dropLast()))
-            if pfd < 0 { throw .ioError }
-            defer { close(pfd) }
+            guard let parentFD = try? openPath(layers[layer].root.raw, Array(r.dropLast())) else { throw .ioError }
+            let pfd = parentFD.raw
             return try withCString(last) { (c: UnsafePointer<CChar>) throws(Errno) -> R in try body(pfd, c) }
         }
         guard let parent = s.parent else { throw .ioError }
@@ -35,10 +33,9 @@ extension Overlay {
 
     /// Opens the node's data (see `withData`), never following a symlink.
     func openData(_ n: OverlayNode, flags: Int32) throws(Errno) -> UniqueFD {
-        let fd = try withData(n) { (d: Int32, name: UnsafePointer<CChar>) -> Int32 in
-            openat(d, name, d == AT_FDCWD ? flags | O_CLOEXEC : flags | O_NOFOLLOW | O_CLOEXEC)
+        let u = try withData(n) { (d: Int32, name: UnsafePointer<CChar>) throws(Errno) -> UniqueFD in
+            try Sys.openat(d, name, d == AT_FDCWD ? flags | O_CLOEXEC : flags | O_NOFOLLOW | O_CLOEXEC)
         }
-        let u = try UniqueFD(opened: fd)
         if hasLazyLayers {
             let layer = n.state.withLock { $0.place.metacopy ? ($0.place.dataLayer ?? 0) : $0.place.topLayer }
             try fetchIfLazy(u.raw, layer: layer)
@@ -70,7 +67,7 @@ extension Overlay {
             guard n.state.withLock({ $0.place.metacopy }) else { return }
             let input = try openData(n, flags: O_RDONLY)
             try atTop(n) { (d: Int32, name: UnsafePointer<CChar>, _: Int) throws(Errno) in
-                let output = try UniqueFD(opened: openat(d, name, d == AT_FDCWD ? O_WRONLY | O_CLOEXEC : O_WRONLY | O_NOFOLLOW | O_CLOEXEC))
+                let output = try Sys.openat(d, name, d == AT_FDCWD ? O_WRONLY | O_CLOEXEC : O_WRONLY | O_NOFOLLOW | O_CLOEXEC)
                 var before = stat(), data = stat()
                 try check(fstat(output.raw, &before))
                 try check(fstat(input.raw, &data))
@@ -79,7 +76,7 @@ extension Overlay {
                 let times = [before.st_atim, before.st_mtim]
                 _ = futimens(output.raw, times)
                 if !config.volatile && fsync(output.raw) != 0 { throw currentErrno() }
-                if fremovexattr(output.raw, metacopyXattr) != 0 && strata_errno() != ENODATA { throw currentErrno() }
+                do throws(Errno) { try Sys.removexattr(fd: output.raw, metacopyXattr) } catch { if error != .noData { throw error } }
                 n.state.withLock { s in
                     s.place.metacopy = false
                     s.place.dataLayer = nil

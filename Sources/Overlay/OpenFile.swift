@@ -29,15 +29,16 @@ public final class OpenFile: DescriptorBacked, @unchecked Sendable {
     /// this descriptor at the copy (dup2), as the kernel moves open files.
     public let followsCopyUp: Bool
 
+    private let owner: UniqueFD
+
     init(node: OverlayNode, fd: consuming UniqueFD, writable: Bool, serving: Serving, followsCopyUp: Bool) {
         self.node = node
-        self.fd = fd.take()
+        self.fd = fd.raw
+        self.owner = fd
         self.writable = writable
         self.serving = serving
         self.followsCopyUp = followsCopyUp
     }
-
-    deinit { close(fd) }
 }
 
 /// What an inode has open now, kept under its node's lock.

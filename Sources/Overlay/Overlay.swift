@@ -1,4 +1,3 @@
-import CStrata
 import Synchronization
 import Sys
 import Tables
@@ -130,11 +129,11 @@ public final class Overlay: @unchecked Sendable {
             if inside(r, upperLayer.path) || inside(upperLayer.path, r) {
                 throw OverlaySetupError(.placement, "workdir \(r) and upperdir \(upperLayer.path) must not contain each other")
             }
-            let wfd = Glibc.open(r, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-            if wfd < 0 { throw OverlaySetupError.last("workdir \(r)") }
-            lockFD = OwnedFD(wfd)
-            var st = stat()
-            fstat(wfd, &st)
+            let workdir: UniqueFD
+            do throws(Errno) { workdir = try Sys.open(r, O_RDONLY | O_DIRECTORY | O_CLOEXEC) } catch { throw OverlaySetupError.failed("workdir \(r)", error) }
+            let wfd = workdir.raw
+            lockFD = OwnedFD(workdir)
+            let st = (try? Sys.fstat(wfd)) ?? stat()
             if UInt64(st.st_dev) != upperLayer.dev {
                 throw OverlaySetupError(.placement, "workdir \(r) is on another filesystem than upperdir \(upperLayer.path); put both on one")
             }
@@ -142,12 +141,14 @@ public final class Overlay: @unchecked Sendable {
                 throw OverlaySetupError(.workdirInUse, "workdir \(r) is in use by another mount")
             }
             // Validation is over: from here on we may write.
-            if mkdirat(wfd, "work", 0o700) != 0 && strata_errno() != EEXIST {
+            if mkdirat(wfd, "work", 0o700) != 0 && currentErrno() != .fileExists {
                 throw OverlaySetupError.last("workdir \(r)/work")
             }
-            let wk = openat(wfd, "work", Linux.O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-            if wk < 0 { throw OverlaySetupError.last("workdir \(r)/work") }
-            workFD = OwnedFD(wk)
+            do throws(Errno) {
+                workFD = OwnedFD(try Sys.openat(wfd, "work", Linux.O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC))
+            } catch {
+                throw OverlaySetupError.failed("workdir \(r)/work", error)
+            }
             if config.index, ls.count > 1 {
                 indexOpt = try Self.openIndex(layers: ls, upper: upperLayer, workdir: wfd, workdirPath: r, prefix: config.xattrPrefix) {
                     let line = "strata: \($0)\n"
@@ -208,9 +209,11 @@ public final class Overlay: @unchecked Sendable {
             // refuses an upper the other wrote as volatile.
             mkdirat(w.raw, "incompat", 0o700)
             mkdirat(w.raw, "incompat/volatile", 0o700)
-            let fd = openat(w.raw, "incompat/volatile/dirty", O_WRONLY | O_CREAT | O_CLOEXEC, 0o600)
-            if fd < 0 { throw OverlaySetupError.last("workdir \(config.work ?? ""): cannot mark it volatile") }
-            close(fd)
+            do throws(Errno) {
+                _ = try Sys.openat(w.raw, "incompat/volatile/dirty", O_WRONLY | O_CREAT | O_CLOEXEC, 0o600)
+            } catch {
+                throw OverlaySetupError.failed("workdir \(config.work ?? ""): cannot mark it volatile", error)
+            }
         }
     }
 
@@ -230,14 +233,8 @@ public final class Overlay: @unchecked Sendable {
     /// built in work/); remove them at mount, as the kernel does.
     private func cleanWork() throws(OverlaySetupError) {
         guard let w = work else { return }
-        let fd = openat(w.raw, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard fd >= 0, let dir = fdopendir(fd) else { return }
-        defer { closedir(dir) }
-        while let e = readdir(dir) {
-            let name = withUnsafePointer(to: e.pointee.d_name) { $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) } }
-            if name == "." || name == ".." || name == sharedWhiteout || name == "incompat" { continue }
-            removeTree(w.raw, name)
-        }
+        guard let names = try? Sys.directoryNames(w.raw) else { return }
+        for name in names where name != sharedWhiteout && name != "incompat" { removeTree(w.raw, name) }
     }
 
     var isReadOnly: Bool { upper == nil }

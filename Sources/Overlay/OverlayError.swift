@@ -28,10 +28,9 @@ public struct OverlaySetupError: Error, CustomStringConvertible, Sendable {
     }
 
     /// A call on a layer just failed (errno read first, once).
-    static func last(_ what: String) -> OverlaySetupError {
-        let e = currentErrno()
-        return OverlaySetupError(.layer(e), "\(what): \(e)")
-    }
+    static func last(_ what: String) -> OverlaySetupError { failed(what, currentErrno()) }
+
+    static func failed(_ what: String, _ e: Errno) -> OverlaySetupError { OverlaySetupError(.layer(e), "\(what): \(e)") }
 
     public var description: String { message }
 }

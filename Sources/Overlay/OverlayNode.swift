@@ -148,12 +148,8 @@ public final class OverlayNode: TableNode, @unchecked Sendable {
     var snapshot: State { state.withLock { $0 } }
 }
 
-/// A directory's file handle (name_to_handle_at), kept inline: most are
-/// 8 to 20 bytes.
-struct DirHandle: Sendable {
-    var bytes: [UInt8]
-    var type: Int32
-}
+/// A directory's file handle (name_to_handle_at).
+typealias DirHandle = KernelFileHandle
 
 /// What identifies a merged inode. Upper entries and directories are keyed
 /// by their real inode (hard links in the upper layer are one inode). A

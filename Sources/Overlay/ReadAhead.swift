@@ -1,4 +1,3 @@
-import CStrata
 import Synchronization
 import Sys
 import SystemPackage
@@ -62,8 +61,8 @@ final class ReadAhead: @unchecked Sendable {
             let t = try? OSThread.start(name: "read-ahead") { [self] in
                 // On any CPU (a ring thread that starts it is pinned to its
                 // own), and only when that CPU has nothing else to run.
-                _ = strata_unpin()
-                _ = strata_sched_idle()
+                OSThread.unpin()
+                OSThread.scheduleIdle()
                 while true {
                     while sem_wait(signal) != 0 {}
                     guard let n = pending.withLock({ $0.popLast() }) else { continue }

@@ -1,4 +1,3 @@
-import CStrata
 import Sys
 import SystemPackage
 #if canImport(Glibc)

@@ -1,4 +1,3 @@
-import CStrata
 import Sys
 import SystemPackage
 #if canImport(Glibc)
@@ -12,16 +11,15 @@ import Glibc
 extension Overlay {
     func setOpaque(_ dfd: Int32, _ name: String) {
         let path = "/proc/self/fd/\(dfd)/\(name)"
-        if lsetxattr(path, opaqueXattr, "y", 1, 0) != 0 {
-            let fd = openat(dfd, name + "/" + OverlayFormat.opaqueName, O_WRONLY | O_CREAT | O_CLOEXEC, 0o000)
-            if fd >= 0 { close(fd) }
+        if (try? PathXattr.set(path, opaqueXattr, "y")) == nil {
+            _ = try? Sys.openat(dfd, name + "/" + OverlayFormat.opaqueName, O_WRONLY | O_CREAT | O_CLOEXEC, 0o000)
         }
     }
 
     /// Records a moved directory's lower path, absolute from the lower roots.
     func setRedirect(_ dfd: Int32, _ name: String, _ path: [String]) {
         let value = "/" + path.joined(separator: "/")
-        _ = lsetxattr("/proc/self/fd/\(dfd)/\(name)", redirectXattr, value, value.utf8.count, 0)
+        try? PathXattr.set("/proc/self/fd/\(dfd)/\(name)", redirectXattr, value)
     }
 
     public func rename(_ p: OverlayNode, _ name: FileName, _ q: OverlayNode, _ newName: FileName, flags: UInt32) throws(Errno) {
@@ -102,7 +100,7 @@ extension Overlay {
         if dstRedirect != nil, let x = xn { pinLowerPaths(x) }
         try withDirFD(p, 0) { (sfd: Int32) throws(Errno) in
             try withDirFD(q, 0) { (dfd: Int32) throws(Errno) in
-                var replaced: Int32 = -1
+                var replaced = UniqueFD()
                 if let d = dst, d.inUpper, !exchange {
                     if dstDir, isMergedOrLower(d), let dn = dstNode {
                         // Verified empty in the union: only whiteouts are left.
@@ -110,11 +108,10 @@ extension Overlay {
                             for e in try listRaw(cfd) { removeTree(cfd, e) }
                         }
                     }
-                    replaced = openat(dfd, newName.pointer, Linux.O_PATH | O_NOFOLLOW | O_CLOEXEC)
+                    replaced = (try? Sys.openat(dfd, newName.pointer, Linux.O_PATH | O_NOFOLLOW | O_CLOEXEC)) ?? UniqueFD()
                 } else if !exchange {
                     _ = clearWhiteout(dfd, newName)
                 }
-                defer { if replaced >= 0 { close(replaced) } }
                 if needOpaque { setOpaque(sfd, name.string) }
                 if xOpaque { setOpaque(dfd, newName.string) }
                 // As the kernel does, the redirect goes on before the rename
@@ -128,11 +125,8 @@ extension Overlay {
                 var kflags = exchange ? Linux.RENAME_EXCHANGE : 0
                 let atomicWhiteout = srcBelow && deviceWhiteouts
                 if atomicWhiteout { kflags |= Linux.RENAME_WHITEOUT }
-                try check(strata_renameat2(sfd, name.pointer, dfd, newName.pointer, kflags))
-                if let d = dst, replaced >= 0 {
-                    noteReplaced(d, q, newName, fd: replaced)
-                    replaced = -1
-                }
+                try Sys.renameat2(sfd, name.pointer, dfd, newName.pointer, flags: kflags)
+                if let d = dst, replaced.isOpen { noteReplaced(d, q, newName, fd: replaced.release()) }
                 if srcBelow && !deviceWhiteouts { try makeWhiteout(sfd, name) }
             }
         }

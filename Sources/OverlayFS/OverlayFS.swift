@@ -1,4 +1,3 @@
-import CStrata
 import FUSE
 import Overlay
 import Sys
@@ -117,7 +116,7 @@ public final class OverlayFS: FDBackedFileSystem, @unchecked Sendable {
     public func mknod(_ r: Request, parent: NodeID, name: Name, mode: UInt32, rdev: UInt32, umask: UInt32) throws(Errno) -> Entry {
         let maj = (rdev & 0xfff00) >> 8, mnr = (rdev & 0xff) | ((rdev >> 12) & 0xfff00)
         let made = try overlay.create(try node(parent), name, mode: mode & ~umask | (mode & Linux.S_IFMT),
-                                      rdev: dev_t(strata_makedev(maj, mnr)), who: who(r))
+                                      rdev: dev_t(Sys.makedev(maj, mnr)), who: who(r))
         return entry(made.node, made.stat)
     }
 

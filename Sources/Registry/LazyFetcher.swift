@@ -1,8 +1,8 @@
 import Archive
-import CStrata
 import Foundation
 import Store
 import Sys
+import SystemPackage
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -21,7 +21,7 @@ public final class LazyFetcher: @unchecked Sendable {
     let client: RegistryClient
     let blobPath: String
     /// The layer's tree, opened once: files are opened beneath it by name.
-    let rootFD: Int32
+    let root: OwnedFD
     /// Compressed bytes fetched by Range requests, for `strata stats` and tests.
     public let bytesFetched = Locked<Int64>(0)
 
@@ -38,11 +38,10 @@ public final class LazyFetcher: @unchecked Sendable {
         client = try RegistryClient(host: source.registry, options: options, credentials: nil)
         blobPath = "/v2/\(source.repository)/blobs/\(source.blob)"
         let diff = store.layerDiffPath(layerID)
-        rootFD = open(diff, Linux.O_PATH | O_DIRECTORY | O_CLOEXEC)
-        if rootFD < 0 { throw RegistryError.last(diff) }
+        root = OwnedFD(try openOwned(diff, Linux.O_PATH | O_DIRECTORY | O_CLOEXEC))
     }
 
-    deinit { close(rootFD) }
+    private var rootFD: Int32 { root.raw }
 
     public func shutdown() async { await client.shutdown() }
 
@@ -82,9 +81,8 @@ public final class LazyFetcher: @unchecked Sendable {
         // Layers pulled before marks were written as layer paths carry the
         // TOC's own spelling (`./bin/sh`).
         let name = StargzTOC.layerPath(raw)
-        let w = open("/proc/self/fd/\(fd)", O_WRONLY | O_CLOEXEC)
-        if w < 0 { throw RegistryError.last("\(name): opening it to fill") }
-        defer { close(w) }
+        let writer = try openOwned("/proc/self/fd/\(fd)", O_WRONLY | O_CLOEXEC, what: "\(name): opening it to fill")
+        let w = writer.raw
         if retryEINTR({ flock(w, LOCK_EX) }) != 0 { throw RegistryError.last("\(name): lock") }
         if !Self.marked(w) { return }
         let own = try plan(name)
@@ -113,12 +111,9 @@ public final class LazyFetcher: @unchecked Sendable {
         // Neighbours are a bonus: one that is busy or fails is left for its
         // own read.
         for (n, cs) in neighbours {
-            let nfd = openInLayer(n)
-            if nfd < 0 { continue }
-            defer { close(nfd) }
-            let nw = open("/proc/self/fd/\(nfd)", O_WRONLY | O_CLOEXEC)
-            if nw < 0 { continue }
-            defer { close(nw) }
+            guard let file = try? openInLayer(n),
+                  let writer = try? Sys.open("/proc/self/fd/\(file.raw)", O_WRONLY | O_CLOEXEC) else { continue }
+            let nw = writer.raw
             if flock(nw, LOCK_EX | LOCK_NB) != 0 || !Self.marked(nw) { continue }
             try? fillFrom(data, base: first.offset, nw, n, cs)
         }
@@ -138,15 +133,12 @@ public final class LazyFetcher: @unchecked Sendable {
 
     /// Whether a file of the layer is still a hole (by name).
     func isMarked(_ name: String) -> Bool {
-        let fd = openInLayer(name)
-        if fd < 0 { return false }
-        defer { close(fd) }
-        return Self.marked(fd)
+        guard let file = try? openInLayer(name) else { return false }
+        return Self.marked(file.raw)
     }
 
     static func marked(_ fd: Int32) -> Bool {
-        var b: UInt8 = 0
-        return fgetxattr(fd, Store.lazyXattr, &b, 0) >= 0
+        (try? Sys.getxattr(fd: fd, Store.lazyXattr)) != nil
     }
 
     func write(_ bytes: [UInt8], to fd: Int32, at offset: Int64, _ name: String) throws {
@@ -167,13 +159,15 @@ public final class LazyFetcher: @unchecked Sendable {
         let ts = [st.st_atim, st.st_mtim]
         if futimens(fd, ts) != 0 { throw RegistryError.last("\(name): times") }
         if fdatasync(fd) != 0 { throw RegistryError.last("\(name): sync") }
-        if fremovexattr(fd, Store.lazyXattr) != 0 && errno != ENODATA { throw RegistryError.last("\(name): removing its mark") }
+        do throws(Errno) { try Sys.removexattr(fd: fd, Store.lazyXattr) } catch {
+            if error != .noData { throw RegistryError.failed("\(name): removing its mark", error) }
+        }
     }
 
     /// Opens a file of the layer's tree by its TOC name, never following a
     /// symlink (a hostile TOC may put one where a directory was).
-    func openInLayer(_ name: String) -> Int32 {
-        strata_openat2_beneath(rootFD, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC, 0, 1)
+    func openInLayer(_ name: String) throws(Errno) -> UniqueFD {
+        try Sys.openBeneath(rootFD, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC, noSymlinks: true)
     }
 
     /// Files before the prefetch landmark (those the image's builder marked
@@ -187,10 +181,8 @@ public final class LazyFetcher: @unchecked Sendable {
     /// prioritised files first, then the rest of the blob.
     public func completeLayer(yield: (@Sendable () async -> Void)? = nil, progress: @escaping @Sendable (String) -> Void) async throws {
         for name in prioritised {
-            let fd = openInLayer(name)
-            if fd < 0 { continue }
-            defer { close(fd) }
-            try await fill(fd: fd, name: name)
+            guard let file = try? openInLayer(name) else { continue }
+            try await fill(fd: file.raw, name: name)
         }
         let ref = try Reference("\(source.registry)/\(source.repository)@\(source.blob)")
         try await complete(puller: Puller(store: store, client: client), ref: ref, yield: yield, progress: progress)
@@ -249,22 +241,25 @@ public final class LazyFetcher: @unchecked Sendable {
         progress("layer \(short): complete (\(filled) files filled from the blob)")
     }
 
+    private func openBlob(_ path: String) throws(RegistryError) -> UniqueFD {
+        if let f = try? Sys.open(path, O_RDONLY | O_CLOEXEC) { return f }
+        // Renamed to its final name since the caller looked.
+        return try openOwned(path.hasSuffix(".partial") ? String(path.dropLast(8)) : path, O_RDONLY | O_CLOEXEC)
+    }
+
     /// Fills one file of the layer from the blob (or the part of it down so
     /// far) on disk; false when it was here already.
     func fillFromBlobFile(_ path: String, _ name: String) throws -> Bool {
-        let fd = openInLayer(name)
-        if fd < 0 { throw RegistryError.last("layer \(Digest.hex(source.diffID).prefix(12)): \(name)") }
-        defer { close(fd) }
-        let w = open("/proc/self/fd/\(fd)", O_WRONLY | O_CLOEXEC)
-        if w < 0 { throw RegistryError.last("\(name): opening it to fill") }
-        defer { close(w) }
+        let file: UniqueFD
+        do throws(Errno) { file = try openInLayer(name) } catch {
+            throw RegistryError.failed("layer \(Digest.hex(source.diffID).prefix(12)): \(name)", error)
+        }
+        let writer = try openOwned("/proc/self/fd/\(file.raw)", O_WRONLY | O_CLOEXEC, what: "\(name): opening it to fill")
+        let w = writer.raw
         if retryEINTR({ flock(w, LOCK_EX) }) != 0 { throw RegistryError.last("\(name): lock") }
         if !Self.marked(w) { return false }
-        var bfd = open(path, O_RDONLY | O_CLOEXEC)
-        // Renamed to its final name since the caller looked.
-        if bfd < 0 && path.hasSuffix(".partial") { bfd = open(String(path.dropLast(8)), O_RDONLY | O_CLOEXEC) }
-        if bfd < 0 { throw RegistryError.last(path) }
-        defer { close(bfd) }
+        let blobFile = try openBlob(path)
+        let bfd = blobFile.raw
         let cs = try plan(name)
         guard let first = cs.first, let last = cs.last else { return false }
         var data = Data(count: Int(last.end - first.offset))

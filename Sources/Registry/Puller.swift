@@ -62,9 +62,8 @@ public struct Puller: Sendable {
         // resumes from): the second waits for the first, then finds its
         // layers in the store. Held until the pull ends; the kernel drops it
         // if the process dies.
-        let lockFD = open(dir + ".lock", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
-        if lockFD < 0 { throw RegistryError.last("\(dir).lock") }
-        defer { close(lockFD) }
+        let lockFile = try openOwned(dir + ".lock", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        let lockFD = lockFile.raw
         if flock(lockFD, LOCK_EX | LOCK_NB) != 0 {
             progress("waiting for another pull of \(ref) into this store")
             if retryEINTR({ flock(lockFD, LOCK_EX) }) != 0 { throw RegistryError.last("\(dir).lock") }
@@ -235,9 +234,8 @@ final class BlobState: @unchecked Sendable {
 
     /// Hashes the first `limit` bytes of a file already on disk.
     func absorb(file: String, upTo limit: Int64) throws {
-        let fd = open(file, O_RDONLY | O_CLOEXEC)
-        if fd < 0 { throw RegistryError.last("\(file)") }
-        defer { close(fd) }
+        let input = try openOwned(file, O_RDONLY | O_CLOEXEC)
+        let fd = input.raw
         var buf = [UInt8](repeating: 0, count: 1 << 20)
         var left = limit
         while left > 0 {

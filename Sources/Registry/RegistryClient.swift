@@ -233,9 +233,8 @@ public final class RegistryClient: @unchecked Sendable {
                 throw Self.error(Int(resp.status.code), Data(b.readBytes(length: b.readableBytes) ?? []), path)
             }
             let from: Int64 = resp.status.code == 206 ? offset : 0
-            let fd = open(file, O_WRONLY | O_CREAT | O_CLOEXEC, 0o600)
-            if fd < 0 { throw RegistryError.last("\(file)") }
-            defer { close(fd) }
+            let output = try openOwned(file, O_WRONLY | O_CREAT | O_CLOEXEC, 0o600)
+            let fd = output.raw
             if ftruncate(fd, off_t(from)) != 0 || lseek(fd, off_t(from), SEEK_SET) < 0 {
                 throw RegistryError.last("\(file)")
             }
@@ -350,24 +349,24 @@ struct FileChunks: AsyncSequence, Sendable {
 
     struct AsyncIterator: AsyncIteratorProtocol {
         let path: String
-        var fd: Int32 = -1
+        /// Open from the first chunk until the last (or until the request
+        /// drops the sequence).
+        var file: OwnedFD?
         var done = false
 
         mutating func next() async throws -> ByteBuffer? {
             if done { return nil }
-            if fd < 0 {
-                fd = open(path, O_RDONLY | O_CLOEXEC)
-                if fd < 0 { throw RegistryError.last("\(path)") }
-            }
+            let opened = try file ?? OwnedFD(openOwned(path, O_RDONLY | O_CLOEXEC))
+            file = opened
             var buf = ByteBufferAllocator().buffer(capacity: 1 << 20)
-            let fd = self.fd
+            let fd = opened.raw
             let path = self.path
             let n = try buf.writeWithUnsafeMutableBytes(minimumWritableBytes: 1 << 20) { p in
                 let n = read(fd, p.baseAddress, p.count)
                 if n < 0 { throw RegistryError.last("\(path): read") }
                 return n
             }
-            if n == 0 { close(fd); self.fd = -1; done = true; return nil }
+            if n == 0 { file = nil; done = true; return nil }
             return buf
         }
     }

@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import Store
 import Sys
 import SystemPackage
@@ -51,4 +54,13 @@ public struct RegistryError: Error, CustomStringConvertible, Sendable {
     }
 
     public var description: String { message }
+}
+
+extension RegistryError {
+    static func failed(_ what: String, _ e: Errno) -> RegistryError { RegistryError(.system(e), "\(what): \(e)") }
+}
+
+/// Opens for the registry code: a failure names `what` (else the path).
+func openOwned(_ path: String, _ flags: Int32, _ mode: mode_t = 0, what: String? = nil) throws(RegistryError) -> UniqueFD {
+    do throws(Errno) { return try Sys.open(path, flags, mode) } catch { throw RegistryError.failed(what ?? path, error) }
 }

@@ -2,6 +2,7 @@ import Archive
 import Foundation
 import GRDB
 import Sys
+import SystemPackage
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -73,13 +74,17 @@ extension Store {
         let img = try image(Digest.hex(c.image))
         let tar = scratch("commit", suffix: ".tar")
         defer { unlink(tar) }
-        let fd = open(tar, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        if fd < 0 { throw StoreError.last("\(tar)") }
-        do { try LayerWriter().write(directory: "\(overlayDir)/\(c.id)/diff", to: fd) } catch {
-            close(fd)
-            throw StoreError(.archive, "commit \(c.name): \(error)")
+        do {
+            let out = try openOwned(tar, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+            do { try LayerWriter().write(directory: "\(overlayDir)/\(c.id)/diff", to: out.raw) } catch {
+                throw StoreError(.archive, "commit \(c.name): \(error)")
+            }
+            try out.close()
+        } catch let e as StoreError {
+            throw e
+        } catch {
+            throw StoreError.failed(tar, error as? Errno ?? .ioError)
         }
-        close(fd)
         let diffID = try Digest.ofFile(tar)
         // Every field of the old config stays, those not named too.
         var cfg = try OCI.decode(OCI.ImageConfig.self, img.config, "image \(img.id): config")

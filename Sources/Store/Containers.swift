@@ -134,7 +134,7 @@ extension Store {
 
     private func mountLocked(_ c: ContainerRecord, driver: Driver, strataBinary: String, fuseOptions: [String] = []) throws(StoreError) -> String {
         let merged = mergedPath(c)
-        if strata_is_mount_root_path(merged) { return merged }
+        if Sys.isMountRoot(merged) { return merged }
         let m = try mountDescription(c, driver: driver)
         let status: Int32
         do {
@@ -152,7 +152,7 @@ extension Store {
 
     public func unmount(_ c: ContainerRecord) throws(StoreError) {
         let merged = mergedPath(c)
-        guard strata_is_mount_root_path(merged) else { return }
+        guard Sys.isMountRoot(merged) else { return }
         if umount2(merged, 0) != 0 && umount2(merged, Int32(MNT_DETACH)) != 0 { throw StoreError.last("umount \(merged)") }
     }
 
@@ -169,11 +169,8 @@ extension Store {
         killPoint("rm-row")
         for d in ["\(overlayDir)/\(c.id)", "\(overlayDir)/\(c.id)-init"] {
             if let link = try? String(contentsOfFile: "\(d)/link", encoding: .utf8) { unlink("\(overlayDir)/l/\(link)") }
-            let fd = open(overlayDir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-            if fd >= 0 { removeTree(fd, (d as NSString).lastPathComponent); close(fd) }
+            removeTree(in: overlayDir, (d as NSString).lastPathComponent)
         }
     }
 }
 
-import CStrata
-func strata_is_mount_root_path(_ p: String) -> Bool { strata_is_mount_root(p) != 0 }

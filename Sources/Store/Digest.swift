@@ -24,9 +24,8 @@ public enum Digest {
 
     /// The digest of a file's bytes as stored.
     public static func ofFile(_ path: String) throws(StoreError) -> String {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        if fd < 0 { throw StoreError.last("\(path)") }
-        defer { close(fd) }
+        let file = try openOwned(path, O_RDONLY | O_CLOEXEC)
+        let fd = file.raw
         return try stream { (buf, size) throws(StoreError) -> Int in
             let n = read(fd, buf, size)
             if n < 0 { throw StoreError.last("\(path): read") }
@@ -59,12 +58,8 @@ public enum Digest {
     /// `alsoTo`, when given, is a descriptor (a pipe to an unpacker) that
     /// receives the same bytes as they come.
     public static func ofUncompressed(_ path: String, copy: String? = nil, alsoTo tee: Int32 = -1) throws(StoreError) -> String {
-        var out: Int32 = -1
-        if let copy {
-            out = open(copy, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-            if out < 0 { throw StoreError.last("\(copy)") }
-        }
-        defer { if out >= 0 { close(out) } }
+        let copyFile = try copy.map { (c) throws(StoreError) -> OwnedFD in OwnedFD(try openOwned(c, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)) }
+        let out: Int32 = copyFile?.raw ?? -1
         let plain: Decompressor
         do { plain = try Decompressor(path: path) } catch { throw StoreError(.archive, error.description) }
         return try stream({ (buf, size) throws(StoreError) -> Int in

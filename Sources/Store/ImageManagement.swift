@@ -2,6 +2,7 @@ import Archive
 import Foundation
 import GRDB
 import Sys
+import SystemPackage
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -109,22 +110,21 @@ extension Store {
     /// The container's whole root as one tar (mounted for the time it takes).
     public func export(_ c: ContainerRecord, to path: String, strataBinary: String) throws(StoreError) {
         let merged = mergedPath(c)
-        let wasMounted = strata_is_mount_root_path(merged)
+        let wasMounted = Sys.isMountRoot(merged)
         _ = try mount(c, driver: geteuid() == 0 ? .overlay : .fuse, strataBinary: strataBinary)
         defer { if !wasMounted { try? unmount(c) } }
         // Written beside the target and renamed over it when whole: a failed
         // export leaves neither a half archive nor a clobbered old one.
         let partial = "\(path).partial-\(getpid())"
-        let fd = open(partial, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
         // Errors name the path the user gave, not the temporary beside it.
-        if fd < 0 { throw StoreError.last("export to \(path)") }
+        let out = try openOwned(partial, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644, what: "export to \(path)")
         var whole = false
         defer { if !whole { unlink(partial) } }
         do {
-            defer { close(fd) }
-            try LayerWriter().write(directory: merged, to: fd)
-            if fsync(fd) != 0 { throw StoreError.last("export to \(path)") }
+            try LayerWriter().write(directory: merged, to: out.raw)
+            if fsync(out.raw) != 0 { throw StoreError.last("export to \(path)") }
         } catch let e as StoreError { throw e } catch { throw StoreError(.archive, "export \(c.name): \(error)") }
+        do throws(Errno) { try out.close() } catch { throw StoreError.failed("export to \(path)", error) }
         if rename(partial, path) != 0 { throw StoreError.last("export to \(path)") }
         whole = true
     }

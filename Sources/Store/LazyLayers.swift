@@ -1,8 +1,8 @@
 import Archive
-import CStrata
 import Foundation
 import GRDB
 import Sys
+import SystemPackage
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -77,10 +77,9 @@ extension Store {
                 discardUnpacked(chainID)
                 throw StoreError(.io, "layer \(source.diffID): writing its pull state: \(error)")
             }
-            if lsetxattr("\(d)/diff", Self.lazyXattr, state, state.utf8.count, 0) != 0 {
-                let e = StoreError.last("layer \(source.diffID): marking it partly pulled")
+            do throws(Errno) { try PathXattr.set("\(d)/diff", Self.lazyXattr, state) } catch {
                 discardUnpacked(chainID)
-                throw e
+                throw StoreError.failed("layer \(source.diffID): marking it partly pulled", error)
             }
             try record(UnpackedLayer(diffID: source.diffID, chainID: chainID, stats: stats), parent: parent, progress: { _ in })
             progress("layer \(Digest.hex(source.diffID).prefix(12)): \(stats.entries) entries from its TOC, \(stats.bytes) bytes to fetch on first read")
@@ -92,9 +91,8 @@ extension Store {
     public func lazyProgress(_ id: String) throws(StoreError) -> (local: Int64, total: Int64, files: Int, localFiles: Int) {
         let toc = try lazyTOC(id)
         let diff = layerDiffPath(id)
-        let root = open(diff, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if root < 0 { throw StoreError.last(diff) }
-        defer { close(root) }
+        let rootDir = try openOwned(diff, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        let root = rootDir.raw
         var local: Int64 = 0, total: Int64 = 0, files = 0, localFiles = 0
         for e in toc.entries where e.type == "reg" && (e.size ?? 0) > 0 {
             let size = e.size ?? 0
@@ -102,13 +100,15 @@ extension Store {
             files += 1
             // Opened beneath the layer, no symlink followed: a TOC's names
             // are the registry's, and must not lead out of the layer.
-            let fd = strata_openat2_beneath(root, e.path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC, 0, 1)
-            if fd < 0 { continue }
-            if fgetxattr(fd, Self.lazyXattr, nil, 0) < 0 && errno == ENODATA {
-                local += size
-                localFiles += 1
+            guard let file = try? Sys.openBeneath(root, e.path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC, noSymlinks: true) else { continue }
+            do throws(Errno) {
+                _ = try Sys.getxattr(fd: file.raw, Self.lazyXattr)
+            } catch {
+                if error == .noData {
+                    local += size
+                    localFiles += 1
+                }
             }
-            close(fd)
         }
         return (local, total, files, localFiles)
     }
@@ -125,7 +125,9 @@ extension Store {
                 throw StoreError(.corrupt, "layer \(id): \(files - localFiles) files are still not fetched; run 'strata pull' again")
             }
             if rename(plainTar, "\(dir(id))/layer.tar") != 0 { throw StoreError.last("keeping layer \(id)'s archive") }
-            if lremovexattr(layerDiffPath(id), Self.lazyXattr) != 0 && errno != ENODATA { throw StoreError.last("layer \(id): its mark") }
+            do throws(Errno) { try PathXattr.remove(layerDiffPath(id), Self.lazyXattr) } catch {
+                if error != .noData { throw StoreError.failed("layer \(id): its mark", error) }
+            }
             _ = removeTree(path: lazyStateDir(id))
         }
     }

@@ -69,8 +69,7 @@ extension Store {
             var seen = Set<UInt64>()
             out.bytes += diskUsage(d, seen: &seen)
             if let link = try? String(contentsOfFile: "\(d)/link", encoding: .utf8) { unlink("\(overlayDir)/l/\(link)") }
-            let fd = open(overlayDir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-            if fd >= 0 { removeTree(fd, Digest.hex(l)); close(fd) }
+            removeTree(in: overlayDir, Digest.hex(l))
         }
         return out
     }

@@ -1,8 +1,8 @@
 import Archive
-import CStrata
 import Foundation
 import GRDB
 import Sys
+import SystemPackage
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -51,8 +51,7 @@ public final class Store: @unchecked Sendable {
         // group full of just-deleted inodes makes every create scan them
         // (journal-less ext4 skips inodes deleted in the last minutes).
         // Best effort: other filesystems do not have the flag.
-        let od = open("\(root)/overlay", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if od >= 0 { _ = strata_set_topdir(od); close(od) }
+        if let od = try? Sys.open("\(root)/overlay", O_RDONLY | O_DIRECTORY | O_CLOEXEC) { Sys.markTopDirectory(od.raw) }
         lock = try StoreLock(root: root)
         do { db = try StoreDatabase(path: "\(root)/strata.db") } catch {
             throw StoreError(.database, "store database \(root)/strata.db: \(error)")
@@ -146,23 +145,26 @@ public final class Store: @unchecked Sendable {
     /// against the diff ID (discarding the layer when it differs).
     public func unpackCompressedLayer(blob: String, diffID: String, chainID: String) throws(StoreError) -> (UnpackedLayer, String) {
         let d = try freshLayerDir(chainID)
-        var p: [Int32] = [-1, -1]
-        if pipe(&p) != 0 || fcntl(p[0], F_SETFD, FD_CLOEXEC) != 0 || fcntl(p[1], F_SETFD, FD_CLOEXEC) != 0 {
-            let e = currentErrno()
-            for fd in p where fd >= 0 { close(fd) }
+        var p: DescriptorPair
+        do throws(Errno) { p = try Sys.pipe() } catch {
             discardUnpacked(chainID)
-            throw StoreError(.io, "unpacking layer \(diffID) (\(blob)): pipe: \(e)")
+            throw StoreError(.io, "unpacking layer \(diffID) (\(blob)): pipe: \(error)")
         }
         // The applier may stop early (a hostile entry): the decompressor then
         // gets EPIPE, not a signal that would end the process.
         signal(SIGPIPE, SIG_IGN)
-        let (readEnd, writeEnd) = (p[0], p[1])
+        // The writing end goes to the decompressing thread, its owner from
+        // then on: it closes it when done, and the reader sees the end.
+        let writeEnd = p.write.release().take()
+        let reader = p.read.release()
+        let readEnd = reader.raw
         let result = Locked<Result<String, StoreError>?>(nil)
         let done = DispatchSemaphore(value: 0)
         let plain = "\(d)/layer.tar"
         let t = Thread {
-            let r = Result { () throws(StoreError) -> String in try Digest.ofUncompressed(blob, copy: plain, alsoTo: writeEnd) }
-            close(writeEnd)
+            let writer = UniqueFD(taking: writeEnd)
+            let r = Result { () throws(StoreError) -> String in try Digest.ofUncompressed(blob, copy: plain, alsoTo: writer.raw) }
+            _ = consume writer
             result.withLock { $0 = r }
             done.signal()
         }
@@ -178,7 +180,7 @@ public final class Store: @unchecked Sendable {
             var buf = [UInt8](repeating: 0, count: 1 << 16)
             while buf.withUnsafeMutableBytes({ read(readEnd, $0.baseAddress, $0.count) }) > 0 {}
         }
-        close(readEnd)
+        _ = consume reader
         done.wait()
         let digest = result.withLock { $0 } ?? .failure(StoreError(.archive, "decompressing layer \(diffID): no result"))
         do {
@@ -206,10 +208,7 @@ public final class Store: @unchecked Sendable {
 
     /// Removes a layer directory that was never recorded.
     public func discardUnpacked(_ chainID: String) {
-        let fd = open(overlayDir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard fd >= 0 else { return }
-        removeTree(fd, Digest.hex(chainID))
-        close(fd)
+        removeTree(in: overlayDir, Digest.hex(chainID))
     }
 
     /// The quick half: the short link, the `lower` file and the database row.

@@ -74,8 +74,7 @@ extension Store {
         }
         for e in (try? FileManager.default.contentsOfDirectory(atPath: "\(root)/tmp")) ?? [] {
             guard let pid = Self.scratchOwner(e), kill(pid, 0) != 0 && errno == ESRCH else { continue }
-            let fd = open("\(root)/tmp", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-            if fd >= 0 { removeTree(fd, e); close(fd) }
+            removeTree(in: "\(root)/tmp", e)
         }
     }
 
@@ -94,8 +93,8 @@ extension Store {
     private func apply(_ fix: Problem.Fix, progress: (String) -> Void) {
         switch fix {
         case .remove(let path) where path.hasPrefix(overlayDir + "/"):
-            let fd = open(overlayDir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-            if fd >= 0 {
+            if let dir = try? Sys.open(overlayDir, O_RDONLY | O_DIRECTORY | O_CLOEXEC) {
+                let fd = dir.raw
                 let rel = String(path.dropFirst(overlayDir.count + 1))
                 var st = stat()
                 if fstatat(fd, rel, &st, Linux.AT_SYMLINK_NOFOLLOW) == 0 && st.st_mode & Linux.S_IFMT == Linux.S_IFDIR {
@@ -103,7 +102,6 @@ extension Store {
                 } else {
                     unlinkat(fd, rel, 0)
                 }
-                close(fd)
             }
             progress("removed \(path)")
         case .relink(let link, let target):
@@ -113,8 +111,7 @@ extension Store {
             do { try text.write(toFile: path, atomically: true, encoding: .utf8); progress("rewrote \(path)") } catch {}
         case .reunpack(let chainID, let diffID):
             let d = dir(chainID)
-            let fd = open(d, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-            if fd >= 0 { removeTree(fd, "diff"); close(fd) }
+            removeTree(in: d, "diff")
             do {
                 _ = try LayerApplier().apply(file: "\(d)/layer.tar", to: "\(d)/diff")
                 progress("unpacked layer \(Digest.hex(diffID).prefix(12)) again from its tar")

@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import Archive
 import GRDB
 import Sys
@@ -53,4 +56,19 @@ public struct StoreError: Error, CustomStringConvertible, Sendable {
     }
 
     public var description: String { message }
+}
+
+extension StoreError {
+    static func failed(_ what: String, _ e: Errno) -> StoreError { StoreError(.system(e), "\(what): \(e)") }
+}
+
+/// Opens for the store: a failure names the path (or `what`).
+func openOwned(_ path: String, _ flags: Int32, _ mode: mode_t = 0, what: String? = nil) throws(StoreError) -> UniqueFD {
+    do throws(Errno) { return try Sys.open(path, flags, mode) } catch { throw StoreError.failed(what ?? path, error) }
+}
+
+/// Removes `name` under the directory `dir`, when that opens.
+func removeTree(in dir: String, _ name: String) {
+    guard let d = try? Sys.open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC) else { return }
+    removeTree(d.raw, name)
 }

@@ -22,6 +22,7 @@ import Glibc
 /// with it if the process dies.
 final class StoreLock: @unchecked Sendable {
     private let fd: Int32
+    private let owner: UniqueFD
     private let path: String
     private let inProcess = NSRecursiveLock()
     private var depth = 0
@@ -35,8 +36,8 @@ final class StoreLock: @unchecked Sendable {
     init(root: String) throws(StoreError) {
         path = "\(root)/lock"
         intents = "\(root)/tmp/intents"
-        fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
-        if fd < 0 { throw StoreError.last("cannot open the store lock \(path)") }
+        owner = try openOwned(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600, what: "cannot open the store lock \(path)")
+        fd = owner.raw
         if mkdir(intents, 0o700) != 0 && errno != EEXIST { throw StoreError.last("cannot create \(intents)") }
     }
 
@@ -57,7 +58,6 @@ final class StoreLock: @unchecked Sendable {
     /// Intents left by commands that died holding the lock.
     var interrupted: [String] { ((try? FileManager.default.contentsOfDirectory(atPath: intents)) ?? []).sorted() }
 
-    deinit { close(fd) }
 
     /// Runs `body` holding the lock; says once on stderr when it must wait.
     func exclusively<R>(recovering: Bool = true, _ body: () throws(StoreError) -> R) throws(StoreError) -> R {
@@ -84,7 +84,7 @@ final class StoreLock: @unchecked Sendable {
             }
             if recovering {
                 let mine = "\(intents)/p\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-                close(open(mine, O_WRONLY | O_CREAT | O_CLOEXEC, 0o600))
+                _ = try? Sys.open(mine, O_WRONLY | O_CREAT | O_CLOEXEC, 0o600)
                 intent = mine
             }
         }

@@ -20,8 +20,7 @@ public func reserveDescriptorTable(_ count: Int) {
     guard getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &lim) == 0 else { return }
     let cap = min(count, Int(clamping: lim.rlim_cur))
     guard cap > 64 else { return }
-    let fd = open("/dev/null", O_RDONLY | O_CLOEXEC)
-    guard fd >= 0 else { return }
-    if dup2(fd, Int32(cap - 1)) >= 0 { _ = fcntl(Int32(cap - 1), F_SETFD, FD_CLOEXEC) }
-    close(fd)
+    guard let null = try? Sys.open("/dev/null", O_RDONLY | O_CLOEXEC) else { return }
+    // The copy stays open for the process's life, on purpose.
+    if dup2(null.raw, Int32(cap - 1)) >= 0 { _ = fcntl(Int32(cap - 1), F_SETFD, FD_CLOEXEC) }
 }

@@ -8,15 +8,13 @@ import Glibc
 /// records: inode, d_off, type and the name in place (valid during the
 /// call only). `dirFD` may be an O_PATH descriptor; "." and ".." included.
 public func forEachDirent(_ dirFD: Int32, _ body: (_ ino: UInt64, _ off: UInt64, _ type: UInt8, _ name: FileName) throws(Errno) -> Void) throws(Errno) {
-    let fd = openat(dirFD, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-    if fd < 0 { throw currentErrno() }
-    defer { close(fd) }
+    let dir = try Sys.openat(dirFD, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+    let fd = dir.raw
     let size = 64 * 1024
     let buf = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 8)
     defer { buf.deallocate() }
     while true {
-        let n = strata_getdents64(fd, buf, size)
-        if n < 0 { throw currentErrno() }
+        let n = try Sys.getdents(fd, buf, size)
         if n == 0 { return }
         var off = 0
         while off < n {

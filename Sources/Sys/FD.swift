@@ -5,27 +5,30 @@ import Synchronization
 import Glibc
 #endif
 
-/// A file descriptor owned by exactly one object; closed on deinit. Used where
-/// the descriptor's lifetime follows an object (open files, cached directories)
-/// so that ARC, not bookkeeping, decides when it is closed.
+/// A descriptor shared by reference: its `UniqueFD` closes it when the last
+/// holder lets go. Used where the descriptor's lifetime follows an object
+/// (cached directories, layer roots, orphans) so that ARC, not
+/// bookkeeping, decides when it is closed.
 open class OwnedFD: @unchecked Sendable {
     public let raw: Int32
-    public init(_ raw: Int32) { self.raw = raw }
-    /// Gives up ownership: the caller closes the descriptor.
-    public func detach() -> Int32 { detached = true; return raw }
-    private var detached = false
-    deinit { if raw >= 0 && !detached { close(raw) } }
+    private let fd: UniqueFD
+    public init(_ fd: consuming UniqueFD) {
+        raw = fd.raw
+        self.fd = fd
+    }
 }
 
 public enum Sys {
     /// Opens `path` (absolute or relative to the cwd) as a directory, without
     /// following a final symlink unless `follow` is set.
-    public static func openDirectory(_ path: String, follow: Bool = true, pathOnly: Bool = true) throws(SysError) -> Int32 {
+    public static func openDirectory(_ path: String, follow: Bool = true, pathOnly: Bool = true) throws(SysError) -> UniqueFD {
         var flags = O_DIRECTORY | O_CLOEXEC | (pathOnly ? Linux.O_PATH : O_RDONLY)
         if !follow { flags |= O_NOFOLLOW }
-        let fd = open(path, flags)
-        if fd < 0 { throw SysError.last("open", path) }
-        return fd
+        do throws(Errno) {
+            return try open(path, flags)
+        } catch {
+            throw SysError(error, "open", path)
+        }
     }
 
     public static func fileStatus(_ path: String, follow: Bool = true) throws(SysError) -> Glibc.stat {
@@ -37,7 +40,7 @@ public enum Sys {
 
     public static func fileStatus(fd: Int32, path: String = "") throws(SysError) -> Glibc.stat {
         var st = Glibc.stat()
-        if fstat(fd, &st) != 0 { throw SysError.last("stat", path) }
+        if Glibc.fstat(fd, &st) != 0 { throw SysError.last("stat", path) }
         return st
     }
 
@@ -90,29 +93,29 @@ public final class FDBudget: @unchecked Sendable {
     /// Descriptors cached now.
     public var inUse: Int { used.load(ordering: .relaxed) }
 
-    /// Wraps `fd` for caching if the budget allows; nil means: use it once
-    /// and close it.
-    public func cache(_ fd: Int32) -> OwnedFD? {
+    /// Takes `fd` for caching if the budget allows; nil leaves it with the
+    /// caller, to use once.
+    public func cache(_ fd: inout UniqueFD) -> OwnedFD? {
         if used.add(1, ordering: .relaxed).newValue > limit {
             used.subtract(1, ordering: .relaxed)
             return nil
         }
-        return BudgetedFD(fd, budget: self)
+        return BudgetedFD(fd.release(), budget: self)
     }
 
     /// Opens a descriptor for caching only if the budget has room (no
     /// open at all past it); nil when there is no room or the open failed.
-    public func cache(opening open: () -> Int32) -> OwnedFD? {
+    public func cache(opening open: () throws(Errno) -> UniqueFD) -> OwnedFD? {
         if used.add(1, ordering: .relaxed).newValue > limit {
             used.subtract(1, ordering: .relaxed)
             return nil
         }
-        let fd = open()
-        if fd < 0 {
+        do throws(Errno) {
+            return BudgetedFD(try open(), budget: self)
+        } catch {
             used.subtract(1, ordering: .relaxed)
             return nil
         }
-        return BudgetedFD(fd, budget: self)
     }
 
     fileprivate func release() { used.subtract(1, ordering: .relaxed) }
@@ -120,9 +123,9 @@ public final class FDBudget: @unchecked Sendable {
 
 private final class BudgetedFD: OwnedFD, @unchecked Sendable {
     let budget: FDBudget
-    init(_ raw: Int32, budget: FDBudget) {
+    init(_ fd: consuming UniqueFD, budget: FDBudget) {
         self.budget = budget
-        super.init(raw)
+        super.init(fd)
     }
     deinit { budget.release() }
 }

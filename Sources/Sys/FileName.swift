@@ -63,18 +63,24 @@ public struct FileName: @unchecked Sendable {
 
 /// `withCString` and `withUnsafeBytes` take untyped-throwing closures; these
 /// keep a typed `Errno` through them.
-public func withCString<R>(_ s: String, _ body: (UnsafePointer<CChar>) throws(Errno) -> R) throws(Errno) -> R {
-    var result: Result<R, Errno> = .failure(.invalidArgument)
-    s.withCString { c in result = Result { () throws(Errno) -> R in try body(c) } }
-    return try result.get()
+public func withCString<R: ~Copyable>(_ s: String, _ body: (UnsafePointer<CChar>) throws(Errno) -> R) throws(Errno) -> R {
+    var result: R? = nil
+    var failure = Errno.invalidArgument
+    s.withCString { c in
+        do throws(Errno) { result = try body(c) } catch { failure = error }
+    }
+    guard let r = result.take() else { throw failure }
+    return r
 }
 
 /// Calls `body` with a stored NUL-terminated name as a C string.
-public func withStoredName<R>(_ bytes: [UInt8], _ body: (UnsafePointer<CChar>) throws(Errno) -> R) throws(Errno) -> R {
-    var result: Result<R, Errno> = .failure(.invalidArgument)
+public func withStoredName<R: ~Copyable>(_ bytes: [UInt8], _ body: (UnsafePointer<CChar>) throws(Errno) -> R) throws(Errno) -> R {
+    var result: R? = nil
+    var failure = Errno.invalidArgument
     bytes.withUnsafeBytes { b in
         guard let c = b.baseAddress?.assumingMemoryBound(to: CChar.self) else { return }
-        result = Result { () throws(Errno) -> R in try body(c) }
+        do throws(Errno) { result = try body(c) } catch { failure = error }
     }
-    return try result.get()
+    guard let r = result.take() else { throw failure }
+    return r
 }

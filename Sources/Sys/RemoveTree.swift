@@ -1,3 +1,4 @@
+import SystemPackage
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -7,23 +8,10 @@ import Glibc
 /// inside) are left alone, as `rm -rf --one-file-system` does.
 public func removeTree(_ dirFD: Int32, _ name: String, device: UInt64? = nil) {
     if unlinkat(dirFD, name, 0) == 0 { return }
-    let fd = openat(dirFD, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-    if fd >= 0 {
-        var st = stat()
-        if let device, fstat(fd, &st) == 0, UInt64(st.st_dev) != device {
-            close(fd)
-            return
-        }
-        if let d = fdopendir(fd) {
-            var names: [String] = []
-            while let e = readdir(d) {
-                let n = withUnsafePointer(to: e.pointee.d_name) { $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) } }
-                if n != "." && n != ".." { names.append(n) }
-            }
-            for n in names { removeTree(dirfd(d), n, device: device) }
-            closedir(d)
-        } else {
-            close(fd)
+    if var dir = try? Sys.openat(dirFD, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) {
+        if let device, let st = try? Sys.fstat(dir.raw), UInt64(st.st_dev) != device { return }
+        if let names = try? Sys.directoryNames(dir.raw) {
+            for n in names { removeTree(dir.raw, n, device: device) }
         }
     }
     unlinkat(dirFD, name, Linux.AT_REMOVEDIR)
@@ -39,9 +27,9 @@ public func removeTree(path: String) -> Bool {
     let parent = slash.map { $0 == trimmed.startIndex ? "/" : String(trimmed[..<$0]) } ?? "."
     let base = slash.map { String(trimmed[trimmed.index(after: $0)...]) } ?? trimmed
     guard !base.isEmpty, base != ".", base != ".." else { return false }
-    let pfd = open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-    if pfd < 0 { return errno == ENOENT }
-    defer { close(pfd) }
+    let parentFD: UniqueFD
+    do throws(Errno) { parentFD = try Sys.open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC) } catch { return error == .noSuchFileOrDirectory }
+    let pfd = parentFD.raw
     var st = stat()
     if fstatat(pfd, base, &st, Linux.AT_SYMLINK_NOFOLLOW) != 0 { return errno == ENOENT }
     removeTree(pfd, base, device: UInt64(st.st_dev))

@@ -4,9 +4,8 @@ import Glibc
 
 /// The whole of a small file such as one under /proc, or nil.
 public func readSmallFile(_ path: String, limit: Int = 1 << 20) -> String? {
-    let fd = open(path, O_RDONLY | O_CLOEXEC)
-    if fd < 0 { return nil }
-    defer { close(fd) }
+    guard let file = try? Sys.open(path, O_RDONLY | O_CLOEXEC) else { return nil }
+    let fd = file.raw
     var bytes: [UInt8] = []
     var buf = [UInt8](repeating: 0, count: 4096)
     while bytes.count < limit {

@@ -9,8 +9,11 @@ import Glibc
 /// copied, so it can be neither leaked on an error path nor closed twice).
 /// `take()` hands the number on to an owner that is not a value (an open
 /// file object, a C call that takes ownership).
+///
+/// It is the only type that closes a descriptor: objects whose descriptor
+/// lives as long as they do (`OwnedFD`, open files, locks) hold one.
 public struct UniqueFD: ~Copyable, Sendable {
-    public let raw: Int32
+    public private(set) var raw: Int32
 
     public init(taking raw: Int32) { self.raw = raw }
 
@@ -33,7 +36,22 @@ public struct UniqueFD: ~Copyable, Sendable {
         return r
     }
 
-    deinit { if raw >= 0 { close(raw) } }
+    /// Moves the descriptor out, leaving this owner empty (for an owner
+    /// kept in a class or an inout, which cannot be consumed).
+    public mutating func release() -> UniqueFD {
+        let r = raw
+        raw = -1
+        return UniqueFD(taking: r)
+    }
+
+    /// Closes it now, reporting the error (a written file's last close can
+    /// report a failed write-back, which a deinit would lose).
+    public consuming func close() throws(Errno) {
+        let r = take()
+        if r >= 0 && Glibc.close(r) != 0 { throw currentErrno() }
+    }
+
+    deinit { if raw >= 0 { Glibc.close(raw) } }
 }
 
 /// A system call's -1 turned into the thrown errno (what ninety

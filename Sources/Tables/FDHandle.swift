@@ -1,4 +1,3 @@
-import CStrata
 import Sys
 import SystemPackage
 #if canImport(Glibc)
@@ -15,12 +14,13 @@ public protocol DescriptorBacked: AnyObject, Sendable {
 public final class FDHandle: DescriptorBacked, @unchecked Sendable {
     public let fd: Int32
     public let writable: Bool
+    private let owner: UniqueFD
 
-    public init(fd: Int32, writable: Bool = true) {
-        self.fd = fd
+    public init(_ owner: consuming UniqueFD, writable: Bool = true) {
+        self.fd = owner.raw
         self.writable = writable
+        self.owner = owner
     }
-    deinit { close(fd) }
 }
 
 /// The operations every fd-backed open file answers alike.
@@ -30,7 +30,7 @@ public extension DescriptorBacked {
         while done < buffer.count {
             let n = pread(fd, buffer.baseAddress.map { $0 + done }, buffer.count - done, off_t(offset) + off_t(done))
             if n < 0 {
-                if strata_errno() == EINTR { continue }
+                if currentErrno() == .interrupted { continue }
                 if done > 0 { break }
                 throw currentErrno()
             }
@@ -48,8 +48,7 @@ public extension DescriptorBacked {
     /// close() of a duplicate reports deferred write errors (NFS-style
     /// sources) at the caller's close, as a native filesystem would.
     func flush() throws(Errno) {
-        let d = try check(dup(fd))
-        try check(close(d))
+        try Sys.dup(fd).close()
     }
 
     func fsync(dataOnly: Bool) throws(Errno) {
@@ -57,7 +56,7 @@ public extension DescriptorBacked {
     }
 
     func fallocate(mode: Int32, offset: UInt64, length: UInt64) throws(Errno) {
-        try check(strata_fallocate(fd, mode, Int64(offset), Int64(length)))
+        try Sys.fallocate(fd, mode: mode, offset: Int64(offset), length: Int64(length))
     }
 
     func lseek(offset: Int64, whence: Int32) throws(Errno) -> Int64 {
@@ -67,8 +66,7 @@ public extension DescriptorBacked {
 
     func copyRange(offsetIn: UInt64, to out: some DescriptorBacked, offsetOut: UInt64, length: UInt64, flags: UInt64) throws(Errno) -> Int {
         var oi = Int64(offsetIn), oo = Int64(offsetOut)
-        let n = try check(strata_copy_file_range(fd, &oi, out.fd, &oo, Int(length), UInt32(flags)))
-        return n
+        return try Sys.copyFileRange(fd, &oi, out.fd, &oo, Int(length), flags: UInt32(flags))
     }
 }
 

@@ -74,11 +74,9 @@ final class RegistryLazyData: LazyData, @unchecked Sendable {
     /// layer's `lazy/errors.log` (and standard error, for -f).
     func log(_ state: String, _ line: String) {
         printError("strata: lazy layer: \(line)")
-        let f = open("\(state)/errors.log", O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)
-        guard f >= 0 else { return }
-        defer { close(f) }
+        guard let f = try? Sys.open("\(state)/errors.log", O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o600) else { return }
         let text = "\(Date()) \(line)\n"
-        _ = text.withCString { Glibc.write(f, $0, strlen($0)) }
+        _ = text.withCString { Glibc.write(f.raw, $0, strlen($0)) }
     }
 
     func bytesFetched() -> Int {

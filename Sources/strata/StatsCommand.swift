@@ -2,6 +2,7 @@ import ArgumentParser
 import FUSE
 import Foundation
 import Sys
+import SystemPackage
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -30,9 +31,9 @@ struct StatsCommand: ParsableCommand {
         var st = stat()
         if stat(mountpoint, &st) != 0 { throw fail("\(mountpoint): \(currentErrno())") }
         let path = Statistics.socketPath(dev: UInt64(st.st_dev))
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        if fd < 0 { throw fail("socket: \(currentErrno())") }
-        defer { close(fd) }
+        let socket: UniqueFD
+        do throws(Errno) { socket = try Sys.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue)) } catch { throw fail("socket: \(error)") }
+        let fd = socket.raw
         var addr = sockaddr_un()
         addr.sun_family = sa_family_t(AF_UNIX)
         let bytes = Array(path.utf8)

@@ -58,14 +58,14 @@ struct MemoryFSNotifyTests {
         let mnt = t.sub("mnt")
         let fs = MemoryFS()
         var config = MountConfig(mountpoint: mnt, fsname: "memtest")
-        let (fd, method) = try Mounter.mount(config)
+        let mounted = try Mounter.mount(config)
+        let (fd, method) = (mounted.device.raw, mounted.method)
         let session = Session(fs: fs, deviceFD: fd, options: SessionOptions())
         let done = DispatchSemaphore(value: 0)
         Thread { try? session.run(); done.signal() }.start()
         defer {
             try? Mounter.unmount(mnt, method: method)
             _ = done.wait(timeout: .now() + 5)
-            close(fd)
         }
         // (No read first: every read invalidates the cached atime, and with it
         // the next stat's attributes, unless the mount is read-only.)

@@ -41,7 +41,8 @@ struct ReaderPoolTests {
         let t = TempDir()
         let mnt = t.sub("mnt")
         let fs = BlockingFS()
-        let (fd, method) = try Mounter.mount(MountConfig(mountpoint: mnt, fsname: "pooltest"))
+        let mounted = try Mounter.mount(MountConfig(mountpoint: mnt, fsname: "pooltest"))
+        let (fd, method) = (mounted.device.raw, mounted.method)
         var options = SessionOptions()
         options.uring = .off
         options.threads = 2
@@ -53,7 +54,6 @@ struct ReaderPoolTests {
             for _ in 0..<16 { fs.gate.signal() }
             try? Mounter.unmount(mnt, method: method, lazy: true)
             _ = done.wait(timeout: .now() + 10)
-            close(fd)
         }
         #expect(FileOps(mnt).stat("a") == nil)
         for i in 0..<3 {
@@ -76,7 +76,8 @@ struct ReaderPoolTests {
         let t = TempDir()
         let mnt = t.sub("mnt")
         let fs = BlockingFS()
-        let (fd, method) = try Mounter.mount(MountConfig(mountpoint: mnt, fsname: "pooltest"))
+        let mounted = try Mounter.mount(MountConfig(mountpoint: mnt, fsname: "pooltest"))
+        let (fd, method) = (mounted.device.raw, mounted.method)
         var options = SessionOptions()
         options.uring = .off
         options.threads = 2
@@ -86,7 +87,6 @@ struct ReaderPoolTests {
         defer {
             try? Mounter.unmount(mnt, method: method, lazy: true)
             _ = done.wait(timeout: .now() + 10)
-            close(fd)
         }
         for i in 0..<2000 { #expect(FileOps(mnt).stat("a\(i % 50)") == nil) }
         #expect(session.pool.readers == 2)

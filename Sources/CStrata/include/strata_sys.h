@@ -53,33 +53,6 @@ long strata_getdents64(int fd, void *buf, size_t len);
 int strata_is_mount_root(const char *path);
 /// Names a thread (15 bytes at most), as ps and top show it.
 int strata_set_thread_name(pthread_t thread, const char *name);
-/* FUSE over io_uring (include/uapi/linux/fuse.h, 6.14+). */
-#define STRATA_FUSE_IO_URING_CMD_REGISTER 1
-#define STRATA_FUSE_IO_URING_CMD_COMMIT_AND_FETCH 2
-
-struct strata_uring_ent_in_out {
-    uint64_t flags;
-    uint64_t commit_id;
-    uint32_t payload_sz;
-    uint32_t padding;
-    uint64_t reserved;
-};
-
-/* What the kernel fills per request (fuse_uring_req_header). */
-struct strata_uring_req_header {
-    char in_out[128];
-    char op_in[128];
-    struct strata_uring_ent_in_out ring_ent_in_out;
-};
-
-/* The SQE's command area (fuse_uring_cmd_req). */
-struct strata_uring_cmd_req {
-    uint64_t flags;
-    uint64_t commit_id;
-    uint16_t qid;
-    uint8_t padding[6];
-};
-
 struct iovec;
 /// An io_uring of 128-byte SQEs (liburing's, in uring.c). NULL and *err on failure.
 struct strata_ring *strata_ring_new(unsigned depth, int *err);

@@ -197,4 +197,32 @@ enum {
 #define SF_WRITE_KILL_SUIDGID (1U << 2)
 #define SF_OPEN_KILL_SUIDGID  (1U << 0)
 
+/* FUSE over io_uring (include/uapi/linux/fuse.h, 6.14+). */
+#define STRATA_FUSE_IO_URING_CMD_REGISTER 1
+#define STRATA_FUSE_IO_URING_CMD_COMMIT_AND_FETCH 2
+
+struct strata_uring_ent_in_out {
+    uint64_t flags;
+    uint64_t commit_id;
+    uint32_t payload_sz;
+    uint32_t padding;
+    uint64_t reserved;
+};
+
+/* What the kernel fills per request (fuse_uring_req_header). */
+struct strata_uring_req_header {
+    char in_out[128];
+    char op_in[128];
+    struct strata_uring_ent_in_out ring_ent_in_out;
+};
+
+/* The SQE's command area (fuse_uring_cmd_req). */
+struct strata_uring_cmd_req {
+    uint64_t flags;
+    uint64_t commit_id;
+    uint16_t qid;
+    uint8_t padding[6];
+};
+
+
 #endif
