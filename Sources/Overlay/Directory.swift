@@ -35,20 +35,32 @@ extension Overlay {
         return false
     }
 
+    /// The kernel's work directory for whiteouts and entries on their way
+    /// out: `index/` when index=on (the kernel's workdir is its indexdir
+    /// then), else `work/`.
+    var whiteoutWorkDir: Int32? { index?.dir.raw ?? work?.raw }
+
+    /// Links the shared whiteout, a 0/0 device in the work directory, as
+    /// `dir/name` (made first, or afresh at its link limit). False where no
+    /// link can be made: the caller then makes a whiteout of its own.
+    func linkSharedWhiteout(_ dir: Int32, _ name: UnsafePointer<CChar>) -> Bool {
+        guard let w = whiteoutWorkDir else { return false }
+        if linkat(w, sharedWhiteout, dir, name, 0) == 0 { return true }
+        if currentErrno() == .fileExists { return false }
+        // Missing, or at its link limit: make a fresh shared one.
+        let tmp = "#whiteout-\(UInt32.random(in: 0...UInt32.max))"
+        guard mknodat(w, tmp, Linux.S_IFCHR | 0o000, 0) == 0 else { return false }
+        try? Sys.renameat2(w, tmp, w, sharedWhiteout)
+        return linkat(w, sharedWhiteout, dir, name, 0) == 0
+    }
+
     /// Writes a whiteout for `name` in the upper directory `ufd`. Device
-    /// whiteouts are hard links to one shared 0/0 device in work/, as the
-    /// kernel makes them since 5.8: a link costs far less than a new inode.
+    /// whiteouts are hard links to one shared 0/0 device in the work
+    /// directory, as the kernel makes them since 5.8: a link costs far less
+    /// than a new inode.
     func makeWhiteout(_ ufd: Int32, _ name: FileName) throws(Errno) {
         if deviceWhiteouts {
-            if let w = work {
-                if linkat(w.raw, sharedWhiteout, ufd, name.pointer, 0) == 0 { return }
-                // Missing, or at its link limit: make a fresh shared one.
-                let tmp = "#whiteout-\(UInt32.random(in: 0...UInt32.max))"
-                if mknodat(w.raw, tmp, Linux.S_IFCHR | 0o000, 0) == 0 {
-                    try? Sys.renameat2(w.raw, tmp, w.raw, sharedWhiteout)
-                    if linkat(w.raw, sharedWhiteout, ufd, name.pointer, 0) == 0 { return }
-                }
-            }
+            if linkSharedWhiteout(ufd, name.pointer) { return }
             try check(mknodat(ufd, name.pointer, Linux.S_IFCHR | 0o000, 0))
         } else {
             let wh = OverlayFormat.whiteoutName(for: name.string)
@@ -297,9 +309,8 @@ extension Overlay {
             try copyUp(p)
             try withDirFD(p, 0) { (ufd: Int32) throws(Errno) in
                 noteRemoved(f, p, ufd, name)
-                let tmp = "#strata-rmdir-\(UInt32.random(in: 0...UInt32.max))"
-                try Sys.renameat2(ufd, name.pointer, work.raw, tmp, flags: Linux.RENAME_WHITEOUT)
-                removeTree(work.raw, tmp)
+                let (dir, tmp) = try replaceWithWhiteout(ufd, name, work: work.raw)
+                removeTree(dir, tmp)
             }
             return
         }
@@ -326,9 +337,8 @@ extension Overlay {
                 noteRemoved(f, p, ufd, name)
                 if below && deviceWhiteouts && !dir, let work {
                     // One step: the name becomes a whiteout as the file leaves.
-                    let tmp = "#strata-rm-\(UInt32.random(in: 0...UInt32.max))"
-                    try Sys.renameat2(ufd, name.pointer, work.raw, tmp, flags: Linux.RENAME_WHITEOUT)
-                    unlinkat(work.raw, tmp, 0)
+                    let (dir, tmp) = try replaceWithWhiteout(ufd, name, work: work.raw)
+                    unlinkat(dir, tmp, 0)
                     return
                 }
                 try check(unlinkat(ufd, name.pointer, dir ? Linux.AT_REMOVEDIR : 0))
@@ -338,6 +348,26 @@ extension Overlay {
             }
             if below || !f.inUpper { try makeWhiteout(ufd, name) }
         }
+    }
+
+    /// The upper entry `name` becomes a whiteout as it leaves, in one step,
+    /// as the kernel's ovl_remove_and_whiteout: a link of the shared
+    /// whiteout, made in the work directory, is exchanged with the entry,
+    /// which is left there for the caller to remove. Where no link can be
+    /// made, RENAME_WHITEOUT does the same with a whiteout of its own.
+    func replaceWithWhiteout(_ ufd: Int32, _ name: FileName, work: Int32) throws(Errno) -> (dir: Int32, tmp: String) {
+        let tmp = "#strata-rm-\(UInt32.random(in: 0...UInt32.max))"
+        if let w = whiteoutWorkDir, linkSharedWhiteout(w, tmp) {
+            do throws(Errno) {
+                try Sys.renameat2(w, tmp, ufd, name.pointer, flags: Linux.RENAME_EXCHANGE)
+            } catch {
+                unlinkat(w, tmp, 0)
+                throw error
+            }
+            return (w, tmp)
+        }
+        try Sys.renameat2(ufd, name.pointer, work, tmp, flags: Linux.RENAME_WHITEOUT)
+        return (work, tmp)
     }
 
     func listRaw(_ dfd: Int32) throws(Errno) -> [String] { try Sys.directoryNames(dfd) }

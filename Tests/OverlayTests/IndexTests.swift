@@ -220,4 +220,46 @@ extension KernelDifferentialTests {
         try pair.remount()
         compare(pair, [("the other name remounted", { $0.read("other/c") }), ("remounted count", { "\($0.stat("other/c")?.st_nlink ?? 0)" })])
     }
+
+    /// Every whiteout is a link of one shared 0/0 device, kept where the
+    /// kernel keeps it: in `work/index/` with index=on (the kernel's workdir
+    /// is its indexdir then), in `work/work/` without. Removals of lower
+    /// files, of names of a lower hard link, of an upper file over a lower
+    /// one and of a merged directory each leave one more link of it.
+    @Test(arguments: [false, true])
+    func whiteoutsAreLinksOfTheSharedOneWhereTheKernelKeepsIt(index: Bool) throws {
+        let pair = try UnionPair(metacopy: index, index: index, build: Self.indexBuild)
+        defer { pair.unmount() }
+        compare(pair, [
+            ("rm a lower file", { $0.unlink("a/f2") }),
+            ("rm -rf a lower hard link's directory", { o in
+                runProgram("/bin/rm", ["-rf", "\(o.root)/hl"]).status == 0 ? "ok" : "failed" }),
+            ("write a lower file", { $0.write("a/f1", "changed") }),
+            ("rm it", { $0.unlink("a/f1") }),
+            ("rm -rf a merged directory", { o in
+                runProgram("/bin/rm", ["-rf", "\(o.root)/a"]).status == 0 ? "ok" : "failed" }),
+        ])
+        func whiteouts(_ upper: String) -> String {
+            func devices(_ dir: String, recursive: Bool) -> [UInt64] {
+                guard let names = try? FileManager.default.contentsOfDirectory(atPath: dir) else { return [] }
+                var out: [UInt64] = []
+                for n in names {
+                    var st = stat()
+                    guard lstat("\(dir)/\(n)", &st) == 0 else { continue }
+                    if st.st_mode & S_IFMT == S_IFCHR && st.st_rdev == 0 { out.append(UInt64(st.st_ino)) }
+                    if recursive && st.st_mode & S_IFMT == S_IFDIR { out += devices("\(dir)/\(n)", recursive: true) }
+                }
+                return out
+            }
+            let made = devices(upper, recursive: true)
+            let inIndex = Set(devices("\(upper)/../w/index", recursive: false))
+            let inWork = Set(devices("\(upper)/../w/work", recursive: false))
+            let inodes = Set(made)
+            return "\(made.count) whiteouts, \(inodes.count) inode(s), shared one in "
+                + (inodes.isSubset(of: inIndex) && !inIndex.isEmpty ? "index/" : inodes.isSubset(of: inWork) && !inWork.isEmpty ? "work/" : "neither")
+        }
+        let k = whiteouts(pair.kernelUpper), s = whiteouts(pair.strataUpper)
+        #expect(k == s, "kernel: \(k); strata: \(s)")
+        #expect(k.contains(index ? "index/" : "work/"), "the kernel: \(k)")
+    }
 }
