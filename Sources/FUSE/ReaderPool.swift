@@ -2,15 +2,19 @@ import Synchronization
 
 /// How many threads wait on /dev/fuse, and when to start another.
 ///
-/// /dev/fuse wakes the reader that has waited longest, so every reader
-/// beyond what the CPUs can run at once is a thread woken cold, often on
-/// the other CPU: on the 2-vCPU machine a getxattr round trip took 23.5 µs
-/// with four readers and 20.3 µs with two (idle; 12.8 and 12.5 µs busy;
-/// docs/BENCHMARKS.md). Fewer readers, though, let one blocking request
-/// (an fsync, a lazy layer's fetch) hold up the mount, so a reader that
-/// takes the last idle slot asks for one more, up to `limit`, as libfuse's
-/// multi-threaded loop does. Readers so started stay until unmount: the
-/// count only grows where requests really did block.
+/// A fixed set of readers lets requests that block (an fsync, a lazy
+/// layer's fetch, many callers at once) hold up the whole mount once every
+/// reader has one, so a reader that takes the last waiting slot asks for
+/// one more, up to `limit`, as libfuse's multi-threaded loop does. Readers
+/// so started stay until unmount: the count only grows where requests
+/// really did pile up.
+///
+/// How many to keep was measured on the 2-vCPU machine (docs/BENCHMARKS.md):
+/// /dev/fuse wakes the reader that has waited longest, so fewer readers
+/// wake warmer threads on a warm getxattr loop (two: 20.4 µs a round trip,
+/// four: 23.5 µs), but a fresh mount's walk with lstat and getxattr went
+/// the other way (two 536 ms, four 481 ms) and podman builds did not move
+/// either way, idle or busy: four stay the default.
 final class ReaderPool: Sendable {
     private let idle = Atomic<Int>(0)
     private let total = Atomic<Int>(0)

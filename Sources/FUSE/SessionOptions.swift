@@ -4,9 +4,9 @@ import Glibc
 
 /// How a session serves: tuned by the command line's mount options.
 public struct SessionOptions: Sendable {
-    /// /dev/fuse readers kept waiting, each on its own cloned descriptor:
-    /// one per CPU, at least 2 and at most 8 (see `ReaderPool`).
-    public var threads = SessionOptions.readersPerCPU()
+    /// /dev/fuse readers kept waiting, each on its own cloned descriptor
+    /// (see `ReaderPool` for why four, measured against two).
+    public var threads = 4
     /// More readers are started while all are busy, up to this many.
     public var maxThreads = 16
     /// Ask for FUSE passthrough (kernel 6.9+, needs CAP_SYS_ADMIN).
@@ -34,11 +34,6 @@ public struct SessionOptions: Sendable {
     /// Ring threads under SCHED_IDLE, so that the caller they answer wakes
     /// on their CPU (see RingQueue); `uring_sched=normal` turns it off.
     public var uringIdleThreads = true
-
-    static func readersPerCPU() -> Int {
-        let cpus = sysconf(Int32(_SC_NPROCESSORS_ONLN))
-        return Swift.max(2, Swift.min(8, cpus > 0 ? cpus : 2))
-    }
 
     public enum UringMode: String, Sendable { case auto, on, off }
 

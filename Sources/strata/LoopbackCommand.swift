@@ -17,7 +17,7 @@ struct LoopbackCommand: ParsableCommand {
         'umount MOUNTPOINT' (or 'fusermount3 -u MOUNTPOINT' without privileges).
 
         Options (-o, comma-separated): passthrough=on|off (kernel passthrough of \
-        reads and writes, default on when root), threads=N (readers of /dev/fuse; default one per CPU, 2 to 8), max_threads=N (more are started while all are busy, up to N, default 16), \
+        reads and writes, default on when root), threads=N (readers of /dev/fuse, default 4), max_threads=N (more are started while all are busy, up to N, default 16), \
         timeout=SECONDS (how long the kernel caches names and attributes, default \
         86400: the source must not change behind the mount), kernel_cache / \
         no_kernel_cache, allow_other, default_permissions, ro, rw, dev, nodev, \

@@ -23,7 +23,7 @@ struct MountCommand: ParsableCommand {
         Options: lowerdir, upperdir, workdir, userxattr, volatile, fsync=0, \
         redirect_dir=on|off, metacopy=on|off (metadata-only copy-up; turns redirect_dir on), \
         index=on|off (lower hard links stay linked across copy-up), xino=on|off|auto, timeout=SECONDS, \
-        passthrough=on|off, threads=N and max_threads=N (/dev/fuse readers kept and at most; default one per CPU and 16), lazy_fetch=background|on_read and lazy_readahead=BYTES (layers pulled with --lazy), uring=auto|on|off (FUSE over io_uring), uring_depth=N, \
+        passthrough=on|off, threads=N and max_threads=N (/dev/fuse readers kept and at most; default 4 and 16), lazy_fetch=background|on_read and lazy_readahead=BYTES (layers pulled with --lazy), uring=auto|on|off (FUSE over io_uring), uring_depth=N, \
         uring_sched=idle|normal, readdirplus=always|auto, readdir_ahead=on|off (list the directories of a \
         listing ahead of a walker, on an idle CPU), noacl, and the generic rw, ro, dev, nodev, \
         suid, nosuid, exec, noexec, atime, noatime, allow_other, default_permissions. \
