@@ -63,6 +63,22 @@ struct StoreDatabase {
                 t.primaryKey(["digest", "registry", "repository"])
             }
         }
+        // containerd's snapshots (see Snapshots.swift): a name, the number
+        // of its directory, its committed parent, its kind and labels.
+        m.registerMigration("v3") { db in
+            try db.create(table: "snapshot") { t in
+                t.primaryKey("name", .text)
+                t.column("number", .integer).notNull().unique()
+                t.column("parent", .text)
+                t.column("kind", .text).notNull()
+                t.column("created", .double).notNull()
+                t.column("updated", .double).notNull()
+                t.column("labels", .text).notNull()
+                t.column("size", .integer).notNull()
+                t.column("inodes", .integer).notNull()
+            }
+            try db.create(index: "snapshot_parent", on: "snapshot", columns: ["parent"])
+        }
         return m
     }
 }
