@@ -22,6 +22,15 @@ public struct SnapshotInfo: Sendable, Equatable {
     public var created: Date
     public var updated: Date
     public var labels: [String: String]
+
+    public init(name: String, parent: String?, kind: Kind, created: Date, updated: Date, labels: [String: String]) {
+        self.name = name
+        self.parent = parent
+        self.kind = kind
+        self.created = created
+        self.updated = updated
+        self.labels = labels
+    }
 }
 
 /// A mount as the snapshotter describes it, for the caller to perform.
