@@ -1,0 +1,165 @@
+import Foundation
+import Store
+import Sys
+import Testing
+import TestSupport
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Debian's containerd (1.6), started with its own root, state and socket,
+/// with `strata snapshotter` as a proxy plugin: images pulled from a
+/// registry on 127.0.0.1 and containers run through it, compared with
+/// containerd's own overlayfs snapshotter.
+final class Containerd: @unchecked Sendable {
+    let dir: TempDir
+    var containerdPID: pid_t = 0
+    var snapshotterPID: pid_t = 0
+    let driver: String
+    var socket: String { "\(dir.path)/containerd.sock" }
+    var snapshotterSocket: String { "\(dir.path)/strata.sock" }
+    var strataRoot: String { "\(dir.path)/strata" }
+
+    init(driver: String = "overlay") throws {
+        dir = TempDir("strata-containerd")
+        self.driver = driver
+        let config = """
+        version = 2
+        root = "\(dir.path)/root"
+        state = "\(dir.path)/state"
+        [grpc]
+          address = "\(socket)"
+        [proxy_plugins]
+          [proxy_plugins.strata]
+            type = "snapshot"
+            address = "\(snapshotterSocket)"
+
+        """
+        try config.write(toFile: "\(dir.path)/config.toml", atomically: true, encoding: .utf8)
+        try startSnapshotter()
+        try startContainerd()
+    }
+
+    func startSnapshotter() throws {
+        let log = open("\(dir.path)/snapshotter.log", O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)
+        defer { close(log) }
+        snapshotterPID = try Spawn.start(MountEnvironment.binary, ["strata", "snapshotter", "--root", strataRoot, "--address", snapshotterSocket,
+                                                                    "--driver", driver], stdio: (-1, log, log))
+        guard waitFor(20, { access(self.snapshotterSocket, F_OK) == 0 }) else {
+            throw SysError(.timedOut, "strata snapshotter did not serve \(snapshotterSocket): \(self.log(of: "snapshotter.log"))", "")
+        }
+    }
+
+    func startContainerd() throws {
+        guard let bin = Spawn.which("containerd") else { throw SysError(.noSuchFileOrDirectory, "containerd missing: apt-get install containerd", "") }
+        let log = open("\(dir.path)/containerd.log", O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)
+        defer { close(log) }
+        containerdPID = try Spawn.start(bin, [bin, "--config", "\(dir.path)/config.toml"], stdio: (-1, log, log))
+        guard waitFor(30, { self.ctr(["version"]).status == 0 }) else {
+            throw SysError(.timedOut, "containerd did not answer on \(socket)", "")
+        }
+    }
+
+    func log(of name: String) -> String { (try? String(contentsOfFile: "\(dir.path)/\(name)", encoding: .utf8)).map { String($0.suffix(2000)) } ?? "" }
+
+    func ctr(_ args: [String]) -> (status: Int32, stdout: String, stderr: String) {
+        runProgram("/usr/bin/ctr", ["-a", socket] + args)
+    }
+
+    static func stop(_ pid: inout pid_t) {
+        guard pid > 0 else { return }
+        kill(pid, SIGTERM)
+        var st: Int32 = 0
+        for _ in 0..<500 {
+            if waitpid(pid, &st, WNOHANG) == pid { pid = 0; return }
+            usleep(20_000)
+        }
+        kill(pid, SIGKILL)
+        waitpid(pid, &st, 0)
+        pid = 0
+    }
+
+    func stop() {
+        Self.stop(&containerdPID)
+        Self.stop(&snapshotterPID)
+        // Whatever containerd left mounted under our directories (a task's
+        // rootfs, if a test failed half-way), lazily.
+        let mounts = (try? String(contentsOfFile: "/proc/self/mounts", encoding: .utf8)) ?? ""
+        for line in mounts.split(separator: "\n").reversed() {
+            let f = line.split(separator: " ")
+            if f.count > 1 && f[1].hasPrefix(dir.path) { umount2(String(f[1]), Int32(MNT_DETACH)) }
+        }
+        // containerd's shims outlive it; they are ours (started for our tasks).
+        _ = runProgram("/usr/bin/pkill", ["-f", "containerd-shim-runc-v2 -namespace .* -address \(socket)"])
+    }
+
+    deinit { stop() }
+}
+
+@Suite(.enabled(if: MountEnvironment.available), .serialized)
+struct ContainerdTests {
+    /// busybox (the fixture) pushed to a fresh registry.
+    static func registryWithBusybox() throws -> LocalRegistry {
+        let reg = try LocalRegistry()
+        let t = TempDir()
+        let strata = MountEnvironment.binary
+        #expect(runProgram(strata, ["image", "load", "--root", t.path, "-i", "\(MountEnvironment.fixtures)/busybox-l3.docker.tar"]).status == 0)
+        let p = runProgram(strata, ["push", "--root", t.path, "localhost/eco/busybox:l3", "\(reg.host)/busybox:l3"])
+        #expect(p.status == 0, "\(p.stderr)")
+        return reg
+    }
+
+    @Test func ctrPullsAndRunsThroughStrataAsThroughItsOwnOverlayfs() throws {
+        let reg = try Self.registryWithBusybox()
+        defer { reg.stop() }
+        let c = try Containerd()
+        defer { c.stop() }
+        let image = "\(reg.host)/busybox:l3"
+        #expect(c.ctr(["plugins", "ls"]).stdout.contains("io.containerd.snapshotter.v1    strata"))
+        for snapshotter in ["strata", "overlayfs"] {
+            let pull = c.ctr(["image", "pull", "--plain-http", "--snapshotter", snapshotter, image])
+            #expect(pull.status == 0, "pull with \(snapshotter): \(pull.stderr)")
+        }
+        // The same container on both: output, a write, a delete, and the tree.
+        let script = "echo hello; echo data > /tmp/w; cat /tmp/w; rm /bin/echo; ls /bin/echo 2>&1; find / -xdev | sort | md5sum"
+        var outputs: [String: String] = [:]
+        for snapshotter in ["strata", "overlayfs"] {
+            let run = c.ctr(["run", "--rm", "--snapshotter", snapshotter, image, "t-\(snapshotter)", "sh", "-c", script])
+            #expect(run.status == 0, "run with \(snapshotter): \(run.stderr) \(c.log(of: "snapshotter.log"))")
+            outputs[snapshotter] = run.stdout
+        }
+        #expect(outputs["strata"]?.hasPrefix("hello\ndata\nls: /bin/echo: No such file or directory\n") == true, "\(outputs["strata"] ?? "")")
+        #expect(outputs["strata"] == outputs["overlayfs"])
+
+        // ctr's snapshot commands.
+        let ls = c.ctr(["snapshots", "--snapshotter", "strata", "ls"])
+        #expect(ls.status == 0 && ls.stdout.split(separator: "\n").count == 4, "three committed layers and the header: \(ls.stdout)")
+        let tree = c.ctr(["snapshots", "--snapshotter", "strata", "tree"])
+        #expect(tree.status == 0 && tree.stdout.contains("\\_"))
+        // KEY PARENT KIND rows: the bottom layer has no parent, the top is no one's parent.
+        let rows = ls.stdout.split(separator: "\n").dropFirst().map { $0.split(separator: " ").map(String.init) }
+        let bottom = try #require(rows.first { $0.count == 2 }?.first, "\(ls.stdout)")
+        let parents = Set(rows.compactMap { $0.count == 3 ? $0[1] : nil })
+        let topLayer = try #require(rows.first { !parents.contains($0[0]) }?.first, "\(ls.stdout)")
+        let info = c.ctr(["snapshots", "--snapshotter", "strata", "info", bottom])
+        #expect(info.status == 0 && info.stdout.lowercased().contains("\"kind\": \"committed\""), "\(info.stdout)")
+        #expect(c.ctr(["snapshots", "--snapshotter", "strata", "usage"]).status == 0)
+        // A layer others are built on cannot go (FailedPrecondition).
+        let rm = c.ctr(["snapshots", "--snapshotter", "strata", "rm", bottom])
+        #expect(rm.status != 0 && rm.stderr.contains("failed precondition"), "\(rm.stderr)")
+        // A writable snapshot of the image, changed, and its diff.
+        #expect(c.ctr(["snapshots", "--snapshotter", "strata", "prepare", "work", topLayer]).status == 0)
+        let mounts = c.ctr(["snapshots", "--snapshotter", "strata", "mounts", "/mnt", "work"])
+        #expect(mounts.stdout.contains("mount -t overlay"), "\(mounts.stdout)")
+        #expect(c.ctr(["snapshots", "--snapshotter", "strata", "rm", "work"]).status == 0)
+
+        // Both restarted: every snapshot as before, and a container runs.
+        Containerd.stop(&c.containerdPID)
+        Containerd.stop(&c.snapshotterPID)
+        try c.startSnapshotter()
+        try c.startContainerd()
+        #expect(c.ctr(["snapshots", "--snapshotter", "strata", "ls"]).stdout == ls.stdout)
+        let again = c.ctr(["run", "--rm", "--snapshotter", "strata", image, "t-again", "cat", "/etc/passwd"])
+        #expect(again.status == 0 && again.stdout.contains("root:"), "\(again.stderr)")
+    }
+}
