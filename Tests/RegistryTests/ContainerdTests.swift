@@ -54,7 +54,21 @@ final class Containerd: @unchecked Sendable {
         guard let bin = Spawn.which("containerd") else { throw SysError(.noSuchFileOrDirectory, "containerd missing: apt-get install containerd", "") }
         let log = open("\(dir.path)/containerd.log", O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)
         defer { close(log) }
-        containerdPID = try Spawn.start(bin, [bin, "--config", "\(dir.path)/config.toml"], stdio: (-1, log, log))
+        if driver == "fuse" {
+            // containerd performs a fuse3.strata-overlay mount through
+            // mount.fuse3, which runs strata-overlay with the shell's default
+            // PATH: in a mount namespace of its own, /usr/local/sbin holds
+            // the strata-overlay under test (the machine's stays untouched).
+            let sbin = "\(dir.path)/sbin"
+            mkdir(sbin, 0o755)
+            let overlay = (MountEnvironment.binary as NSString).deletingLastPathComponent + "/strata-overlay"
+            symlink(overlay, "\(sbin)/strata-overlay")
+            containerdPID = try Spawn.start("/usr/bin/unshare", ["unshare", "-m", "--propagation", "private", "/bin/sh", "-c",
+                                                                 "mount --bind '\(sbin)' /usr/local/sbin && exec '\(bin)' --config '\(dir.path)/config.toml'"],
+                                            stdio: (-1, log, log))
+        } else {
+            containerdPID = try Spawn.start(bin, [bin, "--config", "\(dir.path)/config.toml"], stdio: (-1, log, log))
+        }
         guard waitFor(30, { self.ctr(["version"]).status == 0 }) else {
             throw SysError(.timedOut, "containerd did not answer on \(socket)", "")
         }
@@ -62,8 +76,13 @@ final class Containerd: @unchecked Sendable {
 
     func log(of name: String) -> String { (try? String(contentsOfFile: "\(dir.path)/\(name)", encoding: .utf8)).map { String($0.suffix(2000)) } ?? "" }
 
+    /// ctr mounts snapshots itself too (`run` reads the image's users):
+    /// with the fuse driver it runs in containerd's mount namespace.
     func ctr(_ args: [String]) -> (status: Int32, stdout: String, stderr: String) {
-        runProgram("/usr/bin/ctr", ["-a", socket] + args)
+        if driver == "fuse" && containerdPID > 0 {
+            return runProgram("/usr/bin/nsenter", ["-t", "\(containerdPID)", "-m", "/usr/bin/ctr", "-a", socket] + args)
+        }
+        return runProgram("/usr/bin/ctr", ["-a", socket] + args)
     }
 
     static func stop(_ pid: inout pid_t) {
@@ -91,6 +110,9 @@ final class Containerd: @unchecked Sendable {
         }
         // containerd's shims outlive it; they are ours (started for our tasks).
         _ = runProgram("/usr/bin/pkill", ["-f", "containerd-shim-runc-v2 -namespace .* -address \(socket)"])
+        // Union daemons mount.fuse3 started for our snapshots (a mount left
+        // in containerd's own namespace would keep them alive).
+        _ = runProgram("/usr/bin/pkill", ["-f", "strata-overlay .*\(dir.path)/strata/snapshots"])
     }
 
     deinit { stop() }
@@ -161,5 +183,22 @@ struct ContainerdTests {
         #expect(c.ctr(["snapshots", "--snapshotter", "strata", "ls"]).stdout == ls.stdout)
         let again = c.ctr(["run", "--rm", "--snapshotter", "strata", image, "t-again", "cat", "/etc/passwd"])
         #expect(again.status == 0 && again.stdout.contains("root:"), "\(again.stderr)")
+    }
+
+    /// `--driver fuse`: the containers' roots are Strata's union, which
+    /// containerd mounts through mount.fuse3 (as fuse-overlayfs-snapshotter's).
+    @Test func theFuseDriverRunsContainersOnStrataUnion() throws {
+        let reg = try Self.registryWithBusybox()
+        defer { reg.stop() }
+        let c = try Containerd(driver: "fuse")
+        defer { c.stop() }
+        let image = "\(reg.host)/busybox:l3"
+        let pull = c.ctr(["image", "pull", "--plain-http", "--snapshotter", "strata", image])
+        #expect(pull.status == 0, "\(pull.stderr)")
+        let run = c.ctr(["run", "--rm", "--snapshotter", "strata", image, "t-fuse", "sh", "-c",
+                         "echo data > /tmp/w; cat /tmp/w; rm /bin/echo; ls /bin/echo 2>&1; grep ' / / ' /proc/self/mountinfo"])
+        #expect(run.status == 0, "\(run.stderr) \(c.log(of: "containerd.log"))")
+        #expect(run.stdout.hasPrefix("data\nls: /bin/echo: No such file or directory\n"), "\(run.stdout)")
+        #expect(run.stdout.contains("fuse.strata"), "the root is Strata's union: \(run.stdout)")
     }
 }
