@@ -92,6 +92,9 @@ extension Store {
 
     private func apply(_ fix: Problem.Fix, progress: (String) -> Void) {
         switch fix {
+        case .remove(let path) where path.hasPrefix(snapshotsDir + "/"):
+            removeTree(in: snapshotsDir, String(path.dropFirst(snapshotsDir.count + 1)))
+            progress("removed \(path)")
         case .remove(let path) where path.hasPrefix(overlayDir + "/"):
             if let dir = try? Sys.open(overlayDir, O_RDONLY | O_DIRECTORY | O_CLOEXEC) {
                 let fd = dir.raw
@@ -211,6 +214,33 @@ extension Store {
         for e in shortLinks.sorted() where !links.contains(e) {
             report("short link \(overlayDir)/l/\(e) belongs to no layer or container", .remove("\(overlayDir)/l/\(e)"))
         }
+        problems += (try? snapshotProblems()) ?? []
         return problems
+    }
+}
+
+extension Store {
+    /// containerd's snapshots (see Snapshots.swift): every row has its
+    /// directory and its parent; every directory under snapshots/ has a row.
+    func snapshotProblems() throws(SnapshotError) -> [Problem] {
+        var out: [Problem] = []
+        let rows: [SnapshotRecord]
+        do { rows = try db.queue.read { try SnapshotRecord.fetchAll($0) } } catch { throw SnapshotError(.internal, "\(error)") }
+        let names = Set(rows.map(\.name))
+        for r in rows {
+            let d = snapshotDir(r.number)
+            var st = stat()
+            if stat("\(d)/fs", &st) != 0 {
+                out.append(Problem(message: "snapshot \(r.name): its directory \(d)/fs is missing (remove it from containerd: ctr snapshots rm)", fix: .none))
+            }
+            if let p = r.parent, !names.contains(p) {
+                out.append(Problem(message: "snapshot \(r.name): its parent \(p) is not in the store", fix: .none))
+            }
+        }
+        let owned = Set(rows.map { String($0.number) })
+        for n in (try? Sys.directoryNames(AT_FDCWD, snapshotsDir)) ?? [] where !owned.contains(n) {
+            out.append(Problem(message: "\(snapshotsDir)/\(n) belongs to no snapshot", fix: .remove("\(snapshotsDir)/\(n)")))
+        }
+        return out
     }
 }

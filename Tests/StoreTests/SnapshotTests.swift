@@ -100,12 +100,18 @@ struct SnapshotTests {
         // All labels when no path is named.
         #expect(try store.updateSnapshot(info, paths: []).labels == ["a": "changed", "c": "3"])
         #expect(throws: SnapshotError.self) { _ = try store.updateSnapshot(info, paths: ["parent"]) }
-        // A directory no snapshot owns (a crash between the two) goes.
+        // A directory no snapshot owns (a crash between the two): check
+        // reports it, and Cleanup removes it.
         mkdir("\(t.path)/snapshots/99", 0o755)
+        #expect(try store.check().map(\.description) == ["leftover: \(t.path)/snapshots/99 belongs to no snapshot"])
         #expect(try store.cleanupSnapshots() == 1)
         #expect(try Sys.directoryNames(AT_FDCWD, "\(t.path)/snapshots") == ["1"])
         // Reopened: everything as before.
         let again = try Store(root: t.path)
         #expect(try again.statSnapshot("k").labels == ["a": "changed", "c": "3"])
+        #expect(try again.check().isEmpty)
+        // A snapshot whose directory went: reported as lost.
+        _ = runProgram("/bin/rm", ["-rf", "\(t.path)/snapshots/1"])
+        #expect(try again.check().map(\.kind) == ["lost"])
     }
 }
