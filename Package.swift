@@ -83,7 +83,7 @@ let package = Package(
         // containerd's snapshot service (gRPC) over the store's snapshot API;
         // Generated/ is made by scripts/generate-protos.sh from Protos/.
         .target(name: "SnapshotService", dependencies: [
-            "Store", "Sys",
+            "Store", "Registry", "Sys",
             .product(name: "SystemPackage", package: "swift-system"),
             .product(name: "GRPCCore", package: "grpc-swift-2"),
             .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),

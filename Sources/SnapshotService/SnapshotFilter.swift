@@ -54,7 +54,8 @@ struct SnapshotFilter: Sendable {
             let v: String?
             switch t.field[0] {
             case "name": v = i.name
-            case "parent": v = i.parent
+            // containerd writes a snapshot without a parent as parent=="".
+            case "parent": v = i.parent ?? ""
             case "kind": v = i.kind.rawValue
             default: v = t.field.count > 1 ? i.labels[t.field[1]] : nil
             }

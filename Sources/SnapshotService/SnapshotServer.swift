@@ -11,7 +11,8 @@ import Glibc
 /// as containerd's proxy plugins expect (`[proxy_plugins.NAME] type =
 /// "snapshot"`, `address = SOCKET`).
 public enum SnapshotServer {
-    public static func serve(store: Store, socket: String, fuse: Bool, ready: @escaping @Sendable () -> Void = {}) async throws {
+    public static func serve(store: Store, socket: String, fuse: Bool, lazy: LazySnapshots? = nil,
+                             ready: @escaping @Sendable () -> Void = {}) async throws {
         // A socket left by a previous run (a crash, a SIGKILL) is replaced;
         // anything else at that path is not ours to remove.
         var st = stat()
@@ -26,7 +27,7 @@ public enum SnapshotServer {
         // What a crash left half-made goes before anyone asks.
         _ = try? store.cleanupSnapshots()
         let transport = HTTP2ServerTransport.Posix(address: .unixDomainSocket(path: socket), transportSecurity: .plaintext)
-        let server = GRPCServer(transport: transport, services: [SnapshotService(store: store, fuse: fuse)])
+        let server = GRPCServer(transport: transport, services: [SnapshotService(store: store, fuse: fuse, lazy: lazy)])
         let signals = DispatchSource.makeSignalSource(signal: SIGTERM, queue: .global())
         let interrupts = DispatchSource.makeSignalSource(signal: SIGINT, queue: .global())
         signal(SIGTERM, SIG_IGN)

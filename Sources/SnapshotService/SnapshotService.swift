@@ -14,10 +14,13 @@ public struct SnapshotService: Snap.SimpleServiceProtocol {
     /// Mounts through Strata's union instead of the kernel's overlayfs
     /// (`--driver fuse`).
     let fuse: Bool
+    /// Lazy pulling of layers the CRI plugin labels (nil: off).
+    let lazy: LazySnapshots?
 
-    public init(store: Store, fuse: Bool) {
+    public init(store: Store, fuse: Bool, lazy: LazySnapshots? = nil) {
         self.store = store
         self.fuse = fuse
+        self.lazy = lazy
     }
 
     /// Runs a store call off the async executor (the store blocks on its
@@ -80,6 +83,17 @@ public struct SnapshotService: Snap.SimpleServiceProtocol {
     public func prepare(request: Containerd_Services_Snapshots_V1_PrepareSnapshotRequest,
                         context: ServerContext) async throws -> Containerd_Services_Snapshots_V1_PrepareSnapshotResponse {
         let store = self.store
+        if let lazy {
+            let done: Bool
+            do { done = try await lazy.prepare(store: store, labels: request.labels, parent: request.parent) } catch let e as SnapshotError {
+                throw Self.status(e)
+            } catch {
+                throw RPCError(code: .unavailable, message: "lazy pull for \(request.key): \(error)")
+            }
+            if done {
+                throw RPCError(code: .alreadyExists, message: "target snapshot \(request.labels[LazySnapshots.targetLabel] ?? "") already exists")
+            }
+        }
         let mounts = try await call { () throws(SnapshotError) in try store.prepareSnapshot(request.key, parent: request.parent, labels: request.labels) }
         var r = Containerd_Services_Snapshots_V1_PrepareSnapshotResponse()
         r.mounts = wire(mounts)

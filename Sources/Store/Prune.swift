@@ -47,7 +47,9 @@ extension Store {
                     _ = try ImageRecord.deleteOne(db, key: img.id)
                     out.images.append(img.id)
                 }
-                let needed = Set(try ImageRecord.fetchAll(db).flatMap(\.layerIDs))
+                // containerd's snapshots that show store layers need them too.
+                let shown = try String.fetchAll(db, sql: "SELECT layer FROM snapshot WHERE layer IS NOT NULL")
+                let needed = Set(try ImageRecord.fetchAll(db).flatMap(\.layerIDs) + shown)
                 // A layer is kept while an image needs it or a layer above it.
                 var keep = needed
                 let layers = try LayerRecord.fetchAll(db)

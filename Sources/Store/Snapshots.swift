@@ -66,6 +66,8 @@ extension Store {
         /// Bytes and inodes of a committed snapshot, measured at commit.
         var size: Int64
         var inodes: Int64
+        /// The store layer (chain ID) a committed snapshot shows, if any.
+        var layer: String? = nil
 
         func info() -> SnapshotInfo {
             let l = (try? JSONDecoder().decode([String: String].self, from: Data(labels.utf8))) ?? [:]
@@ -182,16 +184,63 @@ extension Store {
     func mounts(of r: SnapshotRecord) throws(SnapshotError) -> [SnapshotMount] {
         let chain = try snapshotChain(r.parent)
         let own = snapshotDir(r.number)
-        let lowers = chain.map { "\(snapshotDir($0.number))/fs" }
+        let lowers = chain.map(fsPath)
+        // A layer whose files are fetched on first read cannot be a lower
+        // layer of the kernel's overlayfs (it would read holes): such a
+        // stack is mounted by Strata's union, `strata` run by mount.fuse3.
+        let lazy = chain.contains { $0.layer.map(isLazy) ?? false }
         if r.kind == SnapshotInfo.Kind.active.rawValue {
             if lowers.isEmpty { return [SnapshotMount(type: "bind", source: "\(own)/fs", options: ["rw", "rbind"])] }
-            return [SnapshotMount(type: "overlay", source: "overlay",
-                                  options: ["index=off", "workdir=\(own)/work", "upperdir=\(own)/fs", "lowerdir=\(lowers.joined(separator: ":"))"])]
+            return [SnapshotMount(type: lazy ? "fuse3.strata" : "overlay", source: "overlay",
+                                  options: (lazy ? [] : ["index=off"]) + ["workdir=\(own)/work", "upperdir=\(own)/fs", "lowerdir=\(lowers.joined(separator: ":"))"])]
         }
         // A view: read-only.
+        if lazy { return [SnapshotMount(type: "fuse3.strata", source: "overlay", options: ["lowerdir=\(lowers.joined(separator: ":"))"])] }
         if lowers.isEmpty { return [SnapshotMount(type: "bind", source: "\(own)/fs", options: ["ro", "rbind"])] }
         if lowers.count == 1 { return [SnapshotMount(type: "bind", source: lowers[0], options: ["ro", "rbind"])] }
         return [SnapshotMount(type: "overlay", source: "overlay", options: ["lowerdir=\(lowers.joined(separator: ":"))"])]
+    }
+
+    /// A committed snapshot's tree: its own fs/, or the store layer it shows.
+    func fsPath(_ r: SnapshotRecord) -> String {
+        if let l = r.layer { return layerDiffPath(l) }
+        return "\(snapshotDir(r.number))/fs"
+    }
+
+    /// Whether a snapshot named `name` exists.
+    public func hasSnapshot(_ name: String) -> Bool { (try? snapshotRecord(name)) != nil }
+
+    /// The committed snapshot `name` showing the store's layer `layer` (a
+    /// lazy pull brought it: containerd then skips the layer's download and
+    /// apply). `parent` must be committed already.
+    public func adoptLayerAsSnapshot(_ name: String, layer: String, parent: String?, labels: [String: String]) throws(SnapshotError) {
+        try snapshotsLocked { () throws(SnapshotError) in
+            if hasSnapshot(name) { return }
+            guard (try? self.layer(layer)) != nil else { throw SnapshotError(.notFound, "layer \(layer) is not in the store") }
+            if let parent {
+                let p = try snapshotRecord(parent)
+                guard p.kind == SnapshotInfo.Kind.committed.rawValue else { throw SnapshotError(.invalidArgument, "parent \(parent) is not committed") }
+            }
+            if mkdir(snapshotsDir, 0o700) != 0 && errno != EEXIST { throw SnapshotError(.internal, "\(snapshotsDir): \(currentErrno())") }
+            let now = Date().timeIntervalSince1970
+            let number: Int64
+            do {
+                number = try db.queue.write { db -> Int64 in
+                    let n = (try Int64.fetchOne(db, sql: "SELECT MAX(number) FROM snapshot") ?? 0) + 1
+                    try SnapshotRecord(name: name, number: n, parent: parent, kind: SnapshotInfo.Kind.committed.rawValue, created: now, updated: now,
+                                       labels: Self.encodeLabels(labels), size: 0, inodes: 0, layer: layer).insert(db)
+                    return n
+                }
+            } catch {
+                throw SnapshotError(.internal, "snapshot \(name): \(error)")
+            }
+            let d = snapshotDir(number)
+            if mkdir(d, 0o755) != 0 || symlink(layerDiffPath(layer), "\(d)/fs") != 0 {
+                let e = currentErrno()
+                try? removeSnapshotRecord(name)
+                throw SnapshotError(.internal, "snapshot \(name): \(d): \(e)")
+            }
+        }
     }
 
     /// The active snapshot `key` becomes the committed `name` (its
@@ -236,7 +285,7 @@ extension Store {
         }
     }
 
-    private func removeSnapshotRecord(_ key: String) throws(SnapshotError) {
+    func removeSnapshotRecord(_ key: String) throws(SnapshotError) {
         do { _ = try db.queue.write { try SnapshotRecord.deleteOne($0, key: key) } } catch {
             throw SnapshotError(.internal, "snapshot \(key): \(error)")
         }

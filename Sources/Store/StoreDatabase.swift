@@ -76,6 +76,9 @@ struct StoreDatabase {
                 t.column("labels", .text).notNull()
                 t.column("size", .integer).notNull()
                 t.column("inodes", .integer).notNull()
+                // A committed snapshot that shows a layer of the store (one
+                // a lazy pull brought): its chain ID; its fs/ is a link to it.
+                t.column("layer", .text)
             }
             try db.create(index: "snapshot_parent", on: "snapshot", columns: ["parent"])
         }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Registry
 import SnapshotService
 import Store
 import Sys
@@ -21,23 +22,39 @@ struct SnapshotterCommand: ParsableCommand {
         Snapshots live in the store's snapshots/ directory and survive restarts of either side.
         --driver overlay (default as root) answers kernel overlayfs mounts, as containerd's own
         overlayfs snapshotter; --driver fuse answers mounts that containerd performs through
-        Strata's union (fuse3.strata-overlay, run by mount.fuse3). Ends on SIGINT or SIGTERM.
+        Strata's union (fuse3.strata-overlay, run by mount.fuse3). Layers that containerd's CRI
+        plugin labels (disable_snapshot_annotations = false) are pulled lazily when the image
+        has tables of contents (eStargz, zstd:chunked): their stacks mount as fuse3.strata, the
+        strata binary fetching files as they are read (install it in /usr/local/bin). The
+        registry options are strata pull's. Ends on SIGINT or SIGTERM.
         """
     )
     @OptionGroup var store: StoreOptions
     @Option(help: "The unix socket to serve on.") var address = "/run/strata/snapshotter.sock"
     @Option(help: "Mounts to answer: overlay (the kernel's overlayfs, default as root) or fuse (Strata's union).")
     var driver: String?
+    @OptionGroup var registry: RegistryFlags
+    @Flag(help: "Pull every layer the normal way, even when the CRI plugin's labels would let it be pulled lazily.")
+    var noLazy = false
 
     func run() throws {
         let d = try chooseDriver(driver, global: store.strata.globalStorageDriver)
         let s = try store.open()
         let socket = address
+        var lazy: LazySnapshots? = nil
+        if !noLazy {
+            guard registry.timeout > 0 else { throw fail("--timeout takes a number of seconds above 0") }
+            var o = RegistryOptions()
+            o.insecure = registry.insecure
+            o.certDir = registry.certDir
+            o.readTimeout = registry.timeout
+            lazy = LazySnapshots(registry: o, progress: { printError("strata: snapshotter: \($0)") })
+        }
         let failure = Locked<String?>(nil)
         let done = DispatchSemaphore(value: 0)
         Task {
             do {
-                try await SnapshotServer.serve(store: s, socket: socket, fuse: d == .fuse) {
+                try await SnapshotServer.serve(store: s, socket: socket, fuse: d == .fuse, lazy: lazy) {
                     printError("strata: snapshotter serving \(socket) (\(d == .fuse ? "Strata's union" : "kernel overlayfs") mounts)")
                 }
             } catch {

@@ -16,13 +16,33 @@ final class Containerd: @unchecked Sendable {
     var containerdPID: pid_t = 0
     var snapshotterPID: pid_t = 0
     let driver: String
+    /// Snapshots of lazily pulled layers mount as fuse3.strata, which
+    /// mount.fuse3 runs from the default PATH: containerd then gets the
+    /// mount namespace the fuse driver gets.
+    var lazyMounts: Bool { criRegistry != nil }
+    var criRegistry: String?
     var socket: String { "\(dir.path)/containerd.sock" }
     var snapshotterSocket: String { "\(dir.path)/strata.sock" }
     var strataRoot: String { "\(dir.path)/strata" }
 
-    init(driver: String = "overlay") throws {
+    /// `criRegistry`: the CRI plugin pulls into Strata (snapshot labels on)
+    /// and reaches that registry over plain HTTP.
+    init(driver: String = "overlay", criRegistry: String? = nil) throws {
         dir = TempDir("strata-containerd")
         self.driver = driver
+        self.criRegistry = criRegistry
+        var cri = ""
+        if let host = criRegistry {
+            cri = """
+            [plugins."io.containerd.grpc.v1.cri"]
+              [plugins."io.containerd.grpc.v1.cri".containerd]
+                snapshotter = "strata"
+                disable_snapshot_annotations = false
+              [plugins."io.containerd.grpc.v1.cri".registry.mirrors."\(host)"]
+                endpoint = ["http://\(host)"]
+
+            """
+        }
         let config = """
         version = 2
         root = "\(dir.path)/root"
@@ -34,7 +54,7 @@ final class Containerd: @unchecked Sendable {
             type = "snapshot"
             address = "\(snapshotterSocket)"
 
-        """
+        """ + cri
         try config.write(toFile: "\(dir.path)/config.toml", atomically: true, encoding: .utf8)
         try startSnapshotter()
         try startContainerd()
@@ -54,7 +74,7 @@ final class Containerd: @unchecked Sendable {
         guard let bin = Spawn.which("containerd") else { throw SysError(.noSuchFileOrDirectory, "containerd missing: apt-get install containerd", "") }
         let log = open("\(dir.path)/containerd.log", O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)
         defer { close(log) }
-        if driver == "fuse" {
+        if driver == "fuse" || lazyMounts {
             // containerd performs a fuse3.strata-overlay mount through
             // mount.fuse3, which runs strata-overlay with the shell's default
             // PATH: in a mount namespace of its own, /usr/local/sbin holds
@@ -63,6 +83,7 @@ final class Containerd: @unchecked Sendable {
             mkdir(sbin, 0o755)
             let overlay = (MountEnvironment.binary as NSString).deletingLastPathComponent + "/strata-overlay"
             symlink(overlay, "\(sbin)/strata-overlay")
+            symlink(MountEnvironment.binary, "\(sbin)/strata")
             containerdPID = try Spawn.start("/usr/bin/unshare", ["unshare", "-m", "--propagation", "private", "/bin/sh", "-c",
                                                                  "mount --bind '\(sbin)' /usr/local/sbin && exec '\(bin)' --config '\(dir.path)/config.toml'"],
                                             stdio: (-1, log, log))
@@ -79,7 +100,7 @@ final class Containerd: @unchecked Sendable {
     /// ctr mounts snapshots itself too (`run` reads the image's users):
     /// with the fuse driver it runs in containerd's mount namespace.
     func ctr(_ args: [String]) -> (status: Int32, stdout: String, stderr: String) {
-        if driver == "fuse" && containerdPID > 0 {
+        if (driver == "fuse" || lazyMounts) && containerdPID > 0 {
             return runProgram("/usr/bin/nsenter", ["-t", "\(containerdPID)", "-m", "/usr/bin/ctr", "-a", socket] + args)
         }
         return runProgram("/usr/bin/ctr", ["-a", socket] + args)
@@ -112,7 +133,9 @@ final class Containerd: @unchecked Sendable {
         _ = runProgram("/usr/bin/pkill", ["-f", "containerd-shim-runc-v2 -namespace .* -address \(socket)"])
         // Union daemons mount.fuse3 started for our snapshots (a mount left
         // in containerd's own namespace would keep them alive).
-        _ = runProgram("/usr/bin/pkill", ["-f", "strata-overlay .*\(dir.path)/strata/snapshots"])
+        _ = runProgram("/usr/bin/pkill", ["-f", "strata-overlay .*\(dir.path)/strata/"])
+        _ = runProgram("/usr/bin/pkill", ["-f", "strata mount .*\(dir.path)/strata/"])
+        _ = runProgram("/usr/bin/pkill", ["-f", "strata .*overlay .*\(dir.path)/strata/"])
     }
 
     deinit { stop() }
@@ -200,5 +223,37 @@ struct ContainerdTests {
         #expect(run.status == 0, "\(run.stderr) \(c.log(of: "containerd.log"))")
         #expect(run.stdout.hasPrefix("data\nls: /bin/echo: No such file or directory\n"), "\(run.stdout)")
         #expect(run.stdout.contains("fuse.strata"), "the root is Strata's union: \(run.stdout)")
+    }
+
+    /// The kubelet's path: PullImage through containerd's CRI plugin of an
+    /// eStargz image fetches manifests, config and the layers' tables of
+    /// contents, no whole blob; a container of it in the k8s.io namespace
+    /// reads its files, fetched as they are read.
+    @Test func criPullsEstargzLazilyAndAContainerReadsIt() throws {
+        let reg = try LocalRegistry(accessLog: true)
+        defer { reg.stop() }
+        let t = TempDir()
+        let strata = MountEnvironment.binary
+        #expect(runProgram(strata, ["image", "load", "--root", t.path, "-i", "\(MountEnvironment.fixtures)/busybox-l3.docker.tar"]).status == 0)
+        let image = "\(reg.host)/lazy/busybox:l3"
+        let push = runProgram(strata, ["push", "--root", t.path, "--compression", "estargz", "localhost/eco/busybox:l3", image])
+        #expect(push.status == 0, "\(push.stderr)")
+        let blobs = (try? FileManager.default.subpathsOfDirectory(atPath: "\(reg.dir.path)/data")) ?? []
+        _ = blobs
+        let pushed = reg.bytesServed()
+        let c = try Containerd(criRegistry: reg.host)
+        defer { c.stop() }
+        let script = ((#filePath as NSString).deletingLastPathComponent as NSString).deletingLastPathComponent + "/cri/cri_pull.py"
+        let pull = runProgram("/usr/bin/python3", [script, c.socket, image])
+        #expect(pull.status == 0, "CRI PullImage: \(pull.stderr) \(c.log(of: "snapshotter.log"))")
+        let fetched = reg.bytesServed() - pushed
+        // The three layers' blobs are about 1 MiB compressed; a lazy pull
+        // reads manifests, the config and each TOC (a few KiB).
+        #expect(fetched < 200_000, "CRI pull fetched \(fetched) bytes; snapshotter: \(c.log(of: "snapshotter.log"))")
+        let ls = c.ctr(["-n", "k8s.io", "snapshots", "--snapshotter", "strata", "ls"])
+        #expect(ls.stdout.split(separator: "\n").count == 4, "\(ls.stdout)")
+        let run = c.ctr(["-n", "k8s.io", "run", "--rm", "--snapshotter", "strata", image, "t-lazy", "sh", "-c", "cat /etc/passwd | head -1; /bin/busybox true && echo ran"])
+        #expect(run.status == 0 && run.stdout.hasPrefix("root:") && run.stdout.contains("ran"), "\(run.stdout) \(run.stderr)")
+        #expect(reg.bytesServed() - pushed > fetched, "the files were fetched when read")
     }
 }
