@@ -20,9 +20,13 @@ import Store
 public struct LazySnapshots: Sendable {
     public var registry: RegistryOptions
     public var progress: @Sendable (String) -> Void
+    /// Added to the union's options where a stack holds lazy layers
+    /// (`lazy_fetch=on_read`, `lazy_readahead=N`).
+    public var mountOptions: [String]
 
-    public init(registry: RegistryOptions, progress: @escaping @Sendable (String) -> Void = { _ in }) {
+    public init(registry: RegistryOptions, mountOptions: [String] = [], progress: @escaping @Sendable (String) -> Void = { _ in }) {
         self.registry = registry
+        self.mountOptions = mountOptions
         self.progress = progress
     }
 

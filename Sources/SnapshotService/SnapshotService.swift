@@ -23,6 +23,10 @@ public struct SnapshotService: Snap.SimpleServiceProtocol {
         self.lazy = lazy
     }
 
+    /// Options for the union of a stack holding lazily pulled layers
+    /// (`--lazy-fetch`, `--lazy-readahead`).
+    var lazyMountOptions: [String] { lazy?.mountOptions ?? [] }
+
     /// Runs a store call off the async executor (the store blocks on its
     /// lock and on the disk), its refusal turned into an RPC status.
     func call<R: Sendable>(_ body: @escaping @Sendable () throws(SnapshotError) -> R) async throws -> R {
@@ -60,7 +64,7 @@ public struct SnapshotService: Snap.SimpleServiceProtocol {
                 w.type = m.type
             }
             w.source = m.source
-            w.options = m.options
+            w.options = m.type == "fuse3.strata" ? m.options + lazyMountOptions : m.options
             return w
         }
     }

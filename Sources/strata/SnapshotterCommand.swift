@@ -36,6 +36,10 @@ struct SnapshotterCommand: ParsableCommand {
     @OptionGroup var registry: RegistryFlags
     @Flag(help: "Pull every layer the normal way, even when the CRI plugin's labels would let it be pulled lazily.")
     var noLazy = false
+    @Option(help: "For lazily pulled layers: background (complete them while mounted, the default) or on-read (fetch only the files read).")
+    var lazyFetch: LazyFetchMode = .background
+    @Option(help: "For lazily pulled layers: bytes of the following files fetched with each file read (default 1048576; 0: only the file).")
+    var lazyReadahead: Int64?
 
     func run() throws {
         let d = try chooseDriver(driver, global: store.strata.globalStorageDriver)
@@ -48,7 +52,8 @@ struct SnapshotterCommand: ParsableCommand {
             o.insecure = registry.insecure
             o.certDir = registry.certDir
             o.readTimeout = registry.timeout
-            lazy = LazySnapshots(registry: o, progress: { printError("strata: snapshotter: \($0)") })
+            lazy = LazySnapshots(registry: o, mountOptions: try lazyOptions(lazyFetch, lazyReadahead),
+                                 progress: { printError("strata: snapshotter: \($0)") })
         }
         let failure = Locked<String?>(nil)
         let done = DispatchSemaphore(value: 0)

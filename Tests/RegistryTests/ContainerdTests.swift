@@ -21,16 +21,18 @@ final class Containerd: @unchecked Sendable {
     /// mount namespace the fuse driver gets.
     var lazyMounts: Bool { criRegistry != nil }
     var criRegistry: String?
+    var snapshotterOptions: [String] = []
     var socket: String { "\(dir.path)/containerd.sock" }
     var snapshotterSocket: String { "\(dir.path)/strata.sock" }
     var strataRoot: String { "\(dir.path)/strata" }
 
     /// `criRegistry`: the CRI plugin pulls into Strata (snapshot labels on)
     /// and reaches that registry over plain HTTP.
-    init(driver: String = "overlay", criRegistry: String? = nil) throws {
+    init(driver: String = "overlay", criRegistry: String? = nil, snapshotterOptions: [String] = []) throws {
         dir = TempDir("strata-containerd")
         self.driver = driver
         self.criRegistry = criRegistry
+        self.snapshotterOptions = snapshotterOptions
         var cri = ""
         if let host = criRegistry {
             cri = """
@@ -64,7 +66,7 @@ final class Containerd: @unchecked Sendable {
         let log = open("\(dir.path)/snapshotter.log", O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)
         defer { close(log) }
         snapshotterPID = try Spawn.start(MountEnvironment.binary, ["strata", "snapshotter", "--root", strataRoot, "--address", snapshotterSocket,
-                                                                    "--driver", driver], stdio: (-1, log, log))
+                                                                    "--driver", driver] + snapshotterOptions, stdio: (-1, log, log))
         guard waitFor(20, { access(self.snapshotterSocket, F_OK) == 0 }) else {
             throw SysError(.timedOut, "strata snapshotter did not serve \(snapshotterSocket): \(self.log(of: "snapshotter.log"))", "")
         }
@@ -226,22 +228,21 @@ struct ContainerdTests {
     }
 
     /// The kubelet's path: PullImage through containerd's CRI plugin of an
-    /// eStargz image fetches manifests, config and the layers' tables of
+    /// eStargz or zstd:chunked image fetches manifests, config and the layers' tables of
     /// contents, no whole blob; a container of it in the k8s.io namespace
     /// reads its files, fetched as they are read.
-    @Test func criPullsEstargzLazilyAndAContainerReadsIt() throws {
+    @Test(arguments: ["estargz", "zstd:chunked"])
+    func criPullsLazilyAndAContainerReadsIt(compression: String) throws {
         let reg = try LocalRegistry(accessLog: true)
         defer { reg.stop() }
         let t = TempDir()
         let strata = MountEnvironment.binary
         #expect(runProgram(strata, ["image", "load", "--root", t.path, "-i", "\(MountEnvironment.fixtures)/busybox-l3.docker.tar"]).status == 0)
-        let image = "\(reg.host)/lazy/busybox:l3"
-        let push = runProgram(strata, ["push", "--root", t.path, "--compression", "estargz", "localhost/eco/busybox:l3", image])
+        let image = "\(reg.host)/lazy/busybox:\(compression == "estargz" ? "estargz" : "zstd")"
+        let push = runProgram(strata, ["push", "--root", t.path, "--compression", compression, "localhost/eco/busybox:l3", image])
         #expect(push.status == 0, "\(push.stderr)")
-        let blobs = (try? FileManager.default.subpathsOfDirectory(atPath: "\(reg.dir.path)/data")) ?? []
-        _ = blobs
         let pushed = reg.bytesServed()
-        let c = try Containerd(criRegistry: reg.host)
+        let c = try Containerd(criRegistry: reg.host, snapshotterOptions: ["--lazy-fetch", "on-read"])
         defer { c.stop() }
         let script = ((#filePath as NSString).deletingLastPathComponent as NSString).deletingLastPathComponent + "/cri/cri_pull.py"
         let pull = runProgram("/usr/bin/python3", [script, c.socket, image])
@@ -255,5 +256,9 @@ struct ContainerdTests {
         let run = c.ctr(["-n", "k8s.io", "run", "--rm", "--snapshotter", "strata", image, "t-lazy", "sh", "-c", "cat /etc/passwd | head -1; /bin/busybox true && echo ran"])
         #expect(run.status == 0 && run.stdout.hasPrefix("root:") && run.stdout.contains("ran"), "\(run.stdout) \(run.stderr)")
         #expect(reg.bytesServed() - pushed > fetched, "the files were fetched when read")
+        // The registry gone: a file not fetched yet is an I/O error, never zeros.
+        reg.stop()
+        let gone = c.ctr(["-n", "k8s.io", "run", "--rm", "--snapshotter", "strata", image, "t-gone", "sh", "-c", "find / -xdev -type f -exec cat {} + > /dev/null"])
+        #expect(gone.status != 0 && (gone.stdout + gone.stderr).contains("I/O error"), "\(gone.stdout) \(gone.stderr)")
     }
 }
