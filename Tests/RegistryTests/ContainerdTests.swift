@@ -86,8 +86,15 @@ final class Containerd: @unchecked Sendable {
             let overlay = (MountEnvironment.binary as NSString).deletingLastPathComponent + "/strata-overlay"
             symlink(overlay, "\(sbin)/strata-overlay")
             symlink(MountEnvironment.binary, "\(sbin)/strata")
-            containerdPID = try Spawn.start("/usr/bin/unshare", ["unshare", "-m", "--propagation", "private", "/bin/sh", "-c",
-                                                                 "mount --bind '\(sbin)' /usr/local/sbin && exec '\(bin)' --config '\(dir.path)/config.toml'"],
+            // The new namespace starts with a copy of every mount, other
+            // tests' included: those copies go at once (lazily), or they
+            // would hold other tests' overlays busy (an index=on upper
+            // cannot be mounted again while a copy lives) and their FUSE
+            // daemons up after those tests unmount.
+            let script = "awk '{print $2}' /proc/self/mounts | grep '^/tmp/' | grep -v '^\(dir.path)' | sort -r | "
+                + "while read m; do umount -l \"$m\" 2>/dev/null; done; "
+                + "mount --bind '\(sbin)' /usr/local/sbin && exec '\(bin)' --config '\(dir.path)/config.toml'"
+            containerdPID = try Spawn.start("/usr/bin/unshare", ["unshare", "-m", "--propagation", "private", "/bin/sh", "-c", script],
                                             stdio: (-1, log, log))
         } else {
             containerdPID = try Spawn.start(bin, [bin, "--config", "\(dir.path)/config.toml"], stdio: (-1, log, log))
