@@ -150,26 +150,4 @@ struct ContainerdBench: ParsableCommand {
         let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         return text.split(separator: " ").dropFirst(2).first.map(String.init) ?? "?"
     }
-
-    /// Seconds until the command's first byte of output.
-    func firstOutput(_ path: String, _ args: [String]) throws -> Double {
-        var p: [Int32] = [-1, -1]
-        guard pipe(&p) == 0 else { throw ValidationError("pipe") }
-        _ = fcntl(p[0], F_SETFD, FD_CLOEXEC)
-        _ = fcntl(p[1], F_SETFD, FD_CLOEXEC)
-        let null = open("/dev/null", O_RDWR | O_CLOEXEC)
-        defer { close(null) }
-        let t0 = now()
-        let pid = try Spawn.start(path, args, stdio: (null, p[1], null))
-        close(p[1])
-        var b: UInt8 = 0
-        let n = read(p[0], &b, 1)
-        let t = now() - t0
-        var sink = [UInt8](repeating: 0, count: 4096)
-        while read(p[0], &sink, sink.count) > 0 {}
-        close(p[0])
-        let status = Spawn.wait(pid)
-        guard n == 1, status == 0 else { throw ValidationError("\(args.joined(separator: " ")) gave no output (exit \(status))") }
-        return t
-    }
 }
