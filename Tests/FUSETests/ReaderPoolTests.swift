@@ -32,29 +32,46 @@ final class BlockingFS: FileSystem, @unchecked Sendable {
     }
 }
 
+/// A `BlockingFS` mounted and served by a session of its own, taken down
+/// (blocked lookups let go first) when the test lets go of it.
+final class PoolMount {
+    let t = TempDir()
+    let mnt: String
+    let fs = BlockingFS()
+    let session: Session<BlockingFS>
+    private let method: MountMethod
+    private var device: MountedDevice?
+    private let done = DispatchSemaphore(value: 0)
+
+    init(threads: Int, maxThreads: Int? = nil) throws {
+        mnt = t.sub("mnt")
+        let mounted = try Mounter.mount(MountConfig(mountpoint: mnt, fsname: "pooltest"))
+        method = mounted.method
+        var options = SessionOptions()
+        options.uring = .off
+        options.threads = threads
+        if let maxThreads { options.maxThreads = maxThreads }
+        session = Session(fs: fs, deviceFD: mounted.device.raw, options: options)
+        device = consume mounted
+        let (session, done) = (self.session, self.done)
+        Thread { try? session.run(); done.signal() }.start()
+    }
+
+    deinit {
+        for _ in 0..<16 { fs.gate.signal() }
+        try? Mounter.unmount(mnt, method: method, lazy: true)
+        _ = done.wait(timeout: .now() + 10)
+    }
+}
+
 @Suite(.enabled(if: MountEnvironment.available), .serialized)
 struct ReaderPoolTests {
     /// With two readers, three requests that block (a slow fsync, a lazy
     /// layer's fetch) must not stall the mount: readers are added while
     /// all are busy. A fixed pool of two fails at the third lookup.
     @Test func requestsThatBlockDoNotStallTheMount() throws {
-        let t = TempDir()
-        let mnt = t.sub("mnt")
-        let fs = BlockingFS()
-        let mounted = try Mounter.mount(MountConfig(mountpoint: mnt, fsname: "pooltest"))
-        let (fd, method) = (mounted.device.raw, mounted.method)
-        var options = SessionOptions()
-        options.uring = .off
-        options.threads = 2
-        options.maxThreads = 8
-        let session = Session(fs: fs, deviceFD: fd, options: options)
-        let done = DispatchSemaphore(value: 0)
-        Thread { try? session.run(); done.signal() }.start()
-        defer {
-            for _ in 0..<16 { fs.gate.signal() }
-            try? Mounter.unmount(mnt, method: method, lazy: true)
-            _ = done.wait(timeout: .now() + 10)
-        }
+        let m = try PoolMount(threads: 2, maxThreads: 8)
+        let (mnt, fs, session) = (m.mnt, m.fs, m.session)
         #expect(FileOps(mnt).stat("a") == nil)
         for i in 0..<3 {
             let path = mnt + "/b\(i)"
@@ -69,26 +86,13 @@ struct ReaderPoolTests {
         #expect(answered.wait(timeout: .now() + 10) == .success, "a lookup behind three blocked ones was not answered")
         #expect(session.pool.readers >= 4)
         #expect(session.pool.readers <= 8)
+        withExtendedLifetime(m) {}
     }
 
     /// One caller at a time never needs more readers than the kept ones.
     @Test func aSerialCallerKeepsTheReadersItHas() throws {
-        let t = TempDir()
-        let mnt = t.sub("mnt")
-        let fs = BlockingFS()
-        let mounted = try Mounter.mount(MountConfig(mountpoint: mnt, fsname: "pooltest"))
-        let (fd, method) = (mounted.device.raw, mounted.method)
-        var options = SessionOptions()
-        options.uring = .off
-        options.threads = 2
-        let session = Session(fs: fs, deviceFD: fd, options: options)
-        let done = DispatchSemaphore(value: 0)
-        Thread { try? session.run(); done.signal() }.start()
-        defer {
-            try? Mounter.unmount(mnt, method: method, lazy: true)
-            _ = done.wait(timeout: .now() + 10)
-        }
-        for i in 0..<2000 { #expect(FileOps(mnt).stat("a\(i % 50)") == nil) }
-        #expect(session.pool.readers == 2)
+        let m = try PoolMount(threads: 2)
+        for i in 0..<2000 { #expect(FileOps(m.mnt).stat("a\(i % 50)") == nil) }
+        #expect(m.session.pool.readers == 2)
     }
 }

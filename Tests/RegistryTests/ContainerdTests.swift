@@ -116,15 +116,7 @@ final class Containerd: @unchecked Sendable {
     }
 
     static func stop(_ pid: inout pid_t) {
-        guard pid > 0 else { return }
-        kill(pid, SIGTERM)
-        var st: Int32 = 0
-        for _ in 0..<500 {
-            if waitpid(pid, &st, WNOHANG) == pid { pid = 0; return }
-            usleep(20_000)
-        }
-        kill(pid, SIGKILL)
-        waitpid(pid, &st, 0)
+        endChild(pid, signal: SIGTERM, seconds: 10)
         pid = 0
     }
 

@@ -124,3 +124,14 @@ public func waitFor(_ seconds: Double, _ cond: () -> Bool) -> Bool {
 }
 
 public func isMountPoint(_ path: String) -> Bool { strata_is_mount_root(path) != 0 }
+
+/// Waits up to `seconds` for a child to end (after `signal`, when given),
+/// then kills it: a test's daemons never outlive its teardown.
+public func endChild(_ pid: pid_t, signal: Int32? = nil, seconds: Double) {
+    guard pid > 0 else { return }
+    if let signal { kill(pid, signal) }
+    var st: Int32 = 0
+    if waitFor(seconds, { waitpid(pid, &st, WNOHANG) == pid }) { return }
+    kill(pid, SIGKILL)
+    waitpid(pid, &st, 0)
+}

@@ -114,16 +114,8 @@ public final class UnionPair: @unchecked Sendable {
 
     public func unmount() {
         for m in [kernelMount, strataMount] where isMountPoint(m) { umount2(m, Int32(MNT_DETACH)) }
-        if strataPID > 0 {
-            var st: Int32 = 0
-            for _ in 0..<250 {
-                if waitpid(strataPID, &st, WNOHANG) == strataPID { strataPID = 0; return }
-                usleep(20_000)
-            }
-            kill(strataPID, SIGKILL)
-            waitpid(strataPID, &st, 0)
-            strataPID = 0
-        }
+        endChild(strataPID, seconds: 5)
+        strataPID = 0
     }
 
     deinit { unmount() }
