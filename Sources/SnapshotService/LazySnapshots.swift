@@ -38,8 +38,8 @@ public struct LazySnapshots: Sendable {
     func prepare(store: Store, labels: [String: String], parent: String?) async throws -> Bool {
         guard let target = labels[Self.targetLabel], let image = labels[Self.imageLabel] else { return false }
         if store.hasSnapshot(target) { return true }
-        let layerHere = ((try? store.layer(target)) ?? nil) != nil
-        if !layerHere {
+        func inStore() -> Bool { ((try? store.layer(target)) ?? nil) != nil }
+        if !inStore() {
             let ref = try Reference(image)
             let client = try RegistryClient(host: ref.apiHost, options: registry, credentials: nil)
             var puller = Puller(store: store, client: client)
@@ -52,11 +52,12 @@ public struct LazySnapshots: Sendable {
             }
             await client.shutdown()
         }
-        guard ((try? store.layer(target)) ?? nil) != nil else { return false }
+        guard inStore() else { return false }
+        let lazy = store.isLazy(target)
         var own = labels
-        own["containerd.io/snapshot/strata.lazy"] = store.isLazy(target) ? "true" : "false"
+        own["containerd.io/snapshot/strata.lazy"] = lazy ? "true" : "false"
         try store.adoptLayerAsSnapshot(target, layer: target, parent: parent.flatMap { $0.isEmpty ? nil : $0 }, labels: own)
-        progress("snapshot \(target): layer \(store.isLazy(target) ? "pulled lazily" : "already in the store")")
+        progress("snapshot \(target): layer \(lazy ? "pulled lazily" : "already in the store")")
         return true
     }
 }
