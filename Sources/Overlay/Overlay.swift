@@ -81,12 +81,21 @@ public final class Overlay: @unchecked Sendable {
     /// before the daemon has seen it), and podman may mount the same layer
     /// again at once: so wait up to two seconds before calling it in use.
     static func lockWorkdir(_ fd: Int32) -> Bool {
+        // (The daemon also lets the lock go as soon as it has served its
+        // last request, `releaseWorkdir`, not at the end of its exit.)
         for _ in 0..<2000 {
             if flock(fd, LOCK_EX | LOCK_NB) == 0 { return true }
             if errno != EWOULDBLOCK && errno != EINTR { return false }
             usleep(1000)
         }
         return false
+    }
+
+    /// Lets another mount of the same workdir in (the kernel's overlayfs
+    /// frees it at unmount): called once every request has been answered
+    /// and no reader is left, so nothing writes to `work/` after it.
+    public func releaseWorkdir() {
+        if let l = workLock { flock(l.raw, LOCK_UN) }
     }
 
     public init(_ config: OverlayConfig) throws(OverlaySetupError) {

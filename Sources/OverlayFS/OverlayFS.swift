@@ -22,6 +22,9 @@ public final class OverlayFS: FDBackedFileSystem, @unchecked Sendable {
     /// Open files by FUSE handle (the union's own `OpenFile`s).
     public let files = HandleTable<OpenFile>(tag: 2)
 
+    /// Serving is over (every reader has stopped): the workdir is free.
+    public func destroy() { overlay.releaseWorkdir() }
+
     public init(_ overlay: Overlay, passthrough: Bool) {
         self.overlay = overlay
         self.timeout = CacheTimeout(overlay.config.timeout)
