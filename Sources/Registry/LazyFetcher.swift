@@ -12,7 +12,8 @@ import Glibc
 /// byte of it is written), or the whole blob to complete the layer.
 public final class LazyFetcher: @unchecked Sendable {
     public let store: Store
-    public let layerID: String
+    public let layer: StoredLayer
+    public var layerID: String { layer.id }
     public let source: Store.LazySource
     let chunks: [String: [StargzTOC.Chunk]]
     /// The file names in the blob's order, landmark-prioritised files first.
@@ -25,11 +26,11 @@ public final class LazyFetcher: @unchecked Sendable {
     /// Compressed bytes fetched by Range requests, for `strata stats` and tests.
     public let bytesFetched = Locked<Int64>(0)
 
-    public init(store: Store, layerID: String, options: RegistryOptions) throws {
-        self.store = store
-        self.layerID = layerID
-        source = try store.lazySource(layerID)
-        let toc = try store.lazyTOC(layerID)
+    public init(layer: StoredLayer, options: RegistryOptions) throws {
+        self.store = layer.store
+        self.layer = layer
+        source = try layer.lazySource()
+        let toc = try layer.lazyTOC()
         chunks = toc.chunks(tocOffset: source.tocOffset)
         var names: [String] = []
         for e in toc.entries where e.type == "reg" && (e.size ?? 0) > 0 { names.append(e.path) }
@@ -37,8 +38,7 @@ public final class LazyFetcher: @unchecked Sendable {
         index = Dictionary(names.enumerated().map { ($1, $0) }, uniquingKeysWith: { a, _ in a })
         client = try RegistryClient(host: source.registry, options: options, credentials: nil)
         blobPath = "/v2/\(source.repository)/blobs/\(source.blob)"
-        let diff = store.layerDiffPath(layerID)
-        root = OwnedFD(try openOwned(diff, Linux.O_PATH | O_DIRECTORY | O_CLOEXEC))
+        root = OwnedFD(try openOwned(layer.diff, Linux.O_PATH | O_DIRECTORY | O_CLOEXEC))
     }
 
     private var rootFD: Int32 { root.raw }
@@ -236,7 +236,7 @@ public final class LazyFetcher: @unchecked Sendable {
         }
         // What the loop left (it stops when the download fails or ends).
         for name in order where try fillFromBlobFile(blob, name) { filled += 1 }
-        do { try store.finishLazyLayer(layerID, plainTar: plain) } catch { throw RegistryError(wrapping: error) }
+        do { try layer.finishLazy(plainTar: plain) } catch { throw RegistryError(wrapping: error) }
         _ = removeTree(path: dir)
         progress("layer \(short): complete (\(filled) files filled from the blob)")
     }

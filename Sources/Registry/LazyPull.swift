@@ -17,7 +17,7 @@ extension Puller {
         for (i, l) in layers.enumerated() {
             let short = Digest.hex(diffIDs[i]).prefix(12)
             if try store.layer(chain[i]) != nil { progress("layer \(short): already present"); continue }
-            let parent = i > 0 ? chain[i - 1] : nil
+            let parent = store.recordableParent(chain, i)
             if let tocDigest = l.annotations?[StargzTOC.tocDigestAnnotation] {
                 try await lazyLayer(ref, l, tocDigest: tocDigest, diffID: diffIDs[i], chainID: chain[i], parent: parent)
                 partial += 1

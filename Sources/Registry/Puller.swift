@@ -35,7 +35,9 @@ public struct Puller: Sendable {
         throw RegistryError(.protocol, "\(what): the registry answered with content type \(type.isEmpty ? "(none)" : type), not an image manifest or index")
     }
 
-    public func pull(_ ref: Reference, lazy: Bool = false) async throws -> String {
+    /// The image's manifest: the one `ref` names, or for an index the one
+    /// for `platform`; checked against its digest wherever one is known.
+    func manifest(_ ref: Reference) async throws -> Data {
         let accept = RegistryClient.manifestTypes.joined(separator: ", ")
         var r = try await client.request(.GET, "/v2/\(ref.repository)/manifests/\(ref.reference)", headers: [("Accept", accept)],
                                          maxBody: Self.manifestLimit)
@@ -53,6 +55,11 @@ public struct Puller: Sendable {
             try Self.checkContentType(r, "\(ref)@\(digest)")
             if Digest.of(r.body) != digest { throw RegistryError(.corrupt, "\(ref): the manifest for \(platform) does not match its digest") }
         }
+        return r.body
+    }
+
+    public func pull(_ ref: Reference, lazy: Bool = false) async throws -> String {
+        let r = (body: try await manifest(ref), ())
         let manifestData = r.body
         let manifest = try decode(OCI.Manifest.self, manifestData, "manifest of \(ref)")
         let cfgDigest = manifest.config.digest, layers = manifest.layers
@@ -78,8 +85,8 @@ public struct Puller: Sendable {
         // What an earlier lazy pull left partial is completed here: the
         // rest of each blob, checked, fills the files still not fetched.
         if !lazy {
-            for id in chain where store.isLazy(id) {
-                let f = try LazyFetcher(store: store, layerID: id, options: client.options)
+            for id in chain where store.storedLayer(id).isLazy {
+                let f = try LazyFetcher(layer: store.storedLayer(id), options: client.options)
                 progress("layer \(Digest.hex(f.source.diffID).prefix(12)): completing a lazy pull")
                 do { try await f.complete(puller: self, ref: ref, progress: progress) } catch { await f.shutdown(); throw error }
                 await f.shutdown()

@@ -47,7 +47,7 @@ public struct Pusher: Sendable {
         var layers: [OCI.Descriptor] = []
         var newDiffIDs: [String] = []
         for (l, d) in zip(img.layerIDs, diffIDs) {
-            let file = store.layerArchivePath(l)
+            let file = store.storedLayer(l).archive
             var st = stat()
             if stat(file, &st) != 0 { throw RegistryError(.store(.notFound), "layer \(d) of \(local) has no stored archive (\(currentErrno()))") }
             switch compression {

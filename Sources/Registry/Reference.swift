@@ -34,6 +34,13 @@ public struct Reference: Sendable, CustomStringConvertible {
         if let d = digest, !d.hasPrefix("sha256:") { throw RegistryError(.invalidReference, "'\(s)': only sha256 digests are supported") }
     }
 
+    /// The same repository at `digest` (the manifest an engine resolved).
+    public func withDigest(_ d: String) -> Reference {
+        var r = self
+        r.digest = d
+        return r
+    }
+
     /// The registry API host (Docker Hub's differs from its name).
     public var apiHost: String { host == "docker.io" ? "registry-1.docker.io" : host }
     public var reference: String { digest ?? tag ?? "latest" }

@@ -23,16 +23,15 @@ extension Store {
     }
 
     func lowerDirs(_ c: ContainerRecord) throws(StoreError) -> [String] {
-        guard let lower = try? String(contentsOfFile: "\(overlayDir)/\(c.id)/lower", encoding: .utf8) else {
-            throw StoreError(.corrupt, "container \(c.name): missing lower file")
-        }
-        return lower.split(separator: ":").map { "\(overlayDir)/\($0)" }
+        let lower = try containerLayer(c).lowers()
+        if lower.isEmpty { throw StoreError(.corrupt, "container \(c.name): missing lower file") }
+        return lower.map { "\(overlayDir)/\($0)" }
     }
 
     /// A/C/D lines like `docker diff`: whiteouts are deletions, names that
     /// exist in a lower layer are changes, the rest additions.
     public func diff(_ c: ContainerRecord) throws(StoreError) -> [Change] {
-        let upper = "\(overlayDir)/\(c.id)/diff"
+        let upper = containerLayer(c).diff
         let lowers = try lowerDirs(c)
         var out: [Change] = []
         func existsBelow(_ rel: String) -> Bool {
@@ -76,7 +75,7 @@ extension Store {
         defer { unlink(tar) }
         do {
             let out = try openOwned(tar, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-            do { try LayerWriter().write(directory: "\(overlayDir)/\(c.id)/diff", to: out.raw) } catch {
+            do { try LayerWriter().write(directory: containerLayer(c).diff, to: out.raw) } catch {
                 throw StoreError(.archive, "commit \(c.name): \(error)")
             }
             try out.close()

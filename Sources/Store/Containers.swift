@@ -29,35 +29,30 @@ extension Store {
         let cname = name ?? "strata-\(id.prefix(12))"
         if cname.isEmpty || cname.contains("/") || cname.hasPrefix(".") { throw StoreError(.invalidInput, "bad container name '\(cname)'") }
         if try findContainer(cname) != nil { throw StoreError(.conflict, "a container named '\(cname)' exists already") }
-        // The init layer, then the container layer, both over the image's.
+        // The init layer, then the container layer, both over the image's:
+        // two layers of the store, made and named as an image's are.
         var below: [String] = []
         for l in img.layerIDs.reversed() {
-            guard let rec = try layer(l) else { throw StoreError(.notFound, "image \(ref) lacks layer \(l); load it again") }
-            below.append("l/\(rec.link)")
+            guard try layer(l) != nil else { throw StoreError(.notFound, "image \(ref) lacks layer \(l); load it again") }
+            below.append(try storedLayer(l).shortLower())
         }
-        let initDir = "\(overlayDir)/\(id)-init", cDir = "\(overlayDir)/\(id)"
-        let initLink = Self.shortLink(), cLink = Self.shortLink()
+        let initLayer = storedLayer("\(id)-init"), cLayer = storedLayer(id)
         do {
-            for d in [initDir, "\(initDir)/diff", "\(initDir)/diff/etc", "\(initDir)/work", cDir, "\(cDir)/diff", "\(cDir)/work", "\(cDir)/merged"] {
+            for d in [initLayer.directory, initLayer.diff, "\(initLayer.diff)/etc", initLayer.work,
+                      cLayer.directory, cLayer.diff, cLayer.work, cLayer.merged] {
                 try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: false)
             }
             for f in ["hosts", "hostname", "resolv.conf"] {
-                FileManager.default.createFile(atPath: "\(initDir)/diff/etc/\(f)", contents: Data(), attributes: [.posixPermissions: 0o644])
+                FileManager.default.createFile(atPath: "\(initLayer.diff)/etc/\(f)", contents: Data(), attributes: [.posixPermissions: 0o644])
             }
-            try initLink.write(toFile: "\(initDir)/link", atomically: true, encoding: .utf8)
-            try below.joined(separator: ":").write(toFile: "\(initDir)/lower", atomically: true, encoding: .utf8)
-            try cLink.write(toFile: "\(cDir)/link", atomically: true, encoding: .utf8)
-            try (["l/\(initLink)"] + below).joined(separator: ":").write(toFile: "\(cDir)/lower", atomically: true, encoding: .utf8)
-            symlink("../\(id)-init/diff", "\(overlayDir)/l/\(initLink)")
-            symlink("../\(id)/diff", "\(overlayDir)/l/\(cLink)")
+            try initLayer.link(below: below)
+            try cLayer.link(below: [try initLayer.shortLower()] + below)
             killPoint("create-dirs")
             let rec = ContainerRecord(id: id, name: cname, image: img.id, created: Date().timeIntervalSince1970)
             try db.queue.write { try rec.insert($0) }
             return rec
         } catch {
-            for d in [initDir, cDir] { removeTree(path: d) }
-            unlink("\(overlayDir)/l/\(initLink)")
-            unlink("\(overlayDir)/l/\(cLink)")
+            for l in [initLayer, cLayer] { l.removeFiles() }
             throw StoreError(.archive, "creating container: \(error)")
         }
     }
@@ -82,15 +77,18 @@ extension Store {
         do { return try db.queue.read { try ContainerRecord.order(Column("created")).fetchAll($0) } } catch { throw StoreError(wrapping: error) }
     }
 
-    public func mergedPath(_ c: ContainerRecord) -> String { "\(overlayDir)/\(c.id)/merged" }
+    /// The container's own (writable) layer; its `-init` layer is below it.
+    public func containerLayer(_ c: ContainerRecord) -> StoredLayer { storedLayer(c.id) }
+
+    public func mergedPath(_ c: ContainerRecord) -> String { containerLayer(c).merged }
 
     /// The overlay options, with short relative lower links: valid with the
     /// store's overlay directory as the working directory.
     func mountOptions(_ c: ContainerRecord) throws(StoreError) -> String {
-        guard let lower = try? String(contentsOfFile: "\(overlayDir)/\(c.id)/lower", encoding: .utf8) else {
-            throw StoreError(.corrupt, "container \(c.name): missing lower file")
-        }
-        return "lowerdir=\(lower),upperdir=\(c.id)/diff,workdir=\(c.id)/work"
+        let l = containerLayer(c)
+        let lower = try l.lowers()
+        if lower.isEmpty { throw StoreError(.corrupt, "container \(c.name): missing lower file \(l.directory)/lower (see 'strata check')") }
+        return "lowerdir=\(lower.joined(separator: ":")),upperdir=\(l.name)/diff,workdir=\(l.name)/work"
     }
 
     /// How to mount a container's root, as containerd's snapshotters say it:
@@ -167,10 +165,7 @@ extension Store {
         // row names, which the next command removes; never a row without them.
         do { _ = try db.queue.write { try ContainerRecord.deleteOne($0, key: c.id) } } catch { throw StoreError(wrapping: error) }
         killPoint("rm-row")
-        for d in ["\(overlayDir)/\(c.id)", "\(overlayDir)/\(c.id)-init"] {
-            if let link = try? String(contentsOfFile: "\(d)/link", encoding: .utf8) { unlink("\(overlayDir)/l/\(link)") }
-            removeTree(in: overlayDir, (d as NSString).lastPathComponent)
-        }
+        for l in [storedLayer(c.id), storedLayer("\(c.id)-init")] { l.removeFiles() }
     }
 }
 

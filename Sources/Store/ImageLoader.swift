@@ -171,7 +171,7 @@ public struct ImageLoader: Sendable {
         var added = 0
         for i in missing {
             guard case .success(let u) = done[i] else { continue }
-            do throws(StoreError) { try store.record(u, parent: i > 0 ? chain[i - 1] : nil, progress: progress) } catch {
+            do throws(StoreError) { try store.record(u, parent: store.recordableParent(chain, i), progress: progress) } catch {
                 for j in missing where j >= i { store.discardUnpacked(chain[j]) }
                 throw error
             }

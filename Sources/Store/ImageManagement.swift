@@ -48,11 +48,7 @@ extension Store {
         } catch let e as StoreError { throw e } catch { throw StoreError(wrapping: error) }
         // The rows are gone first: a crash here leaves only unreferenced directories.
         killPoint("image-rm-rows")
-        for l in removedLayers {
-            let d = dir(l)
-            if let link = try? String(contentsOfFile: "\(d)/link", encoding: .utf8) { unlink("\(overlayDir)/l/\(link)") }
-            removeTree(path: d)
-        }
+        for l in removedLayers { storedLayer(l).removeFiles() }
         return removedLayers
     }
 
@@ -92,7 +88,7 @@ extension Store {
         for (img, _) in imgs {
             for l in img.layerIDs where perLayer[l] == nil {
                 var seen = Set<UInt64>()
-                perLayer[l] = diskUsage("\(dir(l))/diff", seen: &seen)
+                perLayer[l] = diskUsage(storedLayer(l).diff, seen: &seen)
             }
             u.unsharedBytes += img.layerIDs.reduce(0) { $0 + (perLayer[$1] ?? 0) }
         }
@@ -102,7 +98,7 @@ extension Store {
         u.containers = ctrs.count
         for c in ctrs {
             var seen = Set<UInt64>()
-            u.containerBytes += diskUsage("\(overlayDir)/\(c.id)/diff", seen: &seen)
+            u.containerBytes += diskUsage(containerLayer(c).diff, seen: &seen)
         }
         return u
     }

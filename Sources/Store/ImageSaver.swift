@@ -21,8 +21,9 @@ extension Store {
         let tags = (try images()).first { $0.0.id == img.id }?.1 ?? []
         var layerFiles: [String] = []
         for l in img.layerIDs {
-            let f = layerArchivePath(l)
-            if isLazy(l) { throw StoreError(.invalidInput, "image \(ref): layer \(l) is partly pulled (pull --lazy); complete it with 'strata pull \(ref)' to save it") }
+            let layer = storedLayer(l)
+            let f = layer.archive
+            if layer.isLazy { throw StoreError(.invalidInput, "image \(ref): layer \(l) is partly pulled (pull --lazy); complete it with 'strata pull \(ref)' to save it") }
             guard access(f, R_OK) == 0 else { throw StoreError(.notFound, "layer \(l) has no kept archive; load the image again to save it") }
             layerFiles.append(f)
         }

@@ -31,7 +31,7 @@ extension Store {
         let cfg = try config(of: img)
         // The run config as docker prints it: every field kept.
         let run = cfg.config.flatMap { try? JSONDecoder().decode(JSONValue.self, from: OCI.encode($0)) } ?? .object([:])
-        let dirs = img.layerIDs.reversed().map { "\(overlayDir)/\(Digest.hex($0))/diff" }
+        let dirs = img.layerIDs.reversed().map { storedLayer($0).diff }
         let tags = (try images()).first { $0.0.id == img.id }?.1 ?? []
         var out: [String: JSONValue] = [
             "Id": .string(img.id),
@@ -47,8 +47,8 @@ extension Store {
         let lazy = lazyLayers(of: img)
         if !lazy.isEmpty {
             out["Lazy"] = .array(try lazy.map { (id) throws(StoreError) -> JSONValue in
-                let p = try lazyProgress(id)
-                let s = try lazySource(id)
+                let p = try storedLayer(id).lazyProgress()
+                let s = try storedLayer(id).lazySource()
                 return .object(["DiffID": .string(s.diffID), "Blob": .string(s.blob), "Format": .string(s.format),
                                 "LocalBytes": .integer(p.local), "TotalBytes": .integer(p.total),
                                 "LocalFiles": .integer(Int64(p.localFiles)), "TotalFiles": .integer(Int64(p.files))])
@@ -64,7 +64,7 @@ extension Store {
             "Name": .string(c.name),
             "Image": .string(c.image),
             "Created": .string(ISO8601DateFormatter().string(from: Date(timeIntervalSince1970: c.created))),
-            "GraphDriver": graphDriver(layerDirs: lowers, upper: "\(overlayDir)/\(c.id)"),
+            "GraphDriver": graphDriver(layerDirs: lowers, upper: containerLayer(c).directory),
         ])
     }
 }

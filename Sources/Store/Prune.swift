@@ -67,11 +67,10 @@ extension Store {
         // Rows first, then directories: a kill between leaves leftovers the
         // next command removes.
         for l in out.layers {
-            let d = dir(l)
+            let layer = storedLayer(l)
             var seen = Set<UInt64>()
-            out.bytes += diskUsage(d, seen: &seen)
-            if let link = try? String(contentsOfFile: "\(d)/link", encoding: .utf8) { unlink("\(overlayDir)/l/\(link)") }
-            removeTree(in: overlayDir, Digest.hex(l))
+            out.bytes += diskUsage(layer.directory, seen: &seen)
+            layer.removeFiles()
         }
         return out
     }

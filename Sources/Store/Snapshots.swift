@@ -188,7 +188,7 @@ extension Store {
         // A layer whose files are fetched on first read cannot be a lower
         // layer of the kernel's overlayfs (it would read holes): such a
         // stack is mounted by Strata's union, `strata` run by mount.fuse3.
-        let lazy = chain.contains { $0.layer.map(isLazy) ?? false }
+        let lazy = chain.contains { $0.layer.map { storedLayer($0).isLazy } ?? false }
         if r.kind == SnapshotInfo.Kind.active.rawValue {
             if lowers.isEmpty { return [SnapshotMount(type: "bind", source: "\(own)/fs", options: ["rw", "rbind"])] }
             return [SnapshotMount(type: lazy ? "fuse3.strata" : "overlay", source: "overlay",
@@ -203,7 +203,7 @@ extension Store {
 
     /// A committed snapshot's tree: its own fs/, or the store layer it shows.
     func fsPath(_ r: SnapshotRecord) -> String {
-        if let l = r.layer { return layerDiffPath(l) }
+        if let l = r.layer { return storedLayer(l).diff }
         return "\(snapshotDir(r.number))/fs"
     }
 
@@ -235,7 +235,7 @@ extension Store {
                 throw SnapshotError(.internal, "snapshot \(name): \(error)")
             }
             let d = snapshotDir(number)
-            if mkdir(d, 0o755) != 0 || symlink(layerDiffPath(layer), "\(d)/fs") != 0 {
+            if mkdir(d, 0o755) != 0 || symlink(storedLayer(layer).diff, "\(d)/fs") != 0 {
                 let e = currentErrno()
                 try? removeSnapshotRecord(name)
                 throw SnapshotError(.internal, "snapshot \(name): \(d): \(e)")
@@ -329,6 +329,17 @@ extension Store {
         do { return try db.queue.read { try SnapshotRecord.fetchAll($0, sql: "SELECT * FROM snapshot ORDER BY created, name") }.map { $0.info() } } catch {
             throw SnapshotError(.internal, "listing snapshots: \(error)")
         }
+    }
+
+    /// What `strata stats` tells of the snapshots: how many of each kind,
+    /// the bytes committed ones hold (as measured at commit), and the
+    /// store layers committed snapshots show.
+    public func snapshotSummary() throws(SnapshotError) -> (kinds: [String: Int], committedBytes: Int64, layers: [String]) {
+        let all: [SnapshotRecord]
+        do { all = try db.queue.read { try SnapshotRecord.fetchAll($0) } } catch { throw SnapshotError(.internal, "listing snapshots: \(error)") }
+        var kinds: [String: Int] = [:]
+        for r in all { kinds[r.kind, default: 0] += 1 }
+        return (kinds, all.reduce(0) { $0 + $1.size }, all.compactMap(\.layer))
     }
 
     /// Removes directories under `snapshots/` that no snapshot owns (what a

@@ -17,10 +17,6 @@ public final class Store: @unchecked Sendable {
     let lock: StoreLock
     var overlayDir: String { "\(root)/overlay" }
 
-    /// Where a layer's archive (the tar it was loaded or committed from) is
-    /// kept: the registry pushes it from there.
-    public func layerArchivePath(_ layerID: String) -> String { "\(overlayDir)/\(Digest.hex(layerID))/layer.tar" }
-
     /// A pull's resume directory, named by what is pulled: a second pull of
     /// the same manifest continues there.
     public func pullDirectory(_ key: String) -> String { "\(root)/tmp/pull-\(key)" }
@@ -77,8 +73,6 @@ public final class Store: @unchecked Sendable {
     public func exclusively<R>(_ body: () throws(StoreError) -> R) throws(StoreError) -> R {
         try lock.exclusively(body)
     }
-
-    func dir(_ id: String) -> String { "\(overlayDir)/\(Digest.hex(id))" }
 
     static func shortLink() -> String {
         let chars = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
@@ -200,7 +194,7 @@ public final class Store: @unchecked Sendable {
     /// An empty directory for a layer about to be unpacked; whatever an
     /// interrupted load left there (never recorded, so never used) goes first.
     func freshLayerDir(_ chainID: String) throws(StoreError) -> String {
-        let d = dir(chainID)
+        let d = storedLayer(chainID).directory
         discardUnpacked(chainID)
         if mkdir(d, 0o700) != 0 { throw StoreError.last("\(d)") }
         return d
@@ -208,42 +202,72 @@ public final class Store: @unchecked Sendable {
 
     /// Removes a layer directory that was never recorded.
     public func discardUnpacked(_ chainID: String) {
-        removeTree(in: overlayDir, Digest.hex(chainID))
+        storedLayer(chainID).removeFiles()
     }
 
     /// The quick half: the short link, the `lower` file and the database row.
     public func record(_ u: UnpackedLayer, parent: String?, progress: (String) -> Void = { _ in }) throws(StoreError) {
-        let d = dir(u.chainID)
-        let link = Self.shortLink()
+        let layer = storedLayer(u.chainID)
         // A layer is recorded only when its links are all in place: a row
         // without them would mount without its lower layers. What is left
         // after a failure is unnamed, and `strata check --repair` removes it.
-        let what = "layer \(Digest.hex(u.diffID).prefix(12))"
-        if symlink("../\(Digest.hex(u.chainID))/diff", "\(overlayDir)/l/\(link)") != 0 {
-            throw StoreError.last("\(what): short link l/\(link)")
-        }
-        do { try link.write(toFile: "\(d)/link", atomically: true, encoding: .utf8) } catch {
-            throw StoreError(.io, "\(what): writing \(d)/link: \(error.localizedDescription)")
-        }
+        var below: [String] = []
         if let parent {
-            guard let p = try layer(parent) else { throw StoreError(.notFound, "\(what): its parent \(parent) is not in the store") }
-            var below = [p.link]
-            if p.parent != nil {
-                guard let lower = try? String(contentsOfFile: "\(dir(parent))/lower", encoding: .utf8) else {
-                    throw StoreError(.corrupt, "\(what): its parent's lower file \(dir(parent))/lower is missing or unreadable (see 'strata check')")
-                }
-                below += lower.split(separator: ":").map { String($0.dropFirst(2)) }
+            guard let pr = try self.layer(parent) else {
+                throw StoreError(.notFound, "layer \(Digest.hex(u.diffID).prefix(12)): its parent \(parent) is not in the store")
             }
-            do {
-                try below.map { "l/\($0)" }.joined(separator: ":").write(toFile: "\(d)/lower", atomically: true, encoding: .utf8)
-            } catch {
-                throw StoreError(.io, "\(what): writing \(d)/lower: \(error.localizedDescription)")
+            let p = storedLayer(parent)
+            let further = try p.lowers()
+            if pr.parent != nil && further.isEmpty {
+                throw StoreError(.corrupt, "layer \(Digest.hex(u.diffID).prefix(12)): its parent's lower file \(p.directory)/lower is missing (see 'strata check')")
             }
+            below = [try p.shortLower()] + further
         }
+        try layer.link(below: below)
         killPoint("layer-links")
+        guard let link = try? String(contentsOfFile: "\(layer.directory)/link", encoding: .utf8) else {
+            throw StoreError.last("\(layer.directory)/link")
+        }
         let rec = LayerRecord(id: u.chainID, diffID: u.diffID, parent: parent, link: link, size: u.stats.bytes, created: Date().timeIntervalSince1970)
         do { try db.queue.write { try rec.insert($0) } } catch { throw StoreError(.database, "recording layer \(u.chainID): \(error)") }
         progress("layer \(Digest.hex(u.diffID).prefix(12)): \(u.stats.entries) entries, \(u.stats.bytes) bytes")
+    }
+
+    /// Whether a layer's row names the layers below it: a bottom layer
+    /// (its chain ID is its diff ID), or one with a parent.
+    func isAttached(_ r: LayerRecord) -> Bool { r.parent != nil || r.id == r.diffID }
+
+    /// The parent to record for layer `i` of `chain` when only some of the
+    /// chain is in the store: the layer below if it is here and itself
+    /// attached, else none. The snapshotter and the layer store pull one
+    /// layer lazily over layers that containerd or containers/storage
+    /// applied themselves, which the store does not hold: such a layer is
+    /// recorded on its own, and attached when an image names its chain.
+    public func recordableParent(_ chain: [String], _ i: Int) -> String? {
+        guard i > 0, let r = try? layer(chain[i - 1]), isAttached(r) else { return nil }
+        return r.id
+    }
+
+    /// Gives every layer of `chain` (bottom first, all in the store) the
+    /// parent the chain names, where it was recorded on its own: its
+    /// `lower` file and its row then name the layers below, as if it had
+    /// been pulled with them. Bottom first, so each parent is attached
+    /// before the layer above it reads its `lower` file.
+    func attachLayers(_ chain: [String]) throws(StoreError) {
+        for (i, id) in chain.enumerated() {
+            guard var r = try layer(id) else { continue }
+            let parent = i > 0 ? chain[i - 1] : nil
+            if r.parent == parent { continue }
+            guard let parent, let p = try layer(parent) else { continue }
+            let pl = storedLayer(parent)
+            let below = [try pl.shortLower()] + (p.parent == nil ? [] : try pl.lowers())
+            let l = storedLayer(id)
+            do { try below.joined(separator: ":").write(toFile: "\(l.directory)/lower", atomically: true, encoding: .utf8) } catch {
+                throw StoreError(.io, "layer \(id): writing \(l.directory)/lower: \(error.localizedDescription)")
+            }
+            r.parent = parent
+            do { try db.queue.write { try r.update($0) } } catch { throw StoreError(.database, "layer \(id): recording its parent: \(error)") }
+        }
     }
 
     /// Notes that `registry/repository` holds the blob `digest`. A failure
@@ -289,6 +313,7 @@ public final class Store: @unchecked Sendable {
     }
 
     public func addImage(id: String, config: Data, chainIDs: [String], tags: [String]) throws(StoreError) {
+        try attachLayers(chainIDs)
         let layers: String
         do { layers = String(decoding: try JSONEncoder().encode(chainIDs), as: UTF8.self) } catch {
             throw StoreError(.io, "recording image \(id): \(error)")

@@ -113,7 +113,7 @@ extension Store {
         case .rewrite(let path, let text):
             do { try text.write(toFile: path, atomically: true, encoding: .utf8); progress("rewrote \(path)") } catch {}
         case .reunpack(let chainID, let diffID):
-            let d = dir(chainID)
+            let d = storedLayer(chainID).directory
             removeTree(in: d, "diff")
             do {
                 _ = try LayerApplier().apply(file: "\(d)/layer.tar", to: "\(d)/diff")
@@ -165,7 +165,7 @@ extension Store {
         for l in layers {
             let hex = Digest.hex(l.id)
             named.insert(hex)
-            let d = dir(l.id)
+            let d = storedLayer(l.id).directory
             let what = "layer \(Digest.hex(l.diffID).prefix(12)) (\(hex.prefix(12)))"
             guard isDir(d) else {
                 report("\(what): its directory \(d) is missing; load or pull its image again", .none)

@@ -32,16 +32,13 @@ final class RegistryLazyData: LazyData, @unchecked Sendable {
 
     func fetcher(_ state: String) throws -> LazyFetcher {
         if let f = fetchers.withLock({ $0[state] }) { return f }
-        // state is <root>/overlay/<hex>/lazy
-        let layerDir = (state as NSString).deletingLastPathComponent
-        let root = ((layerDir as NSString).deletingLastPathComponent as NSString).deletingLastPathComponent
-        let store = try Store(root: root, recovering: false)
+        let layer = try StoredLayer.owning(lazyState: state)
         // A reader waits while its file is fetched: a registry that is not
         // there is given 3 s, not the 10 a pull waits.
         var o = RegistryOptions()
         o.connectTimeout = 3
         o.readTimeout = 20
-        let f = try LazyFetcher(store: store, layerID: "sha256:" + (layerDir as NSString).lastPathComponent, options: o)
+        let f = try LazyFetcher(layer: layer, options: o)
         return fetchers.withLock { d in
             if let g = d[state] { return g }
             d[state] = f
@@ -104,7 +101,7 @@ final class RegistryLazyData: LazyData, @unchecked Sendable {
                     Task {
                         do {
                             let f = try self.fetcher(state)
-                            if f.store.isLazy(f.layerID) { try await f.completeLayer(yield: yield, progress: { _ in }) }
+                            if f.layer.isLazy { try await f.completeLayer(yield: yield, progress: { _ in }) }
                         } catch {
                             failure.withLock { $0 = ("\(error)", (error as? RegistryError)?.kind == .corrupt) }
                         }

@@ -69,7 +69,7 @@ struct ImageList: ParsableCommand {
             let lazy = s.lazyLayers(of: img)
             if !lazy.isEmpty {
                 var have: Int64 = 0, all: Int64 = 0
-                for id in lazy { if let p = try? s.lazyProgress(id) { have += p.local; all += p.total } }
+                for id in lazy { if let p = try? s.storedLayer(id).lazyProgress() { have += p.local; all += p.total } }
                 local = "  (partial: \(lazy.count) layer\(lazy.count == 1 ? "" : "s"), \(have >> 10) of \(all >> 10) KiB of file data local)"
             }
             print("\(Digest.hex(img.id).prefix(12))   \(String(img.layerIDs.count).padding(toLength: 6, withPad: " ", startingAt: 0))  \(tags.joined(separator: ", "))\(local)")
@@ -252,7 +252,7 @@ func completeLazyLayers(_ s: Store, _ image: String, before what: String) throws
     Task {
         for id in lazy {
             do {
-                let f = try LazyFetcher(store: s, layerID: id, options: RegistryOptions())
+                let f = try LazyFetcher(layer: s.storedLayer(id), options: RegistryOptions())
                 do { try await f.completeLayer(progress: { printError("strata: \($0)") }) } catch { await f.shutdown(); throw error }
                 await f.shutdown()
             } catch {

@@ -180,7 +180,7 @@ extension RegistryTests {
         // The prioritised files lead their layer, then the prefetch landmark.
         let (layer, order) = try topLayer(lazy)
         #expect(Set(order.prefix(2)) == ["data/f6", "data/f3"] && order.dropFirst(2).first == ".prefetch.landmark", "\(order.prefix(4))")
-        let fetcher = try LazyFetcher(store: try Store(root: lazy), layerID: layer, options: RegistryOptions())
+        let fetcher = try LazyFetcher(layer: try Store(root: lazy).storedLayer(layer), options: RegistryOptions())
         #expect(Set(fetcher.prioritised) == ["data/f6", "data/f3"])
         await fetcher.shutdown()
         // A file the image does not have, or a format without landmarks:
