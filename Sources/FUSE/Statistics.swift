@@ -125,60 +125,22 @@ public struct Statistics: Sendable {
 /// Answers `strata stats` on a unix socket named after the mount's device:
 /// each connection gets one JSON object and is closed.
 final class StatsServer: @unchecked Sendable {
-    private let listening = Locked<OwnedFD?>(nil)
-    private var path = ""
+    private let server = AnswerSocket()
 
     /// Starts on its own thread, off the path of the first requests.
     func start(mountpoint: String, logger: @escaping @Sendable (String) -> Void, snapshot: @escaping @Sendable () -> String) {
-        let thread = try? OSThread.start(name: "stats") { [self] in
+        server.start(logger: logger, answer: snapshot, at: {
             guard let dev = Statistics.deviceOfMount(mountpoint) else {
                 logger("stats: \(mountpoint) is not in /proc/self/mountinfo")
-                return
+                return nil
             }
-            path = Statistics.socketPath(dev: dev)
+            let path = Statistics.socketPath(dev: dev)
             let dir = String(path[..<(path.lastIndex(of: "/") ?? path.endIndex)])
             mkdir(String(dir[..<(dir.lastIndex(of: "/") ?? dir.endIndex)]), 0o755)
             mkdir(dir, 0o700)
-            unlink(path)
-            guard let socket = try? Sys.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue)) else { return }
-            let fd = socket.raw
-            var addr = sockaddr_un()
-            addr.sun_family = sa_family_t(AF_UNIX)
-            let bytes = Array(path.utf8)
-            guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else { return }
-            withUnsafeMutableBytes(of: &addr.sun_path) { b in for (i, c) in bytes.enumerated() { b[i] = c } }
-            let ok = withUnsafePointer(to: &addr) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) == 0 }
-            }
-            guard ok, listen(fd, 8) == 0 else {
-                logger("stats socket \(path): \(currentErrno())")
-                return
-            }
-            let listener = OwnedFD(socket)
-            listening.withLock { $0 = listener }
-            while true {
-                let client: UniqueFD
-                do throws(Errno) { client = try Sys.accept(fd) } catch {
-                    if error == .interrupted { continue }
-                    break
-                }
-                let c = client.raw
-                let text = Array((snapshot() + "\n").utf8)
-                var done = 0
-                while done < text.count {
-                    let n = text.withUnsafeBytes { write(c, $0.baseAddress.map { $0 + done }, text.count - done) }
-                    if n <= 0 { break }
-                    done += n
-                }
-            }
-        }
-        thread?.detach()
+            return path
+        })
     }
 
-    func stop() {
-        if let l = listening.withLock({ $0 }) {
-            shutdown(l.raw, Int32(SHUT_RDWR))
-            unlink(path)
-        }
-    }
+    func stop() { server.stop() }
 }

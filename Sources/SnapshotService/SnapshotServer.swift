@@ -27,7 +27,11 @@ public enum SnapshotServer {
         // What a crash left half-made goes before anyone asks.
         _ = try? store.cleanupSnapshots()
         let transport = HTTP2ServerTransport.Posix(address: .unixDomainSocket(path: socket), transportSecurity: .plaintext)
-        let server = GRPCServer(transport: transport, services: [SnapshotService(store: store, fuse: fuse, lazy: lazy)])
+        let stats = SnapshotStats()
+        let server = GRPCServer(transport: transport, services: [SnapshotService(store: store, fuse: fuse, lazy: lazy)], interceptors: [stats])
+        let answers = AnswerSocket()
+        answers.start(logger: { _ in }, answer: { stats.report(store: store, address: socket, fuse: fuse, lazy: lazy) },
+                      at: { socket + SnapshotStats.socketSuffix })
         let signals = DispatchSource.makeSignalSource(signal: SIGTERM, queue: .global())
         let interrupts = DispatchSource.makeSignalSource(signal: SIGINT, queue: .global())
         signal(SIGTERM, SIG_IGN)
@@ -36,7 +40,10 @@ public enum SnapshotServer {
             s.setEventHandler { server.beginGracefulShutdown() }
             s.resume()
         }
-        defer { unlink(socket) }
+        defer {
+            unlink(socket)
+            answers.stop()
+        }
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await server.serve() }
             group.addTask {
