@@ -24,6 +24,18 @@ public struct ImageDescription: Sendable {
     /// The index of the layer whose blob is `digest`.
     public func layerIndex(_ digest: String) -> Int? { manifest.layers.firstIndex { $0.digest == digest } }
 
+    /// The layer's uncompressed size, when its pusher wrote it down
+    /// (`io.containers.estargz.uncompressed-size`: Strata and stargz tools do,
+    /// podman's zstd:chunked writer does not).
+    public static func uncompressedSize(_ l: OCI.Descriptor) -> Int64? {
+        l.annotations?[StargzTOC.uncompressedSizeAnnotation].flatMap { Int64($0) }.flatMap { $0 >= 0 ? $0 : nil }
+    }
+
+    /// Whether a layer is zstd:chunked (its TOC found by a position annotation).
+    public static func isZstdChunked(_ l: OCI.Descriptor) -> Bool {
+        StargzTOC.zstdPositionAnnotations.contains { l.annotations?[$0] != nil }
+    }
+
     /// Whether a layer carries a table of contents that lets it be pulled lazily.
     public static func hasTOC(_ l: OCI.Descriptor) -> Bool {
         l.annotations?[StargzTOC.tocDigestAnnotation] != nil

@@ -71,6 +71,9 @@ public struct Pusher: Sendable {
                     notes = [:]
                     for k in StargzTOC.zstdPositionAnnotations { notes[k] = position }
                     for k in StargzTOC.zstdChecksumAnnotations { notes[k] = r.tocDigest }
+                    // What containers/storage's layer records need and the
+                    // TOC does not tell (eStargz's name for it).
+                    notes[StargzTOC.uncompressedSizeAnnotation] = String(r.tarSize)
                 } else {
                     notes = [StargzTOC.tocDigestAnnotation: r.tocDigest, StargzTOC.uncompressedSizeAnnotation: String(r.tarSize)]
                 }

@@ -165,7 +165,7 @@ public struct SnapshotService: Snap.SimpleServiceProtocol {
             throw Self.status(error)
         }
         let all = try await call { () throws(SnapshotError) in try store.snapshots() }
-        let matching = all.filter { i in filters.isEmpty || filters.contains { $0.matches(i) } }
+        let matching = all.filter { i in i.isContainerd && (filters.isEmpty || filters.contains { $0.matches(i) }) }
         // In batches, as containerd's own service sends them.
         var i = 0
         while i < matching.count {

@@ -39,7 +39,10 @@ extension Store {
                 }
                 try TagRecord.filter(Column("image") == img.id).deleteAll(db)
                 _ = try ImageRecord.deleteOne(db, key: img.id)
+                // Layers other images, and snapshots (containerd's, the
+                // layer store's), still show stay.
                 let stillUsed = Set(try ImageRecord.fetchAll(db).flatMap(\.layerIDs))
+                    .union(try String.fetchAll(db, sql: "SELECT layer FROM snapshot WHERE layer IS NOT NULL"))
                 for l in img.layerIDs where !stillUsed.contains(l) {
                     _ = try LayerRecord.deleteOne(db, key: l)
                     removedLayers.append(l)

@@ -23,6 +23,14 @@ public struct SnapshotInfo: Sendable, Equatable {
     public var updated: Date
     public var labels: [String: String]
 
+    /// Snapshots that another front end of the store made (the layer store
+    /// for containers/storage) carry this label, naming it. containerd is
+    /// not shown them: its garbage collector removes the backend's
+    /// snapshots it did not make.
+    public static let ownerLabel = "strata.io/owner"
+    /// Whether containerd's snapshotter may list it.
+    public var isContainerd: Bool { labels[Self.ownerLabel] == nil }
+
     public init(name: String, parent: String?, kind: Kind, created: Date, updated: Date, labels: [String: String]) {
         self.name = name
         self.parent = parent
