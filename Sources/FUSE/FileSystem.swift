@@ -25,6 +25,9 @@ public protocol FileSystem: AnyObject, Sendable {
     /// Figures a user may read with `strata stats` (nodes held, descriptors
     /// cached, ...): name and value, in the order to show them.
     func statistics() -> [(String, Int)]
+    /// Why a signal (SIGINT, SIGTERM, SIGHUP) must not unmount it now, if
+    /// it must not: the daemon then says so and serves on.
+    func unmountRefusal() -> String?
 
     func lookup(_ r: Request, parent: NodeID, name: Name) throws(Errno) -> Entry
     func forget(_ node: NodeID, count: UInt64)
@@ -75,6 +78,7 @@ public extension FileSystem {
     func initialize(_ connection: inout Connection) {}
     func destroy() {}
     func statistics() -> [(String, Int)] { [] }
+    func unmountRefusal() -> String? { nil }
     func forget(_ node: NodeID, count: UInt64) {}
     func lookup(_ r: Request, parent: NodeID, name: Name) throws(Errno) -> Entry { throw .noFunction }
     func getattr(_ r: Request, node: NodeID, handle: UInt64?) throws(Errno) -> (Attr, CacheTimeout) { throw .noFunction }

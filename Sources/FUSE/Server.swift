@@ -85,6 +85,10 @@ public enum Server {
             var s = sigSet
             var sig: Int32 = 0
             while sigwait(&s, &sig) == 0 {
+                if let why = fs.unmountRefusal() {
+                    logger.warning("signal \(sig): not unmounting \(mountpoint): \(why)")
+                    continue
+                }
                 logger.info("signal \(sig): unmounting \(mountpoint)")
                 do { try Mounter.unmount(mountpoint, method: method, lazy: true) } catch {
                     logger.warning("\(error)")
