@@ -90,8 +90,12 @@ let package = Package(
             .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
             .product(name: "SwiftProtobuf", package: "swift-protobuf"),
         ]),
+        .target(name: "LayerStore", dependencies: [
+            "FUSE", "Overlay", "OverlayFS", "Store", "Registry", "Sys",
+            .product(name: "SystemPackage", package: "swift-system"),
+        ]),
         .executableTarget(name: "strata", dependencies: [
-            "FUSE", "Loopback", "Overlay", "OverlayFS", "Store", "Registry", "Sys", "SnapshotService",
+            "FUSE", "Loopback", "Overlay", "OverlayFS", "Store", "Registry", "Sys", "SnapshotService", "LayerStore",
             .product(name: "SystemPackage", package: "swift-system"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),

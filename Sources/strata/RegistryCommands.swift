@@ -28,6 +28,16 @@ struct RegistryFlags: ParsableArguments {
     @Option(help: "Registry user name (the password comes from --password-stdin).") var username: String?
     @Flag(help: "Read the registry password from standard input.") var passwordStdin = false
 
+    /// The TLS and timeout choices, for commands that make their clients later.
+    func options() throws -> RegistryOptions {
+        guard timeout > 0 else { throw fail("--timeout takes a number of seconds above 0") }
+        var o = RegistryOptions()
+        o.insecure = insecure
+        o.certDir = certDir
+        o.readTimeout = timeout
+        return o
+    }
+
     func client(for ref: Reference) throws -> RegistryClient {
         var creds: (String, String)? = nil
         if let u = username {
@@ -35,11 +45,7 @@ struct RegistryFlags: ParsableArguments {
             let pw = (readLine(strippingNewline: true) ?? "")
             creds = (u, pw)
         }
-        guard timeout > 0 else { throw fail("--timeout takes a number of seconds above 0") }
-        var o = RegistryOptions()
-        o.insecure = insecure
-        o.certDir = certDir
-        o.readTimeout = timeout
+        let o = try options()
         do { return try RegistryClient(host: ref.apiHost, options: o, credentials: creds) } catch { throw fail(error) }
     }
 }

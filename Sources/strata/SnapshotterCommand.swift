@@ -47,12 +47,7 @@ struct SnapshotterCommand: ParsableCommand {
         let socket = address
         var lazy: LazySnapshots? = nil
         if !noLazy {
-            guard registry.timeout > 0 else { throw fail("--timeout takes a number of seconds above 0") }
-            var o = RegistryOptions()
-            o.insecure = registry.insecure
-            o.certDir = registry.certDir
-            o.readTimeout = registry.timeout
-            lazy = LazySnapshots(registry: o, mountOptions: try lazyOptions(lazyFetch, lazyReadahead),
+            lazy = LazySnapshots(registry: try registry.options(), mountOptions: try lazyOptions(lazyFetch, lazyReadahead),
                                  progress: { printError("strata: snapshotter: \($0)") })
         }
         let failure = Locked<String?>(nil)

@@ -65,25 +65,7 @@ struct StatsCommand: ParsableCommand {
 
     /// One connection to a daemon's statistics socket: it writes its JSON and closes.
     func ask(_ path: String, what: String) throws -> Data {
-        let socket: UniqueFD
-        do throws(Errno) { socket = try Sys.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue)) } catch { throw fail("socket: \(error)") }
-        let fd = socket.raw
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(path.utf8)
-        withUnsafeMutableBytes(of: &addr.sun_path) { b in for (i, c) in bytes.prefix(b.count - 1).enumerated() { b[i] = c } }
-        let ok = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) == 0 }
-        }
-        if !ok { throw fail("\(what) (\(path): \(currentErrno()))") }
-        var data = Data()
-        var buf = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if n <= 0 { break }
-            data.append(contentsOf: buf[0..<n])
-        }
-        return data
+        do throws(Errno) { return try askDaemon(path) } catch { throw fail("\(what) (\(path): \(error))") }
     }
 
     func printSnapshotter(_ data: Data) throws {
@@ -150,6 +132,35 @@ struct SnapshotterReport: Decodable {
         partialTotalBytes = try c.decodeIfPresent(Int64.self, forKey: .partialTotalBytes) ?? 0
         lazy = try? c.decode(Lazy.self, forKey: .lazy)
     }
+}
+
+/// Reads what the daemon listening at `path` answers.
+func askDaemon(_ path: String) throws(Errno) -> Data {
+    let socket = try Sys.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue))
+    let fd = socket.raw
+    var addr = sockaddr_un()
+    addr.sun_family = sa_family_t(AF_UNIX)
+    let bytes = Array(path.utf8)
+    withUnsafeMutableBytes(of: &addr.sun_path) { b in for (i, c) in bytes.prefix(b.count - 1).enumerated() { b[i] = c } }
+    let ok = withUnsafePointer(to: &addr) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) == 0 }
+    }
+    if !ok { throw currentErrno() }
+    var data = Data()
+    var buf = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        if n <= 0 { break }
+        data.append(contentsOf: buf[0..<n])
+    }
+    return data
+}
+
+/// The statistics of the daemon serving `mountpoint`, if one answers.
+func runStats(_ mountpoint: String) -> StatsReport? {
+    var st = stat()
+    guard stat(mountpoint, &st) == 0, let data = try? askDaemon(Statistics.socketPath(dev: UInt64(st.st_dev))) else { return nil }
+    return try? JSONDecoder().decode(StatsReport.self, from: data)
 }
 
 /// What a daemon answers `strata stats` with (FUSE's `Statistics.json`,

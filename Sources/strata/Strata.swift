@@ -11,7 +11,7 @@ struct Strata: ParsableCommand {
         commandName: "strata",
         abstract: "A union filesystem for Linux and a Docker-style layer store.",
         version: "strata version \(version)",
-        subcommands: [MountCommand.self, UmountCommand.self, ImageCommand.self, CreateCommand.self, ListCommand.self, RemoveCommand.self, DiffCommand.self, CommitCommand.self, InspectCommand.self, ExportCommand.self, DfCommand.self, CheckCommand.self, SystemCommand.self, StatsCommand.self, RunCommand.self, PullCommand.self, PushCommand.self, LoopbackCommand.self, SnapshotterCommand.self]
+        subcommands: [MountCommand.self, UmountCommand.self, ImageCommand.self, CreateCommand.self, ListCommand.self, RemoveCommand.self, DiffCommand.self, CommitCommand.self, InspectCommand.self, ExportCommand.self, DfCommand.self, CheckCommand.self, SystemCommand.self, StatsCommand.self, RunCommand.self, PullCommand.self, PushCommand.self, LoopbackCommand.self, SnapshotterCommand.self, LayerStoreCommand.self]
     )
 
     /// podman's global options, before the subcommand: parsed here, read
