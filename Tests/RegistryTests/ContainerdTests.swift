@@ -226,32 +226,6 @@ struct ContainerdTests {
         #expect(run.stdout.contains("fuse.strata"), "the root is Strata's union: \(run.stdout)")
     }
 
-    /// A small Debian tree (this machine's own packages, `Tests/cri/debian_image.py`),
-    /// loaded into a store and pushed with `compression`. Returns the
-    /// uncompressed size of its layers.
-    static func pushDebianTree(_ reg: LocalRegistry, _ t: TempDir, compression: String, as image: String) throws -> Int {
-        let dir = ((#filePath as NSString).deletingLastPathComponent as NSString).deletingLastPathComponent + "/cri"
-        let made = runProgram("/usr/bin/python3", ["\(dir)/debian_image.py", "\(t.path)/debian.tar", "localhost/debian:mini"])
-        try #require(made.status == 0, "\(made.stderr)")
-        if compression.hasPrefix("podman:") {
-            // Made by another tool: podman's own zstd:chunked (containers/storage's writer).
-            let podman = try #require(Spawn.which("podman"), "podman missing: apt-get install podman")
-            let p = ["--root", "\(t.path)/podman/root", "--runroot", "\(t.path)/podman/run", "--storage-driver", "vfs"]
-            let load = runProgram(podman, p + ["load", "-i", "\(t.path)/debian.tar"])
-            try #require(load.status == 0, "\(load.stderr)")
-            let push = runProgram(podman, p + ["push", "--tls-verify=false", "--compression-format", String(compression.dropFirst(7)),
-                                               "localhost/debian:mini", "docker://\(image)"])
-            try #require(push.status == 0, "\(push.stderr)")
-        } else {
-            let strata = MountEnvironment.binary
-            let load = runProgram(strata, ["image", "load", "--root", "\(t.path)/store", "-i", "\(t.path)/debian.tar"])
-            try #require(load.status == 0, "\(load.stderr)")
-            let push = runProgram(strata, ["push", "--root", "\(t.path)/store", "--compression", compression, "localhost/debian:mini", image])
-            try #require(push.status == 0, "\(push.stderr)")
-        }
-        return Int(made.stdout.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
-    }
-
     /// The snapshotter's statistics (`strata stats SOCKET --json`).
     func stats(_ c: Containerd) throws -> [String: Any] {
         let r = runProgram(MountEnvironment.binary, ["stats", c.snapshotterSocket, "--json"])
@@ -274,7 +248,7 @@ struct ContainerdTests {
         defer { reg.stop() }
         let t = TempDir()
         let image = "\(reg.host)/lazy/debian:\(compression.replacingOccurrences(of: ":", with: "-"))"
-        let size = try Self.pushDebianTree(reg, t, compression: compression, as: image)
+        let size = try DebianTree.push(reg, t, compression: compression, as: image)
         let pushed = reg.bytesServed()
         let c = try Containerd(criRegistry: reg.host, snapshotterOptions: ["--lazy-fetch", "on-read"])
         defer { c.stop() }
