@@ -194,7 +194,10 @@ public enum EstargzWriter {
 
         // The TOC: its own member, then the end-of-archive blocks, the footer.
         let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
+        // Slashes as they are: containers/storage 4.3's TOC reader takes
+        // Foundation's "\/" escape for a backslash and a separator, and
+        // podman's partial pull then made `usr\` and `bin -> usr\/bin`.
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         let json: Data
         do { json = try encoder.encode(toc) } catch { throw ArchiveError(output, "encoding the TOC: \(error)") }
         if zstd {
