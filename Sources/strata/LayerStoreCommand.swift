@@ -69,6 +69,13 @@ struct LayerStoreCommand: ParsableCommand {
         if let uses = r?.filesystem["uses (containers/storage)"], uses > 0 {
             throw fail("\(mountpoint): podman still uses \(uses) layer\(uses == 1 ? "" : "s") of this store; remove its containers and images of them first")
         }
+        if geteuid() != 0 {
+            // A user's mount (fusermount3's): only the helper may undo it.
+            do throws(SysError) { try Mounter.unmount(mountpoint, method: .fusermount, lazy: false) } catch {
+                throw fail("\(mountpoint): busy (a container's root is mounted over its layers), or not this user's mount")
+            }
+            return
+        }
         if umount2(mountpoint, 0) != 0 {
             let e = currentErrno()
             throw fail("\(mountpoint): \(e == .resourceBusy ? "busy (a container's root is mounted over its layers)" : "\(e)")")
