@@ -71,7 +71,7 @@ struct EnginePodman {
     let graphroot: String
     var env: [String: String] { ["CONTAINERS_STORAGE_CONF": conf] }
 
-    init(_ t: TempDir, name: String, layerStore: String?, mountProgram: String? = nil) throws {
+    init(_ t: TempDir, name: String, layerStore: String?, mountProgram: String? = nil, partialPulls: Bool = false) throws {
         graphroot = "\(t.path)/\(name)/root"
         conf = "\(t.path)/\(name).conf"
         var text = """
@@ -83,6 +83,7 @@ struct EnginePodman {
 
         """
         if let layerStore { text += "additionallayerstores = [\"\(layerStore):ref\"]\n" }
+        if partialPulls { text += "pull_options = {enable_partial_images = \"true\", use_hard_links = \"false\", ostree_repos = \"\"}\n" }
         if let mountProgram { text += "[storage.options.overlay]\nmount_program = \"\(mountProgram)\"\n" }
         try text.write(toFile: conf, atomically: true, encoding: .utf8)
     }
@@ -110,11 +111,11 @@ struct EnginePodman {
 @Suite(.enabled(if: MountEnvironment.available), .serialized)
 struct LayerStoreTests {
     /// The tree of `image` as podman mounts it (`podman image mount`).
-    static func tree(_ p: EnginePodman, _ image: String) throws -> [String: EntryState] {
+    static func tree(_ p: EnginePodman, _ image: String, times: Bool = true) throws -> [String: EntryState] {
         let m = p.podman(["image", "mount", image])
         try #require(m.status == 0, "podman image mount: \(m.stderr)")
         defer { _ = p.podman(["image", "unmount", image]) }
-        return TreeSnapshot.take(m.stdout.trimmingCharacters(in: .whitespacesAndNewlines), times: true)
+        return TreeSnapshot.take(m.stdout.trimmingCharacters(in: .whitespacesAndNewlines), times: times)
     }
 
     /// podman pulls an image of tables of contents through the layer
@@ -201,6 +202,72 @@ struct LayerStoreTests {
         }
     }
 
+    /// podman's own partial pull (containers/storage reads the TOC and
+    /// fetches the files) of Strata's zstd:chunked layers gives the tree a
+    /// plain pull gives. It did not while the TOC's slashes were escaped
+    /// ("usr\/bin"): podman 4.3 made `usr\` and `bin -> usr\/bin`.
+    @Test func podmansPartialPullOfStrataZstdChunkedGivesThePlainTree() throws {
+        let reg = try LocalRegistry()
+        defer { reg.stop() }
+        let t = TempDir()
+        let image = "\(reg.host)/partial/debian:zstd"
+        _ = try DebianTree.push(reg, t, compression: "zstd:chunked", as: image)
+        let partial = try EnginePodman(t, name: "partial", layerStore: nil, partialPulls: true)
+        defer { partial.cleanup() }
+        let plain = try EnginePodman(t, name: "plain", layerStore: nil)
+        defer { plain.cleanup() }
+        for p in [partial, plain] {
+            let pull = p.podman(["pull", "-q", "--tls-verify=false", image])
+            try #require(pull.status == 0, "\(pull.stderr)")
+        }
+        let run = partial.podman(["run", "--rm"] + EnginePodman.runOptions + [image, "cat", "/etc/debian_version"])
+        #expect(run.status == 0, "\(run.stderr)")
+        // Times and directories' groups aside: podman 4.3's partial pull
+        // gives every file the time of the pull and every directory group
+        // 0, for its own zstd:chunked images as well (var/local, root:staff
+        // in Debian, comes out root:root).
+        func comparable(_ t: [String: EntryState]) -> [String: EntryState] {
+            t.mapValues { e in
+                var e = e
+                if e.type == Linux.S_IFDIR { e.gid = 0 }
+                return e
+            }
+        }
+        let differences = TreeSnapshot.diff(comparable(try Self.tree(plain, image, times: false)), comparable(try Self.tree(partial, image, times: false)),
+                                            labels: ("plain pull", "partial pull"))
+        #expect(differences.isEmpty, "\(differences.prefix(20))")
+    }
+
+    /// A layer without a table of contents is not in the store: podman
+    /// downloads it itself, and the store holds nothing of it. What the
+    /// store did hold is sound by `strata check` and survives `prune`.
+    @Test func layersWithoutATOCAreLeftToPodman() throws {
+        let reg = try LocalRegistry(accessLog: true)
+        defer { reg.stop() }
+        let t = TempDir()
+        let plain = "\(reg.host)/lazy/debian:plain", lazy = "\(reg.host)/lazy/debian:estargz"
+        let size = try DebianTree.push(reg, t, compression: "none", as: plain)
+        let push = runProgram(MountEnvironment.binary, ["push", "--root", "\(t.path)/store", "--compression", "estargz", "localhost/debian:mini", lazy])
+        try #require(push.status == 0, "\(push.stderr)")
+        let store = try LayerStoreDaemon(t, options: ["--lazy-fetch", "on-read"])
+        defer { store.stop() }
+        let p = try EnginePodman(t, name: "lazy", layerStore: store.mountpoint)
+        defer { p.cleanup() }
+        let before = reg.bytesServed()
+        try #require(p.podman(["pull", "-q", "--tls-verify=false", plain]).status == 0, "\(store.text())")
+        #expect(reg.bytesServed() - before > Int64(size), "podman downloaded the plain layers itself")
+        #expect(store.text().contains("has no table of contents"), "\(store.text())")
+        let run = p.podman(["run", "--rm"] + EnginePodman.runOptions + [plain, "cat", "/etc/debian_version"])
+        #expect(run.status == 0, "\(run.stderr)")
+        // The lazy image beside it: in Strata's store, sound, kept by prune.
+        try #require(p.podman(["pull", "-q", "--tls-verify=false", lazy]).status == 0, "\(store.text())")
+        let check = runProgram(MountEnvironment.binary, ["check", "--root", store.root])
+        #expect(check.status == 0, "\(check.stdout) \(check.stderr)")
+        #expect(runProgram(MountEnvironment.binary, ["system", "prune", "--all", "--root", store.root]).status == 0)
+        let again = p.podman(["run", "--rm"] + EnginePodman.runOptions + [lazy, "cat", "/etc/debian_version"])
+        #expect(again.status == 0, "after prune: \(again.stderr) \(store.text())")
+    }
+
     /// podman with Strata's union as its mount_program over the layer
     /// store's layers: the container's root is Strata's, its lower layers
     /// the store's, files fetched as read; a write and a delete work.
@@ -222,6 +289,55 @@ struct LayerStoreTests {
         #expect(run.status == 0, "\(run.stderr) \(store.text())")
         #expect(run.stdout.hasPrefix("data\n") && run.stdout.contains("No such file") && run.stdout.contains("root:x:0:"), "\(run.stdout)")
         #expect(run.stdout.contains("fuse"), "the root is Strata's union: \(run.stdout)")
+    }
+
+    /// Rootless: a user mounts the layer store (fusermount3) and that
+    /// user's podman pulls and runs through it. The user is nobody, with
+    /// podman's single-id mapping (no subuid ranges here); /dev/fuse gets
+    /// Debian udev's mode 0666 in a private mount namespace only.
+    @Test func aUsersPodmanThroughTheUsersLayerStore() throws {
+        guard let unshare = Spawn.which("unshare"), Spawn.which("setpriv") != nil, Spawn.which("fusermount3") != nil else {
+            Issue.record("util-linux (unshare, setpriv) or fuse3 missing"); return
+        }
+        let reg = try LocalRegistry(accessLog: true)
+        defer { reg.stop() }
+        let t = TempDir()
+        let image = "\(reg.host)/lazy/debian:rootless"
+        let size = try DebianTree.push(reg, t, compression: "estargz", as: image)
+        chmod(t.path, 0o711)
+        let rl = t.sub("rl")
+        for d in ["home", "run", "layers"] { mkdir("\(rl)/\(d)", 0o700) }
+        try """
+        [storage]
+        driver = "overlay"
+        graphroot = "\(rl)/graph"
+        runroot = "\(rl)/run/containers"
+        [storage.options]
+        additionallayerstores = ["\(rl)/layers:ref"]
+
+        """.write(toFile: "\(rl)/storage.conf", atomically: true, encoding: .utf8)
+        for p in [rl, "\(rl)/home", "\(rl)/run", "\(rl)/layers", "\(rl)/storage.conf"] { chown(p, 65534, 65534) }
+        let user = "setpriv --reuid=65534 --regid=65534 --clear-groups -- env HOME=\(rl)/home XDG_RUNTIME_DIR=\(rl)/run CONTAINERS_STORAGE_CONF=\(rl)/storage.conf"
+        let strata = MountEnvironment.binary
+        let before = reg.bytesServed()
+        let script = """
+        mknod \(t.path)/fuse c 10 229 && chmod 666 \(t.path)/fuse && mount --bind \(t.path)/fuse /dev/fuse || exit 9
+        \(user) \(strata) layer-store --root \(rl)/strata --lazy-fetch on-read \(rl)/layers || exit 10
+        grep " \(rl)/layers " /proc/self/mounts | grep -q user_id=65534 || exit 11
+        \(user) podman pull -q --tls-verify=false \(image) > /dev/null || exit 12
+        out=$(\(user) podman run --rm --net none \(image) cat /etc/debian_version) || exit 13
+        [ "$out" = "$(cat /etc/debian_version)" ] || exit 14
+        \(user) podman rmi -a -f > /dev/null || exit 15
+        \(user) \(strata) layer-store --unmount \(rl)/layers || exit 16
+        ! grep -q " \(rl)/layers " /proc/self/mounts || exit 17
+        """
+        let r = runProgram(unshare, ["-m", "--propagation", "private", "/bin/sh", "-c", script])
+        // podman's rootless pause process keeps the user's namespace; it is ours to end.
+        if let pid = (try? String(contentsOfFile: "\(rl)/run/libpod/tmp/pause.pid", encoding: .utf8)).flatMap({ Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }), pid > 1 {
+            kill(pid, SIGKILL)
+        }
+        #expect(r.status == 0, "step failed (exit \(r.status)): \(r.stderr.suffix(2000))")
+        #expect(reg.bytesServed() - before < Int64(size / 4), "the user's pull fetched the TOCs and what was read, not the layers")
     }
 
     /// Faults: the registry away during a read (EIO for that file, the
