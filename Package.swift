@@ -90,6 +90,10 @@ let package = Package(
             .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
             .product(name: "SwiftProtobuf", package: "swift-protobuf"),
         ]),
+        .target(name: "Pool", dependencies: [
+            "Sys",
+            .product(name: "SystemPackage", package: "swift-system"),
+        ]),
         .target(name: "LayerStore", dependencies: [
             "FUSE", "Overlay", "OverlayFS", "Store", "Registry", "Sys",
             .product(name: "SystemPackage", package: "swift-system"),
@@ -119,6 +123,7 @@ let package = Package(
         .testTarget(name: "ArchiveTests", dependencies: ["Archive", "Sys", "CStrata", "TestSupport"]),
         .testTarget(name: "OverlayTests", dependencies: ["Overlay", "OverlayFS", "FUSE", "Sys", "Tables", "CStrata", "TestSupport", .product(name: "SystemPackage", package: "swift-system")]),
         .testTarget(name: "LoopbackTests", dependencies: ["Sys", "CStrata", "TestSupport"]),
+        .testTarget(name: "PoolTests", dependencies: ["Pool", "Sys", .product(name: "SystemPackage", package: "swift-system")]),
         .testTarget(name: "TablesTests", dependencies: ["Tables", .product(name: "SystemPackage", package: "swift-system")]),
     ],
     swiftLanguageModes: [.v6]
