@@ -91,7 +91,7 @@ let package = Package(
             .product(name: "SwiftProtobuf", package: "swift-protobuf"),
         ]),
         .target(name: "Pool", dependencies: [
-            "Sys",
+            "FUSE", "Sys", "Tables",
             .product(name: "SystemPackage", package: "swift-system"),
         ]),
         .target(name: "LayerStore", dependencies: [
@@ -99,7 +99,7 @@ let package = Package(
             .product(name: "SystemPackage", package: "swift-system"),
         ]),
         .executableTarget(name: "strata", dependencies: [
-            "FUSE", "Loopback", "Overlay", "OverlayFS", "Store", "Registry", "Sys", "SnapshotService", "LayerStore",
+            "FUSE", "Loopback", "Overlay", "OverlayFS", "Store", "Registry", "Sys", "SnapshotService", "LayerStore", "Pool",
             .product(name: "SystemPackage", package: "swift-system"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
@@ -123,7 +123,7 @@ let package = Package(
         .testTarget(name: "ArchiveTests", dependencies: ["Archive", "Sys", "CStrata", "TestSupport"]),
         .testTarget(name: "OverlayTests", dependencies: ["Overlay", "OverlayFS", "FUSE", "Sys", "Tables", "CStrata", "TestSupport", .product(name: "SystemPackage", package: "swift-system")]),
         .testTarget(name: "LoopbackTests", dependencies: ["Sys", "CStrata", "TestSupport"]),
-        .testTarget(name: "PoolTests", dependencies: ["Pool", "Sys", .product(name: "SystemPackage", package: "swift-system")]),
+        .testTarget(name: "PoolTests", dependencies: ["Pool", "Sys", "TestSupport", .product(name: "SystemPackage", package: "swift-system")]),
         .testTarget(name: "TablesTests", dependencies: ["Tables", .product(name: "SystemPackage", package: "swift-system")]),
     ],
     swiftLanguageModes: [.v6]

@@ -135,7 +135,9 @@ extension Policy {
         case .lus, .eplus:
             return best { $0.used < $1.used }
         case .newest:
-            return best { $0.mtime > $1.mtime }
+            // As mergerfs 2.33 compares: whole seconds, and a later branch
+            // of the same second wins (it keeps scanning on equal times).
+            return best { $0.mtime / 1_000_000_000 >= $1.mtime / 1_000_000_000 }
         case .rand, .eprand:
             return [eligible[random(eligible.count)]]
         case .pfrd, .eppfrd:

@@ -11,7 +11,7 @@ struct Strata: ParsableCommand {
         commandName: "strata",
         abstract: "A union filesystem for Linux and a Docker-style layer store.",
         version: "strata version \(version)",
-        subcommands: [MountCommand.self, UmountCommand.self, ImageCommand.self, CreateCommand.self, ListCommand.self, RemoveCommand.self, DiffCommand.self, CommitCommand.self, InspectCommand.self, ExportCommand.self, DfCommand.self, CheckCommand.self, SystemCommand.self, StatsCommand.self, RunCommand.self, PullCommand.self, PushCommand.self, LoopbackCommand.self, SnapshotterCommand.self, LayerStoreCommand.self]
+        subcommands: [MountCommand.self, UmountCommand.self, ImageCommand.self, CreateCommand.self, ListCommand.self, RemoveCommand.self, DiffCommand.self, CommitCommand.self, InspectCommand.self, ExportCommand.self, DfCommand.self, CheckCommand.self, SystemCommand.self, StatsCommand.self, RunCommand.self, PullCommand.self, PushCommand.self, LoopbackCommand.self, SnapshotterCommand.self, LayerStoreCommand.self, PoolCommand.self]
     )
 
     /// podman's global options, before the subcommand: parsed here, read
@@ -49,7 +49,11 @@ enum Entry {
         let invoked = (CommandLine.arguments.first ?? "").split(separator: "/").last.map(String.init) ?? ""
         // The subcommands' names, from the one list above (and "help").
         let subcommands = Strata.configuration.subcommands.compactMap { $0.configuration.commandName } + ["help"]
-        if invoked == "strata-overlay" || invoked == "mount.fuse.strata" {
+        if invoked == "strata-pool" {
+            // mergerfs's command line and fstab form (mount.fuse3 runs
+            // PROGRAM BRANCHES MOUNTPOINT -o OPTIONS for fuse.strata-pool).
+            if args != ["--version"] { args = ["pool"] + args }
+        } else if invoked == "strata-overlay" || invoked == "mount.fuse.strata" {
             if args != ["--version"] && args != ["--help"] && args != ["-h"] { args = ["mount"] + args }
         } else if let first = args.first, first == "-o" || first == "-f" {
             // fuse-overlayfs's command line on the main binary: `strata -o OPTS MNT`.

@@ -73,7 +73,11 @@ struct PolicyTests {
     }
 
     @Test func newestRandomAndProportionalDraws() throws {
-        let b = branches(exists: [true, true, true])
+        var b = branches(exists: [true, true, true])
+        // newest compares whole seconds, as mergerfs 2.33 does, and a later
+        // branch of the same second wins (its scan continues on equal times).
+        #expect(try Policy.newest.select(.getattr, b) == [2])
+        b[1].mtime = 5_000_000_000
         #expect(try Policy.newest.select(.getattr, b) == [1])
         #expect(try Policy.rand.select(.create, b, random: { _ in 2 }) == [2])
         #expect(try Policy.eprand.select(.unlink, branches(exists: [true, false, true]), random: { _ in 1 }) == [2])
@@ -89,7 +93,7 @@ struct PoolOptionTests {
     }
 
     @Test func mergerfsDefaultsCategoriesAndFunctions() throws {
-        let d = TempDir()
+        let d = BranchDirs()
         let o = try parse("category.create=mfs,func.mkdir=epall,minfreespace=100M,moveonenospc=true,cache.files=partial,dropcacheonclose=true,inodecalc=path-hash,fsname=pool,allow_other,use_ino",
                           "\(d.a)=RW:\(d.b)=NC,1G:\(d.c)=RO")
         #expect(o.policies[.create] == .mfs && o.policies[.symlink] == .mfs && o.policies[.mkdir] == .epall)
@@ -103,13 +107,13 @@ struct PoolOptionTests {
     }
 
     @Test func globsExpandToEveryMatchingDirectoryInOrder() throws {
-        let d = TempDir()
+        let d = BranchDirs()
         let o = try parse("defaults", "\(d.path)/disk*=RW")
         #expect(o.branches.map(\.path) == [d.a, d.b, d.c])
     }
 
     @Test func whatStrataDoesNotSupportIsRefusedByName() {
-        let d = TempDir()
+        let d = BranchDirs()
         #expect(throws: UsageError.self) { try self.parse("symlinkify=true", d.a) }
         #expect((try? parse("symlinkify=true", d.a)) == nil)
         do { _ = try parse("category.create=mspmfs", d.a); Issue.record("accepted") } catch {
@@ -123,7 +127,7 @@ struct PoolOptionTests {
 }
 
 /// Three branch directories, disk1..3, removed afterwards.
-final class TempDir {
+final class BranchDirs {
     let path: String
     init() {
         var template = Array("/tmp/strata-pool.XXXXXX".utf8CString)

@@ -1,0 +1,165 @@
+import FUSE
+import Synchronization
+import Sys
+import SystemPackage
+import Tables
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Several writable branches merged as mergerfs merges them: every file
+/// lives whole on one branch (or several), a policy per function picks the
+/// branch to create on, to act on or to find in, and nothing is copied up
+/// or whited out. Served through Strata's FUSE layer with the node and
+/// handle tables the union and the loopback use.
+public final class PoolFS: FDBackedFileSystem, @unchecked Sendable {
+    let options: PoolOptions
+    let branches: [Branch]
+    let nodes: NodeTable<PoolNode>
+    public let files = HandleTable<PoolFile>(tag: 4)
+    let listings = HandleTable<Listing>(tag: 5)
+    let attrTimeout = CacheTimeout(1)
+    private let passthroughOn = Atomic<Bool>(false)
+    var passthrough: Bool { passthroughOn.load(ordering: .relaxed) }
+
+    public init(_ options: PoolOptions) throws(Errno) {
+        self.options = options
+        branches = try options.branches.map { (s) throws(Errno) in try Branch(s) }
+        nodes = NodeTable(root: PoolNode(id: 1, path: ""))
+    }
+
+    public func initialize(_ connection: inout Connection) {
+        passthroughOn.store(connection.passthrough, ordering: .relaxed)
+    }
+
+    public func statistics() -> [(String, Int)] {
+        var n = 0
+        nodes.forEach { _ in n += 1 }
+        return [("branches", branches.count), ("nodes", n)]
+    }
+
+    @inline(__always)
+    func node(_ id: NodeID) throws(Errno) -> PoolNode {
+        guard let n = nodes.get(id) else { throw .staleNFSFileHandle }
+        return n
+    }
+
+    // MARK: policies
+
+    /// The state of every branch for `path` (its existence, mtime, space).
+    func states(_ path: String) -> [BranchState] {
+        branches.map { b in
+            let st = b.lstat(path)
+            let space = b.space()
+            return BranchState(mode: b.spec.mode, readOnlyMount: space?.readOnly ?? false, available: space?.available ?? 0,
+                               used: space?.used ?? 0, minFreeSpace: b.spec.minFreeSpace ?? options.minFreeSpace,
+                               exists: st != nil, mtime: st.map { Int64($0.st_mtim.tv_sec) * 1_000_000_000 + Int64($0.st_mtim.tv_nsec) } ?? 0)
+        }
+    }
+
+    /// The branches `function`'s policy picks for `path`.
+    func pick(_ function: PoolFunction, _ path: String) throws(Errno) -> [Branch] {
+        let policy = options.policies[function] ?? function.category.defaultPolicy
+        // ff, the default search, needs no space figures: the first branch that has the path.
+        if policy == .ff && function.category == .search {
+            for b in branches where b.lstat(path) != nil { return [b] }
+            throw .noSuchFileOrDirectory
+        }
+        return try policy.select(function, states(path)).map { branches[$0] }
+    }
+
+    /// Runs `body` on each branch; succeeds if one did, else throws the
+    /// last error (mergerfs reports an action that worked anywhere).
+    func onEach(_ bs: [Branch], _ body: (Branch) throws(Errno) -> Void) throws(Errno) {
+        var last: Errno? = nil, done = false
+        for b in bs {
+            do throws(Errno) { try body(b); done = true } catch { last = error }
+        }
+        if !done, let last { throw last }
+    }
+
+    // MARK: attributes
+
+    func attr(_ st: stat, path: String, branch: Branch) -> Attr {
+        var a = Attr(st)
+        a.ino = InodeNumbers.number(options.inodeCalc, path: path, dev: branch.dev, ino: UInt64(st.st_ino),
+                                    isDirectory: st.st_mode & Linux.S_IFMT == Linux.S_IFDIR)
+        return a
+    }
+
+    /// The attributes of `path` on the branch the getattr policy finds.
+    func found(_ path: String) throws(Errno) -> (Attr, Branch) {
+        for b in try pick(.getattr, path) {
+            if let st = b.lstat(path) { return (attr(st, path: path, branch: b), b) }
+        }
+        throw .noSuchFileOrDirectory
+    }
+
+    func entry(_ path: String, _ a: Attr) -> Entry {
+        let n = nodes.reference(PathKey(path: path)) { PoolNode(id: $0, path: path) }
+        return Entry(node: n.id, attr: a, entryTimeout: attrTimeout, attrTimeout: attrTimeout)
+    }
+
+    public func lookup(_ r: Request, parent: NodeID, name: Name) throws(Errno) -> Entry {
+        let path = RelPath.child(try node(parent).current, name.string)
+        do throws(Errno) {
+            let (a, _) = try found(path)
+            return entry(path, a)
+        } catch .noSuchFileOrDirectory {
+            return .negative(.zero)
+        }
+    }
+
+    public func forget(_ node: NodeID, count: UInt64) { nodes.forget(node, count: count) }
+
+    public func getattr(_ r: Request, node: NodeID, handle: UInt64?) throws(Errno) -> (Attr, CacheTimeout) {
+        if let handle, let f = try? files.get(handle) {
+            return (attr(try Sys.fstat(f.fd), path: try self.node(node).current, branch: f.branch), attrTimeout)
+        }
+        return (try found(try self.node(node).current).0, attrTimeout)
+    }
+
+    public func readlink(_ r: Request, node: NodeID, buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
+        let path = try self.node(node).current
+        for b in try pick(.readlink, path) {
+            guard let base = buffer.baseAddress?.assumingMemoryBound(to: CChar.self) else { throw .invalidArgument }
+            return try check(path.withCString { readlinkat(b.fd, $0, base, buffer.count) })
+        }
+        throw .noSuchFileOrDirectory
+    }
+
+    public func access(_ r: Request, node: NodeID, mask: Int32) throws(Errno) {
+        let path = try self.node(node).current
+        for b in try pick(.access, path) {
+            _ = try check(RelPath.at(path).withCString { faccessat(b.fd, $0, mask, 0x200 /* AT_EACCESS */) })
+            return
+        }
+    }
+
+    /// Each underlying filesystem once (mergerfs's `statfs=base`), in the
+    /// smallest fragment size of them.
+    public func statfs(_ r: Request, node: NodeID) throws(Errno) -> StatFS {
+        var seen = Set<UInt64>()
+        var out = StatFS()
+        var unit: UInt64 = 0
+        var figures: [statvfs] = []
+        for b in branches where seen.insert(b.dev).inserted {
+            guard let s = b.space()?.stat else { continue }
+            figures.append(s)
+            unit = unit == 0 ? UInt64(s.f_frsize) : min(unit, UInt64(s.f_frsize))
+        }
+        guard unit > 0 else { throw .ioError }
+        for s in figures {
+            let k = UInt64(s.f_frsize) / unit
+            out.blocks += UInt64(s.f_blocks) * k
+            out.bfree += UInt64(s.f_bfree) * k
+            out.bavail += UInt64(s.f_bavail) * k
+            out.files += UInt64(s.f_files)
+            out.ffree += UInt64(s.f_ffree)
+            out.namelen = min(out.namelen, UInt32(s.f_namemax))
+        }
+        out.bsize = UInt32(unit)
+        out.frsize = UInt32(unit)
+        return out
+    }
+}

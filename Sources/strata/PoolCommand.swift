@@ -1,0 +1,54 @@
+import ArgumentParser
+import FUSE
+import Pool
+import Sys
+import SystemPackage
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `strata pool`: several writable branches merged as mergerfs merges them.
+struct PoolCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "pool",
+        abstract: "Pool directories (disks) into one tree, with mergerfs's command line and policies.",
+        discussion: """
+        strata pool -o OPTIONS BRANCHES MOUNTPOINT
+        BRANCHES: /mnt/disk1:/mnt/disk2=RW:/mnt/ro=RO:/mnt/nc=NC (globs expand: /mnt/disk*)
+
+        mergerfs's options: category.create|action|search=POLICY, func.NAME=POLICY, \
+        minfreespace=SIZE (default 4G), cache.files=libfuse|off|partial|full|auto-full, \
+        dropcacheonclose=BOOL, inodecalc=passthrough|path-hash|devino-hash|hybrid-hash(32), \
+        fsname=NAME, allow_other, default_permissions (defaults, use_ino and libfuse's \
+        tuning options are accepted). Policies: ff epff mfs epmfs lfs eplfs lus eplus rand \
+        eprand pfrd eppfrd all epall newest erofs. Defaults: create epmfs, action epall, \
+        search ff. Files answer user.mergerfs.basepath, relpath, fullpath and allpaths. \
+        An option strata pool does not support yet (moveonenospc, the .mergerfs control file's \
+        runtime changes, symlinkify, msp* policies, ...) is refused by name. Installed as \
+        strata-pool, an fstab line of type fuse.strata-pool takes mergerfs's line as it is.
+        """
+    )
+    @Option(name: .short, help: "Options, comma-separated (mergerfs's).") var o: [String] = []
+    @Flag(name: .short, help: "Stay in the foreground.") var f = false
+    @Argument(help: "The branches, ':'-separated, each PATH[=RW|RO|NC].") var branches: String
+    @Argument(help: "Where to mount the pool.") var mountpoint: String
+
+    func run() throws {
+        var options: PoolOptions
+        do throws(UsageError) { options = try PoolOptions.parse(options: o, branches: branches) } catch { throw fail("\(error)", code: 64) }
+        if options.moveOnENOSPC != nil { throw fail("moveonenospc is not supported by strata pool yet; leave it out (writes that fill a branch fail with ENOSPC)", code: 64) }
+        var mount = MountConfig(mountpoint: mountpoint, fsname: options.fsname ?? options.branches.map(\.path).joined(separator: ":"))
+        mount.subtype = "strata-pool"
+        mount.allowOther = options.allowOther
+        mount.defaultPermissions = options.defaultPermissions
+        mount.readOnly = options.readOnly
+        let pool = options
+        do throws(SysError) {
+            try Server.start(mount: mount, options: SessionOptions(), foreground: f) { () throws(SysError) in
+                do throws(Errno) { return try PoolFS(pool) } catch { throw SysError(error, "open branch", "") }
+            }
+        } catch {
+            throw fail("\(error)")
+        }
+    }
+}
