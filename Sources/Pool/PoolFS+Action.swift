@@ -110,6 +110,7 @@ extension PoolFS {
     }
 
     public func getxattr(_ r: Request, node: NodeID, name: Name, buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> XattrReply {
+        if node == Self.controlID { return try controlGet(name.string, into: buffer) }
         let path = try self.node(node).current
         if let v = try mergerfsAttribute(name.string, path) {
             if buffer.count == 0 { return .size(v.count) }
@@ -133,6 +134,7 @@ extension PoolFS {
     }
 
     public func listxattr(_ r: Request, node: NodeID, buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> XattrReply {
+        if node == Self.controlID { return try controlList(into: buffer) }
         let path = try self.node(node).current
         for b in try pick(.listxattr, path) {
             let n = try withCString(Self.xattrPath(b, path)) { (p) throws(Errno) -> Int in
@@ -144,6 +146,11 @@ extension PoolFS {
     }
 
     public func setxattr(_ r: Request, node: NodeID, name: Name, value: UnsafeRawBufferPointer, flags: Int32) throws(Errno) {
+        if node == Self.controlID {
+            if r.uid != 0 { throw .permissionDenied }
+            try controlSet(name.string, String(decoding: value, as: UTF8.self))
+            return
+        }
         let path = try self.node(node).current
         if name.string.hasPrefix("user.mergerfs.") { throw .notSupported }
         try onEach(try pick(.setxattr, path)) { (b) throws(Errno) in

@@ -47,8 +47,9 @@ extension PoolFS {
     /// parent's path, as mergerfs's policies do.
     func createTargets(_ function: PoolFunction, _ path: String) throws(Errno) -> [Branch] {
         let parent = RelPath.parent(path)
-        let policy = options.policies[function] ?? function.category.defaultPolicy
-        let picked = try policy.select(function, states(parent)).map { branches[$0] }
+        let c = config
+        let policy = c.options.policies[function] ?? function.category.defaultPolicy
+        let picked = try policy.select(function, states(parent, c)).map { c.branches[$0] }
         for b in picked { try clonePath(parent, to: b) }
         return picked
     }

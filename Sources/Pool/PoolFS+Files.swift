@@ -22,6 +22,7 @@ extension PoolFS {
     }
 
     public func open(_ r: Request, node: NodeID, flags: Int32) throws(Errno) -> OpenReply {
+        if node == Self.controlID { throw .permissionDenied }
         let path = try self.node(node).current
         for b in try pick(.open, path) {
             let fd = try Sys.openat(b.fd, path, (flags & ~(O_CREAT | O_EXCL | O_NOCTTY)) | O_CLOEXEC | O_NOFOLLOW)

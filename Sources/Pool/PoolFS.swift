@@ -13,18 +13,28 @@ import Glibc
 /// or whited out. Served through Strata's FUSE layer with the node and
 /// handle tables the union and the loopback use.
 public final class PoolFS: FDBackedFileSystem, @unchecked Sendable {
-    let options: PoolOptions
-    let branches: [Branch]
+    /// Options and branches, replaced whole when the `.mergerfs` control
+    /// file changes them: a call takes one consistent copy (`config`), so a
+    /// branch added or removed meanwhile never shifts the indexes a policy
+    /// returned.
+    struct Config: Sendable {
+        var options: PoolOptions
+        var branches: [Branch]
+    }
+    let configuration: Mutex<Config>
+    var config: Config { configuration.withLock { $0 } }
+    var options: PoolOptions { config.options }
+    var branches: [Branch] { config.branches }
     let nodes: NodeTable<PoolNode>
     public let files = HandleTable<PoolFile>(tag: 4)
     let listings = HandleTable<Listing>(tag: 5)
     let attrTimeout = CacheTimeout(1)
+    let started = timespec(tv_sec: time(nil), tv_nsec: 0)
     private let passthroughOn = Atomic<Bool>(false)
     var passthrough: Bool { passthroughOn.load(ordering: .relaxed) }
 
     public init(_ options: PoolOptions) throws(Errno) {
-        self.options = options
-        branches = try options.branches.map { (s) throws(Errno) in try Branch(s) }
+        configuration = Mutex(Config(options: options, branches: try options.branches.map { (s) throws(Errno) in try Branch(s) }))
         nodes = NodeTable(root: PoolNode(id: 1, path: ""))
     }
 
@@ -47,8 +57,9 @@ public final class PoolFS: FDBackedFileSystem, @unchecked Sendable {
     // MARK: policies
 
     /// The state of every branch for `path` (its existence, mtime, space).
-    func states(_ path: String) -> [BranchState] {
-        branches.map { b in
+    func states(_ path: String, _ c: Config) -> [BranchState] {
+        let options = c.options
+        return c.branches.map { b in
             let st = b.lstat(path)
             let space = b.space()
             return BranchState(mode: b.spec.mode, readOnlyMount: space?.readOnly ?? false, available: space?.available ?? 0,
@@ -59,13 +70,14 @@ public final class PoolFS: FDBackedFileSystem, @unchecked Sendable {
 
     /// The branches `function`'s policy picks for `path`.
     func pick(_ function: PoolFunction, _ path: String) throws(Errno) -> [Branch] {
-        let policy = options.policies[function] ?? function.category.defaultPolicy
+        let c = config
+        let policy = c.options.policies[function] ?? function.category.defaultPolicy
         // ff, the default search, needs no space figures: the first branch that has the path.
         if policy == .ff && function.category == .search {
-            for b in branches where b.lstat(path) != nil { return [b] }
+            for b in c.branches where b.lstat(path) != nil { return [b] }
             throw .noSuchFileOrDirectory
         }
-        return try policy.select(function, states(path)).map { branches[$0] }
+        return try policy.select(function, states(path, c)).map { c.branches[$0] }
     }
 
     /// Runs `body` on each branch; succeeds if one did, else throws the
@@ -101,6 +113,7 @@ public final class PoolFS: FDBackedFileSystem, @unchecked Sendable {
     }
 
     public func lookup(_ r: Request, parent: NodeID, name: Name) throws(Errno) -> Entry {
+        if parent == 1 && name.string == Self.controlName { return controlEntry() }
         let path = RelPath.child(try node(parent).current, name.string)
         do throws(Errno) {
             let (a, _) = try found(path)
@@ -110,9 +123,12 @@ public final class PoolFS: FDBackedFileSystem, @unchecked Sendable {
         }
     }
 
-    public func forget(_ node: NodeID, count: UInt64) { nodes.forget(node, count: count) }
+    public func forget(_ node: NodeID, count: UInt64) {
+        if node != Self.controlID { nodes.forget(node, count: count) }
+    }
 
     public func getattr(_ r: Request, node: NodeID, handle: UInt64?) throws(Errno) -> (Attr, CacheTimeout) {
+        if node == Self.controlID { return (controlAttr(), attrTimeout) }
         if let handle, let f = try? files.get(handle) {
             return (attr(try Sys.fstat(f.fd), path: try self.node(node).current, branch: f.branch), attrTimeout)
         }

@@ -69,7 +69,7 @@ public struct PoolOptions: Sendable {
         return o
     }
 
-    mutating func apply(_ k: String, _ v: String?) throws(UsageError) {
+    public mutating func apply(_ k: String, _ v: String?) throws(UsageError) {
         func value() throws(UsageError) -> String {
             guard let v, !v.isEmpty else { throw UsageError("option '\(k)' needs a value") }
             return v

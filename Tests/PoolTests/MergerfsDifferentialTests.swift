@@ -140,6 +140,38 @@ extension MergerfsDifferentialTests {
     }
 }
 
+extension MergerfsDifferentialTests {
+    /// The `.mergerfs` control file: its xattrs read the options, and
+    /// change them and the branches while mounted.
+    @Test func controlFileChangesPoliciesAndBranchesWhileMounted() throws {
+        let t = TempDir()
+        let a = t.sub("a"), b = t.sub("b"), c = t.sub("c"), m = t.sub("m")
+        let r = runProgram(MountEnvironment.binary, ["pool", "-o", "category.create=ff,minfreespace=1M", "\(a):\(b)", m])
+        try #require(r.status == 0, "\(r.stderr)")
+        defer { umount2(m, Int32(MNT_DETACH)) }
+        let f = FileOps(m)
+        #expect(f.getxattr(".mergerfs", "user.mergerfs.branches") == "\(a)=RW:\(b)=RW")
+        #expect(f.getxattr(".mergerfs", "user.mergerfs.category.create") == "ff")
+        #expect(f.getxattr(".mergerfs", "user.mergerfs.func.getattr") == "ff")
+        #expect(f.stat(".mergerfs") != nil && !f.ls("").contains(".mergerfs"), "stat'able, not listed")
+        #expect(f.write("one", "1") == "ok" && FileOps(a).read("one") == "1")
+        // Drop the first branch, add a third: new files go to b, then c.
+        #expect(f.setxattr(".mergerfs", "user.mergerfs.branches", "-<") == "ok")
+        #expect(f.write("two", "2") == "ok" && FileOps(b).read("two") == "2")
+        #expect(f.setxattr(".mergerfs", "user.mergerfs.branches", "+<\(c)") == "ok")
+        #expect(f.getxattr(".mergerfs", "user.mergerfs.branches") == "\(c)=RW:\(b)=RW")
+        #expect(f.write("three", "3") == "ok" && FileOps(c).read("three") == "3")
+        // A policy changed at run time decides the next create.
+        #expect(f.setxattr(".mergerfs", "user.mergerfs.func.create", "lfs") == "ok")
+        #expect(f.getxattr(".mergerfs", "user.mergerfs.func.create") == "lfs")
+        // mergerfs's manual: EINVAL on an informational key (2.33 itself
+        // answers EROFS; the documentation is followed).
+        #expect(f.setxattr(".mergerfs", "user.mergerfs.version", "x") == "EINVAL")
+        #expect(f.setxattr(".mergerfs", "user.mergerfs.category.create", "nonsense") == "EINVAL")
+        #expect(f.getxattr("one", "user.mergerfs.basepath") == "ENOENT" || f.getxattr("two", "user.mergerfs.basepath") == b)
+    }
+}
+
 /// A small seeded generator: the same operations on both mounts.
 struct SplitMix: RandomNumberGenerator {
     var state: UInt64
