@@ -88,7 +88,6 @@ extension PoolFS {
         guard controlValues().contains(where: { $0.0 == key }) else { throw .noData }
         var o = options
         do throws(UsageError) { try o.apply(key, value) } catch { throw .invalidArgument }
-        if o.moveOnENOSPC != nil { throw .notSupported }
         configuration.withLock { $0.options = o }
     }
 

@@ -27,8 +27,8 @@ extension PoolFS {
         }
     }
 
-    func copyXattrs(_ path: String, from: Branch, to: Branch) {
-        let src = Self.xattrPath(from, path), dst = Self.xattrPath(to, path)
+    func copyXattrs(_ path: String, from: Branch, to: Branch, as target: String? = nil) {
+        let src = Self.xattrPath(from, path), dst = Self.xattrPath(to, target ?? path)
         var names = [UInt8](repeating: 0, count: 64 << 10)
         let n = names.withUnsafeMutableBytes { b in src.withCString { (try? PathXattr.list($0, into: b)) ?? 0 } }
         guard n > 0 else { return }
@@ -70,7 +70,7 @@ extension PoolFS {
         let fd = try Sys.openat(b.fd, path, flags | O_CREAT | O_CLOEXEC, mode_t(mode & ~umask & 0o7777))
         own(b, path, r)
         let e = try made(path, on: b)
-        return (e, reply(PoolFile(fd, branch: b), regular: true))
+        return (e, reply(PoolFile(fd, branch: b, flags: flags), regular: true))
     }
 
     public func mkdir(_ r: Request, parent: NodeID, name: Name, mode: UInt32, umask: UInt32) throws(Errno) -> Entry {

@@ -17,7 +17,10 @@ extension PoolFS {
         case .partial, .libfuse: break
         }
         o.noFlush = true
-        if regular && passthrough && options.cacheFiles != .off { o.backingFD = f.fd }
+        // moveonenospc needs to see a write's ENOSPC: writable files then
+        // go through the daemon.
+        let writable = f.flags & O_ACCMODE != O_RDONLY
+        if regular && passthrough && options.cacheFiles != .off && !(writable && options.moveOnENOSPC != nil) { o.backingFD = f.fd }
         return o
     }
 
@@ -27,7 +30,7 @@ extension PoolFS {
         for b in try pick(.open, path) {
             let fd = try Sys.openat(b.fd, path, (flags & ~(O_CREAT | O_EXCL | O_NOCTTY)) | O_CLOEXEC | O_NOFOLLOW)
             let regular = (try? Sys.fstat(fd.raw)).map { $0.st_mode & Linux.S_IFMT == Linux.S_IFREG } ?? false
-            return reply(PoolFile(fd, branch: b), regular: regular)
+            return reply(PoolFile(fd, branch: b, flags: flags), regular: regular)
         }
         throw .noSuchFileOrDirectory
     }

@@ -1,3 +1,4 @@
+import Synchronization
 import Sys
 import Tables
 #if canImport(Glibc)
@@ -5,15 +6,23 @@ import Glibc
 #endif
 
 /// An open file of the pool: a descriptor on the branch that holds it.
+/// Both change when `moveonenospc` moves the file to another branch.
 public final class PoolFile: DescriptorBacked, @unchecked Sendable {
-    public let fd: Int32
-    let branch: Branch
-    let owner: UniqueFD
+    private let state: Mutex<(owner: OwnedFD, branch: Branch)>
+    let flags: Int32
 
-    init(_ owner: consuming UniqueFD, branch: Branch) {
-        fd = owner.raw
-        self.branch = branch
-        self.owner = owner
+    init(_ owner: consuming UniqueFD, branch: Branch, flags: Int32 = O_RDONLY) {
+        state = Mutex((OwnedFD(owner), branch))
+        self.flags = flags
+    }
+
+    public var fd: Int32 { state.withLock { $0.owner.raw } }
+    var branch: Branch { state.withLock { $0.branch } }
+
+    /// The file now lives on `branch`, open as `owner`.
+    func moved(to branch: Branch, _ owner: consuming UniqueFD) {
+        let o = OwnedFD(owner)
+        state.withLock { $0 = (o, branch) }
     }
 }
 

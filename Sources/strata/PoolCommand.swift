@@ -19,12 +19,14 @@ struct PoolCommand: ParsableCommand {
         mergerfs's options: category.create|action|search=POLICY, func.NAME=POLICY, \
         minfreespace=SIZE (default 4G), cache.files=libfuse|off|partial|full|auto-full, \
         dropcacheonclose=BOOL, inodecalc=passthrough|path-hash|devino-hash|hybrid-hash(32), \
-        fsname=NAME, allow_other, default_permissions (defaults, use_ino and libfuse's \
+        moveonenospc=BOOL|POLICY, fsname=NAME, allow_other, default_permissions (defaults, use_ino and libfuse's \
         tuning options are accepted). Policies: ff epff mfs epmfs lfs eplfs lus eplus rand \
         eprand pfrd eppfrd all epall newest erofs. Defaults: create epmfs, action epall, \
         search ff. Files answer user.mergerfs.basepath, relpath, fullpath and allpaths. \
-        An option strata pool does not support yet (moveonenospc, the .mergerfs control file's \
-        runtime changes, symlinkify, msp* policies, ...) is refused by name. Installed as \
+        moveonenospc=true|POLICY moves a file whose write fills its branch and carries on. The \
+        .mergerfs control file's user.mergerfs.* xattrs read and change options and branches while \
+        mounted. An option strata pool does not support yet (symlinkify, msp* policies, ...) is \
+        refused by name. Installed as \
         strata-pool, an fstab line of type fuse.strata-pool takes mergerfs's line as it is.
         """
     )
@@ -36,7 +38,6 @@ struct PoolCommand: ParsableCommand {
     func run() throws {
         var options: PoolOptions
         do throws(UsageError) { options = try PoolOptions.parse(options: o, branches: branches) } catch { throw fail("\(error)", code: 64) }
-        if options.moveOnENOSPC != nil { throw fail("moveonenospc is not supported by strata pool yet; leave it out (writes that fill a branch fail with ENOSPC)", code: 64) }
         var mount = MountConfig(mountpoint: mountpoint, fsname: options.fsname ?? options.branches.map(\.path).joined(separator: ":"))
         mount.subtype = "strata-pool"
         mount.allowOther = options.allowOther

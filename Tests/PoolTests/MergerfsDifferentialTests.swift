@@ -131,7 +131,7 @@ extension MergerfsDifferentialTests {
         #expect(FileOps(m).write("new", "data") == "ok")
         #expect(FileOps(a).read("new") == "data", "ff creates on the first branch; b is NC")
         umount2(m, 0)
-        for (opts, says) in [("bogus=1", "bogus"), ("moveonenospc=true", "moveonenospc"), ("category.create=mspmfs", "mspmfs"),
+        for (opts, says) in [("bogus=1", "bogus"), ("symlinkify=true", "symlinkify"), ("category.create=mspmfs", "mspmfs"),
                              ("minfreespace=lots", "minfreespace")] {
             let bad = runProgram(MountEnvironment.binary, ["pool", "-o", opts, "\(a):\(b)", m])
             #expect(bad.status != 0 && bad.stderr.contains(says) && bad.stderr.split(separator: "\n").count == 1, "\(opts): \(bad.stderr)")
@@ -169,6 +169,47 @@ extension MergerfsDifferentialTests {
         #expect(f.setxattr(".mergerfs", "user.mergerfs.version", "x") == "EINVAL")
         #expect(f.setxattr(".mergerfs", "user.mergerfs.category.create", "nonsense") == "EINVAL")
         #expect(f.getxattr("one", "user.mergerfs.basepath") == "ENOENT" || f.getxattr("two", "user.mergerfs.basepath") == b)
+    }
+}
+
+extension MergerfsDifferentialTests {
+    /// moveonenospc: a write that fills the small branch moves the file to
+    /// the branch with room and goes on; the writer sees no error. Both
+    /// mounts end with the same branches.
+    @Test func moveOnENOSPCMovesAFullFileAsMergerfs() throws {
+        guard let mergerfs = Spawn.which("mergerfs") else { Issue.record("mergerfs missing: apt-get install mergerfs"); return }
+        let t = TempDir()
+        var results: [[String]] = []
+        var trees: [[[String: EntryState]]] = []
+        for (name, program) in [("mergerfs", mergerfs), ("strata", MountEnvironment.binary)] {
+            let dir = t.sub(name)
+            let small = "\(dir)/small", big = "\(dir)/big", m = "\(dir)/m"
+            for (b, size) in [(small, "8m"), (big, "40m")] {
+                mkdir(b, 0o755)
+                try #require(runProgram("/bin/mount", ["-t", "tmpfs", "-o", "size=\(size)", "tmpfs", b]).status == 0)
+            }
+            mkdir(m, 0o755)
+            defer { for p in [m, small, big] { umount2(p, Int32(MNT_DETACH)) } }
+            mkdir("\(small)/dir", 0o750)
+            let opts = "category.create=ff,minfreespace=1M,moveonenospc=true,cache.files=off"
+            let args = program == mergerfs ? ["-o", opts, "\(small):\(big)", m] : ["pool", "-o", opts, "\(small):\(big)", m]
+            let r = runProgram(program, args)
+            try #require(r.status == 0, "\(name): \(r.stderr)")
+            let f = FileOps(m)
+            var out: [String] = []
+            out.append(f.write("dir/grows", String(repeating: "g", count: 20 << 20)))
+            out.append(f.read("dir/grows").count == 20 << 20 ? "read back" : "short")
+            out.append(f.write("dir/small", "fits"))
+            results.append(out)
+            trees.append([TreeSnapshot.take(small, times: false), TreeSnapshot.take(big, times: false)])
+            umount2(m, 0)
+        }
+        #expect(results[0] == results[1], "mergerfs \(results[0]), strata \(results[1])")
+        #expect(results[1].first == "ok", "the writer saw no ENOSPC: \(results[1])")
+        for i in 0..<2 {
+            #expect(TreeSnapshot.diff(trees[0][i], trees[1][i], labels: ("mergerfs", "strata")).isEmpty,
+                    "branch \(i): \(TreeSnapshot.diff(trees[0][i], trees[1][i], labels: ("mergerfs", "strata")).prefix(4))")
+        }
     }
 }
 
