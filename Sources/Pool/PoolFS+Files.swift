@@ -1,3 +1,4 @@
+import Dispatch
 import FUSE
 import Sys
 import SystemPackage
@@ -43,51 +44,72 @@ extension PoolFS {
     /// Each name once, from the first branch (in order) that has it; inode
     /// numbers as `inodecalc` says (from the listing: no stat per entry).
     public func opendir(_ r: Request, node: NodeID, flags: Int32) throws(Errno) -> OpenReply {
+        if node == Self.controlID { throw .notDirectory }
         let path = try self.node(node).current
-        var seen = Set<[UInt8]>()
-        var items: [Listing.Item] = []
-        var found = false
+        let calc = options.inodeCalc
+        // The children's path hashes continue the directory's "path/".
+        let prefixHash = InodeNumbers.fnv1a(path.isEmpty ? [] : Array((path + "/").utf8))
+        var dirs: [(Branch, OwnedFD)] = []
         for b in branches {
-            guard let dir = try? Sys.openat(b.fd, RelPath.at(path), O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW) else { continue }
-            found = true
-            var buf = [UInt8](repeating: 0, count: 32 << 10)
-            while true {
-                let n = buf.withUnsafeMutableBytes { p -> Int in
-                    guard let base = p.baseAddress else { return 0 }
-                    return (try? Sys.getdents(dir.raw, base, p.count)) ?? -1
-                }
-                if n < 0 { throw .ioError }
-                if n <= 0 { break }
+            do throws(Errno) { dirs.append((b, OwnedFD(try Sys.openat(b.fd, RelPath.at(path), O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW)))) } catch {}
+        }
+        if dirs.isEmpty { throw .noSuchFileOrDirectory }
+        // Each branch's raw entries are read at the same time (the disks
+        // are separate, and each getdents of a large directory waits on its
+        // own); they are merged in branch order afterwards.
+        let raw = Locked<[[UInt8]]>(Array(repeating: [], count: dirs.count))
+        let descriptors = dirs.map { $0.1.raw }
+        DispatchQueue.concurrentPerform(iterations: descriptors.count) { i in
+            var out: [UInt8] = []
+            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 128 << 10, alignment: 8)
+            defer { buffer.deallocate() }
+            guard let base = buffer.baseAddress else { return }
+            while let n = try? Sys.getdents(descriptors[i], base, buffer.count), n > 0 {
+                out.append(contentsOf: UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
+            }
+            raw.withLock { $0[i] = out }
+        }
+        let records = raw.withLock { $0 }
+        let listing = Listing(expecting: records.reduce(0) { $0 + $1.count / 24 }, dedupe: dirs.count > 1)
+        for (i, (b, _)) in dirs.enumerated() {
+            records[i].withUnsafeBytes { buffer in
+                guard let base = buffer.baseAddress else { return }
+                let n = buffer.count
                 var off = 0
-                while off < n {
-                    let reclen = Int(buf[off + 16]) | Int(buf[off + 17]) << 8
-                    let ino = buf.withUnsafeBytes { $0.load(fromByteOffset: off, as: UInt64.self) }
-                    let type = buf[off + 18]
-                    var end = off + 19
-                    while end < off + reclen && buf[end] != 0 { end += 1 }
-                    let name = Array(buf[(off + 19)..<end])
+                while off + 19 <= n {
+                    let ino = base.loadUnaligned(fromByteOffset: off, as: UInt64.self)
+                    let reclen = Int(base.loadUnaligned(fromByteOffset: off + 16, as: UInt16.self))
+                    if reclen == 0 { break }
+                    let type = buffer[off + 18]
+                    let nameStart = off + 19
+                    var end = nameStart
+                    while end < min(off + reclen, n) && buffer[end] != 0 { end += 1 }
                     off += reclen
-                    if name == [0x2E] || name == [0x2E, 0x2E] { continue }
-                    guard seen.insert(name).inserted else { continue }
-                    let child = RelPath.child(path, String(decoding: name, as: UTF8.self))
-                    items.append(Listing.Item(name: name, ino: InodeNumbers.number(options.inodeCalc, path: child, dev: b.dev, ino: ino,
-                                                                                  isDirectory: type == UInt8(DT_DIR)), type: type))
+                    let name = UnsafeRawBufferPointer(rebasing: buffer[nameStart..<end])
+                    if (name.count == 1 && name[0] == 0x2E) || (name.count == 2 && name[0] == 0x2E && name[1] == 0x2E) { continue }
+                    let isDir = type == UInt8(DT_DIR)
+                    let pathHash = InodeNumbers.needsPath(calc, isDirectory: isDir) ? InodeNumbers.fnv1a(name, from: prefixHash) : 0
+                    listing.add(name, ino: InodeNumbers.number(calc, pathHash: pathHash, dev: b.dev, ino: ino, isDirectory: isDir), type: type,
+                                hash: InodeNumbers.fnv1a(name))
                 }
             }
         }
-        if !found { throw .noSuchFileOrDirectory }
-        return OpenReply(handle: listings.insert(Listing(items)))
+        return OpenReply(handle: listings.insert(listing))
     }
 
     public func readdir(_ r: Request, node: NodeID, handle: UInt64, offset: UInt64, into out: inout DirentWriter) throws(Errno) {
         let l = try listings.get(handle)
         var i = Int(offset)
         let dots: [[UInt8]] = [[0x2E], [0x2E, 0x2E]]
+        let none = Entry(node: 0, attr: Attr(), entryTimeout: .zero, attrTimeout: .zero)
         while i < l.items.count + 2 {
-            let (name, ino, type) = i < 2 ? (dots[i], UInt64(1), UInt8(DT_DIR)) : (l.items[i - 2].name, l.items[i - 2].ino, l.items[i - 2].type)
-            let fits = name.withUnsafeBytes {
-                out.add(name: $0, ino: ino, type: type, nextOffset: UInt64(i + 1),
-                        entry: out.plus ? Entry(node: 0, attr: Attr(), entryTimeout: .zero, attrTimeout: .zero) : nil)
+            let fits: Bool
+            if i < 2 {
+                fits = dots[i].withUnsafeBytes { out.add(name: $0, ino: 1, type: UInt8(DT_DIR), nextOffset: UInt64(i + 1), entry: out.plus ? none : nil) }
+            } else {
+                let it = l.items[i - 2]
+                let plus = out.plus
+                fits = l.withName(i - 2) { out.add(name: $0, ino: it.ino, type: it.type, nextOffset: UInt64(i + 1), entry: plus ? none : nil) }
             }
             if !fits { return }
             i += 1
