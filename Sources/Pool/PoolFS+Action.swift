@@ -129,8 +129,11 @@ extension PoolFS {
 
     /// There are no *at calls for xattrs: the branch's descriptor names the
     /// file as /proc/self/fd/<branch>/<path>, the final name not followed.
+    /// The root is `.../<branch>/.`: the l* calls on the magic link itself
+    /// would act on the link (EOPNOTSUPP), and the kernel asks the root's
+    /// ACL for every user who is not root.
     static func xattrPath(_ b: Branch, _ path: String) -> String {
-        path.isEmpty ? "/proc/self/fd/\(b.fd)" : "/proc/self/fd/\(b.fd)/\(path)"
+        path.isEmpty ? "/proc/self/fd/\(b.fd)/." : "/proc/self/fd/\(b.fd)/\(path)"
     }
 
     public func listxattr(_ r: Request, node: NodeID, buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> XattrReply {

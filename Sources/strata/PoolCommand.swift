@@ -41,7 +41,11 @@ struct PoolCommand: ParsableCommand {
         var mount = MountConfig(mountpoint: mountpoint, fsname: options.fsname ?? options.branches.map(\.path).joined(separator: ":"))
         mount.subtype = "strata-pool"
         mount.allowOther = options.allowOther
-        mount.defaultPermissions = options.defaultPermissions
+        // The daemon acts on the branches with its own rights: the kernel
+        // checks each caller's against the attributes the pool shows (the
+        // branch files' own), always, where mergerfs switches to the
+        // caller's ids per thread.
+        mount.defaultPermissions = true
         mount.readOnly = options.readOnly
         let pool = options
         do throws(SysError) {

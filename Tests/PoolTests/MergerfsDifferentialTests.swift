@@ -213,6 +213,31 @@ extension MergerfsDifferentialTests {
     }
 }
 
+extension MergerfsDifferentialTests {
+    /// Another user, through a pool mounted with allow_other: refused what
+    /// the branch files' own modes refuse, and the owner of what it makes.
+    @Test func otherUsersGetTheBranchesPermissions() throws {
+        guard Spawn.which("setpriv") != nil else { Issue.record("util-linux (setpriv) missing"); return }
+        let t = TempDir()
+        chmod(t.path, 0o755)
+        let a = t.sub("a"), m = t.sub("m")
+        chmod(a, 0o755)
+        _ = FileOps(a).write("roots", "root's")
+        mkdir("\(a)/shared", 0o755)
+        chmod("\(a)/shared", 0o1777)   // (mkdir applies the umask)
+        let r = runProgram(MountEnvironment.binary, ["pool", "-o", "allow_other,minfreespace=1M", a, m])
+        try #require(r.status == 0, "\(r.stderr)")
+        defer { umount2(m, Int32(MNT_DETACH)) }
+        let nobody = ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
+        let rm = runProgram(nobody[0], Array(nobody.dropFirst()) + ["/bin/rm", "-f", "\(m)/roots"])
+        #expect(rm.status != 0 && rm.stderr.contains("Permission denied"), "\(rm.stderr)")
+        #expect(FileOps(a).read("roots") == "root's")
+        let made = runProgram(nobody[0], Array(nobody.dropFirst()) + ["/bin/sh", "-c", "echo mine > \(m)/shared/mine"])
+        #expect(made.status == 0, "\(made.stderr)")
+        #expect(FileOps(a).stat("shared/mine")?.st_uid == 65534)
+    }
+}
+
 /// A small seeded generator: the same operations on both mounts.
 struct SplitMix: RandomNumberGenerator {
     var state: UInt64
