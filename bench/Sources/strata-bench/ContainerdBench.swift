@@ -25,37 +25,29 @@ struct ContainerdBench: ParsableCommand {
 
     func run() throws {
         guard geteuid() == 0 else { throw ValidationError("run as root") }
-        guard let registry = Spawn.which("docker-registry"), let python = Spawn.which("python3"), let containerd = Spawn.which("containerd") else {
-            throw ValidationError("needs docker-registry, python3 and containerd (scripts/setup.sh installs them)")
+        guard let containerd = Spawn.which("containerd") else {
+            throw ValidationError("needs containerd (scripts/setup.sh installs it)")
         }
         let here = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path
         let bin = strata ?? here + "/strata"
         let overlayBin = (bin as NSString).deletingLastPathComponent + "/strata-overlay"
         let top = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-        let proxyScript = top.appendingPathComponent("throttle_proxy.py").path
         let criScript = top.deletingLastPathComponent().appendingPathComponent("Tests/cri/cri_pull.py").path
-        for f in [proxyScript, criScript, overlayBin] where access(f, R_OK) != 0 { throw ValidationError("\(f) is missing") }
+        for f in [criScript, overlayBin] where access(f, R_OK) != 0 { throw ValidationError("\(f) is missing") }
         let root = try makeTemp(dir)
         defer { _ = try? Spawn.run("/bin/rm", ["rm", "-rf", "--one-file-system", root]) }
         let archive = try buildImageArchive(root, mib: 0, rootfs: rootfs)
-        let port = Int.random(in: 20000...26000), proxyPort = port + 6000
-        try "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: \(root)/registry\nhttp:\n  addr: 127.0.0.1:\(port)\nlog:\n  level: error\n"
-            .write(toFile: "\(root)/registry.yml", atomically: true, encoding: .utf8)
+        let registry = try ThrottledRegistry(root: root, mbit: mbit)
+        defer { registry.stop() }
+        let port = registry.port, proxyPort = registry.proxyPort
         let null = open("/dev/null", O_RDWR | O_CLOEXEC)
         defer { close(null) }
-        let reg = try Spawn.start(registry, [registry, "serve", "\(root)/registry.yml"], stdio: (null, null, null))
-        defer { kill(reg, SIGTERM); _ = Spawn.wait(reg) }
-        let counter = "\(root)/proxy.count"
-        let proxy = try Spawn.start(python, [python, proxyScript, "--listen", "\(proxyPort)", "--target", "\(port)",
-                                             "--mbit", "\(mbit)", "--count-file", counter], stdio: (null, null, null))
-        defer { kill(proxy, SIGTERM); _ = Spawn.wait(proxy) }
-        usleep(800_000)
         _ = quiet(bin, [bin, "image", "load", "--root", "\(root)/src", "-i", archive])
         for (tag, compression) in [("plain", "none"), ("estargz", "estargz"), ("zstd", "zstd:chunked")] {
             guard quiet(bin, [bin, "push", "--root", "\(root)/src", "--compression", compression, "localhost/bench:1",
                               "127.0.0.1:\(port)/bench/ctd:\(tag)"]) == 0 else { throw ValidationError("push of \(compression) failed") }
         }
-        func fetched() -> Int64 { Int64((try? String(contentsOfFile: counter, encoding: .utf8)) ?? "0") ?? 0 }
+        func fetched() -> Int64 { registry.fetched() }
         let host = "127.0.0.1:\(proxyPort)"
         // (implementation, snapshotter, image tag)
         let impls: [(String, String, String)] = [

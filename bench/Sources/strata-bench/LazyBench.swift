@@ -27,37 +27,21 @@ struct LazyBench: ParsableCommand {
 
     func run() throws {
         guard geteuid() == 0 else { throw ValidationError("run as root") }
-        guard let registry = Spawn.which("docker-registry"), let python = Spawn.which("python3") else {
-            throw ValidationError("needs docker-registry and python3 (apt-get install docker-registry python3)")
-        }
         let here = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path
         let bin = strata ?? here + "/strata"
-        let proxyScript = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-            .deletingLastPathComponent().appendingPathComponent("throttle_proxy.py").path
-        guard access(proxyScript, R_OK) == 0 else { throw ValidationError("\(proxyScript) is missing") }
         let root = try makeTemp(dir)
         defer { _ = try? Spawn.run("/bin/rm", ["rm", "-rf", "--one-file-system", root]) }
         let archive = try buildImageArchive(root, mib: 0, rootfs: rootfs)
-        // Below the ephemeral range (32768 and up), which outgoing connections use.
-        let port = Int.random(in: 20000...26000), proxyPort = port + 6000
-        try "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: \(root)/registry\nhttp:\n  addr: 127.0.0.1:\(port)\nlog:\n  level: error\n"
-            .write(toFile: "\(root)/registry.yml", atomically: true, encoding: .utf8)
-        let null = open("/dev/null", O_RDWR | O_CLOEXEC)
-        defer { close(null) }
-        let reg = try Spawn.start(registry, [registry, "serve", "\(root)/registry.yml"], stdio: (null, null, null))
-        defer { kill(reg, SIGTERM); _ = Spawn.wait(reg) }
-        let counter = "\(root)/proxy.count"
-        let proxy = try Spawn.start(python, [python, proxyScript, "--listen", "\(proxyPort)", "--target", "\(port)",
-                                             "--mbit", "\(mbit)", "--count-file", counter], stdio: (null, null, null))
-        defer { kill(proxy, SIGTERM); _ = Spawn.wait(proxy) }
-        usleep(800_000)
+        let registry = try ThrottledRegistry(root: root, mbit: mbit)
+        defer { registry.stop() }
+        let port = registry.port, proxyPort = registry.proxyPort
         // Pushed straight to the registry; pulled through the proxy.
         _ = quiet(bin, [bin, "image", "load", "--root", "\(root)/src", "-i", archive])
         guard quiet(bin, [bin, "push", "--root", "\(root)/src", "--compression", format, "localhost/bench:1", "127.0.0.1:\(port)/bench/lazy:1"]) == 0 else {
             throw ValidationError("push to the registry failed")
         }
         let ref = "127.0.0.1:\(proxyPort)/bench/lazy:1"
-        func fetched() -> Int64 { Int64((try? String(contentsOfFile: counter, encoding: .utf8)) ?? "0") ?? 0 }
+        func fetched() -> Int64 { registry.fetched() }
 
         let commands: [(String, [String])] = [
             ("echo (reads /bin/echo and libc)", ["/bin/echo", "ready"]),

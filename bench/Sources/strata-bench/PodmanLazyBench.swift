@@ -24,29 +24,18 @@ struct PodmanLazyBench: ParsableCommand {
 
     func run() throws {
         guard geteuid() == 0 else { throw ValidationError("run as root") }
-        guard let registry = Spawn.which("docker-registry"), let python = Spawn.which("python3"), let podman = Spawn.which("podman") else {
-            throw ValidationError("needs docker-registry, python3 and podman (scripts/setup.sh installs them)")
+        guard let podman = Spawn.which("podman") else {
+            throw ValidationError("needs podman (scripts/setup.sh installs it)")
         }
         let here = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path
         let bin = strata ?? here + "/strata"
-        let top = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-        let proxyScript = top.appendingPathComponent("throttle_proxy.py").path
-        for f in [proxyScript, bin] where access(f, R_OK) != 0 { throw ValidationError("\(f) is missing") }
+        guard access(bin, X_OK) == 0 else { throw ValidationError("\(bin) is missing") }
         let root = try makeTemp(dir)
         defer { _ = try? Spawn.run("/bin/rm", ["rm", "-rf", "--one-file-system", root]) }
         let archive = try buildImageArchive(root, mib: 0, rootfs: rootfs)
-        let port = Int.random(in: 20000...26000), proxyPort = port + 6000
-        try "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: \(root)/registry\nhttp:\n  addr: 127.0.0.1:\(port)\nlog:\n  level: error\n"
-            .write(toFile: "\(root)/registry.yml", atomically: true, encoding: .utf8)
-        let null = open("/dev/null", O_RDWR | O_CLOEXEC)
-        defer { close(null) }
-        let reg = try Spawn.start(registry, [registry, "serve", "\(root)/registry.yml"], stdio: (null, null, null))
-        defer { kill(reg, SIGTERM); _ = Spawn.wait(reg) }
-        let counter = "\(root)/proxy.count"
-        let proxy = try Spawn.start(python, [python, proxyScript, "--listen", "\(proxyPort)", "--target", "\(port)",
-                                             "--mbit", "\(mbit)", "--count-file", counter], stdio: (null, null, null))
-        defer { kill(proxy, SIGTERM); _ = Spawn.wait(proxy) }
-        usleep(800_000)
+        let registry = try ThrottledRegistry(root: root, mbit: mbit)
+        defer { registry.stop() }
+        let port = registry.port, proxyPort = registry.proxyPort
         // Strata pushes eStargz and zstd:chunked; podman pushes its own gzip.
         // (podman's own zstd:chunked push is not used: podman 4.3 reuses
         // the gzip blobs its blob cache knows in this registry instead of
@@ -62,7 +51,7 @@ struct PodmanLazyBench: ParsableCommand {
             guard quiet(podman, srcPodman + ["push", "--tls-verify=false", "--compression-format", format, "localhost/bench:1",
                                              "docker://127.0.0.1:\(port)/bench/pod:\(tag)"]) == 0 else { throw ValidationError("podman push of \(format) failed") }
         }
-        func fetched() -> Int64 { Int64((try? String(contentsOfFile: counter, encoding: .utf8)) ?? "0") ?? 0 }
+        func fetched() -> Int64 { registry.fetched() }
         let host = "127.0.0.1:\(proxyPort)"
         // (implementation, image tag, layer store, partial pulls)
         let impls: [(String, String, Bool, Bool)] = [
