@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(fuse3 util-linux mount e2fsprogs procps attr acl libarchive-dev zlib1g-dev liburing-dev podman buildah umoci skopeo runc zstd docker-registry apache2-utils openssl python3 containerd python3-grpcio python3-grpc-tools mergerfs unionfs-fuse)
+PACKAGES=(fuse3 util-linux mount e2fsprogs procps attr acl libarchive-dev zlib1g-dev liburing-dev podman buildah umoci skopeo runc zstd docker-registry apache2-utils openssl python3 containerd python3-grpcio python3-grpc-tools mergerfs unionfs-fuse btrfs-progs)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

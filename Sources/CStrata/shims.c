@@ -249,3 +249,41 @@ int strata_sched_idle(void) {
     struct sched_param p = { .sched_priority = 0 };
     return sched_setscheduler(0, SCHED_IDLE, &p);
 }
+
+#include <linux/btrfs.h>
+#include <sys/vfs.h>
+#include <string.h>
+
+static int strata_btrfs_name(struct btrfs_ioctl_vol_args_v2 *a, const char *name) {
+    memset(a, 0, sizeof(*a));
+    size_t n = strlen(name);
+    if (n == 0 || n > BTRFS_SUBVOL_NAME_MAX) { errno = ENAMETOOLONG; return -1; }
+    memcpy(a->name, name, n);
+    return 0;
+}
+
+int strata_btrfs_subvol_create(int dirfd, const char *name) {
+    struct btrfs_ioctl_vol_args_v2 a;
+    if (strata_btrfs_name(&a, name) != 0) return -1;
+    return ioctl(dirfd, BTRFS_IOC_SUBVOL_CREATE_V2, &a);
+}
+
+int strata_btrfs_snapshot(int srcfd, int dirfd, const char *name, int readonly) {
+    struct btrfs_ioctl_vol_args_v2 a;
+    if (strata_btrfs_name(&a, name) != 0) return -1;
+    a.fd = srcfd;
+    if (readonly) a.flags = BTRFS_SUBVOL_RDONLY;
+    return ioctl(dirfd, BTRFS_IOC_SNAP_CREATE_V2, &a);
+}
+
+int strata_btrfs_subvol_destroy(int dirfd, const char *name) {
+    struct btrfs_ioctl_vol_args_v2 a;
+    if (strata_btrfs_name(&a, name) != 0) return -1;
+    return ioctl(dirfd, BTRFS_IOC_SNAP_DESTROY_V2, &a);
+}
+
+int strata_is_btrfs(int fd) {
+    struct statfs s;
+    if (fstatfs(fd, &s) != 0) return -1;
+    return s.f_type == 0x9123683E; /* BTRFS_SUPER_MAGIC */
+}

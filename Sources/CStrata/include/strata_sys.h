@@ -78,4 +78,13 @@ void strata_set_errno(int e);
 int strata_spawn_addclosefrom(posix_spawn_file_actions_t *actions, int from);
 /// The child starts in `path` (posix_spawn_file_actions_addchdir_np, glibc 2.29).
 int strata_spawn_addchdir(posix_spawn_file_actions_t *actions, const char *path);
+/* Btrfs subvolumes (the kernel's ioctls; btrfs-progs has no library to link):
+ * a new subvolume `name` in the directory `dirfd`; a snapshot of the
+ * subvolume open as `srcfd` named `name` in `dirfd` (read-only if asked);
+ * the removal of the subvolume `name` in `dirfd`; whether `fd` is on btrfs. */
+int strata_btrfs_subvol_create(int dirfd, const char *name);
+int strata_btrfs_snapshot(int srcfd, int dirfd, const char *name, int readonly);
+int strata_btrfs_subvol_destroy(int dirfd, const char *name);
+int strata_is_btrfs(int fd);
+
 #endif
