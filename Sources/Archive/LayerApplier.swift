@@ -18,6 +18,11 @@ public struct LayerApplier: Sendable {
     public var opaqueXattr = OverlayFormat.xattr("opaque", user: geteuid() != 0)
     /// Owners and device nodes need root; without it they are skipped and counted.
     public var privileged = geteuid() == 0
+    /// Whiteouts as deletions, as Docker's btrfs and vfs drivers apply a
+    /// layer onto a copy of its parent: `.wh.NAME` removes NAME, an opaque
+    /// marker removes what the directory held before this layer (see
+    /// `apply(fd:onto:)`).
+    public var whiteoutsAsDeletions = false
 
     public struct Stats: Sendable {
         public var entries = 0
@@ -53,6 +58,18 @@ public struct LayerApplier: Sendable {
         }
     }
 
+    /// Applies a layer onto `existing`, a writable copy of its parent's
+    /// tree (a Btrfs snapshot), whiteouts as deletions. There is no staging:
+    /// a refused archive leaves the copy half changed, and the caller drops
+    /// the copy (a snapshot is cheap to make again).
+    public func apply(fd: Int32, onto existing: String, label: String = "layer") throws(ArchiveError) -> Stats {
+        var applier = self
+        applier.whiteoutsAsDeletions = true
+        let root: UniqueFD
+        do throws(Errno) { root = try Sys.open(existing, Linux.O_PATH | O_DIRECTORY | O_CLOEXEC) } catch { throw ArchiveError(existing, "open: \(error)") }
+        return try applier.extract(fd: fd, root: root.raw, rootPath: existing, label: label)
+    }
+
     /// Builds a layer in a sibling `.partial` directory (its root given to
     /// `body` as a descriptor) and renames it into place once whole.
     private func intoStaging(_ dest: String, _ body: (Int32, String) throws(ArchiveError) -> Stats) throws(ArchiveError) -> Stats {
@@ -84,6 +101,9 @@ public struct LayerApplier: Sendable {
         // replaced directory: replacing one needs an entry whose parent is
         // that directory's parent, which then becomes the kept one.
         var kept: (path: ArraySlice<String>, dir: OwnedFD)? = nil
+        /// What this layer placed (for an opaque marker applied as
+        /// deletions: the directory keeps these, loses the rest).
+        var placed = Set<String>()
     }
 
     /// Where a regular file's data comes from: the archive being read, or
@@ -94,7 +114,7 @@ public struct LayerApplier: Sendable {
         case later(xattr: String, mark: (OpaquePointer) -> String?)
     }
 
-    private func extract(fd: Int32, root: Int32, rootPath: String, label: String) throws(ArchiveError) -> Stats {
+    func extract(fd: Int32, root: Int32, rootPath: String, label: String) throws(ArchiveError) -> Stats {
         guard let a = archive_read_new() else { throw ArchiveError(label, "libarchive: out of memory") }
         defer { archive_read_free(a) }
         archive_read_support_filter_all(a)
@@ -172,6 +192,11 @@ public struct LayerApplier: Sendable {
             state.kept = (p.parent, parentDir)
         }
         let parent = parentDir.raw
+        if isWhiteout && whiteoutsAsDeletions {
+            try deletion(parent, name, dirPath: p.parent.joined(separator: "/"), entry: raw, state: &state)
+            return false
+        }
+        if whiteoutsAsDeletions { state.placed.insert((p.parent + [name]).joined(separator: "/")) }
         if isWhiteout {
             try whiteout(parent, name, entry: raw, stats: &state.stats)
             // The whiteout keeps the entry's time, so a layer applies
@@ -253,6 +278,25 @@ public struct LayerApplier: Sendable {
             state.dirTimes.append((p.parent, name, timespec(tv_sec: Int(archive_entry_mtime(e)), tv_nsec: Int(archive_entry_mtime_nsec(e)))))
         }
         return false
+    }
+
+    /// A whiteout applied as a deletion: `.wh.NAME` removes NAME (a tree
+    /// with it); the opaque marker removes every child of its directory
+    /// that this layer did not place.
+    private func deletion(_ parent: Int32, _ name: String, dirPath: String, entry: String, state: inout ApplyState) throws(ArchiveError) {
+        if name == OverlayFormat.opaqueName {
+            let children: [String]
+            do throws(Errno) { children = try Sys.directoryNames(parent) } catch { throw ArchiveError(entry, "opaque directory: \(error)") }
+            for c in children where !state.placed.contains(dirPath.isEmpty ? c : dirPath + "/" + c) { removeExisting(parent, c) }
+            state.stats.opaque += 1
+            return
+        }
+        let target = String(name.dropFirst(4))
+        if target.isEmpty { throw ArchiveError(entry, "whiteout '.wh.' names nothing") }
+        if target == "." || target == ".." || target.contains("/") { throw ArchiveError(entry, "whiteout of '\(target)' is not a name") }
+        removeExisting(parent, target)
+        state.placed.remove(dirPath.isEmpty ? target : dirPath + "/" + target)
+        state.stats.whiteouts += 1
     }
 
     private func whiteout(_ parent: Int32, _ name: String, entry: String, stats: inout Stats) throws(ArchiveError) {
