@@ -287,3 +287,10 @@ int strata_is_btrfs(int fd) {
     if (fstatfs(fd, &s) != 0) return -1;
     return s.f_type == 0x9123683E; /* BTRFS_SUPER_MAGIC */
 }
+
+int strata_btrfs_set_readonly(int fd, int readonly) {
+    __u64 flags = 0;
+    if (ioctl(fd, BTRFS_IOC_SUBVOL_GETFLAGS, &flags) != 0) return -1;
+    flags = readonly ? (flags | BTRFS_SUBVOL_RDONLY) : (flags & ~(__u64)BTRFS_SUBVOL_RDONLY);
+    return ioctl(fd, BTRFS_IOC_SUBVOL_SETFLAGS, &flags);
+}

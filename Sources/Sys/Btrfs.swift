@@ -27,6 +27,12 @@ public enum Btrfs {
         if strata_btrfs_snapshot(source, dir, name, readOnly ? 1 : 0) != 0 { throw currentErrno() }
     }
 
+    /// Seals the subvolume open as `fd` (a layer once applied), or opens it
+    /// to writes again.
+    public static func setReadOnly(_ fd: Int32, _ readOnly: Bool) throws(Errno) {
+        if strata_btrfs_set_readonly(fd, readOnly ? 1 : 0) != 0 { throw currentErrno() }
+    }
+
     /// Removes the subvolume `name` in `dir` (the kernel refuses one that
     /// holds other subvolumes, ENOTEMPTY, and one that is not a subvolume).
     public static func destroySubvolume(in dir: Int32, _ name: String) throws(Errno) {

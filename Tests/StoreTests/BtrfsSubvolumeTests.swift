@@ -61,6 +61,12 @@ struct BtrfsSubvolumeTests {
         #expect(f.write("layer/new", "x") == "errno30", "a layer's snapshot is read-only")
         #expect(f.write("container/file", "changed") == "ok")
         #expect(f.read("base/file") == "base data", "the parent is unchanged")
+        // A layer is applied into a writable snapshot, then sealed.
+        try Btrfs.snapshot(base.raw, in: root.raw, "sealed", readOnly: false)
+        #expect(f.write("sealed/applied", "layer data") == "ok")
+        let sealed = try Sys.openat(root.raw, "sealed", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        try Btrfs.setReadOnly(sealed.raw, true)
+        #expect(f.write("sealed/late", "x") == "errno30" && f.read("sealed/applied") == "layer data")
         // The snapshot is its own subvolume: its own inode number space (256 is a subvolume's root).
         #expect(f.stat("container")?.st_ino == 256)
         // Removal: a snapshot goes; a plain directory is not a subvolume.

@@ -86,5 +86,8 @@ int strata_btrfs_subvol_create(int dirfd, const char *name);
 int strata_btrfs_snapshot(int srcfd, int dirfd, const char *name, int readonly);
 int strata_btrfs_subvol_destroy(int dirfd, const char *name);
 int strata_is_btrfs(int fd);
+/* Makes the subvolume open as `fd` read-only (1) or writable (0): a layer
+ * is applied into a writable snapshot, then sealed. */
+int strata_btrfs_set_readonly(int fd, int readonly);
 
 #endif
