@@ -2,7 +2,9 @@
 """PullImage through containerd's CRI plugin, as the kubelet asks it.
 Usage: cri_pull.py SOCKET IMAGE. Prints the image ref; exits 1 with the
 gRPC error on failure."""
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 
@@ -11,6 +13,8 @@ import grpc
 
 here = os.path.dirname(os.path.abspath(__file__))
 out = tempfile.mkdtemp(prefix="strata-cri-")
+# The generated modules go with the run, not into /tmp for good.
+atexit.register(shutil.rmtree, out, True)
 if protoc.main(["protoc", "-I" + here, "--python_out=" + out, "--grpc_python_out=" + out, "cri_image.proto"]) != 0:
     sys.exit("cri_pull: cannot compile cri_image.proto")
 sys.path.insert(0, out)
