@@ -19,7 +19,13 @@ final class BtrfsLoop {
         mountpoint = dir.sub("mnt")
         let image = "\(dir.path)/disk.img"
         try #require(truncate(image, off_t(sizeMiB) << 20) == 0 || (FileManager.default.createFile(atPath: image, contents: nil) && truncate(image, off_t(sizeMiB) << 20) == 0))
-        let mkfs = runProgram("/usr/sbin/mkfs.btrfs", ["-q", "-f", image])
+        // mkfs.btrfs first checks that the image is not mounted, by looking
+        // at every mount: another test's FUSE mount whose daemon it just
+        // killed answers ENOTCONN and fails that check. In a mount
+        // namespace of its own, with the copies of FUSE mounts dropped,
+        // nothing else is seen.
+        let script = #"for m in $(awk '$3 ~ /^fuse/ {print $2}' /proc/self/mounts); do umount -l "$m" 2>/dev/null; done; exec /usr/sbin/mkfs.btrfs -q -f "$0""#
+        let mkfs = runProgram("/usr/bin/unshare", ["-m", "--propagation", "private", "/bin/sh", "-c", script, image])
         try #require(mkfs.status == 0, "mkfs.btrfs (apt-get install btrfs-progs): \(mkfs.stderr)")
         let loop = runProgram("/usr/sbin/losetup", ["-f", "--show", image])
         try #require(loop.status == 0, "losetup: \(loop.stderr)")
