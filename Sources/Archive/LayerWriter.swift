@@ -27,6 +27,71 @@ public struct LayerWriter: Sendable {
         if archive_write_close(a) != ARCHIVE_OK { throw ArchiveError(directory, errorString(a)) }
     }
 
+    /// One entry of a layer given as a list of changes (the btrfs driver's
+    /// commit), paths relative to the tree's root.
+    public enum Item: Sendable, Equatable {
+        /// The entry as it is in the tree (a directory without what it holds).
+        case entry(String)
+        /// A directory made again: the entry, then its opaque marker.
+        case opaqueDirectory(String)
+        /// A deletion: `.wh.NAME` beside where it was.
+        case whiteout(String)
+    }
+
+    /// A layer tar of `items` (in tar order: a directory before what it
+    /// holds), read from the tree at `root`; the same bytes for the same
+    /// entries as `write(directory:)` gives for an upper directory.
+    public func write(items: [Item], root rootPath: String, to fd: Int32) throws(ArchiveError) {
+        guard let a = archive_write_new() else { throw ArchiveError(rootPath, "libarchive: out of memory") }
+        defer { archive_write_free(a) }
+        archive_write_set_format_pax(a)
+        archive_write_set_bytes_in_last_block(a, 1)
+        if archive_write_open_fd(a, fd) != ARCHIVE_OK { throw ArchiveError(rootPath, errorString(a)) }
+        let root: UniqueFD
+        do throws(Errno) { root = try Sys.open(rootPath, O_RDONLY | O_DIRECTORY | O_CLOEXEC) } catch { throw ArchiveError(rootPath, "open: \(error)") }
+        var links: [String: String] = [:]
+        // The last parent opened: a directory's entries come together.
+        var kept: (path: Substring, dir: OwnedFD)? = nil
+        for item in items {
+            let path: String
+            switch item { case .entry(let p), .opaqueDirectory(let p), .whiteout(let p): path = p }
+            let slash = path.lastIndex(of: "/")
+            let parent = slash.map { path[..<$0] } ?? ""
+            let name = slash.map { String(path[path.index(after: $0)...]) } ?? path
+            if case .whiteout = item {
+                try emit(a, (slash == nil ? "" : "\(parent)/") + OverlayFormat.whiteoutName(for: name), type: Linux.S_IFREG, mode: 0o644,
+                         st: nil, dfd: nil, name: nil)
+                continue
+            }
+            if kept?.path != parent {
+                kept = nil
+                // Beneath the root, no symlink followed: the tree is a container's.
+                do throws(Errno) {
+                    let d = parent.isEmpty ? try Sys.openat(root.raw, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+                        : try Sys.openBeneath(root.raw, String(parent), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC, noSymlinks: true)
+                    kept = (parent, OwnedFD(d))
+                } catch { throw ArchiveError(path, "open its directory: \(error)") }
+            }
+            guard let dfd = kept?.dir.raw else { continue }
+            var st = stat()
+            if fstatat(dfd, name, &st, Linux.AT_SYMLINK_NOFOLLOW) != 0 { throw ArchiveError(path, "stat: \(currentErrno())") }
+            let type = st.st_mode & Linux.S_IFMT
+            if type == Linux.S_IFREG && st.st_nlink > 1 {
+                let key = "\(st.st_dev):\(st.st_ino)"
+                if let first = links[key] {
+                    try emit(a, path, type: Linux.S_IFREG, mode: st.st_mode & 0o7777, st: st, dfd: dfd, name: name, hardlink: first)
+                    continue
+                }
+                links[key] = path
+            }
+            try emit(a, type == Linux.S_IFDIR ? path + "/" : path, type: type, mode: st.st_mode & 0o7777, st: st, dfd: dfd, name: name)
+            if case .opaqueDirectory = item, type == Linux.S_IFDIR {
+                try emit(a, path + "/" + OverlayFormat.opaqueName, type: Linux.S_IFREG, mode: 0o644, st: nil, dfd: nil, name: nil)
+            }
+        }
+        if archive_write_close(a) != ARCHIVE_OK { throw ArchiveError(rootPath, errorString(a)) }
+    }
+
     private func names(_ dfd: Int32) throws(ArchiveError) -> [String] {
         let out: [String]
         do throws(Errno) { out = try Sys.directoryNames(dfd) } catch { throw ArchiveError("", "opendir: \(error)") }

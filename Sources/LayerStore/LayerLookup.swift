@@ -23,6 +23,8 @@ extension LayerStoreFS {
         try storeOnce.withLock { (s: inout Store?) throws -> Store in
             if let s { return s }
             let opened = try Store(root: options.storeRoot)
+            try opened.refuseOnBtrfs("the layer store", because: "it serves the store's layers as the lower layers of a union; "
+                                     + "give it a store made with --storage-driver overlay")
             s = opened
             return opened
         }

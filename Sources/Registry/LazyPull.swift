@@ -13,6 +13,7 @@ import Glibc
 extension Puller {
     func pullLazily(_ ref: Reference, layers: [OCI.Descriptor], diffIDs: [String], chain: [String], config: Data,
                     configDigest: String, dir: String) async throws -> String {
+        do { try store.refuseOnBtrfs("pull --lazy", because: Store.lazyNeedsUnion) } catch { throw RegistryError(wrapping: error) }
         var partial = 0
         for (i, l) in layers.enumerated() {
             let short = Digest.hex(diffIDs[i]).prefix(12)

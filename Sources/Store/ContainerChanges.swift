@@ -31,6 +31,7 @@ extension Store {
     /// A/C/D lines like `docker diff`: whiteouts are deletions, names that
     /// exist in a lower layer are changes, the rest additions.
     public func diff(_ c: ContainerRecord) throws(StoreError) -> [Change] {
+        if layout == .btrfs { return try diffOnBtrfs(c) }
         let upper = containerLayer(c).diff
         let lowers = try lowerDirs(c)
         var out: [Change] = []
@@ -75,7 +76,15 @@ extension Store {
         defer { unlink(tar) }
         do {
             let out = try openOwned(tar, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-            do { try LayerWriter().write(directory: containerLayer(c).diff, to: out.raw) } catch {
+            do {
+                if layout == .btrfs {
+                    try LayerWriter().write(items: btrfsLayerItems(try btrfsChanges(c)), root: containerLayer(c).subvolume, to: out.raw)
+                } else {
+                    try LayerWriter().write(directory: containerLayer(c).diff, to: out.raw)
+                }
+            } catch let e as StoreError {
+                throw e
+            } catch {
                 throw StoreError(.archive, "commit \(c.name): \(error)")
             }
             try out.close()

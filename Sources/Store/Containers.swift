@@ -17,6 +17,7 @@ extension Store {
     public enum Driver: String, Sendable, CaseIterable {
         case overlay   // the kernel's overlayfs
         case fuse      // Strata's own FUSE mount
+        case btrfs     // a bind mount of the container's subvolume (a btrfs store)
     }
 
     public func create(image ref: String, name: String?) throws(StoreError) -> ContainerRecord {
@@ -29,6 +30,8 @@ extension Store {
         let cname = name ?? "strata-\(id.prefix(12))"
         if cname.isEmpty || cname.contains("/") || cname.hasPrefix(".") { throw StoreError(.invalidInput, "bad container name '\(cname)'") }
         if try findContainer(cname) != nil { throw StoreError(.conflict, "a container named '\(cname)' exists already") }
+        for l in img.layerIDs where try layer(l) == nil { throw StoreError(.notFound, "image \(ref) lacks layer \(l); load it again") }
+        if layout == .btrfs { return try createOnBtrfs(img, id: id, name: cname) }
         // The init layer, then the container layer, both over the image's:
         // two layers of the store, made and named as an image's are.
         var below: [String] = []
@@ -103,7 +106,10 @@ extension Store {
     }
 
     public func mountDescription(_ c: ContainerRecord, driver: Driver) throws(StoreError) -> MountDescription {
-        MountDescription(type: driver == .overlay ? "overlay" : "fuse.strata", options: try mountOptions(c),
+        if layout == .btrfs {
+            return MountDescription(type: "bind", options: "bind", workingDirectory: root, target: mergedPath(c))
+        }
+        return MountDescription(type: driver == .overlay ? "overlay" : "fuse.strata", options: try mountOptions(c),
                          workingDirectory: overlayDir, target: mergedPath(c))
     }
 
@@ -119,6 +125,15 @@ extension Store {
             // Removed while this command waited for the lock?
             guard try findContainer(c.id) != nil else { throw StoreError(.notFound, "no container '\(c.name)' (see 'strata ls')") }
             var driver = driver
+            if driver.layout != layout {
+                // The store's own driver, unless the user named another.
+                if explicitDriver || driver == .btrfs {
+                    throw StoreError(.invalidInput, "the store at \(root) uses the \(layout.rawValue) storage driver: "
+                        + "its containers cannot be mounted with \(driver.rawValue) (drop --driver, or use a store made with it)")
+                }
+                driver = .btrfs
+            }
+            if driver == .btrfs { return try mountOnBtrfs(c) }
             if driver == .overlay, let img = try? image(c.image), !lazyLayers(of: img).isEmpty {
                 if explicitDriver {
                     throw StoreError(.invalidInput, "the image of \(c.name) is partly pulled (strata pull --lazy), which the kernel's overlayfs cannot serve: "
@@ -142,6 +157,8 @@ extension Store {
             case .fuse:
                 status = try Spawn.run(strataBinary, ["strata", "mount", "-o", ([m.options] + fuseOptions).joined(separator: ","), m.target],
                                        cwd: m.workingDirectory)
+            case .btrfs:
+                return try mountOnBtrfs(c)
             }
         } catch { throw StoreError(.mount, "mount: \(error)") }
         if status != 0 { throw StoreError(.mount, "mounting container \(c.name) with the \(driver.rawValue) driver failed (exit \(status))") }
@@ -160,7 +177,7 @@ extension Store {
 
     private func removeLocked(_ c: ContainerRecord) throws(StoreError) {
         guard try findContainer(c.id) != nil else { throw StoreError(.notFound, "no container '\(c.name)' (see 'strata ls')") }
-        try unmount(c)
+        if layout == .btrfs { try releaseOnBtrfs(c) } else { try unmount(c) }
         // The row first: a command killed after it leaves only directories no
         // row names, which the next command removes; never a row without them.
         do { _ = try db.queue.write { try ContainerRecord.deleteOne($0, key: c.id) } } catch { throw StoreError(wrapping: error) }

@@ -137,7 +137,9 @@ public struct ImageLoader: Sendable {
         let missing = wanted
         let results = Locked([Int: Result<Store.UnpackedLayer, StoreError>]())
         let say = Locked(progress)
-        let workers = min(missing.count, max(1, min(4, ProcessInfo.processInfo.activeProcessorCount)))
+        // A btrfs layer is a snapshot of its parent's: one after another.
+        let workers = store.layout == .btrfs ? min(missing.count, 1)
+            : min(missing.count, max(1, min(4, ProcessInfo.processInfo.activeProcessorCount)))
         let next = Locked(0)
         DispatchQueue.concurrentPerform(iterations: workers) { _ in
             while true {
@@ -148,7 +150,7 @@ public struct ImageLoader: Sendable {
                 guard let k else { return }
                 let i = missing[k]
                 let r = Result { () throws(StoreError) -> Store.UnpackedLayer in
-                    try unpack(i, file: layerFiles[i], diffID: diffIDs[i], chainID: chain[i],
+                    try unpack(i, file: layerFiles[i], diffID: diffIDs[i], chainID: chain[i], parent: i > 0 ? chain[i - 1] : nil,
                                blob: blobDigests?[i], movable: ownsFiles && layerFiles.filter { $0 == layerFiles[i] }.count == 1,
                                label: label)
                 }
@@ -186,7 +188,7 @@ public struct ImageLoader: Sendable {
     /// One layer file checked (blob digest, then diff ID) and unpacked.
     /// The uncompressed tar is what the store keeps; a file that is ours and
     /// named once moves there instead of being copied.
-    func unpack(_ i: Int, file: String, diffID: String, chainID: String, blob: String?, movable: Bool,
+    func unpack(_ i: Int, file: String, diffID: String, chainID: String, parent: String?, blob: String?, movable: Bool,
                 label: String) throws(StoreError) -> Store.UnpackedLayer {
         let stored: String
         if let known = verifiedDigests[file] { stored = known } else { stored = try Digest.ofFile(file) }
@@ -195,7 +197,7 @@ public struct ImageLoader: Sendable {
         }
         if stored != diffID {
             // Compressed: decompressed once, hashed, kept and applied in one pass.
-            let (u, diff) = try store.unpackCompressedLayer(blob: file, diffID: diffID, chainID: chainID)
+            let (u, diff) = try store.unpackCompressedLayer(blob: file, diffID: diffID, chainID: chainID, parent: parent)
             if diff != diffID {
                 store.discardUnpacked(chainID)
                 throw StoreError(.corrupt, "\(label): layer \(i + 1) has diff ID \(diff), the config says \(diffID)")
@@ -209,6 +211,6 @@ public struct ImageLoader: Sendable {
                 throw StoreError(.archive, "\(label): copying layer \(i + 1): \(error)")
             }
         }
-        return try store.unpackLayer(archive: plain, diffID: diffID, chainID: chainID, keepArchive: true)
+        return try store.unpackLayer(archive: plain, diffID: diffID, chainID: chainID, keepArchive: true, parent: parent)
     }
 }

@@ -91,7 +91,9 @@ extension Store {
         for (img, _) in imgs {
             for l in img.layerIDs where perLayer[l] == nil {
                 var seen = Set<UInt64>()
-                perLayer[l] = diskUsage(storedLayer(l).diff, seen: &seen)
+                // A btrfs layer's subvolume holds its parents' files too
+                // (their blocks shared): what it adds is its archive's size.
+                perLayer[l] = layout == .btrfs ? (try layer(l))?.size ?? 0 : diskUsage(storedLayer(l).diff, seen: &seen)
             }
             u.unsharedBytes += img.layerIDs.reduce(0) { $0 + (perLayer[$1] ?? 0) }
         }
@@ -100,6 +102,10 @@ extension Store {
         u.layerBytes = perLayer.values.reduce(0, +)
         u.containers = ctrs.count
         for c in ctrs {
+            if layout == .btrfs {
+                u.containerBytes += try btrfsChanges(c).reduce(0) { $0 + $1.bytes }
+                continue
+            }
             var seen = Set<UInt64>()
             u.containerBytes += diskUsage(containerLayer(c).diff, seen: &seen)
         }

@@ -5,6 +5,8 @@ import Sys
 /// tools reading `.GraphDriver.Data.MergedDir` find what they expect.
 extension Store {
     func graphDriver(layerDirs: [String], upper: String?) -> JSONValue {
+        // Docker's btrfs driver gives no data: a subvolume is the whole tree.
+        if layout == .btrfs { return .object(["Name": .string(layout.graphDriverName), "Data": .null]) }
         var data: [String: String] = [:]
         if let upper {
             data["UpperDir"] = "\(upper)/diff"
@@ -31,7 +33,7 @@ extension Store {
         let cfg = try config(of: img)
         // The run config as docker prints it: every field kept.
         let run = cfg.config.flatMap { try? JSONDecoder().decode(JSONValue.self, from: OCI.encode($0)) } ?? .object([:])
-        let dirs = img.layerIDs.reversed().map { storedLayer($0).diff }
+        let dirs = img.layerIDs.reversed().map { storedLayer($0).tree }
         let tags = (try images()).first { $0.0.id == img.id }?.1 ?? []
         var out: [String: JSONValue] = [
             "Id": .string(img.id),
@@ -58,7 +60,7 @@ extension Store {
     }
 
     public func inspect(container c: ContainerRecord) throws(StoreError) -> JSONValue {
-        let lowers = try lowerDirs(c).map { (try? Sys.realPath($0)) ?? $0 }
+        let lowers = layout == .btrfs ? [] : try lowerDirs(c).map { (try? Sys.realPath($0)) ?? $0 }
         return .object([
             "Id": .string(c.id),
             "Name": .string(c.name),

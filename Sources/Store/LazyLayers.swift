@@ -30,11 +30,16 @@ extension Store {
         }
     }
 
+    /// Why a btrfs store cannot hold a partly pulled layer.
+    public static let lazyNeedsUnion = "a lazily pulled layer's files are fetched by Strata's union when first read, "
+        + "and a btrfs container reads its own snapshot; pull without --lazy, or use a store made with --storage-driver overlay or fuse"
+
     public static let lazyXattr = OverlayFormat.xattr(OverlayFormat.lazyName, user: geteuid() != 0)
 
     /// Makes a layer from its TOC and records it (its files still holes).
     public func addLazyLayer(toc: StargzTOC, tocJSON: [UInt8], tocFile: StargzTOCFile?, source: LazySource, chainID: String, parent: String?,
                              progress: (String) -> Void = { _ in }) throws(StoreError) {
+        try refuseOnBtrfs("lazy pulling", because: Self.lazyNeedsUnion)
         try exclusively { () throws(StoreError) in
             if try layer(chainID) != nil { return }
             let d = try freshLayerDir(chainID)

@@ -61,6 +61,8 @@ extension Store {
                 for l in layers where !keep.contains(l.id) {
                     _ = try LayerRecord.deleteOne(db, key: l.id)
                     out.layers.append(l.id)
+                    // What a btrfs layer's subvolume adds to its parent's.
+                    if layout == .btrfs { out.bytes += l.size }
                 }
             }
         } catch let e as StoreError { throw e } catch { throw StoreError(.database, "pruning: \(error)") }

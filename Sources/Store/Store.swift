@@ -13,6 +13,8 @@ import Glibc
 /// one mount call, and `lower` naming the layers below, top first.
 public final class Store: @unchecked Sendable {
     public let root: String
+    /// Overlay or btrfs, fixed when the store was created (StoreLayout.swift).
+    public let layout: Layout
     let db: StoreDatabase
     let lock: StoreLock
     var overlayDir: String { "\(root)/overlay" }
@@ -34,12 +36,21 @@ public final class Store: @unchecked Sendable {
     /// changed the store left an intent: unless `recovering` is false (what
     /// `strata check` asks, to report the store as it found it), what it
     /// half-made is undone here, before anything else reads the store.
-    public init(root: String, recovering: Bool = true) throws(StoreError) {
+    /// `driver`: the storage driver the user named, if any: it chooses a
+    /// new store's layout, and one naming another than an existing store's
+    /// is refused.
+    public init(root: String, recovering: Bool = true, driver: Driver? = nil) throws(StoreError) {
         self.root = root
+        let existed = access(root, F_OK) == 0
         do { try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true) } catch {
             throw StoreError.last("cannot create the store at \(root)")
         }
-        for d in ["\(root)/overlay", "\(root)/overlay/l", "\(root)/tmp"] {
+        do { layout = try Self.settleLayout(root: root, requested: driver) } catch {
+            // A refused new store leaves nothing behind.
+            if !existed { rmdir(root) }
+            throw error
+        }
+        for d in Self.directories(root, layout) {
             if mkdir(d, 0o700) != 0 && errno != EEXIST { throw StoreError.last("cannot create \(d)") }
         }
         // Each layer is a tree of its own: ext4 then spreads layers over block
@@ -47,7 +58,7 @@ public final class Store: @unchecked Sendable {
         // group full of just-deleted inodes makes every create scan them
         // (journal-less ext4 skips inodes deleted in the last minutes).
         // Best effort: other filesystems do not have the flag.
-        if let od = try? Sys.open("\(root)/overlay", O_RDONLY | O_DIRECTORY | O_CLOEXEC) { Sys.markTopDirectory(od.raw) }
+        if layout == .overlay, let od = try? Sys.open("\(root)/overlay", O_RDONLY | O_DIRECTORY | O_CLOEXEC) { Sys.markTopDirectory(od.raw) }
         lock = try StoreLock(root: root)
         do { db = try StoreDatabase(path: "\(root)/strata.db") } catch {
             throw StoreError(.database, "store database \(root)/strata.db: \(error)")
@@ -104,7 +115,7 @@ public final class Store: @unchecked Sendable {
     public func addLayer(archive: String, diffID: String, chainID: String, parent: String?, keepArchive: Bool = false,
                          progress: (String) -> Void = { _ in }) throws(StoreError) -> Bool {
         if try layer(chainID) != nil { return false }
-        let u = try unpackLayer(archive: archive, diffID: diffID, chainID: chainID, keepArchive: keepArchive)
+        let u = try unpackLayer(archive: archive, diffID: diffID, chainID: chainID, keepArchive: keepArchive, parent: parent)
         try record(u, parent: parent, progress: progress)
         return true
     }
@@ -117,11 +128,17 @@ public final class Store: @unchecked Sendable {
     }
 
     /// The slow half of adding a layer, safe to run for several layers at
-    /// once: it touches only the layer's own directory.
-    public func unpackLayer(archive: String, diffID: String, chainID: String, keepArchive: Bool) throws(StoreError) -> UnpackedLayer {
+    /// once on an overlay store: it touches only the layer's own directory.
+    /// A btrfs store applies the layer onto a snapshot of its `parent`'s
+    /// subvolume, which must be whole first: one layer after another.
+    public func unpackLayer(archive: String, diffID: String, chainID: String, keepArchive: Bool,
+                            parent: String? = nil) throws(StoreError) -> UnpackedLayer {
         let d = try freshLayerDir(chainID)
         let stats: LayerApplier.Stats
-        do { stats = try LayerApplier().apply(file: archive, to: "\(d)/diff") } catch {
+        do {
+            stats = layout == .btrfs ? try applySubvolume(chainID, parent: parent, file: archive, label: "layer \(diffID)")
+                : try LayerApplier().apply(file: archive, to: "\(d)/diff")
+        } catch {
             discardUnpacked(chainID)
             throw StoreError(.archive, "layer \(diffID): \(error)")
         }
@@ -137,7 +154,8 @@ public final class Store: @unchecked Sendable {
     /// the applier reads, instead of writing the tar out and reading it back.
     /// Returns the layer and the tar's digest, which the caller checks
     /// against the diff ID (discarding the layer when it differs).
-    public func unpackCompressedLayer(blob: String, diffID: String, chainID: String) throws(StoreError) -> (UnpackedLayer, String) {
+    public func unpackCompressedLayer(blob: String, diffID: String, chainID: String,
+                                      parent: String? = nil) throws(StoreError) -> (UnpackedLayer, String) {
         let d = try freshLayerDir(chainID)
         var p: DescriptorPair
         do throws(Errno) { p = try Sys.pipe() } catch {
@@ -165,7 +183,10 @@ public final class Store: @unchecked Sendable {
         t.start()
         var applied: Result<LayerApplier.Stats, StoreError>
         var appliedTruncated = false
-        do { applied = .success(try LayerApplier().apply(fd: readEnd, to: "\(d)/diff", label: "layer \(diffID)")) } catch {
+        do {
+            applied = .success(layout == .btrfs ? try applySubvolume(chainID, parent: parent, fd: readEnd, label: "layer \(diffID)")
+                : try LayerApplier().apply(fd: readEnd, to: "\(d)/diff", label: "layer \(diffID)"))
+        } catch {
             applied = .failure(StoreError(.archive, "layer \(diffID): \(error)"))
             appliedTruncated = error.kind == .truncated
         }
@@ -208,6 +229,15 @@ public final class Store: @unchecked Sendable {
     /// The quick half: the short link, the `lower` file and the database row.
     public func record(_ u: UnpackedLayer, parent: String?, progress: (String) -> Void = { _ in }) throws(StoreError) {
         let layer = storedLayer(u.chainID)
+        if layout == .btrfs {
+            // A subvolume holds the layers below it: no links to name them.
+            if let parent, try self.layer(parent) == nil {
+                throw StoreError(.notFound, "layer \(Digest.hex(u.diffID).prefix(12)): its parent \(parent) is not in the store")
+            }
+            try insert(LayerRecord(id: u.chainID, diffID: u.diffID, parent: parent, link: "", size: u.stats.bytes, created: Date().timeIntervalSince1970))
+            progress("layer \(Digest.hex(u.diffID).prefix(12)): \(u.stats.entries) entries, \(u.stats.bytes) bytes")
+            return
+        }
         // A layer is recorded only when its links are all in place: a row
         // without them would mount without its lower layers. What is left
         // after a failure is unnamed, and `strata check --repair` removes it.
@@ -228,9 +258,12 @@ public final class Store: @unchecked Sendable {
         guard let link = try? String(contentsOfFile: "\(layer.directory)/link", encoding: .utf8) else {
             throw StoreError.last("\(layer.directory)/link")
         }
-        let rec = LayerRecord(id: u.chainID, diffID: u.diffID, parent: parent, link: link, size: u.stats.bytes, created: Date().timeIntervalSince1970)
-        do { try db.queue.write { try rec.insert($0) } } catch { throw StoreError(.database, "recording layer \(u.chainID): \(error)") }
+        try insert(LayerRecord(id: u.chainID, diffID: u.diffID, parent: parent, link: link, size: u.stats.bytes, created: Date().timeIntervalSince1970))
         progress("layer \(Digest.hex(u.diffID).prefix(12)): \(u.stats.entries) entries, \(u.stats.bytes) bytes")
+    }
+
+    private func insert(_ rec: LayerRecord) throws(StoreError) {
+        do { try db.queue.write { try rec.insert($0) } } catch { throw StoreError(.database, "recording layer \(rec.id): \(error)") }
     }
 
     /// Whether a layer's row names the layers below it: a bottom layer
@@ -254,6 +287,8 @@ public final class Store: @unchecked Sendable {
     /// been pulled with them. Bottom first, so each parent is attached
     /// before the layer above it reads its `lower` file.
     func attachLayers(_ chain: [String]) throws(StoreError) {
+        // A btrfs layer is made from its parent's subvolume: never alone.
+        if layout == .btrfs { return }
         for (i, id) in chain.enumerated() {
             guard var r = try layer(id) else { continue }
             let parent = i > 0 ? chain[i - 1] : nil

@@ -95,6 +95,9 @@ extension Store {
         case .remove(let path) where path.hasPrefix(snapshotsDir + "/"):
             removeTree(in: snapshotsDir, String(path.dropFirst(snapshotsDir.count + 1)))
             progress("removed \(path)")
+        case .remove(let path) where path.hasPrefix("\(root)/btrfs/"):
+            removeTree(path: path)
+            progress("removed \(path)")
         case .remove(let path) where path.hasPrefix(overlayDir + "/"):
             if let dir = try? Sys.open(overlayDir, O_RDONLY | O_DIRECTORY | O_CLOEXEC) {
                 let fd = dir.raw
@@ -112,6 +115,12 @@ extension Store {
             if symlink(target, link) == 0 { progress("relinked \(link)") }
         case .rewrite(let path, let text):
             do { try text.write(toFile: path, atomically: true, encoding: .utf8); progress("rewrote \(path)") } catch {}
+        case .reunpack(let chainID, let diffID) where layout == .btrfs:
+            let l = storedLayer(chainID)
+            do {
+                _ = try applySubvolume(chainID, parent: (try? layer(chainID))??.parent, file: l.archive, label: "layer \(diffID)")
+                progress("made layer \(Digest.hex(diffID).prefix(12))'s subvolume again from its tar")
+            } catch { progress("layer \(Digest.hex(diffID).prefix(12)): \(error)") }
         case .reunpack(let chainID, let diffID):
             let d = storedLayer(chainID).directory
             removeTree(in: d, "diff")
@@ -134,6 +143,11 @@ extension Store {
             }
         } catch { throw StoreError(.database, "reading \(root)/strata.db: \(error)") }
         let byID = Dictionary(layers.map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })
+        if layout == .btrfs {
+            problems += btrfsProblems(layers: layers, images: images, containers: containers, content: content)
+            problems += (try? snapshotProblems()) ?? []
+            return problems
+        }
         var named = Set<String>()        // directory names under overlay/ that rows account for
         var links = Set<String>()        // short links that rows account for
 

@@ -25,10 +25,17 @@ public struct StoredLayer: Sendable {
         self.id = id
     }
 
-    /// Its directory's name under `overlay/`.
+    /// Its directory's name under `overlay/` (or `btrfs/layers/`), and its
+    /// subvolume's under `btrfs/subvolumes/`.
     var name: String { Digest.hex(id) }
-    public var directory: String { "\(store.overlayDir)/\(name)" }
+    public var directory: String { "\(store.layersDir)/\(name)" }
     public var diff: String { "\(directory)/diff" }
+    /// The btrfs driver's subvolume: the layer's whole tree (its parent's
+    /// with its own changes applied), not only what it changed.
+    public var subvolume: String { "\(store.subvolumesDir)/\(name)" }
+    /// What the layer's files are read from: its diff (overlay), or its
+    /// subvolume (btrfs), where the layers below are included.
+    public var tree: String { store.layout == .btrfs ? subvolume : diff }
     public var work: String { "\(directory)/work" }
     public var merged: String { "\(directory)/merged" }
     public var archive: String { "\(directory)/layer.tar" }
@@ -79,6 +86,12 @@ public struct StoredLayer: Sendable {
     /// be gone first: a command killed between the two leaves a directory no
     /// row names, which `strata check` removes, never a row without files.
     func removeFiles() {
+        if store.layout == .btrfs {
+            // The subvolume (and what an interrupted apply left), then the rest.
+            for n in [name, "\(name).partial"] { removeTree(in: store.subvolumesDir, n) }
+            removeTree(in: store.btrfsLayersDir, name)
+            return
+        }
         if let link = try? String(contentsOfFile: "\(directory)/link", encoding: .utf8), !link.isEmpty, !link.contains("/") {
             unlink("\(store.overlayDir)/l/\(link)")
         }

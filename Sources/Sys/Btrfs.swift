@@ -9,6 +9,16 @@ import Glibc
 /// snapshot. The field has no Swift library for this, and spawning `btrfs`
 /// per layer would cost a process each and give errors as text.
 public enum Btrfs {
+    /// The inode number of every subvolume's root directory
+    /// (BTRFS_FIRST_FREE_OBJECTID): how a subvolume is told from a directory.
+    public static let subvolumeRootInode: UInt = 256
+
+    /// Whether the directory open as `fd` is the root of a btrfs subvolume.
+    public static func isSubvolume(_ fd: Int32) -> Bool {
+        guard let st = try? Sys.fstat(fd), st.st_ino == subvolumeRootInode else { return false }
+        return (try? isBtrfs(fd)) == true
+    }
+
     /// Whether `fd` is on a btrfs filesystem.
     public static func isBtrfs(_ fd: Int32) throws(Errno) -> Bool {
         let r = strata_is_btrfs(fd)

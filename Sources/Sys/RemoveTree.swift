@@ -6,10 +6,20 @@ import Glibc
 /// Removes `name` under `dirFD`, recursively, never following symlinks.
 /// With `device`, directories of another filesystem (something mounted
 /// inside) are left alone, as `rm -rf --one-file-system` does.
+/// A btrfs subvolume (a layer or container of the Btrfs driver, read-only
+/// or not) is destroyed whole by the kernel instead of emptied file by file.
 public func removeTree(_ dirFD: Int32, _ name: String, device: UInt64? = nil) {
     if unlinkat(dirFD, name, 0) == 0 { return }
-    if var dir = try? Sys.openat(dirFD, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) {
-        if let device, let st = try? Sys.fstat(dir.raw), UInt64(st.st_dev) != device { return }
+    if let dir = try? Sys.openat(dirFD, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) {
+        let st = try? Sys.fstat(dir.raw)
+        // A subvolume met in place, not through a mount of it (a bind mount
+        // of a container's subvolume is left alone like any mount).
+        let subvolume = st?.st_ino == Btrfs.subvolumeRootInode && (try? Btrfs.isBtrfs(dir.raw)) == true
+            && !Sys.isMountRoot("/proc/self/fd/\(dir.raw)")
+        // Another filesystem mounted here, or a subvolume (it has a device
+        // number of its own): only a subvolume is ours to remove.
+        if let device, let st, UInt64(st.st_dev) != device, !subvolume { return }
+        if subvolume && (try? Btrfs.destroySubvolume(in: dirFD, name)) != nil { return }
         if let names = try? Sys.directoryNames(dir.raw) {
             for n in names { removeTree(dir.raw, n, device: device) }
         }

@@ -70,7 +70,7 @@ struct RunCommand: ParsableCommand {
                                     cmd: imageConfig?.Cmd ?? [], given: command.first == "--" ? Array(command.dropFirst()) : command)
         guard !args.isEmpty else { throw fail("image \(image) has no Entrypoint or Cmd: give the command, strata run IMAGE CMD [ARGS...]") }
         let bin = (try? Sys.realPath("/proc/self/exe")) ?? "strata"
-        let d = try chooseDriver(driver, global: store.strata.globalStorageDriver)
+        let d = try chooseDriver(driver, global: store.strata.globalStorageDriver, store: s)
         let lazyOpts = try lazyOptions(lazyFetch, lazyReadahead)
         let c = try storeCall { () throws(StoreError) in try s.create(image: image, name: name) }
         var status: Int32 = 1

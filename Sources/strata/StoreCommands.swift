@@ -14,10 +14,17 @@ struct StoreOptions: ParsableArguments {
     var root: String?
     @ParentCommand var strata: Strata
 
-    func open(recovering: Bool = true) throws -> Store { try Self.open(root: root ?? strata.globalRoot, recovering: recovering) }
+    func open(recovering: Bool = true) throws -> Store {
+        try Self.open(root: root ?? strata.globalRoot, recovering: recovering, global: strata)
+    }
 
-    static func open(root: String?, recovering: Bool = true) throws -> Store {
-        do { return try Store(root: root ?? Store.defaultRoot, recovering: recovering) } catch { throw fail("\(error)") }
+    /// The store, created with the storage driver named (`--storage-driver`,
+    /// else STRATA_STORAGE_DRIVER) if it is new; one naming another
+    /// driver than an existing store's is refused.
+    static func open(root: String?, recovering: Bool = true, global: Strata? = nil) throws -> Store {
+        let env = ProcessInfo.processInfo.environment["STRATA_STORAGE_DRIVER"].flatMap { $0.isEmpty ? nil : $0 }
+        let named = (global?.globalStorageDriver ?? env).flatMap { Store.Driver(rawValue: $0) }
+        do { return try Store(root: root ?? Store.defaultRoot, recovering: recovering, driver: named) } catch { throw fail("\(error)") }
     }
 }
 
@@ -135,13 +142,16 @@ struct RemoveCommand: ParsableCommand {
 }
 
 /// The mount driver: `--driver`, else the global `--storage-driver`, else
-/// STRATA_STORAGE_DRIVER, else the kernel's overlayfs as root and Strata's
-/// FUSE union otherwise.
-func chooseDriver(_ given: String?, global: String?) throws -> Store.Driver {
+/// STRATA_STORAGE_DRIVER, else the store's own (btrfs for a btrfs store;
+/// the kernel's overlayfs as root and Strata's FUSE union otherwise).
+func chooseDriver(_ given: String?, global: String?, store: Store? = nil) throws -> Store.Driver {
     let env = ProcessInfo.processInfo.environment["STRATA_STORAGE_DRIVER"].flatMap { $0.isEmpty ? nil : $0 }
-    guard let v = given ?? global ?? env else { return geteuid() == 0 ? .overlay : .fuse }
+    guard let v = given ?? global ?? env else {
+        if store?.layout == .btrfs { return .btrfs }
+        return geteuid() == 0 ? .overlay : .fuse
+    }
     guard let d = Store.Driver(rawValue: v) else {
-        throw fail("\(given != nil ? "--driver" : global != nil ? "--storage-driver" : "STRATA_STORAGE_DRIVER") takes overlay or fuse, got '\(v)'")
+        throw fail("\(given != nil ? "--driver" : global != nil ? "--storage-driver" : "STRATA_STORAGE_DRIVER") takes overlay, fuse or btrfs, got '\(v)'")
     }
     return d
 }
@@ -167,8 +177,8 @@ func driverIsExplicit(_ given: String?, global: String?) -> Bool {
 
 /// `strata mount CONTAINER`: mounts a container's root and prints it.
 func mountContainer(_ ref: String, driver: String?, root: String?, global: Strata, fuseOptions: [String] = []) throws {
-    let s = try StoreOptions.open(root: root ?? global.globalRoot)
-    let d = try chooseDriver(driver, global: global.globalStorageDriver)
+    let s = try StoreOptions.open(root: root ?? global.globalRoot, global: global)
+    let d = try chooseDriver(driver, global: global.globalStorageDriver, store: s)
     let path = try storeCall { () throws(StoreError) -> String in
         let c = try s.container(ref)
         let bin = (try? Sys.realPath("/proc/self/exe")) ?? "strata"

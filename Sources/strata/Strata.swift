@@ -20,13 +20,14 @@ struct Strata: ParsableCommand {
     @Option(name: .customLong("root"), help: "The store's root directory, for the subcommand that follows.")
     var globalRoot: String?
     @Option(name: .customLong("storage-driver"),
-            help: "How containers mount: overlay (the kernel's overlayfs, default as root) or fuse (Strata's union).")
+            help: ArgumentHelp("The store's driver: overlay (layers mounted by the kernel's overlayfs, default as root), fuse (the same layers by Strata's union) or btrfs (layers as subvolume snapshots; the store root must be on btrfs).",
+                               discussion: "A new store keeps the layout its first command names (overlay and fuse share one); naming another driver for it later is refused."))
     var globalStorageDriver: String?
 
     func validate() throws {
         // One line and podman's code for its own errors, not a usage screen.
         if let d = globalStorageDriver, Store.Driver(rawValue: d) == nil {
-            throw fail("--storage-driver takes overlay (the kernel's overlayfs) or fuse (Strata's own union), got '\(d)'", code: Exit.globalOption)
+            throw fail("--storage-driver takes overlay (the kernel's overlayfs), fuse (Strata's own union) or btrfs (subvolume snapshots), got '\(d)'", code: Exit.globalOption)
         }
     }
 }

@@ -7,42 +7,6 @@ import TestSupport
 import Glibc
 #endif
 
-/// A btrfs made by the test on a loop device, mounted under a temporary
-/// directory; unmounted and detached at the end, even when a test failed.
-final class BtrfsLoop {
-    let dir: TempDir
-    let mountpoint: String
-    private(set) var device = ""
-
-    init(sizeMiB: Int = 256) throws {
-        dir = TempDir("strata-btrfs")
-        mountpoint = dir.sub("mnt")
-        let image = "\(dir.path)/disk.img"
-        try #require(truncate(image, off_t(sizeMiB) << 20) == 0 || (FileManager.default.createFile(atPath: image, contents: nil) && truncate(image, off_t(sizeMiB) << 20) == 0))
-        // mkfs.btrfs first checks that the image is not mounted, by looking
-        // at every mount: another test's FUSE mount whose daemon it just
-        // killed answers ENOTCONN and fails that check. In a mount
-        // namespace of its own, with the copies of FUSE mounts dropped,
-        // nothing else is seen.
-        let script = #"for m in $(awk '$3 ~ /^fuse/ {print $2}' /proc/self/mounts); do umount -l "$m" 2>/dev/null; done; exec /usr/sbin/mkfs.btrfs -q -f "$0""#
-        let mkfs = runProgram("/usr/bin/unshare", ["-m", "--propagation", "private", "/bin/sh", "-c", script, image])
-        try #require(mkfs.status == 0, "mkfs.btrfs (apt-get install btrfs-progs): \(mkfs.stderr)")
-        let loop = runProgram("/usr/sbin/losetup", ["-f", "--show", image])
-        try #require(loop.status == 0, "losetup: \(loop.stderr)")
-        device = loop.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
-        let m = runProgram("/bin/mount", ["-t", "btrfs", device, mountpoint])
-        if m.status != 0 {
-            _ = runProgram("/usr/sbin/losetup", ["-d", device])
-            try #require(m.status == 0, "mount -t btrfs: \(m.stderr)")
-        }
-    }
-
-    deinit {
-        umount2(mountpoint, Int32(MNT_DETACH))
-        if !device.isEmpty { _ = runProgram("/usr/sbin/losetup", ["-d", device]) }
-    }
-}
-
 /// The kernel's btrfs ioctls as the Btrfs driver will use them: a layer is
 /// a read-only snapshot of its parent, a container a writable one; what is
 /// snapshotted shares its data and is changed apart.

@@ -223,8 +223,9 @@ struct StoreKillTests {
         Command(name: "commit", prepare: { root, run in
             _ = run(["image", "load", "--root", root, "-i", fixture])
             _ = run(["create", "--root", root, "localhost/eco/busybox:l3", "--name", "k"])
-            if let c = try? Store(root: root).container("k") {
-                FileManager.default.createFile(atPath: "\(root)/overlay/\(c.id)/diff/added", contents: Data(repeating: 7, count: 1 << 20))
+            if let s = try? Store(root: root), let c = try? s.container("k") {
+                let tree = s.layout == .btrfs ? "\(root)/btrfs/subvolumes/\(c.id)" : "\(root)/overlay/\(c.id)/diff"
+                FileManager.default.createFile(atPath: "\(tree)/added", contents: Data(repeating: 7, count: 1 << 20))
             }
         }, args: { ["commit", "--root", $0, "k", "localhost/committed:1"] }, points: ["layer-links", "commit-layer"]),
         Command(name: "rm", prepare: { root, run in
@@ -237,37 +238,63 @@ struct StoreKillTests {
 
     @Test(arguments: 0..<commands.count)
     func killedCommandLeavesNothingHalfRegistered(_ i: Int) throws {
-        let c = Self.commands[i]
+        var dirs: [TempDir] = []
+        try killRounds(Self.commands[i]) {
+            dirs.append(TempDir())
+            return dirs[dirs.count - 1].path
+        }
+    }
+
+    /// The same on a store of the btrfs driver, on a btrfs made for the test.
+    @Test(arguments: 0..<commands.count)
+    func killedCommandOnBtrfsLeavesNothingHalfRegistered(_ i: Int) throws {
+        let fs = try BtrfsLoop(sizeMiB: 512)
+        var n = 0
+        // A btrfs layer has no links: its step between disk and row is the sealed subvolume.
+        var c = Self.commands[i]
+        c.points = c.points.map { $0 == "layer-links" ? "layer-sealed" : $0 }
+        try killRounds(c) {
+            n += 1
+            let root = "\(fs.mountpoint)/round\(n)"
+            let made = strata(["--storage-driver", "btrfs", "image", "ls", "--root", root])
+            #expect(made.status == 0, "\(made.stderr)")
+            return root
+        }
+    }
+
+    /// Kills the command at each of its named points and at random times,
+    /// each time in a store `newRoot` makes; checks what is left.
+    func killRounds(_ c: Command, newRoot: () -> String) throws {
         // How long the command takes here: kills fall in [0, 1.2x].
-        let t0 = TempDir()
-        c.prepare(t0.path, strata)
+        let root0 = newRoot()
+        c.prepare(root0, strata)
         let start = Date()
-        let r = strata(c.args(t0.path))
+        let r = strata(c.args(root0))
         #expect(r.status == 0, "\(c.name): \(r.stderr)")
         let micros = max(2_000, Int(Date().timeIntervalSince(start) * 1.2e6))
         // Every named step, then random points.
         let plan: [(String?, Int)] = c.points.map { ($0, 0) } + (0..<4).map { _ in (nil, Int.random(in: 0...micros)) }
         for (round, (point, delay)) in plan.enumerated() {
-            let t = TempDir()
-            c.prepare(t.path, strata)
+            let root = newRoot()
+            c.prepare(root, strata)
             let finished: Bool
             if let point {
-                let r = runProgram(MountEnvironment.binary, c.args(t.path), env: ["STRATA_KILL_AT": point])
+                let r = runProgram(MountEnvironment.binary, c.args(root), env: ["STRATA_KILL_AT": point])
                 #expect(r.status != 0, "\(c.name) ran past kill point \(point)")
                 finished = false
             } else {
-                finished = try killed(c.args(t.path), after: delay)
+                finished = try killed(c.args(root), after: delay)
             }
-            let found = strata(["check", "--root", t.path])
+            let found = strata(["check", "--root", root])
             let serious = found.stdout.split(separator: "\n").filter { !$0.hasPrefix("leftover:") && !$0.hasPrefix("store ") }
             let at = point ?? "\(delay) µs"
             #expect(serious.isEmpty, "\(c.name) killed at \(at) (round \(round)): \(serious)")
             // The next command works (again, or on what is left) and leaves the store whole.
-            let again = strata(c.args(t.path))
+            let again = strata(c.args(root))
             let acceptable = again.status == 0 || (finished || again.stderr.contains("no container") || again.stderr.contains("no image")
                 || again.stderr.contains("exists already"))
             #expect(acceptable, "\(c.name) after a kill at \(at): \(again.stderr)")
-            let after = strata(["check", "--root", t.path, "--content"])
+            let after = strata(["check", "--root", root, "--content"])
             #expect(after.status == 0, "\(c.name) killed at \(at), then run again: \(after.stdout)")
         }
     }
