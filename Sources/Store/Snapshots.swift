@@ -170,6 +170,10 @@ extension Store {
             // next mkdir below tolerate; a directory without a record is
             // what Cleanup removes.
             let d = snapshotDir(number)
+            if layout == .btrfs {
+                try makeSnapshotSubvolume(key, in: d, parent: parent, readOnly: kind == .view)
+                return try mounts(of: snapshotRecord(key))
+            }
             for sub in [d, "\(d)/fs", "\(d)/work"] where mkdir(sub, 0o755) != 0 && errno != EEXIST {
                 let e = currentErrno()
                 try? removeSnapshotRecord(key)
@@ -190,6 +194,11 @@ extension Store {
     /// How to mount a snapshot: containerd's overlayfs snapshotter's
     /// answers, or the same layers through Strata's union (`fuse`).
     func mounts(of r: SnapshotRecord) throws(SnapshotError) -> [SnapshotMount] {
+        // A btrfs snapshot is the whole tree: bound, as containerd's btrfs snapshotter answers.
+        if layout == .btrfs {
+            let active = r.kind == SnapshotInfo.Kind.active.rawValue
+            return [SnapshotMount(type: "bind", source: "\(snapshotDir(r.number))/fs", options: [active ? "rw" : "ro", "rbind"])]
+        }
         let chain = try snapshotChain(r.parent)
         let own = snapshotDir(r.number)
         let lowers = chain.map(fsPath)
@@ -211,7 +220,7 @@ extension Store {
 
     /// A committed snapshot's tree: its own fs/, or the store layer it shows.
     func fsPath(_ r: SnapshotRecord) -> String {
-        if let l = r.layer { return storedLayer(l).diff }
+        if let l = r.layer { return storedLayer(l).tree }
         return "\(snapshotDir(r.number))/fs"
     }
 
@@ -243,7 +252,7 @@ extension Store {
                 throw SnapshotError(.internal, "snapshot \(name): \(error)")
             }
             let d = snapshotDir(number)
-            if mkdir(d, 0o755) != 0 || symlink(storedLayer(layer).diff, "\(d)/fs") != 0 {
+            if mkdir(d, 0o755) != 0 || symlink(storedLayer(layer).tree, "\(d)/fs") != 0 {
                 let e = currentErrno()
                 try? removeSnapshotRecord(name)
                 throw SnapshotError(.internal, "snapshot \(name): \(d): \(e)")
@@ -261,7 +270,16 @@ extension Store {
                 throw SnapshotError(.failedPrecondition, "snapshot \(key) is not active: only an active snapshot can be committed")
             }
             if (try? snapshotRecord(name)) != nil { throw SnapshotError(.alreadyExists, "snapshot \(name) already exists") }
-            let (size, inodes) = Self.usage(of: "\(snapshotDir(r.number))/fs")
+            if layout == .btrfs {
+                // Sealed as a btrfs layer is: what is built on it snapshots it.
+                do throws(Errno) {
+                    let fs = try Sys.open("\(snapshotDir(r.number))/fs", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+                    try Btrfs.setReadOnly(fs.raw, true)
+                } catch {
+                    throw SnapshotError(.internal, "commit \(key): sealing \(snapshotDir(r.number))/fs: \(error)")
+                }
+            }
+            let (size, inodes) = try snapshotOwnUsage(r)
             var merged = r.info().labels
             for (k, v) in labels { merged[k] = v }
             let now = Date().timeIntervalSince1970
@@ -329,7 +347,7 @@ extension Store {
     public func snapshotUsage(_ key: String) throws(SnapshotError) -> (size: Int64, inodes: Int64) {
         let r = try snapshotRecord(key)
         if r.kind == SnapshotInfo.Kind.committed.rawValue { return (r.size, r.inodes) }
-        return Self.usage(of: "\(snapshotDir(r.number))/fs")
+        return try snapshotOwnUsage(r)
     }
 
     /// Every snapshot, oldest first.

@@ -31,7 +31,7 @@ struct SnapshotterCommand: ParsableCommand {
     )
     @OptionGroup var store: StoreOptions
     @Option(help: "The unix socket to serve on.") var address = "/run/strata/snapshotter.sock"
-    @Option(help: "Mounts to answer: overlay (the kernel's overlayfs, default as root) or fuse (Strata's union).")
+    @Option(help: "Mounts to answer: overlay (the kernel's overlayfs, default as root) or fuse (Strata's union); a btrfs store answers binds of its subvolumes.")
     var driver: String?
     @OptionGroup var registry: RegistryFlags
     @Flag(help: "Pull every layer the normal way, even when the CRI plugin's labels would let it be pulled lazily.")
@@ -42,11 +42,17 @@ struct SnapshotterCommand: ParsableCommand {
     var lazyReadahead: Int64?
 
     func run() throws {
-        let d = try chooseDriver(driver, global: store.strata.globalStorageDriver)
         let s = try store.open()
+        let d = try chooseDriver(driver, global: store.strata.globalStorageDriver, store: s)
+        if d.layout != s.layout {
+            throw fail("the store at \(s.root) uses the \(s.layout.rawValue) storage driver: its snapshots cannot be mounted with \(d.rawValue) (drop --driver)")
+        }
         let socket = address
         var lazy: LazySnapshots? = nil
-        if !noLazy {
+        if s.layout == .btrfs && !noLazy {
+            printError("strata: snapshotter: a btrfs store: every layer is pulled by containerd (\(Store.lazyNeedsUnion.prefix(while: { $0 != ";" })))")
+        }
+        if !noLazy && s.layout != .btrfs {
             lazy = LazySnapshots(registry: try registry.options(), mountOptions: try lazyOptions(lazyFetch, lazyReadahead),
                                  progress: { printError("strata: snapshotter: \($0)") })
         }
@@ -55,7 +61,7 @@ struct SnapshotterCommand: ParsableCommand {
         Task {
             do {
                 try await SnapshotServer.serve(store: s, socket: socket, fuse: d == .fuse, lazy: lazy) {
-                    printError("strata: snapshotter serving \(socket) (\(d == .fuse ? "Strata's union" : "kernel overlayfs") mounts)")
+                    printError("strata: snapshotter serving \(socket) (\(d == .fuse ? "Strata's union" : d == .btrfs ? "btrfs subvolume" : "kernel overlayfs") mounts)")
                 }
             } catch {
                 failure.withLock { $0 = "\(error)" }

@@ -24,12 +24,15 @@ final class Containerd: @unchecked Sendable {
     var snapshotterOptions: [String] = []
     var socket: String { "\(dir.path)/containerd.sock" }
     var snapshotterSocket: String { "\(dir.path)/strata.sock" }
-    var strataRoot: String { "\(dir.path)/strata" }
+    var strataRoot: String { rootOverride ?? "\(dir.path)/strata" }
+    /// A store elsewhere (on a btrfs the test made, for the btrfs driver).
+    var rootOverride: String?
 
     /// `criRegistry`: the CRI plugin pulls into Strata (snapshot labels on)
     /// and reaches that registry over plain HTTP.
-    init(driver: String = "overlay", criRegistry: String? = nil, snapshotterOptions: [String] = []) throws {
+    init(driver: String = "overlay", criRegistry: String? = nil, snapshotterOptions: [String] = [], strataRoot: String? = nil) throws {
         dir = TempDir("strata-containerd")
+        rootOverride = strataRoot
         self.driver = driver
         self.criRegistry = criRegistry
         self.snapshotterOptions = snapshotterOptions
@@ -65,8 +68,10 @@ final class Containerd: @unchecked Sendable {
     func startSnapshotter() throws {
         let log = open("\(dir.path)/snapshotter.log", O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)
         defer { close(log) }
-        snapshotterPID = try Spawn.start(MountEnvironment.binary, ["strata", "snapshotter", "--root", strataRoot, "--address", snapshotterSocket,
-                                                                    "--driver", driver] + snapshotterOptions, stdio: (-1, log, log))
+        // The btrfs driver is the store's, chosen when it is made.
+        let how = driver == "btrfs" ? ["--storage-driver", "btrfs", "snapshotter"] : ["snapshotter", "--driver", driver]
+        snapshotterPID = try Spawn.start(MountEnvironment.binary, ["strata"] + how + ["--root", strataRoot, "--address", snapshotterSocket]
+                                         + snapshotterOptions, stdio: (-1, log, log))
         guard waitFor(20, { access(self.snapshotterSocket, F_OK) == 0 }) else {
             throw SysError(.timedOut, "strata snapshotter did not serve \(snapshotterSocket): \(self.log(of: "snapshotter.log"))", "")
         }
@@ -207,6 +212,49 @@ struct ContainerdTests {
         #expect(c.ctr(["snapshots", "--snapshotter", "strata", "ls"]).stdout == ls.stdout)
         let again = c.ctr(["run", "--rm", "--snapshotter", "strata", image, "t-again", "cat", "/etc/passwd"])
         #expect(again.status == 0 && again.stdout.contains("root:"), "\(again.stderr)")
+    }
+
+    /// A store of the btrfs driver behind containerd: each layer containerd
+    /// applies is a subvolume snapshot of its parent's, each container a
+    /// writable snapshot, bound as containerd's own btrfs snapshotter does;
+    /// containers give what they give on containerd's overlayfs.
+    @Test func ctrRunsOnABtrfsStoreAsOnItsOwnOverlayfs() throws {
+        let reg = try Self.registryWithBusybox()
+        defer { reg.stop() }
+        let fs = try BtrfsLoop(sizeMiB: 512)
+        let c = try Containerd(driver: "btrfs", strataRoot: "\(fs.mountpoint)/strata")
+        defer { c.stop() }
+        let image = "\(reg.host)/busybox:l3"
+        for snapshotter in ["strata", "overlayfs"] {
+            let pull = c.ctr(["image", "pull", "--plain-http", "--snapshotter", snapshotter, image])
+            #expect(pull.status == 0, "pull with \(snapshotter): \(pull.stderr) \(c.log(of: "snapshotter.log"))")
+        }
+        let script = "echo hello; echo data > /tmp/w; cat /tmp/w; rm /bin/echo; ls /bin/echo 2>&1; find / -xdev | sort | md5sum"
+        var outputs: [String: String] = [:]
+        for snapshotter in ["strata", "overlayfs"] {
+            let run = c.ctr(["run", "--rm", "--snapshotter", snapshotter, image, "t-\(snapshotter)", "sh", "-c", script])
+            #expect(run.status == 0, "run with \(snapshotter): \(run.stderr) \(c.log(of: "snapshotter.log"))")
+            outputs[snapshotter] = run.stdout
+        }
+        #expect(outputs["strata"]?.hasPrefix("hello\ndata\nls: /bin/echo: No such file or directory\n") == true, "\(outputs["strata"] ?? "")")
+        #expect(outputs["strata"] == outputs["overlayfs"])
+        // Three committed layers, each a sealed subvolume.
+        let ls = c.ctr(["snapshots", "--snapshotter", "strata", "ls"])
+        let rows = ls.stdout.split(separator: "\n").dropFirst().map { $0.split(separator: " ").map(String.init) }
+        #expect(rows.count == 3, "\(ls.stdout)")
+        let subvolumes = ((try? Sys.directoryNames(AT_FDCWD, "\(fs.mountpoint)/strata/snapshots")) ?? []).filter { n in
+            guard let d = try? Sys.open("\(fs.mountpoint)/strata/snapshots/\(n)/fs", O_RDONLY | O_DIRECTORY | O_CLOEXEC) else { return false }
+            return Btrfs.isSubvolume(d.raw)
+        }
+        #expect(subvolumes.count == 3, "\(subvolumes)")
+        let parents = Set(rows.compactMap { $0.count == 3 ? $0[1] : nil })
+        let top = try #require(rows.first { !parents.contains($0[0]) }?.first, "\(ls.stdout)")
+        #expect(c.ctr(["snapshots", "--snapshotter", "strata", "prepare", "work", top]).status == 0)
+        let mounts = c.ctr(["snapshots", "--snapshotter", "strata", "mounts", "/mnt", "work"])
+        #expect(mounts.stdout.contains("mount -t bind") && mounts.stdout.contains("rw"), "\(mounts.stdout)")
+        #expect(c.ctr(["snapshots", "--snapshotter", "strata", "rm", "work"]).status == 0)
+        #expect(c.ctr(["snapshots", "--snapshotter", "strata", "usage"]).status == 0)
+        #expect(runProgram(MountEnvironment.binary, ["check", "--root", "\(fs.mountpoint)/strata"]).status == 0)
     }
 
     /// `--driver fuse`: the containers' roots are Strata's union, which
