@@ -294,3 +294,78 @@ int strata_btrfs_set_readonly(int fd, int readonly) {
     flags = readonly ? (flags | BTRFS_SUBVOL_RDONLY) : (flags & ~(__u64)BTRFS_SUBVOL_RDONLY);
     return ioctl(fd, BTRFS_IOC_SUBVOL_SETFLAGS, &flags);
 }
+
+/* What btrfs knows of a subvolume's history: the transaction that made it
+ * (a snapshot's otransid) and its current generation. */
+int strata_btrfs_subvol_transids(int fd, uint64_t *otransid, uint64_t *generation) {
+    struct btrfs_ioctl_get_subvol_info_args a;
+    memset(&a, 0, sizeof a);
+    /* Some kernels answer 1 on success (a search's result leaks out). */
+    if (ioctl(fd, BTRFS_IOC_GET_SUBVOL_INFO, &a) < 0) return -1;
+    *otransid = a.otransid;
+    *generation = a.generation;
+    return 0;
+}
+
+/* Inode numbers of the items in the subvolume's tree (the one `fd` is in)
+ * that lie in leaves written at or after `min_transid`, as `btrfs
+ * subvolume find-new` finds them: calls `found` with each (duplicates
+ * included; neighbours of a changed item share its leaf). Returns 0, or -1
+ * with errno. */
+int strata_btrfs_changed_inodes(int fd, uint64_t min_transid, void *ctx, void (*found)(void *ctx, uint64_t ino)) {
+    struct btrfs_ioctl_search_args args;
+    struct btrfs_ioctl_search_key *sk = &args.key;
+    memset(&args, 0, sizeof args);
+    sk->tree_id = 0;
+    sk->max_objectid = (uint64_t)-1;
+    sk->max_offset = (uint64_t)-1;
+    sk->max_transid = (uint64_t)-1;
+    sk->max_type = (uint32_t)-1;
+    sk->min_transid = min_transid;
+    for (;;) {
+        sk->nr_items = 4096;
+        if (ioctl(fd, BTRFS_IOC_TREE_SEARCH, &args) < 0) return -1;
+        if (sk->nr_items == 0) return 0;
+        unsigned long off = 0;
+        struct btrfs_ioctl_search_header sh;
+        for (uint32_t i = 0; i < sk->nr_items; i++) {
+            memcpy(&sh, args.buf + off, sizeof sh);
+            off += sizeof sh + sh.len;
+            found(ctx, sh.objectid);
+            /* The next search starts after this key. */
+            sk->min_objectid = sh.objectid;
+            sk->min_type = sh.type;
+            sk->min_offset = sh.offset;
+        }
+        if (sk->min_offset < (uint64_t)-1) sk->min_offset++;
+        else if (sk->min_type < 255) { sk->min_type++; sk->min_offset = 0; }
+        else if (sk->min_objectid < (uint64_t)-1) { sk->min_objectid++; sk->min_type = 0; sk->min_offset = 0; }
+        else return 0;
+    }
+}
+
+/* Every path (relative to the subvolume `fd` is in) of inode `ino`, NUL
+ * separated into `out` (BTRFS_IOC_INO_PATHS, CAP_SYS_ADMIN). Returns the
+ * count of paths, or -1 with errno (ENOENT: the inode is gone). */
+int strata_btrfs_inode_paths(int fd, uint64_t ino, char *out, size_t size) {
+    char container[65536];
+    struct btrfs_ioctl_ino_path_args a;
+    memset(&a, 0, sizeof a);
+    a.inum = ino;
+    a.size = sizeof container;
+    a.fspath = (uint64_t)(uintptr_t)container;
+    if (ioctl(fd, BTRFS_IOC_INO_PATHS, &a) < 0) return -1;
+    struct btrfs_data_container *dc = (struct btrfs_data_container *)container;
+    if (dc->elem_missed > 0) { errno = ENAMETOOLONG; return -1; }
+    size_t used = 0;
+    for (uint32_t i = 0; i < dc->elem_cnt; i++) {
+        const char *p = (const char *)dc->val + dc->val[i];
+        size_t n = strlen(p) + 1;
+        if (used + n > size) { errno = ENAMETOOLONG; return -1; }
+        memcpy(out + used, p, n);
+        used += n;
+    }
+    return (int)dc->elem_cnt;
+}
+
+int strata_syncfs(int fd) { return syncfs(fd); }

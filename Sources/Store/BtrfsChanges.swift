@@ -28,15 +28,63 @@ struct BtrfsChange {
     var bytes: Int64 = 0
 }
 
+/// How a btrfs container's changes are found: by walking both trees
+/// whole, or by reading first which inodes btrfs wrote since the snapshot
+/// (its generation numbers, as `find-new`) and walking only the
+/// directories on the way to them. Both give the same list.
+public enum BtrfsDiffMethod: String, Sendable, CaseIterable {
+    case walk
+    case generations
+}
+
+/// The paths worth looking at: those written since the snapshot (`dirty`;
+/// a dirty directory's entries are all compared), and every directory on
+/// the way to one.
+struct BtrfsRelevance {
+    var dirty = Set<String>()
+    var onPath = Set<String>()
+
+    init(dirty: Set<String>) {
+        self.dirty = dirty
+        for p in dirty {
+            onPath.insert(p)
+            var cur = Substring(p)
+            while let slash = cur.lastIndex(of: "/") {
+                cur = cur[..<slash]
+                if !onPath.insert(String(cur)).inserted { break }
+            }
+        }
+    }
+}
+
 enum BtrfsTreeDiff {
     /// The changes from `old` to `new` (directories open for reading), in
     /// the order of a layer tar: byte-sorted names, a directory before
     /// what it holds. A directory is listed as changed when anything under
     /// it changed, as the overlay driver's upper directory holds it then.
-    static func changes(new: Int32, old: Int32) throws(Errno) -> [BtrfsChange] {
+    /// With `relevance`, only the paths it names are looked at.
+    static func changes(new: Int32, old: Int32, relevance: BtrfsRelevance? = nil) throws(Errno) -> [BtrfsChange] {
         var out: [BtrfsChange] = []
-        try walk(new: new, old: old, prefix: "", into: &out)
+        try walk(new: new, old: old, prefix: "", relevance: relevance, into: &out)
         return out
+    }
+
+    /// What btrfs wrote in the subvolume `new` since it was snapshotted:
+    /// the paths of every inode in a tree block of a later transaction.
+    static func written(_ new: Int32) throws(Errno) -> BtrfsRelevance {
+        let made = try Btrfs.transactions(new).created
+        var dirty = Set<String>()
+        for ino in try Btrfs.inodesWritten(since: made + 1, in: new) where ino >= 256 && ino < UInt64.max - 255 {
+            if ino == 256 {
+                dirty.insert("")
+                continue
+            }
+            do throws(Errno) { for p in try Btrfs.paths(of: ino, in: new) { dirty.insert(p) } } catch {
+                // Gone since: its directory was written too.
+                if error != .noSuchFileOrDirectory { throw error }
+            }
+        }
+        return BtrfsRelevance(dirty: dirty)
     }
 
     private static func sortedNames(_ fd: Int32) throws(Errno) -> [String] {
@@ -78,7 +126,11 @@ enum BtrfsTreeDiff {
 
     private static func sameXattrs(_ new: Int32, _ old: Int32, _ name: String) -> Bool { xattrs(new, name) == xattrs(old, name) }
 
-    private static func walk(new: Int32, old: Int32?, prefix: String, into out: inout [BtrfsChange]) throws(Errno) {
+    private static func walk(new: Int32, old: Int32?, prefix: String, relevance: BtrfsRelevance?,
+                             into out: inout [BtrfsChange]) throws(Errno) {
+        // In a directory that was written every entry counts; in one only
+        // on the way to a written path, only the entries on that way.
+        let every = relevance.map { $0.dirty.contains(prefix.isEmpty ? "" : String(prefix.dropLast())) } ?? true
         let newNames = try sortedNames(new)
         let oldNames = try old.map { (fd) throws(Errno) in try sortedNames(fd) } ?? []
         // Both lists sorted: merged in one pass.
@@ -94,6 +146,7 @@ enum BtrfsTreeDiff {
                 name = newNames[i]; inNew = true; inOld = true; i += 1; j += 1
             }
             let path = prefix + name
+            if !every, let relevance, !relevance.onPath.contains(path) { continue }
             guard inNew, let n = stat(new, name) else {
                 out.append(BtrfsChange(path: path, kind: .deleted))
                 continue
@@ -105,7 +158,7 @@ enum BtrfsTreeDiff {
                                        replacedDirectory: o != nil && isDirectory(n), bytes: bytes(n)))
                 if isDirectory(n) {
                     let sub = try Sys.openat(new, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-                    try walk(new: sub.raw, old: nil, prefix: path + "/", into: &out)
+                    try walk(new: sub.raw, old: nil, prefix: path + "/", relevance: nil, into: &out)
                 }
                 continue
             }
@@ -115,7 +168,7 @@ enum BtrfsTreeDiff {
                 var below: [BtrfsChange] = []
                 let subNew = try Sys.openat(new, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
                 let subOld = try Sys.openat(old, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-                try walk(new: subNew.raw, old: subOld.raw, prefix: path + "/", into: &below)
+                try walk(new: subNew.raw, old: subOld.raw, prefix: path + "/", relevance: relevance, into: &below)
                 if !same || !below.isEmpty {
                     out.append(BtrfsChange(path: path, kind: .changed))
                     out += below
@@ -129,11 +182,23 @@ enum BtrfsTreeDiff {
 
 extension Store {
     /// A btrfs container's changes since it was made.
-    func btrfsChanges(_ c: ContainerRecord) throws(StoreError) -> [BtrfsChange] {
+    /// `method` named by the caller is used or fails; by default the
+    /// generations, else (resolving inodes to paths needs CAP_SYS_ADMIN)
+    /// the walk.
+    func btrfsChanges(_ c: ContainerRecord, method: BtrfsDiffMethod? = nil) throws(StoreError) -> [BtrfsChange] {
         let mine = containerLayer(c), initLayer = storedLayer("\(c.id)-init")
         let new = try openOwned(mine.subvolume, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         let old = try openOwned(initLayer.subvolume, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        do throws(Errno) { return try BtrfsTreeDiff.changes(new: new.raw, old: old.raw) } catch {
+        var relevance: BtrfsRelevance?
+        switch method {
+        case nil: relevance = try? BtrfsTreeDiff.written(new.raw)
+        case .generations?:
+            do throws(Errno) { relevance = try BtrfsTreeDiff.written(new.raw) } catch {
+                throw StoreError.failed("container \(c.name): reading what btrfs wrote in \(mine.subvolume)", error)
+            }
+        case .walk?: break
+        }
+        do throws(Errno) { return try BtrfsTreeDiff.changes(new: new.raw, old: old.raw, relevance: relevance) } catch {
             throw StoreError.failed("container \(c.name): comparing \(mine.subvolume) with \(initLayer.subvolume)", error)
         }
     }

@@ -83,9 +83,20 @@ extension Store {
         }
     }
 
+    /// `docker diff`'s lines for a btrfs container, found by `method` (the
+    /// benchmark compares them; the store uses generations).
+    public func diff(_ c: ContainerRecord, btrfs method: BtrfsDiffMethod) throws(StoreError) -> [Change] {
+        try refuseUnlessBtrfs()
+        return try diffOnBtrfs(c, method: method)
+    }
+
+    func refuseUnlessBtrfs() throws(StoreError) {
+        if layout != .btrfs { throw StoreError(.invalidInput, "the store at \(root) uses the \(layout.rawValue) driver, not btrfs") }
+    }
+
     /// `docker diff`'s lines for a btrfs container.
-    func diffOnBtrfs(_ c: ContainerRecord) throws(StoreError) -> [Change] {
-        try btrfsChanges(c).map { ch in
+    func diffOnBtrfs(_ c: ContainerRecord, method: BtrfsDiffMethod? = nil) throws(StoreError) -> [Change] {
+        try btrfsChanges(c, method: method).map { ch in
             switch ch.kind {
             case .added: .added("/" + ch.path)
             case .changed: .changed("/" + ch.path)

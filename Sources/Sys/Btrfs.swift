@@ -49,3 +49,51 @@ public enum Btrfs {
         if strata_btrfs_subvol_destroy(dir, name) != 0 { throw currentErrno() }
     }
 }
+
+/// What btrfs itself records of changes (as `btrfs subvolume find-new`
+/// reads it): every tree block written in a transaction carries its number,
+/// so the items written since a snapshot was taken are found without
+/// reading the rest of the tree.
+extension Btrfs {
+    /// The transaction that made the subvolume open as `fd` (a snapshot's
+    /// origin), and its current generation.
+    public static func transactions(_ fd: Int32) throws(Errno) -> (created: UInt64, generation: UInt64) {
+        var o: UInt64 = 0, g: UInt64 = 0
+        if strata_btrfs_subvol_transids(fd, &o, &g) != 0 { throw currentErrno() }
+        return (o, g)
+    }
+
+    /// Inode numbers with items in tree blocks written at or after
+    /// `transaction` (a superset of the changed ones: a block holds
+    /// neighbours too). Commits the filesystem's transaction first, since
+    /// the search reads the tree as committed.
+    public static func inodesWritten(since transaction: UInt64, in fd: Int32) throws(Errno) -> Set<UInt64> {
+        if strata_syncfs(fd) != 0 { throw currentErrno() }
+        final class Found { var set = Set<UInt64>() }
+        let found = Found()
+        let r = withExtendedLifetime(found) {
+            strata_btrfs_changed_inodes(fd, transaction, Unmanaged.passUnretained(found).toOpaque()) { ctx, ino in
+                guard let ctx else { return }
+                Unmanaged<Found>.fromOpaque(ctx).takeUnretainedValue().set.insert(ino)
+            }
+        }
+        if r != 0 { throw currentErrno() }
+        return found.set
+    }
+
+    /// Every path of inode `ino` in the subvolume open as `fd`, relative to
+    /// its root; ENOENT when the inode is gone.
+    public static func paths(of ino: UInt64, in fd: Int32) throws(Errno) -> [String] {
+        var buf = [CChar](repeating: 0, count: 65536)
+        let n = buf.withUnsafeMutableBufferPointer { strata_btrfs_inode_paths(fd, ino, $0.baseAddress, $0.count) }
+        if n < 0 { throw currentErrno() }
+        var out: [String] = []
+        var start = 0
+        for _ in 0..<Int(n) {
+            let end = buf[start...].firstIndex(of: 0) ?? buf.count
+            out.append(String(decoding: buf[start..<end].map { UInt8(bitPattern: $0) }, as: UTF8.self))
+            start = end + 1
+        }
+        return out
+    }
+}

@@ -1,5 +1,5 @@
 import Foundation
-import Store
+@testable import Store
 import Sys
 import Testing
 import TestSupport
@@ -81,6 +81,50 @@ struct BtrfsDriverTests {
         }
         #expect(exported[0]["var/fresh"] != nil && exported[0]["bin/ls"] == nil && exported[0]["newlink"] != nil)
         #expect(layers[0] == layers[1])
+    }
+
+    /// btrfs's record of what it wrote since the snapshot (generations)
+    /// finds what walking both trees finds, change after change: a deep
+    /// write, a rename, a removed tree, a chmod, a link, nothing at all.
+    @Test func generationsFindWhatTheWalkFinds() throws {
+        let fs = try BtrfsLoop()
+        let root = "\(fs.mountpoint)/store"
+        ok(["--storage-driver", "btrfs", "image", "load", "--root", root, "-i", Self.fixture])
+        ok(["create", "--root", root, "localhost/eco/busybox:l3", "--name", "c"])
+        let store = try Store(root: root)
+        let c = try store.container("c")
+        let merged = ok(["mount", "--root", root, "c"])
+        func same(_ step: String, sourceLocation: SourceLocation = #_sourceLocation) throws {
+            let walked = try store.diff(c, btrfs: .walk).map(\.line)
+            let found = try store.diff(c, btrfs: .generations).map(\.line)
+            #expect(walked == found, "after \(step): walk \(walked), generations \(found)", sourceLocation: sourceLocation)
+        }
+        try same("nothing")
+        #expect(try store.diff(c, btrfs: .generations).isEmpty)
+        #expect(FileOps(merged).write("usr/first", "x") == "ok")
+        try same("one new file")
+        // What btrfs wrote names the change and its neighbours in the tree
+        // blocks written (most of so small a tree), not the whole tree.
+        let sv = try Sys.open(store.containerLayer(c).subvolume, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        let written = try BtrfsTreeDiff.written(sv.raw)
+        let all = TreeSnapshot.take(store.containerLayer(c).subvolume, times: false).count
+        #expect(written.dirty.contains("usr/first") && written.dirty.count < all, "\(written.dirty.count) of \(all)")
+        Self.change(merged)
+        try same("every kind of change")
+        let f = FileOps(merged)
+        #expect(f.write("usr/deep-new", "x") == "ok")
+        try same("a new file")
+        #expect(f.write("etc/passwd", "y", flags: O_WRONLY | O_APPEND) == "ok")
+        try same("an append")
+        #expect(rename("\(merged)/etc", "\(merged)/etc-moved") == 0)
+        try same("a renamed directory")
+        #expect(chmod("\(merged)/bin/busybox", 0o700) == 0)
+        try same("a chmod")
+        #expect(unlink("\(merged)/bin/sh") == 0 && link("\(merged)/bin/busybox", "\(merged)/root/bb") == 0)
+        try same("a link moved")
+        #expect(removeTree(path: "\(merged)/usr"))
+        try same("a removed tree")
+        ok(["rm", "--root", root, "c"])
     }
 
     @Test func layersAreSubvolumesAndContainersWritableSnapshots() throws {

@@ -89,5 +89,11 @@ int strata_is_btrfs(int fd);
 /* Makes the subvolume open as `fd` read-only (1) or writable (0): a layer
  * is applied into a writable snapshot, then sealed. */
 int strata_btrfs_set_readonly(int fd, int readonly);
+/* What changed in a subvolume since a transaction (find-new): the
+ * snapshot's transids, the inodes of leaves written since, their paths. */
+int strata_btrfs_subvol_transids(int fd, uint64_t *otransid, uint64_t *generation);
+int strata_btrfs_changed_inodes(int fd, uint64_t min_transid, void *ctx, void (*found)(void *ctx, uint64_t ino));
+int strata_btrfs_inode_paths(int fd, uint64_t ino, char *out, size_t size);
+int strata_syncfs(int fd);
 
 #endif
