@@ -182,16 +182,22 @@ enum BtrfsTreeDiff {
 
 extension Store {
     /// A btrfs container's changes since it was made.
-    /// `method` named by the caller is used or fails; by default the
-    /// generations, else (resolving inodes to paths needs CAP_SYS_ADMIN)
-    /// the walk.
+    /// `method` named by the caller is used or fails. By default: the
+    /// generations when little data waits to be written back, else the
+    /// walk. btrfs records a write in its tree only once the data is on
+    /// disk, so reading its generations first commits the filesystem, which
+    /// costs the writeback of every dirty page (280 ms for 15 MB just
+    /// rewritten, where walking a 10,000-entry tree takes 40 to 100 ms);
+    /// with the data written, it costs a few ms and does not grow with the
+    /// tree (docs/BENCHMARKS.md, `strata-bench drivers`). Without
+    /// CAP_SYS_ADMIN (resolving inodes to paths needs it), the walk.
     func btrfsChanges(_ c: ContainerRecord, method: BtrfsDiffMethod? = nil) throws(StoreError) -> [BtrfsChange] {
         let mine = containerLayer(c), initLayer = storedLayer("\(c.id)-init")
         let new = try openOwned(mine.subvolume, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         let old = try openOwned(initLayer.subvolume, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         var relevance: BtrfsRelevance?
         switch method {
-        case nil: relevance = try? BtrfsTreeDiff.written(new.raw)
+        case nil: if Self.dirtyBytes() < Self.generationsDirtyLimit { relevance = try? BtrfsTreeDiff.written(new.raw) }
         case .generations?:
             do throws(Errno) { relevance = try BtrfsTreeDiff.written(new.raw) } catch {
                 throw StoreError.failed("container \(c.name): reading what btrfs wrote in \(mine.subvolume)", error)
@@ -201,6 +207,21 @@ extension Store {
         do throws(Errno) { return try BtrfsTreeDiff.changes(new: new.raw, old: old.raw, relevance: relevance) } catch {
             throw StoreError.failed("container \(c.name): comparing \(mine.subvolume) with \(initLayer.subvolume)", error)
         }
+    }
+
+    /// Above this much data waiting for writeback, the walk is faster.
+    static let generationsDirtyLimit: Int64 = 4 << 20
+
+    /// Bytes of data the kernel has yet to write back (/proc/meminfo's
+    /// Dirty and Writeback), machine-wide: what a commit of the filesystem
+    /// waits for at most.
+    static func dirtyBytes() -> Int64 {
+        guard let text = try? String(contentsOfFile: "/proc/meminfo", encoding: .utf8) else { return .max }
+        var kib: Int64 = 0
+        for line in text.split(separator: "\n") where line.hasPrefix("Dirty:") || line.hasPrefix("Writeback:") {
+            kib += Int64(line.split(separator: " ").dropFirst().first ?? "") ?? 0
+        }
+        return kib << 10
     }
 
     /// The same as a layer tar's entries: deletions as whiteouts, a

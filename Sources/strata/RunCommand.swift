@@ -24,7 +24,7 @@ struct RunCommand: ParsableCommand {
     )
     @OptionGroup var store: StoreOptions
     @Option(help: "Container name, also its hostname (default strata-<id>).") var name: String?
-    @Option(help: "Mount driver: overlay (kernel, default as root) or fuse.") var driver: String?
+    @Option(help: "Mount driver: overlay (kernel, default as root) or fuse; a btrfs store binds its snapshot.") var driver: String?
     @Flag(help: "Keep the container (and its changes) afterwards.") var keep = false
     @Flag(help: "Remove the container afterwards (the default; accepted as docker and podman spell it).") var rm = false
     @Option(help: "For an image pulled with --lazy: background (complete its layers while it runs, the default) or on-read (fetch only the files read).")

@@ -174,6 +174,29 @@ struct BtrfsDriverTests {
         ok(["check", "--root", root])
     }
 
+    /// A layer whose subvolume is lost is made again from its kept tar;
+    /// leftovers of an interrupted apply (a `.partial` subvolume, a layer
+    /// no row names) are found and removed.
+    @Test func checkMendsALostSubvolumeAndRemovesLeftovers() throws {
+        let fs = try BtrfsLoop()
+        let root = "\(fs.mountpoint)/store"
+        ok(["--storage-driver", "btrfs", "image", "load", "--root", root, "-i", Self.fixture])
+        let store = try Store(root: root)
+        let top = store.storedLayer(try store.image("localhost/eco/busybox:l3").layerIDs[2])
+        let before = TreeSnapshot.take(top.subvolume, times: false)
+        let dir = try Sys.open("\(root)/btrfs/subvolumes", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        try Btrfs.destroySubvolume(in: dir.raw, Digest.hex(top.id))
+        try Btrfs.createSubvolume(in: dir.raw, "\(Digest.hex(top.id)).partial")
+        let found = strata(["check", "--root", root])
+        #expect(found.status != 0 && found.stdout.contains("mendable:") && found.stdout.contains("leftover:"), "\(found.stdout)")
+        let repaired = strata(["check", "--root", root, "--repair"])
+        #expect(repaired.status == 0, "\(repaired.stdout)")
+        #expect(TreeSnapshot.take(top.subvolume, times: false) == before, "the layer's tree is made again as it was")
+        let sv = try Sys.open(top.subvolume, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        #expect(Btrfs.isSubvolume(sv.raw) && FileOps(top.subvolume).write("x", "y") == "errno30", "a sealed subvolume")
+        ok(["check", "--root", root, "--content"])
+    }
+
     @Test func whatTheDriverCannotDoIsRefusedByName() throws {
         let fs = try BtrfsLoop()
         let root = "\(fs.mountpoint)/store"

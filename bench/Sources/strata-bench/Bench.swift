@@ -14,7 +14,7 @@ struct BenchMain: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "strata-bench",
         abstract: "Benchmarks, each comparing implementations in one run (run as root).",
-        subcommands: [Bench.self, UnionBench.self, StoreBench.self, PullBench.self, RoundTripBench.self, CrashBench.self, SoakBench.self, BuildBench.self, MetacopyBench.self, LazyBench.self, ContainerdBench.self, PodmanLazyBench.self, PoolBench.self, EchoPeer.self],
+        subcommands: [Bench.self, UnionBench.self, StoreBench.self, PullBench.self, RoundTripBench.self, CrashBench.self, SoakBench.self, BuildBench.self, MetacopyBench.self, LazyBench.self, ContainerdBench.self, PodmanLazyBench.self, PoolBench.self, DriversBench.self, EchoPeer.self],
         defaultSubcommand: Bench.self
     )
 }
