@@ -50,10 +50,12 @@ extension Store {
         for f in ["hosts", "hostname", "resolv.conf"] {
             // Whatever the image had there (a file, a symlink) gives way.
             unlinkat(etc.raw, f, 0)
-            let fd = openat(etc.raw, f, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o644)
-            if fd < 0 { throw StoreError.last("\(path)/etc/\(f)") }
-            fchmod(fd, 0o644)
-            close(fd)
+            do throws(Errno) {
+                let file = try Sys.openat(etc.raw, f, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o644)
+                fchmod(file.raw, 0o644)
+            } catch {
+                throw StoreError.failed("\(path)/etc/\(f)", error)
+            }
         }
     }
 

@@ -52,20 +52,19 @@ extension Store {
         }
         if layout == .btrfs { try requireBtrfs(root) }
         if recorded == nil {
-            // The first command to create the store names its layout; one
-            // creating it at the same time finds the file and agrees or is refused.
-            let fd = open(file, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
-            if fd < 0 {
-                if errno == EEXIST { return try settleLayout(root: root, requested: requested) }
-                throw StoreError.last("recording the store's driver in \(file)")
+            // The first command to create the store names its layout, the
+            // file put in place whole (never seen empty); one creating it
+            // at the same time finds the file and agrees or is refused.
+            let tmp = "\(file).\(getpid())"
+            do {
+                try "\(layout.rawValue)\n".write(toFile: tmp, atomically: false, encoding: .utf8)
+            } catch {
+                throw StoreError(.io, "recording the store's driver in \(file): \(error.localizedDescription)")
             }
-            let line = Array("\(layout.rawValue)\n".utf8)
-            let ok = line.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) } == line.count && fsync(fd) == 0
-            close(fd)
-            if !ok {
-                let e = currentErrno()
-                unlink(file)
-                throw StoreError.failed("recording the store's driver in \(file)", e)
+            defer { unlink(tmp) }
+            do throws(Errno) { try Sys.renameat2(AT_FDCWD, tmp, AT_FDCWD, file, flags: Linux.RENAME_NOREPLACE) } catch {
+                if error == .fileExists { return try settleLayout(root: root, requested: requested) }
+                throw StoreError.failed("recording the store's driver in \(file)", error)
             }
         }
         return layout

@@ -104,6 +104,7 @@ struct DriversBench: ParsableCommand {
                 for (method, kp) in btrfsRound % 2 == 0 ? both : both.reversed() {
                     diffs[keyPath: kp].seconds[name, default: []].append(time { _ = try? st.diff(c, btrfs: method) })
                 }
+                diffs.auto.seconds[name, default: []].append(time { _ = try? st.diff(c) })
                 _ = quiet(bin, [bin, "create", "--root", store, "localhost/bench:1", "--name", "one"])
                 let one = output(bin, [bin, "mount", "--root", store, "one"])
                 let fd = open("\(one)/etc/one-change", O_WRONLY | O_CREAT | O_CLOEXEC, 0o644)
@@ -114,6 +115,7 @@ struct DriversBench: ParsableCommand {
                     for (method, kp) in btrfsRound % 2 == 0 ? oneBoth : oneBoth.reversed() {
                         diffs[keyPath: kp].seconds[name, default: []].append(time { _ = try? st.diff(c1, btrfs: method) })
                     }
+                    diffs.oneAuto.seconds[name, default: []].append(time { _ = try? st.diff(c1) })
                 }
             }
             for (step, mb) in [("image", u1 - u0), ("\(containers) containers", u2 - u1), ("commit of 10%", u3 - u2)] {
@@ -129,7 +131,7 @@ struct DriversBench: ParsableCommand {
             + String(format: "%.0f MB rewritten for the commit; ", median(rewritten)) + "ratio = time / overlay driver on ext4, paired by round")
         print(report([load, loadSynced, runs, commit], impls: names, base: "overlay driver, ext4"))
         print("How a btrfs container's changes are found (btrfs driver only):")
-        print(report([diffDirtyWalk, diffDirtyGen, diffs.walk, diffs.gen, diffs.oneWalk, diffs.oneGen].map { w in
+        print(report([diffDirtyWalk, diffDirtyGen, diffs.walk, diffs.gen, diffs.auto, diffs.oneWalk, diffs.oneGen, diffs.oneAuto].map { w in
             var r = Workload(name: w.name, bytes: nil)
             r.seconds["btrfs driver, btrfs"] = w.seconds["btrfs driver, btrfs"]
             return r
@@ -198,6 +200,8 @@ final class DiffTimes {
     var gen = Workload(name: "diff of the 10% rewrite once written back, by generations", bytes: nil)
     var oneWalk = Workload(name: "diff of a one-file change once written back, walking both trees", bytes: nil)
     var oneGen = Workload(name: "diff of a one-file change once written back, by generations", bytes: nil)
+    var auto = Workload(name: "diff of the 10% rewrite once written back, the store's choice", bytes: nil)
+    var oneAuto = Workload(name: "diff of a one-file change once written back, the store's choice", bytes: nil)
 }
 
 /// A filesystem of `type` made on a loop device over a sparse file; removed
