@@ -76,15 +76,7 @@ public struct LayerWriter: Sendable {
             var st = stat()
             if fstatat(dfd, name, &st, Linux.AT_SYMLINK_NOFOLLOW) != 0 { throw ArchiveError(path, "stat: \(currentErrno())") }
             let type = st.st_mode & Linux.S_IFMT
-            if type == Linux.S_IFREG && st.st_nlink > 1 {
-                let key = "\(st.st_dev):\(st.st_ino)"
-                if let first = links[key] {
-                    try emit(a, path, type: Linux.S_IFREG, mode: st.st_mode & 0o7777, st: st, dfd: dfd, name: name, hardlink: first)
-                    continue
-                }
-                links[key] = path
-            }
-            try emit(a, type == Linux.S_IFDIR ? path + "/" : path, type: type, mode: st.st_mode & 0o7777, st: st, dfd: dfd, name: name)
+            try emitEntry(a, path, st: st, dfd: dfd, name: name, links: &links)
             if case .opaqueDirectory = item, type == Linux.S_IFDIR {
                 try emit(a, path + "/" + OverlayFormat.opaqueName, type: Linux.S_IFREG, mode: 0o644, st: nil, dfd: nil, name: nil)
             }
@@ -114,15 +106,7 @@ public struct LayerWriter: Sendable {
                 try emit(a, prefix + OverlayFormat.whiteoutName(for: name), type: Linux.S_IFREG, mode: 0o644, st: w, dfd: nil, name: nil)
                 continue
             }
-            if type == Linux.S_IFREG && st.st_nlink > 1 {
-                let key = "\(st.st_dev):\(st.st_ino)"
-                if let first = links[key] {
-                    try emit(a, path, type: Linux.S_IFREG, mode: st.st_mode & 0o7777, st: st, dfd: dfd, name: name, hardlink: first)
-                    continue
-                }
-                links[key] = path
-            }
-            try emit(a, type == Linux.S_IFDIR ? path + "/" : path, type: type, mode: st.st_mode & 0o7777, st: st, dfd: dfd, name: name)
+            try emitEntry(a, path, st: st, dfd: dfd, name: name, links: &links)
             if type == Linux.S_IFDIR {
                 let sub: UniqueFD
                 do throws(Errno) { sub = try Sys.openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) } catch { throw ArchiveError(path, "open: \(error)") }
@@ -132,6 +116,22 @@ public struct LayerWriter: Sendable {
                 try walk(a, sub.raw, prefix: path + "/", links: &links)
             }
         }
+    }
+
+    /// One entry as it is on disk: a second name of a multiply linked file
+    /// as a hard link to the first name written.
+    private func emitEntry(_ a: OpaquePointer, _ path: String, st: stat, dfd: Int32, name: String,
+                           links: inout [String: String]) throws(ArchiveError) {
+        let type = st.st_mode & Linux.S_IFMT
+        if type == Linux.S_IFREG && st.st_nlink > 1 {
+            let key = "\(st.st_dev):\(st.st_ino)"
+            if let first = links[key] {
+                try emit(a, path, type: Linux.S_IFREG, mode: st.st_mode & 0o7777, st: st, dfd: dfd, name: name, hardlink: first)
+                return
+            }
+            links[key] = path
+        }
+        try emit(a, type == Linux.S_IFDIR ? path + "/" : path, type: type, mode: st.st_mode & 0o7777, st: st, dfd: dfd, name: name)
     }
 
     private func isOpaque(_ dfd: Int32, _ name: String) -> Bool {

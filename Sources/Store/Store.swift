@@ -40,6 +40,9 @@ public final class Store: @unchecked Sendable {
     /// new store's layout, and one naming another than an existing store's
     /// is refused.
     public init(root: String, recovering: Bool = true, driver: Driver? = nil) throws(StoreError) {
+        // Absolute: mounts run with the layer directory as their working
+        // directory, where a relative root would name nothing.
+        let root = root.hasPrefix("/") ? root : FileManager.default.currentDirectoryPath + "/" + root
         self.root = root
         let existed = access(root, F_OK) == 0
         do { try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true) } catch {

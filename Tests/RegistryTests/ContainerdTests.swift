@@ -160,6 +160,26 @@ struct ContainerdTests {
         return reg
     }
 
+    /// `image` pulled with Strata's snapshotter and containerd's own
+    /// overlayfs, and the same container run on both: output, a write, a
+    /// delete, and the tree.
+    static func pullAndRunOnBoth(_ c: Containerd, _ image: String, sourceLocation: SourceLocation = #_sourceLocation) {
+        for snapshotter in ["strata", "overlayfs"] {
+            let pull = c.ctr(["image", "pull", "--plain-http", "--snapshotter", snapshotter, image])
+            #expect(pull.status == 0, "pull with \(snapshotter): \(pull.stderr) \(c.log(of: "snapshotter.log"))", sourceLocation: sourceLocation)
+        }
+        let script = "echo hello; echo data > /tmp/w; cat /tmp/w; rm /bin/echo; ls /bin/echo 2>&1; find / -xdev | sort | md5sum"
+        var outputs: [String: String] = [:]
+        for snapshotter in ["strata", "overlayfs"] {
+            let run = c.ctr(["run", "--rm", "--snapshotter", snapshotter, image, "t-\(snapshotter)", "sh", "-c", script])
+            #expect(run.status == 0, "run with \(snapshotter): \(run.stderr) \(c.log(of: "snapshotter.log"))", sourceLocation: sourceLocation)
+            outputs[snapshotter] = run.stdout
+        }
+        #expect(outputs["strata"]?.hasPrefix("hello\ndata\nls: /bin/echo: No such file or directory\n") == true, "\(outputs["strata"] ?? "")",
+                sourceLocation: sourceLocation)
+        #expect(outputs["strata"] == outputs["overlayfs"], sourceLocation: sourceLocation)
+    }
+
     @Test func ctrPullsAndRunsThroughStrataAsThroughItsOwnOverlayfs() throws {
         let reg = try Self.registryWithBusybox()
         defer { reg.stop() }
@@ -167,20 +187,7 @@ struct ContainerdTests {
         defer { c.stop() }
         let image = "\(reg.host)/busybox:l3"
         #expect(c.ctr(["plugins", "ls"]).stdout.contains("io.containerd.snapshotter.v1    strata"))
-        for snapshotter in ["strata", "overlayfs"] {
-            let pull = c.ctr(["image", "pull", "--plain-http", "--snapshotter", snapshotter, image])
-            #expect(pull.status == 0, "pull with \(snapshotter): \(pull.stderr)")
-        }
-        // The same container on both: output, a write, a delete, and the tree.
-        let script = "echo hello; echo data > /tmp/w; cat /tmp/w; rm /bin/echo; ls /bin/echo 2>&1; find / -xdev | sort | md5sum"
-        var outputs: [String: String] = [:]
-        for snapshotter in ["strata", "overlayfs"] {
-            let run = c.ctr(["run", "--rm", "--snapshotter", snapshotter, image, "t-\(snapshotter)", "sh", "-c", script])
-            #expect(run.status == 0, "run with \(snapshotter): \(run.stderr) \(c.log(of: "snapshotter.log"))")
-            outputs[snapshotter] = run.stdout
-        }
-        #expect(outputs["strata"]?.hasPrefix("hello\ndata\nls: /bin/echo: No such file or directory\n") == true, "\(outputs["strata"] ?? "")")
-        #expect(outputs["strata"] == outputs["overlayfs"])
+        Self.pullAndRunOnBoth(c, image)
 
         // ctr's snapshot commands.
         let ls = c.ctr(["snapshots", "--snapshotter", "strata", "ls"])
@@ -225,19 +232,7 @@ struct ContainerdTests {
         let c = try Containerd(driver: "btrfs", strataRoot: "\(fs.mountpoint)/strata")
         defer { c.stop() }
         let image = "\(reg.host)/busybox:l3"
-        for snapshotter in ["strata", "overlayfs"] {
-            let pull = c.ctr(["image", "pull", "--plain-http", "--snapshotter", snapshotter, image])
-            #expect(pull.status == 0, "pull with \(snapshotter): \(pull.stderr) \(c.log(of: "snapshotter.log"))")
-        }
-        let script = "echo hello; echo data > /tmp/w; cat /tmp/w; rm /bin/echo; ls /bin/echo 2>&1; find / -xdev | sort | md5sum"
-        var outputs: [String: String] = [:]
-        for snapshotter in ["strata", "overlayfs"] {
-            let run = c.ctr(["run", "--rm", "--snapshotter", snapshotter, image, "t-\(snapshotter)", "sh", "-c", script])
-            #expect(run.status == 0, "run with \(snapshotter): \(run.stderr) \(c.log(of: "snapshotter.log"))")
-            outputs[snapshotter] = run.stdout
-        }
-        #expect(outputs["strata"]?.hasPrefix("hello\ndata\nls: /bin/echo: No such file or directory\n") == true, "\(outputs["strata"] ?? "")")
-        #expect(outputs["strata"] == outputs["overlayfs"])
+        Self.pullAndRunOnBoth(c, image)
         // Three committed layers, each a sealed subvolume.
         let ls = c.ctr(["snapshots", "--snapshotter", "strata", "ls"])
         let rows = ls.stdout.split(separator: "\n").dropFirst().map { $0.split(separator: " ").map(String.init) }

@@ -36,6 +36,26 @@ struct StoreTests {
         }
     }
 
+    /// `--root` relative to the working directory: the mount runs in the
+    /// layer directory, and the store's paths are absolute by then.
+    @Test func aRelativeRootMountsAndCommits() throws {
+        let t = TempDir()
+        // Run from the temporary directory (not a chdir of this process,
+        // which other suites share).
+        func run(_ args: [String]) -> (status: Int32, stdout: String, stderr: String) {
+            let r = runProgram("/bin/sh", ["-c", "cd \"$0\" && exec \"$@\"", t.path, MountEnvironment.binary] + args)
+            #expect(r.status == 0, "strata \(args.joined(separator: " ")): \(r.stderr)")
+            return r
+        }
+        _ = run(["image", "load", "--root", "rel", "-i", "\(Self.fixtures)/busybox-l3.docker.tar"])
+        _ = run(["create", "--root", "rel", "localhost/eco/busybox:l3", "--name", "c"])
+        let merged = run(["mount", "--root", "rel", "c"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(merged.hasPrefix("/") && Sys.isMountRoot(merged), "\(merged)")
+        _ = run(["commit", "--root", "rel", "c", "localhost/rel:1"])
+        _ = run(["rm", "--root", "rel", "c"])
+        _ = run(["check", "--root", "rel"])
+    }
+
     @Test(arguments: ["overlay", "fuse"])
     func containersMountWithEitherDriver(_ driver: String) throws {
         let t = TempDir()

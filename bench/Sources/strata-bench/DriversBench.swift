@@ -107,8 +107,11 @@ struct DriversBench: ParsableCommand {
                 diffs.auto.seconds[name, default: []].append(time { _ = try? st.diff(c) })
                 _ = quiet(bin, [bin, "create", "--root", store, "localhost/bench:1", "--name", "one"])
                 let one = output(bin, [bin, "mount", "--root", store, "one"])
-                let fd = open("\(one)/etc/one-change", O_WRONLY | O_CREAT | O_CLOEXEC, 0o644)
-                close(fd)
+                // Only inside the container's mounted root (see rewriteTenth).
+                if one.hasSuffix("/merged") && Sys.isMountRoot(one) {
+                    let fd = open("\(one)/etc/one-change", O_WRONLY | O_CREAT | O_CLOEXEC, 0o644)
+                    if fd >= 0 { close(fd) }
+                }
                 sync()
                 if let c1 = try? st.container("one") {
                     let oneBoth: [(BtrfsDiffMethod, ReferenceWritableKeyPath<DiffTimes, Workload>)] = [(.walk, \.oneWalk), (.generations, \.oneGen)]
@@ -147,6 +150,12 @@ struct DriversBench: ParsableCommand {
     /// Rewrites (same size, new bytes) regular files in byte order of
     /// path until a tenth of the tree's file bytes is rewritten.
     func rewriteTenth(_ root: String) -> Int64 {
+        // Only ever a container's mounted root: an empty or wrong path (a
+        // failed mount) must not send the writes anywhere else.
+        guard root.hasPrefix("/"), root.hasSuffix("/merged"), Sys.isMountRoot(root) else {
+            progress("not rewriting \(root.isEmpty ? "(no path)" : root): not a mounted container root")
+            return 0
+        }
         var files: [(String, Int64)] = []
         func walk(_ rel: String) {
             let dir = rel.isEmpty ? root : "\(root)/\(rel)"
@@ -204,8 +213,10 @@ final class DiffTimes {
     var oneAuto = Workload(name: "diff of a one-file change once written back, the store's choice", bytes: nil)
 }
 
-/// A filesystem of `type` made on a loop device over a sparse file; removed
-/// (unmounted lazily, detached, deleted) at the end.
+/// A filesystem of `type` made on a loop device over a sparse file, with
+/// direct I/O (its writes reach the file's disk, not the page cache of the
+/// filesystem holding the file: writeback behaves as on a disk of its own);
+/// removed (unmounted lazily, detached, deleted) at the end.
 final class LoopFS {
     let type: String, mountpoint: String, image: String
     var device = ""
@@ -222,7 +233,7 @@ final class LoopFS {
         guard quiet(mkfs[0], mkfs) == 0 else { throw ValidationError("\(mkfs[0]) failed on \(image)") }
         let t = "\(dir)/losetup.out"
         let out = open(t, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        if let pid = try? Spawn.start("/usr/sbin/losetup", ["losetup", "-f", "--show", image], stdio: (-1, out, -1)) { _ = Spawn.wait(pid) }
+        if let pid = try? Spawn.start("/usr/sbin/losetup", ["losetup", "--direct-io=on", "-f", "--show", image], stdio: (-1, out, -1)) { _ = Spawn.wait(pid) }
         close(out)
         device = ((try? String(contentsOfFile: t, encoding: .utf8)) ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
         unlink(t)
