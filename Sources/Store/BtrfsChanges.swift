@@ -58,6 +58,12 @@ struct BtrfsRelevance {
 }
 
 enum BtrfsTreeDiff {
+    /// How directories are opened for comparing: without updating their
+    /// access times, which in a snapshot would be writes (a walk would
+    /// rewrite the metadata of every directory it lists, and btrfs would
+    /// then report them all as written since the snapshot).
+    static let readOnly = O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC | Linux.O_NOATIME
+
     /// The changes from `old` to `new` (directories open for reading), in
     /// the order of a layer tar: byte-sorted names, a directory before
     /// what it holds. A directory is listed as changed when anything under
@@ -92,7 +98,7 @@ enum BtrfsTreeDiff {
     }
 
     private static func sortedNames(_ fd: Int32) throws(Errno) -> [String] {
-        try Sys.directoryNames(fd).sorted { Array($0.utf8).lexicographicallyPrecedes(Array($1.utf8)) }
+        try Sys.directoryNames(fd, flags: Linux.O_NOATIME).sorted { Array($0.utf8).lexicographicallyPrecedes(Array($1.utf8)) }
     }
 
     private static func stat(_ dir: Int32, _ name: String) -> stat? {
@@ -161,7 +167,7 @@ enum BtrfsTreeDiff {
                 out.append(BtrfsChange(path: path, kind: o == nil ? .added : .changed,
                                        replacedDirectory: o != nil && isDirectory(n), bytes: bytes(n)))
                 if isDirectory(n) {
-                    let sub = try Sys.openat(new, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+                    let sub = try Sys.openat(new, name, readOnly)
                     try walk(new: sub.raw, old: nil, prefix: path + "/", relevance: nil, into: &out)
                 }
                 continue
@@ -170,8 +176,8 @@ enum BtrfsTreeDiff {
             let same = untouched || (sameRecord(n, o, directory: isDirectory(n)) && sameXattrs(new, old ?? -1, name))
             if isDirectory(n), let old {
                 var below: [BtrfsChange] = []
-                let subNew = try Sys.openat(new, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-                let subOld = try Sys.openat(old, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+                let subNew = try Sys.openat(new, name, readOnly)
+                let subOld = try Sys.openat(old, name, readOnly)
                 try walk(new: subNew.raw, old: subOld.raw, prefix: path + "/", relevance: relevance, into: &below)
                 if !same || !below.isEmpty {
                     out.append(BtrfsChange(path: path, kind: .changed))
@@ -197,8 +203,8 @@ extension Store {
     /// CAP_SYS_ADMIN (resolving inodes to paths needs it), the walk.
     func btrfsChanges(_ c: ContainerRecord, method: BtrfsDiffMethod? = nil) throws(StoreError) -> [BtrfsChange] {
         let mine = containerLayer(c), initLayer = storedLayer("\(c.id)-init")
-        let new = try openOwned(mine.subvolume, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        let old = try openOwned(initLayer.subvolume, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        let new = try openOwned(mine.subvolume, BtrfsTreeDiff.readOnly)
+        let old = try openOwned(initLayer.subvolume, BtrfsTreeDiff.readOnly)
         var relevance: BtrfsRelevance?
         switch method {
         case nil:

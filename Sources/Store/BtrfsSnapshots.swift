@@ -47,8 +47,8 @@ extension Store {
         guard let parent = r.parent else { return Self.usage(of: fs) }
         let parentTree = fsPath(try snapshotRecord(parent))
         do throws(Errno) {
-            let new = try Sys.open(fs, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-            let old = try Sys.open(parentTree, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            let new = try Sys.open(fs, BtrfsTreeDiff.readOnly)
+            let old = try Sys.open(parentTree, BtrfsTreeDiff.readOnly)
             let changes = try BtrfsTreeDiff.changes(new: new.raw, old: old.raw)
             return (changes.reduce(0) { $0 + $1.bytes }, Int64(changes.count))
         } catch {

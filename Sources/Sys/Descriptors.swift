@@ -110,8 +110,10 @@ extension Sys {
     /// The names in directory `name` under `dir` ("." for `dir` itself),
     /// without "." and "..": a descriptor of its own for the listing,
     /// closed before it returns.
-    public static func directoryNames(_ dir: Int32, _ name: String = ".") throws(Errno) -> [String] {
-        var fd = try openat(dir, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC | (name == "." ? 0 : O_NOFOLLOW))
+    /// `flags`: more open flags (O_NOATIME: listing does not write the
+    /// directory's access time).
+    public static func directoryNames(_ dir: Int32, _ name: String = ".", flags: Int32 = 0) throws(Errno) -> [String] {
+        var fd = try openat(dir, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC | (name == "." ? 0 : O_NOFOLLOW) | flags)
         guard let d = fdopendir(fd.raw) else { throw currentErrno() }
         // The stream owns the descriptor now; closedir closes it.
         _ = fd.release().take()
