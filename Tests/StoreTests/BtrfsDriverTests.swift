@@ -172,6 +172,12 @@ struct BtrfsDriverTests {
         #expect(((try? Sys.directoryNames(AT_FDCWD, "\(root)/btrfs/subvolumes")) ?? ["x"]).isEmpty)
         #expect(((try? Sys.directoryNames(AT_FDCWD, "\(root)/btrfs/layers")) ?? ["x"]).isEmpty)
         ok(["check", "--root", root])
+        // prune: an image no container uses goes with -a, its subvolumes too.
+        ok(["image", "load", "--root", root, "-i", Self.fixture])
+        let pruned = ok(["image", "prune", "-a", "--root", root])
+        #expect(pruned.contains("removed 1 image, 3 layers"), "\(pruned)")
+        #expect(((try? Sys.directoryNames(AT_FDCWD, "\(root)/btrfs/subvolumes")) ?? ["x"]).isEmpty)
+        ok(["check", "--root", root])
     }
 
     /// A layer whose subvolume is lost is made again from its kept tar;
