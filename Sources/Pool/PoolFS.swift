@@ -33,8 +33,12 @@ public final class PoolFS: FDBackedFileSystem, @unchecked Sendable {
     private let passthroughOn = Atomic<Bool>(false)
     var passthrough: Bool { passthroughOn.load(ordering: .relaxed) }
 
-    public init(_ options: PoolOptions) throws(Errno) {
-        configuration = Mutex(Config(options: options, branches: try options.branches.map { (s) throws(Errno) in try Branch(s) }))
+    /// A branch that cannot be opened is named in the error.
+    public init(_ options: PoolOptions) throws(SysError) {
+        let branches = try options.branches.map { (s) throws(SysError) in
+            do throws(Errno) { return try Branch(s) } catch { throw SysError(error, "open branch", s.path) }
+        }
+        configuration = Mutex(Config(options: options, branches: branches))
         nodes = NodeTable(root: PoolNode(id: 1, path: ""))
     }
 

@@ -50,7 +50,7 @@ struct PoolCommand: ParsableCommand {
         let pool = options
         do throws(SysError) {
             try Server.start(mount: mount, options: SessionOptions(), foreground: f) { () throws(SysError) in
-                do throws(Errno) { return try PoolFS(pool) } catch { throw SysError(error, "open branch", "") }
+                try PoolFS(pool)
             }
         } catch {
             throw fail("\(error)")

@@ -137,6 +137,11 @@ extension MergerfsDifferentialTests {
             #expect(bad.status != 0 && bad.stderr.contains(says) && bad.stderr.split(separator: "\n").count == 1, "\(opts): \(bad.stderr)")
             #expect(!Sys.isMountRoot(m))
         }
+        // A branch that cannot be opened is named.
+        let missing = "\(t.path)/not-there"
+        let gone = runProgram(MountEnvironment.binary, ["pool", "-o", "minfreespace=1M", "\(a):\(missing)", m])
+        #expect(gone.status != 0 && gone.stderr.contains(missing) && gone.stderr.split(separator: "\n").count == 1, "\(gone.stderr)")
+        #expect(!Sys.isMountRoot(m))
     }
 }
 
