@@ -16,12 +16,12 @@ struct ContainerdBench: ParsableCommand {
         commandName: "containerd",
         abstract: "containerd: CRI pull + first output, its overlayfs snapshotter against Strata's (full and lazy), over a throttled registry."
     )
-    @Option(help: "A root filesystem for the image (e.g. made by 'debootstrap --variant=minbase bookworm DIR'); split into 3 layers.")
-    var rootfs: String
-    @Option(help: "The link's bandwidth, in Mbit/s.") var mbit: Double = 200
-    @Option(help: "Rounds; medians are reported.") var rounds = 3
-    @Option(help: "Where to put the data.") var dir = "/var/tmp"
-    @Option(help: "The strata binary (default: next to this program; strata-overlay beside it).") var strata: String?
+    @OptionGroup var link: LinkBenchOptions
+    var rootfs: String { link.rootfs }
+    var mbit: Double { link.mbit }
+    var rounds: Int { link.rounds }
+    var dir: String { link.dir }
+    var strata: String? { link.strata }
 
     func run() throws {
         guard geteuid() == 0 else { throw ValidationError("run as root") }

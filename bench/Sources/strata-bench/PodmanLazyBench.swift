@@ -15,12 +15,12 @@ struct PodmanLazyBench: ParsableCommand {
         commandName: "podman-lazy",
         abstract: "podman: pull + first output, its own pull (gzip, zstd:chunked partial) against Strata's layer store, over a throttled registry."
     )
-    @Option(help: "A root filesystem for the image (e.g. made by 'debootstrap --variant=minbase bookworm DIR'); split into 3 layers.")
-    var rootfs: String
-    @Option(help: "The link's bandwidth, in Mbit/s.") var mbit: Double = 200
-    @Option(help: "Rounds; medians are reported.") var rounds = 3
-    @Option(help: "Where to put the data.") var dir = "/var/tmp"
-    @Option(help: "The strata binary (default: next to this program).") var strata: String?
+    @OptionGroup var link: LinkBenchOptions
+    var rootfs: String { link.rootfs }
+    var mbit: Double { link.mbit }
+    var rounds: Int { link.rounds }
+    var dir: String { link.dir }
+    var strata: String? { link.strata }
 
     func run() throws {
         guard geteuid() == 0 else { throw ValidationError("run as root") }

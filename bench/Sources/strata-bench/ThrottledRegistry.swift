@@ -54,3 +54,15 @@ final class ThrottledRegistry {
 
     deinit { stop() }
 }
+
+/// What the benchmarks over a throttled registry share: the image's tree,
+/// the link, rounds, where the data goes, the binary under test.
+struct LinkBenchOptions: ParsableArguments {
+    @Option(help: "A root filesystem for the image (e.g. made by 'debootstrap --variant=minbase bookworm DIR'); split into 3 layers.")
+    var rootfs: String
+    @Option(help: "The link's bandwidth, in Mbit/s.") var mbit: Double = 200
+    @Option(help: "Rounds; medians are reported.") var rounds = 3
+    @Option(help: "Where to put the data.") var dir = "/var/tmp"
+    @Option(help: "The strata binary (default: next to this program; strata-overlay beside it where the benchmark mounts through it).")
+    var strata: String?
+}
