@@ -257,6 +257,26 @@ struct BtrfsDriverTests {
         sync()
         ok(["image", "load", "--root", root, "-i", Self.fixture])
         ok(["check", "--root", root, "--content"])
+        // A commit that does not fit: one line, nothing half-made, and it
+        // works once there is room.
+        ok(["create", "--root", root, "localhost/eco/busybox:l3", "--name", "c"])
+        let merged = ok(["mount", "--root", root, "c"])
+        try #require(merged.hasSuffix("/merged") && Sys.isMountRoot(merged), "\(merged)")
+        #expect(FileManager.default.createFile(atPath: "\(merged)/blob", contents: Data(repeating: 3, count: 8 << 20)))
+        let fill = open(filler, O_WRONLY | O_CREAT | O_CLOEXEC, 0o600)
+        while chunk.withUnsafeMutableBytes({ write(fill, $0.baseAddress, $0.count) }) > 0 {}
+        fsync(fill)
+        close(fill)
+        sync()
+        let commit = strata(["commit", "--root", root, "c", "localhost/too-big:1"])
+        let commitLines = commit.stderr.split(separator: "\n")
+        #expect(commit.status != 0 && commitLines.count == 1 && commit.stderr.contains("No space left on device"), "\(commit.stderr)")
+        let after = strata(["check", "--root", root])
+        #expect(after.stdout.split(separator: "\n").filter { !$0.hasPrefix("leftover:") && !$0.hasPrefix("store ") }.isEmpty, "\(after.stdout)")
+        unlink(filler)
+        sync()
+        ok(["commit", "--root", root, "c", "localhost/too-big:1"])
+        ok(["check", "--root", root, "--content"])
         chunk = []
     }
 }
