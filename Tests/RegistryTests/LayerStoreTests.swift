@@ -122,7 +122,7 @@ struct LayerStoreTests {
     /// store: only the TOCs come from the registry, a container prints
     /// while the layers are still incomplete, the tree is a plain pull's,
     /// and save, push, buildah from/RUN/commit work on it.
-    @Test(arguments: ["estargz", "zstd:chunked", "podman:zstd:chunked"])
+    @Test(arguments: ["estargz", "zstd:chunked", "podman:zstd:chunked", "buildah:zstd:chunked", "skopeo:zstd:chunked"])
     func podmanPullsLazilyThroughTheLayerStore(compression: String) throws {
         let reg = try LocalRegistry(accessLog: true)
         defer { reg.stop() }
@@ -164,12 +164,13 @@ struct LayerStoreTests {
         #expect(built.stdout.hasPrefix("built\n") && built.stdout.contains("No such file"), "\(built.stdout) \(built.stderr)")
         let push = p.podman(["push", "-q", "--tls-verify=false", image, "docker://\(reg.host)/again/debian:1"])
         #expect(push.status == 0, "podman push: \(push.stderr)")
-        if compression.hasPrefix("podman:") {
-            // Not for podman's own zstd:chunked: its layers name no
-            // uncompressed size, so podman 4.3 saves them uncompressed, and
-            // the layer containers/storage decompresses from that blob does
-            // not hash to the diff ID its config names ("Digest did not
-            // match"). Pull, run, buildah and push above work.
+        if compression.contains(":zstd:chunked") {
+            // Not for the zstd:chunked that podman, buildah or skopeo write
+            // (one writer, containers/storage's chunked compressor): its
+            // layers name no uncompressed size, so podman 4.3 saves them
+            // uncompressed, and the layer containers/storage decompresses
+            // from that blob does not hash to the diff ID its config names
+            // ("Digest did not match"). Pull, run, buildah and push above work.
             return
         }
         let x = t.sub("saved")
