@@ -87,6 +87,7 @@ struct OverlayCommandTests {
     /// statistics thread, which made a quick umount fail with EBUSY).
     @Test func mountThenUnmountAtOnceNeverBusy() throws {
         let t = TempDir()
+        #expect(t.isolate(), "bind the scratch directory private: \(errno)")
         let (l1, l2, u, w, m) = layers(t)
         for i in 0..<30 {
             let r = runProgram(MountEnvironment.overlayBinary, ["-o", "lowerdir=\(l1):\(l2),upperdir=\(u),workdir=\(w)", m])
@@ -107,6 +108,7 @@ struct OverlayCommandTests {
     /// Swift's Mutex (a PI futex naming an exited process).
     @Test func aBackgroundDaemonServesUnderLoadAndEndsCleanly() throws {
         let t = TempDir()
+        #expect(t.isolate(), "bind the scratch directory private: \(errno)")
         let (l1, l2, u, w, m) = layers(t)
         let statsFile = t.sub("stats") + "/last.json"
         for i in 0..<200 { _ = FileOps(l2).write("d/f\(i)", "x") }

@@ -67,6 +67,7 @@ struct UringTests {
     @Test func servesOnTheRingsAndSaysSo() throws {
         #expect(Self.switchOn, "cannot turn on \(UringSupport.switchPath)")
         let t = TempDir()
+        #expect(t.isolate(), "bind the scratch directory private: \(errno)")
         let (l, u, w, m) = layers(t)
         let r = runProgram(MountEnvironment.overlayBinary, ["-o", "lowerdir=\(l),upperdir=\(u),workdir=\(w),uring=on", m])
         #expect(r.status == 0, "\(r.stderr)")

@@ -63,6 +63,18 @@ public final class TempDir: @unchecked Sendable {
         mkdir(p, 0o755)
         return p
     }
+    /// Binds the directory on itself as a private mount. Other tests start
+    /// podman, runc and `unshare -m`, whose new mount namespaces copy every
+    /// mount; below a shared parent those copies are slaves of ours, and a
+    /// plain umount2 of our mount fails with EBUSY whenever a copy is in
+    /// use over there (the kernel's propagate_mount_busy). Below a private
+    /// parent nothing propagates, so a test that asserts umount succeeds
+    /// depends on no one else's mounts. `deinit` detaches the bind.
+    @discardableResult
+    public func isolate() -> Bool {
+        mount(path, path, nil, UInt(MS_BIND), nil) == 0
+            && mount(nil, path, nil, UInt(MS_PRIVATE), nil) == 0
+    }
     deinit {
         // Never leave anything mounted below us; then remove the tree.
         if let mounts = try? String(contentsOfFile: "/proc/self/mounts", encoding: .utf8) {
@@ -134,4 +146,52 @@ public func endChild(_ pid: pid_t, signal: Int32? = nil, seconds: Double) {
     if waitFor(seconds, { waitpid(pid, &st, WNOHANG) == pid }) { return }
     kill(pid, SIGKILL)
     waitpid(pid, &st, 0)
+}
+
+/// A plain umount2 of `path`, retried while it is EBUSY for up to `seconds`.
+/// Tests run in parallel with podman, runc and each other; a process that
+/// walks through a mount for a moment holds it. Whatever held it is named
+/// (processes whose cwd, root or descriptors lie below it, and mounts on
+/// it), on standard error and in the result, so a lasting holder is found.
+public func unmountNamingHolders(_ path: String, seconds: Double = 5) -> (status: Int32, errno: Int32, holders: String) {
+    let end = Date().addingTimeInterval(seconds)
+    var holders = ""
+    while true {
+        if umount2(path, 0) == 0 {
+            if !holders.isEmpty {
+                FileHandle.standardError.write(Data("umount of \(path) was busy for a while; held by: \(holders)\n".utf8))
+            }
+            return (0, 0, holders)
+        }
+        let e = errno
+        if e != EBUSY || Date() >= end { return (-1, e, holders) }
+        if holders.isEmpty { holders = holdersOf(path) }
+        usleep(20_000)
+    }
+}
+
+/// Who holds a mount: processes with their cwd, root or a descriptor below
+/// it, and mounts stacked below it.
+public func holdersOf(_ path: String) -> String {
+    var found: [String] = []
+    let fm = FileManager.default
+    func below(_ link: String) -> Bool {
+        guard let t = try? fm.destinationOfSymbolicLink(atPath: link) else { return false }
+        return t == path || t.hasPrefix(path + "/")
+    }
+    for pid in (try? fm.contentsOfDirectory(atPath: "/proc")) ?? [] where pid.allSatisfy(\.isNumber) {
+        let comm = (try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8))?
+            .trimmingCharacters(in: .whitespacesAndNewlines) ?? "?"
+        for what in ["cwd", "root"] where below("/proc/\(pid)/\(what)") { found.append("\(pid) \(comm) \(what)") }
+        for fd in (try? fm.contentsOfDirectory(atPath: "/proc/\(pid)/fd")) ?? [] where below("/proc/\(pid)/fd/\(fd)") {
+            found.append("\(pid) \(comm) fd \(fd)")
+        }
+    }
+    if let mounts = try? String(contentsOfFile: "/proc/self/mounts", encoding: .utf8) {
+        for line in mounts.split(separator: "\n") {
+            let f = line.split(separator: " ")
+            if f.count > 1, f[1].hasPrefix(path + "/") { found.append("mount \(f[1])") }
+        }
+    }
+    return found.isEmpty ? "nothing found in /proc (a passing walk, or another mount namespace)" : found.joined(separator: ", ")
 }
