@@ -291,12 +291,19 @@ public struct LayerApplier: Sendable {
             state.stats.opaque += 1
             return
         }
-        let target = String(name.dropFirst(4))
-        if target.isEmpty { throw ArchiveError(entry, "whiteout '.wh.' names nothing") }
-        if target == "." || target == ".." || target.contains("/") { throw ArchiveError(entry, "whiteout of '\(target)' is not a name") }
+        let target = try whiteoutTarget(name, entry: entry)
         removeExisting(parent, target)
         state.placed.remove(dirPath.isEmpty ? target : dirPath + "/" + target)
         state.stats.whiteouts += 1
+    }
+
+    /// The name a `.wh.NAME` entry deletes: one name in its directory,
+    /// never empty, `.`, `..` or a path (hostile layers try all three).
+    private func whiteoutTarget(_ name: String, entry: String) throws(ArchiveError) -> String {
+        let target = String(name.dropFirst(4))
+        if target.isEmpty { throw ArchiveError(entry, "whiteout '.wh.' names nothing") }
+        if target == "." || target == ".." || target.contains("/") { throw ArchiveError(entry, "whiteout of '\(target)' is not a name") }
+        return target
     }
 
     private func whiteout(_ parent: Int32, _ name: String, entry: String, stats: inout Stats) throws(ArchiveError) {
@@ -313,9 +320,7 @@ public struct LayerApplier: Sendable {
             stats.opaque += 1
             return
         }
-        let target = String(name.dropFirst(4))
-        if target.isEmpty { throw ArchiveError(entry, "whiteout '.wh.' names nothing") }
-        if target == "." || target == ".." || target.contains("/") { throw ArchiveError(entry, "whiteout of '\(target)' is not a name") }
+        let target = try whiteoutTarget(name, entry: entry)
         removeExisting(parent, target)
         if deviceWhiteouts {
             if mknodat(parent, target, Linux.S_IFCHR, 0) != 0 { throw ArchiveError(entry, "whiteout: \(currentErrno())") }

@@ -35,10 +35,7 @@ extension Store {
         // The init layer, then the container layer, both over the image's:
         // two layers of the store, made and named as an image's are.
         var below: [String] = []
-        for l in img.layerIDs.reversed() {
-            guard try layer(l) != nil else { throw StoreError(.notFound, "image \(ref) lacks layer \(l); load it again") }
-            below.append(try storedLayer(l).shortLower())
-        }
+        for l in img.layerIDs.reversed() { below.append(try storedLayer(l).shortLower()) }
         let initLayer = storedLayer("\(id)-init"), cLayer = storedLayer(id)
         do {
             for d in [initLayer.directory, initLayer.diff, "\(initLayer.diff)/etc", initLayer.work,
@@ -133,7 +130,6 @@ extension Store {
                 }
                 driver = .btrfs
             }
-            if driver == .btrfs { return try mountOnBtrfs(c) }
             if driver == .overlay, let img = try? image(c.image), !lazyLayers(of: img).isEmpty {
                 if explicitDriver {
                     throw StoreError(.invalidInput, "the image of \(c.name) is partly pulled (strata pull --lazy), which the kernel's overlayfs cannot serve: "

@@ -17,11 +17,6 @@ struct ContainerdBench: ParsableCommand {
         abstract: "containerd: CRI pull + first output, its overlayfs snapshotter against Strata's (full and lazy), over a throttled registry."
     )
     @OptionGroup var link: LinkBenchOptions
-    var rootfs: String { link.rootfs }
-    var mbit: Double { link.mbit }
-    var rounds: Int { link.rounds }
-    var dir: String { link.dir }
-    var strata: String? { link.strata }
 
     func run() throws {
         guard geteuid() == 0 else { throw ValidationError("run as root") }
@@ -29,15 +24,15 @@ struct ContainerdBench: ParsableCommand {
             throw ValidationError("needs containerd (scripts/setup.sh installs it)")
         }
         let here = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path
-        let bin = strata ?? here + "/strata"
+        let bin = link.strata ?? here + "/strata"
         let overlayBin = (bin as NSString).deletingLastPathComponent + "/strata-overlay"
         let top = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         let criScript = top.deletingLastPathComponent().appendingPathComponent("Tests/cri/cri_pull.py").path
         for f in [criScript, overlayBin] where access(f, R_OK) != 0 { throw ValidationError("\(f) is missing") }
-        let root = try makeTemp(dir)
+        let root = try makeTemp(link.dir)
         defer { _ = try? Spawn.run("/bin/rm", ["rm", "-rf", "--one-file-system", root]) }
-        let archive = try buildImageArchive(root, mib: 0, rootfs: rootfs)
-        let registry = try ThrottledRegistry(root: root, mbit: mbit)
+        let archive = try buildImageArchive(root, mib: 0, rootfs: link.rootfs)
+        let registry = try ThrottledRegistry(root: root, mbit: link.mbit)
         defer { registry.stop() }
         let port = registry.port, proxyPort = registry.proxyPort
         let null = open("/dev/null", O_RDWR | O_CLOEXEC)
@@ -59,7 +54,7 @@ struct ContainerdBench: ParsableCommand {
         var w = Workload(name: "CRI pull + cat /etc/os-release", bytes: nil)
         var bytes: [String: [Double]] = [:]
         var n = 0
-        try rotatedRounds(rounds, impls.map(\.0)) { name in
+        try rotatedRounds(link.rounds, impls.map(\.0)) { name in
             guard let (_, snapshotter, tag) = impls.first(where: { $0.0 == name }) else { return }
             n += 1
             let d = "\(root)/run-\(n)"
@@ -124,7 +119,7 @@ struct ContainerdBench: ParsableCommand {
             w.seconds[name, default: []].append(t)
             bytes[name, default: []].append(Double(fetched() - before))
         }
-        print("strata-bench containerd: containerd \(containerdVersion()), \(rounds) rounds, \(mbit) Mbit/s link; seconds from CRI PullImage to the container's first output, medians; ratios paired by round")
+        print("strata-bench containerd: containerd \(containerdVersion()), \(link.rounds) rounds, \(link.mbit) Mbit/s link; seconds from CRI PullImage to the container's first output, medians; ratios paired by round")
         print(report([w], impls: impls.map(\.0), base: "overlayfs snapshotter"))
         print("| bytes fetched (median) | " + impls.map(\.0).joined(separator: " | ") + " |")
         print("|---|---|---|---|---|")

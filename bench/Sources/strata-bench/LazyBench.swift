@@ -18,21 +18,16 @@ struct LazyBench: ParsableCommand {
         abstract: "Full pull + run against lazy pull + run, to the container's first output, over a throttled registry."
     )
     @OptionGroup var link: LinkBenchOptions
-    var rootfs: String { link.rootfs }
-    var mbit: Double { link.mbit }
-    var rounds: Int { link.rounds }
-    var dir: String { link.dir }
-    var strata: String? { link.strata }
     @Option(help: "Layer format pushed and pulled: estargz or zstd:chunked.") var format = "estargz"
 
     func run() throws {
         guard geteuid() == 0 else { throw ValidationError("run as root") }
         let here = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path
-        let bin = strata ?? here + "/strata"
-        let root = try makeTemp(dir)
+        let bin = link.strata ?? here + "/strata"
+        let root = try makeTemp(link.dir)
         defer { _ = try? Spawn.run("/bin/rm", ["rm", "-rf", "--one-file-system", root]) }
-        let archive = try buildImageArchive(root, mib: 0, rootfs: rootfs)
-        let registry = try ThrottledRegistry(root: root, mbit: mbit)
+        let archive = try buildImageArchive(root, mib: 0, rootfs: link.rootfs)
+        let registry = try ThrottledRegistry(root: root, mbit: link.mbit)
         defer { registry.stop() }
         let port = registry.port, proxyPort = registry.proxyPort
         // Pushed straight to the registry; pulled through the proxy.
@@ -54,7 +49,7 @@ struct LazyBench: ParsableCommand {
         for (label, argv) in commands {
             var w = Workload(name: label, bytes: nil)
             var n = 0
-            try rotatedRounds(rounds, impls) { impl in
+            try rotatedRounds(link.rounds, impls) { impl in
                 n += 1
                 let store = "\(root)/store-\(workloads.count)-\(n)"
                 let before = fetched()
@@ -74,7 +69,7 @@ struct LazyBench: ParsableCommand {
             }
             workloads.append(w)
         }
-        print("strata-bench lazy: \(format) layers, \(rounds) rounds, \(mbit) Mbit/s link; seconds to the container's first output, medians; ratios paired by round")
+        print("strata-bench lazy: \(format) layers, \(link.rounds) rounds, \(link.mbit) Mbit/s link; seconds to the container's first output, medians; ratios paired by round")
         print(report(workloads, impls: impls, base: "full pull + run"))
         print("| bytes fetched (median) | " + impls.joined(separator: " | ") + " |")
         print("|---|---|---|---|")

@@ -16,11 +16,6 @@ struct PodmanLazyBench: ParsableCommand {
         abstract: "podman: pull + first output, its own pull (gzip, zstd:chunked partial) against Strata's layer store, over a throttled registry."
     )
     @OptionGroup var link: LinkBenchOptions
-    var rootfs: String { link.rootfs }
-    var mbit: Double { link.mbit }
-    var rounds: Int { link.rounds }
-    var dir: String { link.dir }
-    var strata: String? { link.strata }
 
     func run() throws {
         guard geteuid() == 0 else { throw ValidationError("run as root") }
@@ -28,12 +23,12 @@ struct PodmanLazyBench: ParsableCommand {
             throw ValidationError("needs podman (scripts/setup.sh installs it)")
         }
         let here = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path
-        let bin = strata ?? here + "/strata"
+        let bin = link.strata ?? here + "/strata"
         guard access(bin, X_OK) == 0 else { throw ValidationError("\(bin) is missing") }
-        let root = try makeTemp(dir)
+        let root = try makeTemp(link.dir)
         defer { _ = try? Spawn.run("/bin/rm", ["rm", "-rf", "--one-file-system", root]) }
-        let archive = try buildImageArchive(root, mib: 0, rootfs: rootfs)
-        let registry = try ThrottledRegistry(root: root, mbit: mbit)
+        let archive = try buildImageArchive(root, mib: 0, rootfs: link.rootfs)
+        let registry = try ThrottledRegistry(root: root, mbit: link.mbit)
         defer { registry.stop() }
         let port = registry.port, proxyPort = registry.proxyPort
         // Strata pushes eStargz and zstd:chunked; podman pushes its own gzip.
@@ -63,7 +58,7 @@ struct PodmanLazyBench: ParsableCommand {
         var w = Workload(name: "podman pull + run cat /etc/os-release", bytes: nil)
         var bytes: [String: [Double]] = [:]
         var n = 0
-        try rotatedRounds(rounds, impls.map(\.0)) { name in
+        try rotatedRounds(link.rounds, impls.map(\.0)) { name in
             guard let (_, tag, layerStore, partial) = impls.first(where: { $0.0 == name }) else { return }
             n += 1
             let d = "\(root)/run-\(n)"
@@ -97,7 +92,7 @@ struct PodmanLazyBench: ParsableCommand {
             w.seconds[name, default: []].append(t)
             bytes[name, default: []].append(Double(fetched() - before))
         }
-        print("strata-bench podman-lazy: podman \(version(podman)), \(rounds) rounds, \(mbit) Mbit/s link; seconds from podman pull to the container's first output, medians; ratios paired by round")
+        print("strata-bench podman-lazy: podman \(version(podman)), \(link.rounds) rounds, \(link.mbit) Mbit/s link; seconds from podman pull to the container's first output, medians; ratios paired by round")
         print(report([w], impls: impls.map(\.0), base: "podman, gzip"))
         print("| bytes fetched (median) | " + impls.map(\.0).joined(separator: " | ") + " |")
         print("|---|---|---|---|---|")
