@@ -90,14 +90,22 @@ extension Store {
         return digits.isEmpty ? nil : pid_t(digits)
     }
 
+    /// What a removal did, said as it is: a repair that could not remove
+    /// something (another user's files, a busy mount) says so.
+    static func removal(_ path: String) -> String {
+        var st = stat()
+        if lstat(path, &st) != 0 && errno == ENOENT { return "removed \(path)" }
+        return "could not remove \(path): remove it by hand (as its owner or root), then run check again"
+    }
+
     private func apply(_ fix: Problem.Fix, progress: (String) -> Void) {
         switch fix {
         case .remove(let path) where path.hasPrefix(snapshotsDir + "/"):
             removeTree(in: snapshotsDir, String(path.dropFirst(snapshotsDir.count + 1)))
-            progress("removed \(path)")
+            progress(Self.removal(path))
         case .remove(let path) where path.hasPrefix("\(root)/btrfs/"):
             removeTree(path: path)
-            progress("removed \(path)")
+            progress(Self.removal(path))
         case .remove(let path) where path.hasPrefix(overlayDir + "/"):
             if let dir = try? Sys.open(overlayDir, O_RDONLY | O_DIRECTORY | O_CLOEXEC) {
                 let fd = dir.raw
@@ -109,7 +117,7 @@ extension Store {
                     unlinkat(fd, rel, 0)
                 }
             }
-            progress("removed \(path)")
+            progress(Self.removal(path))
         case .relink(let link, let target):
             unlink(link)
             if symlink(target, link) == 0 { progress("relinked \(link)") }

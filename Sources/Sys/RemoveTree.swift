@@ -19,8 +19,18 @@ public func removeTree(_ dirFD: Int32, _ name: String, device: UInt64? = nil) {
         // Another filesystem mounted here, or a subvolume (it has a device
         // number of its own): only a subvolume is ours to remove.
         if let device, let st, UInt64(st.st_dev) != device, !subvolume { return }
-        if subvolume && (try? Btrfs.destroySubvolume(in: dirFD, name)) != nil { return }
-        if let names = try? Sys.directoryNames(dir.raw) {
+        if subvolume {
+            if (try? Btrfs.destroySubvolume(in: dirFD, name)) != nil { return }
+            // The ioctl wants CAP_SYS_ADMIN (or a filesystem mounted with
+            // user_subvol_rm_allowed). A user's own subvolume goes as
+            // `rm -rf` takes it (Linux 4.18+ deletes an empty subvolume on
+            // rmdir): made writable first, then emptied with its own
+            // device number, which its files carry.
+            _ = try? Btrfs.setReadOnly(dir.raw, false)
+            if let names = try? Sys.directoryNames(dir.raw) {
+                for n in names { removeTree(dir.raw, n, device: st.map { UInt64($0.st_dev) }) }
+            }
+        } else if let names = try? Sys.directoryNames(dir.raw) {
             for n in names { removeTree(dir.raw, n, device: device) }
         }
     }

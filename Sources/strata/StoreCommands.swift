@@ -374,7 +374,7 @@ struct CheckCommand: ParsableCommand {
     func run() throws {
         let s = try store.open(recovering: repair)
         let problems = try storeCall { () throws(StoreError) in
-            repair ? try s.repair(content: content, progress: { print("repaired: \($0)") }) : try s.check(content: content)
+            repair ? try s.repair(content: content, progress: { print($0.hasPrefix("could not") ? $0 : "repaired: \($0)") }) : try s.check(content: content)
         }
         for p in problems { print(p) }
         if problems.isEmpty { print("store \(s.root): no problems") } else { throw ExitCode(1) }

@@ -203,6 +203,49 @@ struct BtrfsDriverTests {
         ok(["check", "--root", root, "--content"])
     }
 
+    /// A store of a user who is not root, on a btrfs mounted without
+    /// user_subvol_rm_allowed: the kernel refuses them the ioctl that
+    /// destroys a subvolume, and rm, image rm and check --repair must still
+    /// remove their own subvolumes (they once reported them deleted and
+    /// left every one behind).
+    @Test func aUserWhoIsNotRootRemovesTheirOwnSubvolumes() throws {
+        guard let setpriv = Spawn.which("setpriv") else { Issue.record("setpriv (util-linux) missing"); return }
+        let fs = try BtrfsLoop()
+        let home = fs.sub("home")
+        #expect(chown(home, 65534, 65534) == 0)
+        let archive = "\(home)/busybox.tar"
+        #expect((try? FileManager.default.copyItem(atPath: Self.fixture, toPath: archive)) != nil)
+        chmod(archive, 0o644)
+        let root = "\(home)/store"
+        func user(_ args: [String]) -> (status: Int32, stdout: String, stderr: String) {
+            runProgram(setpriv, ["--reuid", "65534", "--regid", "65534", "--clear-groups", "/usr/bin/env", "HOME=\(home)",
+                                 MountEnvironment.binary] + args)
+        }
+        func ok(_ args: [String]) {
+            let r = user(args)
+            #expect(r.status == 0, "strata \(args.joined(separator: " ")) as nobody: \(r.stderr)")
+        }
+        ok(["--storage-driver", "btrfs", "image", "load", "--root", root, "-i", archive])
+        ok(["create", "--root", root, "localhost/eco/busybox:l3", "--name", "c"])
+        ok(["commit", "--root", root, "c", "localhost/committed:1"])
+        ok(["create", "--root", root, "localhost/committed:1", "--name", "d"])
+        func subvolumes() -> [String] { ((try? FileManager.default.contentsOfDirectory(atPath: "\(root)/btrfs/subvolumes")) ?? []).sorted() }
+        #expect(subvolumes().count == 8, "4 layers, 2 containers with their -init: \(subvolumes())")
+        ok(["rm", "--root", root, "c", "d"])
+        ok(["image", "rm", "--root", root, "localhost/committed:1", "localhost/eco/busybox:l3"])
+        #expect(subvolumes().isEmpty, "left behind: \(subvolumes())")
+        ok(["check", "--root", root])
+        // A leftover (a layer made as root would be another user's: this is
+        // one of theirs, as a killed load leaves it) goes at --repair.
+        ok(["image", "load", "--root", root, "-i", archive])
+        let store = try Store(root: root)
+        let bottom = Digest.hex(try store.image("localhost/eco/busybox:l3").layerIDs[0])
+        #expect(runProgram("/bin/mv", ["\(root)/btrfs/subvolumes/\(bottom)", "\(root)/btrfs/subvolumes/\(bottom).partial"]).status == 0)
+        let repaired = user(["check", "--root", root, "--repair"])
+        #expect(repaired.stdout.contains("repaired: removed") && !repaired.stdout.contains("could not"), "\(repaired.stdout)")
+        #expect(!subvolumes().contains("\(bottom).partial"), "\(subvolumes())")
+    }
+
     @Test func whatTheDriverCannotDoIsRefusedByName() throws {
         let fs = try BtrfsLoop()
         let root = "\(fs.mountpoint)/store"
