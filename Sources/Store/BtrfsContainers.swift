@@ -66,6 +66,10 @@ extension Store {
         let sv = containerLayer(c).subvolume
         if Glibc.mount(sv, merged, nil, UInt(MS_BIND), nil) != 0 {
             let e = currentErrno()
+            if e == .notPermitted {
+                throw StoreError(.mount, "binding container \(c.name)'s subvolume on \(merged) needs root: run as root, "
+                    + "or use the subvolume itself, \(sv), which is the container's root")
+            }
             throw StoreError(.mount, "binding container \(c.name)'s subvolume \(sv) on \(merged): \(e)")
         }
         return merged
