@@ -54,6 +54,46 @@ import Glibc
         #expect(lstat("/tmp/evil", &st) != 0 && lstat("/etc/evil", &st) != 0)
     }
 
+    /// Applied onto a parent's tree (the btrfs driver's way), a layer meets
+    /// symlinks an earlier layer placed: `a`, pointing out of the tree.
+    /// No whiteout, opaque marker, file or hard link may act through it.
+    /// A deletion below a symlink names nothing in the layer's tree (the
+    /// path does not exist there), so it is dropped and counted, as a
+    /// whiteout of a missing name is; anything that would be written there
+    /// is refused.
+    static let ontoCases: [(String, String, refused: Bool)] = [
+        ("whiteout", "add_file('a/.wh.secret', b'')", false),
+        ("opaque", "add_file('a/.wh..wh..opq', b'')", false),
+        ("file", "add_file('a/secret', b'overwritten')", true),
+        ("new-file", "add_file('a/planted', b'x')", true),
+        ("hardlink", "add('h', tarfile.LNKTYPE, 'a/secret')", true),
+        ("directory", "add('a/sub', tarfile.DIRTYPE)", true),
+    ]
+
+    @Test(arguments: 0..<ontoCases.count)
+    func aLayerAppliedOntoATreeActsNeverThroughItsSymlinks(_ i: Int) throws {
+        let (name, spec, refused) = Self.ontoCases[i]
+        let t = TempDir()
+        let victim = t.sub("victim")
+        #expect(FileOps(victim).write("secret", "kept") == "ok")
+        let tree = t.sub("tree")
+        #expect(symlink(victim, "\(tree)/a") == 0)
+        let tar = try makeTar(t, name, spec)
+        let f = try Sys.open(tar, O_RDONLY | O_CLOEXEC)
+        if refused {
+            #expect { try LayerApplier().apply(fd: f.raw, onto: tree) } throws: { e in
+                "\(e)".contains("symlink")
+            }
+        } else {
+            let stats = try LayerApplier().apply(fd: f.raw, onto: tree)
+            #expect(stats.droppedWhiteouts == 1 && stats.whiteouts == 0 && stats.opaque == 0, "\(stats)")
+        }
+        #expect(FileOps(victim).ls("") == "secret", "the victim directory changed")
+        #expect(FileOps(victim).read("secret") == "kept")
+        var st = stat()
+        #expect(lstat("\(tree)/h", &st) != 0, "no link made to a file outside")
+    }
+
     @Test func truncatedArchiveIsRefusedAndLeavesNothing() throws {
         let t = TempDir()
         let tar = try makeTar(t, "full", "add_file('a', b'y' * 100000)\nadd_file('b', b'z' * 100000)")
