@@ -23,6 +23,10 @@ struct StoreOptions: ParsableArguments {
     /// driver than an existing store's is refused.
     static func open(root: String?, recovering: Bool = true, global: Strata? = nil) throws -> Store {
         let env = ProcessInfo.processInfo.environment["STRATA_STORAGE_DRIVER"].flatMap { $0.isEmpty ? nil : $0 }
+        if global?.globalStorageDriver == nil, let env, Store.Driver(rawValue: env) == nil {
+            // A misspelt variable would otherwise make a store of the default driver.
+            throw fail(unknownDriver("STRATA_STORAGE_DRIVER", env))
+        }
         let named = (global?.globalStorageDriver ?? env).flatMap { Store.Driver(rawValue: $0) }
         do { return try Store(root: root ?? Store.defaultRoot, recovering: recovering, driver: named) } catch { throw fail("\(error)") }
     }
@@ -151,9 +155,26 @@ func chooseDriver(_ given: String?, global: String?, store: Store? = nil) throws
         return geteuid() == 0 ? .overlay : .fuse
     }
     guard let d = Store.Driver(rawValue: v) else {
-        throw fail("\(given != nil ? "--driver" : global != nil ? "--storage-driver" : "STRATA_STORAGE_DRIVER") takes overlay, fuse or btrfs, got '\(v)'")
+        throw fail(unknownDriver(given != nil ? "--driver" : global != nil ? "--storage-driver" : "STRATA_STORAGE_DRIVER", v))
     }
     return d
+}
+
+/// The line for a driver name Strata does not know, with what to use
+/// instead for the names Docker's and podman's users bring with them.
+func unknownDriver(_ option: String, _ name: String) -> String {
+    let hint: String
+    switch name {
+    case "overlay2", "fuse-overlayfs":
+        hint = ": Strata's overlay keeps \(name)'s layout (use overlay, or fuse for Strata's own union)"
+    case "zfs":
+        hint = ": there is no ZFS driver yet (docs/BTRFS.md says how the btrfs driver maps onto ZFS datasets)"
+    case "vfs", "devicemapper", "aufs":
+        hint = ": Strata does not offer \(name) (overlay or btrfs does its work)"
+    default:
+        hint = ""
+    }
+    return "\(option) takes overlay (the kernel's overlayfs), fuse (Strata's own union) or btrfs (subvolume snapshots), got '\(name)'\(hint)"
 }
 
 /// How a mount of a lazily pulled image fetches (`--lazy-fetch`).

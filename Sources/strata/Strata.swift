@@ -27,7 +27,7 @@ struct Strata: ParsableCommand {
     func validate() throws {
         // One line and podman's code for its own errors, not a usage screen.
         if let d = globalStorageDriver, Store.Driver(rawValue: d) == nil {
-            throw fail("--storage-driver takes overlay (the kernel's overlayfs), fuse (Strata's own union) or btrfs (subvolume snapshots), got '\(d)'", code: Exit.globalOption)
+            throw fail(unknownDriver("--storage-driver", d), code: Exit.globalOption)
         }
     }
 }

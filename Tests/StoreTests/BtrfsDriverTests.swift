@@ -276,6 +276,13 @@ struct BtrfsDriverTests {
         // A driver nobody knows.
         let bad = strata(["--storage-driver", "bogus", "image", "ls", "--root", root])
         #expect(bad.status != 0 && bad.stderr.contains("overlay") && bad.stderr.contains("btrfs"), "\(bad.stderr)")
+        // Docker's names get a hint, from the option or the variable, and
+        // a misspelt variable makes no store of the default driver.
+        let z = strata(["image", "ls", "--root", "\(t.path)/z"], env: ["STRATA_STORAGE_DRIVER": "zfs"])
+        #expect(z.status != 0 && z.stderr.contains("no ZFS driver") && z.stderr.split(separator: "\n").count == 1, "\(z.stderr)")
+        #expect(access("\(t.path)/z", F_OK) != 0, "a refused variable leaves no store")
+        let o2 = strata(["--storage-driver", "overlay2", "image", "ls", "--root", "\(t.path)/o"])
+        #expect(o2.status != 0 && o2.stderr.contains("use overlay"), "\(o2.stderr)")
     }
 
     @Test func aFullBtrfsGivesOneLineAndLeavesNothingHalfMade() throws {
