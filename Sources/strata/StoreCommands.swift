@@ -68,7 +68,7 @@ struct ImageLoad: ParsableCommand {
 }
 
 struct ImageList: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "ls", abstract: "List images.")
+    static let configuration = CommandConfiguration(commandName: "ls", abstract: "List images.", aliases: ["list"])
     @OptionGroup var store: StoreOptions
 
     func run() throws {
@@ -102,7 +102,7 @@ struct CreateCommand: ParsableCommand {
 }
 
 struct ListCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "ls", abstract: "List containers.")
+    static let configuration = CommandConfiguration(commandName: "ls", abstract: "List containers (docker ps -a).", aliases: ["ps"])
     @OptionGroup var store: StoreOptions
 
     func run() throws {

@@ -59,11 +59,25 @@ enum Entry {
         } else if let first = args.first, first == "-o" || first == "-f" {
             // fuse-overlayfs's command line on the main binary: `strata -o OPTS MNT`.
             args = ["mount"] + args
-        } else if let first = args.first, !first.hasPrefix("-"), !subcommands.contains(first),
+        } else if let first = args.first, !first.hasPrefix("-"), !subcommands.contains(first), dockerVerbs[first] == nil,
                   args.count >= 2, !args[1].hasPrefix("-") {
             // mount.fuse3: SOURCE MOUNTPOINT [-o OPTIONS]; the source is a label.
             args = ["mount"] + Array(args.dropFirst())
         }
-        Strata.main(args)
+        Strata.main(dockerShortcuts(args))
+    }
+
+    /// docker's short image verbs, as docker itself reads them: `images`
+    /// is `image ls`, `rmi` is `image rm`, and so on (after the global
+    /// options, which come first as in podman).
+    static let dockerVerbs = ["images": "ls", "rmi": "rm", "load": "load", "save": "save", "tag": "tag", "history": "history"]
+
+    static func dockerShortcuts(_ args: [String]) -> [String] {
+        var i = 0
+        while i < args.count, args[i].hasPrefix("-") {
+            i += args[i] == "--root" || args[i] == "--storage-driver" ? 2 : 1
+        }
+        guard i < args.count, let verb = dockerVerbs[args[i]] else { return args }
+        return Array(args[..<i]) + ["image", verb] + Array(args[(i + 1)...])
     }
 }

@@ -373,6 +373,25 @@ struct ImageManagementTests {
         #expect((try FileManager.default.contentsOfDirectory(atPath: "\(r)/overlay")).sorted() == ["l"])
         #expect((try FileManager.default.contentsOfDirectory(atPath: "\(r)/overlay/l")) == [])
     }
+
+    /// docker's short verbs, read as docker reads them, before or after
+    /// the global options; `tag A B` is not taken for mount.fuse3's
+    /// `SOURCE MOUNTPOINT`.
+    @Test func dockersShortVerbsAreItsImageCommands() throws {
+        let t = TempDir()
+        let r = t.path
+        let img = "localhost/eco/busybox:l3"
+        #expect(run(["load", "--root", r, "-i", "\(StoreTests.fixtures)/busybox-l3.docker.tar"]).status == 0)
+        #expect(run(["--root", r, "tag", img, "short:1"]).status == 0)
+        #expect(run(["--root", r, "images"]).stdout == run(["image", "ls", "--root", r]).stdout)
+        #expect(run(["images", "--root", r]).stdout.contains("short:1"))
+        #expect(run(["--root", r, "history", "short:1"]).stdout == run(["image", "history", "--root", r, img]).stdout)
+        #expect(run(["--root", r, "save", "-o", "\(t.path)/saved.tar", "short:1"]).status == 0)
+        #expect(run(["--root", r, "rmi", "short:1"]).status == 0)
+        #expect(!run(["--root", r, "images"]).stdout.contains("short:1"))
+        #expect(run(["--root", r, "ps"]).stdout == run(["--root", r, "ls"]).stdout)
+        #expect(!isMountPoint("short:1"))
+    }
 }
 
 @Suite(.enabled(if: MountEnvironment.available), .serialized)
