@@ -27,6 +27,10 @@ STRATA_FIXTURES=$(find_fixtures) || {
 }
 export STRATA_FIXTURES
 
+# What the kernel and the mount table are here, for reading a failure later:
+# a shared / lets the mount namespaces podman and runc make hold our mounts.
+echo "test: kernel $(uname -r); / is mounted $(findmnt -n -o PROPAGATION / 2>/dev/null || echo '(propagation unknown)'); FUSE over io_uring switch: $(cat /sys/module/fuse/parameters/enable_uring 2>/dev/null || echo absent)" >&2
+
 log=$(mktemp /tmp/strata-test-log.XXXXXX)
 switch=/sys/module/fuse/parameters/enable_uring
 saved_switch=""
