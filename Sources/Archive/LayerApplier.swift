@@ -400,9 +400,14 @@ public struct LayerApplier: Sendable {
             }
         }
         if type != Linux.S_IFDIR {
-            let ts = [timespec(tv_sec: Int(archive_entry_atime(e)), tv_nsec: Int(archive_entry_atime_nsec(e))),
-                      timespec(tv_sec: Int(archive_entry_mtime(e)), tv_nsec: Int(archive_entry_mtime_nsec(e)))]
-            utimensat(parent, name, ts, Linux.AT_SYMLINK_NOFOLLOW)
+            // Access time as Docker's and containerd's unpackers give it:
+            // never before the modification time, so a layer's tar without
+            // access times (most are) gives files read last when written,
+            // not in 1970.
+            let mtime = timespec(tv_sec: Int(archive_entry_mtime(e)), tv_nsec: Int(archive_entry_mtime_nsec(e)))
+            var atime = timespec(tv_sec: Int(archive_entry_atime(e)), tv_nsec: Int(archive_entry_atime_nsec(e)))
+            if archive_entry_atime_is_set(e) == 0 || (atime.tv_sec, atime.tv_nsec) < (mtime.tv_sec, mtime.tv_nsec) { atime = mtime }
+            utimensat(parent, name, [atime, mtime], Linux.AT_SYMLINK_NOFOLLOW)
         }
     }
 

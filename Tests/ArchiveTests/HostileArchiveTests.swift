@@ -94,6 +94,30 @@ import Glibc
         #expect(lstat("\(tree)/h", &st) != 0, "no link made to a file outside")
     }
 
+    /// Access times as Docker's and containerd's unpackers set them: the
+    /// archive's when it has one no older than the modification time,
+    /// else the modification time (never 1970 for a tar without them).
+    @Test func accessTimesAreNeverBeforeModificationTimes() throws {
+        let t = TempDir()
+        let spec = """
+        def timed(n, mtime, atime=None):
+            i = tarfile.TarInfo(n); i.size = 1; i.mtime = mtime
+            if atime is not None: i.pax_headers = {'atime': str(atime)}
+            t.addfile(i, io.BytesIO(b'x'))
+        timed('none', 1000000)
+        timed('later', 1000000, 2000000)
+        timed('earlier', 1000000, 500)
+        """
+        let tar = try makeTar(t, "times", spec)
+        let dest = "\(t.path)/layer"
+        _ = try LayerApplier().apply(file: tar, to: dest)
+        for (name, atime) in [("none", 1_000_000), ("later", 2_000_000), ("earlier", 1_000_000)] {
+            var st = stat()
+            #expect(lstat("\(dest)/\(name)", &st) == 0)
+            #expect(st.st_mtim.tv_sec == 1_000_000 && st.st_atim.tv_sec == atime, "\(name): atime \(st.st_atim.tv_sec), mtime \(st.st_mtim.tv_sec)")
+        }
+    }
+
     @Test func truncatedArchiveIsRefusedAndLeavesNothing() throws {
         let t = TempDir()
         let tar = try makeTar(t, "full", "add_file('a', b'y' * 100000)\nadd_file('b', b'z' * 100000)")
