@@ -231,7 +231,7 @@ extension Store {
     /// Dirty and Writeback), machine-wide: what a commit of the filesystem
     /// waits for at most.
     static func dirtyBytes() -> Int64 {
-        guard let text = try? String(contentsOfFile: "/proc/meminfo", encoding: .utf8) else { return .max }
+        guard let text = readSmallFile("/proc/meminfo") else { return .max }
         var kib: Int64 = 0
         for line in text.split(separator: "\n") where line.hasPrefix("Dirty:") || line.hasPrefix("Writeback:") {
             kib += Int64(line.split(separator: " ").dropFirst().first ?? "") ?? 0

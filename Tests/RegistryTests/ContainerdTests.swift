@@ -130,7 +130,7 @@ final class Containerd: @unchecked Sendable {
         Self.stop(&snapshotterPID)
         // Whatever containerd left mounted under our directories (a task's
         // rootfs, if a test failed half-way), lazily.
-        let mounts = (try? String(contentsOfFile: "/proc/self/mounts", encoding: .utf8)) ?? ""
+        let mounts = mountTable()
         for line in mounts.split(separator: "\n").reversed() {
             let f = line.split(separator: " ")
             if f.count > 1 && f[1].hasPrefix(dir.path) { umount2(String(f[1]), Int32(MNT_DETACH)) }

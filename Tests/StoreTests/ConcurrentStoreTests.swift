@@ -421,7 +421,7 @@ struct ManyMountsTests {
         #expect(waitFor(10) {
             // A daemon's command line ends with its merged path, under the store.
             runProgram("/usr/bin/pgrep", ["-f", "strata mount -o lowerdir=.*\(root)"]).stdout.isEmpty
-                && !((try? String(contentsOfFile: "/proc/mounts", encoding: .utf8)) ?? "").contains(root)
+                && !mountTable().contains(root)
         }, "daemons or mounts of the store are left")
     }
 }

@@ -234,7 +234,7 @@ struct ContainerChangeTests {
             let m = strata(["--storage-driver=\(driver)", "--root", root, "mount", "c1"])
             let merged = m.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
             #expect(m.status == 0, "\(m.stderr)")
-            let mounts = (try? String(contentsOfFile: "/proc/self/mounts", encoding: .utf8)) ?? ""
+            let mounts = mountTable()
             #expect(mounts.split(separator: "\n").contains { $0.split(separator: " ").count > 2 && $0.split(separator: " ")[1] == merged && $0.split(separator: " ")[2] == type },
                     "\(driver): \(merged) is not a \(type) mount")
             #expect(strata(["--root", root, "umount", "c1"]).status == 0)

@@ -77,11 +77,9 @@ public final class TempDir: @unchecked Sendable {
     }
     deinit {
         // Never leave anything mounted below us; then remove the tree.
-        if let mounts = try? String(contentsOfFile: "/proc/self/mounts", encoding: .utf8) {
-            for line in mounts.split(separator: "\n") {
-                let f = line.split(separator: " ")
-                if f.count > 1, f[1].hasPrefix(path) { umount2(String(f[1]), Int32(MNT_DETACH)) }
-            }
+        for line in mountTable().split(separator: "\n") {
+            let f = line.split(separator: " ")
+            if f.count > 1, f[1].hasPrefix(path) { umount2(String(f[1]), Int32(MNT_DETACH)) }
         }
         _ = try? Spawn.run("/bin/rm", ["rm", "-rf", "--one-file-system", path])
     }
@@ -137,6 +135,11 @@ public func waitFor(_ seconds: Double, _ cond: () -> Bool) -> Bool {
 
 public func isMountPoint(_ path: String) -> Bool { strata_is_mount_root(path) != 0 }
 
+/// /proc/self/mounts, whole. Foundation reads a /proc file as one page
+/// (its size says 0), so with the mounts of parallel tests, or of a
+/// machine running containers, the table it returns is cut short.
+public func mountTable() -> String { readSmallFile("/proc/self/mounts", limit: 64 << 20) ?? "" }
+
 /// Waits up to `seconds` for a child to end (after `signal`, when given),
 /// then kills it: a test's daemons never outlive its teardown.
 public func endChild(_ pid: pid_t, signal: Int32? = nil, seconds: Double) {
@@ -180,18 +183,15 @@ public func holdersOf(_ path: String) -> String {
         return t == path || t.hasPrefix(path + "/")
     }
     for pid in (try? fm.contentsOfDirectory(atPath: "/proc")) ?? [] where pid.allSatisfy(\.isNumber) {
-        let comm = (try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8))?
-            .trimmingCharacters(in: .whitespacesAndNewlines) ?? "?"
+        let comm = readSmallFile("/proc/\(pid)/comm")?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "?"
         for what in ["cwd", "root"] where below("/proc/\(pid)/\(what)") { found.append("\(pid) \(comm) \(what)") }
         for fd in (try? fm.contentsOfDirectory(atPath: "/proc/\(pid)/fd")) ?? [] where below("/proc/\(pid)/fd/\(fd)") {
             found.append("\(pid) \(comm) fd \(fd)")
         }
     }
-    if let mounts = try? String(contentsOfFile: "/proc/self/mounts", encoding: .utf8) {
-        for line in mounts.split(separator: "\n") {
-            let f = line.split(separator: " ")
-            if f.count > 1, f[1].hasPrefix(path + "/") { found.append("mount \(f[1])") }
-        }
+    for line in mountTable().split(separator: "\n") {
+        let f = line.split(separator: " ")
+        if f.count > 1, f[1].hasPrefix(path + "/") { found.append("mount \(f[1])") }
     }
     return found.isEmpty ? "nothing found in /proc (a passing walk, or another mount namespace)" : found.joined(separator: ", ")
 }
