@@ -19,7 +19,7 @@ struct BtrfsPullTests {
         let t = TempDir()
         let image = "\(reg.host)/debian/mini:1"
         _ = try DebianTree.push(reg, t, compression: "none", as: image)
-        let fs = try BtrfsLoop(sizeMiB: 1024)
+        let fs = try LoopFilesystem(sizeMiB: 1024)
         var trees: [[String: EntryState]] = []
         for driver in ["btrfs", "overlay"] {
             let root = "\(fs.mountpoint)/\(driver)"
@@ -55,7 +55,7 @@ struct BtrfsPullTests {
         #expect(load.status == 0, "\(load.stderr)")
         let push = strata(["push", "--root", "\(t.path)/src", "--compression", "estargz", "localhost/eco/busybox:l3", "\(reg.host)/eco/lazy:1"])
         #expect(push.status == 0, "\(push.stderr)")
-        let fs = try BtrfsLoop()
+        let fs = try LoopFilesystem()
         let root = "\(fs.mountpoint)/store"
         let r = strata(["--storage-driver", "btrfs", "pull", "--lazy", "--root", root, "\(reg.host)/eco/lazy:1"])
         let lines = r.stderr.split(separator: "\n").filter { !$0.contains("blob") && !$0.hasPrefix("strata: manifest") && !$0.hasPrefix("strata: config") }

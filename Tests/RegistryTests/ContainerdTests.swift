@@ -235,7 +235,7 @@ struct ContainerdTests {
     @Test func ctrRunsOnABtrfsStoreAsOnItsOwnOverlayfs() throws {
         let reg = try Self.registryWithBusybox()
         defer { reg.stop() }
-        let fs = try BtrfsLoop(sizeMiB: 512)
+        let fs = try LoopFilesystem(sizeMiB: 512)
         let c = try Containerd(driver: "btrfs", strataRoot: "\(fs.mountpoint)/strata")
         defer { c.stop() }
         let image = "\(reg.host)/busybox:l3"

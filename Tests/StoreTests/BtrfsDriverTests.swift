@@ -54,7 +54,7 @@ struct BtrfsDriverTests {
     }
 
     @Test func theSameStepsGiveWhatTheOverlayDriverGives() throws {
-        let fs = try BtrfsLoop(sizeMiB: 512)
+        let fs = try LoopFilesystem(sizeMiB: 512)
         var diffs: [[String]] = [], exported: [[String: EntryState]] = [], layers: [Int] = []
         for driver in ["btrfs", "overlay"] {
             let root = "\(fs.mountpoint)/\(driver)"
@@ -87,7 +87,7 @@ struct BtrfsDriverTests {
     /// finds what walking both trees finds, change after change: a deep
     /// write, a rename, a removed tree, a chmod, a link, nothing at all.
     @Test func generationsFindWhatTheWalkFinds() throws {
-        let fs = try BtrfsLoop()
+        let fs = try LoopFilesystem()
         let root = "\(fs.mountpoint)/store"
         ok(["--storage-driver", "btrfs", "image", "load", "--root", root, "-i", Self.fixture])
         ok(["create", "--root", root, "localhost/eco/busybox:l3", "--name", "c"])
@@ -128,7 +128,7 @@ struct BtrfsDriverTests {
     }
 
     @Test func layersAreSubvolumesAndContainersWritableSnapshots() throws {
-        let fs = try BtrfsLoop()
+        let fs = try LoopFilesystem()
         let root = "\(fs.mountpoint)/store"
         ok(["--storage-driver", "btrfs", "image", "load", "--root", root, "-i", Self.fixture])
         #expect((try? String(contentsOfFile: "\(root)/driver", encoding: .utf8)) == "btrfs\n")
@@ -184,7 +184,7 @@ struct BtrfsDriverTests {
     /// leftovers of an interrupted apply (a `.partial` subvolume, a layer
     /// no row names) are found and removed.
     @Test func checkMendsALostSubvolumeAndRemovesLeftovers() throws {
-        let fs = try BtrfsLoop()
+        let fs = try LoopFilesystem()
         let root = "\(fs.mountpoint)/store"
         ok(["--storage-driver", "btrfs", "image", "load", "--root", root, "-i", Self.fixture])
         let store = try Store(root: root)
@@ -210,7 +210,7 @@ struct BtrfsDriverTests {
     /// left every one behind).
     @Test func aUserWhoIsNotRootRemovesTheirOwnSubvolumes() throws {
         guard let setpriv = Spawn.which("setpriv") else { Issue.record("setpriv (util-linux) missing"); return }
-        let fs = try BtrfsLoop()
+        let fs = try LoopFilesystem()
         let home = fs.sub("home")
         #expect(chown(home, 65534, 65534) == 0)
         let archive = "\(home)/busybox.tar"
@@ -249,7 +249,7 @@ struct BtrfsDriverTests {
     }
 
     @Test func whatTheDriverCannotDoIsRefusedByName() throws {
-        let fs = try BtrfsLoop()
+        let fs = try LoopFilesystem()
         let root = "\(fs.mountpoint)/store"
         ok(["--storage-driver", "btrfs", "image", "load", "--root", root, "-i", Self.fixture])
         // Another driver for this store.
@@ -286,7 +286,7 @@ struct BtrfsDriverTests {
     }
 
     @Test func aFullBtrfsGivesOneLineAndLeavesNothingHalfMade() throws {
-        let fs = try BtrfsLoop(sizeMiB: 128)
+        let fs = try LoopFilesystem(sizeMiB: 128)
         let root = "\(fs.mountpoint)/store"
         ok(["--storage-driver", "btrfs", "image", "ls", "--root", root])
         // Fill the disk, leaving less than the image needs.

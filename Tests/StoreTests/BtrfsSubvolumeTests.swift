@@ -13,7 +13,7 @@ import Glibc
 @Suite(.enabled(if: MountEnvironment.available), .serialized)
 struct BtrfsSubvolumeTests {
     @Test func subvolumesSnapshotsAndTheirRemoval() throws {
-        let fs = try BtrfsLoop()
+        let fs = try LoopFilesystem()
         let root = try Sys.open(fs.mountpoint, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         #expect(try Btrfs.isBtrfs(root.raw))
         let other = try Sys.open(NSTemporaryDirectory(), O_RDONLY | O_DIRECTORY | O_CLOEXEC)

@@ -248,7 +248,7 @@ struct StoreKillTests {
     /// The same on a store of the btrfs driver, on a btrfs made for the test.
     @Test(arguments: 0..<commands.count)
     func killedCommandOnBtrfsLeavesNothingHalfRegistered(_ i: Int) throws {
-        let fs = try BtrfsLoop(sizeMiB: 512)
+        let fs = try LoopFilesystem(sizeMiB: 512)
         var n = 0
         // A btrfs layer has no links: its step between disk and row is the sealed subvolume.
         var c = Self.commands[i]
