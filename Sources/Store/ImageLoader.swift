@@ -1,6 +1,7 @@
 import Archive
 import Foundation
 import Sys
+import SystemPackage
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -29,14 +30,24 @@ public struct ImageLoader: Sendable {
 
     /// A tar archive: unpacked aside (as hostile input, like a layer), then read.
     public func load(archive: String) throws(StoreError) -> [Loaded] {
+        let f: UniqueFD
+        do throws(Errno) { f = try Sys.open(archive, O_RDONLY | O_CLOEXEC) } catch {
+            throw StoreError(wrapping: ArchiveError(archive, "open: \(error)"))
+        }
+        return try load(fd: f.raw, label: archive)
+    }
+
+    /// The same from an open stream (`docker load < image.tar`): libarchive
+    /// reads it front to back, so a pipe serves.
+    public func load(fd: Int32, label: String) throws(StoreError) -> [Loaded] {
         let tmp = store.scratch("load")
         defer { removeTree(path: tmp) }
         var applier = LayerApplier()
         applier.deviceWhiteouts = false
-        do { _ = try applier.apply(file: archive, to: tmp) } catch { throw StoreError(wrapping: error) }
+        do { _ = try applier.apply(fd: fd, to: tmp, label: label) } catch { throw StoreError(wrapping: error) }
         var owning = self
         owning.ownsFiles = true
-        return try owning.load(directory: tmp, source: archive)
+        return try owning.load(directory: tmp, source: label)
     }
 
     public func load(directory dir: String, source: String? = nil) throws(StoreError) -> [Loaded] {

@@ -1,6 +1,7 @@
 import Archive
 import Foundation
 import Sys
+import SystemPackage
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -70,6 +71,30 @@ extension Store {
             let e = currentErrno()
             unlink(tmp)
             throw StoreError(.system(e), "\(path): \(e)")
+        }
+    }
+
+    /// The same onto an open descriptor (`docker save IMAGE > file`, or a
+    /// pipe): the archive is made whole in the store's scratch space first,
+    /// so a refused save writes nothing at all to the descriptor.
+    public func save(_ ref: String, toDescriptor out: Int32, format: ArchiveFormat) throws(StoreError) {
+        let tmp = scratch("save", suffix: ".tar")
+        defer { unlink(tmp) }
+        try save(ref, to: tmp, format: format)
+        let f: UniqueFD
+        do throws(Errno) { f = try Sys.open(tmp, O_RDONLY | O_CLOEXEC) } catch { throw StoreError.failed("open \(tmp)", error) }
+        let fd = f.raw
+        var buf = [UInt8](repeating: 0, count: 1 << 20)
+        while true {
+            let n = retryEINTR { buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) } }
+            if n < 0 { throw StoreError.failed("read \(tmp)", currentErrno()) }
+            if n == 0 { return }
+            var done = 0
+            while done < n {
+                let w = retryEINTR { buf.withUnsafeBytes { write(out, $0.baseAddress.map { $0 + done }, n - done) } }
+                if w < 0 { throw StoreError.failed("writing the archive of \(ref)", currentErrno()) }
+                done += w
+            }
         }
     }
 }

@@ -52,16 +52,25 @@ struct ImageLoad: ParsableCommand {
         discussion: "Every digest is checked; layers already in the store are not extracted again."
     )
     @OptionGroup var store: StoreOptions
-    @Option(name: .shortAndLong, help: "A docker save archive or an OCI archive (tar).") var input: String?
+    @Option(name: .shortAndLong, help: "A docker save archive or an OCI archive (tar); without it (and --oci), standard input, as docker load reads it.")
+    var input: String?
     @Option(help: "An OCI image layout directory.") var oci: String?
 
     func run() throws {
-        guard (input == nil) != (oci == nil) else { throw fail("give one of -i FILE or --oci DIR (see 'strata image load --help')") }
+        if input != nil && oci != nil { throw fail("give one of -i FILE or --oci DIR, not both (see 'strata image load --help')") }
+        if input == nil && oci == nil {
+            // A terminal, /dev/null or an empty file: nothing was piped in.
+            var st = stat()
+            let nothing = isatty(0) != 0 || fstat(0, &st) != 0 || (st.st_mode & S_IFMT) == S_IFCHR
+                || ((st.st_mode & S_IFMT) == S_IFREG && st.st_size == 0)
+            if nothing { throw fail("no archive on standard input: give -i FILE or --oci DIR, or pipe one in (strata load < image.tar)") }
+        }
         var loader = ImageLoader(store: try store.open())
         loader.progress = { printError("strata: \($0)") }
         let loaded = try storeCall { () throws(StoreError) in
             if let input { return try loader.load(archive: input) }
-            return try loader.load(directory: oci ?? "")
+            if let oci { return try loader.load(directory: oci) }
+            return try loader.load(fd: 0, label: "standard input")
         }
         for l in loaded { print("Loaded image \(l.tags.first ?? l.id) (\(l.newLayers) of \(l.layers) layers new)") }
     }
@@ -258,15 +267,21 @@ struct InspectCommand: ParsableCommand {
 struct ImageSave: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "save", abstract: "Write an image as a docker save archive or an OCI archive (podman load, skopeo and docker load read both).")
     @OptionGroup var store: StoreOptions
-    @Option(name: .shortAndLong, help: "The archive to write.") var output: String
+    @Option(name: .shortAndLong, help: "The archive to write; without it, standard output, as docker save writes it (never a terminal).")
+    var output: String?
     @Option(help: "docker-archive (default) or oci-archive.") var format: String = "docker-archive"
     @Argument(help: "Image tag or ID.") var image: String
 
     func run() throws {
         guard let f = Store.ArchiveFormat(rawValue: format) else { throw fail("--format takes docker-archive or oci-archive, got '\(format)'") }
+        if output == nil && isatty(1) != 0 {
+            throw fail("refusing to write an archive to a terminal: give -o FILE, or redirect (strata save \(image) > image.tar)")
+        }
         let s = try store.open()
         try completeLazyLayers(s, image, before: "saving it")
-        try storeCall { () throws(StoreError) in try s.save(image, to: output, format: f) }
+        try storeCall { () throws(StoreError) in
+            if let output { try s.save(image, to: output, format: f) } else { try s.save(image, toDescriptor: 1, format: f) }
+        }
     }
 }
 

@@ -391,6 +391,24 @@ struct ImageManagementTests {
         #expect(!run(["--root", r, "images"]).stdout.contains("short:1"))
         #expect(run(["--root", r, "ps"]).stdout == run(["--root", r, "ls"]).stdout)
         #expect(!isMountPoint("short:1"))
+        // docker load < FILE and docker save IMAGE > FILE (or into a pipe).
+        let other = "\(t.path)/other"
+        let bin = MountEnvironment.binary
+        let piped = runProgram("/bin/sh", ["-c", "\"$0\" --root \"$1\" save localhost/eco/busybox:l3 | \"$0\" --root \"$2\" load", bin, r, other])
+        #expect(piped.status == 0 && piped.stdout.contains("Loaded image localhost/eco/busybox:l3"), "\(piped.stderr)")
+        #expect(run(["--root", other, "images"]).stdout == run(["--root", r, "images", "--root", r]).stdout)
+        let redirected = runProgram("/bin/sh", ["-c", "\"$0\" --root \"$1\" save --format oci-archive localhost/eco/busybox:l3 > \"$2\"",
+                                                bin, other, "\(t.path)/out.tar"])
+        #expect(redirected.status == 0, "\(redirected.stderr)")
+        #expect(run(["load", "--root", "\(t.path)/third", "-i", "\(t.path)/out.tar"]).status == 0)
+        // A refused save writes nothing; an empty standard input is one line.
+        let refused = runProgram("/bin/sh", ["-c", "\"$0\" --root \"$1\" save nosuch:1 > \"$2\"", bin, r, "\(t.path)/none.tar"])
+        var st = stat()
+        #expect(refused.status != 0 && lstat("\(t.path)/none.tar", &st) == 0 && st.st_size == 0, "\(refused.stderr)")
+        let empty = run(["--root", r, "load"])
+        #expect(empty.status != 0 && empty.stderr.contains("no archive on standard input") && empty.stderr.split(separator: "\n").count == 1, "\(empty.stderr)")
+        let garbage = runProgram("/bin/sh", ["-c", "echo garbage | \"$0\" --root \"$1\" load", bin, r])
+        #expect(garbage.status != 0 && garbage.stderr.contains("standard input") && garbage.stderr.split(separator: "\n").count == 1, "\(garbage.stderr)")
     }
 }
 
