@@ -34,8 +34,11 @@ echo "test: kernel $(uname -r); / is mounted $(findmnt -n -o PROPAGATION / 2>/de
 log=$(mktemp /tmp/strata-test-log.XXXXXX)
 switch=/sys/module/fuse/parameters/enable_uring
 saved_switch=""
+stats=""
 restore() {
   rm -f "$log"
+  # The io_uring pass's statistics, when that pass failed before removing them.
+  if [ -n "$stats" ]; then rm -f "$stats"; fi
   # The kernel's io_uring opt-in goes back to what it was.
   if [ -n "$saved_switch" ]; then echo "$saved_switch" > "$switch"; fi
 }
