@@ -1,6 +1,7 @@
 import CArchive
 import Foundation
 import Sys
+import SystemPackage
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -13,13 +14,25 @@ public final class TarBuilder {
     private let file: UniqueFD
     private let path: String
 
-    public init(path: String) throws(ArchiveError) {
+    public convenience init(path: String) throws(ArchiveError) {
+        try self.init(owning: try openOwned(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644, doing: "create"), label: path)
+    }
+
+    /// Onto an open descriptor (standard output, a pipe), which stays open:
+    /// the builder writes through a duplicate of it.
+    public convenience init(descriptor fd: Int32, label: String) throws(ArchiveError) {
+        let own: UniqueFD
+        do throws(Errno) { own = try UniqueFD(opened: fcntl(fd, F_DUPFD_CLOEXEC, 0)) } catch { throw ArchiveError(label, "dup: \(error)") }
+        try self.init(owning: own, label: label)
+    }
+
+    private init(owning file: consuming UniqueFD, label path: String) throws(ArchiveError) {
         self.path = path
-        file = try openOwned(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644, doing: "create")
+        self.file = file
         guard let w = archive_write_new() else { throw ArchiveError(path, "libarchive: out of memory") }
         a = w
         archive_write_set_format_pax_restricted(a)
-        if archive_write_open_fd(a, file.raw) != ARCHIVE_OK { throw ArchiveError(path, errorString(a)) }
+        if archive_write_open_fd(a, self.file.raw) != ARCHIVE_OK { throw ArchiveError(path, errorString(a)) }
     }
 
     deinit { archive_write_free(a) }

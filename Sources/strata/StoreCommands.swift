@@ -280,7 +280,7 @@ struct ImageSave: ParsableCommand {
         let s = try store.open()
         try completeLazyLayers(s, image, before: "saving it")
         try storeCall { () throws(StoreError) in
-            if let output { try s.save(image, to: output, format: f) } else { try s.save(image, toDescriptor: 1, format: f) }
+            if let output { try s.save(image, to: output, format: f) } else { try s.save(image, toDescriptor: 1, label: "standard output", format: f) }
         }
     }
 }
@@ -410,7 +410,7 @@ struct CheckCommand: ParsableCommand {
     func run() throws {
         let s = try store.open(recovering: repair)
         let problems = try storeCall { () throws(StoreError) in
-            repair ? try s.repair(content: content, progress: { print($0.hasPrefix("could not") ? $0 : "repaired: \($0)") }) : try s.check(content: content)
+            repair ? try s.repair(content: content, progress: { print("repaired: \($0)") }) : try s.check(content: content)
         }
         for p in problems { print(p) }
         if problems.isEmpty { print("store \(s.root): no problems") } else { throw ExitCode(1) }
