@@ -90,22 +90,22 @@ extension Store {
         return digits.isEmpty ? nil : pid_t(digits)
     }
 
-    /// What a removal did, said as it is: a repair that could not remove
-    /// something (another user's files, a busy mount) says so.
-    static func removal(_ path: String) -> String {
+    /// Says "removed" only for what is gone: what could not be removed
+    /// (another user's files, a busy mount) is found again by the check
+    /// that follows a repair, and listed as a problem.
+    static func sayRemoved(_ path: String, _ progress: (String) -> Void) {
         var st = stat()
-        if lstat(path, &st) != 0 && errno == ENOENT { return "removed \(path)" }
-        return "could not remove \(path): remove it by hand (as its owner or root), then run check again"
+        if lstat(path, &st) != 0 && errno == ENOENT { progress("removed \(path)") }
     }
 
     private func apply(_ fix: Problem.Fix, progress: (String) -> Void) {
         switch fix {
         case .remove(let path) where path.hasPrefix(snapshotsDir + "/"):
             removeTree(in: snapshotsDir, String(path.dropFirst(snapshotsDir.count + 1)))
-            progress(Self.removal(path))
+            Self.sayRemoved(path, progress)
         case .remove(let path) where path.hasPrefix("\(root)/btrfs/"):
             removeTree(path: path)
-            progress(Self.removal(path))
+            Self.sayRemoved(path, progress)
         case .remove(let path) where path.hasPrefix(overlayDir + "/"):
             if let dir = try? Sys.open(overlayDir, O_RDONLY | O_DIRECTORY | O_CLOEXEC) {
                 let fd = dir.raw
@@ -117,7 +117,7 @@ extension Store {
                     unlinkat(fd, rel, 0)
                 }
             }
-            progress(Self.removal(path))
+            Self.sayRemoved(path, progress)
         case .relink(let link, let target):
             unlink(link)
             if symlink(target, link) == 0 { progress("relinked \(link)") }
