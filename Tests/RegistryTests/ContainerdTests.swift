@@ -130,11 +130,7 @@ final class Containerd: @unchecked Sendable {
         Self.stop(&snapshotterPID)
         // Whatever containerd left mounted under our directories (a task's
         // rootfs, if a test failed half-way), lazily.
-        let mounts = mountTable()
-        for line in mounts.split(separator: "\n").reversed() {
-            let f = line.split(separator: " ")
-            if f.count > 1 && f[1].hasPrefix(dir.path) { umount2(String(f[1]), Int32(MNT_DETACH)) }
-        }
+        for m in mountPoints(under: dir.path).reversed() { umount2(m, Int32(MNT_DETACH)) }
         // containerd's shims outlive it; they are ours (started for our tasks).
         _ = runProgram("/usr/bin/pkill", ["-f", "containerd-shim-runc-v2 -namespace .* -address \(socket)"])
         // Union daemons mount.fuse3 started for our snapshots (a mount left

@@ -77,10 +77,7 @@ public final class TempDir: @unchecked Sendable {
     }
     deinit {
         // Never leave anything mounted below us; then remove the tree.
-        for line in mountTable().split(separator: "\n") {
-            let f = line.split(separator: " ")
-            if f.count > 1, f[1].hasPrefix(path) { umount2(String(f[1]), Int32(MNT_DETACH)) }
-        }
+        for m in mountPoints(under: path).reversed() { umount2(m, Int32(MNT_DETACH)) }
         _ = try? Spawn.run("/bin/rm", ["rm", "-rf", "--one-file-system", path])
     }
 }
@@ -140,6 +137,15 @@ public func isMountPoint(_ path: String) -> Bool { strata_is_mount_root(path) !=
 /// machine running containers, the table it returns is cut short.
 public func mountTable() -> String { readSmallFile("/proc/self/mounts", limit: 64 << 20) ?? "" }
 
+/// The mount points at or below `path`, in the table's order (parents first).
+public func mountPoints(under path: String) -> [String] {
+    mountTable().split(separator: "\n").compactMap { line in
+        let f = line.split(separator: " ")
+        guard f.count > 1, f[1] == path || f[1].hasPrefix(path + "/") else { return nil }
+        return String(f[1])
+    }
+}
+
 /// Waits up to `seconds` for a child to end (after `signal`, when given),
 /// then kills it: a test's daemons never outlive its teardown.
 public func endChild(_ pid: pid_t, signal: Int32? = nil, seconds: Double) {
@@ -189,9 +195,6 @@ public func holdersOf(_ path: String) -> String {
             found.append("\(pid) \(comm) fd \(fd)")
         }
     }
-    for line in mountTable().split(separator: "\n") {
-        let f = line.split(separator: " ")
-        if f.count > 1, f[1].hasPrefix(path + "/") { found.append("mount \(f[1])") }
-    }
+    for m in mountPoints(under: path) where m != path { found.append("mount \(m)") }
     return found.isEmpty ? "nothing found in /proc (a passing walk, or another mount namespace)" : found.joined(separator: ", ")
 }
